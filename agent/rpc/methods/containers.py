@@ -1,0 +1,1 @@
+"""RPC handlers: containers. (Filled in by the containers work.)"""

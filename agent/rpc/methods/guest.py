@@ -1,0 +1,1 @@
+"""RPC handlers: guest. (Filled in by the guest work.)"""

@@ -1,0 +1,1 @@
+"""RPC handlers: hotplug. (Filled in by the hotplug work.)"""

@@ -1,0 +1,1 @@
+"""RPC handlers: network. (Filled in by the network work.)"""

@@ -1,0 +1,1 @@
+"""RPC handlers: storage. (Filled in by the storage work.)"""

@@ -1,0 +1,128 @@
+"""Every filesystem location the agent touches on the host, derived from one root.
+
+Production uses ``HostPaths(Path("/"))``; tests pass a temporary directory holding a fake tree.
+No other module spells /sys, /proc, /dev or /run literally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Where Kata's runtime puts container bundles shared from the host.
+KATA_SHARED_SUBDIR = "run/kata-containers/shared/containers"
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    root: Path = Path("/")
+
+    def _at(self, relative: str) -> Path:
+        return self.root / relative
+
+    # --- procfs
+    @property
+    def proc(self) -> Path:
+        return self._at("proc")
+
+    @property
+    def cmdline(self) -> Path:
+        return self._at("proc/cmdline")
+
+    @property
+    def meminfo(self) -> Path:
+        return self._at("proc/meminfo")
+
+    @property
+    def loadavg(self) -> Path:
+        return self._at("proc/loadavg")
+
+    @property
+    def mountinfo(self) -> Path:
+        return self._at("proc/self/mountinfo")
+
+    def proc_pid(self, pid: int) -> Path:
+        return self._at(f"proc/{pid}")
+
+    # --- sysfs
+    @property
+    def sys(self) -> Path:
+        return self._at("sys")
+
+    @property
+    def cpu_dir(self) -> Path:
+        return self._at("sys/devices/system/cpu")
+
+    @property
+    def memory_dir(self) -> Path:
+        return self._at("sys/devices/system/memory")
+
+    @property
+    def memory_block_size(self) -> Path:
+        return self.memory_dir / "block_size_bytes"
+
+    @property
+    def memory_probe(self) -> Path:
+        return self.memory_dir / "probe"
+
+    @property
+    def cgroup_root(self) -> Path:
+        return self._at("sys/fs/cgroup")
+
+    @property
+    def net_class(self) -> Path:
+        return self._at("sys/class/net")
+
+    @property
+    def pci_devices(self) -> Path:
+        return self._at("sys/bus/pci/devices")
+
+    @property
+    def block_class(self) -> Path:
+        return self._at("sys/class/block")
+
+    # --- devices
+    @property
+    def dev(self) -> Path:
+        return self._at("dev")
+
+    @property
+    def random_device(self) -> Path:
+        return self._at("dev/random")
+
+    # --- run and configuration
+    @property
+    def run(self) -> Path:
+        return self._at("run")
+
+    @property
+    def agent_run(self) -> Path:
+        """Agent-private runtime state (container state, sockets)."""
+        return self._at("run/pykata")
+
+    @property
+    def shared_containers(self) -> Path:
+        """Where CopyFile may write: Kata's shared containers directory."""
+        return self._at(KATA_SHARED_SUBDIR)
+
+    @property
+    def sandbox_dir(self) -> Path:
+        return self._at("run/kata-containers/sandbox")
+
+    @property
+    def modules_dir(self) -> Path:
+        return self._at("lib/modules")
+
+    @property
+    def modules_load_list(self) -> Path:
+        """The initrd's list of kernel modules to load at boot, in dependency order."""
+        return self._at("etc/pykata/modules.load")
+
+    @property
+    def hostname_file(self) -> Path:
+        return self._at("proc/sys/kernel/hostname")
+
+    def inside(self, absolute: str | Path) -> Path:
+        """Map an absolute guest path (as a client names it) under this root."""
+        text = str(absolute)
+        return self.root / text.lstrip("/")

@@ -1,0 +1,82 @@
+"""The one way the agent and its tools run a subprocess.
+
+A failure raises ``CommandError`` naming the command, its exit status and the tail of its stderr,
+so callers never have to format that themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL = 2000
+
+
+class CommandError(RuntimeError):
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, hint: str = "") -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        tail = stderr.strip()[-STDERR_TAIL:]
+        message = f"{shlex.join(self.argv)} failed with exit status {returncode}"
+        if tail:
+            message += f": {tail}"
+        if hint:
+            message += f" ({hint})"
+        super().__init__(message)
+
+
+class CommandNotFound(RuntimeError):
+    def __init__(self, program: str, package: str | None = None) -> None:
+        self.program = program
+        self.package = package
+        message = f"{program}: command not found"
+        if package:
+            message += f"; install it with: apt-get install {package}"
+        super().__init__(message)
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    input: bytes | None = None,
+    capture: bool = True,
+    check: bool = True,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    package: str | None = None,
+    hint: str = "",
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` and return the completed process.
+
+    ``package`` names the Debian package that provides the program, for the error when it is missing.
+    With ``capture`` the output is returned; otherwise it goes to our own stdout/stderr (progress).
+    """
+    args = [str(a) for a in argv]
+    log.debug("run %s", shlex.join(args))
+    try:
+        proc = subprocess.run(
+            args,
+            input=input,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            timeout=timeout,
+            check=False,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+    except FileNotFoundError as exc:
+        if exc.filename in (args[0], None):
+            raise CommandNotFound(args[0], package) from exc
+        raise
+    if check and proc.returncode != 0:
+        stderr = (proc.stderr or b"").decode(errors="replace")
+        raise CommandError(args, proc.returncode, stderr, hint)
+    return proc
