@@ -8,7 +8,7 @@ PROTOS := $(wildcard protos/*.proto)
 help:
 	@echo "setup   install Debian and Python dependencies (root, Debian 12)"
 	@echo "proto   regenerate $(PROTO_OUT) from protos/"
-	@echo "lint    ruff and mypy"
+	@echo "lint    ruff and mypy (also run by the tests)"
 	@echo "test    lint, then unit, privileged and VM tests"
 	@echo "bench   benchmarks under bench/"
 	@echo "guest   build a guest with osbuilder into build/guest"
@@ -24,8 +24,7 @@ lint:
 	$(PYTHON) -m mypy
 
 test:
-	$(PYTHON) -m pytest -m "not vm" tests
-	$(PYTHON) -m pytest -m vm tests
+	$(PYTHON) -m pytest tests
 
 test-unit:
 	$(PYTHON) -m pytest tests/unit

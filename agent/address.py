@@ -52,7 +52,8 @@ def parse_address(text: str) -> Address:
     if scheme in ("vsock", "tcp", "hvsock"):
         head, colon, port_text = rest.rpartition(":")
         if not colon or not head:
-            raise InvalidArgument(f"address {text!r}: expected {scheme}://{'CID' if scheme == 'vsock' else 'HOST'}:PORT")
+            what = "CID" if scheme == "vsock" else "PATH" if scheme == "hvsock" else "HOST"
+            raise InvalidArgument(f"address {text!r}: expected {scheme}://{what}:PORT")
         if scheme == "tcp":
             return Address("tcp", host=head.strip("[]"), port=_port(port_text, text, 0xFFFF))
         port = _port(port_text, text, 0xFFFFFFFF)

@@ -324,8 +324,9 @@ def setting(name: str) -> Setting:
 
 def help_table() -> str:
     """Every option with its default, for ``pykata-agent --help``."""
-    lines = []
+    rows = []
     for s in SETTINGS:
-        default = "true" if s.default is True else "false" if s.default is False else s.default
-        lines.append(f"  agent.{s.name}={default!s:<18} {s.help}")
-    return "\n".join(lines)
+        default = "true" if s.default is True else "false" if s.default is False else str(s.default)
+        rows.append((f"agent.{s.name}={default}", s.help))
+    width = max(len(left) for left, _ in rows) + 2
+    return "\n".join(f"  {left:<{width}}{text}" for left, text in rows)

@@ -47,28 +47,24 @@ class Services:
 
     @property
     def guest(self) -> GuestService:
-        return self._get("guest", "agent.services.guest", "GuestService")  # type: ignore[no-any-return]
+        return self._get("guest", "agent.services.guest", "GuestService")
 
     @property
     def sandbox(self) -> SandboxService:
-        return self._get("sandbox", "agent.services.sandbox", "SandboxService")  # type: ignore[no-any-return]
+        return self._get("sandbox", "agent.services.sandbox", "SandboxService")
 
     @property
     def containers(self) -> ContainerService:
-        return self._get(  # type: ignore[no-any-return]
-            "containers", "agent.services.containers", "ContainerService"
-        )
+        return self._get("containers", "agent.services.containers", "ContainerService")
 
     @property
     def resources(self) -> ResourceService:
-        return self._get(  # type: ignore[no-any-return]
-            "resources", "agent.services.resources", "ResourceService"
-        )
+        return self._get("resources", "agent.services.resources", "ResourceService")
 
     @property
     def network(self) -> NetworkService:
-        return self._get("network", "agent.services.network", "NetworkService")  # type: ignore[no-any-return]
+        return self._get("network", "agent.services.network", "NetworkService")
 
     @property
     def storage(self) -> StorageService:
-        return self._get("storage", "agent.services.storage", "StorageService")  # type: ignore[no-any-return]
+        return self._get("storage", "agent.services.storage", "StorageService")

@@ -12,6 +12,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from agent.system import children
+
 log = logging.getLogger(__name__)
 
 STDERR_TAIL = 2000
@@ -61,22 +63,29 @@ def run(
     args = [str(a) for a in argv]
     log.debug("run %s", shlex.join(args))
     try:
-        proc = subprocess.run(
-            args,
-            input=input,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.PIPE if capture else None,
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            timeout=timeout,
-            check=False,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
+        with children.spawning() as own:
+            child = subprocess.Popen(
+                args,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture else None,
+                stderr=subprocess.PIPE if capture else None,
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+            )
+            own(child.pid)
     except FileNotFoundError as exc:
         if exc.filename in (args[0], None):
             raise CommandNotFound(args[0], package) from exc
         raise
+    try:
+        stdout, stderr = child.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        raise CommandError(args, -9, "", f"killed after {timeout} s") from None
+    finally:
+        children.release(child.pid)
+    proc = subprocess.CompletedProcess(args, child.returncode, stdout, stderr)
     if check and proc.returncode != 0:
-        stderr = (proc.stderr or b"").decode(errors="replace")
-        raise CommandError(args, proc.returncode, stderr, hint)
+        raise CommandError(args, proc.returncode, (stderr or b"").decode(errors="replace"), hint)
     return proc

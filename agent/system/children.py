@@ -1,0 +1,74 @@
+"""Who reaps which child when the agent is PID 1.
+
+PID 1 inherits every orphan and must reap it, but it must not steal the exit status of a child that
+agent code spawned and will wait for itself (subprocess would then see ECHILD). Agent code that starts a
+process it will wait for does so inside ``spawning()``: the pid is registered under the same lock the
+reaper takes, so the reaper never sees an unregistered child of ours. Everything else that turns into a
+zombie under us is an orphan and is reaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_owned: set[int] = set()
+
+
+@contextlib.contextmanager
+def spawning() -> Iterator[Callable[[int], None]]:
+    """Hold the reaper off while a child is started; call the yielded function with its pid."""
+    with _lock:
+        yield _owned.add
+
+
+def release(pid: int) -> None:
+    """The owner has waited for ``pid``; the reaper may forget it."""
+    with _lock:
+        _owned.discard(pid)
+
+
+def owned() -> frozenset[int]:
+    with _lock:
+        return frozenset(_owned)
+
+
+def _zombie_children(proc: Path, me: int) -> list[int]:
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) S ppid ...": comm may contain spaces and parentheses
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) >= 2 and fields[0] == "Z" and int(fields[1]) == me:
+            found.append(int(entry.name))
+    return found
+
+
+def reap_orphans(proc: Path) -> list[tuple[int, int]]:
+    """Reap every zombie child that no agent code owns; return (pid, status) of each."""
+    reaped = []
+    with _lock:
+        for pid in _zombie_children(proc, os.getpid()):
+            if pid in _owned:
+                continue
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if got:
+                reaped.append((got, status))
+    for pid, status in reaped:
+        log.debug("reaped orphan %d (status %d)", pid, os.waitstatus_to_exitcode(status))
+    return reaped

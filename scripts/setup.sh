@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian 12 machine (as root) for pykata: Debian tools, then the Python packages.
+# Safe to run again; it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  # guest images
+  cpio kmod busybox-static e2fsprogs fdisk mkosi systemd-container debootstrap zstd xz-utils
+  binutils python3.11 python3-minimal libcap-dev
+  # booting guests
+  qemu-system-x86 qemu-utils socat
+  # container baselines and host plumbing
+  runc crun iproute2 iptables util-linux
+)
+
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+echo "setup: installing pykata and its Python dependencies with $("$PYTHON" --version)"
+"$PYTHON" -m pip install -q --disable-pip-version-check -e '.[dev]'
+echo "setup: done"

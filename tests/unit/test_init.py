@@ -1,0 +1,88 @@
+"""PID-1 duties that can be checked without being PID 1: the mount plan, the module list, reaping."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent.config import AgentConfig, build_config
+from agent.init import MountStep, SymlinkStep, boot_mounts, cgroup_v1_requested, modules_to_load
+from agent.system import children
+from agent.system.paths import HostPaths
+
+
+def test_unified_plan_mounts_api_filesystems_then_cgroup2(tmp_path: Path) -> None:
+    paths = HostPaths(tmp_path)
+    steps = boot_mounts(paths, cgroup_v1=False)
+    mounts = [s for s in steps if isinstance(s, MountStep)]
+    assert [(m.fstype, m.target.relative_to(tmp_path).as_posix()) for m in mounts] == [
+        ("proc", "proc"),
+        ("sysfs", "sys"),
+        ("devtmpfs", "dev"),
+        ("devpts", "dev/pts"),
+        ("tmpfs", "dev/shm"),
+        ("tmpfs", "run"),
+        ("cgroup2", "sys/fs/cgroup"),
+    ]
+    links = [s for s in steps if isinstance(s, SymlinkStep)]
+    assert links == [SymlinkStep("pts/ptmx", tmp_path / "dev/ptmx")]
+    devpts = next(m for m in mounts if m.fstype == "devpts")
+    assert "newinstance" in devpts.data and "ptmxmode=0666" in devpts.data
+
+
+def test_v1_plan_mounts_each_controller_on_a_tmpfs(tmp_path: Path) -> None:
+    steps = boot_mounts(HostPaths(tmp_path), cgroup_v1=True, v1_controllers=("cpuset", "memory"))
+    tail = [(s.fstype, s.data, s.target.name) for s in steps[-3:] if isinstance(s, MountStep)]
+    assert tail == [("tmpfs", "mode=0755", "cgroup"), ("cgroup", "cpuset", "cpuset"), ("cgroup", "memory", "memory")]
+
+
+def test_v1_is_chosen_by_config_or_systemd_option() -> None:
+    assert not cgroup_v1_requested("quiet", AgentConfig())
+    assert cgroup_v1_requested("quiet systemd.unified_cgroup_hierarchy=0", AgentConfig())
+    assert cgroup_v1_requested("", build_config("agent.unified_cgroup_hierarchy=false"))
+
+
+def test_module_list_in_order_with_params(tmp_path: Path) -> None:
+    paths = HostPaths(tmp_path)
+    paths.modules_load_list.parent.mkdir(parents=True)
+    paths.modules_load_list.write_text(
+        "# load order\nkernel/drivers/virtio/virtio.ko\n\nkernel/net/vmw_vsock/vsock.ko\nkernel/fs/9p/9p.ko debug=1\n"
+    )
+    base = paths.modules_dir / os.uname().release
+    assert modules_to_load(paths) == [
+        (base / "kernel/drivers/virtio/virtio.ko", ""),
+        (base / "kernel/net/vmw_vsock/vsock.ko", ""),
+        (base / "kernel/fs/9p/9p.ko", "debug=1"),
+    ]
+
+
+def test_no_module_list_means_nothing_to_load(tmp_path: Path) -> None:
+    assert modules_to_load(HostPaths(tmp_path)) == []
+
+
+def _wait_zombie(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{pid} never became a zombie")
+
+
+def test_reaper_reaps_orphans_but_not_owned_children() -> None:
+    orphan = subprocess.Popen([sys.executable, "-c", "pass"])
+    with children.spawning() as own:
+        mine = subprocess.Popen([sys.executable, "-c", "raise SystemExit(7)"])
+        own(mine.pid)
+    _wait_zombie(orphan.pid)
+    _wait_zombie(mine.pid)
+    reaped = dict(children.reap_orphans(Path("/proc")))
+    assert orphan.pid in reaped
+    assert mine.pid not in reaped
+    assert mine.wait() == 7  # the owner still gets the real status
+    children.release(mine.pid)
+    orphan.returncode = 0  # reaped by the reaper; keep Popen from waiting again
