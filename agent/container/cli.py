@@ -1,0 +1,649 @@
+"""pykata-runc: a runc-compatible command line on the pykata container engine.
+
+Anything that drives runc (containerd, podman, a shell script) can drive this engine: the same
+commands, the same global flags (``--root``, ``--log``, ``--log-format``, ``--debug``), the same
+per-command flags where runc has them, and runc's state JSON. Errors print ``pykata-runc: <message>``
+to stderr (and to the ``--log`` file in the chosen format) and exit 1; ``run`` without ``--detach``
+exits with the container process's status (128+N when a signal ended it).
+
+Every call is a new process, so what a later call needs is kept in ``<root>/<id>/state.json``. The
+module imports little at start (python start-up is most of a short command's cost); the engine is
+imported by the commands that need it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+PROGRAM = "pykata-runc"
+OCI_VERSION = "1.0.2-dev"  # the runtime-spec version runc 1.1 reports; tools compare it
+DEFAULT_ROOT = "/run/pykata-runc"
+STATE_FILE = "state.json"
+
+
+class CliError(Exception):
+    """A failure the user should read: printed as ``pykata-runc: <message>``, exit status 1."""
+
+
+class UsageError(CliError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument parsing with runc's (urfave/cli) conventions: ``-flag``, ``--flag``, ``--flag=value``,
+# ``-f value``; boolean flags take no value; ``--`` ends the flags. ``exec`` stops parsing flags at
+# its first argument so ``exec ID ls -l`` passes ``-l`` to ls, as runc does.
+
+
+@dataclass(frozen=True)
+class Flag:
+    names: tuple[str, ...]
+    dest: str
+    takes_value: bool = True
+    repeated: bool = False
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    usage: str
+    flags: tuple[Flag, ...] = ()
+    min_args: int = 1
+    max_args: int | None = 1
+    flags_end_at_first_arg: bool = False
+
+
+def _bool(names: str, dest: str, help: str = "") -> Flag:
+    return Flag(tuple(names.split(",")), dest, takes_value=False, help=help)
+
+
+def _value(names: str, dest: str, help: str = "", repeated: bool = False) -> Flag:
+    return Flag(tuple(names.split(",")), dest, takes_value=True, repeated=repeated, help=help)
+
+
+GLOBAL_FLAGS = (
+    _value("root", "root", f"where container state is kept (default {DEFAULT_ROOT})"),
+    _value("log", "log", "also write log lines to this file"),
+    _value("log-format", "log_format", "text or json"),
+    _bool("debug", "debug", "log debug lines"),
+    _bool("systemd-cgroup", "systemd_cgroup", "accepted for compatibility; cgroups are managed directly"),
+    _value("criu", "criu", "accepted for compatibility; checkpointing is not supported"),
+    _value("rootless", "rootless", "accepted for compatibility; only root is supported"),
+    _bool("help,h", "help"),
+    _bool("version,v", "version"),
+)
+
+_BUNDLE = _value("bundle,b", "bundle", "the bundle directory (default: the current directory)")
+_CONSOLE_SOCKET = _value("console-socket", "console_socket", "unix socket that receives the pty master")
+_PID_FILE = _value("pid-file", "pid_file", "write the process's pid to this file")
+_NO_PIVOT = _bool("no-pivot", "no_pivot", "move the root with MS_MOVE instead of pivot_root")
+_NO_NEW_KEYRING = _bool("no-new-keyring", "no_new_keyring", "accepted for compatibility")
+_PRESERVE_FDS = _value("preserve-fds", "preserve_fds", "pass this many extra fds (from 3) to the process")
+_DETACH = _bool("detach,d", "detach", "do not wait for the process")
+
+COMMANDS = {
+    c.name: c
+    for c in (
+        Command(
+            "create",
+            "create [flags] ID",
+            (_BUNDLE, _CONSOLE_SOCKET, _PID_FILE, _NO_PIVOT, _NO_NEW_KEYRING, _PRESERVE_FDS),
+        ),
+        Command("start", "start ID"),
+        Command("state", "state ID"),
+        Command("kill", "kill [--all] ID [SIGNAL]", (_bool("all,a", "all", "signal every process"),), 1, 2),
+        Command("delete", "delete [--force] ID", (_bool("force,f", "force", "kill a running container first"),)),
+        Command(
+            "run",
+            "run [flags] ID",
+            (
+                _BUNDLE,
+                _CONSOLE_SOCKET,
+                _PID_FILE,
+                _DETACH,
+                _NO_PIVOT,
+                _NO_NEW_KEYRING,
+                _PRESERVE_FDS,
+                _bool("no-subreaper", "no_subreaper", "accepted for compatibility"),
+                _bool("keep", "keep", "keep the container's state after it exits"),
+            ),
+        ),
+        Command(
+            "exec",
+            "exec [flags] ID [COMMAND [ARG...]]",
+            (
+                _value("process,p", "process", "a process.json (runtime-spec process object)"),
+                _CONSOLE_SOCKET,
+                _PID_FILE,
+                _DETACH,
+                _bool("tty,t", "tty", "allocate a pseudo-TTY"),
+                _value("cwd", "cwd", "working directory in the container"),
+                _value("env,e", "env", "KEY=VALUE to add to the environment", repeated=True),
+                _value("user,u", "user", "UID[:GID]"),
+                _value("additional-gids,g", "additional_gids", "an additional gid", repeated=True),
+                _value("cap,c", "cap", "add a capability", repeated=True),
+                _bool("no-new-privs", "no_new_privs", "set no_new_privileges"),
+                _value("process-label", "process_label", "accepted for compatibility"),
+                _value("apparmor", "apparmor", "accepted for compatibility"),
+                _PRESERVE_FDS,
+                _bool("ignore-paused", "ignore_paused", "exec even if the container is paused"),
+            ),
+            1,
+            None,
+            flags_end_at_first_arg=True,
+        ),
+        Command(
+            "ps",
+            "ps [--format table|json] ID [PS_OPTIONS...]",
+            (_value("format,f", "format", "table or json"),),
+            1,
+            None,
+            flags_end_at_first_arg=True,
+        ),
+        Command("pause", "pause ID"),
+        Command("resume", "resume ID"),
+        Command(
+            "update",
+            "update [flags] ID",
+            (
+                _value("resources,r", "resources", "a linux.resources JSON file, or - for stdin"),
+                _value("memory", "memory", "memory limit in bytes (k, m, g suffixes allowed)"),
+                _value("memory-reservation", "memory_reservation", "memory soft limit"),
+                _value("memory-swap", "memory_swap", "memory plus swap limit"),
+                _value("cpu-quota", "cpu_quota", "CFS quota in microseconds"),
+                _value("cpu-period", "cpu_period", "CFS period in microseconds"),
+                _value("cpu-share,cpu-shares", "cpu_shares", "CPU shares (relative weight)"),
+                _value("cpuset-cpus", "cpuset_cpus", "CPUs to run on (0-3,7)"),
+                _value("cpuset-mems", "cpuset_mems", "memory nodes to use"),
+                _value("pids-limit", "pids_limit", "maximum number of tasks"),
+            ),
+        ),
+        Command(
+            "spec",
+            "spec [--bundle DIR]",
+            (_BUNDLE, _bool("rootless", "rootless", "not supported")),
+            0,
+            0,
+        ),
+        Command(
+            "list",
+            "list [--format table|json] [--quiet]",
+            (_value("format,f", "format", "table or json"), _bool("quiet,q", "quiet", "print only ids")),
+            0,
+            0,
+        ),
+    )
+}
+
+
+@dataclass
+class Invocation:
+    options: dict[str, Any]  # global flags
+    command: Command | None
+    flags: dict[str, Any] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+
+
+def _find_flag(flags: Sequence[Flag], name: str) -> Flag | None:
+    for flag in flags:
+        if name in flag.names:
+            return flag
+    return None
+
+
+def _parse_flags(
+    argv: list[str], flags: Sequence[Flag], *, stop_at_arg: bool, where: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Parse ``argv`` against ``flags``; return the flag values and the positional arguments."""
+    values: dict[str, Any] = {f.dest: ([] if f.repeated else None) for f in flags}
+    positional: list[str] = []
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        index += 1
+        if word == "--":
+            positional.extend(argv[index:])
+            break
+        if not word.startswith("-") or word == "-":
+            positional.append(word)
+            if stop_at_arg:
+                positional.extend(argv[index:])
+                break
+            continue
+        name, has_inline, inline = word.lstrip("-").partition("=")
+        flag = _find_flag(flags, name)
+        if flag is None:
+            raise UsageError(f"flag provided but not defined: {word} ({where})")
+        value: Any
+        if not flag.takes_value:
+            value = inline.lower() not in ("false", "0") if has_inline else True
+        elif has_inline:
+            value = inline
+        elif index < len(argv):
+            value = argv[index]
+            index += 1
+        else:
+            raise UsageError(f"flag needs an argument: {word} ({where})")
+        if flag.repeated:
+            values[flag.dest].append(value)
+        else:
+            values[flag.dest] = value
+    return values, positional
+
+
+def parse_args(argv: Sequence[str]) -> Invocation:
+    """Split ``argv`` (without the program name) into global flags, a command, its flags and args."""
+    words = list(argv)
+    split = 0
+    # Global flags come before the command name.
+    while split < len(words) and words[split].startswith("-"):
+        name = words[split].lstrip("-").partition("=")[0]
+        flag = _find_flag(GLOBAL_FLAGS, name)
+        if flag is None:
+            raise UsageError(f"flag provided but not defined: {words[split]}")
+        split += 1
+        if flag.takes_value and "=" not in words[split - 1]:
+            split += 1
+    options, rest = _parse_flags(words[:split], GLOBAL_FLAGS, stop_at_arg=False, where="global")
+    words = words[split:]
+    if rest:
+        raise UsageError(f"unexpected argument before the command: {rest[0]}")
+    if not words:
+        return Invocation(options, None)
+    name, words = words[0], words[1:]
+    command = COMMANDS.get(name)
+    if command is None:
+        raise UsageError(f"no such command: {name!r}; commands: {', '.join(COMMANDS)}")
+    flags, args = _parse_flags(words, command.flags, stop_at_arg=command.flags_end_at_first_arg, where=name)
+    if len(args) < command.min_args:
+        what = "a container id" if command.min_args == 1 else f"{command.min_args} arguments"
+        raise UsageError(f"{name} needs {what}; usage: {PROGRAM} {command.usage}")
+    if command.max_args is not None and len(args) > command.max_args:
+        raise UsageError(f"{name} takes at most {command.max_args} argument(s); usage: {PROGRAM} {command.usage}")
+    return Invocation(options, command, flags, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging as runc does it (logrus text or JSON lines), so containerd can read our --log file.
+
+
+class Log:
+    LEVELS = ("debug", "info", "warning", "error")
+
+    def __init__(self, path: str | None, fmt: str | None, debug: bool) -> None:
+        if fmt not in (None, "text", "json"):
+            raise UsageError(f"unknown --log-format {fmt!r}; use text or json")
+        self.path = path
+        self.json = fmt == "json"
+        self.debug_enabled = debug
+
+    def _write(self, level: str, message: str) -> None:
+        if self.path is None:
+            return
+        now = format_time(time.time_ns())
+        if self.json:
+            line = json.dumps({"level": level, "msg": message, "time": now})
+        else:
+            line = f"time={json.dumps(now)} level={level} msg={json.dumps(message)}"
+        try:
+            with open(self.path, "a", encoding="utf-8") as stream:
+                stream.write(line + "\n")
+        except OSError as exc:
+            print(f"{PROGRAM}: cannot write log {self.path}: {exc.strerror}", file=sys.stderr)
+            self.path = None
+
+    def debug(self, message: str) -> None:
+        if self.debug_enabled:
+            self._write("debug", message)
+            if self.path is None:
+                print(f"{PROGRAM}: debug: {message}", file=sys.stderr)
+
+    def warning(self, message: str) -> None:
+        self._write("warning", message)
+        print(f"{PROGRAM}: warning: {message}", file=sys.stderr)
+
+    def error(self, message: str) -> None:
+        self._write("error", message)
+        print(f"{PROGRAM}: {message}", file=sys.stderr)
+
+
+def format_time(ns: int) -> str:
+    """RFC 3339 in UTC with nanoseconds, as Go's time.RFC3339Nano prints (runc's ``created``)."""
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    fraction = f"{nanos:09d}".rstrip("0")
+    return f"{stamp}.{fraction}Z" if fraction else f"{stamp}Z"
+
+
+# ---------------------------------------------------------------------------------------------
+# The default spec (``spec``): runc's default config.json, so tools that start from it work the same.
+
+
+def default_spec() -> dict[str, Any]:
+    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    hardened = ["nosuid", "noexec", "nodev"]
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": True,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": {s: list(caps) for s in ("bounding", "effective", "permitted", "ambient")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": "runc",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": [*hardened, "mode=1777", "size=65536k"],
+            },
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": list(hardened)},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": [*hardened, "ro"]},
+            {
+                "destination": "/sys/fs/cgroup",
+                "type": "cgroup",
+                "source": "cgroup",
+                "options": [*hardened, "relatime", "ro"],
+            },
+        ],
+        "linux": {
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": [
+                "/proc/acpi",
+                "/proc/asound",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/sys/firmware",
+                "/proc/scsi",
+            ],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# What a later call needs to find a container again: <root>/<id>/state.json.
+
+STATUS_CREATED = "created"
+STATUS_RUNNING = "running"
+STATUS_PAUSED = "paused"
+STATUS_STOPPED = "stopped"
+
+
+@dataclass
+class Record:
+    id: str
+    bundle: str
+    rootfs: str
+    created: str
+    pid: int = 0
+    pid_start: int = 0  # the init's start time (clock ticks since boot) guards against pid reuse
+    started: bool = False
+    paused: bool = False
+    oci_version: str = OCI_VERSION
+    annotations: dict[str, str] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)  # whatever the engine needs to act again
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def validate_id(container_id: str) -> None:
+    """runc's rule: letters, digits, ``_ + - .``; never ``.`` or ``..``; no ``/``."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
+    if not container_id or container_id in (".", "..") or not set(container_id) <= allowed:
+        raise CliError(f"invalid container id {container_id!r}: use letters, digits and _+-. only")
+    if len(container_id) > 1024:
+        raise CliError("invalid container id: longer than 1024 characters")
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def dir(self, container_id: str) -> Path:
+        validate_id(container_id)
+        return self.root / container_id
+
+    def reserve(self, container_id: str) -> Path:
+        """Make the container's state directory; an existing one means a duplicate id."""
+        path = self.dir(container_id)
+        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o711)
+        except FileExistsError:
+            raise CliError(f"container with id {container_id!r} already exists") from None
+        return path
+
+    def load(self, container_id: str) -> Record:
+        path = self.dir(container_id) / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CliError(f"container {container_id!r} does not exist") from None
+        except (OSError, ValueError) as exc:
+            raise CliError(f"container {container_id!r}: unreadable state {path}: {exc}") from None
+        return Record.from_json(data)
+
+    def save(self, record: Record) -> None:
+        directory = self.dir(record.id)
+        temporary = directory / f".{STATE_FILE}.{os.getpid()}"
+        temporary.write_text(json.dumps(record.to_json()))
+        os.replace(temporary, directory / STATE_FILE)
+
+    def remove(self, container_id: str) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir(container_id), ignore_errors=True)
+
+    def ids(self) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self.root) if (Path(e.path) / STATE_FILE).exists())
+        except FileNotFoundError:
+            return []
+
+
+def process_start_time(proc_pid: Path) -> int | None:
+    """Field 22 of /proc/<pid>/stat, or None when the process is gone or a zombie."""
+    try:
+        stat = (proc_pid / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands. Each takes the parsed invocation and returns the exit status.
+
+
+class Context:
+    def __init__(self, invocation: Invocation, log: Log) -> None:
+        from agent.system.paths import HostPaths
+
+        self.invocation = invocation
+        self.flags = invocation.flags
+        self.args = invocation.args
+        self.log = log
+        self.paths = HostPaths(Path("/"))
+        self.store = Store(Path(invocation.options.get("root") or DEFAULT_ROOT))
+
+    def status(self, record: Record) -> str:
+        if record.pid <= 0 or process_start_time(self.paths.proc_pid(record.pid)) != record.pid_start:
+            return STATUS_STOPPED
+        if not record.started:
+            return STATUS_CREATED
+        return STATUS_PAUSED if record.paused else STATUS_RUNNING
+
+    def state_json(self, record: Record, owner: str = "") -> dict[str, Any]:
+        status = self.status(record)
+        state: dict[str, Any] = {
+            "ociVersion": OCI_VERSION,
+            "id": record.id,
+            "pid": record.pid if status != STATUS_STOPPED else 0,
+            "status": status,
+            "bundle": record.bundle,
+            "rootfs": record.rootfs,
+            "created": record.created,
+            "owner": owner,
+        }
+        if record.annotations:
+            state["annotations"] = record.annotations
+        return state
+
+
+def cmd_spec(ctx: Context) -> int:
+    bundle = Path(ctx.flags["bundle"] or ".")
+    if ctx.flags["rootless"]:
+        raise CliError("spec --rootless is not supported: pykata-runc runs containers as root only")
+    target = bundle / "config.json"
+    if target.exists():
+        raise CliError(f"file {target} exists. Remove it first")
+    target.write_text(json.dumps(default_spec(), indent="\t"))
+    return 0
+
+
+def cmd_state(ctx: Context) -> int:
+    record = ctx.store.load(ctx.args[0])
+    print(json.dumps(ctx.state_json(record), indent=2))
+    return 0
+
+
+def _owner(path: Path) -> str:
+    import pwd
+
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return ""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"#{uid}"
+
+
+def cmd_list(ctx: Context) -> int:
+    states = []
+    for container_id in ctx.store.ids():
+        try:
+            record = ctx.store.load(container_id)
+        except CliError:
+            continue  # removed while we listed
+        states.append(ctx.state_json(record, _owner(ctx.store.dir(container_id))))
+    fmt = ctx.flags["format"] or "table"
+    if ctx.flags["quiet"]:
+        for state in states:
+            print(state["id"])
+    elif fmt == "json":
+        print(json.dumps(states, separators=(",", ":")))
+    elif fmt == "table":
+        header = ("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")
+        rows = [header] + [
+            (s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"]) for s in states
+        ]
+        print(_table(rows), end="")
+    else:
+        raise CliError(f"invalid format option {fmt!r}: use table or json")
+    return 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    """Columns as Go's tabwriter lays them out for runc (minimum width 12, padding 3)."""
+    widths = [max(12, *(len(row[i]) + 3 for row in rows)) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("".join(cells) + row[-1])
+    return "".join(line + "\n" for line in lines)
+
+
+HANDLERS: dict[str, Callable[[Context], int]] = {
+    "spec": cmd_spec,
+    "state": cmd_state,
+    "list": cmd_list,
+}
+
+
+def usage() -> str:
+    lines = [f"usage: {PROGRAM} [global flags] COMMAND [flags] [ID]", "", "commands:"]
+    lines += [f"  {c.usage}" for c in COMMANDS.values()]
+    lines += ["", "global flags:"]
+    lines += [f"  --{f.names[0]:<16} {f.help}" for f in GLOBAL_FLAGS if f.help]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``pykata-runc`` console script."""
+    sys.exit(run_cli(sys.argv[1:] if argv is None else argv))
+
+
+def run_cli(argv: Sequence[str]) -> int:
+    log = Log(None, None, False)
+    try:
+        invocation = parse_args(argv)
+        options = invocation.options
+        log = Log(options.get("log"), options.get("log_format"), bool(options.get("debug")))
+        if options.get("version"):
+            print(f"{PROGRAM} version 0.1.0\nspec: {OCI_VERSION}")
+            return 0
+        if invocation.command is None or options.get("help"):
+            print(usage())
+            return 0 if options.get("help") else 1
+        if options.get("systemd_cgroup"):
+            log.warning("--systemd-cgroup is ignored: cgroups are managed directly through cgroupfs")
+        handler = HANDLERS.get(invocation.command.name)
+        if handler is None:
+            raise CliError(f"{invocation.command.name}: not implemented")
+        log.debug(f"{invocation.command.name} {' '.join(invocation.args)}")
+        return handler(Context(invocation, log))
+    except CliError as exc:
+        log.error(str(exc))
+        return 1
+    except OSError as exc:
+        log.error(f"{exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    main()
