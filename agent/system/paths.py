@@ -81,6 +81,14 @@ class HostPaths:
     def block_class(self) -> Path:
         return self._at("sys/class/block")
 
+    @property
+    def scsi_devices(self) -> Path:
+        return self._at("sys/bus/scsi/devices")
+
+    @property
+    def scsi_host_class(self) -> Path:
+        return self._at("sys/class/scsi_host")
+
     # --- devices
     @property
     def dev(self) -> Path:
