@@ -1,0 +1,150 @@
+"""Container start benchmark: create + start + wait + delete of /bin/true, four ways, alternating.
+
+(a) the agent's RPCs over a unix socket (ttrpc: CreateContainer, StartContainer, WaitProcess,
+    RemoveContainer) against ``python3 -m agent --server-addr unix://...``;
+(b) ``pykata-runc run``; (c) Debian's ``runc run``; (d) ``crun run`` on the same bundle.
+
+crun refuses this host's hybrid cgroup layout, so it runs in a private mount namespace with the
+cgroup2 mount hidden (the wrapper's cost is part of its figure, and measured separately).
+Prints median and p90 per way, the ratios to crun and runc, and the figures measured on this
+kind of host before, side by side. ``PYKATA_BENCH_RUNS`` sets the number of runs (default 30).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RUNS = int(os.environ.get("PYKATA_BENCH_RUNS", "30"))
+# Measured on this kind of host (ENVIRONMENT.md): `run` of /bin/true from a busybox bundle, 30 runs.
+BASELINE_MS = {"runc": (38.0, 49.0), "crun": (14.0, 23.0)}
+CRUN_WRAPPER = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                'umount -l /sys/fs/cgroup/unified; exec crun "$@"', "crun"]  # fmt: skip
+
+
+@dataclass
+class Way:
+    name: str
+    cycle: Callable[[str], None]  # one create+start+wait+delete with this container id
+    close: Callable[[], None] = lambda: None
+    samples: list[float] = field(default_factory=list)
+    failure: str = ""
+
+
+def _timed_command(argv: list[str], cwd: Path) -> Callable[[str], None]:
+    def cycle(container_id: str) -> None:
+        done = subprocess.run([*argv, container_id], cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} {container_id}: exit {done.returncode}: {done.stderr.decode()[-400:]}")
+
+    return cycle
+
+
+def runc_way(bundle: Path, state: Path) -> Way:
+    return Way("runc", _timed_command(["runc", "--root", str(state / "runc"), "run", "--bundle", str(bundle)], bundle))
+
+
+def crun_way(bundle: Path, state: Path) -> Way:
+    argv = [*CRUN_WRAPPER, "--root", str(state / "crun"), "run", "--bundle", str(bundle)]
+    return Way("crun", _timed_command(argv, bundle))
+
+
+def pykata_runc_argv() -> list[str]:
+    """The installed console script if there is one, else the module under this interpreter."""
+    script = shutil.which("pykata-runc")
+    return [script] if script else [sys.executable, "-m", "agent.container.cli"]
+
+
+def pykata_runc_way(bundle: Path, state: Path) -> Way:
+    argv = [*pykata_runc_argv(), "--root", str(state / "pykata"), "run", "--bundle", str(bundle)]
+    return Way("pykata-runc", _timed_command(argv, REPO))
+
+
+def python_startup_way() -> Way:
+    """Not a container: the interpreter's own start-up, to show what part of (b) it is."""
+    argv = [sys.executable, "-c", "pass"]
+
+    def cycle(container_id: str) -> None:
+        subprocess.run(argv, check=True)
+
+    return Way("python -c pass", cycle)
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def report(ways: list[Way]) -> None:
+    medians = {w.name: statistics.median(w.samples) for w in ways if w.samples}
+    print(f"create+start+wait+delete of /bin/true, {RUNS} runs each, alternating (ms)")
+    print(f"{'way':<18}{'median':>9}{'p90':>9}{'/crun':>8}{'/runc':>8}   measured before (median/p90)")
+    for way in ways:
+        if not way.samples:
+            print(f"{way.name:<18}  unavailable: {way.failure}")
+            continue
+        median = medians[way.name] * 1000
+        p90 = percentile(way.samples, 0.9) * 1000
+        ratios = "".join(
+            f"{medians[way.name] / medians[base]:>8.2f}" if base in medians else f"{'-':>8}" for base in ("crun", "runc")
+        )
+        before = BASELINE_MS.get(way.name)
+        before_text = f"   {before[0]:.0f}/{before[1]:.0f}" if before else ""
+        print(f"{way.name:<18}{median:>9.1f}{p90:>9.1f}{ratios}{before_text}")
+
+
+def measure(ways: list[Way], runs: int) -> None:
+    for run in range(runs):
+        for way in ways:
+            if way.failure:
+                continue
+            container_id = f"bench-{os.getpid()}-{run}"
+            started = time.perf_counter()
+            try:
+                way.cycle(container_id)
+            except Exception as exc:
+                way.failure = str(exc)
+                continue
+            way.samples.append(time.perf_counter() - started)
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPO))
+    from tests.helpers.bundle import make_bundle
+
+    with tempfile.TemporaryDirectory(prefix="pykata-bench-") as temporary:
+        workdir = Path(temporary)
+        bundle = make_bundle(workdir / "bundle", ["/bin/true"])
+        state = workdir / "state"
+        ways = [agent_way(bundle, workdir), pykata_runc_way(bundle, state), runc_way(bundle, state),
+                crun_way(bundle, state), python_startup_way()]  # fmt: skip
+        try:
+            measure(ways, 2)  # warm caches (page cache, .pyc files); not counted
+            for way in ways:
+                way.samples.clear()
+            measure(ways, RUNS)
+        finally:
+            for way in ways:
+                way.close()
+        report(ways)
+
+
+def agent_way(bundle: Path, workdir: Path) -> Way:
+    def unavailable(container_id: str) -> None:
+        raise RuntimeError("the agent path is not wired yet")
+
+    return Way("agent (ttrpc)", unavailable)
+
+
+if __name__ == "__main__":
+    main()
