@@ -44,7 +44,8 @@ def _timed_command(argv: list[str], cwd: Path) -> Callable[[str], None]:
     def cycle(container_id: str) -> None:
         done = subprocess.run([*argv, container_id], cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True)
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} {container_id}: exit {done.returncode}: {done.stderr.decode()[-400:]}")
+            tail = done.stderr.decode(errors="replace")[-400:]
+            raise RuntimeError(f"{' '.join(argv)} {container_id}: exit {done.returncode}: {tail}")
 
     return cycle
 
@@ -96,7 +97,8 @@ def report(ways: list[Way]) -> None:
         median = medians[way.name] * 1000
         p90 = percentile(way.samples, 0.9) * 1000
         ratios = "".join(
-            f"{medians[way.name] / medians[base]:>8.2f}" if base in medians else f"{'-':>8}" for base in ("crun", "runc")
+            f"{medians[way.name] / medians[base]:>8.2f}" if base in medians else f"{'-':>8}"
+            for base in ("crun", "runc")
         )
         before = BASELINE_MS.get(way.name)
         before_text = f"   {before[0]:.0f}/{before[1]:.0f}" if before else ""

@@ -1,0 +1,338 @@
+"""pykata-runc driven the way containerd or a shell script drives runc, as root on the host.
+
+Bundles hold a busybox rootfs and the config.json that Debian's ``runc spec`` writes, with the
+rootfs and args changed; ``terminal`` is off (no tty here) and ``linux.cgroupsPath`` points under a
+cgroup parent named for this test run, so the tests create and remove only their own cgroups. Every
+test deletes its containers; the module checks that no process, mount or cgroup is left behind.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, require_root
+from tests.helpers.bundle import make_bundle, runc_default_spec
+
+RUN_TAG = f"pykata-test-runc-cli-{os.getpid()}"
+CGROUP_PARENT = f"/{RUN_TAG}"
+CGROUP_FS = Path("/sys/fs/cgroup")
+CLI = [sys.executable, "-m", "agent.container.cli"]
+
+
+class Runtime:
+    """One --root for a test; remembers the ids it created so teardown can delete them."""
+
+    def __init__(self, root: Path, workdir: Path, spec: dict[str, Any]) -> None:
+        self.root = root
+        self.workdir = workdir
+        self.spec = spec
+        self.ids: list[str] = []
+        self.pids: list[int] = []
+
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 60, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*CLI, "--root", str(self.root), *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kw,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"pykata-runc {' '.join(args)}: exit {done.returncode}: {done.stderr}")
+        return done
+
+    def bundle(self, name: str, args: list[str], **spec_edits: Any) -> Path:
+        def edit(config: dict[str, Any]) -> None:
+            config["linux"]["cgroupsPath"] = f"{CGROUP_PARENT}/{name}"
+            for key, value in spec_edits.items():
+                config["process"][key] = value
+
+        return make_bundle(self.workdir / name, args, spec=self.spec, edit=edit)
+
+    def new_id(self, name: str) -> str:
+        container_id = f"{RUN_TAG}-{name}"
+        self.ids.append(container_id)
+        return container_id
+
+    def state(self, container_id: str) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads(self("state", container_id).stdout)
+        return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _test_cgroups() -> list[Path]:
+    return sorted(p for p in CGROUP_FS.glob(f"*/{RUN_TAG}*")) + sorted(CGROUP_FS.glob(f"*/*/{RUN_TAG}*"))
+
+
+def _mounts_under(path: Path) -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if f" {path}" in line]
+
+
+@pytest.fixture(scope="module")
+def default_spec() -> dict[str, Any]:
+    require_root()
+    return runc_default_spec()
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, default_spec: dict[str, Any]) -> Iterator[Runtime]:
+    rt = Runtime(tmp_path / "state", tmp_path, default_spec)
+    yield rt
+    for container_id in rt.ids:
+        rt("delete", "--force", container_id, check=False)
+    for pid in rt.pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    leftovers = [cid for cid in rt.ids if (rt.root / cid).exists()]
+    assert not leftovers, f"state left behind for {leftovers}"
+    assert not _mounts_under(tmp_path), "mounts left behind under the test's directory"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_cgroups_left() -> Iterator[None]:
+    yield
+    left = _test_cgroups()
+    for path in sorted(left, key=lambda p: len(p.parts), reverse=True):
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+    assert not left, f"cgroups left behind: {left}"
+
+
+def test_lifecycle_of_runc_spec_bundle(runtime: Runtime) -> None:
+    bundle = runtime.bundle("life", ["/bin/sleep", "300"])
+    cid = runtime.new_id("life")
+    pid_file = runtime.workdir / "life.pid"
+    runtime("create", "--bundle", str(bundle), "--pid-file", str(pid_file), cid)
+
+    state = runtime.state(cid)
+    assert state["status"] == "created"
+    assert state["id"] == cid
+    assert state["bundle"] == str(bundle)
+    assert state["rootfs"] == str(bundle / "rootfs")
+    assert state["ociVersion"]
+    assert state["created"].endswith("Z")
+    pid = state["pid"]
+    assert pid > 0 and _alive(pid)
+    assert int(pid_file.read_text()) == pid
+    # The process waits before the user's program: it has not exec'd sleep yet.
+    assert b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+    runtime("start", cid)
+    state = runtime.state(cid)
+    assert state["status"] == "running"
+    assert state["pid"] == pid
+    _wait_for(lambda: Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/bin/sleep"), "sleep to run")
+    # It runs in its own namespaces, as the spec asks.
+    for ns in ("pid", "net", "ipc", "uts", "mnt"):
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+
+    runtime("kill", cid, "KILL")
+    _wait_for(lambda: runtime.state(cid)["status"] == "stopped", "the container to stop")
+    assert not _alive(pid)
+    assert runtime.state(cid)["pid"] == 0
+
+    runtime("delete", cid)
+    done = runtime("state", cid, check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("pykata-runc: ")
+    assert "does not exist" in done.stderr
+
+
+def test_run_propagates_exit_status(runtime: Runtime) -> None:
+    bundle = runtime.bundle("exit", ["/bin/sh", "-c", "echo out; echo err >&2; exit 7"])
+    done = runtime("run", "--bundle", str(bundle), runtime.new_id("exit"), check=False)
+    assert done.returncode == 7, done.stderr
+    assert done.stdout == "out\n"
+    assert "err\n" in done.stderr
+    # run without --keep deletes the container afterwards.
+    assert runtime("list", "-q").stdout == ""
+
+
+def test_run_reports_signal_as_128_plus_n(runtime: Runtime) -> None:
+    bundle = runtime.bundle("sig", ["/bin/sh", "-c", "kill -TERM $$; sleep 5"])
+    done = runtime("run", "-b", str(bundle), runtime.new_id("sig"), check=False)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+
+
+def test_run_detached_then_exec(runtime: Runtime) -> None:
+    bundle = runtime.bundle("exec", ["/bin/sleep", "300"])
+    cid = runtime.new_id("exec")
+    runtime("run", "--detach", "--bundle", str(bundle), cid)
+    state = runtime.state(cid)
+    assert state["status"] == "running"
+
+    done = runtime("exec", cid, "/bin/sh", "-c", "echo $$; cat /proc/self/status | grep ^NSpid; exit 3", check=False)
+    assert done.returncode == 3, done.stderr
+    # Inside the container's pid namespace the exec'd shell is not pid 1, and has a host pid too.
+    nspid = done.stdout.splitlines()[1].split()
+    assert len(nspid) == 3 and nspid[2] != "1"
+
+    process = {"args": ["/bin/cat", "/etc/hostname"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}
+    process_json = runtime.workdir / "process.json"
+    process_json.write_text(json.dumps(process))
+    done = runtime("exec", "--process", str(process_json), cid)
+    assert done.stdout == "busybox\n"
+
+    done = runtime("exec", cid, "/bin/hostname")
+    assert done.stdout == "runc\n"  # the spec's hostname, in the container's uts namespace
+
+    runtime("delete", "--force", cid)
+    _wait_for(lambda: not _alive(state["pid"]), "the container to die")
+
+
+def test_exec_detached_writes_pid_file(runtime: Runtime) -> None:
+    bundle = runtime.bundle("execd", ["/bin/sleep", "300"])
+    cid = runtime.new_id("execd")
+    runtime("run", "-d", "-b", str(bundle), cid)
+    pid_file = runtime.workdir / "exec.pid"
+    runtime("exec", "--detach", "--pid-file", str(pid_file), cid, "/bin/sleep", "200")
+    pid = int(pid_file.read_text())
+    runtime.pids.append(pid)
+    assert _alive(pid)
+    init = runtime.state(cid)["pid"]
+    assert os.readlink(f"/proc/{pid}/ns/pid") == os.readlink(f"/proc/{init}/ns/pid")
+    assert os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink(f"/proc/{init}/ns/mnt")
+    ps = json.loads(runtime("ps", "--format", "json", cid).stdout)
+    assert sorted(ps) == sorted([init, pid])
+    runtime("kill", "--all", cid, "KILL")
+    _wait_for(lambda: not _alive(pid) and not _alive(init), "every process to die")
+
+
+def test_pause_resume_and_ps(runtime: Runtime) -> None:
+    bundle = runtime.bundle("pause", ["/bin/sh", "-c", "while :; do sleep 0.05; done"])
+    cid = runtime.new_id("pause")
+    runtime("run", "-d", "-b", str(bundle), cid)
+    pid = runtime.state(cid)["pid"]
+
+    runtime("pause", cid)
+    assert runtime.state(cid)["status"] == "paused"
+    _wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "DS", "the shell to freeze")
+    table = runtime("ps", cid).stdout.splitlines()
+    assert table[0].split()[:2] == ["UID", "PID"]
+    assert any(line.split()[1] == str(pid) for line in table[1:])
+    done = runtime("start", cid, check=False)
+    assert done.returncode == 1 and "paused" in done.stderr
+
+    runtime("resume", cid)
+    assert runtime.state(cid)["status"] == "running"
+    pids = json.loads(runtime("ps", "-f", "json", cid).stdout)
+    assert pid in pids
+
+
+def test_list_shows_every_container(runtime: Runtime) -> None:
+    bundle = runtime.bundle("list", ["/bin/sleep", "300"])
+    first, second = runtime.new_id("list-a"), runtime.new_id("list-b")
+    runtime("create", "-b", str(bundle), first)
+    runtime("run", "-d", "-b", str(runtime.bundle("list2", ["/bin/sleep", "300"])), second)
+
+    assert runtime("list", "-q").stdout.split() == [first, second]
+    listed = {s["id"]: s for s in json.loads(runtime("list", "--format", "json").stdout)}
+    assert listed[first]["status"] == "created" and listed[second]["status"] == "running"
+    assert listed[first]["owner"] == "root"
+    table = runtime("list").stdout.splitlines()
+    assert table[0].split() == ["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"]
+    assert [line.split()[2] for line in table[1:]] == ["created", "running"]
+
+
+def test_errors_for_unknown_and_duplicate_ids(runtime: Runtime) -> None:
+    for command in (["state"], ["start"], ["kill"], ["delete"], ["pause"], ["exec"]):
+        done = runtime(*command, f"{RUN_TAG}-nope", *(["/bin/true"] if command == ["exec"] else []), check=False)
+        assert done.returncode == 1, command
+        assert done.stderr.startswith("pykata-runc: ") and "does not exist" in done.stderr, done.stderr
+
+    bundle = runtime.bundle("dup", ["/bin/sleep", "300"])
+    cid = runtime.new_id("dup")
+    runtime("create", "-b", str(bundle), cid)
+    pid = runtime.state(cid)["pid"]
+    done = runtime("create", "-b", str(bundle), cid, check=False)
+    assert done.returncode == 1 and "already exists" in done.stderr
+    assert runtime.state(cid)["pid"] == pid  # the first container is untouched
+
+    done = runtime("create", "-b", str(bundle), "../escape", check=False)
+    assert done.returncode == 1 and "invalid container id" in done.stderr
+
+    runtime("start", cid)
+    done = runtime("start", cid, check=False)
+    assert done.returncode == 1 and "running" in done.stderr
+    done = runtime("delete", cid, check=False)  # running, no --force
+    assert done.returncode == 1 and "running" in done.stderr
+
+
+def test_update_limits_memory_and_pids(runtime: Runtime) -> None:
+    bundle = runtime.bundle("update", ["/bin/sleep", "300"])
+    cid = runtime.new_id("update")
+    runtime("run", "-d", "-b", str(bundle), cid)
+    runtime("update", "--memory", "64m", "--pids-limit", "20", "--cpu-quota", "50000", "--cpu-period", "100000", cid)
+    memory = CGROUP_FS / "memory" / RUN_TAG / "update"
+    pids = CGROUP_FS / "pids" / RUN_TAG / "update"
+    cpu = CGROUP_FS / "cpu,cpuacct" / RUN_TAG / "update"
+    assert (memory / "memory.limit_in_bytes").read_text().strip() == str(64 << 20)
+    assert (pids / "pids.max").read_text().strip() == "20"
+    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
+
+    resources = runtime.workdir / "resources.json"
+    resources.write_text(json.dumps({"pids": {"limit": 30}}))
+    runtime("update", "-r", str(resources), cid)
+    assert (pids / "pids.max").read_text().strip() == "30"
+
+
+def test_console_socket_receives_pty_master(runtime: Runtime) -> None:
+    bundle = runtime.bundle("tty", ["/bin/sh", "-c", "tty; sleep 300"], terminal=True)
+    cid = runtime.new_id("tty")
+    path = runtime.workdir / "console.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        runtime("create", "-b", str(bundle), "--console-socket", str(path), cid)
+        connection, _ = listener.accept()
+        with connection:
+            fds = array.array("i")
+            _message, ancillary, _flags, _addr = connection.recvmsg(4096, socket.CMSG_SPACE(fds.itemsize))
+            level, kind, data = ancillary[0]
+            assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+            fds.frombytes(data[: fds.itemsize])
+    master = fds[0]
+    try:
+        assert os.isatty(master)
+        runtime("start", cid)
+        output = b""
+        deadline = time.monotonic() + 10
+        while b"\n" not in output and time.monotonic() < deadline:
+            output += os.read(master, 1024)
+        assert output.startswith(b"/dev/"), output  # the shell's stdin is a terminal
+    finally:
+        os.close(master)
