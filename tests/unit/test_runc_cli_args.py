@@ -1,0 +1,116 @@
+"""pykata-runc's argument parsing, state format and spec, without root (no containers run here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.container import cli
+
+
+def test_global_and_command_flags_in_runc_styles() -> None:
+    inv = cli.parse_args(
+        ["--root", "/tmp/r", "--log=/tmp/l", "--log-format", "json", "create", "-b", "/b", "--pid-file=/p", "c1"]
+    )
+    assert inv.options["root"] == "/tmp/r" and inv.options["log"] == "/tmp/l" and inv.options["log_format"] == "json"
+    assert inv.command is not None and inv.command.name == "create"
+    assert inv.flags["bundle"] == "/b" and inv.flags["pid_file"] == "/p"
+    assert inv.args == ["c1"]
+
+
+def test_single_dash_long_flags_and_flags_after_the_id() -> None:
+    inv = cli.parse_args(["-root", "/r", "delete", "c1", "-force"])
+    assert inv.options["root"] == "/r"
+    assert inv.flags["force"] is True and inv.args == ["c1"]
+
+
+def test_exec_keeps_the_command_flags_for_the_command() -> None:
+    inv = cli.parse_args(["exec", "-e", "A=1", "--env", "B=2", "-t", "c1", "ls", "-l", "--all"])
+    assert inv.flags["env"] == ["A=1", "B=2"] and inv.flags["tty"] is True
+    assert inv.args == ["c1", "ls", "-l", "--all"]
+
+
+def test_kill_takes_an_optional_signal() -> None:
+    assert cli.parse_args(["kill", "c1"]).args == ["c1"]
+    assert cli.parse_args(["kill", "--all", "c1", "KILL"]).args == ["c1", "KILL"]
+    with pytest.raises(cli.UsageError, match="at most 2"):
+        cli.parse_args(["kill", "c1", "KILL", "extra"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["create"], "needs a container id"),
+        (["create", "--bogus", "c1"], "flag provided but not defined: --bogus"),
+        (["--nope", "list"], "flag provided but not defined: --nope"),
+        (["frobnicate", "c1"], "no such command"),
+        (["create", "c1", "--bundle"], "flag needs an argument"),
+    ],
+)
+def test_usage_errors_name_the_problem(argv: list[str], message: str) -> None:
+    with pytest.raises(cli.UsageError, match=message):
+        cli.parse_args(argv)
+
+
+def test_errors_exit_1_with_the_program_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli.run_cli(["--root", str(tmp_path), "state", "missing"]) == 1
+    err = capsys.readouterr().err
+    assert err == "pykata-runc: container 'missing' does not exist\n"
+
+
+def test_log_file_gets_json_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "log.json"
+    assert cli.run_cli(["--root", str(tmp_path), "--log", str(log), "--log-format", "json", "state", "x"]) == 1
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["level"] == "error" and "does not exist" in entry["msg"] and entry["time"].endswith("Z")
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../x", "sp ace"])
+def test_invalid_ids_are_refused(bad: str) -> None:
+    with pytest.raises(cli.CliError, match="invalid container id"):
+        cli.validate_id(bad)
+
+
+def test_created_is_rfc3339_nano_utc() -> None:
+    assert cli.format_time(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z"
+    assert cli.format_time(1_700_000_000_120_000_000) == "2023-11-14T22:13:20.12Z"
+    assert cli.format_time(1_700_000_000_000_000_000) == "2023-11-14T22:13:20Z"
+
+
+def test_state_and_list_read_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = cli.Store(tmp_path)
+    store.reserve("c1")
+    store.save(cli.Record(id="c1", bundle="/b", rootfs="/b/rootfs", created="2026-01-01T00:00:00Z", pid=0))
+    assert cli.run_cli(["--root", str(tmp_path), "state", "c1"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert list(state) == ["ociVersion", "id", "pid", "status", "bundle", "rootfs", "created", "owner"]
+    assert state["status"] == "stopped" and state["pid"] == 0
+
+    assert cli.run_cli(["--root", str(tmp_path), "list", "-q"]) == 0
+    assert capsys.readouterr().out == "c1\n"
+    assert cli.run_cli(["--root", str(tmp_path), "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("ID          PID         STATUS      BUNDLE      CREATED")
+    assert lines[1].split()[:4] == ["c1", "0", "stopped", "/b"]
+    with pytest.raises(cli.CliError, match="already exists"):
+        store.reserve("c1")
+
+
+def test_table_pads_like_tabwriter() -> None:
+    text = cli._table([("ID", "PID", "OWNER"), ("a-long-container-id", "1", "root")])
+    assert text.splitlines() == [
+        "ID" + " " * 20 + "PID" + " " * 9 + "OWNER",
+        "a-long-container-id" + " " * 3 + "1" + " " * 11 + "root",
+    ]
+
+
+def test_spec_writes_what_runc_spec_writes(tmp_path: Path) -> None:
+    assert cli.run_cli(["spec", "--bundle", str(tmp_path)]) == 0
+    ours = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "r").mkdir()
+    subprocess.run(["runc", "spec", "--bundle", str(tmp_path / "r")], check=True)  # Debian's runc
+    assert ours == json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cli.run_cli(["spec", "--bundle", str(tmp_path)]) == 1  # refuses to overwrite
