@@ -1,0 +1,456 @@
+"""Boot a guest under QEMU for development and tests.
+
+``boot(kernel=..., initrd=..., image=None, share=DIR, cmdline=...)`` starts the hybrid vsock
+back-end (``python -m agentctl.hvsock``), then QEMU with a ``vhost-user-vsock-pci`` device on shared
+guest memory, a QMP socket, a 9p share, and the serial console in a log file; it waits until the
+guest is ready and returns a ``Guest``. ``Guest`` is a context manager: leaving it ends QEMU and the
+back-end by PID. ``agentctl boot`` detaches instead and leaves a state file in the run directory,
+which ``agentctl stop`` reads.
+
+KVM is tried first (``-accel kvm -cpu host``); when /dev/kvm is missing, or QEMU fails, or the guest
+does not come up in ``kvm_grace`` seconds, the guest is booted again under TCG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from agentctl import hvsock
+from agentctl.qmp import QMPClient
+
+DEFAULT_RUN_DIR = Path("/run/pykata/vm")
+DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
+AGENT_READY_MARKER = "agent ready"
+AGENT_PORT = 1024
+# Under /run/pykata: KVM failed on this host, so "auto" goes straight to TCG.
+KVM_VERDICT = "kvm-unusable"
+QEMU = "qemu-system-x86_64"
+
+Progress = Callable[[str], None]
+
+
+def _stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class BootError(RuntimeError):
+    """The guest did not come up; the message names the phase and points at the logs."""
+
+
+@dataclass
+class GuestConfig:
+    kernel: Path | None = None
+    initrd: Path | None = None
+    image: Path | None = None  # a raw disk image with the root filesystem (virtio-blk, /dev/vda)
+    share: Path | None = None  # 9p share, mount tag "kataShared"
+    cmdline: str = ""
+    cpus: int = 1
+    max_cpus: int = 4
+    memory: str = "512M"
+    max_memory: str = "2G"
+    slots: int = 4
+    guest_cid: int = hvsock.DEFAULT_GUEST_CID
+    accel: str = "auto"  # "auto" (KVM, else TCG), "kvm" or "tcg"
+    name: str = "default"
+    run_dir: Path | None = None
+    ready_marker: str = AGENT_READY_MARKER  # console line that means ready ("" to skip)
+    ready_port: int | None = AGENT_PORT  # vsock port that answers when ready (None to skip)
+    ready_all: bool = False  # need both the marker and the port (else either one)
+    ready_timeout: float = 120.0
+    kvm_grace: float = 12.0
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GuestState:
+    """What ``agentctl stop`` and the other commands need to find a detached guest."""
+
+    name: str
+    run_dir: str
+    qemu_pid: int
+    backend_pid: int
+    uds: str
+    qmp: str
+    console_log: str
+    accel: str
+
+    @property
+    def address(self) -> str:
+        return f"hvsock://{self.uds}:{AGENT_PORT}"
+
+    def save(self) -> None:
+        path = Path(self.run_dir) / "state.json"
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: Path) -> GuestState:
+        path = run_dir / "state.json"
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise BootError(f"no guest state in {path}; is a guest booted? (agentctl boot)") from None
+
+
+def run_dir_for(name: str, base: Path | None = None) -> Path:
+    return (base or DEFAULT_RUN_DIR) / name
+
+
+def kvm_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def qemu_argv(config: GuestConfig, paths: dict[str, Path], accel: str) -> list[str]:
+    if config.kernel is None and config.image is None:
+        raise BootError("nothing to boot: give a kernel (with an initrd or an image)")
+    argv = [QEMU, "-name", f"pykata-{config.name}", "-nodefaults", "-nographic", "-no-reboot"]
+    if accel == "kvm":
+        argv += ["-machine", "q35", "-accel", "kvm", "-cpu", "host"]
+    else:
+        argv += ["-machine", "q35,accel=tcg", "-cpu", "max"]
+    argv += [
+        "-smp",
+        f"{config.cpus},maxcpus={config.max_cpus}",
+        "-m",
+        f"{config.memory},slots={config.slots},maxmem={config.max_memory}",
+        "-object",
+        f"memory-backend-memfd,id=mem0,size={config.memory},share=on",
+        "-numa",
+        "node,memdev=mem0",
+        "-chardev",
+        f"socket,id=vsock0,path={paths['vhost']}",
+        "-device",
+        "vhost-user-vsock-pci,chardev=vsock0",
+        "-qmp",
+        f"unix:{paths['qmp']},server=on,wait=off",
+        "-chardev",
+        f"file,id=console0,path={paths['console']}",
+        "-serial",
+        "chardev:console0",
+    ]
+    if config.share is not None:
+        argv += [
+            "-fsdev",
+            f"local,id=fs0,path={config.share},security_model=none",
+            "-device",
+            "virtio-9p-pci,fsdev=fs0,mount_tag=kataShared",
+        ]
+    if config.image is not None:
+        argv += ["-drive", f"file={config.image},if=virtio,format=raw,cache=unsafe"]
+    if config.kernel is not None:
+        argv += ["-kernel", str(config.kernel)]
+        if config.initrd is not None:
+            argv += ["-initrd", str(config.initrd)]
+        argv += ["-append", f"{DEFAULT_CMDLINE} {config.cmdline}".strip()]
+    return argv + list(config.extra_args)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_pid(pid: int, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``, one process by PID."""
+    if pid <= 0 or not _alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid) or _reaped(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _reaped(pid: int) -> bool:
+    """Reap ``pid`` if it is our exited child; True when it is gone."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return not _alive(pid)
+    return done == pid
+
+
+class Guest:
+    """A booted (or booting) guest. Use as a context manager, or ``detach()`` to leave it running."""
+
+    def __init__(self, config: GuestConfig, progress: Progress = _stderr_progress) -> None:
+        self.config = config
+        self.progress = progress
+        self.run_dir = config.run_dir or run_dir_for(config.name)
+        self.paths = {
+            "vhost": self.run_dir / "vhost-user.sock",
+            "uds": self.run_dir / "hvsock.sock",
+            "qmp": self.run_dir / "qmp.sock",
+            "console": self.run_dir / "console.log",
+            "backend_log": self.run_dir / "hvsock.log",
+            "qemu_log": self.run_dir / "qemu.log",
+        }
+        self.qemu: subprocess.Popen[bytes] | None = None
+        self.backend: subprocess.Popen[bytes] | None = None
+        self.accel = ""
+        self.timings: dict[str, float] = {}
+        self._t0 = 0.0
+        self._detached = False
+
+    # --- addresses
+    @property
+    def uds(self) -> Path:
+        return self.paths["uds"]
+
+    @property
+    def address(self) -> str:
+        return f"hvsock://{self.uds}:{AGENT_PORT}"
+
+    @property
+    def console_log(self) -> Path:
+        return self.paths["console"]
+
+    def connect(self, port: int, timeout: float = hvsock.CONNECT_TIMEOUT) -> socket.socket:
+        """A socket joined to the guest's vsock ``port`` through the back-end."""
+        return hvsock.connect(self.uds, port, timeout)
+
+    def qmp(self) -> QMPClient:
+        return QMPClient(self.paths["qmp"])
+
+    def console_text(self) -> str:
+        try:
+            return self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # --- lifecycle
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._detached:
+            self.kill()
+
+    def start(self) -> Guest:
+        """Start the back-end and QEMU and wait until the guest is ready (KVM, then TCG)."""
+        wanted = self.config.accel
+        accels = ["kvm", "tcg"] if wanted == "auto" else [wanted]
+        if wanted == "auto" and not kvm_usable():
+            accels = ["tcg"]
+        verdict = DEFAULT_RUN_DIR.parent / KVM_VERDICT
+        if wanted == "auto" and verdict.is_file():
+            accels = ["tcg"]  # KVM failed here before; do not wait for it again
+        for attempt, accel in enumerate(accels):
+            last = attempt == len(accels) - 1
+            try:
+                self.timings = {}
+                self._launch(accel)
+                self._wait_ready(self.config.ready_timeout if last else self.config.kvm_grace)
+                return self
+            except BootError as exc:
+                self.kill()
+                if last:
+                    raise
+                self.progress(f"{accel} did not boot the guest ({str(exc)[:200]}); trying {accels[attempt + 1]}")
+                with contextlib.suppress(OSError):
+                    verdict.parent.mkdir(parents=True, exist_ok=True)
+                    verdict.write_text(f"KVM did not boot a guest: {exc}\n")
+        raise BootError("no accelerator to try")
+
+    def _mark(self, phase: str) -> None:
+        self.timings[phase] = time.monotonic() - self._t0
+
+    def _launch(self, accel: str) -> None:
+        self._t0 = time.monotonic()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for path in self.paths.values():
+            path.unlink(missing_ok=True)
+        self.accel = accel
+        self._start_backend()
+        argv = qemu_argv(self.config, self.paths, accel)
+        self.progress(f"starting QEMU ({accel}, {self.config.cpus}/{self.config.max_cpus} CPUs, {self.config.memory})")
+        with open(self.paths["qemu_log"], "wb") as qemu_log:
+            self.qemu = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._mark("qemu_started")
+
+    def _start_backend(self) -> None:
+        read_fd, write_fd = os.pipe()
+        with open(self.paths["backend_log"], "wb") as log_file:
+            self.backend = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agentctl.hvsock",
+                    "--vhost-socket",
+                    str(self.paths["vhost"]),
+                    "--uds",
+                    str(self.paths["uds"]),
+                    "--cid",
+                    str(self.config.guest_cid),
+                    "--ready-fd",
+                    str(write_fd),
+                    "-v",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as ready:
+            line = ready.readline()
+        if line.strip() != b"ready":
+            raise BootError(f"the hvsock back-end did not start; see {self.paths['backend_log']}")
+        self._mark("backend_ready")
+
+    def _wait_ready(self, timeout: float) -> None:
+        config = self.config
+        deadline = time.monotonic() + timeout
+        next_probe = 0.0
+        next_note = time.monotonic() + 5
+        assert self.qemu is not None
+        while True:
+            code = self.qemu.poll()
+            if code is not None:
+                tail = self.paths["qemu_log"].read_text(errors="replace")[-1500:]
+                raise BootError(f"QEMU exited with status {code} while booting: {tail.strip()}")
+            text = self.console_text()
+            if text and "console_first_line" not in self.timings:
+                self._mark("console_first_line")
+            if config.ready_marker and config.ready_marker in text and "marker" not in self.timings:
+                self._mark("marker")
+            now = time.monotonic()
+            marker_seen = "marker" in self.timings
+            if config.ready_port is not None and now >= next_probe and (marker_seen or not config.ready_all):
+                next_probe = now + 0.5
+                try:
+                    self.connect(config.ready_port, timeout=2.0).close()
+                except OSError:
+                    pass
+                else:
+                    self._mark("port")
+            port_seen = "port" in self.timings
+            wanted = [seen for seen, on in ((marker_seen, config.ready_marker), (port_seen, config.ready_port)) if on]
+            if wanted and (all(wanted) if config.ready_all else any(wanted)):
+                self._mark("ready")
+                self.progress(f"guest ready in {self.timings['ready']:.1f} s ({self.accel}); {self.address}")
+                return
+            if now >= deadline:
+                raise BootError(
+                    f"guest not ready after {timeout:.0f} s; console log {self.console_log}: "
+                    f"{text.strip()[-1500:] or '(empty)'}"
+                )
+            if now >= next_note:
+                next_note = now + 5
+                lines = text.strip().splitlines()
+                self.progress(f"  waiting for the guest ({now - self._t0:.0f} s): {lines[-1] if lines else '...'}")
+            time.sleep(0.1)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for QEMU to exit (the guest powered off); its exit status."""
+        assert self.qemu is not None
+        code = self.qemu.wait(timeout)
+        self._mark("qemu_exited")
+        if self.backend is not None:
+            try:
+                self.backend.wait(5)
+            except subprocess.TimeoutExpired:
+                kill_pid(self.backend.pid)
+                self.backend.wait()
+        return code
+
+    def kill(self) -> None:
+        """End QEMU and the back-end by PID (QMP quit first when QEMU still runs)."""
+        if self.qemu is not None and self.qemu.poll() is None:
+            with contextlib.suppress(OSError, ConnectionError, ValueError), self.qmp() as qmp:
+                qmp.execute("quit")
+            try:
+                self.qemu.wait(5)
+            except subprocess.TimeoutExpired:
+                kill_pid(self.qemu.pid)
+                self.qemu.wait()
+        if self.backend is not None and self.backend.poll() is None:
+            kill_pid(self.backend.pid)
+            self.backend.wait()
+
+    def detach(self) -> GuestState:
+        """Leave the guest running after this process exits; write its state file."""
+        assert self.qemu is not None and self.backend is not None
+        self._detached = True
+        state = GuestState(
+            name=self.config.name,
+            run_dir=str(self.run_dir),
+            qemu_pid=self.qemu.pid,
+            backend_pid=self.backend.pid,
+            uds=str(self.uds),
+            qmp=str(self.paths["qmp"]),
+            console_log=str(self.console_log),
+            accel=self.accel,
+        )
+        state.save()
+        return state
+
+
+def boot(
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    image: Path | None = None,
+    share: Path | None = None,
+    cmdline: str = "",
+    progress: Progress = _stderr_progress,
+    **options: object,
+) -> Guest:
+    """Boot a guest and wait until it is ready; the caller ends it (``with boot(...) as guest``)."""
+    config = GuestConfig(kernel=kernel, initrd=initrd, image=image, share=share, cmdline=cmdline)
+    for key, value in options.items():
+        if not hasattr(config, key):
+            raise TypeError(f"boot() got an unknown option {key!r}")
+        setattr(config, key, value)
+    guest = Guest(config, progress)
+    try:
+        return guest.start()
+    except BaseException:
+        guest.kill()
+        raise
+
+
+def stop(state: GuestState, timeout: float = 10.0) -> None:
+    """End a detached guest: QMP quit, then SIGTERM/SIGKILL by PID; remove its run directory."""
+    if _alive(state.qemu_pid):
+        with contextlib.suppress(OSError, ConnectionError, ValueError), QMPClient(state.qmp, timeout=3) as qmp:
+            qmp.execute("quit")
+        deadline = time.monotonic() + timeout
+        while _alive(state.qemu_pid) and not _reaped(state.qemu_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    kill_pid(state.qemu_pid)
+    kill_pid(state.backend_pid)
+    shutil.rmtree(state.run_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def booted(config: GuestConfig, progress: Progress = _stderr_progress) -> Iterator[Guest]:
+    """``with booted(config) as guest``: boot, yield, and always end QEMU and the back-end."""
+    guest = Guest(config, progress)
+    try:
+        guest.start()
+        yield guest
+    finally:
+        guest.kill()
