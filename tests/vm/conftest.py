@@ -1,0 +1,54 @@
+"""Fixtures for tests that boot a guest under QEMU: the distro kernel and test initrd (cached under
+build/cache), and one booted test guest shared by the tests of a module."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentctl import testguest, vm
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / "build" / "cache"
+
+
+def phase(message: str) -> None:
+    print(f"[vm {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@pytest.fixture(scope="session")
+def test_guest_files() -> tuple[Path, Path]:
+    start = time.monotonic()
+    files = testguest.test_guest_files(CACHE, phase)
+    phase(f"kernel and test initrd ready in {time.monotonic() - start:.1f} s: {files[1].name}")
+    return files
+
+
+@pytest.fixture(scope="module")
+def test_guest(test_guest_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.Guest]:
+    """A booted test guest (echo on vsock 1024, shell on 1025, dials host port 5000)."""
+    kernel, initrd = test_guest_files
+    config = vm.GuestConfig(
+        kernel=kernel,
+        initrd=initrd,
+        cmdline="quiet",
+        name="test",
+        run_dir=tmp_path_factory.mktemp("guest"),
+        ready_marker=testguest.READY_MARKER,
+        ready_port=testguest.ECHO_PORT,
+        ready_all=True,
+        ready_timeout=180.0,
+    )
+    guest = vm.Guest(config, phase)
+    try:
+        guest.start()
+        timings = ", ".join(f"{k} {v:.2f} s" for k, v in guest.timings.items())
+        phase(f"booted ({guest.accel}): {timings}")
+        yield guest
+    finally:
+        guest.kill()
+        for proc in (guest.qemu, guest.backend):
+            assert proc is None or proc.poll() is not None, "a guest process outlived its teardown"
