@@ -145,3 +145,15 @@ def settimeofday(sec: int, usec: int) -> None:
         _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
 
     _check(_libc.settimeofday(ctypes.byref(Timeval(sec, usec)), None))
+
+
+# random(4) ioctls: _IOW('R', 0x03, int[2])
+RNDADDENTROPY = 0x40085203
+
+
+def add_entropy(fd: int, data: bytes, path: str | None = None) -> None:
+    """Mix ``data`` into the kernel's pool and credit it as entropy (RNDADDENTROPY; needs CAP_SYS_ADMIN)."""
+    # struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    header = (ctypes.c_int * 2)(len(data) * 8, len(data))
+    info = ctypes.create_string_buffer(bytes(header) + data)
+    _check(_libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(RNDADDENTROPY), info), path)
