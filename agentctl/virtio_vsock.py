@@ -160,7 +160,8 @@ class Connection:
 
     def peer_credit(self) -> int:
         """Bytes the guest can take now."""
-        return max(0, self.peer_buf_alloc - (self.tx_cnt - self.peer_fwd_cnt))
+        in_flight = (self.tx_cnt - self.peer_fwd_cnt) & 0xFFFFFFFF
+        return max(0, self.peer_buf_alloc - in_flight)
 
     def __repr__(self) -> str:
         return f"Connection(host {self.host_port} <-> guest {self.guest_port}, {self.state.value})"
