@@ -1,0 +1,152 @@
+"""pykata-agent: build the objects and serve. The only place that exits the process.
+
+When the agent is PID 1 (the initrd's /init) it runs agent.init.boot() before any thread starts, and
+it never lets an exception end the process: it logs it and powers the guest off instead, so the kernel
+does not panic. Under systemd (the rootfs image) the same entry point skips the init steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from agent import __version__
+from agent.config import AgentConfig, build_config, config_file_from_cmdline, help_table, setting
+from agent.errors import AgentError
+from agent.system.paths import HostPaths
+
+log = logging.getLogger("agent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pykata-agent",
+        description="pykata guest agent: serves Kata's agent API (gRPC and ttrpc on one port).",
+        epilog="Settings (kernel command line agent.NAME=VALUE, TOML file keys, defaults shown):\n" + help_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--server-addr", help="listen address (overrides agent.server_addr)")
+    parser.add_argument("--config", help="TOML config file (overrides agent.config_file)")
+    parser.add_argument("--log", help="log level (overrides agent.log)")
+    parser.add_argument("--devmode", action="store_true", default=None, help="developer mode (agent.devmode)")
+    parser.add_argument("--version", action="version", version=f"pykata-agent {__version__}")
+    return parser
+
+
+def load_config(args: argparse.Namespace, paths: HostPaths) -> AgentConfig:
+    """Read /proc/cmdline and the TOML file, then let agent.config combine them with the options."""
+    cmdline = paths.cmdline.read_text() if paths.cmdline.exists() else ""
+    config_file = args.config or config_file_from_cmdline(cmdline)
+    toml_text = None
+    if config_file:
+        try:
+            toml_text = Path(config_file).read_text()
+        except OSError as exc:
+            raise AgentError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+    raw = {"server_addr": args.server_addr, "log": args.log, "config_file": args.config}
+    if args.devmode:
+        raw["devmode"] = "true"
+    overrides: dict[str, Any] = {}
+    for name, text in raw.items():
+        if text is None:
+            continue
+        try:  # option values pass through the same parsers as every other source
+            overrides[name] = setting(name).parse(text)
+        except (ValueError, AgentError) as exc:
+            raise AgentError(f"--{name.replace('_', '-')}: invalid value {text!r}: {exc}") from exc
+    return build_config(cmdline, toml_text, os.environ, overrides)
+
+
+def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
+    """Serve until SIGTERM or SIGINT; returns the reason it stopped."""
+    from agent.address import parse_address
+    from agent.rpc.server import AgentServer
+    from agent.rpc.servicer import Servicer
+    from agent.services import Services
+
+    stop = threading.Event()
+    reason = ["stopped"]
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        reason[0] = f"received {signal.Signals(signum).name}"
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    reaper = None
+    if pid1:
+        from agent import init
+
+        reaper = init.Reaper(paths)
+        reaper.start()
+
+    services = Services(config, paths, init_daemon=pid1)
+    server = AgentServer(parse_address(config.server_addr), Servicer(services), run_dir=paths.agent_run)
+    server.bind()
+    server.start()
+    log.info("agent ready", extra={"address": server.bound, "version": __version__, "pid": os.getpid()})
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("stopping: %s", reason[0])
+        server.shutdown()
+        if reaper is not None:
+            reaper.stop()
+    return reason[0]
+
+
+def _power_off(reason: str, paths: HostPaths) -> NoReturn:
+    from agent import init
+
+    init.power_off(reason, paths)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = _parser().parse_args(argv)
+    paths = HostPaths()
+    pid1 = os.getpid() == 1
+    from agent import log as agent_log
+
+    agent_log.setup(logging.INFO)
+    try:
+        config = load_config(args, paths)
+    except AgentError as exc:
+        log.critical("bad configuration: %s", exc)
+        if pid1:
+            # A bad kernel command line must not stop the guest from serving: fall back to defaults.
+            config = AgentConfig()
+        else:
+            sys.exit(2)
+    agent_log.setup(config.log_level)
+    for option in config.ignored:
+        log.warning("ignoring unknown option %s", option)
+    try:
+        if pid1:
+            from agent import init
+
+            init.boot(config, paths)  # before any thread starts
+        reason = serve(config, paths, pid1)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) and not pid1:
+            raise
+        log.critical("agent failed: %s", exc, exc_info=exc)
+        if pid1:
+            _power_off(f"agent failed: {type(exc).__name__}: {exc}", paths)
+        sys.exit(1)
+    if pid1:
+        _power_off(reason, paths)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

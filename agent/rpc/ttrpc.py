@@ -1,0 +1,353 @@
+"""containerd's ttrpc protocol: framing, a server connection and a small client connection.
+
+Wire format (containerd/ttrpc PROTOCOL.md): every message is a 10-byte header, u32 big-endian payload
+length, u32 big-endian stream id, u8 type (1 request, 2 response, 3 data) and u8 flags, followed by the
+payload, at most 4 MiB. A unary call is one Request frame from the client on a new odd stream id and
+one Response frame from the server on the same id. Requests on one connection run concurrently (a
+bounded number at a time) and responses are written whole under a lock, so frames never interleave.
+
+A header announcing more than 4 MiB is answered with RESOURCE_EXHAUSTED on its stream id and the payload
+is read and dropped without being stored (as containerd does); past DISCARD_LIMIT the connection is
+closed instead. An even stream id is a protocol error: INVALID_ARGUMENT is sent on that id, then the
+connection is closed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from agent.rpc.pb import ttrpc_pb2
+from agent.rpc.registry import CallContext
+from agent.rpc.status import Code
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct(">IIBB")
+HEADER_LENGTH = HEADER.size
+MESSAGE_LENGTH_MAX = 4 << 20
+DISCARD_LIMIT = 64 << 20
+
+TYPE_REQUEST = 0x1
+TYPE_RESPONSE = 0x2
+TYPE_DATA = 0x3
+
+FLAG_REMOTE_CLOSED = 0x1
+FLAG_REMOTE_OPEN = 0x2
+FLAG_NO_DATA = 0x4
+
+_RECV_CHUNK = 64 * 1024
+
+# (service, method, payload, context) -> (code, message, response payload)
+Dispatch = Callable[[str, str, bytes, CallContext], tuple[int, str, bytes]]
+
+
+class ProtocolError(Exception):
+    """The peer broke the framing; the connection cannot continue."""
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    length: int
+    stream_id: int
+    type: int
+    flags: int
+
+
+def encode_frame(stream_id: int, frame_type: int, payload: bytes, flags: int = 0) -> bytes:
+    if len(payload) > MESSAGE_LENGTH_MAX:
+        raise ValueError(f"ttrpc payload of {len(payload)} bytes exceeds the {MESSAGE_LENGTH_MAX}-byte limit")
+    return HEADER.pack(len(payload), stream_id, frame_type, flags) + payload
+
+
+def encode_response(stream_id: int, code: int, message: str, payload: bytes) -> bytes:
+    response = ttrpc_pb2.Response(status=ttrpc_pb2.Status(code=code, message=message), payload=payload)
+    return encode_frame(stream_id, TYPE_RESPONSE, response.SerializeToString())
+
+
+class FrameReader:
+    """Reads frames from a socket, starting with bytes already taken off it (the protocol sniff)."""
+
+    def __init__(self, sock: socket.socket, prefix: bytes = b"") -> None:
+        self._sock = sock
+        self._buffer = bytearray(prefix)
+
+    def _fill(self, wanted: int) -> bool:
+        while len(self._buffer) < wanted:
+            chunk = self._sock.recv(max(_RECV_CHUNK, wanted - len(self._buffer)))
+            if not chunk:
+                return False
+            self._buffer += chunk
+        return True
+
+    def read_header(self) -> FrameHeader | None:
+        """The next header, or None when the peer closed cleanly between frames."""
+        if not self._fill(HEADER_LENGTH):
+            if self._buffer:
+                raise ProtocolError(f"connection closed inside a frame header ({len(self._buffer)} of 10 bytes)")
+            return None
+        length, stream_id, frame_type, flags = HEADER.unpack_from(self._buffer)
+        del self._buffer[:HEADER_LENGTH]
+        return FrameHeader(length, stream_id, frame_type, flags)
+
+    def read_payload(self, length: int) -> bytes:
+        if length > MESSAGE_LENGTH_MAX:
+            raise ValueError("caller must discard oversized payloads")
+        if not self._fill(length):
+            raise ProtocolError(f"connection closed inside a payload ({len(self._buffer)} of {length} bytes)")
+        payload = bytes(self._buffer[:length])
+        del self._buffer[:length]
+        return payload
+
+    def discard(self, length: int) -> None:
+        """Read and drop ``length`` bytes without holding more than one chunk."""
+        dropped = min(length, len(self._buffer))
+        del self._buffer[:dropped]
+        remaining = length - dropped
+        while remaining:
+            chunk = self._sock.recv(min(_RECV_CHUNK, remaining))
+            if not chunk:
+                raise ProtocolError("connection closed inside an oversized payload")
+            remaining -= len(chunk)
+
+
+class Deadlines:
+    """One thread that fires callbacks at their deadlines (time.monotonic()), for calls that overrun."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._counter = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: float, callback: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._counter), callback))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ttrpc-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                deadline = self._heap[0][0]
+                now = time.monotonic()
+                if now < deadline:
+                    self._cond.wait(deadline - now)
+                    continue
+                _, _, callback = heapq.heappop(self._heap)
+            try:
+                callback()
+            except Exception:
+                log.exception("deadline callback failed")
+
+
+class _Responder:
+    """Sends exactly one response for a stream: the handler's, or DEADLINE_EXCEEDED if that comes first."""
+
+    def __init__(self, connection: TtrpcConnection, stream_id: int, label: str) -> None:
+        self._connection = connection
+        self._stream_id = stream_id
+        self._label = label
+        self._lock = threading.Lock()
+        self.done = False
+
+    def send(self, code: int, message: str, payload: bytes) -> None:
+        with self._lock:
+            if self.done:
+                return
+            self.done = True
+        self._connection.send_response(self._stream_id, code, message, payload)
+
+    def expire(self) -> None:
+        self.send(Code.DEADLINE_EXCEEDED, f"{self._label}: deadline exceeded", b"")
+
+
+class TtrpcConnection:
+    """Serves one accepted connection: reads requests, runs them on ``pool``, writes responses."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        dispatch: Dispatch,
+        pool: Executor,
+        deadlines: Deadlines,
+        prefix: bytes = b"",
+        max_in_flight: int = 32,
+    ) -> None:
+        self._sock = sock
+        self._dispatch = dispatch
+        self._pool = pool
+        self._deadlines = deadlines
+        self._reader = FrameReader(sock, prefix)
+        self._write_lock = threading.Lock()
+        self._in_flight = threading.BoundedSemaphore(max_in_flight)
+        self._closed = False
+
+    def send_response(self, stream_id: int, code: int, message: str, payload: bytes) -> None:
+        if len(payload) > MESSAGE_LENGTH_MAX - 1024:
+            code, message, payload = (
+                Code.RESOURCE_EXHAUSTED,
+                f"response of {len(payload)} bytes exceeds the ttrpc limit of {MESSAGE_LENGTH_MAX}",
+                b"",
+            )
+        frame = encode_response(stream_id, code, message, payload)
+        with self._write_lock:
+            if self._closed:
+                return
+            try:
+                self._sock.sendall(frame)
+            except OSError as exc:
+                log.debug("ttrpc: writing the response for stream %d failed: %s", stream_id, exc)
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def serve(self) -> None:
+        """Read frames until the peer closes or breaks the protocol. Never raises."""
+        try:
+            while True:
+                header = self._reader.read_header()
+                if header is None:
+                    return
+                if not self._handle_frame(header):
+                    return
+        except ProtocolError as exc:
+            log.warning("ttrpc: closing connection: %s", exc)
+        except OSError as exc:
+            log.debug("ttrpc: connection ended: %s", exc)
+        except Exception:
+            log.exception("ttrpc: unexpected error; closing connection")
+        finally:
+            self.close()
+
+    def _handle_frame(self, header: FrameHeader) -> bool:
+        """Handle one frame; False ends the connection."""
+        if header.length > MESSAGE_LENGTH_MAX:
+            message = f"message length {header.length} exceeds maximum message size of {MESSAGE_LENGTH_MAX}"
+            log.warning("ttrpc: stream %d: %s", header.stream_id, message)
+            self.send_response(header.stream_id, Code.RESOURCE_EXHAUSTED, message, b"")
+            if header.length > DISCARD_LIMIT:
+                return False
+            self._reader.discard(header.length)
+            return True
+        payload = self._reader.read_payload(header.length)
+        if header.type != TYPE_REQUEST:
+            # Data frames belong to streaming calls, which this agent does not serve; ignore them and
+            # unknown types, as containerd does for forward compatibility.
+            log.debug("ttrpc: ignoring frame of type %d on stream %d", header.type, header.stream_id)
+            return True
+        if header.stream_id % 2 == 0:
+            self.send_response(
+                header.stream_id,
+                Code.INVALID_ARGUMENT,
+                f"stream id {header.stream_id} is even; client-initiated streams must be odd",
+                b"",
+            )
+            log.warning("ttrpc: even stream id %d; closing connection", header.stream_id)
+            return False
+        try:
+            request = ttrpc_pb2.Request.FromString(payload)
+        except Exception as exc:
+            self.send_response(header.stream_id, Code.INVALID_ARGUMENT, f"cannot decode ttrpc Request: {exc}", b"")
+            return True
+        label = f"{request.service}/{request.method}"
+        if header.flags & FLAG_REMOTE_OPEN:
+            self.send_response(header.stream_id, Code.UNIMPLEMENTED, f"{label}: streaming calls are not served", b"")
+            return True
+        deadline = time.monotonic() + request.timeout_nano / 1e9 if request.timeout_nano > 0 else None
+        ctx = CallContext("ttrpc", deadline, {kv.key: kv.value for kv in request.metadata})
+        responder = _Responder(self, header.stream_id, label)
+        if deadline is not None:
+            self._deadlines.add(deadline, responder.expire)
+        self._in_flight.acquire()  # backpressure: stop reading while too many calls run
+        try:
+            self._pool.submit(self._run, request, ctx, responder)
+        except RuntimeError:  # the pool is shut down: the agent is stopping
+            self._in_flight.release()
+            responder.send(Code.UNAVAILABLE, "the agent is shutting down", b"")
+            return False
+        return True
+
+    def _run(self, request: ttrpc_pb2.Request, ctx: CallContext, responder: _Responder) -> None:
+        try:
+            if responder.done:
+                return
+            code, message, payload = self._dispatch(request.service, request.method, request.payload, ctx)
+            responder.send(code, message, payload)
+        except Exception as exc:  # dispatch never raises; this guards the connection anyway
+            log.exception("ttrpc: call failed")
+            responder.send(Code.INTERNAL, str(exc), b"")
+        finally:
+            self._in_flight.release()
+
+
+class TtrpcCallError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TtrpcClientConnection:
+    """A client connection making unary calls one after another (odd stream ids 1, 3, 5, ...)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._reader = FrameReader(sock)
+        self._lock = threading.Lock()
+        self._next_stream = 1
+
+    def call(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        timeout: float | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> bytes:
+        """Send one request and return the response payload; a non-OK status raises TtrpcCallError."""
+        request = ttrpc_pb2.Request(
+            service=service,
+            method=method,
+            payload=payload,
+            timeout_nano=int(timeout * 1e9) if timeout else 0,
+            metadata=[ttrpc_pb2.KeyValue(key=k, value=v) for k, v in (metadata or {}).items()],
+        )
+        with self._lock:
+            stream_id = self._next_stream
+            self._next_stream += 2
+            self._sock.settimeout(timeout)
+            self._sock.sendall(encode_frame(stream_id, TYPE_REQUEST, request.SerializeToString()))
+            while True:
+                header = self._reader.read_header()
+                if header is None:
+                    raise ConnectionError(f"ttrpc: the agent closed the connection during {service}/{method}")
+                if header.length > MESSAGE_LENGTH_MAX:
+                    raise ProtocolError(f"ttrpc: response of {header.length} bytes exceeds the limit")
+                body = self._reader.read_payload(header.length)
+                if header.type == TYPE_RESPONSE and header.stream_id == stream_id:
+                    break
+        response = ttrpc_pb2.Response.FromString(body)
+        if response.status.code != Code.OK:
+            raise TtrpcCallError(response.status.code, response.status.message)
+        return response.payload
+
+    def close(self) -> None:
+        self._sock.close()
