@@ -1,0 +1,277 @@
+"""The hybrid vsock back-end end to end without QEMU: the test plays QEMU (the vhost-user front-end,
+with guest memory in a memfd passed over SCM_RIGHTS) and the guest driver (posting rx buffers,
+sending tx packets, kicking eventfds), and a host client speaks the CONNECT convention."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import select
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentctl import vhost_user as vu
+from agentctl.hvsock import HybridVsock, connect
+from agentctl.virtio_vsock import (
+    HEADER_SIZE,
+    VIRTIO_VSOCK_OP_REQUEST,
+    VIRTIO_VSOCK_OP_RESPONSE,
+    VIRTIO_VSOCK_OP_RST,
+    VIRTIO_VSOCK_OP_RW,
+    VIRTIO_VSOCK_OP_SHUTDOWN,
+    VIRTIO_VSOCK_TYPE_STREAM,
+    Header,
+    parse_packet,
+)
+from agentctl.vring import DriverQueue
+
+CID = 5
+MEM_SIZE = 4 << 20
+USER_BASE = 0x7F0000000000  # where "QEMU" pretends to have mapped guest memory
+QUEUE_SIZE = 64
+RX_BUF = 4096
+
+
+class MmapMemory:
+    def __init__(self, mapping: mmap.mmap) -> None:
+        self.mapping = mapping
+
+    def read(self, addr: int, length: int) -> bytes:
+        return self.mapping[addr : addr + length]
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        self.mapping[addr : addr + len(data)] = data
+
+
+class FakeFrontend:
+    """QEMU's side of the vhost-user socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+
+    def call(self, request: int, payload: bytes = b"", fds: list[int] | None = None, reply: bool = False) -> bytes:
+        message = struct.pack("<III", request, vu.VHOST_USER_VERSION, len(payload)) + payload
+        if fds:
+            socket.send_fds(self.sock, [message], fds)
+        else:
+            self.sock.sendall(message)
+        if not reply:
+            return b""
+        head = self.sock.recv(12, socket.MSG_WAITALL)
+        got_request, flags, size = struct.unpack("<III", head)
+        assert got_request == request and flags & vu.VHOST_USER_FLAG_REPLY
+        return self.sock.recv(size, socket.MSG_WAITALL) if size else b""
+
+
+class FakeGuest:
+    """The guest's virtio-vsock driver: rx and tx queues in the shared memfd."""
+
+    def __init__(self, mapping: mmap.mmap) -> None:
+        self.memory = MmapMemory(mapping)
+        self.rx = DriverQueue(self.memory, QUEUE_SIZE, 0x1000)
+        self.tx = DriverQueue(self.memory, QUEUE_SIZE, 0x8000)
+        self.kick = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(3)]
+        self.call = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(3)]
+        self.buffers: dict[int, int] = {}
+        self.next_buffer = 0x100000
+        self.tx_next = 0x200000
+
+    def post_rx(self, count: int) -> None:
+        for _ in range(count):
+            addr = self.next_buffer
+            self.next_buffer += 0x2000
+            head = self.rx.add([(addr, HEADER_SIZE, True), (addr + HEADER_SIZE, RX_BUF, True)])
+            self.buffers[head] = addr
+        os.eventfd_write(self.kick[0], 1)
+
+    def send(self, header: Header, payload: bytes = b"") -> None:
+        addr = self.tx_next
+        self.tx_next = 0x200000 + (self.tx_next - 0x200000 + 0x20000) % 0x100000
+        self.memory.write(addr, header.pack())
+        segments = [(addr, HEADER_SIZE, False)]
+        if payload:
+            self.memory.write(addr + HEADER_SIZE, payload)
+            segments.append((addr + HEADER_SIZE, len(payload), False))
+        self.tx.collect()
+        self.tx.add(segments)
+        os.eventfd_write(self.kick[1], 1)
+
+    def receive(self, timeout: float = 10.0) -> list[tuple[Header, bytes]]:
+        """Packets the device put on the rx queue (waits for its interrupt); reposts the buffers."""
+        packets: list[tuple[Header, bytes]] = []
+        while not packets:
+            ready, _, _ = select.select([self.call[0]], [], [], timeout)
+            if not ready:
+                raise TimeoutError("no rx interrupt from the device")
+            os.eventfd_read(self.call[0])
+            for head, written in self.rx.collect():
+                addr = self.buffers.pop(head)
+                raw = self.memory.read(addr, HEADER_SIZE) + self.memory.read(addr + HEADER_SIZE, written - HEADER_SIZE)
+                packets.append(parse_packet(raw))
+            self.post_rx(len(packets))
+        return packets
+
+
+def guest_header(op: int, src_port: int, dst_port: int, length: int = 0, **fields: int) -> Header:
+    values = {"buf_alloc": 1 << 20, "fwd_cnt": 0, "flags": 0}
+    values.update(fields)
+    return Header(CID, 2, src_port, dst_port, length, VIRTIO_VSOCK_TYPE_STREAM, op, **values)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[tuple[HybridVsock, FakeFrontend, FakeGuest, Path]]:
+    vhost, uds = tmp_path / "vhost.sock", tmp_path / "hv.sock"
+    backend = HybridVsock(vhost, uds, CID)
+    thread = threading.Thread(target=backend.serve, daemon=True)
+    thread.start()
+    memfd = os.memfd_create("guest-ram")
+    os.ftruncate(memfd, MEM_SIZE)
+    mapping = mmap.mmap(memfd, MEM_SIZE)
+    frontend = FakeFrontend(vhost)
+    guest = FakeGuest(mapping)
+    try:
+        features = struct.unpack("<Q", frontend.call(vu.VHOST_USER_GET_FEATURES, reply=True))[0]
+        assert features & (1 << vu.VIRTIO_F_VERSION_1) and features & (1 << vu.VHOST_USER_F_PROTOCOL_FEATURES)
+        proto = struct.unpack("<Q", frontend.call(vu.VHOST_USER_GET_PROTOCOL_FEATURES, reply=True))[0]
+        assert proto & (1 << vu.VHOST_USER_PROTOCOL_F_CONFIG)
+        frontend.call(vu.VHOST_USER_SET_PROTOCOL_FEATURES, struct.pack("<Q", 1 << vu.VHOST_USER_PROTOCOL_F_CONFIG))
+        frontend.call(vu.VHOST_USER_SET_OWNER)
+        config = frontend.call(vu.VHOST_USER_GET_CONFIG, struct.pack("<III", 0, 8, 0) + bytes(8), reply=True)
+        assert struct.unpack_from("<IIIQ", config) == (0, 8, 0, CID)
+        frontend.call(vu.VHOST_USER_SET_FEATURES, struct.pack("<Q", features))
+        table = struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, MEM_SIZE, USER_BASE, 0)
+        frontend.call(vu.VHOST_USER_SET_MEM_TABLE, table, [memfd])
+        for index, queue in ((0, guest.rx), (1, guest.tx)):
+            frontend.call(vu.VHOST_USER_SET_VRING_NUM, struct.pack("<II", index, QUEUE_SIZE))
+            frontend.call(vu.VHOST_USER_SET_VRING_BASE, struct.pack("<II", index, 0))
+            addrs = (USER_BASE + queue.desc, USER_BASE + queue.used, USER_BASE + queue.avail, 0)
+            frontend.call(vu.VHOST_USER_SET_VRING_ADDR, struct.pack("<IIQQQQ", index, 0, *addrs))
+            frontend.call(vu.VHOST_USER_SET_VRING_CALL, struct.pack("<Q", index), [guest.call[index]])
+            frontend.call(vu.VHOST_USER_SET_VRING_KICK, struct.pack("<Q", index), [guest.kick[index]])
+            frontend.call(vu.VHOST_USER_SET_VRING_ENABLE, struct.pack("<II", index, 1))
+        guest.post_rx(16)
+        yield backend, frontend, guest, uds
+    finally:
+        frontend.sock.close()
+        thread.join(10)
+        assert not thread.is_alive(), "the back-end did not stop when the front-end hung up"
+        mapping.close()
+        for fd in [memfd, *guest.kick, *guest.call]:
+            os.close(fd)
+    assert not uds.exists() and not vhost.exists()
+
+
+def _accept_request(guest: FakeGuest, port: int) -> Header:
+    (request, _), = guest.receive()
+    assert request.op == VIRTIO_VSOCK_OP_REQUEST and request.dst_port == port and request.dst_cid == CID
+    guest.send(guest_header(VIRTIO_VSOCK_OP_RESPONSE, port, request.src_port))
+    return request
+
+
+def test_host_client_round_trip(rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path]) -> None:
+    _, _, guest, uds = rig
+    result: dict[str, socket.socket | BaseException] = {}
+
+    def dial() -> None:
+        try:
+            result["sock"] = connect(uds, 1024, timeout=10)
+        except BaseException as exc:
+            result["error"] = exc
+
+    dialer = threading.Thread(target=dial)
+    dialer.start()
+    request = _accept_request(guest, 1024)
+    dialer.join(10)
+    client = result["sock"]
+    assert isinstance(client, socket.socket), result
+    with client:
+        client.settimeout(10)
+        client.sendall(b"ping" * 3000)  # 12000 bytes: three rx buffers
+        got = bytearray()
+        while len(got) < 12000:
+            for header, payload in guest.receive():
+                assert header.op == VIRTIO_VSOCK_OP_RW and header.src_port == request.src_port
+                got += payload
+        assert bytes(got) == b"ping" * 3000
+        guest.send(guest_header(VIRTIO_VSOCK_OP_RW, 1024, request.src_port, 4), b"pong")
+        assert client.recv(4, socket.MSG_WAITALL) == b"pong"
+        # The guest closes: the client sees EOF, the device answers the full shutdown with RST.
+        guest.send(guest_header(VIRTIO_VSOCK_OP_SHUTDOWN, 1024, request.src_port, flags=3))
+        assert client.recv(10) == b""
+        ops = [h.op for h, _ in guest.receive()]
+        assert VIRTIO_VSOCK_OP_RST in ops
+
+
+def test_refused_connect_closes_the_client(rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path]) -> None:
+    _, _, guest, uds = rig
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with client:
+        client.settimeout(10)
+        client.connect(str(uds))
+        client.sendall(b"CONNECT 999\n")
+        (request, _), = guest.receive()
+        guest.send(guest_header(VIRTIO_VSOCK_OP_RST, 999, request.src_port))
+        assert client.recv(100) == b""
+
+
+def test_bad_handshake_is_dropped(rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path]) -> None:
+    _, _, _, uds = rig
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(str(uds))
+        client.sendall(b"HELLO there\n")
+        assert client.recv(100) == b""
+
+
+def test_guest_connects_to_host_listener(rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path]) -> None:
+    _, _, guest, uds = rig
+    # Nothing listens on UDS_6000: RST.
+    guest.send(guest_header(VIRTIO_VSOCK_OP_REQUEST, 50000, 6000))
+    (rst, _), = guest.receive()
+    assert (rst.op, rst.dst_port, rst.src_port) == (VIRTIO_VSOCK_OP_RST, 50000, 6000)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with listener:
+        listener.bind(f"{uds}_6000")
+        listener.listen(1)
+        listener.settimeout(10)
+        guest.send(guest_header(VIRTIO_VSOCK_OP_REQUEST, 50001, 6000))
+        (response, _), = guest.receive()
+        assert response.op == VIRTIO_VSOCK_OP_RESPONSE and response.dst_port == 50001
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            guest.send(guest_header(VIRTIO_VSOCK_OP_RW, 50001, 6000, 5), b"hello")
+            assert conn.recv(5, socket.MSG_WAITALL) == b"hello"
+            conn.sendall(b"back")
+            conn.shutdown(socket.SHUT_WR)
+            packets = []
+            while not any(h.op == VIRTIO_VSOCK_OP_SHUTDOWN for h, _ in packets):
+                packets += guest.receive()
+            assert b"".join(p for h, p in packets if h.op == VIRTIO_VSOCK_OP_RW) == b"back"
+    os.unlink(f"{uds}_6000")
+
+
+def test_get_vring_base_stops_the_ring(rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path]) -> None:
+    _, frontend, guest, _ = rig
+    guest.send(guest_header(VIRTIO_VSOCK_OP_RST, 1, 2))  # one tx packet, consumed by the device
+    ready, _, _ = select.select([guest.call[1]], [], [], 10)
+    assert ready and [written for _, written in guest.tx.collect()] == [0]
+    state = frontend.call(vu.VHOST_USER_GET_VRING_BASE, struct.pack("<II", 1, 0), reply=True)
+    assert struct.unpack("<II", state) == (1, 1)
+
+
+def test_need_reply_gets_an_ack(rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path]) -> None:
+    _, frontend, _, _ = rig
+    request = vu.VHOST_USER_SET_VRING_ENABLE
+    message = struct.pack("<III", request, vu.VHOST_USER_VERSION | vu.VHOST_USER_FLAG_NEED_REPLY, 8)
+    frontend.sock.sendall(message + struct.pack("<II", 2, 1))
+    head = frontend.sock.recv(12, socket.MSG_WAITALL)
+    assert struct.unpack("<III", head) == (request, vu.VHOST_USER_VERSION | vu.VHOST_USER_FLAG_REPLY, 8)
+    assert frontend.sock.recv(8, socket.MSG_WAITALL) == bytes(8)
