@@ -1,0 +1,167 @@
+"""Bring hot-added CPUs online through sysfs (``cpu_dir/cpuN/online``).
+
+A CPU directory without an ``online`` file (cpu0 on x86) cannot be taken offline: it counts as
+online. ``CpuOnlining`` is one step of the online loop: each ``step()`` looks at sysfs again and
+writes "1" to as many offline CPUs as are still needed, lowest numbers first. The kernel answers
+EBUSY or EAGAIN while a CPU is still being set up; those CPUs are tried again on the next step.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import InvalidArgument, ResourceError
+from agent.hotplug.budget import Budget
+from agent.hotplug.cpuset import AttributeWriter, format_cpuset, parse_cpuset
+from agent.system import sysfs
+from agent.system.paths import HostPaths
+
+log = logging.getLogger(__name__)
+
+_CPU_DIR = re.compile(r"cpu(\d+)")
+
+# Errors a write of "1" may give while the kernel is not ready yet, or the node is going away.
+TRANSIENT = frozenset({errno.EBUSY, errno.EAGAIN, errno.EINTR, errno.ENOENT, errno.ENODEV, errno.ETIMEDOUT})
+# Errors that no amount of waiting fixes.
+FATAL = frozenset({errno.EPERM, errno.EACCES, errno.EROFS})
+
+
+@dataclass(frozen=True)
+class CpuState:
+    number: int
+    online: bool
+    hotpluggable: bool  # has an online file
+
+
+def scan_cpus(paths: HostPaths) -> dict[int, CpuState]:
+    """Every CPU present in sysfs, by number."""
+    found: dict[int, CpuState] = {}
+    try:
+        entries = list(paths.cpu_dir.iterdir())
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        matched = _CPU_DIR.fullmatch(entry.name)
+        if matched is None:
+            continue
+        number = int(matched.group(1))
+        online_file = entry / "online"
+        try:
+            text = online_file.read_text().strip()
+        except FileNotFoundError:
+            if entry.is_dir():
+                found[number] = CpuState(number, online=True, hotpluggable=False)
+            continue
+        except OSError:
+            continue  # appearing or vanishing right now: the next scan sees it
+        found[number] = CpuState(number, online=text == "1", hotpluggable=True)
+    return found
+
+
+def online_cpus(paths: HostPaths) -> frozenset[int]:
+    return frozenset(n for n, state in scan_cpus(paths).items() if state.online)
+
+
+def possible_cpus(paths: HostPaths) -> frozenset[int] | None:
+    """The CPUs this guest can ever have (``cpu/possible``), or None when the kernel does not say."""
+    try:
+        return parse_cpuset(sysfs.read_text(paths.cpu_dir / "possible"), what="cpu/possible")
+    except (OSError, InvalidArgument):
+        return None
+
+
+def check_request(paths: HostPaths, nb_cpus: int) -> None:
+    """Refuse at once a request that no wait can satisfy."""
+    possible = possible_cpus(paths)
+    if possible is not None and nb_cpus > len(possible):
+        raise InvalidArgument(
+            f"OnlineCPUMem asked for {nb_cpus} online CPUs but this guest can have at most {len(possible)} "
+            f"(cpu/possible is {format_cpuset(possible)!r})"
+        )
+
+
+def _default_writer(path: Path, value: str) -> None:
+    sysfs.write(path, value)
+
+
+@dataclass
+class CpuOnlining:
+    """Make at least ``wanted()`` CPUs online. ``wanted`` is read at each step, so a later request that
+    asks for more raises the target of a loop already running."""
+
+    paths: HostPaths
+    budget: Budget
+    wanted: Callable[[], int]
+    writer: AttributeWriter = _default_writer
+    # cpu number -> the last errno its write gave, for the error message
+    last_errors: dict[int, int] = field(default_factory=dict)
+    brought_online: list[int] = field(default_factory=list)
+    online_count: int = 0
+    present_count: int = 0
+
+    name = "cpu"
+
+    def step(self) -> bool:
+        """One scan and one round of writes; True when enough CPUs are online."""
+        wanted = self.wanted()
+        cpus = scan_cpus(self.paths)
+        self.present_count = len(cpus)
+        self.online_count = sum(1 for state in cpus.values() if state.online)
+        if self.online_count >= wanted:
+            return True
+        missing = wanted - self.online_count
+        for number in sorted(n for n, state in cpus.items() if not state.online):
+            if missing == 0:
+                break
+            if self._bring_online(number):
+                missing -= 1
+        self.online_count = wanted - missing
+        return missing == 0
+
+    def _bring_online(self, number: int) -> bool:
+        path = self.paths.cpu_dir / f"cpu{number}" / "online"
+        try:
+            self.writer(path, "1")
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            self.last_errors[number] = code
+            if code in FATAL:
+                raise ResourceError(
+                    f"cannot bring cpu{number} online: writing 1 to {path} failed with "
+                    f"{errno.errorcode.get(code, code)} ({exc.strerror})"
+                ) from exc
+            if code not in TRANSIENT:
+                log.warning("cpu%d: writing 1 to %s failed: %s; will retry", number, path, exc)
+            return False
+        try:
+            now_online = sysfs.read_text(path) == "1"
+        except OSError:
+            now_online = False
+        if now_online:
+            self.last_errors.pop(number, None)
+            self.brought_online.append(number)
+            log.info("cpu%d is online", number)
+        return now_online
+
+    def failure(self, waited: float, rescans: int) -> ResourceError:
+        wanted = self.wanted()
+        present = self.present_count
+        details = []
+        offline_present = present - self.online_count
+        if offline_present > 0:
+            errors = ", ".join(
+                f"cpu{n}: {errno.errorcode.get(code, str(code))}" for n, code in sorted(self.last_errors.items())
+            )
+            details.append(f"{offline_present} present but offline" + (f" ({errors})" if errors else ""))
+        if wanted > present:
+            details.append(f"{wanted - present} not present in sysfs yet")
+        return ResourceError(
+            f"wanted {wanted} CPUs online but only {self.online_count} are online after waiting {waited:.1f} s "
+            f"({rescans} re-scans; {'; '.join(details) or 'no CPU left to online'}); "
+            f"{self.budget.how_to_raise()}"
+        )

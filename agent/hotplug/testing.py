@@ -1,0 +1,140 @@
+"""Doubles for the hotplug code: a fake sysfs tree, a simulated clock and a kernel-like writer.
+
+Used by the unit tests and by bench/hotplug_online.py; nothing in the agent imports this module.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.hotplug.uevent import Uevent
+from agent.system import sysfs
+from agent.system.paths import HostPaths
+
+
+class SimulatedClock:
+    """Time that moves only when the loop waits. Actions scheduled with ``at`` run (in the waiting
+    thread) when simulated time reaches them; an action that sets the wake event ends the wait early,
+    just as a uevent does."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.time = start
+        self._actions: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._lock = threading.Lock()
+        self.waits: list[float] = []  # the timeouts the loop asked for
+
+    def now(self) -> float:
+        return self.time
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        with self._lock:
+            heapq.heappush(self._actions, (when, next(self._order), action))
+
+    def wait(self, wake: threading.Event, timeout: float) -> bool:
+        self.waits.append(timeout)
+        if wake.is_set():
+            return True
+        target = self.time + timeout
+        while True:
+            with self._lock:
+                if not self._actions or self._actions[0][0] > target:
+                    break
+                when, _, action = heapq.heappop(self._actions)
+            self.time = max(self.time, when)
+            action()
+            if wake.is_set():
+                return True
+        self.time = target
+        return wake.is_set()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._actions)
+
+
+class FakeSysfs:
+    """CPUs and memory blocks under ``HostPaths(root)``, with the kernel's write semantics.
+
+    Nodes appear atomically (built under a temporary name, then renamed), as sysfs nodes do.
+    ``fail(path, errno, times)`` makes the next writes to ``path`` fail like the kernel's EBUSY.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.paths = HostPaths(root)
+        self.paths.cpu_dir.mkdir(parents=True, exist_ok=True)
+        self.paths.memory_dir.mkdir(parents=True, exist_ok=True)
+        self._failures: dict[Path, list[int]] = {}
+        self._lock = threading.Lock()
+        self.writes: list[tuple[Path, str]] = []
+        self.on_write: Callable[[Path, str], None] | None = None
+
+    # --- building the tree
+
+    def _publish(self, final: Path, files: dict[str, str]) -> Path:
+        staging = final.with_name(f".new-{final.name}")
+        staging.mkdir()
+        for name, content in files.items():
+            (staging / name).write_text(content + "\n")
+        os.rename(staging, final)
+        return final
+
+    def add_cpu(self, number: int, online: bool | None = False) -> Path:
+        """A CPU directory; ``online=None`` gives one without an online file (like cpu0)."""
+        files = {} if online is None else {"online": "1" if online else "0"}
+        return self._publish(self.paths.cpu_dir / f"cpu{number}", files)
+
+    def set_possible(self, spec: str) -> None:
+        (self.paths.cpu_dir / "possible").write_text(spec + "\n")
+
+    def add_memory_block(self, number: int, state: str = "offline", zones: str = "Normal Movable") -> Path:
+        files = {"state": state, "valid_zones": zones, "online": "1" if state == "online" else "0"}
+        return self._publish(self.paths.memory_dir / f"memory{number}", files)
+
+    def set_block_size(self, size: int) -> None:
+        self.paths.memory_block_size.write_text(f"{size:x}\n")
+
+    def enable_probe(self) -> None:
+        self.paths.memory_probe.write_text("")
+
+    def fail(self, path: Path, error: int, times: int = 1) -> None:
+        with self._lock:
+            self._failures.setdefault(path, []).extend([error] * times)
+
+    # --- uevents as the kernel would send them
+
+    @staticmethod
+    def cpu_added(number: int) -> Uevent:
+        devpath = f"/devices/system/cpu/cpu{number}"
+        return Uevent("add", devpath, {"SUBSYSTEM": "cpu", "DRIVER": "processor"})
+
+    @staticmethod
+    def memory_added(number: int) -> Uevent:
+        return Uevent("add", f"/devices/system/memory/memory{number}", {"SUBSYSTEM": "memory"})
+
+    # --- the writer the onlining code is given
+
+    def write(self, path: Path, value: str) -> None:
+        with self._lock:
+            pending = self._failures.get(path)
+            error = pending.pop(0) if pending else None
+            self.writes.append((path, value))
+        if self.on_write is not None:
+            self.on_write(path, value)
+        if error is not None:
+            raise OSError(error, os.strerror(error), str(path))
+        if path == self.paths.memory_probe:
+            size = int(sysfs.read_text(self.paths.memory_block_size), 16)
+            self.add_memory_block(int(value, 16) // size)
+            return
+        if path.name == "state" and value in ("online", "online_movable", "online_kernel"):
+            sysfs.write(path, "online")
+            sysfs.write(path.with_name("online"), "1")
+            return
+        sysfs.write(path, value)
