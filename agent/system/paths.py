@@ -130,6 +130,19 @@ class HostPaths:
     def hostname_file(self) -> Path:
         return self._at("proc/sys/kernel/hostname")
 
+    @property
+    def thread_netns(self) -> Path:
+        """The calling thread's network namespace (setns back to it after working in another)."""
+        return self._at("proc/thread-self/ns/net")
+
+    def named_netns(self, name: str) -> Path:
+        """A namespace made by ``ip netns add NAME``."""
+        return self._at(f"run/netns/{name}")
+
+    @property
+    def tun_device(self) -> Path:
+        return self._at("dev/net/tun")
+
     def inside(self, absolute: str | Path) -> Path:
         """Map an absolute guest path (as a client names it) under this root."""
         text = str(absolute)
