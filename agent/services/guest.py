@@ -85,7 +85,7 @@ class GuestService:
         self,
         paths: HostPaths,
         init_daemon: bool = False,
-        set_clock: Callable[[int, int], None] = libc.settimeofday,
+        set_clock: Callable[[int, int], None] | None = None,
     ) -> None:
         self.paths = paths
         self.init_daemon = init_daemon
@@ -129,7 +129,7 @@ class GuestService:
         if sec < 0 or not 0 <= usec < USECS_PER_SEC:
             raise InvalidArgument(f"SetGuestDateTime: sec={sec} usec={usec} out of range (sec >= 0, 0 <= usec < 1e6)")
         try:
-            self._set_clock(sec, usec)
+            (self._set_clock or libc.settimeofday)(sec, usec)
         except PermissionError as exc:
             raise Unsupported(f"setting the guest clock needs CAP_SYS_TIME: {exc}") from exc
         except OSError as exc:

@@ -1,0 +1,239 @@
+"""The listener on the wire: protocol sniffing, bad input, and the agent still serving afterwards.
+
+Every bad-input case ends with a Check on a new connection that must answer SERVING, over ttrpc and
+over gRPC. One test runs the agent as a subprocess (python3 -m agent) and stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.rpc import ttrpc
+from agent.rpc.pb import health_pb2, ttrpc_pb2
+from agent.rpc.server import HTTP2_PREFACE, sniff
+from agent.rpc.status import Code
+from agentctl.client import connect
+from tests.helpers.agent_server import RunningAgent, fake_guest_tree, serving_agent, ttrpc_frame
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[RunningAgent]:
+    with serving_agent(fake_guest_tree(tmp_path / "root"), sniff_timeout=2.0) as running:
+        yield running
+
+
+def check_serving(address: str, protocol: str) -> None:
+    with connect(address, protocol, timeout=10) as client:
+        response = client.call("grpc.Health/Check", health_pb2.CheckRequest())
+    assert isinstance(response, health_pb2.HealthCheckResponse)
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """What the agent sent before closing; a reset (closed with our bytes unread) counts as closed."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def check_request(stream_id: int = 1) -> bytes:
+    request = ttrpc_pb2.Request(service="grpc.Health", method="Check", payload=b"")
+    return ttrpc_frame(stream_id, request.SerializeToString())
+
+
+def test_sniff_classifies_by_first_bytes() -> None:
+    for sent, expected in (
+        (HTTP2_PREFACE + b"\x00\x00", "grpc"),
+        (b"PRI * HTTP/1.1\r\n", "ttrpc"),
+        (check_request(), "ttrpc"),
+    ):
+        a, b = socket.socketpair()
+        a.sendall(sent)
+        protocol, seen = sniff(b, timeout=5)
+        assert protocol == expected
+        assert sent.startswith(seen) and len(seen) <= len(HTTP2_PREFACE)
+        a.close()
+        b.close()
+
+
+def test_sniff_gives_up_on_a_silent_client() -> None:
+    a, b = socket.socketpair()
+    assert sniff(b, timeout=0.2) == ("closed", b"")
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("protocol", ["ttrpc", "grpc"])
+def test_check_answers_serving(agent: RunningAgent, protocol: str) -> None:
+    check_serving(agent.address, protocol)
+
+
+def test_silent_client_does_not_block_others(agent: RunningAgent) -> None:
+    silent = agent.connect()
+    try:
+        check_serving(agent.address, "ttrpc")
+        check_serving(agent.address, "grpc")
+    finally:
+        silent.close()
+
+
+def test_random_bytes_get_a_clean_error_or_close(agent: RunningAgent) -> None:
+    rng = random.Random(20261129)
+    for _ in range(5):
+        with agent.connect() as sock:
+            sock.sendall(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))))
+            sock.shutdown(socket.SHUT_WR)
+            received = read_until_closed(sock)
+        assert len(received) < 1024  # at most an error response, never an echo of the junk
+    check_serving(agent.address, "ttrpc")
+    check_serving(agent.address, "grpc")
+
+
+def test_truncated_frame_closes_and_agent_keeps_serving(agent: RunningAgent) -> None:
+    with agent.connect() as sock:
+        sock.sendall(check_request()[:-3])
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock) == b""
+    check_serving(agent.address, "ttrpc")
+
+
+def test_oversized_header_is_answered_resource_exhausted(agent: RunningAgent) -> None:
+    with agent.connect() as sock:
+        sock.sendall(ttrpc_frame(1, b"", length=ttrpc.MESSAGE_LENGTH_MAX + 1))
+        reader = ttrpc.FrameReader(sock)
+        header = reader.read_header()
+        assert header is not None and header.stream_id == 1
+        response = ttrpc_pb2.Response.FromString(reader.read_payload(header.length))
+        assert response.status.code == Code.RESOURCE_EXHAUSTED
+    check_serving(agent.address, "ttrpc")
+    check_serving(agent.address, "grpc")
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "fragment"),
+    [
+        ("grpc.NoSuchService", "Check", "unknown service or method"),
+        ("grpc.AgentService", "NoSuchMethod", "unknown service or method"),
+    ],
+)
+def test_unknown_service_or_method_is_unimplemented(
+    agent: RunningAgent, service: str, method: str, fragment: str
+) -> None:
+    with agent.connect() as sock:
+        client = ttrpc.TtrpcClientConnection(sock)
+        with pytest.raises(ttrpc.TtrpcCallError) as failure:
+            client.call(service, method, b"")
+    assert failure.value.code == Code.UNIMPLEMENTED
+    assert fragment in failure.value.message and f"{service}/{method}" in failure.value.message
+    check_serving(agent.address, "ttrpc")
+
+
+def test_unknown_method_over_grpc_is_unimplemented(agent: RunningAgent) -> None:
+    import grpc
+
+    with grpc.insecure_channel(f"unix:{agent.socket_path}") as channel:
+        call = channel.unary_unary("/grpc.AgentService/NoSuchMethod")
+        with pytest.raises(grpc.RpcError) as failure:
+            call(b"", timeout=10)
+    assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    check_serving(agent.address, "grpc")
+
+
+def test_even_stream_id_closes_the_connection(agent: RunningAgent) -> None:
+    with agent.connect() as sock:
+        sock.sendall(check_request(stream_id=2))
+        reader = ttrpc.FrameReader(sock)
+        header = reader.read_header()
+        assert header is not None
+        response = ttrpc_pb2.Response.FromString(reader.read_payload(header.length))
+        assert response.status.code == Code.INVALID_ARGUMENT
+        assert reader.read_header() is None
+    check_serving(agent.address, "ttrpc")
+
+
+def test_http2_preface_followed_by_garbage(agent: RunningAgent) -> None:
+    with agent.connect() as sock:
+        sock.sendall(HTTP2_PREFACE + b"\xde\xad\xbe\xef" * 64)
+        sock.shutdown(socket.SHUT_WR)
+        received = read_until_closed(sock)  # grpcio answers with its SETTINGS/GOAWAY, then closes
+    assert b"\xde\xad\xbe\xef" not in received
+    check_serving(agent.address, "grpc")
+    check_serving(agent.address, "ttrpc")
+
+
+def test_many_concurrent_connections_each_get_their_answer(agent: RunningAgent) -> None:
+    sockets = [agent.connect() for _ in range(8)]
+    try:
+        for index, sock in enumerate(sockets):
+            sock.sendall(check_request(stream_id=2 * index + 1))
+        for index, sock in enumerate(sockets):
+            reader = ttrpc.FrameReader(sock)
+            header = reader.read_header()
+            assert header is not None and header.stream_id == 2 * index + 1
+            response = ttrpc_pb2.Response.FromString(reader.read_payload(header.length))
+            assert health_pb2.HealthCheckResponse.FromString(response.payload).status == 1
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_agent_subprocess_serves_both_protocols_and_stops_on_sigterm() -> None:
+    short_dir = tempfile.mkdtemp(prefix="pk-", dir="/tmp")
+    path = os.path.join(short_dir, "agent.sock")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("KATA_AGENT_SERVER_ADDR", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--server-addr", f"unix://{path}"],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        ready = json.loads(process.stderr.readline())
+        assert ready["msg"] == "agent ready"
+        assert ready["address"] == f"unix://{path}"
+        check_serving(f"unix://{path}", "ttrpc")
+        check_serving(f"unix://{path}", "grpc")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert not os.path.exists(path)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+        for leftover in Path(short_dir).iterdir():
+            leftover.unlink()
+        os.rmdir(short_dir)
+
+
+def test_agent_rejects_a_malformed_server_addr_with_exit_status_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "--server-addr", "carrier-pigeon://x"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "carrier-pigeon" in result.stderr

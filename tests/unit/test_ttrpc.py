@@ -1,0 +1,210 @@
+"""ttrpc framing and one server connection, driven over a socketpair with a scripted dispatch."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pytest
+
+from agent.rpc import ttrpc
+from agent.rpc.pb import ttrpc_pb2
+from agent.rpc.registry import CallContext
+from agent.rpc.status import Code
+from tests.helpers.agent_server import ttrpc_frame
+
+
+def request_bytes(method: str = "Echo", payload: bytes = b"x", timeout_nano: int = 0, **metadata: str) -> bytes:
+    return ttrpc_pb2.Request(
+        service="test.Service",
+        method=method,
+        payload=payload,
+        timeout_nano=timeout_nano,
+        metadata=[ttrpc_pb2.KeyValue(key=k, value=v) for k, v in metadata.items()],
+    ).SerializeToString()
+
+
+@dataclass
+class ScriptedDispatch:
+    """Echoes payloads; "Block" waits for ``release``; records every call's context."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+    blocked: threading.Event = field(default_factory=threading.Event)
+    contexts: list[CallContext] = field(default_factory=list)
+
+    def __call__(self, service: str, method: str, payload: bytes, ctx: CallContext) -> tuple[int, str, bytes]:
+        self.contexts.append(ctx)
+        if method == "Block":
+            self.blocked.set()
+            assert self.release.wait(10)
+        if method == "Fail":
+            return Code.NOT_FOUND, "no such thing", b""
+        return Code.OK, "", payload
+
+
+@dataclass
+class Peer:
+    sock: socket.socket
+    reader: ttrpc.FrameReader
+    dispatch: ScriptedDispatch
+    thread: threading.Thread
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self) -> tuple[int, ttrpc_pb2.Response]:
+        header = self.reader.read_header()
+        assert header is not None, "connection closed instead of answering"
+        assert header.type == ttrpc.TYPE_RESPONSE
+        return header.stream_id, ttrpc_pb2.Response.FromString(self.reader.read_payload(header.length))
+
+    def closed(self) -> bool:
+        return self.reader.read_header() is None
+
+
+@pytest.fixture
+def peer() -> Iterator[Peer]:
+    client, server = socket.socketpair()
+    client.settimeout(10)
+    dispatch = ScriptedDispatch()
+    pool = ThreadPoolExecutor(max_workers=4)
+    connection = ttrpc.TtrpcConnection(server, dispatch, pool, ttrpc.Deadlines())
+    thread = threading.Thread(target=connection.serve, daemon=True)
+    thread.start()
+    yield Peer(client, ttrpc.FrameReader(client), dispatch, thread)
+    dispatch.release.set()
+    client.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    server.close()
+    pool.shutdown(wait=True)
+
+
+def test_header_layout_is_big_endian_length_stream_type_flags() -> None:
+    frame = ttrpc.encode_frame(0x01020304, ttrpc.TYPE_REQUEST, b"abc", flags=ttrpc.FLAG_NO_DATA)
+    assert frame == b"\x00\x00\x00\x03\x01\x02\x03\x04\x01\x04abc"
+
+
+def test_encode_refuses_payloads_over_4_mib() -> None:
+    ttrpc.encode_frame(1, ttrpc.TYPE_REQUEST, bytes(ttrpc.MESSAGE_LENGTH_MAX))
+    with pytest.raises(ValueError, match="exceeds"):
+        ttrpc.encode_frame(1, ttrpc.TYPE_REQUEST, bytes(ttrpc.MESSAGE_LENGTH_MAX + 1))
+
+
+def test_reader_starts_with_the_sniffed_prefix_and_reports_truncation() -> None:
+    a, b = socket.socketpair()
+    frame = ttrpc_frame(1, b"hello")
+    reader = ttrpc.FrameReader(b, prefix=frame[:3])
+    a.sendall(frame[3:] + frame[:6])
+    a.close()
+    header = reader.read_header()
+    assert header == ttrpc.FrameHeader(5, 1, 1, 0)
+    assert reader.read_payload(5) == b"hello"
+    with pytest.raises(ttrpc.ProtocolError, match="frame header"):
+        reader.read_header()
+    b.close()
+
+
+def test_unary_call_answers_on_the_same_stream_with_status_and_payload(peer: Peer) -> None:
+    peer.send(ttrpc_frame(1, request_bytes(payload=b"ping")))
+    stream, response = peer.response()
+    assert (stream, response.status.code, response.payload) == (1, Code.OK, b"ping")
+    peer.send(ttrpc_frame(3, request_bytes("Fail")))
+    stream, response = peer.response()
+    assert (stream, response.status.code, response.status.message) == (3, Code.NOT_FOUND, "no such thing")
+
+
+def test_concurrent_streams_on_one_connection_complete_out_of_order(peer: Peer) -> None:
+    peer.send(ttrpc_frame(1, request_bytes("Block", b"first")))
+    assert peer.dispatch.blocked.wait(10)
+    peer.send(ttrpc_frame(3, request_bytes("Echo", b"second")))
+    stream, response = peer.response()  # answered while stream 1 is still running
+    assert (stream, response.payload) == (3, b"second")
+    peer.dispatch.release.set()
+    stream, response = peer.response()
+    assert (stream, response.payload) == (1, b"first")
+
+
+def test_metadata_and_timeout_reach_the_call_context(peer: Peer) -> None:
+    peer.send(ttrpc_frame(1, request_bytes(timeout_nano=30 * 10**9, trace="abc", user="kata")))
+    peer.response()
+    ctx = peer.dispatch.contexts[0]
+    assert ctx.protocol == "ttrpc"
+    assert dict(ctx.metadata) == {"trace": "abc", "user": "kata"}
+    assert ctx.deadline is not None
+
+
+def test_a_call_that_overruns_its_deadline_is_answered_deadline_exceeded(peer: Peer) -> None:
+    peer.send(ttrpc_frame(5, request_bytes("Block", timeout_nano=50_000_000)))
+    stream, response = peer.response()  # while the handler is still blocked
+    assert (stream, response.status.code) == (5, Code.DEADLINE_EXCEEDED)
+    peer.dispatch.release.set()
+    peer.send(ttrpc_frame(7, request_bytes(payload=b"after")))
+    stream, response = peer.response()  # the late result of stream 5 was dropped, not sent twice
+    assert (stream, response.payload) == (7, b"after")
+
+
+def test_even_stream_id_gets_invalid_argument_and_the_connection_closes(peer: Peer) -> None:
+    peer.send(ttrpc_frame(2, request_bytes()))
+    stream, response = peer.response()
+    assert (stream, response.status.code) == (2, Code.INVALID_ARGUMENT)
+    assert "even" in response.status.message
+    assert peer.closed()
+    assert peer.dispatch.contexts == []
+
+
+def test_oversized_frame_is_answered_resource_exhausted_and_discarded(peer: Peer) -> None:
+    oversize = ttrpc.MESSAGE_LENGTH_MAX + 1
+    peer.send(struct.pack(">IIBB", oversize, 9, ttrpc.TYPE_REQUEST, 0))
+    stream, response = peer.response()  # answered before the payload arrives
+    assert (stream, response.status.code) == (9, Code.RESOURCE_EXHAUSTED)
+    assert str(ttrpc.MESSAGE_LENGTH_MAX) in response.status.message
+    peer.send(bytes(oversize))  # the payload is read and dropped; the connection stays usable
+    peer.send(ttrpc_frame(11, request_bytes(payload=b"still here")))
+    stream, response = peer.response()
+    assert (stream, response.payload) == (11, b"still here")
+
+
+def test_frame_announcing_more_than_the_discard_limit_closes_the_connection(peer: Peer) -> None:
+    peer.send(struct.pack(">IIBB", 0xFFFFFFFF, 1, ttrpc.TYPE_REQUEST, 0))
+    stream, response = peer.response()
+    assert response.status.code == Code.RESOURCE_EXHAUSTED
+    assert peer.closed()
+
+
+def test_undecodable_request_is_invalid_argument_and_data_frames_are_ignored(peer: Peer) -> None:
+    peer.send(ttrpc_frame(1, b"\xff\xff\xff"))
+    stream, response = peer.response()
+    assert (stream, response.status.code) == (1, Code.INVALID_ARGUMENT)
+    peer.send(ttrpc_frame(3, b"data", frame_type=ttrpc.TYPE_DATA))
+    peer.send(ttrpc_frame(5, request_bytes(payload=b"ok")))
+    stream, response = peer.response()
+    assert (stream, response.payload) == (5, b"ok")
+
+
+def test_streaming_request_is_unimplemented(peer: Peer) -> None:
+    peer.send(ttrpc_frame(1, request_bytes(), flags=ttrpc.FLAG_REMOTE_OPEN))
+    stream, response = peer.response()
+    assert (stream, response.status.code) == (1, Code.UNIMPLEMENTED)
+
+
+def test_truncated_frame_closes_the_connection(peer: Peer) -> None:
+    frame = ttrpc_frame(1, request_bytes())
+    peer.send(frame[:-2])
+    peer.sock.shutdown(socket.SHUT_WR)
+    assert peer.closed()
+    assert peer.dispatch.contexts == []
+
+
+def test_client_connection_uses_odd_increasing_stream_ids(peer: Peer) -> None:
+    client = ttrpc.TtrpcClientConnection(peer.sock)
+    assert client.call("test.Service", "Echo", b"one") == b"one"
+    assert client.call("test.Service", "Echo", b"two", timeout=5, metadata={"k": "v"}) == b"two"
+    with pytest.raises(ttrpc.TtrpcCallError) as failure:
+        client.call("test.Service", "Fail", b"")
+    assert failure.value.code == Code.NOT_FOUND
+    assert peer.dispatch.contexts[1].metadata == {"k": "v"}
