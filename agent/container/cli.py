@@ -20,7 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from agent.container.cli_backend import Backend
 
 PROGRAM = "pykata-runc"
 OCI_VERSION = "1.0.2-dev"  # the runtime-spec version runc 1.1 reports; tools compare it
@@ -493,6 +496,59 @@ def process_start_time(proc_pid: Path) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Small pieces runc's callers rely on: pid files, signal names, the console socket.
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Write ``pid`` atomically (a reader never sees an empty file), as runc does."""
+    target = Path(path).absolute()
+    temporary = target.with_name(f".{target.name}.{os.getpid()}")
+    temporary.write_text(str(pid))
+    os.replace(temporary, target)
+
+
+def parse_signal(text: str) -> int:
+    """``KILL``, ``SIGKILL`` and ``9`` all mean SIGKILL."""
+    import signal
+
+    if text.isdigit():
+        number = int(text)
+        if not 0 < number < signal.NSIG:
+            raise CliError(f"invalid signal number {number}")
+        return number
+    name = text.upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise CliError(f"unknown signal {text!r}") from None
+
+
+def send_console(socket_path: str, master_fd: int, name: str) -> None:
+    """Hand the pty master to whoever listens on ``socket_path`` (SCM_RIGHTS), as runc's --console-socket.
+
+    The message body is the terminal's name, as runc sends it; the receiver owns the fd from then on.
+    """
+    import array
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        try:
+            connection.connect(socket_path)
+        except OSError as exc:
+            raise CliError(f"cannot connect to console socket {socket_path}: {exc.strerror}") from None
+        fds = array.array("i", [master_fd])
+        connection.sendmsg([name.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+
+
+def exit_status(wait_status: int) -> int:
+    """The shell's convention: the exit code, or 128+N when signal N ended the process."""
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)
+
+
+# ---------------------------------------------------------------------------------------------
 # Commands. Each takes the parsed invocation and returns the exit status.
 
 
@@ -506,6 +562,14 @@ class Context:
         self.log = log
         self.paths = HostPaths(Path("/"))
         self.store = Store(Path(invocation.options.get("root") or DEFAULT_ROOT))
+        self._backend: Backend | None = None
+
+    def backend(self) -> Backend:
+        if self._backend is None:
+            from agent.container.cli_backend import Backend
+
+            self._backend = Backend(self.paths)
+        return self._backend
 
     def status(self, record: Record) -> str:
         if record.pid <= 0 or process_start_time(self.paths.proc_pid(record.pid)) != record.pid_start:
@@ -596,9 +660,405 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def _size(text: str, what: str) -> int:
+    """Bytes from ``64m``/``1g``/``512k``/``1048576`` (runc's units), or -1 for unlimited."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    raw = text.strip().lower().removesuffix("b")
+    try:
+        if raw == "-1":
+            return -1
+        if raw and raw[-1] in units:
+            return int(float(raw[:-1]) * units[raw[-1]])
+        return int(raw)
+    except ValueError:
+        raise CliError(f"invalid value for {what}: {text!r}") from None
+
+
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise CliError(f"invalid value for {what}: {text!r} is not an integer") from None
+
+
+def resources_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The OCI ``linux.resources`` object that ``update``'s flags (or ``-r FILE``) describe."""
+    resources: dict[str, Any] = {}
+    if flags.get("resources"):
+        source = flags["resources"]
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        try:
+            loaded = json.loads(text)
+        except ValueError as exc:
+            raise CliError(f"invalid resources JSON in {source}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise CliError(f"invalid resources JSON in {source}: expected an object")
+        resources = loaded
+    memory = resources.setdefault("memory", {})
+    for flag, key in (("memory", "limit"), ("memory_reservation", "reservation"), ("memory_swap", "swap")):
+        if flags.get(flag) is not None:
+            memory[key] = _size(flags[flag], f"--{flag.replace('_', '-')}")
+    cpu = resources.setdefault("cpu", {})
+    for flag, key in (("cpu_quota", "quota"), ("cpu_period", "period"), ("cpu_shares", "shares")):
+        if flags.get(flag) is not None:
+            cpu[key] = _integer(flags[flag], f"--{flag.replace('_', '-')}")
+    for flag, key in (("cpuset_cpus", "cpus"), ("cpuset_mems", "mems")):
+        if flags.get(flag) is not None:
+            cpu[key] = flags[flag]
+    if flags.get("pids_limit") is not None:
+        resources.setdefault("pids", {})["limit"] = _integer(flags["pids_limit"], "--pids-limit")
+    return {key: value for key, value in resources.items() if value}
+
+
+def load_bundle(bundle_flag: str | None) -> tuple[Path, dict[str, Any], Path]:
+    """The bundle's absolute path, its parsed config.json and its absolute rootfs."""
+    bundle = Path(bundle_flag or ".").absolute()
+    config_path = bundle / "config.json"
+    try:
+        spec = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise CliError(f"{config_path} not found: pass --bundle DIR or run from the bundle") from None
+    except ValueError as exc:
+        raise CliError(f"{config_path}: invalid JSON: {exc}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("process"), dict):
+        raise CliError(f"{config_path}: the spec has no process to run")
+    root = (spec.get("root") or {}).get("path")
+    if not root:
+        raise CliError(f"{config_path}: root.path is missing")
+    rootfs = Path(root) if Path(root).is_absolute() else bundle / root
+    return bundle, spec, rootfs
+
+
+class Terminal:
+    """The pty of a terminal process: the slave is its stdio, the master goes to the console socket."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+
+    def hand_over(self, socket_path: str) -> None:
+        send_console(socket_path, self.master, os.ttyname(self.slave))
+        os.close(self.master)
+        self.master = -1
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            if fd >= 0:
+                os.close(fd)
+        self.master = self.slave = -1
+
+
+def _stdio_for(process: dict[str, Any], console_socket: str | None, detach: bool) -> Terminal | None:
+    if not process.get("terminal"):
+        return None
+    if console_socket is None:
+        raise CliError(
+            "the process asks for a terminal: pass --console-socket (pykata-runc does not attach to "
+            "its own tty), or set process.terminal to false"
+        )
+    return Terminal()
+
+
+def do_create(ctx: Context, container_id: str, *, detach: bool) -> Record:
+    bundle, spec, rootfs = load_bundle(ctx.flags.get("bundle"))
+    terminal = _stdio_for(spec["process"], ctx.flags.get("console_socket"), detach)
+    state_dir = ctx.store.reserve(container_id)
+    record = Record(
+        id=container_id,
+        bundle=str(bundle),
+        rootfs=str(rootfs),
+        created=format_time(time.time_ns()),
+        oci_version=str(spec.get("ociVersion", OCI_VERSION)),
+        annotations=dict(spec.get("annotations") or {}),
+    )
+    backend = ctx.backend()
+    try:
+        stdio = (terminal.slave,) * 3 if terminal else (0, 1, 2)
+        record.pid = backend.create(
+            record,
+            spec,
+            state_dir,
+            stdio=stdio,
+            no_pivot=bool(ctx.flags.get("no_pivot")),
+            preserve_fds=_integer(ctx.flags.get("preserve_fds") or "0", "--preserve-fds"),
+        )
+        record.pid_start = process_start_time(ctx.paths.proc_pid(record.pid)) or 0
+        ctx.store.save(record)
+        if terminal:
+            terminal.hand_over(ctx.flags["console_socket"])
+        if ctx.flags.get("pid_file"):
+            write_pid_file(ctx.flags["pid_file"], record.pid)
+    except BaseException:
+        try:
+            backend.destroy(record, state_dir)
+        finally:
+            ctx.store.remove(container_id)
+        raise
+    finally:
+        if terminal:
+            terminal.close()
+    return record
+
+
+def cmd_create(ctx: Context) -> int:
+    do_create(ctx, ctx.args[0], detach=True)
+    return 0
+
+
+def _require_status(ctx: Context, record: Record, allowed: tuple[str, ...], action: str) -> str:
+    status = ctx.status(record)
+    if status not in allowed:
+        raise CliError(f"cannot {action} container {record.id}: it is {status} (needs {' or '.join(allowed)})")
+    return status
+
+
+def do_start(ctx: Context, record: Record) -> None:
+    _require_status(ctx, record, (STATUS_CREATED,), "start")
+    ctx.backend().start(record, ctx.store.dir(record.id))
+    record.started = True
+    ctx.store.save(record)
+
+
+def cmd_start(ctx: Context) -> int:
+    do_start(ctx, ctx.store.load(ctx.args[0]))
+    return 0
+
+
+def cmd_kill(ctx: Context) -> int:
+    import signal
+
+    record = ctx.store.load(ctx.args[0])
+    number = parse_signal(ctx.args[1]) if len(ctx.args) > 1 else int(signal.SIGTERM)
+    if ctx.flags["all"]:
+        pids = ctx.backend().pids(record)
+        if ctx.status(record) == STATUS_STOPPED and not pids:
+            raise CliError(f"container {record.id} is not running")
+        for pid in pids:
+            _signal(pid, number)
+        return 0
+    _require_status(ctx, record, (STATUS_CREATED, STATUS_RUNNING, STATUS_PAUSED), "signal")
+    _signal(record.pid, number)
+    return 0
+
+
+def _signal(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass  # it exited meanwhile: the signal has nothing left to do
+
+
+def do_delete(ctx: Context, record: Record, *, force: bool) -> None:
+    import signal
+
+    status = ctx.status(record)
+    backend = ctx.backend()
+    if status in (STATUS_RUNNING, STATUS_PAUSED) and not force:
+        raise CliError(f"cannot delete container {record.id}: it is {status}; stop it first or use --force")
+    if status != STATUS_STOPPED or force:
+        for pid in backend.pids(record) or ([record.pid] if status != STATUS_STOPPED else []):
+            _signal(pid, signal.SIGKILL)
+        if status == STATUS_PAUSED:
+            backend.freeze(record, frozen=False)
+        _wait_gone(ctx, record)
+    backend.destroy(record, ctx.store.dir(record.id))
+    ctx.store.remove(record.id)
+
+
+def _wait_gone(ctx: Context, record: Record, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while ctx.status(record) != STATUS_STOPPED or ctx.backend().pids(record):
+        if time.monotonic() > deadline:
+            raise CliError(f"container {record.id}: processes still alive {timeout:.0f} s after SIGKILL")
+        time.sleep(0.005)
+
+
+def cmd_delete(ctx: Context) -> int:
+    do_delete(ctx, ctx.store.load(ctx.args[0]), force=bool(ctx.flags["force"]))
+    return 0
+
+
+class _Forwarder:
+    """Pass the signals a foreground ``run``/``exec`` receives on to the container process."""
+
+    SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+
+    def __init__(self, pid: int) -> None:
+        import signal
+
+        self.previous: dict[int, Any] = {}
+        for name in self.SIGNALS:
+            number = int(signal.Signals[name])
+            self.previous[number] = signal.signal(number, lambda n, _f: _signal(pid, n))
+
+    def restore(self) -> None:
+        import signal
+
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+def wait_child(pid: int) -> int:
+    forwarder = _Forwarder(pid)
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        forwarder.restore()
+    return exit_status(status)
+
+
+def cmd_run(ctx: Context) -> int:
+    container_id = ctx.args[0]
+    detach = bool(ctx.flags["detach"])
+    record = do_create(ctx, container_id, detach=detach)
+    try:
+        do_start(ctx, record)
+    except BaseException:
+        do_delete(ctx, record, force=True)
+        raise
+    if detach:
+        return 0
+    status = wait_child(record.pid)
+    if not ctx.flags["keep"]:
+        do_delete(ctx, record, force=True)
+    return status
+
+
+def _exec_process(ctx: Context, record: Record) -> dict[str, Any]:
+    flags = ctx.flags
+    if flags["process"]:
+        try:
+            process: dict[str, Any] = json.loads(Path(flags["process"]).read_text())
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read process {flags['process']}: {exc}") from None
+    else:
+        if len(ctx.args) < 2:
+            raise CliError("exec needs a command (after the id) or --process FILE")
+        _, spec, _ = load_bundle(record.bundle)
+        base = spec["process"]
+        process = {
+            "args": ctx.args[1:],
+            "env": list(base.get("env") or []),
+            "cwd": base.get("cwd", "/"),
+            "user": dict(base.get("user") or {"uid": 0, "gid": 0}),
+            "capabilities": base.get("capabilities"),
+            "noNewPrivileges": base.get("noNewPrivileges", False),
+            "rlimits": base.get("rlimits"),
+            "terminal": False,
+        }
+    if flags["tty"]:
+        process["terminal"] = True
+    if flags["cwd"]:
+        process["cwd"] = flags["cwd"]
+    if flags["env"]:
+        process["env"] = [*process.get("env", []), *flags["env"]]
+    if flags["user"]:
+        uid, _, gid = flags["user"].partition(":")
+        process["user"] = {"uid": _integer(uid, "--user"), "gid": _integer(gid or "0", "--user")}
+    if flags["additional_gids"]:
+        process.setdefault("user", {})["additionalGids"] = [_integer(g, "-g") for g in flags["additional_gids"]]
+    if flags["no_new_privs"]:
+        process["noNewPrivileges"] = True
+    if flags["cap"]:
+        caps = process.setdefault("capabilities", {}) or {}
+        process["capabilities"] = caps
+        for kind in ("bounding", "effective", "permitted", "ambient"):
+            caps[kind] = sorted({*caps.get(kind, []), *flags["cap"]})
+    return process
+
+
+def cmd_exec(ctx: Context) -> int:
+    record = ctx.store.load(ctx.args[0])
+    allowed = (STATUS_RUNNING, STATUS_PAUSED) if ctx.flags["ignore_paused"] else (STATUS_RUNNING,)
+    _require_status(ctx, record, (STATUS_CREATED, *allowed), "exec in")
+    process = _exec_process(ctx, record)
+    detach = bool(ctx.flags["detach"])
+    terminal = _stdio_for(process, ctx.flags["console_socket"], detach)
+    try:
+        stdio = (terminal.slave,) * 3 if terminal else (0, 1, 2)
+        pid = ctx.backend().exec(record, process, stdio=stdio)
+        if terminal:
+            terminal.hand_over(ctx.flags["console_socket"])
+    finally:
+        if terminal:
+            terminal.close()
+    if ctx.flags["pid_file"]:
+        write_pid_file(ctx.flags["pid_file"], pid)
+    if detach:
+        return 0
+    return wait_child(pid)
+
+
+def cmd_ps(ctx: Context) -> int:
+    record = ctx.store.load(ctx.args[0])
+    pids = ctx.backend().pids(record)
+    fmt = ctx.flags["format"] or "table"
+    if fmt == "json":
+        print(json.dumps(pids))
+        return 0
+    if fmt != "table":
+        raise CliError(f"invalid format option {fmt!r}: use table or json")
+    from agent.system.run import run
+
+    options = ctx.args[1:] or ["-ef"]
+    lines = run(["ps", *options], package="procps").stdout.decode().splitlines()
+    if not lines:
+        return 0
+    header = lines[0].split()
+    if "PID" not in header:
+        raise CliError(f"ps {' '.join(options)}: its output has no PID column")
+    column = header.index("PID")
+    wanted = {str(pid) for pid in pids}
+    print(lines[0])
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) > column and fields[column] in wanted:
+            print(line)
+    return 0
+
+
+def _freeze(ctx: Context, frozen: bool) -> int:
+    record = ctx.store.load(ctx.args[0])
+    if frozen:
+        _require_status(ctx, record, (STATUS_RUNNING, STATUS_CREATED), "pause")
+    else:
+        _require_status(ctx, record, (STATUS_PAUSED,), "resume")
+    ctx.backend().freeze(record, frozen=frozen)
+    record.paused = frozen
+    ctx.store.save(record)
+    return 0
+
+
+def cmd_pause(ctx: Context) -> int:
+    return _freeze(ctx, True)
+
+
+def cmd_resume(ctx: Context) -> int:
+    return _freeze(ctx, False)
+
+
+def cmd_update(ctx: Context) -> int:
+    record = ctx.store.load(ctx.args[0])
+    _require_status(ctx, record, (STATUS_CREATED, STATUS_RUNNING, STATUS_PAUSED), "update")
+    resources = resources_from_flags(ctx.flags)
+    if not resources:
+        raise CliError("update: nothing to change; pass --memory, --cpu-quota, ... or -r FILE")
+    ctx.backend().update(record, resources)
+    return 0
+
+
 HANDLERS: dict[str, Callable[[Context], int]] = {
-    "spec": cmd_spec,
+    "create": cmd_create,
+    "start": cmd_start,
     "state": cmd_state,
+    "kill": cmd_kill,
+    "delete": cmd_delete,
+    "run": cmd_run,
+    "exec": cmd_exec,
+    "ps": cmd_ps,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "update": cmd_update,
+    "spec": cmd_spec,
     "list": cmd_list,
 }
 
@@ -617,6 +1077,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 def run_cli(argv: Sequence[str]) -> int:
+    from agent.errors import AgentError
+
     log = Log(None, None, False)
     try:
         invocation = parse_args(argv)
@@ -636,6 +1098,9 @@ def run_cli(argv: Sequence[str]) -> int:
         log.debug(f"{invocation.command.name} {' '.join(invocation.args)}")
         return handler(Context(invocation, log))
     except CliError as exc:
+        log.error(str(exc))
+        return 1
+    except AgentError as exc:
         log.error(str(exc))
         return 1
     except OSError as exc:

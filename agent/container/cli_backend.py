@@ -1,0 +1,673 @@
+"""The container operations pykata-runc needs, for a CLI whose every call is a new process.
+
+``create`` forks the container's init from the CLI (a single-threaded process, so fork is safe). The
+init sets up its namespaces and root, then blocks opening ``<state>/exec.fifo`` for writing, as
+runc's init does; ``start`` (a later CLI call) opens the fifo for reading, which lets it exec the
+user's program. Cgroups are found again from the record's ``cgroups`` paths.
+
+This is the CLI's standalone path while the shared engine (agent/container/engine.py) is written;
+the CLI calls only the methods of ``Backend``, so switching to the engine changes this module only.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import resource
+import select
+import termios
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import prctl  # imported here, not in the child: after pivot_root the host's modules are out of reach
+
+from agent.errors import InvalidArgument, NotFound, ResourceError
+from agent.system import libc
+from agent.system.paths import HostPaths
+
+if TYPE_CHECKING:
+    from agent.container.cli import Record
+
+EXEC_FIFO = "exec.fifo"
+NAMESPACE_FLAGS = {
+    "pid": libc.CLONE_NEWPID,
+    "network": libc.CLONE_NEWNET,
+    "ipc": libc.CLONE_NEWIPC,
+    "uts": libc.CLONE_NEWUTS,
+    "mount": libc.CLONE_NEWNS,
+    "cgroup": libc.CLONE_NEWCGROUP,
+    "user": libc.CLONE_NEWUSER,
+}
+# /proc/<pid>/ns names, for exec to join the container's namespaces (user first, mount last).
+JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices", "blkio", "net_cls", "perf_event")
+MOUNT_FLAGS = {
+    "ro": (libc.MS_RDONLY, True), "rw": (libc.MS_RDONLY, False),
+    "nosuid": (libc.MS_NOSUID, True), "suid": (libc.MS_NOSUID, False),
+    "nodev": (libc.MS_NODEV, True), "dev": (libc.MS_NODEV, False),
+    "noexec": (libc.MS_NOEXEC, True), "exec": (libc.MS_NOEXEC, False),
+    "relatime": (libc.MS_RELATIME, True), "strictatime": (libc.MS_STRICTATIME, True),
+    "noatime": (libc.MS_NOATIME, True), "bind": (libc.MS_BIND, True), "rbind": (libc.MS_BIND | libc.MS_REC, True),
+    "sync": (libc.MS_SYNCHRONOUS, True),
+}  # fmt: skip
+PROPAGATION = {
+    "private": libc.MS_PRIVATE, "rprivate": libc.MS_PRIVATE | libc.MS_REC,
+    "shared": libc.MS_SHARED, "rshared": libc.MS_SHARED | libc.MS_REC,
+    "slave": libc.MS_SLAVE, "rslave": libc.MS_SLAVE | libc.MS_REC,
+    "unbindable": libc.MS_UNBINDABLE, "runbindable": libc.MS_UNBINDABLE | libc.MS_REC,
+}  # fmt: skip
+DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+             "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx", "core": "/proc/kcore"}  # fmt: skip
+READY = b"\0"
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+
+
+@dataclass(frozen=True)
+class MountStep:
+    """One mount(2) call, as data: printed in errors, executed in order."""
+
+    source: str | None
+    target: str
+    fstype: str | None
+    flags: int
+    data: str | None = None
+
+    def run(self) -> None:
+        libc.mount(self.source, self.target, self.fstype, self.flags, self.data)
+
+
+def parse_mount_options(options: list[str]) -> tuple[int, int, str]:
+    """Mount flags, propagation flags and the leftover data string (``mode=755,size=...``)."""
+    flags, propagation, data = 0, 0, []
+    for option in options:
+        if option in MOUNT_FLAGS:
+            bit, on = MOUNT_FLAGS[option]
+            flags = flags | bit if on else flags & ~bit
+        elif option in PROPAGATION:
+            propagation |= PROPAGATION[option]
+        else:
+            data.append(option)
+    return flags, propagation, ",".join(data)
+
+
+class Cgroups:
+    """A container's cgroup: one directory per v1 controller, or one unified v2 directory."""
+
+    def __init__(self, paths: HostPaths, directories: dict[str, str]) -> None:
+        self.paths = paths
+        self.directories = {name: Path(path) for name, path in directories.items()}
+
+    @classmethod
+    def plan(cls, paths: HostPaths, cgroups_path: str) -> Cgroups:
+        relative = cgroups_path.strip("/")
+        if ".." in relative.split("/"):
+            raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r} must not contain '..'")
+        root = paths.cgroup_root
+        if (root / "cgroup.controllers").exists():
+            return cls(paths, {"unified": str(root / relative)})
+        directories: dict[str, str] = {}
+        for entry in sorted(root.iterdir()) if root.exists() else []:
+            if entry.is_symlink() or not entry.is_dir():
+                continue
+            if set(entry.name.split(",")) & set(V1_CONTROLLERS):
+                directories[entry.name] = str(entry / relative)
+        return cls(paths, directories)
+
+    def as_json(self) -> dict[str, str]:
+        return {name: str(path) for name, path in self.directories.items()}
+
+    def create(self) -> None:
+        for name, directory in self.directories.items():
+            directory.mkdir(parents=True, exist_ok=True)
+            if "cpuset" in name.split(","):
+                self._inherit_cpuset(directory)
+
+    def _inherit_cpuset(self, directory: Path) -> None:
+        # A v1 cpuset starts empty and takes no tasks until cpus and mems are set, parents first.
+        chain = []
+        node = directory
+        while node != self.paths.cgroup_root and (node / "cpuset.cpus").exists():
+            chain.append(node)
+            node = node.parent
+        for child in reversed(chain):
+            for attribute in ("cpuset.cpus", "cpuset.mems"):
+                if not (child / attribute).read_text().strip():
+                    (child / attribute).write_text((child.parent / attribute).read_text())
+
+    def add(self, pid: int) -> None:
+        for directory in self.directories.values():
+            self._write(directory / "cgroup.procs", str(pid))
+
+    def _write(self, path: Path, value: str) -> None:
+        try:
+            with open(path, "w") as stream:
+                stream.write(value)
+        except OSError as exc:
+            raise ResourceError(f"cannot write {value!r} to {path}: {exc.strerror}") from None
+
+    def _find(self, controller: str) -> Path | None:
+        if "unified" in self.directories:
+            return self.directories["unified"]
+        for name, directory in self.directories.items():
+            if controller in name.split(","):
+                return directory
+        return None
+
+    def apply(self, resources: dict[str, Any]) -> None:
+        """Write the limits in an OCI ``linux.resources`` object (memory, cpu, cpuset, pids)."""
+        unified = "unified" in self.directories
+        memory = resources.get("memory") or {}
+        cpu = resources.get("cpu") or {}
+        pids = resources.get("pids") or {}
+        writes: list[tuple[str, str, str]] = []  # controller, file, value
+        if memory.get("limit") is not None:
+            limit = int(memory["limit"])
+            writes.append(("memory", "memory.max" if unified else "memory.limit_in_bytes",
+                           "max" if unified and limit < 0 else str(limit)))  # fmt: skip
+        if memory.get("reservation") is not None:
+            writes.append(("memory", "memory.low" if unified else "memory.soft_limit_in_bytes",
+                           str(memory["reservation"])))  # fmt: skip
+        if memory.get("swap") is not None:
+            swap = int(memory["swap"])
+            if unified and swap >= 0 and memory.get("limit") is not None:
+                swap -= int(memory["limit"])  # v2 counts swap alone; OCI counts memory+swap
+            writes.append(("memory", "memory.swap.max" if unified else "memory.memsw.limit_in_bytes", str(swap)))
+        if unified and (cpu.get("quota") is not None or cpu.get("period") is not None):
+            quota = cpu.get("quota")
+            limit_text = "max" if quota in (None, -1) else str(quota)
+            writes.append(("cpu", "cpu.max", f"{limit_text} {cpu.get('period') or 100000}"))
+        elif not unified:
+            if cpu.get("period") is not None:
+                writes.append(("cpu", "cpu.cfs_period_us", str(cpu["period"])))
+            if cpu.get("quota") is not None:
+                writes.append(("cpu", "cpu.cfs_quota_us", str(cpu["quota"])))
+        if cpu.get("shares") is not None:
+            shares = int(cpu["shares"])
+            if unified:  # the mapping the OCI runtimes agree on, 2..262144 -> 1..10000
+                writes.append(("cpu", "cpu.weight", str(1 + ((shares - 2) * 9999) // 262142)))
+            else:
+                writes.append(("cpu", "cpu.shares", str(shares)))
+        for key in ("cpus", "mems"):
+            if cpu.get(key):
+                writes.append(("cpuset", f"cpuset.{key}", str(cpu[key])))
+        if pids.get("limit") is not None:
+            limit = int(pids["limit"])
+            writes.append(("pids", "pids.max", "max" if limit <= 0 else str(limit)))
+        for controller, name, value in writes:
+            directory = self._find(controller)
+            if directory is None:
+                raise ResourceError(f"no {controller} cgroup controller is mounted for {name}")
+            self._write(directory / name, value)
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for directory in self.directories.values():
+            try:
+                found.update(int(line) for line in (directory / "cgroup.procs").read_text().split())
+            except OSError:
+                continue
+        return sorted(found)
+
+    def freeze(self, frozen: bool) -> None:
+        if "unified" in self.directories:
+            self._write(self.directories["unified"] / "cgroup.freeze", "1" if frozen else "0")
+            return
+        directory = self._find("freezer")
+        if directory is None:
+            raise ResourceError("no freezer cgroup is mounted: pause needs one")
+        self._write(directory / "freezer.state", "FROZEN" if frozen else "THAWED")
+
+    def remove(self) -> None:
+        for directory in self.directories.values():
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+
+
+class Backend:
+    def __init__(self, paths: HostPaths) -> None:
+        self.paths = paths
+
+    def cgroups(self, record: Record) -> Cgroups:
+        return Cgroups(self.paths, record.engine.get("cgroups", {}))
+
+    # --- create / start
+    def create(
+        self,
+        record: Record,
+        spec: dict[str, Any],
+        state_dir: Path,
+        *,
+        stdio: tuple[int, int, int],
+        no_pivot: bool = False,
+        preserve_fds: int = 0,
+    ) -> int:
+        linux = spec.get("linux") or {}
+        flags = 0
+        joins: list[tuple[str, str]] = []
+        for namespace in linux.get("namespaces") or []:
+            kind = namespace.get("type")
+            if kind not in NAMESPACE_FLAGS:
+                raise InvalidArgument(f"unknown namespace type {kind!r} in linux.namespaces")
+            if namespace.get("path"):
+                joins.append((kind, namespace["path"]))
+            else:
+                flags |= NAMESPACE_FLAGS[kind]
+        cgroups = Cgroups.plan(self.paths, linux.get("cgroupsPath") or f"/pykata-runc/{record.id}")
+        record.engine["cgroups"] = cgroups.as_json()
+        fifo = state_dir / EXEC_FIFO
+        os.mkfifo(fifo, 0o622)
+        cgroups.create()
+        cgroups.apply(linux.get("resources") or {})
+
+        ready_read, ready_write = os.pipe2(os.O_CLOEXEC)  # parent -> child: cgroups are set
+        error_read, error_write = os.pipe2(os.O_CLOEXEC)  # child -> parent: setup failed (or EOF: waiting)
+        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+        new_pid = bool(flags & libc.CLONE_NEWPID)
+        if new_pid:
+            libc.unshare(libc.CLONE_NEWPID)  # only our children enter it: the next fork is its init
+        pid = os.fork()
+        if pid == 0:  # the container's init
+            os.close(ready_write)
+            os.close(error_read)
+            code = 1
+            try:
+                os.read(ready_read, 1)
+                _init(self.paths, spec, Path(record.rootfs), flags & ~libc.CLONE_NEWPID, joins, stdio,
+                      fifo_fd, no_pivot, preserve_fds, error_write)  # fmt: skip
+            except BaseException as exc:
+                text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
+                _report_and_exit(error_write, text, code)
+            os._exit(code)
+        os.close(ready_read)
+        os.close(error_write)
+        os.close(fifo_fd)
+        try:
+            cgroups.add(pid)
+            os.write(ready_write, b"1")
+            os.close(ready_write)
+            message = _read_report(error_read)  # READY once the init waits on the fifo
+        except BaseException:
+            _kill(pid)
+            raise
+        finally:
+            os.close(error_read)
+        if message != READY:
+            os.waitpid(pid, 0)
+            raise ResourceError(f"container {record.id}: init failed: {message.decode(errors='replace')}")
+        return pid
+
+    def start(self, record: Record, state_dir: Path) -> None:
+        fifo = state_dir / EXEC_FIFO
+        try:
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise NotFound(f"container {record.id} was started already ({fifo} is gone)") from None
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if not poller.poll(10_000):
+                raise ResourceError(f"container {record.id}: init did not answer on {fifo}")
+            os.read(fd, 1)
+        finally:
+            os.close(fd)
+            fifo.unlink(missing_ok=True)
+
+    # --- the rest
+    def pids(self, record: Record) -> list[int]:
+        return self.cgroups(record).pids()
+
+    def freeze(self, record: Record, *, frozen: bool) -> None:
+        self.cgroups(record).freeze(frozen)
+
+    def update(self, record: Record, resources: dict[str, Any]) -> None:
+        self.cgroups(record).apply(resources)
+
+    def destroy(self, record: Record, state_dir: Path) -> None:
+        self.cgroups(record).remove()
+
+    def exec(self, record: Record, process: dict[str, Any], *, stdio: tuple[int, int, int]) -> int:
+        ns_dir = self.paths.proc_pid(record.pid) / "ns"
+        fds = []
+        try:
+            for name in JOIN_ORDER:
+                path = ns_dir / name
+                own = self.paths.proc_pid(os.getpid()) / "ns" / name
+                if not path.exists() or os.readlink(path) == os.readlink(own):
+                    continue
+                fds.append((name, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+            root_fd = os.open(self.paths.proc_pid(record.pid) / "root", os.O_PATH | os.O_CLOEXEC)
+            for name, fd in fds:
+                if name == "pid":  # affects our children only: the fork below enters it
+                    libc.setns(fd, libc.CLONE_NEWPID, name)
+            cgroups = self.cgroups(record)
+            error_read, error_write = os.pipe2(os.O_CLOEXEC)
+            pid = os.fork()
+            if pid == 0:
+                os.close(error_read)
+                try:
+                    for name, fd in fds:
+                        if name != "pid":
+                            libc.setns(fd, 0, name)
+                    os.fchdir(root_fd)
+                    os.chroot(".")
+                    _exec_process(process, stdio, self.paths)
+                except BaseException as exc:
+                    _report_and_exit(error_write, str(exc), 127)
+                os._exit(127)
+            os.close(error_write)
+            cgroups.add(pid)
+            message = _read_all(error_read)
+            os.close(error_read)
+            if message:
+                os.waitpid(pid, 0)
+                raise ResourceError(f"exec in {record.id} failed: {message.decode(errors='replace')}")
+            return pid
+        finally:
+            for _, fd in fds:
+                os.close(fd)
+
+
+def _report_and_exit(fd: int, text: str, code: int) -> None:
+    """In the child: tell the waiting parent, or (after READY, when it no longer listens) stderr."""
+    try:
+        try:
+            os.write(fd, text.encode()[:4000])
+        except OSError:
+            os.write(2, f"pykata-runc: container process: {text}\n".encode())
+    finally:
+        os._exit(code)
+
+
+def _read_report(fd: int) -> bytes:
+    """READY, or the error the child wrote before it died (empty if it died silently)."""
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+        if chunks[0][:1] == READY:
+            return READY
+    return b"".join(chunks) or b"the init exited before it was ready"
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _kill(pid: int) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# What runs in the forked child: it ends in execve or in os._exit.
+
+
+def _init(
+    paths: HostPaths,
+    spec: dict[str, Any],
+    rootfs_path: Path,
+    flags: int,
+    joins: list[tuple[str, str]],
+    stdio: tuple[int, int, int],
+    fifo_fd: int,
+    no_pivot: bool,
+    preserve_fds: int,
+    report_fd: int,
+) -> None:
+    process = spec["process"]
+    linux = spec.get("linux") or {}
+    _take_stdio(stdio, bool(process.get("terminal")), preserve_fds)
+    for kind, path in joins:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            libc.setns(fd, NAMESPACE_FLAGS[kind], path)
+        finally:
+            os.close(fd)
+    libc.unshare(flags)
+    if flags & libc.CLONE_NEWNS:
+        rootfs = Path(os.path.realpath(rootfs_path))
+        console = os.ttyname(0) if process.get("terminal") else None
+        for step in rootfs_plan(paths, spec, rootfs, console):
+            try:
+                step.run()
+            except OSError as exc:
+                raise OSError(exc.errno, f"{exc.strerror}: mount {step}") from None
+        _enter_root(rootfs, no_pivot)
+        _mask_and_protect(linux, bool((spec.get("root") or {}).get("readonly")))
+    if flags & libc.CLONE_NEWUTS and spec.get("hostname"):
+        libc.sethostname(spec["hostname"])
+    for key, value in (linux.get("sysctl") or {}).items():
+        (paths.proc / "sys" / key.replace(".", "/")).write_text(str(value))
+    if process.get("oomScoreAdj") is not None:
+        (paths.proc_pid(os.getpid()) / "oom_score_adj").write_text(str(process["oomScoreAdj"]))
+    os.write(report_fd, READY)
+    os.close(report_fd)
+    # Block until ``start`` opens the fifo for reading (the fd was opened before pivot_root).
+    gate = os.open(paths.proc_pid(os.getpid()) / "fd" / str(fifo_fd), os.O_WRONLY | os.O_CLOEXEC)
+    os.write(gate, b"0")
+    os.close(gate)
+    os.close(fifo_fd)
+    _exec_process(process, None, paths)
+
+
+def _take_stdio(stdio: tuple[int, int, int], terminal: bool, preserve_fds: int) -> None:
+    os.setsid()
+    for target, fd in enumerate(stdio):
+        if fd != target:
+            os.dup2(fd, target)
+        os.set_inheritable(target, True)
+    if terminal:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    for fd in range(3, 3 + preserve_fds):
+        os.set_inheritable(fd, True)
+
+
+def rootfs_plan(paths: HostPaths, spec: dict[str, Any], rootfs: Path, console: str | None) -> list[MountStep]:
+    """The mounts that build the container's root, in order, as data."""
+    linux = spec.get("linux") or {}
+    propagation = PROPAGATION.get(linux.get("rootfsPropagation") or "rslave", libc.MS_SLAVE | libc.MS_REC)
+    steps = [
+        MountStep(None, "/", None, propagation),
+        MountStep(str(rootfs), str(rootfs), None, libc.MS_BIND | libc.MS_REC),
+    ]
+    for mount in spec.get("mounts") or []:
+        destination = mount.get("destination", "")
+        if not destination.startswith("/"):
+            raise InvalidArgument(f"mount destination {destination!r} must be an absolute path")
+        target = rootfs / destination.lstrip("/")
+        kind = mount.get("type") or ("bind" if "bind" in (mount.get("options") or []) else "none")
+        flags, mount_propagation, data = parse_mount_options(list(mount.get("options") or []))
+        source = mount.get("source")
+        is_bind = kind == "bind" or flags & libc.MS_BIND
+        if target.is_symlink():
+            raise InvalidArgument(f"mount target {target} is a symlink; refusing to follow it out of the rootfs")
+        directory = not (is_bind and source and not os.path.isdir(source))
+        steps.append(_Mkdir(target) if directory else _Touch(target))
+        if kind == "cgroup":
+            steps += _cgroup_mount(paths, target, flags)
+        elif is_bind:
+            steps.append(MountStep(source, str(target), None, libc.MS_BIND | (flags & libc.MS_REC)))
+            extra = flags & ~(libc.MS_BIND | libc.MS_REC)
+            if extra:
+                steps.append(MountStep(None, str(target), None, libc.MS_BIND | libc.MS_REMOUNT | extra))
+        else:
+            steps.append(MountStep(source, str(target), kind, flags, data or None))
+        if mount_propagation:
+            steps.append(MountStep(None, str(target), None, mount_propagation))
+        if destination == "/dev":
+            steps += _default_devices(paths, target, console)
+    return steps
+
+
+def _cgroup_mount(paths: HostPaths, target: Path, flags: int) -> list[MountStep]:
+    own = Cgroups.plan(paths, "/")
+    if "unified" in own.directories:
+        return [MountStep("cgroup", str(target), "cgroup2", flags)]
+    # v1: a tmpfs holding each hierarchy; the container sees the host's hierarchies read-only.
+    steps = [MountStep("tmpfs", str(target), "tmpfs", flags & ~libc.MS_RDONLY, "mode=755")]
+    for name in own.directories:
+        steps.append(_Mkdir(target / name))
+        source = paths.cgroup_root / name
+        steps.append(MountStep(str(source), str(target / name), None, libc.MS_BIND | libc.MS_REC))
+        hardened = libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+        steps.append(MountStep(None, str(target / name), None, libc.MS_BIND | libc.MS_REMOUNT | hardened))
+    if flags & libc.MS_RDONLY:
+        steps.append(MountStep(None, str(target), None, libc.MS_REMOUNT | flags))
+    return steps
+
+
+class _Mkdir(MountStep):
+    def __init__(self, path: Path) -> None:
+        super().__init__(None, str(path), "mkdir", 0)
+
+    def run(self) -> None:
+        Path(self.target).mkdir(parents=True, exist_ok=True)
+
+
+class _Symlink(MountStep):
+    def __init__(self, link: Path, points_to: str) -> None:
+        super().__init__(points_to, str(link), "symlink", 0)
+
+    def run(self) -> None:
+        if not os.path.lexists(self.target):
+            os.symlink(str(self.source), self.target)
+
+
+class _Touch(MountStep):
+    def __init__(self, path: Path) -> None:
+        super().__init__(None, str(path), "touch", 0)
+
+    def run(self) -> None:
+        Path(self.target).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.target).touch(exist_ok=True)
+
+
+def _default_devices(paths: HostPaths, dev: Path, console: str | None) -> list[MountStep]:
+    steps: list[MountStep] = []
+    for name in DEFAULT_DEVICES:
+        steps.append(_Touch(dev / name))
+        steps.append(MountStep(str(paths.dev / name), str(dev / name), None, libc.MS_BIND))
+    for name, points_to in DEV_LINKS.items():
+        steps.append(_Symlink(dev / name, points_to))
+    if console:
+        steps.append(_Touch(dev / "console"))
+        steps.append(MountStep(console, str(dev / "console"), None, libc.MS_BIND))
+    return steps
+
+
+def _enter_root(rootfs: Path, no_pivot: bool) -> None:
+    os.chdir(rootfs)
+    if no_pivot:
+        libc.mount(str(rootfs), "/", None, libc.MS_MOVE)
+        os.chroot(".")
+    else:
+        # pivot_root(".", ".") stacks the old root under the new one; detaching "." then drops it.
+        libc.pivot_root(".", ".")
+        libc.mount(None, ".", None, libc.MS_SLAVE | libc.MS_REC)
+        libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+
+
+def _mask_and_protect(linux: dict[str, Any], readonly_root: bool) -> None:
+    for path in linux.get("maskedPaths") or []:
+        try:
+            if os.path.isdir(path):
+                libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY, None)
+            else:
+                libc.mount("/dev/null", path, None, libc.MS_BIND)
+        except FileNotFoundError:
+            continue
+    for path in linux.get("readonlyPaths") or []:
+        try:
+            libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
+            libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC)
+        except FileNotFoundError:
+            continue
+    if readonly_root:
+        libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+
+
+def _exec_process(process: dict[str, Any], stdio: tuple[int, int, int] | None, paths: HostPaths) -> None:
+    """Become the user's process: identity, capabilities, limits, then execve. Never returns."""
+    if stdio is not None:
+        _take_stdio(stdio, bool(process.get("terminal")), 0)
+    args = list(process.get("args") or [])
+    if not args:
+        raise InvalidArgument("process.args is empty")
+    env = dict(item.split("=", 1) for item in process.get("env") or [] if "=" in item)
+    os.chdir(process.get("cwd") or "/")
+    for limit in process.get("rlimits") or []:
+        kind = getattr(resource, str(limit["type"]), None)
+        if kind is None:
+            raise InvalidArgument(f"unknown rlimit {limit['type']!r}")
+        resource.setrlimit(kind, (int(limit["soft"]), int(limit["hard"])))
+    user = process.get("user") or {}
+    _set_capabilities(process.get("capabilities"), user)
+    if process.get("noNewPrivileges"):
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
+    program = _find_program(args[0], env.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
+    os.execve(program, args, env)
+
+
+def _set_capabilities(capabilities: dict[str, list[str]] | None, user: dict[str, Any]) -> None:
+    uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+    caps = capabilities or {}
+
+    def numbers(kind: str) -> list[int]:
+        found = []
+        for name in caps.get(kind) or []:
+            number = getattr(prctl, str(name).upper(), None)
+            if not isinstance(number, int):
+                continue  # a capability this kernel or library does not know: runc warns and skips too
+            found.append(number)
+        return found
+
+    prctl.capbset.limit(*numbers("bounding"))
+    if uid != 0:
+        prctl.set_keepcaps(True)
+    os.setgroups([int(g) for g in user.get("additionalGids") or []])
+    os.setgid(gid)
+    os.setuid(uid)
+    # Inheritable first (raising it needs CAP_SETPCAP, still ours), then effective, then permitted:
+    # the kernel refuses a permitted set that no longer covers the effective one.
+    for flag, kinds in (
+        (prctl.CAP_INHERITABLE, ("inheritable", "ambient")),
+        (prctl.CAP_EFFECTIVE, ("effective",)),
+        (prctl.CAP_PERMITTED, ("permitted",)),
+    ):
+        wanted = {n for kind in kinds for n in numbers(kind)}
+        prctl.set_caps(
+            (sorted(wanted), flag, True), ([n for n in prctl.ALL_CAPS if n not in wanted], flag, False)
+        )
+    for number in numbers("ambient"):
+        try:
+            libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, number)
+        except OSError:
+            continue  # not in permitted+inheritable: the kernel refuses, as it does for runc
+
+
+def _find_program(name: str, search: str) -> str:
+    if "/" in name:
+        return name
+    for directory in search.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    raise NotFound(f"executable {name!r} not found in PATH {search}")
