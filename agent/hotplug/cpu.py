@@ -105,6 +105,7 @@ class CpuOnlining:
     present_count: int = 0
 
     name = "cpu"
+    lingers = False
 
     def step(self) -> bool:
         """One scan and one round of writes; True when enough CPUs are online."""

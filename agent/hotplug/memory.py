@@ -121,6 +121,7 @@ class MemoryOnlining:
     missing: set[int] = field(default_factory=set)
 
     name = "memory"
+    lingers = True  # while the loop waits for CPUs, new blocks are onlined too
 
     def step(self) -> bool:
         blocks = scan_blocks(self.paths)

@@ -49,6 +49,9 @@ class OnlineRequest:
 class OnlineTask(Protocol):
     name: str
     budget: Budget
+    # A lingering task keeps scanning after it is satisfied while other tasks still run (memory blocks
+    # that appear while the loop waits for CPUs get onlined too).
+    lingers: bool
 
     def step(self) -> bool: ...
 
@@ -147,6 +150,12 @@ class OnlineCoordinator:
         with self._lock:
             return self._run is not None
 
+    @property
+    def waiting_callers(self) -> int:
+        """Callers blocked on the running loop (0 when none runs)."""
+        with self._lock:
+            return max(self._run.waiters, 0) if self._run is not None else 0
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no loop runs (shutdown, tests)."""
         with self._lock:
@@ -185,18 +194,25 @@ class OnlineCoordinator:
                         self._finish(run, errors, started)
                         return
                 self.wake.clear()  # before the scan: an event during the scan triggers another one
+                satisfied: set[str] = set()
                 for name, (task, tracker) in list(tasks.items()):
-                    now = self.clock.now()
-                    tracker.scanned(now)
+                    tracker.scanned(self.clock.now())
                     if task.step():
-                        del tasks[name]
-                        self._record(run, task)
-                        if name == "cpu" and self.after_cpus is not None:
-                            self.after_cpus(online_cpus(self.paths))
+                        satisfied.add(name)
+                        if not task.lingers:
+                            del tasks[name]
+                            self._record(run, task)
+                            if name == "cpu" and self.after_cpus is not None:
+                                self.after_cpus(online_cpus(self.paths))
                     elif tracker.exhausted(self.clock.now()):
                         del tasks[name]
                         self._record(run, task)
                         errors.append(task.failure(tracker.elapsed(self.clock.now()), tracker.rescans))
+                if satisfied.issuperset(tasks):
+                    # only lingering tasks are left, and they are done too
+                    for task, _ in tasks.values():
+                        self._record(run, task)
+                    tasks = {}
                 if tasks:
                     due = min(tracker.wait_until() for _, tracker in tasks.values())
                     self.clock.wait(self.wake, max(due - self.clock.now(), 0.0))

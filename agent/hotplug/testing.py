@@ -134,7 +134,14 @@ class FakeSysfs:
             self.add_memory_block(int(value, 16) // size)
             return
         if path.name == "state" and value in ("online", "online_movable", "online_kernel"):
-            sysfs.write(path, "online")
-            sysfs.write(path.with_name("online"), "1")
+            _replace(path, "online")
+            _replace(path.with_name("online"), "1")
             return
-        sysfs.write(path, value)
+        _replace(path, value)
+
+
+def _replace(path: Path, value: str) -> None:
+    """An attribute shows the new value alone (a plain file would keep the tail of a longer old one);
+    like sysfs, never create the file."""
+    sysfs.write(path, b"")  # raises ENOENT for a missing attribute
+    path.write_text(value + "\n")
