@@ -336,7 +336,7 @@ class HybridVsock:
             sock.settimeout(1.0)
             sock.connect(path)
         except OSError as exc:
-            log.info("guest connection to host port %d: nothing listens on %s (%s)", conn.host_port, path, exc)
+            log.debug("guest connection to host port %d: nothing listens on %s (%s)", conn.host_port, path, exc)
             sock.close()
             return False
         sock.setblocking(False)

@@ -7,10 +7,12 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from agentctl import testguest, vm
+from agentctl import testguest, vm, vm_cli
 from tests.vm.conftest import phase
 
 MiB = 1 << 20
@@ -122,6 +124,52 @@ def test_guest_connects_to_host_listener(test_guest: vm.Guest) -> None:
     finally:
         listener.close()
         os.unlink(path)
+
+
+def _count(guest: vm.Guest, pattern: str) -> int:
+    out = guest_shell(guest, f"ls -d {pattern} | wc -l")
+    return int(out.split()[-1])
+
+
+def test_hotplug_cpu_and_memory_through_the_cli(test_guest: vm.Guest, tmp_path: Path) -> None:
+    """agentctl hotplug finds the guest by its state file and adds through QMP; the guest sees the
+    devices, and vsock keeps working with the new memory in the table."""
+    assert test_guest.qemu is not None and test_guest.backend is not None
+    state = vm.GuestState(
+        name="shared",
+        run_dir=str(tmp_path / "shared"),
+        qemu_pid=test_guest.qemu.pid,
+        backend_pid=test_guest.backend.pid,
+        uds=str(test_guest.uds),
+        qmp=str(test_guest.paths["qmp"]),
+        console_log=str(test_guest.console_log),
+        accel=test_guest.accel,
+    )
+    Path(state.run_dir).mkdir()
+    state.save()
+    cpus_before = _count(test_guest, "/sys/devices/system/cpu/cpu[0-9]*")
+    blocks_before = _count(test_guest, "/sys/devices/system/memory/memory*")
+    runner = CliRunner()
+    common = ["--name", "shared", "--run-dir", str(tmp_path)]
+    start = time.monotonic()
+    result = runner.invoke(vm_cli.hotplug, ["cpu", "2", *common])
+    assert result.exit_code == 0, result.output
+    assert len(result.output.split()) == 2
+    result = runner.invoke(vm_cli.hotplug, ["mem", "256M", *common])
+    assert result.exit_code == 0, result.output
+    phase(f"hot-added 2 CPUs and 256 MiB in {time.monotonic() - start:.2f} s")
+    deadline = time.monotonic() + 30
+    while _count(test_guest, "/sys/devices/system/cpu/cpu[0-9]*") < cpus_before + 2:
+        assert time.monotonic() < deadline, "hot-added CPUs never appeared in sysfs"
+        time.sleep(0.5)
+    block_size = int(guest_shell(test_guest, "cat /sys/devices/system/memory/block_size_bytes").split()[-1], 16)
+    assert _count(test_guest, "/sys/devices/system/memory/memory*") == blocks_before + (256 * MiB) // block_size
+    result = runner.invoke(vm_cli.hotplug, ["mem", "12Q", *common])
+    assert result.exit_code != 0 and "12Q" in result.output
+    payload = _pattern(64 * 1024, 3)
+    with test_guest.connect(testguest.ECHO_PORT) as sock:
+        sock.settimeout(60)
+        assert _echo(sock, payload) == payload
 
 
 def test_guest_power_off_ends_qemu(test_guest: vm.Guest) -> None:
