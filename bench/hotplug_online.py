@@ -97,9 +97,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def _row(name: str, samples: list[float]) -> str:
     ms = [s * 1000 for s in samples]
-    return (
-        f"{name:<22}{statistics.median(ms):>10.2f}{_percentile(ms, 0.9):>10.2f}{max(ms):>10.2f}{len(ms):>9}"
-    )
+    return f"{name:<22}{statistics.median(ms):>10.2f}{_percentile(ms, 0.9):>10.2f}{max(ms):>10.2f}{len(ms):>9}"
 
 
 def fake_tree_latencies(runs: int = RUNS) -> dict[str, list[float]]:

@@ -72,9 +72,7 @@ def test_real_kernel_add_events_reach_a_subscriber(netns: str) -> None:
     listener = UeventListener(socket_in(netns)).start()
     try:
         added = listener.subscribe(match(action="add", subsystem="net"))
-        subprocess.run(
-            ["ip", "-n", netns, "link", "add", "pkv0", "type", "veth", "peer", "name", "pkv1"], check=True
-        )
+        subprocess.run(["ip", "-n", netns, "link", "add", "pkv0", "type", "veth", "peer", "name", "pkv1"], check=True)
         names = set()
         for _ in range(2):
             event = added.get(timeout=10)
