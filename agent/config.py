@@ -112,13 +112,15 @@ SETTINGS: tuple[Setting, ...] = (
         "cpu_online_timeout",
         _parse_non_negative_float,
         60.0,
-        "overall seconds OnlineCPUMem waits for CPUs to come online (0: no deadline)",
+        "overall seconds OnlineCPUMem waits for CPUs to come online (0: no deadline; with "
+        "cpu_online_retries also 0 the default applies)",
     ),
     Setting(
         "cpu_online_retries",
         _parse_non_negative_int,
         0,
-        "re-scans of sysfs before OnlineCPUMem gives up on CPUs (0: bounded by the timeout only)",
+        "interval-driven re-scans of sysfs before OnlineCPUMem gives up on CPUs (0: bounded by the "
+        "timeout only; scans woken by uevents do not count)",
     ),
     Setting(
         "cpu_online_interval_ms",
@@ -130,13 +132,15 @@ SETTINGS: tuple[Setting, ...] = (
         "mem_online_timeout",
         _parse_non_negative_float,
         60.0,
-        "overall seconds OnlineCPUMem waits for memory blocks to come online (0: no deadline)",
+        "overall seconds OnlineCPUMem waits for memory blocks to come online (0: no deadline; with "
+        "mem_online_retries also 0 the default applies)",
     ),
     Setting(
         "mem_online_retries",
         _parse_non_negative_int,
         0,
-        "re-scans of sysfs before OnlineCPUMem gives up on memory (0: bounded by the timeout only)",
+        "interval-driven re-scans of sysfs before OnlineCPUMem gives up on memory (0: bounded by the "
+        "timeout only; scans woken by uevents do not count)",
     ),
     Setting(
         "mem_online_interval_ms",
