@@ -37,16 +37,18 @@ class NetworkService:
         config: AgentConfig,
         paths: HostPaths,
         open_socket: Callable[[], Any] | None = None,
-        waker: Waker | None = None,
+        waker_factory: Callable[[], Waker | None] = lambda: None,
     ) -> None:
         self.config = config
         self.paths = paths
         self.netlink = Netlink(open_socket)
-        self.waker = waker
+        self.waker_factory = waker_factory
 
     @classmethod
     def from_services(cls, services: Services) -> NetworkService:
-        return cls(services.config, services.paths)
+        from agent.services.devicewait import waker_factory
+
+        return cls(services.config, services.paths, waker_factory=waker_factory(services.paths, "net"))
 
     # --- links and routes
 
@@ -61,7 +63,13 @@ class NetworkService:
             names = device_children(device, "net")
             return names[0].name if names else None
 
-        return wait_for(probe, self.config.hotplug_timeout, f"network device at PCI path {pci_path}", self.waker)
+        waker = self.waker_factory()
+        try:
+            return wait_for(probe, self.config.hotplug_timeout, f"network device at PCI path {pci_path}", waker)
+        finally:
+            close = getattr(waker, "close", None)
+            if close is not None:
+                close()
 
     def update_interface(self, iface: Interface) -> Interface:
         """Find the link by MAC, or by PCI path when the request has no MAC, and configure it."""

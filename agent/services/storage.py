@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agent.config import AgentConfig
@@ -36,16 +37,18 @@ class StorageService:
         config: AgentConfig,
         paths: HostPaths,
         sys: p.Syscalls | None = None,
-        waker: Waker | None = None,
+        waker_factory: Callable[[], Waker | None] = lambda: None,
     ) -> None:
         self.config = config
         self.paths = paths
         self.sys: p.Syscalls = sys or p.HostSyscalls()
-        self.table = MountTable(paths, config.hotplug_timeout, self.sys, lambda: waker)
+        self.table = MountTable(paths, config.hotplug_timeout, self.sys, waker_factory)
 
     @classmethod
     def from_services(cls, services: Services) -> StorageService:
-        return cls(services.config, services.paths)
+        from agent.services.devicewait import waker_factory
+
+        return cls(services.config, services.paths, waker_factory=waker_factory(services.paths, "block"))
 
     def mount_all(self, storages: list[Storage], owner: str) -> list[str]:
         """Mount every storage for ``owner`` (all or nothing); returns the mount points in order."""

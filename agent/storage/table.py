@@ -55,10 +55,16 @@ class MountTable:
         self._entries: dict[str, Entry] = {}  # by mount point, in mount order
 
     def _resolve(self, storage: Storage) -> tuple[str, bool]:
-        if storage.driver == DRIVER_BLK:
-            return resolve_blk(self.paths, storage.source, self.device_timeout, self._waker_factory()), True
-        if storage.driver == DRIVER_SCSI:
-            return resolve_scsi(self.paths, storage.source, self.device_timeout, self._waker_factory()), True
+        if storage.driver in (DRIVER_BLK, DRIVER_SCSI):
+            resolve = resolve_blk if storage.driver == DRIVER_BLK else resolve_scsi
+            # Made before the first look at sysfs, so no event between the look and the wait is lost.
+            waker = self._waker_factory()
+            try:
+                return resolve(self.paths, storage.source, self.device_timeout, waker), True
+            finally:
+                close = getattr(waker, "close", None)
+                if close is not None:
+                    close()
         if storage.driver == DRIVER_BIND:
             return storage.source, not os.path.exists(storage.source) or os.path.isdir(storage.source)
         return storage.source, True

@@ -213,3 +213,48 @@ def test_stale_virtiofs_mounts_are_counted(tmp_path: Path) -> None:
     )
     service = StorageService(AgentConfig(), HostPaths(tmp_path), RecordingSyscalls())
     assert service.remove_stale_virtiofs_share_mounts() == 1
+
+
+def test_blk_wait_on_uevents_subscribes_first_and_unsubscribes_after(tmp_path: Path) -> None:
+    from agent.hotplug.uevent import Uevent, UeventListener
+    from agent.services.devicewait import UeventWaker
+
+    listener = UeventListener(None)
+    made: list[UeventWaker] = []
+
+    def factory() -> UeventWaker:
+        made.append(UeventWaker(listener, "block"))
+        return made[-1]
+
+    def plug() -> None:
+        listener.inject(Uevent("add", "/devices/virtual/net/x", {"SUBSYSTEM": "net"}))
+        pci_tree(tmp_path, 2, 1, "vdd")
+        listener.inject(Uevent("add", "/devices/pci0000:00/0000:00:02.0/0000:01:01.0/virtio3/block/vdd",
+                               {"SUBSYSTEM": "block", "DEVNAME": "vdd"}))  # fmt: skip
+
+    sys = RecordingSyscalls()
+    service = StorageService(AgentConfig(hotplug_timeout=5.0), HostPaths(tmp_path), sys, waker_factory=factory)
+    timer = threading.Timer(0.1, plug)
+    timer.start()
+    try:
+        service.mount_all([Storage("blk", "02/01", "/vol", fstype="ext4")], "c1")
+    finally:
+        timer.join()
+    assert len(made) == 1
+    assert listener._subscriptions == []
+    assert sys.mounted == ["/vol"]
+
+
+def test_uevent_waker_takes_only_its_subsystem() -> None:
+    from agent.hotplug.uevent import Uevent, UeventListener
+    from agent.services.devicewait import UeventWaker
+
+    listener = UeventListener(None)
+    waker = UeventWaker(listener, "block")
+    listener.inject(Uevent("add", "/devices/virtual/net/x", {"SUBSYSTEM": "net"}))
+    listener.inject(Uevent("remove", "/devices/x/block/vda", {"SUBSYSTEM": "block"}))
+    listener.inject(Uevent("add", "/devices/x/block/vdb", {"SUBSYSTEM": "block"}))
+    got = waker._subscription.get(timeout=0)
+    assert got is not None and got.name == "vdb"
+    assert waker._subscription.get(timeout=0) is None
+    waker.close()
