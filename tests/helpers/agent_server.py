@@ -80,5 +80,7 @@ def serving_agent(paths: HostPaths, **server_options: float) -> Iterator[Running
         shutil.rmtree(short_dir, ignore_errors=True)
 
 
-def ttrpc_frame(stream_id: int, payload: bytes, frame_type: int = 1, flags: int = 0, length: int | None = None) -> bytes:
+def ttrpc_frame(
+    stream_id: int, payload: bytes, frame_type: int = 1, flags: int = 0, length: int | None = None
+) -> bytes:
     return struct.pack(">IIBB", len(payload) if length is None else length, stream_id, frame_type, flags) + payload

@@ -156,9 +156,8 @@ def test_status_table_covers_every_domain_error() -> None:
 def test_undecodable_request_is_invalid_argument(agent: RunningAgent) -> None:
     from agent.rpc.ttrpc import TtrpcCallError, TtrpcClientConnection
 
-    with agent.connect() as sock:
-        with pytest.raises(TtrpcCallError) as failure:
-            TtrpcClientConnection(sock).call("grpc.AgentService", "CopyFile", b"\x0a\xff\xff\xff\x0f")
+    with agent.connect() as sock, pytest.raises(TtrpcCallError) as failure:
+        TtrpcClientConnection(sock).call("grpc.AgentService", "CopyFile", b"\x0a\xff\xff\xff\x0f")
     assert failure.value.code == Code.INVALID_ARGUMENT
     assert "CopyFileRequest" in failure.value.message
 

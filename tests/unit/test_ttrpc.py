@@ -171,7 +171,7 @@ def test_oversized_frame_is_answered_resource_exhausted_and_discarded(peer: Peer
 
 def test_frame_announcing_more_than_the_discard_limit_closes_the_connection(peer: Peer) -> None:
     peer.send(struct.pack(">IIBB", 0xFFFFFFFF, 1, ttrpc.TYPE_REQUEST, 0))
-    stream, response = peer.response()
+    _, response = peer.response()
     assert response.status.code == Code.RESOURCE_EXHAUSTED
     assert peer.closed()
 
