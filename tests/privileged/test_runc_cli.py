@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,15 +45,21 @@ class Runtime:
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 60, **kw: Any
     ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [*CLI, "--root", str(self.root), *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            **kw,
-        )
+        # Output goes to files, not pipes: a created container inherits our stdio and keeps it open,
+        # so reading pipes to their end would wait for the container (as with runc).
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            returncode = subprocess.run(
+                [*CLI, "--root", str(self.root), *args],
+                cwd=REPO,
+                stdout=out,
+                stderr=err,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                **kw,
+            ).returncode
+            out.seek(0)
+            err.seek(0)
+            done = subprocess.CompletedProcess(args, returncode, out.read().decode(), err.read().decode())
         if check and done.returncode != 0:
             raise AssertionError(f"pykata-runc {' '.join(args)}: exit {done.returncode}: {done.stderr}")
         return done
@@ -92,10 +99,6 @@ def _wait_for(predicate: Any, what: str, timeout: float = 10) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _test_cgroups() -> list[Path]:
-    return sorted(p for p in CGROUP_FS.glob(f"*/{RUN_TAG}*")) + sorted(CGROUP_FS.glob(f"*/*/{RUN_TAG}*"))
-
-
 def _mounts_under(path: Path) -> list[str]:
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if f" {path}" in line]
 
@@ -123,13 +126,14 @@ def runtime(tmp_path: Path, default_spec: dict[str, Any]) -> Iterator[Runtime]:
 @pytest.fixture(scope="module", autouse=True)
 def no_cgroups_left() -> Iterator[None]:
     yield
-    left = _test_cgroups()
-    for path in sorted(left, key=lambda p: len(p.parts), reverse=True):
+    parents = [p for p in CGROUP_FS.glob(f"*/{RUN_TAG}") if not p.parent.is_symlink()]
+    containers = [child for parent in parents for child in parent.iterdir() if child.is_dir()]
+    for path in [*containers, *parents]:  # ours to remove either way, leaves first
         try:
             path.rmdir()
         except OSError:
             pass
-    assert not left, f"cgroups left behind: {left}"
+    assert not containers, f"container cgroups left behind: {containers}"
 
 
 def test_lifecycle_of_runc_spec_bundle(runtime: Runtime) -> None:
@@ -183,9 +187,22 @@ def test_run_propagates_exit_status(runtime: Runtime) -> None:
 
 
 def test_run_reports_signal_as_128_plus_n(runtime: Runtime) -> None:
-    bundle = runtime.bundle("sig", ["/bin/sh", "-c", "kill -TERM $$; sleep 5"])
-    done = runtime("run", "-b", str(bundle), runtime.new_id("sig"), check=False)
-    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    bundle = runtime.bundle("sig", ["/bin/sleep", "300"])
+    cid = runtime.new_id("sig")
+    with tempfile.TemporaryFile() as out:
+        foreground = subprocess.Popen(
+            [*CLI, "--root", str(runtime.root), "run", "-b", str(bundle), cid],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+        runtime.pids.append(foreground.pid)
+        _wait_for(lambda: (runtime.root / cid / "state.json").exists(), "the container to exist")
+        _wait_for(lambda: runtime.state(cid)["status"] == "running", "the container to run")
+        runtime("kill", cid, "SIGKILL")
+        assert foreground.wait(timeout=30) == 128 + signal.SIGKILL
+    assert runtime("list", "-q").stdout == ""
 
 
 def test_run_detached_then_exec(runtime: Runtime) -> None:
@@ -195,11 +212,14 @@ def test_run_detached_then_exec(runtime: Runtime) -> None:
     state = runtime.state(cid)
     assert state["status"] == "running"
 
-    done = runtime("exec", cid, "/bin/sh", "-c", "echo $$; cat /proc/self/status | grep ^NSpid; exit 3", check=False)
+    script = "echo $$; readlink /proc/self/ns/pid; readlink /proc/self/ns/mnt; exit 3"
+    done = runtime("exec", cid, "/bin/sh", "-c", script, check=False)
     assert done.returncode == 3, done.stderr
-    # Inside the container's pid namespace the exec'd shell is not pid 1, and has a host pid too.
-    nspid = done.stdout.splitlines()[1].split()
-    assert len(nspid) == 3 and nspid[2] != "1"
+    # The exec'd shell joined the container's pid and mount namespaces (it is not their pid 1).
+    own_pid, pid_ns, mnt_ns = done.stdout.split()
+    assert own_pid != "1"
+    assert pid_ns == os.readlink(f"/proc/{state['pid']}/ns/pid")
+    assert mnt_ns == os.readlink(f"/proc/{state['pid']}/ns/mnt")
 
     process = {"args": ["/bin/cat", "/etc/hostname"], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0}}
     process_json = runtime.workdir / "process.json"
@@ -299,7 +319,7 @@ def test_update_limits_memory_and_pids(runtime: Runtime) -> None:
     runtime("update", "--memory", "64m", "--pids-limit", "20", "--cpu-quota", "50000", "--cpu-period", "100000", cid)
     memory = CGROUP_FS / "memory" / RUN_TAG / "update"
     pids = CGROUP_FS / "pids" / RUN_TAG / "update"
-    cpu = CGROUP_FS / "cpu,cpuacct" / RUN_TAG / "update"
+    cpu = CGROUP_FS / "cpu" / RUN_TAG / "update"
     assert (memory / "memory.limit_in_bytes").read_text().strip() == str(64 << 20)
     assert (pids / "pids.max").read_text().strip() == "20"
     assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
