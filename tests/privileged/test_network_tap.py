@@ -88,8 +88,13 @@ def test_attach_wires_tap_and_eth0_both_ways(namespaces: tuple[str, str]) -> Non
                 "-device", f"virtio-net-pci,netdev=net0,mac={attachment.mac}",
             ]  # fmt: skip
             # As the guest: ask who has SERVER_IP; the server namespace answers through eth0 -> tap.
-            os.write(fd, b"\0" * VNET_HDR_LEN + arp_request(attachment.mac, GUEST_IP, SERVER_IP))
-            reply = read_arp_reply(fd, SERVER_IP)
+            # Ask again each second, as a guest's ARP would: the veth carrier may take a moment to come up.
+            reply = None
+            for _attempt in range(10):
+                os.write(fd, b"\0" * VNET_HDR_LEN + arp_request(attachment.mac, GUEST_IP, SERVER_IP))
+                reply = read_arp_reply(fd, SERVER_IP, timeout=1.0)
+                if reply is not None:
+                    break
             assert reply is not None, "no ARP reply came back through the tap"
             assert reply[0:6] == bytes.fromhex(attachment.mac.replace(":", ""))
         finally:
