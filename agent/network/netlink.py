@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -63,16 +64,34 @@ def _is_link_local_v6(address: str) -> bool:
 
 
 class Netlink:
+    """One netlink socket, opened on first use and kept; calls from several threads take turns."""
+
     def __init__(self, open_socket: Callable[[], Any] | None = None) -> None:
         self._open = open_socket or _default_socket
+        self._lock = threading.Lock()
+        self._ipr: Any = None
 
     @contextlib.contextmanager
     def _socket(self) -> Iterator[Any]:
-        ipr = self._open()
-        try:
-            yield ipr
-        finally:
-            ipr.close()
+        with self._lock:
+            if self._ipr is None:
+                self._ipr = self._open()
+            try:
+                yield self._ipr
+            except OSError:
+                # The socket itself may be broken (not a kernel refusal): start afresh next time.
+                self._close_locked()
+                raise
+
+    def _close_locked(self) -> None:
+        if self._ipr is not None:
+            with contextlib.suppress(Exception):
+                self._ipr.close()
+            self._ipr = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
 
     @contextlib.contextmanager
     def _doing(self, what: str) -> Iterator[None]:

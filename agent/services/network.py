@@ -50,6 +50,9 @@ class NetworkService:
 
         return cls(services.config, services.paths, waker_factory=waker_factory(services.paths, "net"))
 
+    def close(self) -> None:
+        self.netlink.close()
+
     # --- links and routes
 
     def link_name_at(self, pci_path: str) -> str:

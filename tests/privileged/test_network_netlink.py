@@ -8,7 +8,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ PEER_MAC = "02:00:00:7a:00:01"
 @dataclass
 class Namespace:
     name: str
+    services: list[NetworkService] = field(default_factory=list)
 
     def ip(self, *args: str) -> Any:
         out = subprocess.run(["ip", "-n", self.name, "-j", *args], check=True, capture_output=True, text=True)
@@ -51,6 +52,8 @@ def netns() -> Iterator[Namespace]:
         ns.run("link", "set", "peer0", "up")
         yield ns
     finally:
+        for service in ns.services:
+            service.close()
         subprocess.run(["ip", "netns", "del", ns.name], check=False)
 
 
@@ -58,7 +61,9 @@ def service_in(ns: Namespace, root: Path | None = None) -> NetworkService:
     from pyroute2 import IPRoute
 
     paths = HostPaths(root) if root else HostPaths()
-    return NetworkService(AgentConfig(hotplug_timeout=1.0), paths, open_socket=lambda: IPRoute(netns=ns.name))
+    service = NetworkService(AgentConfig(hotplug_timeout=1.0), paths, open_socket=lambda: IPRoute(netns=ns.name))
+    ns.services.append(service)
+    return service
 
 
 def link(ns: Namespace, name: str) -> dict[str, Any]:
