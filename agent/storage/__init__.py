@@ -5,3 +5,8 @@
 before it runs; ``devices`` finds the block device behind a blk or scsi storage; ``table`` counts the
 users of each mount point; ``volume`` answers GetVolumeStats and ResizeVolume.
 """
+
+from agent.storage.types import DRIVERS
+
+# What GetGuestDetails reports as the agent's storage handlers.
+STORAGE_HANDLERS: tuple[str, ...] = DRIVERS
