@@ -135,6 +135,10 @@ class HostPaths:
         """The calling thread's network namespace (setns back to it after working in another)."""
         return self._at("proc/thread-self/ns/net")
 
+    def thread_ns(self, kind: str) -> Path:
+        """The calling thread's namespace of ``kind`` ("ipc", "uts", "pid", ...)."""
+        return self._at(f"proc/thread-self/ns/{kind}")
+
     def named_netns(self, name: str) -> Path:
         """A namespace made by ``ip netns add NAME``."""
         return self._at(f"run/netns/{name}")
