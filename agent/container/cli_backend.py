@@ -269,7 +269,9 @@ class Backend:
         cgroups.create()
         cgroups.apply(linux.get("resources") or {})
 
-        ready_read, ready_write = os.pipe2(os.O_CLOEXEC)  # parent -> child: cgroups are set
+        # parent -> child: "you are in your cgroups". The child builds its root meanwhile (cgroup v1
+        # moves are slow, a few ms per hierarchy), and waits for this before it may run anything.
+        ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
         error_read, error_write = os.pipe2(os.O_CLOEXEC)  # child -> parent: setup failed (or EOF: waiting)
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         new_pid = bool(flags & libc.CLONE_NEWPID)
@@ -281,9 +283,8 @@ class Backend:
             os.close(error_read)
             code = 1
             try:
-                os.read(ready_read, 1)
                 _init(self.paths, spec, Path(record.rootfs), flags & ~libc.CLONE_NEWPID, joins, stdio,
-                      fifo_fd, no_pivot, preserve_fds, error_write)  # fmt: skip
+                      fifo_fd, no_pivot, preserve_fds, error_write, ready_read)  # fmt: skip
             except BaseException as exc:
                 text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
                 _report_and_exit(error_write, text, code)
@@ -430,6 +431,7 @@ def _init(
     no_pivot: bool,
     preserve_fds: int,
     report_fd: int,
+    placed_fd: int,
 ) -> None:
     process = spec["process"]
     linux = spec.get("linux") or {}
@@ -440,7 +442,7 @@ def _init(
             libc.setns(fd, NAMESPACE_FLAGS[kind], path)
         finally:
             os.close(fd)
-    libc.unshare(flags)
+    libc.unshare(flags & ~libc.CLONE_NEWCGROUP)
     if flags & libc.CLONE_NEWNS:
         rootfs = Path(os.path.realpath(rootfs_path))
         console = os.ttyname(0) if process.get("terminal") else None
@@ -451,6 +453,11 @@ def _init(
                 raise OSError(exc.errno, f"{exc.strerror}: mount {step}") from None
         _enter_root(rootfs, no_pivot)
         _mask_and_protect(linux, bool((spec.get("root") or {}).get("readonly")))
+    if os.read(placed_fd, 1) != b"1":
+        raise ResourceError("the runtime could not place the container in its cgroups")
+    os.close(placed_fd)
+    if flags & libc.CLONE_NEWCGROUP:  # after the move: the namespace's root is the cgroup we are in
+        libc.unshare(libc.CLONE_NEWCGROUP)
     if flags & libc.CLONE_NEWUTS and spec.get("hostname"):
         libc.sethostname(spec["hostname"])
     for key, value in (linux.get("sysctl") or {}).items():
