@@ -206,12 +206,18 @@ class VsockMux:
         self._wake(conn)
 
     def consumed(self, conn: Connection, count: int) -> None:
-        """The host side took ``count`` bytes off conn.inbox; give the guest that credit back."""
+        """The host side took ``count`` bytes off conn.inbox; give the guest that credit back.
+
+        Like Linux, an explicit CREDIT_UPDATE goes out only when the guest's view of our free
+        space has fallen below one maximum packet; otherwise the fwd_cnt riding on our next
+        packet is enough, and a bulk sender never waits for credit.
+        """
         del conn.inbox[:count]
         conn.fwd_cnt = (conn.fwd_cnt + count) & 0xFFFFFFFF
-        unadvertised = (conn.fwd_cnt - conn.advertised_fwd_cnt) & 0xFFFFFFFF
-        enough = unadvertised >= conn.buf_alloc // 4 or not conn.inbox
-        if conn.state is State.ESTABLISHED and unadvertised and enough:
+        if conn.state is not State.ESTABLISHED or conn.fwd_cnt == conn.advertised_fwd_cnt:
+            return
+        seen_free = conn.buf_alloc - ((conn.rx_cnt - conn.advertised_fwd_cnt) & 0xFFFFFFFF)
+        if seen_free < min(MAX_PACKET_PAYLOAD, conn.buf_alloc // 2):
             conn.send_credit_update = True
             self._wake(conn)
 
