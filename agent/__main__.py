@@ -90,7 +90,9 @@ def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
         reaper.start()
 
     services = Services(config, paths, init_daemon=pid1)
-    server = AgentServer(parse_address(config.server_addr), Servicer(services), run_dir=paths.agent_run)
+    server = AgentServer(
+        parse_address(config.server_addr), Servicer(services, background_load=True), run_dir=paths.agent_run
+    )
     server.bind()
     server.start()
     log.info("agent ready", extra={"address": server.bound, "version": __version__, "pid": os.getpid()})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from google.protobuf import json_format, message_factory
+from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from agent.rpc.pb import agent_pb2, health_pb2
@@ -63,8 +63,12 @@ def resolve_method(name: str) -> MethodInfo:
 
 def to_dict(message: Message) -> dict:
     """A message as JSON-ready data with the proto's own field names."""
+    from google.protobuf import json_format  # host-side tools only; the agent never loads it
+
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 def from_json(text: str, message_class: type[Message]) -> Message:
+    from google.protobuf import json_format
+
     return json_format.Parse(text, message_class())

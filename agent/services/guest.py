@@ -29,9 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The agent API version we implement: Kata's agent.proto as of Kata Containers 3.x.
-API_VERSION = "0.0.1"
-
 # Used when agent.storage does not publish its own lists (STORAGE_HANDLERS / DEVICE_HANDLERS).
 DEFAULT_STORAGE_HANDLERS = ("9p", "virtio-fs", "blk", "scsi", "ephemeral", "local", "overlayfs", "bind")
 DEFAULT_DEVICE_HANDLERS = ("blk", "scsi")

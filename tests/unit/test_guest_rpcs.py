@@ -9,9 +9,10 @@ import pytest
 
 from agent import __version__, errors
 from agent.rpc import registry
+from agent.rpc.methods.guest import API_VERSION
 from agent.rpc.pb import agent_pb2, health_pb2
 from agent.rpc.status import ERROR_CODES, Code, status_for
-from agent.services.guest import API_VERSION, DEFAULT_STORAGE_HANDLERS
+from agent.services.guest import DEFAULT_STORAGE_HANDLERS
 from agent.system import libc
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.helpers.agent_server import RunningAgent, fake_guest_tree, serving_agent

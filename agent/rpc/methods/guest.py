@@ -1,4 +1,8 @@
-"""RPC handlers: health, guest details, clock, entropy, CopyFile, metrics."""
+"""RPC handlers: health, guest details, clock, entropy, CopyFile, metrics.
+
+This module is imported before the agent serves (it holds grpc.Health), so it imports the guest
+service only when a guest call arrives.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from google.protobuf import empty_pb2
 
 from agent.rpc.pb import agent_pb2, health_pb2
 from agent.rpc.registry import CallContext, rpc
-from agent.services.guest import API_VERSION, CopyFileRequest
+
+# The agent API version we implement: Kata's agent.proto as of Kata Containers 3.x.
+API_VERSION = "0.0.1"
 
 if TYPE_CHECKING:
     from agent.services import Services
@@ -67,6 +73,8 @@ def reseed_random_dev(
 
 @rpc("grpc.AgentService", "CopyFile")
 def copy_file(services: Services, request: agent_pb2.CopyFileRequest, ctx: CallContext) -> empty_pb2.Empty:
+    from agent.services.guest import CopyFileRequest
+
     log.debug("CopyFile", extra={"path": request.path, "offset": request.offset, "size": len(request.data)})
     services.guest.copy_file(
         CopyFileRequest(
