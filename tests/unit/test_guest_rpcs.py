@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,20 @@ def test_handlers_exist_for_every_method_of_this_area() -> None:
         "grpc.AgentService/GetMetrics",
     ):
         assert registry.METHODS[name].__module__ == "agent.rpc.methods.guest"
+
+
+def test_background_load_serves_check_at_once_and_other_methods_after_loading(tmp_path: Path) -> None:
+    from agent.config import AgentConfig
+    from agent.rpc.servicer import Servicer
+    from agent.services import Services
+
+    servicer = Servicer(Services(AgentConfig(), fake_guest_tree(tmp_path / "root")), background_load=True)
+    ctx = registry.CallContext("ttrpc")
+    code, _, payload = servicer.call("grpc.Health", "Check", b"", ctx)
+    assert code == Code.OK and health_pb2.HealthCheckResponse.FromString(payload).status == 1
+    request = agent_pb2.GuestDetailsRequest(mem_block_size=True).SerializeToString()
+    code, _, payload = servicer.call("grpc.AgentService", "GetGuestDetails", request, ctx)
+    assert code == Code.OK
+    assert servicer.wait_loaded(30)
+    code, message, _ = servicer.call("grpc.AgentService", "NoSuchMethod", b"", ctx)
+    assert code == Code.UNIMPLEMENTED and "NoSuchMethod" in message
