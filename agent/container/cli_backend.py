@@ -294,7 +294,10 @@ class Backend:
         os.close(fifo_fd)
         try:
             cgroups.add(pid)
-            os.write(ready_write, b"1")
+            try:
+                os.write(ready_write, b"1")
+            except BrokenPipeError:
+                pass  # the child failed already; its report says why
             os.close(ready_write)
             message = _read_report(error_read)  # READY once the init waits on the fifo
         except BaseException:

@@ -356,3 +356,41 @@ def test_console_socket_receives_pty_master(runtime: Runtime) -> None:
         assert output.startswith(b"/dev/"), output  # the shell's stdin is a terminal
     finally:
         os.close(master)
+
+
+def test_failed_create_leaves_nothing_behind(runtime: Runtime) -> None:
+    def bad_mount(config: dict[str, Any]) -> None:
+        config["linux"]["cgroupsPath"] = f"{CGROUP_PARENT}/broken"
+        config["mounts"].append(
+            {"destination": "/data", "type": "bind", "source": str(runtime.workdir / "missing"), "options": ["rbind"]}
+        )
+
+    bundle = make_bundle(runtime.workdir / "broken", ["/bin/true"], spec=runtime.spec, edit=bad_mount)
+    cid = runtime.new_id("broken")
+    before = {p.name for p in Path("/proc").iterdir() if p.name.isdigit()}
+    done = runtime("create", "-b", str(bundle), cid, check=False)
+    assert done.returncode == 1
+    assert "missing" in done.stderr and "/data" in done.stderr, done.stderr  # names what failed
+    assert not (runtime.root / cid).exists()
+    assert runtime("list", "-q").stdout == ""
+    assert not [p for p in CGROUP_FS.glob(f"*/{RUN_TAG}/broken") if not p.parent.parent.is_symlink()]
+    assert not _mounts_under(bundle)
+    after = {p.name for p in Path("/proc").iterdir() if p.name.isdigit()}
+    leftover = [pid for pid in after - before if b"/bin/true" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert not leftover
+
+
+def test_created_container_deletes_without_force(runtime: Runtime) -> None:
+    bundle = runtime.bundle("unstarted", ["/bin/sleep", "300"])
+    cid = runtime.new_id("unstarted")
+    runtime("create", "-b", str(bundle), cid)
+    pid = runtime.state(cid)["pid"]
+    runtime("delete", cid)
+    assert not _alive(pid)
+    assert runtime("list", "-q").stdout == ""
+
+
+def test_terminal_needs_a_console_socket(runtime: Runtime) -> None:
+    bundle = runtime.bundle("notty", ["/bin/sh"], terminal=True)
+    done = runtime("run", "-d", "-b", str(bundle), runtime.new_id("notty"), check=False)
+    assert done.returncode == 1 and "--console-socket" in done.stderr
