@@ -4,7 +4,8 @@ initrd), under the accelerator ``agentctl.vm`` picks (TCG on hosts where KVM doe
 Boot: wall time to QEMU's first console output, the guest's uptime when its /init reports ready,
 wall time until the guest's vsock echo port answers through hvsock. Throughput: MiB/s host->guest
 (the guest's shell runs ``cat >/dev/null``), guest->host (``head -c N /dev/zero``), and echoed
-round trip. Printed next to the figures measured on this kind of host before (ENVIRONMENT.md).
+round trip, and the back-end's own CPU time per MiB. Printed next to the figures measured on this
+kind of host before (ENVIRONMENT.md).
 ``PYKATA_BENCH_BOOTS`` sets the number of boots (default 3), ``PYKATA_BENCH_MIB`` the transfer size
 (default 16).
 """
@@ -19,6 +20,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from agentctl import testguest, vm
 
@@ -113,6 +116,7 @@ def main() -> None:
     kernel, initrd = testguest.test_guest_files(CACHE, print)
     boots: dict[str, list[float]] = {}
     rates: dict[str, float] = {}
+    cpu_ms: dict[str, float] = {}
     accel = ""
     with tempfile.TemporaryDirectory(prefix="pykata-bench-vm-") as tmp:
         for index in range(BOOTS):
@@ -123,9 +127,17 @@ def main() -> None:
                     boots.setdefault(name, []).append(value)
                 if index == BOOTS - 1:
                     size = MIB << 20
-                    rates["host -> guest (MiB/s)"] = _host_to_guest(guest, size)
-                    rates["guest -> host (MiB/s)"] = _guest_to_host(guest, size)
-                    rates["echo, both ways (MiB/s)"] = _echo(guest, size)
+                    backend = psutil.Process(guest.backend.pid) if guest.backend else None
+                    for name, transfer in (
+                        ("host -> guest", _host_to_guest),
+                        ("guest -> host", _guest_to_host),
+                        ("echo, both ways", _echo),
+                    ):
+                        cpu_before = sum(backend.cpu_times()[:2]) if backend else 0.0
+                        rates[f"{name} (MiB/s)"] = transfer(guest, size)
+                        if backend is not None:
+                            cpu = sum(backend.cpu_times()[:2]) - cpu_before
+                            cpu_ms[f"{name} back-end CPU (ms/MiB)"] = 1000 * cpu / MIB
             finally:
                 guest.kill()
     print(f"\nVM boot, test guest ({kernel.name}, {accel}), {BOOTS} boots; median (min..max) vs. baseline")
@@ -136,6 +148,9 @@ def main() -> None:
         print(f"  {name:36} {statistics.median(values):6.2f}  {spread:14} baseline {shown}")
     print(f"\nhybrid vsock throughput, {MIB} MiB through the Python back-end")
     for name, value in rates.items():
+        print(f"  {name:36} {value:6.1f}   baseline n/a (first measurement)")
+    print("\nback-end CPU per MiB moved (what the Python back-end itself costs; the rest is the guest)")
+    for name, value in cpu_ms.items():
         print(f"  {name:36} {value:6.1f}   baseline n/a (first measurement)")
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +177,32 @@ def test_log_stream_drops_oldest_lines_while_nobody_listens(tmp_path: Path) -> N
         assert lines[1:] == [f"line {i}" for i in range(7, 12)]
     finally:
         handler.close()
+
+
+def test_attach_relays_a_pipe_until_the_guest_closes() -> None:
+    """agentctl console without a terminal: stdin goes to the guest, EOF half-closes, output comes back."""
+    from agentctl.vm_cli import attach
+
+    host, guest = socket.socketpair()
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.write(in_w, b"echo hi\n")
+    os.close(in_w)
+
+    def guest_side() -> None:
+        with guest:
+            assert _read_until(guest, b"\n") == b"echo hi\n"
+            assert guest.recv(10) == b""  # the client's EOF arrived as a half-close
+            guest.sendall(b"hi\r\n")
+
+    thread = threading.Thread(target=guest_side)
+    thread.start()
+    try:
+        with host:
+            attach(host, stdin=in_r, stdout=out_w)
+        thread.join(20)
+        os.close(out_w)
+        assert os.read(out_r, 100) == b"hi\r\n"
+    finally:
+        os.close(in_r)
+        os.close(out_r)
