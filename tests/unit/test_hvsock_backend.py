@@ -254,7 +254,7 @@ def test_guest_connects_to_host_listener(rig: tuple[HybridVsock, FakeFrontend, F
             assert conn.recv(5, socket.MSG_WAITALL) == b"hello"
             conn.sendall(b"back")
             conn.shutdown(socket.SHUT_WR)
-            packets = []
+            packets: list[tuple[Header, bytes]] = []
             while not any(h.op == VIRTIO_VSOCK_OP_SHUTDOWN for h, _ in packets):
                 packets += guest.receive()
             assert b"".join(p for h, p in packets if h.op == VIRTIO_VSOCK_OP_RW) == b"back"

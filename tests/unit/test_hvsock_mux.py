@@ -210,7 +210,12 @@ def test_guest_request_to_a_closed_port_gets_rst() -> None:
 
 def test_guest_request_to_a_listener_gets_response() -> None:
     accepted: list[Connection] = []
-    mux = VsockMux(GUEST, accept=lambda conn: accepted.append(conn) is None)
+
+    def accept(conn: Connection) -> bool:
+        accepted.append(conn)
+        return True
+
+    mux = VsockMux(GUEST, accept=accept)
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_REQUEST, 40000, 5000, buf_alloc=4096))
     (response, _), = drain(mux)
     assert response.op == VIRTIO_VSOCK_OP_RESPONSE and response.dst_port == 40000

@@ -94,7 +94,7 @@ class FakeQMP:
         self.listener.bind(str(path))
         self.listener.listen(1)
         self.commands: list[dict[str, Any]] = []
-        self.cpus = [
+        self.cpus: list[dict[str, Any]] = [
             {"type": "max-x86_64-cpu", "vcpus-count": 1, "props": {"socket-id": i, "core-id": 0, "thread-id": 0}}
             for i in range(3)
         ]
