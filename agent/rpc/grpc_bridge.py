@@ -92,7 +92,13 @@ def pump(a: socket.socket, b: socket.socket) -> None:
 
 class GrpcBridge:
     def __init__(self, servicer: Servicer, run_dir: Path | None = None, max_workers: int = 8) -> None:
-        parent = run_dir if run_dir is not None and run_dir.is_dir() else None
+        parent = None
+        if run_dir is not None:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                parent = run_dir
+            except OSError as exc:
+                log.warning("gRPC bridge: cannot use %s (%s); using the temp directory", run_dir, exc)
         self._dir = Path(tempfile.mkdtemp(prefix="pykata-grpc-", dir=parent))
         os.chmod(self._dir, 0o700)
         self.socket_path = self._dir / "grpc.sock"

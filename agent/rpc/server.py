@@ -63,7 +63,10 @@ def listen(address: Address, backlog: int = 64) -> socket.socket:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(path.lstat().st_mode):
                 path.unlink()  # a stale socket from an earlier run
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ResourceError(f"cannot listen on {address}: {path.parent}: {exc.strerror or exc}") from exc
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target = address.path
     elif address.scheme == "tcp":
