@@ -70,6 +70,7 @@ class GuestConfig:
     ready_timeout: float = 120.0
     kvm_grace: float = 12.0
     extra_args: list[str] = field(default_factory=list)
+    backend_debug: bool = False  # log every vhost-user message and vsock packet to hvsock.log
 
 
 @dataclass
@@ -305,7 +306,7 @@ class Guest:
                     str(self.config.guest_cid),
                     "--ready-fd",
                     str(write_fd),
-                    "-v",
+                    "-vv" if self.config.backend_debug else "-v",
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
