@@ -1,0 +1,448 @@
+"""The container engine: create, start, exec, signal, wait, pause, update and destroy containers.
+
+Input is the OCI runtime spec as a dict (a bundle's config.json). The engine never forks the calling
+process (the agent runs threads): every container init and exec process is forked by the
+single-threaded fork server (agent/container/forkserver.py), which reports each process's pid and
+exit status through a status pipe. A ``Process`` object tracks one of them; its exit code follows the
+shell (128+N when signal N killed it), as Kata's WaitProcess reports it.
+
+Public API (stable; the CLI and the agent's services code against it):
+
+    engine = Engine(HostPaths())
+    c = engine.create("c1", spec_dict, bundle=Path(...), io=PipeIO())
+    c.start()
+    p = c.exec("e1", process_dict, io=PipeIO())
+    c.signal(signal.SIGTERM, exec_id="", all_processes=False)
+    code = c.wait("")          # init's exit code; exec ids for exec processes
+    c.pause(); c.resume(); c.update(resources); c.stats()
+    c.destroy(timeout=10)      # kill, reap, poststop hooks, cgroup removal
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.container import hooks as hooks_mod
+from agent.container.forkserver import ForkServerClient, ProcessHandle
+from agent.container.spec import Spec, parse_process, parse_spec
+from agent.container.state import Status, require
+from agent.container.validate import validate_container_id, validate_spec
+from agent.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, ResourceError
+from agent.system.paths import HostPaths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipeIO:
+    """The engine makes pipes (or a pty when the process asks for a terminal) and returns our ends."""
+
+    pipe_size: int = 0  # F_SETPIPE_SZ for stdout/stderr; 0 keeps the kernel default
+
+
+@dataclass
+class FdIO:
+    """The caller's own descriptors become the process's stdin, stdout and stderr (the CLI's case).
+
+    With a terminal, ``console`` is the pty slave the caller allocated (or None: the engine makes a
+    pty and the master is returned in ``ProcessIO.pty_master``).
+    """
+
+    stdin: int | None
+    stdout: int | None
+    stderr: int | None
+    console: int | None = None
+
+
+@dataclass
+class ProcessIO:
+    """Our ends of a process's stdio: write to ``stdin``, read ``stdout``/``stderr`` or the pty."""
+
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+    pty_master: int | None = None
+
+    def close(self) -> None:
+        for name in ("stdin", "stdout", "stderr", "pty_master"):
+            fd = getattr(self, name)
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, None)
+
+
+@dataclass
+class Process:
+    """One process of a container: its init (exec_id "") or an exec'd process."""
+
+    container_id: str
+    exec_id: str
+    handle: ProcessHandle
+    io: ProcessIO
+    terminal: bool
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        """The host pid (as seen from the engine's pid namespace)."""
+        return self.handle.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.handle.exit_code
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the process ends; return its exit code (128+N for signal N).
+
+        Raises DeadlineExceeded when ``timeout`` passes first.
+        """
+        code = self.handle.wait(timeout)
+        if code is None:
+            raise DeadlineExceeded(f"process {self.exec_id or 'init'} of container {self.container_id} still runs")
+        return code
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the process; a process that has ended is not an error."""
+        if self.handle.exit_code is not None:
+            return
+        try:
+            os.kill(self.handle.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set the terminal size (TtyWinResize); InvalidArgument for a process without a terminal."""
+        from agent.container.stdio import set_winsize
+
+        if self.io.pty_master is None:
+            raise InvalidArgument(f"process {self.exec_id or 'init'} of container {self.container_id} has no terminal")
+        set_winsize(self.io.pty_master, rows, cols)
+
+
+CgroupFactory = Callable[[HostPaths, str, str], Any]
+
+
+def _default_cgroups(paths: HostPaths, cgroups_path: str, container_id: str) -> Any:
+    from agent.container.cgroups import manager_for
+
+    return manager_for(paths, cgroups_path, container_id)
+
+
+class Container:
+    """A container the engine made. Methods check the status first and raise IncorrectState."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        container_id: str,
+        spec: Spec,
+        bundle: Path,
+        cgroup: Any,
+    ) -> None:
+        self.engine = engine
+        self.id = container_id
+        self.spec = spec
+        self.bundle = bundle
+        self.cgroup = cgroup
+        self.init: Process | None = None
+        self.execs: dict[str, Process] = {}
+        self.created_at = time.time()
+        self._status = Status.CREATING
+        self._lock = threading.RLock()
+
+    # --- status
+    @property
+    def status(self) -> Status:
+        with self._lock:
+            live = self._status in (Status.CREATED, Status.RUNNING, Status.PAUSED)
+            if live and self.init is not None and self.init.exit_code is not None:
+                self._status = Status.STOPPED
+            return self._status
+
+    def state(self) -> dict[str, Any]:
+        """The OCI state JSON (ociVersion, id, status, pid, bundle, annotations)."""
+        pid = self.init.pid if self.init is not None and self.status != Status.STOPPED else 0
+        return {
+            "ociVersion": self.spec.oci_version or "1.0.2",
+            "id": self.id,
+            "status": self.status.value,
+            "pid": pid,
+            "bundle": str(self.bundle),
+            "annotations": dict(self.spec.annotations),
+        }
+
+    def process(self, exec_id: str) -> Process:
+        """The init for "" (or the container id), else the exec process; NotFound otherwise."""
+        with self._lock:
+            if exec_id in ("", self.id):
+                if self.init is None:
+                    raise NotFound(f"container {self.id} has no init process")
+                return self.init
+            try:
+                return self.execs[exec_id]
+            except KeyError:
+                raise NotFound(f"container {self.id} has no process {exec_id}") from None
+
+    def processes(self) -> list[Process]:
+        with self._lock:
+            out = [self.init] if self.init is not None else []
+            return out + list(self.execs.values())
+
+    # --- lifecycle
+    def start(self) -> None:
+        """Run the user's program (created -> running), with startContainer and poststart hooks."""
+        with self._lock:
+            status = self.status
+            require(self.id, status, status.can_start(), "start", "created")
+            assert self.init is not None
+            self.engine.forkserver.release(self.init.handle)
+            self._status = Status.RUNNING
+        for hook in self.spec.hooks.poststart:
+            try:
+                hooks_mod.run_hook(hook, self.state(), "poststart")
+            except Exception as exc:  # poststart failures are logged, not fatal (runtime-spec)
+                log.warning("container %s: %s", self.id, exc)
+
+    def exec(self, exec_id: str, process: dict[str, Any], *, io: PipeIO | FdIO | None = None) -> Process:
+        """Start ``process`` (config.json's process object) in the container's namespaces and cgroup."""
+        with self._lock:
+            status = self.status
+            require(self.id, status, status.can_exec(), "exec", "running")
+            if not exec_id or exec_id == self.id:
+                raise InvalidArgument(f"exec id {exec_id!r} is taken by the container's init")
+            if exec_id in self.execs:
+                raise AlreadyExists(f"container {self.id} already has a process {exec_id}")
+            parsed = parse_process(process)
+            if not parsed.args:
+                raise InvalidArgument("process.args is empty: there is nothing to exec")
+            assert self.init is not None
+            proc = self.engine._spawn_exec(self, exec_id, parsed, io or PipeIO())
+            self.execs[exec_id] = proc
+            return proc
+
+    def signal(self, signum: int, exec_id: str = "", *, all_processes: bool = False) -> None:
+        """Signal the init or ``exec_id``; ``all_processes`` signals every process in the cgroup."""
+        with self._lock:
+            status = self.status
+            if status is Status.STOPPED and not all_processes:
+                return
+            if all_processes:
+                pids = set(self.pids())
+                pids.update(p.pid for p in self.processes() if p.exit_code is None)
+                for pid in pids:
+                    try:
+                        os.kill(pid, signum)
+                    except ProcessLookupError:
+                        pass
+                if status is Status.PAUSED and signum == signal.SIGKILL:
+                    self._thaw_quietly()
+                return
+            self.process(exec_id).signal(signum)
+
+    def wait(self, exec_id: str = "", timeout: float | None = None) -> int:
+        """The exit code of the init (exec_id "") or an exec process, blocking until it ends."""
+        return self.process(exec_id).wait(timeout)
+
+    def forget(self, exec_id: str) -> None:
+        """Drop an ended exec process (after WaitProcess reported it) and close its stdio."""
+        with self._lock:
+            proc = self.execs.pop(exec_id, None)
+        if proc is not None:
+            proc.io.close()
+
+    def pause(self) -> None:
+        with self._lock:
+            status = self.status
+            require(self.id, status, status.can_pause(), "pause", "running")
+            self.cgroup.freeze()
+            self._status = Status.PAUSED
+
+    def resume(self) -> None:
+        with self._lock:
+            status = self.status
+            require(self.id, status, status.can_resume(), "resume", "paused")
+            self.cgroup.thaw()
+            self._status = Status.RUNNING
+
+    def update(self, resources: dict[str, Any]) -> None:
+        """Apply new linux.resources to the container's cgroup."""
+        from agent.container.validate import check_resources
+
+        with self._lock:
+            status = self.status
+            require(self.id, status, status.can_update(), "update", "created, running or paused")
+            check_resources(resources, "resources")
+            self.cgroup.update(resources)
+
+    def stats(self) -> dict[str, Any]:
+        """The cgroup's statistics (the cgroups package's dict shape)."""
+        return dict(self.cgroup.stats())
+
+    def pids(self) -> list[int]:
+        try:
+            return list(self.cgroup.pids())
+        except OSError:
+            return []
+
+    def cpuset_dir(self) -> Path | None:
+        """The cgroup dir holding cpuset.cpus, when the spec set linux.resources.cpu.cpus."""
+        cpu = self.spec.linux.resources.get("cpu") or {}
+        if not cpu.get("cpus"):
+            return None
+        return Path(self.cgroup.cpuset_dir())
+
+    def oom_killed_count(self) -> int:
+        return int(self.cgroup.oom_killed_count())
+
+    def destroy(self, timeout: float | None = None) -> None:
+        """Kill every process, wait for the init (``timeout`` seconds; None or 0 waits forever),
+        run the poststop hooks and remove the cgroup. Safe to call twice."""
+        with self._lock:
+            if self._status is Status.STOPPED and self.init is None:
+                return
+            status = self.status
+            self._thaw_quietly() if status is Status.PAUSED else None
+            self.signal(signal.SIGKILL, all_processes=True)
+            procs = self.processes()
+        deadline = None if not timeout else time.monotonic() + timeout
+        for proc in procs:
+            if proc.handle.exit_code is None and proc.handle.pid > 0:
+                try:
+                    proc.signal(signal.SIGKILL)
+                except OSError:
+                    pass
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if proc.handle.wait(left) is None:
+                raise DeadlineExceeded(f"container {self.id}: process {proc.pid} did not end within {timeout} s")
+        self.engine.forkserver.forget_all(p.handle for p in procs)
+        for proc in procs:
+            proc.io.close()
+        self._remove_cgroup()
+        with self._lock:
+            self._status = Status.STOPPED
+        for hook in self.spec.hooks.poststop:
+            try:
+                hooks_mod.run_hook(hook, self.state(), "poststop")
+            except Exception as exc:
+                log.warning("container %s: %s", self.id, exc)
+
+    def _thaw_quietly(self) -> None:
+        try:
+            self.cgroup.thaw()
+        except Exception as exc:
+            log.warning("container %s: thaw failed: %s", self.id, exc)
+
+    def _remove_cgroup(self) -> None:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self.cgroup.destroy()
+                return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise ResourceError(f"container {self.id}: removing its cgroup failed: {exc}") from exc
+                time.sleep(0.01)
+
+
+class Engine:
+    """Every container this process manages, by id. Thread-safe."""
+
+    def __init__(
+        self,
+        paths: HostPaths,
+        *,
+        forkserver: ForkServerClient | None = None,
+        cgroups: CgroupFactory | None = None,
+        no_pivot: bool | None = None,
+    ) -> None:
+        """``no_pivot`` None: detect (pivot_root cannot leave an initramfs root, so use MS_MOVE there)."""
+        self.paths = paths
+        self.forkserver = forkserver or ForkServerClient()
+        self._cgroups = cgroups or _default_cgroups
+        self.no_pivot = no_pivot
+        self._containers: dict[str, Container] = {}
+        self._lock = threading.Lock()
+
+    def create(
+        self,
+        container_id: str,
+        spec: dict[str, Any],
+        *,
+        bundle: Path | None = None,
+        io: PipeIO | FdIO | None = None,
+    ) -> Container:
+        """Validate, then make the container up to the point where only exec of the user's program
+        is left (status created). Any failure undoes every step taken and raises."""
+        validate_container_id(container_id)
+        parsed = parse_spec(spec)
+        validate_spec(parsed, bundle)
+        with self._lock:
+            if container_id in self._containers:
+                raise AlreadyExists(f"container {container_id} already exists")
+            self._containers[container_id] = None  # type: ignore[assignment]  # reserve the id
+        try:
+            container = self._create(container_id, parsed, bundle or Path(parsed.root_path).parent, io or PipeIO())
+        except BaseException:
+            with self._lock:
+                self._containers.pop(container_id, None)
+            raise
+        with self._lock:
+            self._containers[container_id] = container
+        return container
+
+    def get(self, container_id: str) -> Container:
+        with self._lock:
+            container = self._containers.get(container_id)
+        if container is None:
+            raise NotFound(f"container {container_id} does not exist")
+        return container
+
+    def list(self) -> list[Container]:
+        with self._lock:
+            return [c for c in self._containers.values() if c is not None]
+
+    def remove(self, container_id: str, timeout: float | None = None) -> None:
+        """Destroy the container and forget it."""
+        container = self.get(container_id)
+        container.destroy(timeout)
+        with self._lock:
+            self._containers.pop(container_id, None)
+
+    def close(self) -> None:
+        """Destroy every container and stop the fork server."""
+        for container in self.list():
+            try:
+                self.remove(container.id, timeout=10)
+            except Exception as exc:
+                log.warning("container %s: %s", container.id, exc)
+        self.forkserver.close()
+
+    # --- internals (filled in by engine_impl helpers below)
+    def _create(self, container_id: str, spec: Spec, bundle: Path, io: PipeIO | FdIO) -> Container:
+        from agent.container.launch import create_container
+
+        return create_container(self, container_id, spec, bundle, io)
+
+    def _spawn_exec(self, container: Container, exec_id: str, process: Any, io: PipeIO | FdIO) -> Process:
+        from agent.container.launch import spawn_exec
+
+        return spawn_exec(self, container, exec_id, process, io)
+
+    def make_cgroup(self, cgroups_path: str, container_id: str) -> Any:
+        return self._cgroups(self.paths, cgroups_path, container_id)
+
+
+def state_json(container: Container) -> str:
+    return json.dumps(container.state())

@@ -1,0 +1,307 @@
+"""The fork server: a single-threaded helper process that forks every container process.
+
+The agent runs threads, so it must never fork() (a child could inherit a lock another thread held).
+``ForkServerClient`` spawns ``python3 -m agent.container.forkserver`` on first use (subprocess, i.e.
+fork+exec, which is safe) and talks to it over a SOCK_SEQPACKET socketpair: each request is one JSON
+message with the process's file descriptors attached (SCM_RIGHTS), and the reply is one JSON message.
+
+For each request the server forks a *shim*, replies with the shim's pid and forgets it (SIGCHLD is
+ignored in the server, so the kernel reaps shims). The shim is a child subreaper; it enters or
+unshares the user and pid namespaces (pid namespaces apply to children only), forks the container
+process, reports ``{"pid": N}`` on the status pipe, then waits: when the process ends it reports
+``{"exit": code}`` (the shell's convention: 128+N for signal N) and reaps every orphan left to it.
+The container process itself reports ``{"created": true}`` or ``{"error": "..."}`` on the same pipe;
+its copy is close-on-exec, so the pipe's EOF means the shim and the process are both gone.
+
+The control pipe goes the other way: the engine writes ``g`` after it put the process in its cgroup
+and ``s`` to start the user's program (see agent/container/init.py).
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from agent.errors import ResourceError
+from agent.system import children
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 1 << 20
+MAX_FDS = 16
+
+
+def send_message(sock: socket.socket, payload: dict[str, Any], fds: Iterable[int] = ()) -> None:
+    data = json.dumps(payload).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ResourceError(f"fork server request is {len(data)} bytes; the limit is {MAX_MESSAGE}")
+    fd_list = list(fds)
+    ancillary = []
+    if fd_list:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fd_list).tobytes())]
+    sock.sendmsg([data], ancillary)
+
+
+def receive_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """One message and its descriptors; (None, []) at EOF."""
+    fds = array.array("i")
+    data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    for level, kind, raw in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(raw[: len(raw) - (len(raw) % fds.itemsize)])
+    received = list(fds)
+    for fd in received:
+        os.set_inheritable(fd, False)
+    if not data:
+        return None, received
+    return json.loads(data), received
+
+
+class ProcessHandle:
+    """The engine's view of one forked process: its events, its exit code and its control pipe."""
+
+    def __init__(self, status_fd: int, control_fd: int | None, description: str) -> None:
+        self.description = description
+        self.pid = 0
+        self.shim_pid = 0
+        self.created = False
+        self.error: str | None = None
+        self.exit_code: int | None = None
+        self._status_fd = status_fd
+        self._control_fd = control_fd
+        self._cond = threading.Condition()
+        self._eof = False
+        self._thread = threading.Thread(target=self._read_events, name=f"wait {description}", daemon=True)
+        self._thread.start()
+
+    def _read_events(self) -> None:
+        buffered = b""
+        try:
+            while True:
+                try:
+                    chunk = os.read(self._status_fd, 4096)
+                except InterruptedError:
+                    continue
+                if not chunk:
+                    break
+                buffered += chunk
+                while b"\n" in buffered:
+                    line, buffered = buffered.split(b"\n", 1)
+                    self._event(json.loads(line))
+        except (OSError, ValueError) as exc:
+            log.warning("%s: status pipe: %s", self.description, exc)
+        finally:
+            os.close(self._status_fd)
+            with self._cond:
+                self._eof = True
+                if self.exit_code is None:
+                    # the shim died without reporting (killed): nothing more will come
+                    self.exit_code = 255
+                    if self.error is None and not self.created:
+                        self.error = "the container's setup process ended before it reported"
+                self._cond.notify_all()
+
+    def _event(self, event: dict[str, Any]) -> None:
+        with self._cond:
+            if "pid" in event:
+                self.pid = int(event["pid"])
+            if event.get("created"):
+                self.created = True
+            if "error" in event:
+                self.error = str(event["error"])
+            if "exit" in event:
+                self.exit_code = int(event["exit"])
+            self._cond.notify_all()
+
+    def wait_for(self, what: str, timeout: float | None = None) -> bool:
+        """Wait until ``pid``, ``created`` (or an error) or ``exit`` is known."""
+
+        def ready() -> bool:
+            if what == "pid":
+                return self.pid > 0 or self.exit_code is not None or self.error is not None
+            if what == "created":
+                return self.created or self.error is not None or self.exit_code is not None
+            return self.exit_code is not None
+
+        with self._cond:
+            return self._cond.wait_for(ready, timeout)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self.wait_for("exit", timeout)
+        return self.exit_code
+
+    def control(self, message: bytes) -> None:
+        if self._control_fd is None:
+            return
+        try:
+            os.write(self._control_fd, message)
+        except BrokenPipeError:
+            pass  # the process is gone; its exit event tells the rest
+
+    def close_control(self) -> None:
+        if self._control_fd is not None:
+            os.close(self._control_fd)
+            self._control_fd = None
+
+
+class ForkServerClient:
+    """Starts the fork server on first use and sends it requests (thread-safe)."""
+
+    def __init__(self, python: str | None = None) -> None:
+        self._python = python or sys.executable
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Spawn the server now (the agent may do this before it starts serving)."""
+        with self._lock:
+            self._ensure()
+
+    def _ensure(self) -> socket.socket:
+        if self._sock is not None and self._proc is not None and self._proc.poll() is None:
+            return self._sock
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with children.spawning() as own:
+                self._proc = subprocess.Popen(
+                    [self._python, "-m", "agent.container.forkserver", str(theirs.fileno())],
+                    pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    cwd="/",
+                    env=_server_env(),
+                )
+                own(self._proc.pid)
+        finally:
+            theirs.close()
+        self._sock = ours
+        return ours
+
+    def request(self, payload: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        with self._lock:
+            sock = self._ensure()
+            try:
+                send_message(sock, payload, fds)
+                reply, extra = receive_message(sock)
+            except OSError as exc:
+                self._drop()
+                raise ResourceError(f"fork server failed: {exc}") from exc
+            for fd in extra:
+                os.close(fd)
+            if reply is None:
+                self._drop()
+                raise ResourceError("fork server ended; it will be restarted on the next request")
+            if "error" in reply:
+                raise ResourceError(f"fork server: {reply['error']}")
+            return reply
+
+    def spawn(self, payload: dict[str, Any], fds: list[int], description: str, control_fd: int | None,
+              status_fd: int) -> ProcessHandle:  # fmt: skip
+        """Send a request whose fds[0] is the status pipe's write end; our ends are given."""
+        handle = ProcessHandle(status_fd, control_fd, description)
+        reply = self.request(payload, fds)
+        handle.shim_pid = int(reply.get("shim", 0))
+        return handle
+
+    def release(self, handle: ProcessHandle) -> None:
+        """Let a created container run its program."""
+        handle.control(b"s")
+        handle.close_control()
+
+    def forget_all(self, handles: Iterable[ProcessHandle]) -> None:
+        for handle in handles:
+            handle.close_control()
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.kill()
+                self._proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            children.release(self._proc.pid)
+            self._proc = None
+
+    @property
+    def server_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()  # EOF: the server exits
+                self._sock = None
+            if self._proc is not None:
+                try:
+                    self._proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+                children.release(self._proc.pid)
+                self._proc = None
+
+
+def _server_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "LANG", "LC_ALL")}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def serve(sock: socket.socket) -> None:
+    """The server loop: one request, one fork, one reply. Runs single-threaded."""
+    from agent.container import init  # preloaded here so each fork starts with it imported
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims report through pipes; the kernel reaps them
+    while True:
+        try:
+            request, fds = receive_message(sock)
+        except InterruptedError:
+            continue
+        except (OSError, ValueError) as exc:
+            log.error("fork server: bad request: %s", exc)
+            continue
+        if request is None:
+            return
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            send_message(sock, {"error": f"fork failed: {exc}"})
+            continue
+        if pid == 0:
+            code = 1
+            try:
+                sock.close()
+                code = init.run_shim(request, fds)
+            finally:
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        send_message(sock, {"shim": pid})
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    sock = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="forkserver: %(message)s")
+    serve(sock)
+
+
+if __name__ == "__main__":
+    main()

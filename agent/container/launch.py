@@ -1,0 +1,1 @@
+"""Engine side of create and exec. (Being written.)"""

@@ -1,0 +1,193 @@
+"""Checks run on a parsed spec before the engine does anything, in order; the first failure raises
+InvalidArgument naming the field. Each check is a small function so a test can name the one it
+exercises and the order stays readable (the shape of runc's validator)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.container.spec import NAMESPACE_TYPES, Spec
+from agent.errors import InvalidArgument
+
+MAX_ID_LENGTH = 1024
+_ID_CHARS = re.compile(r"^[A-Za-z0-9_+\-.]+$")
+MOUNT_TYPES_NEEDING_NO_SOURCE = ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2")
+
+
+def validate_container_id(container_id: str) -> None:
+    if not container_id:
+        raise InvalidArgument("container id is empty")
+    if len(container_id) > MAX_ID_LENGTH:
+        raise InvalidArgument(f"container id is {len(container_id)} characters long; the limit is {MAX_ID_LENGTH}")
+    if "/" in container_id or container_id in (".", "..") or ".." in container_id:
+        raise InvalidArgument(f"container id {container_id!r} contains '/' or '..'")
+    if not _ID_CHARS.match(container_id):
+        raise InvalidArgument(f"container id {container_id!r} has characters outside [A-Za-z0-9_+-.]")
+
+
+def check_root(spec: Spec, bundle: Path | None) -> None:
+    if not spec.root_path:
+        raise InvalidArgument("root.path is missing: the spec names no root filesystem")
+    root = Path(spec.root_path)
+    if not root.is_absolute():
+        if bundle is None:
+            raise InvalidArgument(f"root.path {spec.root_path!r} is relative and there is no bundle to resolve it")
+        root = bundle / root
+    if not root.is_dir():
+        raise InvalidArgument(f"root.path {str(root)!r} is not a directory")
+
+
+def check_process(spec: Spec, bundle: Path | None) -> None:
+    proc = spec.process
+    if proc is None:
+        raise InvalidArgument("process is missing: the spec names nothing to run")
+    if not proc.args:
+        raise InvalidArgument("process.args is empty: there is nothing to exec")
+    if not proc.cwd.startswith("/"):
+        raise InvalidArgument(f"process.cwd {proc.cwd!r} must be an absolute path")
+    for i, item in enumerate(proc.env):
+        if "=" not in item:
+            raise InvalidArgument(f"process.env[{i}] {item!r} is not NAME=value")
+
+
+def check_namespaces(spec: Spec, bundle: Path | None) -> None:
+    seen: set[str] = set()
+    for i, ns in enumerate(spec.linux.namespaces):
+        if ns.type not in NAMESPACE_TYPES:
+            raise InvalidArgument(
+                f"linux.namespaces[{i}].type {ns.type!r} is not a namespace type ({', '.join(NAMESPACE_TYPES)})"
+            )
+        if ns.type in seen:
+            raise InvalidArgument(f"linux.namespaces[{i}]: namespace {ns.type} is listed twice")
+        seen.add(ns.type)
+        if ns.path and not ns.path.startswith("/"):
+            raise InvalidArgument(f"linux.namespaces[{i}].path {ns.path!r} must be an absolute path")
+    if (spec.linux.uid_mappings or spec.linux.gid_mappings) and "user" not in seen:
+        raise InvalidArgument("linux.uidMappings/gidMappings are set but there is no user namespace")
+    if spec.hostname and "uts" not in seen:
+        raise InvalidArgument("hostname is set but the spec has no uts namespace")
+    if spec.linux.sysctl and "ipc" not in seen and "network" not in seen:
+        for key in spec.linux.sysctl:
+            if key.startswith(("net.", "kernel.msg", "kernel.sem", "kernel.shm", "fs.mqueue.")):
+                raise InvalidArgument(f"linux.sysctl {key!r} needs its namespace (network or ipc) in the spec")
+
+
+def check_mounts(spec: Spec, bundle: Path | None) -> None:
+    for i, mount in enumerate(spec.mounts):
+        if not mount.destination.startswith("/"):
+            raise InvalidArgument(f"mounts[{i}].destination {mount.destination!r} must be an absolute path")
+        if ".." in Path(mount.destination).parts:
+            raise InvalidArgument(f"mounts[{i}].destination {mount.destination!r} contains '..'")
+        is_bind = mount.type in ("bind", "") or "bind" in mount.options or "rbind" in mount.options
+        if is_bind and mount.type not in MOUNT_TYPES_NEEDING_NO_SOURCE:
+            if not mount.source:
+                raise InvalidArgument(f"mounts[{i}] ({mount.destination}): a bind mount needs a source")
+            if not mount.source.startswith("/") and bundle is None:
+                raise InvalidArgument(f"mounts[{i}].source {mount.source!r} must be an absolute path")
+
+
+def check_paths(spec: Spec, bundle: Path | None) -> None:
+    for where, items in (("linux.maskedPaths", spec.linux.masked_paths),
+                         ("linux.readonlyPaths", spec.linux.readonly_paths)):  # fmt: skip
+        for i, path in enumerate(items):
+            if not path.startswith("/"):
+                raise InvalidArgument(f"{where}[{i}] {path!r} must be an absolute path")
+    if spec.linux.rootfs_propagation and spec.linux.rootfs_propagation not in (
+        "private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable"
+    ):  # fmt: skip
+        raise InvalidArgument(f"linux.rootfsPropagation {spec.linux.rootfs_propagation!r} is not a propagation")
+    if spec.linux.cgroups_path and not (
+        spec.linux.cgroups_path.startswith("/") or spec.linux.cgroups_path.count(":") == 2
+    ):
+        raise InvalidArgument(
+            f"linux.cgroupsPath {spec.linux.cgroups_path!r} must be absolute or slice:prefix:name (systemd form)"
+        )
+
+
+def check_hooks(spec: Spec, bundle: Path | None) -> None:
+    h = spec.hooks
+    for kind, items in (("prestart", h.prestart), ("createRuntime", h.create_runtime),
+                        ("createContainer", h.create_container), ("startContainer", h.start_container),
+                        ("poststart", h.poststart), ("poststop", h.poststop)):  # fmt: skip
+        for i, hook in enumerate(items):
+            if not hook.path.startswith("/"):
+                raise InvalidArgument(f"hooks.{kind}[{i}].path {hook.path!r} must be an absolute path")
+            if hook.timeout is not None and hook.timeout <= 0:
+                raise InvalidArgument(f"hooks.{kind}[{i}].timeout must be > 0")
+
+
+def _number(value: Any, where: str, *, minimum: int | None = None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{where} must be an integer, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise InvalidArgument(f"{where} is {value}; it must be >= {minimum}")
+
+
+_CPUSET = re.compile(r"^\s*\d+(-\d+)?(\s*,\s*\d+(-\d+)?)*\s*$")
+
+
+def check_resources(resources: dict[str, Any], where: str = "linux.resources") -> None:
+    """Values the cgroup controllers would reject, caught before any cgroup is made."""
+    if not isinstance(resources, dict):
+        raise InvalidArgument(f"{where} must be an object")
+    memory = resources.get("memory") or {}
+    for key in ("limit", "reservation", "swap"):
+        # -1 means unlimited; other negatives are invalid
+        _number(memory.get(key), f"{where}.memory.{key}", minimum=-1)
+    limit, swap = memory.get("limit"), memory.get("swap")
+    if isinstance(limit, int) and isinstance(swap, int) and limit > 0 and 0 < swap < limit:
+        raise InvalidArgument(f"{where}.memory.swap ({swap}) must be >= memory.limit ({limit}): it counts memory too")
+    cpu = resources.get("cpu") or {}
+    _number(cpu.get("shares"), f"{where}.cpu.shares", minimum=0)
+    _number(cpu.get("quota"), f"{where}.cpu.quota", minimum=-1)
+    _number(cpu.get("period"), f"{where}.cpu.period", minimum=0)
+    if isinstance(cpu.get("period"), int) and cpu["period"] and not 1000 <= cpu["period"] <= 1_000_000:
+        raise InvalidArgument(f"{where}.cpu.period {cpu['period']} is outside 1000..1000000 microseconds")
+    for key in ("cpus", "mems"):
+        value = cpu.get(key)
+        if value not in (None, "") and (not isinstance(value, str) or not _CPUSET.match(value)):
+            raise InvalidArgument(f"{where}.cpu.{key} {value!r} is not a list like 0-3,7")
+    pids = resources.get("pids") or {}
+    _number(pids.get("limit"), f"{where}.pids.limit", minimum=-1)
+
+
+def check_spec_resources(spec: Spec, bundle: Path | None) -> None:
+    check_resources(spec.linux.resources)
+
+
+def check_mappings(spec: Spec, bundle: Path | None) -> None:
+    for where, maps in (("linux.uidMappings", spec.linux.uid_mappings), ("linux.gidMappings", spec.linux.gid_mappings)):
+        for i, m in enumerate(maps):
+            if m.size <= 0 or m.container_id < 0 or m.host_id < 0:
+                raise InvalidArgument(f"{where}[{i}] needs containerID, hostID >= 0 and size > 0")
+
+
+CHECKS: list[Callable[[Spec, Path | None], None]] = [
+    check_root,
+    check_process,
+    check_namespaces,
+    check_mappings,
+    check_mounts,
+    check_paths,
+    check_hooks,
+    check_spec_resources,
+]
+
+
+def validate_spec(spec: Spec, bundle: Path | None = None) -> None:
+    """Run every check in order; raise InvalidArgument at the first problem."""
+    for check in CHECKS:
+        check(spec, bundle)
+
+
+def resolve_root(spec: Spec, bundle: Path | None) -> Path:
+    root = Path(spec.root_path)
+    if not root.is_absolute() and bundle is not None:
+        root = bundle / root
+    return Path(os.path.realpath(root))
