@@ -399,6 +399,10 @@ def default_spec() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # What a later call needs to find a container again: <root>/<id>/state.json.
 
+# Hooks that run in the runtime's namespaces, from the CLI; createContainer and startContainer run in
+# the container's namespaces, from its init.
+HOST_HOOKS = ("prestart", "createRuntime", "poststart", "poststop")
+
 STATUS_CREATED = "created"
 STATUS_RUNNING = "running"
 STATUS_PAUSED = "paused"
@@ -417,6 +421,7 @@ class Record:
     paused: bool = False
     oci_version: str = OCI_VERSION
     annotations: dict[str, str] = field(default_factory=dict)
+    hooks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # the hooks the CLI runs itself
     engine: dict[str, Any] = field(default_factory=dict)  # whatever the engine needs to act again
 
     def to_json(self) -> dict[str, Any]:
@@ -758,6 +763,28 @@ def _stdio_for(process: dict[str, Any], console_socket: str | None, detach: bool
     return Terminal()
 
 
+def run_hooks(ctx: Context, kind: str, record: Record, *, fatal: bool) -> None:
+    """Run the spec's ``hooks.<kind>`` with the container's state on stdin, as the runtime spec says.
+
+    A failing prestart/createRuntime hook fails the operation; poststart/poststop failures are warnings.
+    """
+    hooks = record.hooks.get(kind) or []
+    if not hooks:
+        return
+    from agent.system.run import CommandError, CommandNotFound, run
+
+    state = json.dumps(ctx.state_json(record)).encode()
+    for hook in hooks:
+        argv = [hook["path"], *(hook.get("args") or [hook["path"]])[1:]]
+        env = dict(item.split("=", 1) for item in hook.get("env") or [] if "=" in item)
+        try:
+            run(argv, input=state, env=env, timeout=hook.get("timeout"))
+        except (CommandError, CommandNotFound) as exc:
+            if fatal:
+                raise CliError(f"{kind} hook failed: {exc}") from None
+            ctx.log.warning(f"{kind} hook failed: {exc}")
+
+
 def do_create(ctx: Context, container_id: str, *, detach: bool) -> Record:
     bundle, spec, rootfs = load_bundle(ctx.flags.get("bundle"))
     terminal = _stdio_for(spec["process"], ctx.flags.get("console_socket"), detach)
@@ -769,6 +796,7 @@ def do_create(ctx: Context, container_id: str, *, detach: bool) -> Record:
         created=format_time(time.time_ns()),
         oci_version=str(spec.get("ociVersion", OCI_VERSION)),
         annotations=dict(spec.get("annotations") or {}),
+        hooks={k: v for k, v in (spec.get("hooks") or {}).items() if k in HOST_HOOKS},
     )
     backend = ctx.backend()
     try:
@@ -783,6 +811,8 @@ def do_create(ctx: Context, container_id: str, *, detach: bool) -> Record:
         )
         record.pid_start = process_start_time(ctx.paths.proc_pid(record.pid)) or 0
         ctx.store.save(record)
+        run_hooks(ctx, "prestart", record, fatal=True)
+        run_hooks(ctx, "createRuntime", record, fatal=True)
         if terminal:
             terminal.hand_over(ctx.flags["console_socket"])
         if ctx.flags.get("pid_file"):
@@ -816,6 +846,7 @@ def do_start(ctx: Context, record: Record) -> None:
     ctx.backend().start(record, ctx.store.dir(record.id))
     record.started = True
     ctx.store.save(record)
+    run_hooks(ctx, "poststart", record, fatal=False)
 
 
 def cmd_start(ctx: Context) -> int:
@@ -861,6 +892,7 @@ def do_delete(ctx: Context, record: Record, *, force: bool) -> None:
             backend.freeze(record, frozen=False)
         _wait_gone(ctx, record)
     backend.destroy(record, ctx.store.dir(record.id))
+    run_hooks(ctx, "poststop", record, fatal=False)
     ctx.store.remove(record.id)
 
 

@@ -26,6 +26,7 @@ import prctl  # imported here, not in the child: after pivot_root the host's mod
 from agent.errors import InvalidArgument, NotFound, ResourceError
 from agent.system import libc
 from agent.system.paths import HostPaths
+from agent.system.run import CommandError, CommandNotFound, run
 
 if TYPE_CHECKING:
     from agent.container.cli import Record
@@ -79,6 +80,13 @@ class MountStep:
 
     def run(self) -> None:
         libc.mount(self.source, self.target, self.fstype, self.flags, self.data)
+
+    def __str__(self) -> str:
+        names = [name for name, (bit, on) in MOUNT_FLAGS.items() if on and bit and self.flags & bit == bit]
+        names += [name for name, bits in PROPAGATION.items() if self.flags & bits == bits]
+        options = ",".join(names + ([self.data] if self.data else []))
+        kind = f" type {self.fstype}" if self.fstype else ""
+        return f"mount {self.source or 'none'} on {self.target}{kind}" + (f" ({options})" if options else "")
 
 
 def parse_mount_options(options: list[str]) -> tuple[int, int, str]:
@@ -275,9 +283,15 @@ class Backend:
         error_read, error_write = os.pipe2(os.O_CLOEXEC)  # child -> parent: setup failed (or EOF: waiting)
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         new_pid = bool(flags & libc.CLONE_NEWPID)
+        own_pid_ns = self._own_pid_namespace()
         if new_pid:
             libc.unshare(libc.CLONE_NEWPID)  # only our children enter it: the next fork is its init
-        pid = os.fork()
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                self._restore_pid_namespace(own_pid_ns)
         if pid == 0:  # the container's init
             os.close(ready_write)
             os.close(error_read)
@@ -326,6 +340,16 @@ class Backend:
             os.close(fd)
             fifo.unlink(missing_ok=True)
 
+    def _own_pid_namespace(self) -> int:
+        return os.open(self.paths.proc_pid(os.getpid()) / "ns" / "pid", os.O_RDONLY | os.O_CLOEXEC)
+
+    def _restore_pid_namespace(self, fd: int) -> None:
+        """Later children of ours (hooks, ps) belong in our pid namespace, not the container's."""
+        try:
+            libc.setns(fd, libc.CLONE_NEWPID, "pid namespace of pykata-runc")
+        finally:
+            os.close(fd)
+
     # --- the rest
     def pids(self, record: Record) -> list[int]:
         return self.cgroups(record).pids()
@@ -342,6 +366,7 @@ class Backend:
     def exec(self, record: Record, process: dict[str, Any], *, stdio: tuple[int, int, int]) -> int:
         ns_dir = self.paths.proc_pid(record.pid) / "ns"
         fds = []
+        own_pid_ns = self._own_pid_namespace()
         try:
             for name in JOIN_ORDER:
                 path = ns_dir / name
@@ -356,6 +381,8 @@ class Backend:
             cgroups = self.cgroups(record)
             error_read, error_write = os.pipe2(os.O_CLOEXEC)
             pid = os.fork()
+            if pid != 0:
+                self._restore_pid_namespace(own_pid_ns)
             if pid == 0:
                 os.close(error_read)
                 try:
@@ -453,7 +480,8 @@ def _init(
             try:
                 step.run()
             except OSError as exc:
-                raise OSError(exc.errno, f"{exc.strerror}: mount {step}") from None
+                raise OSError(exc.errno, f"{exc.strerror}: {step}") from None
+        _container_hooks(spec, "createContainer")  # in our namespaces, before the root moves
         _enter_root(rootfs, no_pivot)
         _mask_and_protect(linux, bool((spec.get("root") or {}).get("readonly")))
     if os.read(placed_fd, 1) != b"1":
@@ -474,7 +502,18 @@ def _init(
     os.write(gate, b"0")
     os.close(gate)
     os.close(fifo_fd)
+    _container_hooks(spec, "startContainer")
     _exec_process(process, None, paths)
+
+
+def _container_hooks(spec: dict[str, Any], kind: str) -> None:
+    for hook in (spec.get("hooks") or {}).get(kind) or []:
+        argv = [hook["path"], *(hook.get("args") or [hook["path"]])[1:]]
+        env = dict(item.split("=", 1) for item in hook.get("env") or [] if "=" in item)
+        try:
+            run(argv, env=env, timeout=hook.get("timeout"))
+        except (CommandError, CommandNotFound) as exc:
+            raise ResourceError(f"{kind} hook failed: {exc}") from None
 
 
 def _take_stdio(stdio: tuple[int, int, int], terminal: bool, preserve_fds: int) -> None:

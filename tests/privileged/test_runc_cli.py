@@ -394,3 +394,34 @@ def test_terminal_needs_a_console_socket(runtime: Runtime) -> None:
     bundle = runtime.bundle("notty", ["/bin/sh"], terminal=True)
     done = runtime("run", "-d", "-b", str(bundle), runtime.new_id("notty"), check=False)
     assert done.returncode == 1 and "--console-socket" in done.stderr
+
+
+def test_hooks_run_at_their_points_with_the_state(runtime: Runtime) -> None:
+    seen = runtime.workdir / "hooks"
+    seen.mkdir()
+
+    def host_hook(name: str) -> dict[str, Any]:
+        return {"path": "/bin/sh", "args": ["sh", "-c", f"cat > {seen}/{name}"]}
+
+    def with_hooks(config: dict[str, Any]) -> None:
+        config["linux"]["cgroupsPath"] = f"{CGROUP_PARENT}/hooks"
+        config["hooks"] = {
+            "prestart": [host_hook("prestart")],
+            "createRuntime": [host_hook("createRuntime")],
+            "poststart": [host_hook("poststart")],
+            "poststop": [host_hook("poststop")],
+            # startContainer runs in the container, before its program: /dev/shm is the container's tmpfs.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "echo from-hook > /dev/shm/started"]}],
+        }
+
+    bundle = make_bundle(runtime.workdir / "hooked", ["/bin/cat", "/dev/shm/started"], spec=runtime.spec,
+                         edit=with_hooks)  # fmt: skip
+    cid = runtime.new_id("hooks")
+    done = runtime("run", "-b", str(bundle), cid)
+    assert done.stdout == "from-hook\n"
+    states = {name: json.loads((seen / name).read_text()) for name in ("prestart", "createRuntime", "poststart",
+                                                                       "poststop")}  # fmt: skip
+    assert states["prestart"]["status"] == "created" and states["prestart"]["pid"] > 0
+    assert states["createRuntime"]["id"] == cid
+    assert states["poststart"]["status"] in ("running", "stopped")  # /bin/cat may be done already
+    assert states["poststop"]["status"] == "stopped" and states["poststop"]["bundle"] == str(bundle)
