@@ -229,8 +229,8 @@ class Guest:
         """A socket joined to the guest's vsock ``port`` through the back-end."""
         return hvsock.connect(self.uds, port, timeout)
 
-    def qmp(self) -> QMPClient:
-        return QMPClient(self.paths["qmp"])
+    def qmp(self, timeout: float = 30.0) -> QMPClient:
+        return QMPClient(self.paths["qmp"], timeout)
 
     def console_text(self) -> str:
         try:
@@ -381,7 +381,7 @@ class Guest:
     def kill(self) -> None:
         """End QEMU and the back-end by PID (QMP quit first when QEMU still runs)."""
         if self.qemu is not None and self.qemu.poll() is None:
-            with contextlib.suppress(OSError, ConnectionError, ValueError), self.qmp() as qmp:
+            with contextlib.suppress(OSError, ConnectionError, ValueError), self.qmp(timeout=3) as qmp:
                 qmp.execute("quit")
             try:
                 self.qemu.wait(5)
