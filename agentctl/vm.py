@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agentctl import hvsock
-from agentctl.qmp import QMPClient
+from agentctl.qmp import QMPClient, QMPError
 
 DEFAULT_RUN_DIR = Path("/run/pykata/vm")
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
@@ -381,7 +381,7 @@ class Guest:
     def kill(self) -> None:
         """End QEMU and the back-end by PID (QMP quit first when QEMU still runs)."""
         if self.qemu is not None and self.qemu.poll() is None:
-            with contextlib.suppress(OSError, ConnectionError, ValueError), self.qmp(timeout=3) as qmp:
+            with contextlib.suppress(OSError, ValueError, QMPError), self.qmp(timeout=3) as qmp:
                 qmp.execute("quit")
             try:
                 self.qemu.wait(5)
@@ -436,7 +436,7 @@ def boot(
 def stop(state: GuestState, timeout: float = 10.0) -> None:
     """End a detached guest: QMP quit, then SIGTERM/SIGKILL by PID; remove its run directory."""
     if _alive(state.qemu_pid):
-        with contextlib.suppress(OSError, ConnectionError, ValueError), QMPClient(state.qmp, timeout=3) as qmp:
+        with contextlib.suppress(OSError, ValueError, QMPError), QMPClient(state.qmp, timeout=3) as qmp:
             qmp.execute("quit")
         deadline = time.monotonic() + timeout
         while _alive(state.qemu_pid) and not _reaped(state.qemu_pid) and time.monotonic() < deadline:
