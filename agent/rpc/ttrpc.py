@@ -120,21 +120,36 @@ class FrameReader:
 
 
 class Deadlines:
-    """One thread that fires callbacks at their deadlines (time.monotonic()), for calls that overrun."""
+    """One thread that expires calls still running at their deadline (time.monotonic()).
+
+    Finished calls leave their entries behind until the heap is compacted, which happens whenever
+    it has doubled since the last compaction, so memory follows the calls in flight, not the calls made.
+    """
+
+    _COMPACT_FLOOR = 256
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._heap: list[tuple[float, int, _Responder]] = []
         self._counter = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._compact_at = self._COMPACT_FLOOR
 
-    def add(self, deadline: float, callback: Callable[[], None]) -> None:
+    def add(self, deadline: float, responder: _Responder) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (deadline, next(self._counter), callback))
+            if len(self._heap) >= self._compact_at:
+                self._heap = [entry for entry in self._heap if not entry[2].done]
+                heapq.heapify(self._heap)
+                self._compact_at = max(self._COMPACT_FLOOR, 2 * len(self._heap))
+            heapq.heappush(self._heap, (deadline, next(self._counter), responder))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ttrpc-deadlines", daemon=True)
                 self._thread.start()
             self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._heap)
 
     def _run(self) -> None:
         while True:
@@ -146,11 +161,11 @@ class Deadlines:
                 if now < deadline:
                     self._cond.wait(deadline - now)
                     continue
-                _, _, callback = heapq.heappop(self._heap)
+                _, _, responder = heapq.heappop(self._heap)
             try:
-                callback()
+                responder.expire()
             except Exception:
-                log.exception("deadline callback failed")
+                log.exception("expiring a call failed")
 
 
 class _Responder:
@@ -275,7 +290,7 @@ class TtrpcConnection:
         ctx = CallContext("ttrpc", deadline, {kv.key: kv.value for kv in request.metadata})
         responder = _Responder(self, header.stream_id, label)
         if deadline is not None:
-            self._deadlines.add(deadline, responder.expire)
+            self._deadlines.add(deadline, responder)
         self._in_flight.acquire()  # backpressure: stop reading while too many calls run
         try:
             self._pool.submit(self._run, request, ctx, responder)

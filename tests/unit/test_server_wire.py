@@ -237,3 +237,68 @@ def test_agent_rejects_a_malformed_server_addr_with_exit_status_2() -> None:
     )
     assert result.returncode == 2
     assert "carrier-pigeon" in result.stderr
+
+
+def test_tcp_listener_warns_and_serves_both_protocols(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from agent.address import parse_address
+    from agent.config import AgentConfig
+    from agent.rpc.server import AgentServer
+    from agent.rpc.servicer import Servicer
+    from agent.services import Services
+
+    services = Services(AgentConfig(), fake_guest_tree(tmp_path / "root"))
+    server = AgentServer(parse_address("tcp://127.0.0.1:0"), Servicer(services), run_dir=tmp_path / "run")
+    with caplog.at_level("WARNING", logger="agent.rpc.server"):
+        server.start()
+    try:
+        assert any("development only" in record.getMessage() for record in caplog.records)
+        assert server.bound.startswith("tcp://127.0.0.1:") and not server.bound.endswith(":0")
+        check_serving(server.bound, "ttrpc")
+        check_serving(server.bound, "grpc")
+    finally:
+        server.shutdown()
+
+
+def test_vsock_listener_binds_any_cid() -> None:
+    from agent.address import parse_address
+    from agent.rpc.server import listen
+
+    rng = random.Random()
+    for _ in range(20):
+        port = rng.randrange(20000, 60000)
+        try:
+            sock = listen(parse_address(f"vsock://-1:{port}"))
+        except Exception as exc:  # a port another process holds: try the next one
+            if "in use" in str(exc):
+                continue
+            raise
+        try:
+            assert sock.family == socket.AF_VSOCK
+            assert sock.getsockname() == (socket.VMADDR_CID_ANY, port)
+        finally:
+            sock.close()
+        return
+    raise AssertionError("no free vsock port found in 20 tries")
+
+
+def test_unix_listener_replaces_a_stale_socket_but_not_a_file(tmp_path: Path) -> None:
+    from agent.address import parse_address
+    from agent.errors import ResourceError
+    from agent.rpc.server import listen
+
+    short = tempfile.mkdtemp(prefix="pk-", dir="/tmp")
+    try:
+        stale = os.path.join(short, "stale.sock")
+        old = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old.bind(stale)
+        old.close()  # the file stays behind, as after a crash
+        listen(parse_address(f"unix://{stale}")).close()
+        regular = os.path.join(short, "regular")
+        Path(regular).write_text("keep me")
+        with pytest.raises(ResourceError, match="cannot listen"):
+            listen(parse_address(f"unix://{regular}"))
+        assert Path(regular).read_text() == "keep me"
+    finally:
+        for leftover in Path(short).iterdir():
+            leftover.unlink()
+        os.rmdir(short)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -208,3 +209,16 @@ def test_client_connection_uses_odd_increasing_stream_ids(peer: Peer) -> None:
         client.call("test.Service", "Fail", b"")
     assert failure.value.code == Code.NOT_FOUND
     assert peer.dispatch.contexts[1].metadata == {"k": "v"}
+
+
+def test_finished_calls_do_not_pile_up_in_the_deadline_heap(peer: Peer) -> None:
+    deadlines = ttrpc.Deadlines()
+    client, server = socket.socketpair()
+    connection = ttrpc.TtrpcConnection(server, peer.dispatch, ThreadPoolExecutor(1), deadlines)
+    for stream in range(1, 4000, 2):
+        responder = ttrpc._Responder(connection, stream, "test.Service/Echo")
+        deadlines.add(time.monotonic() + 3600, responder)
+        responder.done = True  # the call finished long before its deadline
+    assert deadlines.pending() <= 2 * ttrpc.Deadlines._COMPACT_FLOOR
+    client.close()
+    server.close()
