@@ -16,12 +16,15 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent import __version__
 from agent.config import AgentConfig, build_config, config_file_from_cmdline, help_table, setting
 from agent.errors import AgentError
 from agent.system.paths import HostPaths
+
+if TYPE_CHECKING:
+    from agent.services import Services
 
 log = logging.getLogger("agent")
 
@@ -102,9 +105,22 @@ def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
     finally:
         log.info("stopping: %s", reason[0])
         server.shutdown()
+        close_services(services)
         if reaper is not None:
             reaper.stop()
     return reason[0]
+
+
+def close_services(services: Services) -> None:
+    """Close every service built so far, the last built first (containers stop before storage)."""
+    for name, service in reversed(list(services.built().items())):
+        close = getattr(service, "close", None)
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception:
+            log.exception("closing the %s service failed", name)
 
 
 def _power_off(reason: str, paths: HostPaths) -> NoReturn:

@@ -302,3 +302,29 @@ def test_unix_listener_replaces_a_stale_socket_but_not_a_file(tmp_path: Path) ->
         for leftover in Path(short).iterdir():
             leftover.unlink()
         os.rmdir(short)
+
+
+def test_stopping_closes_built_services_last_built_first_despite_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.__main__ import close_services
+    from agent.config import AgentConfig
+    from agent.services import Services
+    from agent.system.paths import HostPaths
+
+    closed: list[str] = []
+
+    class Fake:
+        def __init__(self, name: str, fail: bool = False) -> None:
+            self.name, self.fail = name, fail
+
+        def close(self) -> None:
+            closed.append(self.name)
+            if self.fail:
+                raise RuntimeError("stuck")
+
+    services = Services(AgentConfig(), HostPaths(tmp_path))
+    built = {"storage": Fake("storage"), "guest": object(), "containers": Fake("containers", fail=True)}
+    monkeypatch.setattr(services, "built", lambda: built)
+    close_services(services)
+    assert closed == ["containers", "storage"]
