@@ -157,3 +157,23 @@ def add_entropy(fd: int, data: bytes, path: str | None = None) -> None:
     header = (ctypes.c_int * 2)(len(data) * 8, len(data))
     info = ctypes.create_string_buffer(bytes(header) + data)
     _check(_libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(RNDADDENTROPY), info), path)
+
+
+# inotify(7): cgroup v2 signals changes of files such as memory.events as IN_MODIFY
+IN_MODIFY = 0x00000002
+IN_IGNORED = 0x00008000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+
+def inotify_init1(flags: int = IN_NONBLOCK | IN_CLOEXEC) -> int:
+    return _check(_libc.inotify_init1(ctypes.c_int(flags)))
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    """The watch descriptor for ``path``; adding the same inode twice returns the same one."""
+    return _check(_libc.inotify_add_watch(ctypes.c_int(fd), _b(path), ctypes.c_uint32(mask)), path)
+
+
+def inotify_rm_watch(fd: int, wd: int) -> None:
+    _check(_libc.inotify_rm_watch(ctypes.c_int(fd), ctypes.c_int(wd)))
