@@ -331,8 +331,13 @@ class Guest:
         while True:
             code = self.qemu.poll()
             if code is not None:
-                tail = self.paths["qemu_log"].read_text(errors="replace")[-1500:]
-                raise BootError(f"QEMU exited with status {code} while booting: {tail.strip()}")
+                qemu_said = self.paths["qemu_log"].read_text(errors="replace").strip()[-1500:]
+                console = self.console_text().strip()[-1500:]
+                what = "the guest powered off" if code == 0 else f"QEMU exited with status {code}"
+                raise BootError(
+                    f"{what} while booting; QEMU: {qemu_said or '(no output)'}; "
+                    f"console ({self.console_log}): {console or '(empty)'}"
+                )
             text = self.console_text()
             if text and "console_first_line" not in self.timings:
                 self._mark("console_first_line")
