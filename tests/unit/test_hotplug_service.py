@@ -244,3 +244,55 @@ def test_rpc_probe_write_failure(servicer: Servicer, fake: FakeSysfs) -> None:
     code, text = call(servicer, "MemHotplugByProbe", agent_pb2.MemHotplugByProbeRequest(memHotplugProbeAddr=[1 << 32]))
     assert code == Code.RESOURCE_EXHAUSTED
     assert text.startswith(f"writing 0x100000000 to {fake.paths.memory_probe} failed: {errno.errorcode[errno.EISDIR]}")
+
+
+# --- wiring: the container service's targets and the engine's cpuset writer
+
+
+class StubContainers:
+    def __init__(self, leaves: list[Path]) -> None:
+        self.leaves = leaves
+
+    def cpuset_targets(self) -> list[Path]:
+        return self.leaves
+
+
+class StubServices:
+    def __init__(self, fake: FakeSysfs, built: dict[str, Any]) -> None:
+        self.paths = fake.paths
+        self.config = build_config()
+        self._built = built
+
+    def built(self) -> dict[str, Any]:
+        return dict(self._built)
+
+
+def test_from_services_finds_container_targets_only_when_containers_exist(
+    fake: FakeSysfs, services_to_close: list[ResourceService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import types
+
+    calls: list[tuple[str, str | None, list[Path]]] = []
+    engine = types.ModuleType("agent.container.cgroups")
+
+    def propagate_cpuset(paths: Any, cpus: str, mems: str | None, leaf_dirs: list[Path]) -> None:
+        calls.append((cpus, mems, leaf_dirs))
+
+    engine.propagate_cpuset = propagate_cpuset  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "agent.container.cgroups", engine)
+    leaf = fake.paths.cgroup_root / "cpuset" / "kata" / "c1"
+
+    without = ResourceService.from_services(StubServices(fake, {}))  # type: ignore[arg-type]
+    services_to_close.append(without)
+    fake.add_cpu(2)
+    without.online_cpu_mem(3, wait=True, cpu_only=True)
+    assert calls == []  # no container service built: no containers to update
+
+    with_containers = ResourceService.from_services(
+        StubServices(fake, {"containers": StubContainers([leaf])})  # type: ignore[arg-type]
+    )
+    services_to_close.append(with_containers)
+    fake.add_cpu(3)
+    with_containers.online_cpu_mem(4, wait=True, cpu_only=True)
+    assert calls == [("0-3", None, [leaf])]
