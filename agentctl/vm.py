@@ -48,6 +48,11 @@ class BootError(RuntimeError):
     """The guest did not come up; the message names the phase and points at the logs."""
 
 
+class GuestPoweredOff(BootError):
+    """The guest ran and powered itself off before it was ready: the accelerator worked, the guest
+    failed (so there is no point in trying another accelerator)."""
+
+
 @dataclass
 class GuestConfig:
     kernel: Path | None = None
@@ -264,7 +269,7 @@ class Guest:
                 return self
             except BootError as exc:
                 self.kill()
-                if last:
+                if last or isinstance(exc, GuestPoweredOff):
                     raise
                 self.progress(f"{accel} did not boot the guest ({str(exc)[:200]}); trying {accels[attempt + 1]}")
                 with contextlib.suppress(OSError):
@@ -334,7 +339,8 @@ class Guest:
                 qemu_said = self.paths["qemu_log"].read_text(errors="replace").strip()[-1500:]
                 console = self.console_text().strip()[-1500:]
                 what = "the guest powered off" if code == 0 else f"QEMU exited with status {code}"
-                raise BootError(
+                error = GuestPoweredOff if code == 0 else BootError
+                raise error(
                     f"{what} while booting; QEMU: {qemu_said or '(no output)'}; "
                     f"console ({self.console_log}): {console or '(empty)'}"
                 )
