@@ -1,0 +1,138 @@
+"""Which cgroup hierarchies the kernel has mounted (from mountinfo), and where a container's cgroup goes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from agent.errors import InvalidArgument, Unsupported
+from agent.system.paths import HostPaths
+
+# Controllers a v1 "cgroup" mount can carry (its super options name them); named hierarchies such as
+# name=systemd carry none and are left alone.
+V1_CONTROLLERS = frozenset(
+    {
+        "blkio",
+        "cpu",
+        "cpuacct",
+        "cpuset",
+        "devices",
+        "freezer",
+        "hugetlb",
+        "memory",
+        "misc",
+        "net_cls",
+        "net_prio",
+        "perf_event",
+        "pids",
+        "rdma",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """``version`` 2: one unified hierarchy at ``root``. ``version`` 1: ``controllers`` maps each v1
+    controller to its mount point. ``hybrid`` is v1 plus a cgroup2 at ``unified`` (treated as v1)."""
+
+    version: int
+    root: Path
+    controllers: dict[str, Path] = field(default_factory=dict)
+    hybrid: bool = False
+    unified: Path | None = None
+
+    def controller_root(self, controller: str) -> Path | None:
+        if self.version == 2:
+            return self.root
+        return self.controllers.get(controller)
+
+
+def _unescape(text: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
+    out: list[str] = []
+    index = 0
+    while index < len(text):
+        digits = text[index + 1 : index + 4]
+        if text[index] == "\\" and len(digits) == 3 and digits.isdigit():
+            out.append(chr(int(digits, 8)))
+            index += 4
+        else:
+            out.append(text[index])
+            index += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[tuple[str, str, str]]:
+    """(mount point, fstype, super options) of each line of /proc/self/mountinfo."""
+    mounts: list[tuple[str, str, str]] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if "-" not in fields or len(fields) < 7:
+            continue
+        separator = fields.index("-")
+        if len(fields) < separator + 4:
+            continue
+        mounts.append((_unescape(fields[4]), fields[separator + 1], fields[separator + 3]))
+    return mounts
+
+
+def detect(paths: HostPaths) -> Layout:
+    """The cgroup layout under ``paths.cgroup_root``, from ``paths.mountinfo``. Mount points in that
+    file are read as paths inside ``paths.root`` (a later mount on the same point hides an earlier)."""
+    try:
+        text = paths.mountinfo.read_text()
+    except OSError as exc:
+        raise Unsupported(f"cannot read {paths.mountinfo} to find the cgroup mounts: {exc.strerror}") from exc
+    root = paths.cgroup_root
+    by_point: dict[Path, tuple[str, str]] = {}
+    for point, fstype, options in parse_mountinfo(text):
+        where = paths.inside(point)
+        if where == root or root in where.parents:
+            by_point[where] = (fstype, options)
+    if by_point.get(root, ("", ""))[0] == "cgroup2":
+        return Layout(version=2, root=root)
+    controllers: dict[str, Path] = {}
+    unified: Path | None = None
+    for where, (fstype, options) in by_point.items():
+        if fstype == "cgroup2":
+            unified = where
+        elif fstype == "cgroup":
+            for option in options.split(","):
+                if option in V1_CONTROLLERS:
+                    controllers[option] = where
+    if controllers:
+        return Layout(version=1, root=root, controllers=controllers, hybrid=unified is not None, unified=unified)
+    if unified is not None:
+        # a lone cgroup2 below the root (systemd's "unified" without v1 controllers): use it as v2
+        return Layout(version=2, root=unified)
+    raise Unsupported(f"no cgroup filesystem is mounted at or under {root} (see {paths.mountinfo})")
+
+
+def container_cgroup(cgroups_path: str, container_id: str) -> PurePosixPath:
+    """The relative cgroup path for OCI ``linux.cgroupsPath``.
+
+    - empty: ``pykata/<container_id>``;
+    - ``/a/b`` or ``a/b``: ``a/b`` (both are taken from the hierarchy root: the agent runs at the root);
+    - systemd style ``slice:prefix:name`` (no ``/``): ``slice/prefix-name.scope``, with ``system.slice``
+      for an empty slice and ``name.scope`` for an empty prefix. No systemd is involved: the path is made
+      directly in cgroupfs.
+    """
+    if "\0" in cgroups_path:
+        raise InvalidArgument("linux.cgroupsPath must not contain a NUL byte")
+    if not cgroups_path:
+        if not container_id or "/" in container_id or container_id in (".", ".."):
+            raise InvalidArgument(f"container id {container_id!r} cannot name a cgroup")
+        return PurePosixPath("pykata", container_id)
+    if "/" not in cgroups_path and cgroups_path.count(":") == 2:
+        slice_name, prefix, name = cgroups_path.split(":")
+        if not name:
+            raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r}: systemd form slice:prefix:name needs a name")
+        scope = f"{prefix}-{name}.scope" if prefix else f"{name}.scope"
+        parts = [slice_name or "system.slice", scope]
+    else:
+        parts = [part for part in cgroups_path.split("/") if part and part != "."]
+    if any(part == ".." for part in parts):
+        raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r} must not contain '..'")
+    if not parts:
+        raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r} names the cgroup root; give a cgroup below it")
+    return PurePosixPath(*parts)

@@ -1,0 +1,400 @@
+"""One container's cgroup: create, apply limits, add processes, stats, freeze, remove (v1 and v2).
+
+The manager holds no state beyond where the cgroup is, so a new manager for the same path (after an
+agent restart, or from another command of the runtime CLI) can update, freeze and destroy it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from agent.errors import IncorrectState, InvalidArgument, NotFound, ResourceError, Unsupported
+from agent.hotplug.cpuset import parse_cpuset
+from agent.system import sysfs
+from agent.system.paths import HostPaths
+
+from . import plan as planner
+from . import stats as reader
+from .layout import Layout, container_cgroup, detect
+from .plan import Write
+
+log = logging.getLogger(__name__)
+
+# v2 controllers enabled for containers when the parent offers them.
+V2_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "pids", "hugetlb")
+FREEZE_TIMEOUT = 5.0
+RMDIR_TIMEOUT = 2.0
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+def _pause(attempt: int) -> None:
+    time.sleep(min(0.001 * (2**attempt), 0.05))
+
+
+def execute(writes: Iterable[Write], directory_of: Mapping[str, Path]) -> None:
+    """Carry out ``writes`` through sysfs.write, each in its controller's directory. Never creates a
+    file: a missing one is Unsupported naming the controller and the file (unless the write is
+    optional); a refused write is ResourceError naming the file, the value and the errno."""
+    for write in writes:
+        directory = directory_of.get(write.controller)
+        if directory is None:
+            raise Unsupported(f"no {write.controller} cgroup controller is available here, needed for {write.file}")
+        target = directory / write.file
+        if not target.exists():
+            if write.optional:
+                log.debug("skipping %s: the kernel has no %s", write, target)
+                continue
+            raise Unsupported(
+                f"cgroup controller {write.controller} has no file {write.file} in {directory} "
+                "(is the controller enabled for this cgroup?)"
+            )
+        try:
+            sysfs.write(target, write.value)
+        except OSError as exc:
+            raise ResourceError(
+                f"cannot write {write.value!r} to {target} ({write.controller} controller): "
+                f"{_errno_name(exc)} ({exc.strerror})"
+            ) from exc
+
+
+def _procs(directory: Path) -> list[int]:
+    """PIDs in ``directory`` and every cgroup below it."""
+    found: list[int] = []
+    if not directory.is_dir():
+        return found
+    for current, _dirs, _files in os.walk(directory):
+        try:
+            text = (Path(current) / "cgroup.procs").read_text()
+        except FileNotFoundError:
+            continue
+        found.extend(int(line) for line in text.split())
+    return sorted(set(found))
+
+
+def _remove_tree(directory: Path) -> None:
+    """rmdir ``directory`` and the cgroups below it, bottom-up. A cgroup whose last process has just
+    exited can be busy for a moment, so EBUSY is retried for up to RMDIR_TIMEOUT."""
+    if not directory.exists():
+        return
+    for current, _dirs, _files in os.walk(directory, topdown=False):
+        deadline = time.monotonic() + RMDIR_TIMEOUT
+        attempt = 0
+        while True:
+            try:
+                os.rmdir(current)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    raise ResourceError(f"cannot remove cgroup {current}: {_errno_name(exc)} ({exc.strerror})") from exc
+                _pause(attempt)
+                attempt += 1
+
+
+class CgroupManager:
+    """The common part of the v1 and v2 managers. ``relative`` is the cgroup path below each root."""
+
+    version = 0
+
+    def __init__(self, paths: HostPaths, layout: Layout, relative: PurePosixPath) -> None:
+        self.paths = paths
+        self.layout = layout
+        self.relative = relative
+
+    # --- to be provided by each version
+    def directories(self) -> dict[str, Path]:
+        """controller -> the container's directory for it."""
+        raise NotImplementedError
+
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def plan(self, resources: Mapping[str, Any]) -> list[Write]:
+        raise NotImplementedError
+
+    def _usage_file(self) -> Path | None:
+        raise NotImplementedError
+
+    def stats(self) -> reader.CgroupStats:
+        raise NotImplementedError
+
+    def _set_frozen(self, frozen: bool, timeout: float) -> None:
+        raise NotImplementedError
+
+    def _procs_dir(self) -> Path:
+        raise NotImplementedError
+
+    def memory_dir(self) -> Path | None:
+        raise NotImplementedError
+
+    # --- shared
+    def apply(self, resources: Mapping[str, Any]) -> None:
+        """Validate ``resources`` (OCI linux.resources), then write them."""
+        writes = self.plan(resources)
+        self._check_memory_usage(resources)
+        execute(writes, self.directories())
+
+    def update(self, resources: Mapping[str, Any]) -> None:
+        """Change limits of a live cgroup; fields that are absent stay as they are."""
+        self._require_exists()
+        self.apply(resources)
+
+    def _require_exists(self) -> None:
+        if not self._procs_dir().is_dir():
+            raise NotFound(f"cgroup {self.relative} does not exist (was it created?)")
+
+    def _check_memory_usage(self, resources: Mapping[str, Any]) -> None:
+        limit = planner.memory_limit(resources)
+        usage_file = self._usage_file()
+        if limit is None or usage_file is None or not usage_file.exists():
+            return
+        usage = sysfs.read_int(usage_file)
+        if limit < usage:
+            raise InvalidArgument(
+                f"linux.resources.memory.limit {limit} is below the memory the container uses now ({usage} bytes)"
+            )
+
+    def add_pid(self, pid: int) -> None:
+        """Move ``pid`` (a process, with all its threads) into the cgroup, in every hierarchy."""
+        seen: set[Path] = set()
+        for controller, directory in self.directories().items():
+            if directory in seen:
+                continue
+            seen.add(directory)
+            try:
+                sysfs.write(directory / "cgroup.procs", str(pid))
+            except OSError as exc:
+                if exc.errno == errno.ESRCH:
+                    raise NotFound(f"process {pid} does not exist; cannot add it to cgroup {self.relative}") from exc
+                raise ResourceError(
+                    f"cannot add process {pid} to {directory} ({controller}): {_errno_name(exc)} ({exc.strerror})"
+                ) from exc
+
+    def pids(self) -> list[int]:
+        """Every process in the cgroup and the cgroups below it."""
+        return _procs(self._procs_dir())
+
+    def freeze(self, timeout: float = FREEZE_TIMEOUT) -> None:
+        self._require_exists()
+        self._set_frozen(True, timeout)
+
+    def thaw(self, timeout: float = FREEZE_TIMEOUT) -> None:
+        self._require_exists()
+        self._set_frozen(False, timeout)
+
+    def exists(self) -> bool:
+        return self._procs_dir().is_dir()
+
+    def destroy(self) -> None:
+        """Remove the cgroup (and any below it) in every hierarchy. Processes are not killed: if any
+        remain this raises ResourceError naming them and removes nothing."""
+        remaining = self.pids()
+        if remaining:
+            raise ResourceError(f"cgroup {self.relative} still has processes {remaining}; stop them before removing it")
+        for directory in sorted(set(self.directories().values()), key=str):
+            _remove_tree(directory)
+
+    def cpuset_dir(self) -> Path:
+        directory = self.directories().get("cpuset")
+        if directory is None:
+            raise Unsupported("no cpuset cgroup controller is available here")
+        return directory
+
+    def set_cpuset(self, cpus: str, mems: str | None = None) -> None:
+        """Write the container's cpus (and memory nodes). The parent must already allow them: use
+        ``propagate_cpuset`` to widen ancestors after CPU hotplug."""
+        writes = planner.cpuset({"cpu": {"cpus": cpus, "mems": mems}})
+        parse_cpuset(cpus, what="cpuset cpus")
+        if mems is not None:
+            parse_cpuset(mems, what="cpuset mems")
+        execute(writes, {"cpuset": self.cpuset_dir()})
+
+
+class V1Manager(CgroupManager):
+    version = 1
+
+    def directories(self) -> dict[str, Path]:
+        return {name: root / self.relative for name, root in sorted(self.layout.controllers.items())}
+
+    def memory_dir(self) -> Path | None:
+        return self.directories().get("memory")
+
+    def _procs_dir(self) -> Path:
+        dirs = self.directories()
+        for name in ("freezer", "pids", "memory", "cpu"):
+            if name in dirs:
+                return dirs[name]
+        return next(iter(dirs.values()))
+
+    def _usage_file(self) -> Path | None:
+        memory = self.memory_dir()
+        return None if memory is None else memory / "memory.usage_in_bytes"
+
+    def create(self) -> None:
+        """mkdir the path in every hierarchy. A new v1 cpuset cgroup has no cpus and no mems (no task
+        could join it), so each empty level gets its parent's values, from the top down."""
+        for directory in dict.fromkeys(self.directories().values()):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ResourceError(f"cannot create cgroup {directory}: {_errno_name(exc)} ({exc.strerror})") from exc
+        cpuset_root = self.layout.controllers.get("cpuset")
+        if cpuset_root is not None:
+            parent = cpuset_root
+            for part in self.relative.parts:
+                child = parent / part
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    if not sysfs.read_text(child / name):
+                        execute([Write("cpuset", name, sysfs.read_text(parent / name))], {"cpuset": child})
+                parent = child
+
+    def plan(self, resources: Mapping[str, Any]) -> list[Write]:
+        current: int | None = None
+        memory = self.memory_dir()
+        if memory is not None and (memory / "memory.limit_in_bytes").exists():
+            value = sysfs.read_int(memory / "memory.limit_in_bytes")
+            current = value if value < 2**62 else None  # the kernel's "unlimited" is near 2**63
+        writes = planner.plan_v1(resources, current_memory_limit=current)
+        if "devices" not in self.layout.controllers:
+            writes = [w for w in writes if w.controller != "devices"]
+        return writes
+
+    def stats(self) -> reader.CgroupStats:
+        self._require_exists()
+        return reader.read_v1(self.directories())
+
+    def _set_frozen(self, frozen: bool, timeout: float) -> None:
+        directory = self.directories().get("freezer")
+        if directory is None:
+            raise Unsupported("no freezer cgroup controller is mounted: pausing needs one")
+        wanted = "FROZEN" if frozen else "THAWED"
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            # FREEZING can stall on a task in an uninterruptible sleep; writing again retries it
+            execute([Write("freezer", "freezer.state", wanted)], {"freezer": directory})
+            state = sysfs.read_text(directory / "freezer.state")
+            if state == wanted:
+                return
+            if time.monotonic() >= deadline:
+                raise ResourceError(f"cgroup {directory} is still {state} after {timeout} s (asked for {wanted})")
+            _pause(attempt)
+            attempt += 1
+
+
+class V2Manager(CgroupManager):
+    version = 2
+
+    def __init__(self, paths: HostPaths, layout: Layout, relative: PurePosixPath, *, manage_root: bool = True) -> None:
+        super().__init__(paths, layout, relative)
+        self.manage_root = manage_root
+
+    @property
+    def path(self) -> Path:
+        return self.layout.root / self.relative
+
+    def directories(self) -> dict[str, Path]:
+        return {name: self.path for name in ("cgroup", *V2_CONTROLLERS)}
+
+    def memory_dir(self) -> Path | None:
+        return self.path
+
+    def _procs_dir(self) -> Path:
+        return self.path
+
+    def _usage_file(self) -> Path | None:
+        return self.path / "memory.current"
+
+    def create(self) -> None:
+        """mkdir the path, then enable the controllers containers use in each level's
+        cgroup.subtree_control from the top: the root (only when ``manage_root``: the agent as the
+        guest's init owns it) and every level below it down to the container's parent."""
+        directory = self.layout.root
+        levels = [directory]
+        for part in self.relative.parts:
+            directory = directory / part
+            if not directory.is_dir():
+                try:
+                    directory.mkdir()
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise ResourceError(
+                        f"cannot create cgroup {directory}: {_errno_name(exc)} ({exc.strerror})"
+                    ) from exc
+            levels.append(directory)
+        for level in levels[:-1]:
+            if level == self.layout.root and not self.manage_root:
+                continue
+            self.enable_controllers(level, V2_CONTROLLERS)
+
+    @staticmethod
+    def enable_controllers(directory: Path, wanted: Iterable[str]) -> list[str]:
+        """Enable those of ``wanted`` that ``directory`` offers (cgroup.controllers) and has not
+        enabled yet; returns the ones written."""
+        offered = set(sysfs.read_text(directory / "cgroup.controllers").split())
+        enabled = set(sysfs.read_text(directory / "cgroup.subtree_control").split())
+        missing = [name for name in wanted if name in offered and name not in enabled]
+        for name in missing:
+            try:
+                sysfs.write(directory / "cgroup.subtree_control", f"+{name}")
+            except OSError as exc:
+                raise ResourceError(
+                    f"cannot enable the {name} controller in {directory / 'cgroup.subtree_control'}: "
+                    f"{_errno_name(exc)} ({exc.strerror})"
+                ) from exc
+        return missing
+
+    def plan(self, resources: Mapping[str, Any]) -> list[Write]:
+        writes = planner.plan_v2(resources)
+        if planner._list(resources, "devices"):
+            log.debug("cgroup v2: device rules are not applied (that needs an eBPF program)")
+        return writes
+
+    def stats(self) -> reader.CgroupStats:
+        self._require_exists()
+        return reader.read_v2(self.path)
+
+    def _set_frozen(self, frozen: bool, timeout: float) -> None:
+        if not (self.path / "cgroup.freeze").exists():
+            raise Unsupported(f"{self.path} has no cgroup.freeze (the kernel is older than 5.2)")
+        execute([Write("cgroup", "cgroup.freeze", "1" if frozen else "0")], {"cgroup": self.path})
+        wanted = 1 if frozen else 0
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while reader.flat_keyed(self.path / "cgroup.events").get("frozen", -1) != wanted:
+            if time.monotonic() >= deadline:
+                what = "freeze" if frozen else "thaw"
+                raise ResourceError(f"cgroup {self.path} did not {what} within {timeout} s (see cgroup.events)")
+            _pause(attempt)
+            attempt += 1
+
+
+def manager_for(
+    paths: HostPaths,
+    cgroups_path: str,
+    container_id: str,
+    *,
+    layout: Layout | None = None,
+    manage_root: bool = True,
+) -> CgroupManager:
+    """The manager of the cgroup for OCI ``linux.cgroupsPath`` (see ``container_cgroup``). Nothing is
+    created until ``create()``. ``manage_root`` (v2) lets create() enable controllers in the root's
+    cgroup.subtree_control; turn it off where the root belongs to someone else."""
+    relative = container_cgroup(cgroups_path, container_id)
+    found = layout or detect(paths)
+    if found.version == 2:
+        return V2Manager(paths, found, relative, manage_root=manage_root)
+    if not found.controllers:
+        raise IncorrectState(f"cgroup v1 layout under {found.root} has no controllers")
+    return V1Manager(paths, found, relative)
