@@ -41,9 +41,11 @@ class Way:
     failure: str = ""
 
 
-def _timed_command(argv: list[str], cwd: Path) -> Callable[[str], None]:
+def _timed_command(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Callable[[str], None]:
     def cycle(container_id: str) -> None:
-        done = subprocess.run([*argv, container_id], cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True)
+        done = subprocess.run(
+            [*argv, container_id], cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, env=env
+        )
         if done.returncode != 0:
             tail = done.stderr.decode(errors="replace")[-400:]
             raise RuntimeError(f"{' '.join(argv)} {container_id}: exit {done.returncode}: {tail}")
@@ -71,14 +73,28 @@ def pykata_runc_way(bundle: Path, state: Path) -> Way:
     return Way("pykata-runc", _timed_command(argv, REPO))
 
 
-def python_startup_way() -> Way:
+def no_site_env() -> dict[str, str]:
+    """PYTHONPATH for ``python -S``: the repo and site-packages, without running site's .pth hooks."""
+    import sysconfig
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])}
+
+
+def pykata_runc_no_site_way(bundle: Path, state: Path) -> Way:
+    """(b) again with ``python -S``: what a launcher that skips site-packages' start-up hooks gets."""
+    argv = [sys.executable, "-S", "-m", "agent.container.cli", "--root", str(state / "pykata-S"), "run",
+            "--bundle", str(bundle)]  # fmt: skip
+    return Way("pykata-runc -S", _timed_command(argv, REPO, no_site_env()))
+
+
+def python_startup_way(*flags: str) -> Way:
     """Not a container: the interpreter's own start-up, to show what part of (b) it is."""
-    argv = [sys.executable, "-c", "pass"]
+    argv = [sys.executable, *flags, "-c", "pass"]
 
     def cycle(container_id: str) -> None:
         subprocess.run(argv, check=True)
 
-    return Way("python -c pass", cycle)
+    return Way(" ".join(["python", *flags, "-c pass"]), cycle)
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -123,14 +139,21 @@ def measure(ways: list[Way], runs: int) -> None:
 
 def main() -> None:
     sys.path.insert(0, str(REPO))
+    import compileall
+
     from tests.helpers.bundle import make_bundle
+
+    # An installed package has its .pyc files; a checkout under PYTHONDONTWRITEBYTECODE would compile
+    # every module at every start. Compile once, as pip does at install.
+    compileall.compile_dir(REPO / "agent", quiet=1)
 
     with tempfile.TemporaryDirectory(prefix="pykata-bench-") as temporary:
         workdir = Path(temporary)
         bundle = make_bundle(workdir / "bundle", ["/bin/true"])
         state = workdir / "state"
-        ways = [agent_way(bundle, workdir), pykata_runc_way(bundle, state), runc_way(bundle, state),
-                crun_way(bundle, state), python_startup_way()]  # fmt: skip
+        ways = [agent_way(bundle, workdir), pykata_runc_way(bundle, state), pykata_runc_no_site_way(bundle, state),
+                runc_way(bundle, state), crun_way(bundle, state), python_startup_way(),
+                python_startup_way("-S")]  # fmt: skip
         try:
             measure(ways, 2)  # warm caches (page cache, .pyc files); not counted
             for way in ways:

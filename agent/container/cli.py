@@ -18,9 +18,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 if TYPE_CHECKING:
     from agent.container.cli_backend import Backend
@@ -45,8 +44,9 @@ class UsageError(CliError):
 # its first argument so ``exec ID ls -l`` passes ``-l`` to ls, as runc does.
 
 
-@dataclass(frozen=True)
-class Flag:
+# NamedTuples and plain classes rather than dataclasses: building a dataclass costs about a
+# millisecond at import, and this module's import is on the path of every short command.
+class Flag(NamedTuple):
     names: tuple[str, ...]
     dest: str
     takes_value: bool = True
@@ -54,8 +54,7 @@ class Flag:
     help: str = ""
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     name: str
     usage: str
     flags: tuple[Flag, ...] = ()
@@ -187,12 +186,18 @@ COMMANDS = {
 }
 
 
-@dataclass
 class Invocation:
-    options: dict[str, Any]  # global flags
-    command: Command | None
-    flags: dict[str, Any] = field(default_factory=dict)
-    args: list[str] = field(default_factory=list)
+    def __init__(
+        self,
+        options: dict[str, Any],
+        command: Command | None,
+        flags: dict[str, Any] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
+        self.options = options  # global flags
+        self.command = command
+        self.flags = flags if flags is not None else {}
+        self.args = args if args is not None else []
 
 
 def _find_flag(flags: Sequence[Flag], name: str) -> Flag | None:
@@ -409,28 +414,46 @@ STATUS_PAUSED = "paused"
 STATUS_STOPPED = "stopped"
 
 
-@dataclass
 class Record:
-    id: str
-    bundle: str
-    rootfs: str
-    created: str
-    pid: int = 0
-    pid_start: int = 0  # the init's start time (clock ticks since boot) guards against pid reuse
-    started: bool = False
-    paused: bool = False
-    oci_version: str = OCI_VERSION
-    annotations: dict[str, str] = field(default_factory=dict)
-    hooks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # the hooks the CLI runs itself
-    engine: dict[str, Any] = field(default_factory=dict)  # whatever the engine needs to act again
+    """What state.json holds about one container."""
+
+    FIELDS = ("id", "bundle", "rootfs", "created", "pid", "pid_start", "started", "paused", "oci_version",
+              "annotations", "hooks", "engine")  # fmt: skip
+
+    def __init__(
+        self,
+        id: str,
+        bundle: str,
+        rootfs: str,
+        created: str,
+        pid: int = 0,
+        pid_start: int = 0,
+        started: bool = False,
+        paused: bool = False,
+        oci_version: str = OCI_VERSION,
+        annotations: dict[str, str] | None = None,
+        hooks: dict[str, list[dict[str, Any]]] | None = None,
+        engine: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = id
+        self.bundle = bundle
+        self.rootfs = rootfs
+        self.created = created
+        self.pid = pid
+        self.pid_start = pid_start  # the init's start time (clock ticks since boot) guards against pid reuse
+        self.started = started
+        self.paused = paused
+        self.oci_version = oci_version
+        self.annotations = annotations or {}
+        self.hooks = hooks or {}  # the hooks the CLI runs itself
+        self.engine = engine or {}  # whatever the backend needs to act again
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {name: getattr(self, name) for name in self.FIELDS}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(**{k: v for k, v in data.items() if k in cls.FIELDS})
 
 
 def validate_id(container_id: str) -> None:

@@ -17,7 +17,6 @@ import os
 import resource
 import select
 import termios
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,6 @@ import prctl  # imported here, not in the child: after pivot_root the host's mod
 from agent.errors import InvalidArgument, NotFound, ResourceError
 from agent.system import libc
 from agent.system.paths import HostPaths
-from agent.system.run import CommandError, CommandNotFound, run
 
 if TYPE_CHECKING:
     from agent.container.cli import Record
@@ -68,15 +66,23 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 
 
-@dataclass(frozen=True)
 class MountStep:
     """One mount(2) call, as data: printed in errors, executed in order."""
 
-    source: str | None
-    target: str
-    fstype: str | None
-    flags: int
-    data: str | None = None
+    __slots__ = ("data", "flags", "fstype", "source", "target")
+
+    def __init__(
+        self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.fstype = fstype
+        self.flags = flags
+        self.data = data
+
+    def __repr__(self) -> str:
+        fields = f"{self.source!r}, {self.target!r}, {self.fstype!r}, {self.flags:#x}, {self.data!r}"
+        return f"{type(self).__name__}({fields})"
 
     def run(self) -> None:
         libc.mount(self.source, self.target, self.fstype, self.flags, self.data)
@@ -481,6 +487,8 @@ def _init(
                 step.run()
             except OSError as exc:
                 raise OSError(exc.errno, f"{exc.strerror}: {step}") from None
+        if (spec.get("hooks") or {}).get("startContainer"):
+            import agent.system.run  # noqa: F401  (needed after pivot_root, where host modules are gone)
         _container_hooks(spec, "createContainer")  # in our namespaces, before the root moves
         _enter_root(rootfs, no_pivot)
         _mask_and_protect(linux, bool((spec.get("root") or {}).get("readonly")))
@@ -507,7 +515,13 @@ def _init(
 
 
 def _container_hooks(spec: dict[str, Any], kind: str) -> None:
-    for hook in (spec.get("hooks") or {}).get(kind) or []:
+    hooks = (spec.get("hooks") or {}).get(kind) or []
+    if not hooks:
+        return
+    # Imported on demand (subprocess is costly at start-up); the first call comes before pivot_root.
+    from agent.system.run import CommandError, CommandNotFound, run
+
+    for hook in hooks:
         argv = [hook["path"], *(hook.get("args") or [hook["path"]])[1:]]
         env = dict(item.split("=", 1) for item in hook.get("env") or [] if "=" in item)
         try:
