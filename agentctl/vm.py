@@ -392,10 +392,12 @@ class Guest:
     def kill(self) -> None:
         """End QEMU and the back-end by PID (QMP quit first when QEMU still runs)."""
         if self.qemu is not None and self.qemu.poll() is None:
+            asked = False
             with contextlib.suppress(OSError, ValueError, QMPError), self.qmp(timeout=3) as qmp:
                 qmp.execute("quit")
+                asked = True
             try:
-                self.qemu.wait(5)
+                self.qemu.wait(5 if asked else 0.1)
             except subprocess.TimeoutExpired:
                 kill_pid(self.qemu.pid)
                 self.qemu.wait()

@@ -163,3 +163,59 @@ def test_hotplug_memory_adds_a_shared_backend_and_a_dimm(qmp: tuple[QMPClient, F
     assert objects[0] == {"qom-type": "memory-backend-memfd", "id": "hotmem0", "size": 256 << 20, "share": True}
     dimms = [c["arguments"] for c in server.commands if c["execute"] == "device_add"]
     assert dimms[1] == {"driver": "pc-dimm", "id": "dimm1", "memdev": "hotmem1"}
+
+
+FAKE_QEMU = """#!/bin/sh
+# Plays qemu-system-x86_64 for the launcher: fails under KVM, "boots" under TCG.
+echo "$*" >> {calls}
+console=""
+for arg in "$@"; do
+    case "$arg" in file,id=console0,path=*) console="${{arg#file,id=console0,path=}}" ;; esac
+done
+case "$*" in *"-accel kvm"*) echo "kvm: MSR assertion" >&2; exit 1 ;; esac
+{behaviour}
+"""
+
+
+def _fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, behaviour: str) -> Path:
+    calls = tmp_path / "calls"
+    script = tmp_path / "fake-qemu"
+    script.write_text(FAKE_QEMU.format(calls=calls, behaviour=behaviour))
+    script.chmod(0o755)
+    monkeypatch.setattr(vm, "QEMU", str(script))
+    monkeypatch.setattr(vm, "kvm_usable", lambda: True)
+    monkeypatch.setattr(vm, "DEFAULT_RUN_DIR", tmp_path / "run" / "vm")
+    return calls
+
+
+def _config(tmp_path: Path) -> vm.GuestConfig:
+    return vm.GuestConfig(kernel=Path("/k"), initrd=Path("/i"), run_dir=tmp_path / "guest", ready_port=None)
+
+
+def test_kvm_failure_falls_back_to_tcg_and_is_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_qemu(tmp_path, monkeypatch, 'echo "agent ready" > "$console"; exec sleep 60')
+    notes: list[str] = []
+    with vm.Guest(_config(tmp_path), notes.append) as guest:
+        guest.start()
+        assert guest.accel == "tcg"
+        assert guest.qemu is not None and guest.qemu.poll() is None
+        assert guest.backend is not None and guest.backend.poll() is None
+        assert guest.uds.exists()
+    assert guest.qemu.poll() is not None and guest.backend.poll() is not None, "both ended by PID"
+    assert [line.count("-accel kvm") for line in calls.read_text().splitlines()] == [1, 0]
+    assert any("trying tcg" in note for note in notes)
+    assert (tmp_path / "run" / vm.KVM_VERDICT).is_file()
+    # The next boot goes straight to TCG.
+    calls.unlink()
+    with vm.Guest(_config(tmp_path), notes.append) as guest:
+        guest.start()
+    assert "-accel kvm" not in calls.read_text()
+
+
+def test_guest_that_powers_off_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_qemu(tmp_path, monkeypatch, 'echo "agent failed: ImportError" > "$console"; exit 0')
+    monkeypatch.setattr(vm, "kvm_usable", lambda: False)
+    with pytest.raises(vm.GuestPoweredOff, match="ImportError"), vm.Guest(_config(tmp_path), lambda m: None) as guest:
+        guest.start()
+    assert len(calls.read_text().splitlines()) == 1
+    assert guest.backend is not None and guest.backend.poll() is not None
