@@ -1,0 +1,154 @@
+"""What goes into a guest: packages, kernel modules, Python dependencies, import lists, command lines.
+
+Change the guest here; the builders only read these tables.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+DEBIAN_RELEASE = "bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+# ---- kernel
+# The generic flavour: the -cloud- one has no 9p. The meta package names the current ABI.
+KERNEL_META_PACKAGE = "linux-image-amd64"
+# Modules the guest loads at boot; their dependencies are resolved from each module's .modinfo.
+GUEST_MODULES = (
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_console",
+    "vmw_vsock_virtio_transport",
+    "9p",
+    "9pnet_virtio",
+    "virtiofs",
+    "overlay",
+)
+# Extra modules for the image's "rootfs mode" initrd boot: mount root=/dev/vda1 (ext4) and switch to it.
+ROOT_MODULES = ("virtio_blk", "ext4", "crc32c_generic")
+# Kernel parameters per module, written after the path in modules.load.
+MODULE_PARAMS: dict[str, str] = {}
+
+# ---- rootfs (mkosi)
+ROOTFS_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "python3",
+    "libcap2",
+    "kmod",
+    "busybox-static",
+)
+# Units the agent does not need: masked in the image (linked to /dev/null).
+MASKED_UNITS = (
+    "getty.target",
+    "console-getty.service",
+    "serial-getty@.service",
+    "getty@.service",
+    "systemd-timesyncd.service",
+    "systemd-networkd.service",
+    "systemd-resolved.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "e2scrub_all.timer",
+    "fstrim.timer",
+    "systemd-tmpfiles-clean.timer",
+    "man-db.timer",
+    "dpkg-db-backup.timer",
+    "cron.service",
+)
+GUEST_PYTHON = "usr/bin/python3.11"
+PYTHON_VERSION = "3.11"
+STDLIB_DIR = f"usr/lib/python{PYTHON_VERSION}"
+# The agent and its Python dependencies live in one directory on the guest's sys.path.
+AGENT_LIB_DIR = "usr/lib/pykata"
+AGENT_LAUNCHER = "usr/bin/pykata-agent"
+AGENT_UNIT = "pykata-agent.service"
+# Kernel command line for booting the disk image (kernel and initrd given to QEMU directly).
+IMAGE_CMDLINE = "root=/dev/vda1 rootfstype=ext4 rw init=/lib/systemd/systemd console=ttyS0 quiet"
+# Free space in the image beyond its content: a fraction and a floor.
+IMAGE_HEADROOM_FRACTION = 0.25
+IMAGE_HEADROOM_MIN_MIB = 64
+
+# ---- Python dependencies
+# Packages without a wheel on PyPI: built on the host with `pip wheel`, with the Debian packages they need.
+BUILD_FROM_SOURCE = {"python-prctl": ("libcap-dev",)}
+
+# ---- initrd
+# Modules the agent imports lazily (inside functions) that a traced session may not reach.
+LAZY_IMPORTS = (
+    "agent",
+    "encodings.idna",
+    "encodings.ascii",
+    "encodings.latin_1",
+    "encodings.utf_8",
+    "encodings.aliases",
+    "json",
+    "json.decoder",
+    "json.encoder",
+    "json.scanner",
+    "ctypes",
+    "ctypes.util",
+    "concurrent.futures",
+    "concurrent.futures.thread",
+    "selectors",
+    "socket",
+    "signal",
+    "subprocess",
+    "tomllib",
+    "shlex",
+    "pty",
+    "tty",
+    "termios",
+    "fcntl",
+    "resource",
+    "grpc",
+    "grpc._cython.cygrpc",
+    "google.protobuf",
+    "google.protobuf.json_format",
+    "google.protobuf.empty_pb2",
+    "google.protobuf.any_pb2",
+    "psutil",
+    "psutil._pslinux",
+    "psutil._psposix",
+    "pyroute2",
+    "pyroute2.iproute",
+    "pyroute2.iproute.linux",
+    "pyroute2.netlink.rtnl",
+    "pyroute2.netlink.rtnl.ifinfmsg",
+    "pyroute2.netlink.rtnl.ifaddrmsg",
+    "pyroute2.netlink.rtnl.rtmsg",
+    "pyroute2.netlink.rtnl.ndmsg",
+    "pyroute2.netns",
+    "prctl",
+    "_prctl",
+    "typing_extensions",
+)
+# Imported by the stdlib inside try/except ImportError (asyncio -> ssl, shutil -> bz2/lzma, hashlib ->
+# _hashlib) and never used by the agent: leaving them out drops libssl, libcrypto, libbz2 and liblzma.
+EXCLUDE_MODULES = ("ssl", "_ssl", "bz2", "_bz2", "lzma", "_lzma", "_hashlib")
+# Whole packages copied in full when any module of theirs is imported: their lazy imports are many and
+# name-driven, so module-level pruning would break them.
+WHOLE_PACKAGES = ("agent", "pyroute2")
+# Parts of packages never used by a server that speaks plain gRPC.
+DROP_FROM_PACKAGES = (
+    "grpc/_cython/_credentials/roots.pem",
+    "grpc/experimental",
+    "grpc/aio/_testing",
+    "google/protobuf/internal/testdata",
+)
+# Stdlib modules nobody imports at run time but Python itself needs to find its prefix.
+PYTHON_LANDMARKS = ("os",)
+# Keep .py sources for these (something reads their source at run time); the rest ship as .pyc only.
+KEEP_SOURCES: tuple[str, ...] = ()
+
+
+def python_requirements(pyproject: Path) -> list[str]:
+    """The agent's pinned runtime dependencies, as pyproject.toml declares them (``name==version``)."""
+    data = tomllib.loads(pyproject.read_text())
+    requirements = list(data["project"]["dependencies"])
+    for requirement in requirements:
+        if "==" not in requirement:
+            raise ValueError(f"{pyproject}: dependency {requirement!r} is not pinned; the guest needs exact versions")
+    return requirements

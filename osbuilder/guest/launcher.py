@@ -1,0 +1,136 @@
+"""Start the pykata agent in a guest: the initrd's /init, and the rootfs image's agent command.
+
+It runs under ``python3.11 -IS`` (isolated, no site scan) and puts the agent's directory on sys.path
+itself. As the initrd's PID 1 it has one more job: when the kernel command line carries ``root=`` (the
+disk image boot), it loads the kernel modules, mounts that root and hands PID 1 over to its init
+(systemd), which then starts the agent from the image. Without ``root=`` the agent itself becomes PID 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+AGENT_LIB = "/usr/lib/pykata"
+MODULE_LISTS = ("/etc/pykata/modules.load", "/etc/pykata/modules-root.load")
+NEW_ROOT = "/sysroot"
+ROOT_WAIT_SECONDS = 30.0
+MS_MOVE = 0x2000
+MS_RDONLY = 0x1
+MS_NOSUID_NODEV_NOEXEC = 0x2 | 0x4 | 0x8
+
+
+def kernel_options(cmdline: str) -> dict[str, str]:
+    options = {}
+    for word in cmdline.split():
+        key, _, value = word.partition("=")
+        options[key] = value
+    return options
+
+
+def _fail(message: str) -> None:
+    from agent.system import libc
+
+    print(f"pykata init: {message}; powering off", file=sys.stderr, flush=True)
+    os.sync()
+    libc.reboot(libc.LINUX_REBOOT_CMD_POWER_OFF)
+
+
+def _mount_api_filesystems() -> None:
+    from agent.system import libc
+
+    for source, target, fstype, flags in (
+        ("proc", "/proc", "proc", MS_NOSUID_NODEV_NOEXEC),
+        ("sysfs", "/sys", "sysfs", MS_NOSUID_NODEV_NOEXEC),
+        ("devtmpfs", "/dev", "devtmpfs", 0x2),
+    ):
+        os.makedirs(target, exist_ok=True)
+        if not os.path.ismount(target):
+            libc.mount(source, target, fstype, flags, None)
+
+
+def _load_modules(release: str) -> None:
+    from agent.system import libc
+
+    seen: set[str] = set()
+    for listing in MODULE_LISTS:
+        try:
+            with open(listing) as handle:
+                lines = handle.read().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            rel, _, params = line.strip().partition(" ")
+            if not rel or rel.startswith("#") or rel in seen:
+                continue
+            seen.add(rel)
+            path = f"/lib/modules/{release}/{rel}"
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                libc.finit_module(fd, params, 0, path)
+            except FileExistsError:
+                pass
+            finally:
+                os.close(fd)
+
+
+def _remove_initramfs(root_dev: int) -> None:
+    """Free the initramfs' memory: delete its files (never crossing into another filesystem)."""
+    for dirpath, dirnames, filenames in os.walk("/", topdown=True):
+        dirnames[:] = [d for d in dirnames if os.lstat(os.path.join(dirpath, d)).st_dev == root_dev]
+        for name in filenames:
+            try:
+                os.unlink(os.path.join(dirpath, name))
+            except OSError:
+                pass
+
+
+def switch_root(options: dict[str, str]) -> None:
+    """Mount ``root=`` and exec its init as PID 1. Returns only by raising."""
+    from agent.system import libc
+
+    device = options["root"]
+    deadline = time.monotonic() + ROOT_WAIT_SECONDS
+    while not os.path.exists(device):
+        if time.monotonic() > deadline:
+            raise FileNotFoundError(f"root device {device} did not appear within {ROOT_WAIT_SECONDS:.0f} s")
+        time.sleep(0.05)
+    os.makedirs(NEW_ROOT, exist_ok=True)
+    flags = 0 if "rw" in options else MS_RDONLY
+    libc.mount(device, NEW_ROOT, options.get("rootfstype") or "ext4", flags, None)
+    init = options.get("init") or "/sbin/init"
+    if not os.path.exists(NEW_ROOT + init) and not os.path.islink(NEW_ROOT + init):
+        raise FileNotFoundError(f"{device} has no {init}")
+    for api in ("/dev", "/proc", "/sys"):
+        os.makedirs(NEW_ROOT + api, exist_ok=True)
+        libc.mount(api, NEW_ROOT + api, None, MS_MOVE, None)
+    initramfs_dev = os.lstat("/").st_dev
+    os.chdir(NEW_ROOT)
+    _remove_initramfs(initramfs_dev)
+    libc.mount(".", "/", None, MS_MOVE, None)
+    os.chroot(".")
+    os.chdir("/")
+    os.execv(init, [init])
+
+
+def main() -> None:
+    sys.path.insert(0, AGENT_LIB)
+    if os.getpid() == 1:
+        try:
+            _mount_api_filesystems()
+            with open("/proc/cmdline") as handle:
+                options = kernel_options(handle.read())
+            if options.get("root"):
+                _load_modules(os.uname().release)
+                switch_root(options)
+        except Exception as exc:  # PID 1 must not exit: say why and power off
+            _fail(f"{type(exc).__name__}: {exc}")
+    import runpy
+
+    sys.argv[0] = "agent"
+    runpy.run_module("agent", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The guest kernel: Debian's generic package (distro.py) or a build from linux-source (source.py)."""

@@ -1,0 +1,162 @@
+"""Which modules does the agent import? Trace it, so the initrd carries those and no others.
+
+Two runs on the host, both without ``site`` (as in the guest) and each ending with a dump of
+``sys.modules``:
+- every module of the agent package imported at once (covers module-level imports of all code paths);
+- the agent serving on a unix socket while a client asks Check over ttrpc, gRPC and ttrpc again; the
+  dump is asked for with SIGUSR2 while it still serves.
+The union, plus ``config.LAZY_IMPORTS``, is the list the initrd builder resolves to files.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import site
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from agent.system import children
+from osbuilder import probe
+
+READY_TIMEOUT = 60.0
+DUMP_TIMEOUT = 10.0
+
+# Runs in a fresh interpreter started with -S: only the source tree and the host's site-packages.
+PRELUDE = """
+import sys
+sys.path[:0] = {paths!r}
+"""
+
+IMPORT_ALL = PRELUDE + """
+failed = []
+for name in {names!r}:
+    try:
+        __import__(name)
+    except Exception as exc:
+        failed.append(name + ": " + type(exc).__name__ + ": " + str(exc))
+with open({out!r}, "w") as out:
+    out.write(repr((sorted(sys.modules), failed)))
+"""
+
+SERVE = PRELUDE + """
+import signal
+
+def dump(signum, frame):
+    with open({out!r} + ".tmp", "w") as out:
+        out.write(repr(sorted(sys.modules)))
+    import os
+    os.rename({out!r} + ".tmp", {out!r})
+
+signal.signal(signal.SIGUSR2, dump)
+sys.argv = ["agent", "--server-addr", {address!r}]
+import runpy
+runpy.run_module("agent", run_name="__main__", alter_sys=True)
+"""
+
+
+class TraceError(RuntimeError):
+    pass
+
+
+def agent_modules(source: Path) -> list[str]:
+    """Every module of the agent package, by name (from the files; nothing is imported)."""
+    names = []
+    for path in sorted((source / "agent").rglob("*.py")):
+        rel = path.relative_to(source).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        if parts[-1] == "__main__":
+            continue
+        names.append(".".join(parts))
+    return names
+
+
+def _sys_path(source: Path) -> list[str]:
+    return [str(source.resolve()), *site.getsitepackages()]
+
+
+def _read_dump(path: Path) -> object:
+    import ast
+
+    return ast.literal_eval(path.read_text())
+
+
+def trace_import_all(source: Path) -> tuple[set[str], list[str]]:
+    """Import every agent module; returns the modules imported and the agent modules that failed."""
+    with tempfile.TemporaryDirectory(prefix="pykata-trace-") as tmp:
+        out = Path(tmp) / "modules"
+        code = IMPORT_ALL.format(paths=_sys_path(source), names=agent_modules(source), out=str(out))
+        proc = subprocess.run([sys.executable, "-S", "-E", "-c", code], capture_output=True, text=True,
+                              cwd=tmp, timeout=300)
+        if proc.returncode != 0 or not out.exists():
+            raise TraceError(f"importing the agent's modules failed: {proc.stderr[-2000:]}")
+        dump = _read_dump(out)
+    assert isinstance(dump, tuple)
+    modules, failed = dump
+    return set(modules), list(failed)
+
+
+def trace_session(source: Path) -> set[str]:
+    """Run the agent on a unix socket, ask Check over ttrpc and gRPC, dump its modules, stop it."""
+    if not (source / "agent/__main__.py").exists():
+        raise TraceError(f"{source}/agent/__main__.py is missing: there is no agent to start")
+    with tempfile.TemporaryDirectory(prefix="pykata-trace-") as tmp:
+        sock = Path(tmp) / "agent.sock"
+        out = Path(tmp) / "modules"
+        log_path = Path(tmp) / "stderr"
+        code = SERVE.format(paths=_sys_path(source), out=str(out), address=f"unix://{sock}")
+        with log_path.open("w") as log, children.spawning() as own:
+            agent = subprocess.Popen([sys.executable, "-S", "-E", "-c", code], cwd=tmp,
+                                     stdout=subprocess.DEVNULL, stderr=log)
+            own(agent.pid)
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while not sock.exists():
+                if agent.poll() is not None:
+                    raise TraceError(f"the agent exited with {agent.returncode}: {log_path.read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise TraceError(f"the agent did not listen on {sock} within {READY_TIMEOUT:.0f} s")
+                time.sleep(0.05)
+            for check in (probe.check_ttrpc, probe.check_grpc, probe.check_ttrpc):
+                status = check(str(sock))
+                if status != probe.SERVING:
+                    raise TraceError(f"{check.__name__}: the agent answered status {status}, not SERVING")
+            agent.send_signal(signal.SIGUSR2)
+            deadline = time.monotonic() + DUMP_TIMEOUT
+            while not out.exists():
+                if agent.poll() is not None or time.monotonic() > deadline:
+                    raise TraceError(f"the agent did not dump its modules on SIGUSR2: {log_path.read_text()[-2000:]}")
+                time.sleep(0.05)
+            modules = _read_dump(out)
+        finally:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGTERM)
+                try:
+                    agent.wait(10)
+                except subprocess.TimeoutExpired:
+                    agent.kill()
+                    agent.wait()
+            children.release(agent.pid)
+    assert isinstance(modules, list)
+    return set(modules)
+
+
+def trace(source: Path) -> tuple[set[str], list[str]]:
+    """Modules the agent imports (both runs), and agent modules that could not be imported."""
+    everything, failed = trace_import_all(source)
+    return everything | trace_session(source), failed
+
+
+def main() -> None:
+    """Print the traced module list (``python -m osbuilder.tracing``)."""
+    modules, failed = trace(Path(__file__).resolve().parent.parent)
+    print(json.dumps({"modules": sorted(modules), "failed": failed}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
