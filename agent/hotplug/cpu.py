@@ -38,13 +38,27 @@ class CpuState:
     hotpluggable: bool  # has an online file
 
 
+def online_mask(paths: HostPaths) -> frozenset[int] | None:
+    """The kernel's own list of online CPUs (``cpu/online``), or None when it is missing."""
+    try:
+        return parse_cpuset(sysfs.read_text(paths.cpu_dir / "online"), what="cpu/online")
+    except (OSError, InvalidArgument):
+        return None
+
+
 def scan_cpus(paths: HostPaths) -> dict[int, CpuState]:
-    """Every CPU present in sysfs, by number."""
+    """Every CPU present in sysfs, by number.
+
+    Whether a CPU is online comes from the kernel's ``cpu/online`` list when there is one: the kernel
+    creates a new CPU's directory a moment before its ``online`` file, and such a CPU must not count as
+    one that cannot be offline. Without the list, a CPU without an ``online`` file counts as online.
+    """
     found: dict[int, CpuState] = {}
     try:
         entries = list(paths.cpu_dir.iterdir())
     except FileNotFoundError:
         return found
+    mask = online_mask(paths)
     for entry in entries:
         matched = _CPU_DIR.fullmatch(entry.name)
         if matched is None:
@@ -52,14 +66,15 @@ def scan_cpus(paths: HostPaths) -> dict[int, CpuState]:
         number = int(matched.group(1))
         online_file = entry / "online"
         try:
-            text = online_file.read_text().strip()
+            text: str | None = online_file.read_text().strip()
         except FileNotFoundError:
-            if entry.is_dir():
-                found[number] = CpuState(number, online=True, hotpluggable=False)
-            continue
+            if not entry.is_dir():
+                continue
+            text = None
         except OSError:
             continue  # appearing or vanishing right now: the next scan sees it
-        found[number] = CpuState(number, online=text == "1", hotpluggable=True)
+        online = (number in mask) if mask is not None else (text is None or text == "1")
+        found[number] = CpuState(number, online=online, hotpluggable=text is not None)
     return found
 
 
@@ -116,7 +131,7 @@ class CpuOnlining:
         if self.online_count >= wanted:
             return True
         missing = wanted - self.online_count
-        for number in sorted(n for n, state in cpus.items() if not state.online):
+        for number in sorted(n for n, state in cpus.items() if not state.online and state.hotpluggable):
             if missing == 0:
                 break
             if self._bring_online(number):

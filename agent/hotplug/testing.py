@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.hotplug.cpuset import format_cpuset
 from agent.hotplug.uevent import Uevent
 from agent.system import sysfs
 from agent.system.paths import HostPaths
@@ -66,14 +67,25 @@ class FakeSysfs:
     ``fail(path, errno, times)`` makes the next writes to ``path`` fail like the kernel's EBUSY.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, cpu_mask: bool = True) -> None:
         self.paths = HostPaths(root)
+        # cpu/online, the kernel's list of online CPUs; without it (cpu_mask=False) the per-CPU online
+        # files alone say which CPUs are online, so plain file writes (sysfs.write) are enough.
+        self.cpu_mask = cpu_mask
         self.paths.cpu_dir.mkdir(parents=True, exist_ok=True)
         self.paths.memory_dir.mkdir(parents=True, exist_ok=True)
         self._failures: dict[Path, list[int]] = {}
         self._lock = threading.Lock()
         self.writes: list[tuple[Path, str]] = []
         self.on_write: Callable[[Path, str], None] | None = None
+        self.cpus_online: set[int] = set()  # mirrored in cpu/online, as the kernel keeps it
+        self._write_mask()
+
+    def _write_mask(self) -> None:
+        if not self.cpu_mask:
+            return
+        mask = self.paths.cpu_dir / "online"
+        mask.write_text(format_cpuset(self.cpus_online) + "\n")
 
     # --- building the tree
 
@@ -88,7 +100,12 @@ class FakeSysfs:
     def add_cpu(self, number: int, online: bool | None = False) -> Path:
         """A CPU directory; ``online=None`` gives one without an online file (like cpu0)."""
         files = {} if online is None else {"online": "1" if online else "0"}
-        return self._publish(self.paths.cpu_dir / f"cpu{number}", files)
+        directory = self._publish(self.paths.cpu_dir / f"cpu{number}", files)
+        if online is not False:
+            with self._lock:
+                self.cpus_online.add(number)
+                self._write_mask()
+        return directory
 
     def set_possible(self, spec: str) -> None:
         (self.paths.cpu_dir / "possible").write_text(spec + "\n")
@@ -132,6 +149,13 @@ class FakeSysfs:
         if path == self.paths.memory_probe:
             size = int(sysfs.read_text(self.paths.memory_block_size), 16)
             self.add_memory_block(int(value, 16) // size)
+            return
+        if path.name == "online" and path.parent.parent == self.paths.cpu_dir and value in ("0", "1"):
+            _replace(path, value)
+            with self._lock:
+                number = int(path.parent.name[len("cpu") :])
+                (self.cpus_online.add if value == "1" else self.cpus_online.discard)(number)
+                self._write_mask()
             return
         if path.name == "state" and value in ("online", "online_movable", "online_kernel"):
             _replace(path, "online")

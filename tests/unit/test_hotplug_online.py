@@ -12,6 +12,7 @@ import pytest
 
 from agent.config import build_config
 from agent.errors import InvalidArgument, ResourceError, Unsupported
+from agent.hotplug.cpuset import propagate_cpuset
 from agent.hotplug.testing import FakeSysfs, SimulatedClock
 from agent.hotplug.uevent import UeventListener
 from agent.services.resources import ResourceService
@@ -69,6 +70,7 @@ def make_guest(
         clock=clock,
         writer=fake.write,
         cpuset_targets=cpuset_targets,
+        propagate=propagate_cpuset,  # ours, on the fake tree (the engine's reads mountinfo)
         spawn=lambda loop: loop(),  # the loop runs in the calling thread: deterministic
     )
     guest = Guest(fake, clock, listener, service)
@@ -210,6 +212,33 @@ def test_permission_errors_fail_at_once(tmp_path: Path) -> None:
         guest.service.online_cpu_mem(3, wait=True, cpu_only=True)
     assert str(caught.value) == f"cannot bring cpu2 online: writing 1 to {path} failed with EACCES (Permission denied)"
     assert guest.clock.now() == 0.0
+
+
+def test_the_kernels_online_list_decides_over_a_missing_online_file(tmp_path: Path) -> None:
+    """The kernel makes a new CPU's directory a moment before its online file: such a CPU is not
+    one that cannot go offline, and must not count towards nb_cpus."""
+    guest = make_guest(tmp_path, cpu_online_timeout=1, cpu_online_interval_ms=500)
+    (guest.fake.paths.cpu_dir / "cpu2").mkdir()  # no online file yet, not in cpu/online
+    assert (guest.fake.paths.cpu_dir / "online").read_text() == "0-1\n"
+
+    def online_file_appears() -> None:
+        (guest.fake.paths.cpu_dir / "cpu2" / "online").write_text("0\n")
+
+    guest.clock.at(0.5, online_file_appears)
+    guest.service.online_cpu_mem(3, wait=True, cpu_only=True)
+    assert guest.onlined_at == {"cpu2": 0.5}
+    assert (guest.fake.paths.cpu_dir / "online").read_text() == "0-2\n"
+
+
+def test_without_the_kernels_list_a_cpu_without_online_file_is_online(tmp_path: Path) -> None:
+    fake = FakeSysfs(tmp_path, cpu_mask=False)
+    fake.add_cpu(0, online=None)
+    fake.add_cpu(1)
+    service = ResourceService(fake.paths, build_config(), writer=fake.write, spawn=lambda loop: loop())
+    service.online_cpu_mem(1, wait=True, cpu_only=True)
+    assert fake.writes == []
+    service.online_cpu_mem(2, wait=True, cpu_only=True)
+    assert fake.writes == [(fake.paths.cpu_dir / "cpu1" / "online", "1")]
 
 
 # --- memory

@@ -52,7 +52,8 @@ class GatedWriter:
 
 @pytest.fixture
 def fake(tmp_path: Path) -> FakeSysfs:
-    fake = FakeSysfs(tmp_path)
+    # Services built from a Services object write with sysfs.write, which keeps no cpu/online list.
+    fake = FakeSysfs(tmp_path, cpu_mask=False)
     fake.add_cpu(0, online=None)
     fake.add_cpu(1, online=True)
     return fake
