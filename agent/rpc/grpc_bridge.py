@@ -91,7 +91,7 @@ def pump(a: socket.socket, b: socket.socket) -> None:
 
 
 class GrpcBridge:
-    def __init__(self, servicer: Servicer, run_dir: Path | None = None, max_workers: int = 8) -> None:
+    def __init__(self, servicer: Servicer, run_dir: Path | None = None, max_workers: int = 128) -> None:
         parent = None
         if run_dir is not None:
             try:

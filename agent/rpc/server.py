@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from agent.address import VMADDR_CID_ANY, Address
 from agent.errors import InvalidArgument, ResourceError
 from agent.rpc.registry import CallContext
-from agent.rpc.ttrpc import Deadlines, TtrpcConnection
+from agent.rpc.ttrpc import MESSAGE_LENGTH_MAX, ByteBudget, Deadlines, TtrpcConnection
 
 if TYPE_CHECKING:
     from agent.rpc.grpc_bridge import GrpcBridge
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Calls run on a pool of up to ``max_workers`` threads (created as needed): Kata keeps long polls open
+# (WaitProcess, ReadStdout and ReadStderr for every process), which must not starve other calls. The
+# request bytes held by calls in flight are bounded across connections.
+REQUEST_BYTES_IN_FLIGHT = 16 * MESSAGE_LENGTH_MAX
 
 
 def sniff(sock: socket.socket, timeout: float) -> tuple[str, bytes]:
@@ -93,7 +97,7 @@ class AgentServer:
         servicer: Servicer,
         *,
         run_dir: Path | None = None,
-        max_workers: int = 16,
+        max_workers: int = 256,
         max_connections: int = 128,
         sniff_timeout: float = 30.0,
     ) -> None:
@@ -103,6 +107,7 @@ class AgentServer:
         self._sniff_timeout = sniff_timeout
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc")
         self._deadlines = Deadlines()
+        self._budget = ByteBudget(REQUEST_BYTES_IN_FLIGHT)
         self._connection_slots = threading.BoundedSemaphore(max_connections)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -180,7 +185,9 @@ class AgentServer:
         try:
             protocol, seen = sniff(conn, self._sniff_timeout)
             if protocol == "ttrpc":
-                TtrpcConnection(conn, self._dispatch, self._pool, self._deadlines, prefix=seen).serve()
+                TtrpcConnection(
+                    conn, self._dispatch, self._pool, self._deadlines, prefix=seen, budget=self._budget
+                ).serve()
             elif protocol == "grpc":
                 self._grpc_bridge().handle(conn, seen)
         except Exception:

@@ -189,8 +189,42 @@ class _Responder:
         self.send(Code.DEADLINE_EXCEEDED, f"{self._label}: deadline exceeded", b"")
 
 
+class ByteBudget:
+    """Bounds the request bytes held by calls in flight, across every connection.
+
+    A reader that would go over the limit waits (and so stops reading its socket) until calls finish;
+    one request always fits, so a single 4 MiB call never waits forever.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, size: int) -> None:
+        with self._cond:
+            while self._used and self._used + size > self._limit:
+                self._cond.wait()
+            self._used += size
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self._used -= size
+            self._cond.notify_all()
+
+    @property
+    def used(self) -> int:
+        with self._cond:
+            return self._used
+
+
 class TtrpcConnection:
-    """Serves one accepted connection: reads requests, runs them on ``pool``, writes responses."""
+    """Serves one accepted connection: reads requests, runs them on ``pool``, writes responses.
+
+    Calls may block for long (WaitProcess and ReadStdout are long polls), so the bounds are on calls
+    in flight per connection (``max_in_flight``) and on their request bytes (``budget``, shared by
+    all connections), and the pool must be large enough for the long polls a client keeps open.
+    """
 
     def __init__(
         self,
@@ -199,7 +233,8 @@ class TtrpcConnection:
         pool: Executor,
         deadlines: Deadlines,
         prefix: bytes = b"",
-        max_in_flight: int = 32,
+        max_in_flight: int = 256,
+        budget: ByteBudget | None = None,
     ) -> None:
         self._sock = sock
         self._dispatch = dispatch
@@ -208,7 +243,9 @@ class TtrpcConnection:
         self._reader = FrameReader(sock, prefix)
         self._write_lock = threading.Lock()
         self._in_flight = threading.BoundedSemaphore(max_in_flight)
+        self._budget = budget or ByteBudget(MESSAGE_LENGTH_MAX * 16)
         self._closed = False
+        self._closing = False  # set by a frame after which the connection must end
 
     def send_response(self, stream_id: int, code: int, message: str, payload: bytes) -> None:
         if len(payload) > MESSAGE_LENGTH_MAX - 1024:
@@ -262,12 +299,23 @@ class TtrpcConnection:
                 return False
             self._reader.discard(header.length)
             return True
+        self._budget.acquire(header.length)
+        handed_off = False
+        try:
+            handed_off = self._handle_payload(header)
+        finally:
+            if not handed_off:
+                self._budget.release(header.length)
+        return not self._closing
+
+    def _handle_payload(self, header: FrameHeader) -> bool:
+        """Read the payload and start the call; True when a call now owns the frame's budget."""
         payload = self._reader.read_payload(header.length)
         if header.type != TYPE_REQUEST:
             # Data frames belong to streaming calls, which this agent does not serve; ignore them and
             # unknown types, as containerd does for forward compatibility.
             log.debug("ttrpc: ignoring frame of type %d on stream %d", header.type, header.stream_id)
-            return True
+            return False
         if header.stream_id % 2 == 0:
             self.send_response(
                 header.stream_id,
@@ -276,16 +324,17 @@ class TtrpcConnection:
                 b"",
             )
             log.warning("ttrpc: even stream id %d; closing connection", header.stream_id)
+            self._closing = True
             return False
         try:
             request = ttrpc_pb2.Request.FromString(payload)
         except Exception as exc:
             self.send_response(header.stream_id, Code.INVALID_ARGUMENT, f"cannot decode ttrpc Request: {exc}", b"")
-            return True
+            return False
         label = f"{request.service}/{request.method}"
         if header.flags & FLAG_REMOTE_OPEN:
             self.send_response(header.stream_id, Code.UNIMPLEMENTED, f"{label}: streaming calls are not served", b"")
-            return True
+            return False
         deadline = time.monotonic() + request.timeout_nano / 1e9 if request.timeout_nano > 0 else None
         ctx = CallContext("ttrpc", deadline, {kv.key: kv.value for kv in request.metadata})
         responder = _Responder(self, header.stream_id, label)
@@ -293,14 +342,15 @@ class TtrpcConnection:
             self._deadlines.add(deadline, responder)
         self._in_flight.acquire()  # backpressure: stop reading while too many calls run
         try:
-            self._pool.submit(self._run, request, ctx, responder)
+            self._pool.submit(self._run, request, ctx, responder, header.length)
         except RuntimeError:  # the pool is shut down: the agent is stopping
             self._in_flight.release()
             responder.send(Code.UNAVAILABLE, "the agent is shutting down", b"")
+            self._closing = True
             return False
         return True
 
-    def _run(self, request: ttrpc_pb2.Request, ctx: CallContext, responder: _Responder) -> None:
+    def _run(self, request: ttrpc_pb2.Request, ctx: CallContext, responder: _Responder, size: int) -> None:
         try:
             if responder.done:
                 return
@@ -311,6 +361,7 @@ class TtrpcConnection:
             responder.send(Code.INTERNAL, str(exc), b"")
         finally:
             self._in_flight.release()
+            self._budget.release(size)
 
 
 class TtrpcCallError(Exception):

@@ -328,3 +328,64 @@ def test_stopping_closes_built_services_last_built_first_despite_failures(
     monkeypatch.setattr(services, "built", lambda: built)
     close_services(services)
     assert closed == ["containers", "storage"]
+
+
+@pytest.mark.parametrize("protocol", ["ttrpc", "grpc"])
+def test_many_long_polls_do_not_starve_a_check(
+    agent: RunningAgent, monkeypatch: pytest.MonkeyPatch, protocol: str
+) -> None:
+    """Kata keeps WaitProcess/ReadStdout calls open for every process; Check must still answer."""
+    import threading
+
+    from agent.rpc import registry
+    from agent.rpc.pb import agent_pb2
+
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def long_poll(services: object, request: object, ctx: registry.CallContext) -> object:
+        started.release()
+        assert release.wait(30)
+        return agent_pb2.GuestDetailsResponse()
+
+    monkeypatch.setitem(registry.METHODS, "grpc.AgentService/GetGuestDetails", long_poll)
+    polls = 40
+    results: list[object] = []
+    clients = [connect(agent.address, protocol, timeout=30) for _ in range(2)]
+    try:
+        threads = [
+            threading.Thread(target=lambda: results.append(clients[0].call("GetGuestDetails")), daemon=True)
+            for _ in range(polls)
+        ]
+        if protocol == "ttrpc":  # our ttrpc client is sequential: put the polls on one raw connection
+            threads = []
+            raw = agent.connect()
+            for index in range(polls):
+                request = ttrpc_pb2.Request(service="grpc.AgentService", method="GetGuestDetails")
+                raw.sendall(ttrpc_frame(2 * index + 1, request.SerializeToString()))
+        for thread in threads:
+            thread.start()
+        for _ in range(polls):
+            assert started.acquire(timeout=30), "the long polls did not all start"
+        response = clients[1].call("grpc.Health/Check")
+        assert response.status == 1  # type: ignore[attr-defined]
+        release.set()
+        if protocol == "ttrpc":
+            reader = ttrpc.FrameReader(raw)
+            streams = set()
+            for _ in range(polls):
+                header = reader.read_header()
+                assert header is not None
+                answer = ttrpc_pb2.Response.FromString(reader.read_payload(header.length))
+                assert answer.status.code == Code.OK
+                streams.add(header.stream_id)
+            assert streams == {2 * index + 1 for index in range(polls)}
+            raw.close()
+        else:
+            for thread in threads:
+                thread.join(30)
+            assert len(results) == polls
+    finally:
+        release.set()
+        for client in clients:
+            client.close()

@@ -53,6 +53,7 @@ class Peer:
     reader: ttrpc.FrameReader
     dispatch: ScriptedDispatch
     thread: threading.Thread
+    budget: ttrpc.ByteBudget
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -73,10 +74,11 @@ def peer() -> Iterator[Peer]:
     client.settimeout(10)
     dispatch = ScriptedDispatch()
     pool = ThreadPoolExecutor(max_workers=4)
-    connection = ttrpc.TtrpcConnection(server, dispatch, pool, ttrpc.Deadlines())
+    budget = ttrpc.ByteBudget(ttrpc.MESSAGE_LENGTH_MAX)
+    connection = ttrpc.TtrpcConnection(server, dispatch, pool, ttrpc.Deadlines(), budget=budget)
     thread = threading.Thread(target=connection.serve, daemon=True)
     thread.start()
-    yield Peer(client, ttrpc.FrameReader(client), dispatch, thread)
+    yield Peer(client, ttrpc.FrameReader(client), dispatch, thread, budget)
     dispatch.release.set()
     client.close()
     thread.join(10)
@@ -222,3 +224,43 @@ def test_finished_calls_do_not_pile_up_in_the_deadline_heap(peer: Peer) -> None:
     assert deadlines.pending() <= 2 * ttrpc.Deadlines._COMPACT_FLOOR
     client.close()
     server.close()
+
+
+def test_byte_budget_holds_a_reader_until_calls_finish() -> None:
+    budget = ttrpc.ByteBudget(100)
+    budget.acquire(60)
+    budget.acquire(30)
+    waiter_done = threading.Event()
+
+    def waiter() -> None:
+        budget.acquire(50)  # 140 > 100: waits for a release
+        waiter_done.set()
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    assert not waiter_done.wait(0.2)
+    budget.release(60)
+    assert waiter_done.wait(10)
+    assert budget.used == 80
+    budget.release(30)
+    budget.release(50)
+    assert budget.used == 0
+    budget.acquire(1000)  # alone, an oversized request still fits
+    assert budget.used == 1000
+
+
+def test_calls_release_their_budget(peer: Peer) -> None:
+    frame = ttrpc_frame(1, request_bytes("Block", b"x" * 100))
+    peer.send(frame)
+    assert peer.dispatch.blocked.wait(10)
+    assert peer.budget.used == len(frame) - 10  # the payload, held while the call runs
+    peer.dispatch.release.set()
+    stream, response = peer.response()
+    assert (stream, response.payload) == (1, b"x" * 100)
+    peer.send(ttrpc_frame(3, b"\xff"))  # an undecodable request releases its bytes at once
+    peer.response()
+    for _ in range(1000):  # the worker releases just after it sends the response
+        if peer.budget.used == 0:
+            break
+        time.sleep(0.01)
+    assert peer.budget.used == 0
