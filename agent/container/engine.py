@@ -286,9 +286,9 @@ class Container:
             check_resources(resources, "resources")
             self.cgroup.update(resources)
 
-    def stats(self) -> dict[str, Any]:
-        """The cgroup's statistics (the cgroups package's dict shape)."""
-        return dict(self.cgroup.stats())
+    def stats(self) -> Any:
+        """The cgroup's statistics (agent.container.cgroups.CgroupStats)."""
+        return self.cgroup.stats()
 
     def pids(self) -> list[int]:
         try:
@@ -302,9 +302,6 @@ class Container:
         if not cpu.get("cpus"):
             return None
         return Path(self.cgroup.cpuset_dir())
-
-    def oom_killed_count(self) -> int:
-        return int(self.cgroup.oom_killed_count())
 
     def destroy(self, timeout: float | None = None) -> None:
         """Kill every process, wait for the init (``timeout`` seconds; None or 0 waits forever),

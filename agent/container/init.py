@@ -1,9 +1,308 @@
-"""Runs in the fork server's children: the shim and the container process. (Being written.)"""
+"""What runs in the fork server's children: the shim and the container process (ends in exec).
+
+Both run in a process forked from the single-threaded fork server, so fork() is safe here, and
+every module they need is imported before the root changes (after pivot_root the host's Python
+tree is out of reach). Messages to the engine are JSON lines on the status pipe (fds[0]); the
+engine's orders arrive on the control pipe (fds[1]): ``g`` (the process is in its cgroup: go on
+with setup) and, for a container's init, ``s`` (start the user's program). EOF on the control
+pipe before ``s`` means the container was destroyed before it started: the process exits.
+"""
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import json
+import os
+import resource
+import signal
+import sys
+import traceback
 from typing import Any
+
+from agent.container import capabilities, rootfs, seccomp, stdio
+from agent.container.namespaces import CLONE_FLAGS, JOIN_ORDER, PROC_NAMES
+from agent.system import libc
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
+
+
+class SetupError(Exception):
+    pass
+
+
+def _report(fd: int, event: dict[str, Any]) -> None:
+    try:
+        os.write(fd, json.dumps(event).encode() + b"\n")
+    except OSError:
+        pass
+
+
+def _read_order(fd: int) -> bytes:
+    while True:
+        try:
+            return os.read(fd, 1)
+        except InterruptedError:
+            continue
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _setns_path(path: str, kind: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.setns(fd, CLONE_FLAGS[kind], path)
+    finally:
+        os.close(fd)
+
+
+def _enter_user_namespace(request: dict[str, Any]) -> None:
+    """Unshare a user namespace and have a forked helper write its id maps (only a process outside
+    the namespace may write them)."""
+    ready_r, ready_w = os.pipe()
+    me = os.getpid()
+    helper = os.fork()
+    if helper == 0:
+        os.close(ready_w)
+        code = 0
+        try:
+            if _read_order(ready_r):
+                proc = request["proc"]
+                if request.get("gid_map"):
+                    with open(f"{proc}/{me}/gid_map", "w") as f:
+                        f.write(request["gid_map"])
+                if request.get("uid_map"):
+                    with open(f"{proc}/{me}/uid_map", "w") as f:
+                        f.write(request["uid_map"])
+            else:
+                code = 1
+        except OSError:
+            code = 2
+        os._exit(code)
+    os.close(ready_r)
+    try:
+        libc.unshare(libc.CLONE_NEWUSER)
+    finally:
+        os.write(ready_w, b"1")
+        os.close(ready_w)
+    _, status = os.waitpid(helper, 0)
+    if _exit_code(status) != 0:
+        raise SetupError("writing the user namespace's uid_map/gid_map failed (check linux.uidMappings)")
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def _shim_namespaces(request: dict[str, Any]) -> None:
+    """The namespaces the shim itself must be in before it forks: user (owner of the rest) and pid
+    (which only applies to children). For exec, every namespace of the container."""
+    if request["op"] == "exec":
+        proc = request["proc"]
+        target = request["target_pid"]
+        root_fd = os.open(f"{proc}/{target}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        opened = []
+        own = f"{proc}/self/ns"
+        for kind in JOIN_ORDER:
+            name = PROC_NAMES[kind]
+            path = f"{proc}/{target}/ns/{name}"
+            try:
+                if os.stat(path).st_ino == os.stat(f"{own}/{name}").st_ino:
+                    continue  # same namespace as ours: setns on the user namespace would fail
+            except FileNotFoundError:
+                continue
+            opened.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC), path))
+        for kind, fd, path in opened:
+            libc.setns(fd, CLONE_FLAGS[kind], path)
+            os.close(fd)
+        # the container's root, even when it was entered with MS_MOVE + chroot (no pivot)
+        os.fchdir(root_fd)
+        os.chroot(".")
+        os.close(root_fd)
+        return
+    joins: dict[str, str] = request.get("join") or {}
+    unshare: list[str] = request.get("unshare") or []
+    if "user" in joins:
+        _setns_path(joins["user"], "user")
+    elif "user" in unshare:
+        _enter_user_namespace(request)
+    if "pid" in joins:
+        _setns_path(joins["pid"], "pid")
+    elif "pid" in unshare:
+        libc.unshare(libc.CLONE_NEWPID)
 
 
 def run_shim(request: dict[str, Any], fds: list[int]) -> int:
-    raise NotImplementedError
+    """Fork the container process, report its pid and exit status, reap orphans. Returns the
+    shim's own exit code."""
+    status_fd, control_fd, io_fds = fds[0], fds[1], fds[2:]
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.setsid()
+    libc.set_child_subreaper()
+    try:
+        _shim_namespaces(request)
+        child = os.fork()
+    except Exception as exc:
+        _report(status_fd, {"error": _describe(exc), "exit": 255})
+        return 1
+    if child == 0:
+        code = 1
+        try:
+            code = container_main(request, status_fd, control_fd, io_fds)
+        except BaseException as exc:
+            _report(status_fd, {"error": _describe(exc)})
+        finally:
+            os._exit(code)
+    os.close(control_fd)
+    for fd in io_fds:
+        os.close(fd)
+    _report(status_fd, {"pid": child})
+    reported = False
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid == child:
+            _report(status_fd, {"exit": _exit_code(status)})
+            reported = True
+    if not reported:
+        _report(status_fd, {"exit": 255})
+    return 0
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    if isinstance(exc, SetupError | OSError):
+        return str(exc)
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def _plan_from(data: dict[str, Any]) -> rootfs.RootfsPlan:
+    kinds = {cls.__name__: cls for cls in (rootfs.Mkdir, rootfs.Mount, rootfs.Remount, rootfs.Propagate,
+                                           rootfs.Symlink, rootfs.BindDevice)}  # fmt: skip
+    operations: list[rootfs.Operation] = []
+    for item in data["operations"]:
+        fields = dict(item)
+        operations.append(kinds[fields.pop("kind")](**fields))
+    return rootfs.RootfsPlan(
+        rootfs=data["rootfs"],
+        operations=operations,
+        masked_paths=tuple(data["masked_paths"]),
+        readonly_paths=tuple(data["readonly_paths"]),
+        readonly_root=data["readonly_root"],
+        no_pivot=data["no_pivot"],
+        propagation=data["propagation"],
+    )
+
+
+def container_main(request: dict[str, Any], status_fd: int, control_fd: int, io_fds: list[int]) -> int:
+    """The container process: wait for its cgroup, set up, report, wait for start, exec."""
+    fcntl.fcntl(status_fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if _read_order(control_fd) != b"g":
+        return 0
+    process = request["process"]
+    if request["op"] == "exec":
+        os.close(control_fd)
+        _exec_process(request, process, io_fds, status_fd)
+        return 127
+    joins: dict[str, str] = request.get("join") or {}
+    for kind in JOIN_ORDER:
+        if kind in joins and kind not in ("user", "pid"):
+            _setns_path(joins[kind], kind)
+    flags = 0
+    for kind in request.get("unshare") or []:
+        if kind not in ("user", "pid") and kind not in joins:
+            flags |= CLONE_FLAGS[kind]
+    if flags:
+        libc.unshare(flags)
+    if request.get("hostname"):
+        libc.sethostname(request["hostname"])
+    for key, value in (request.get("sysctl") or {}).items():
+        with open(os.path.join(request["proc"], "sys", *key.split(".")), "w") as f:
+            f.write(value)
+    if process.get("oomScoreAdj") is not None:
+        with open(f"{request['proc']}/self/oom_score_adj", "w") as f:
+            f.write(str(process["oomScoreAdj"]))
+    plan = _plan_from(request["plan"])
+    if "mount" in (request.get("unshare") or []):
+        rootfs.execute(plan)
+        if process.get("terminal") and io_fds:
+            rootfs.bind_console(plan, os.ttyname(io_fds[0]))
+        rootfs.enter_root(plan)
+        rootfs.finish(plan)
+    else:
+        os.chroot(plan.rootfs)
+        os.chdir("/")
+    _report(status_fd, {"created": True})
+    order = _read_order(control_fd)
+    os.close(control_fd)
+    if order != b"s":
+        return 0
+    _exec_process(request, process, io_fds, status_fd)
+    return 127
+
+
+def _take_stdio(io_fds: list[int], terminal: bool) -> None:
+    if terminal:
+        stdio.take_controlling_terminal(io_fds[0])
+        return
+    os.setsid()
+    # move the fds out of 0..2 first so dup2 cannot clobber one we still need
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in io_fds]
+    for fd in io_fds:
+        os.close(fd)
+    for target, fd in enumerate(high):
+        os.dup2(fd, target)
+        os.close(fd)
+
+
+def _find_program(name: str, path: str) -> str:
+    if "/" in name:
+        return name
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise SetupError(f"executable {name!r} not found in PATH {path}")
+
+
+def _exec_process(request: dict[str, Any], process: dict[str, Any], io_fds: list[int], status_fd: int) -> None:
+    """Become the user's program: stdio, limits, identity, capabilities, seccomp, cwd, execve."""
+    try:
+        if io_fds:
+            _take_stdio(io_fds, bool(process.get("terminal")))
+        for limit in process.get("rlimits") or []:
+            kind = RLIMITS.get(str(limit["type"]))
+            if kind is None:
+                raise SetupError(f"unknown rlimit {limit['type']!r}")
+            resource.setrlimit(kind, (int(limit["soft"]), int(limit["hard"])))
+        user = process.get("user") or {}
+        if user.get("umask") is not None:
+            os.umask(int(user["umask"]))
+        env = dict(item.split("=", 1) for item in process.get("env") or [] if "=" in item)
+        args = list(process["args"])
+        os.chdir(process.get("cwd") or "/")
+        program = _find_program(args[0], env.get("PATH", DEFAULT_PATH))
+        capabilities.become_user(user, process.get("capabilities"))
+        if process.get("noNewPrivileges"):
+            capabilities.set_no_new_privs()
+        if request.get("seccomp"):
+            seccomp.load(base64.b64decode(request["seccomp"]), no_new_privs=bool(process.get("noNewPrivileges")))
+        os.execve(program, args, env)
+    except BaseException as exc:
+        _report(status_fd, {"error": _describe(exc)})
+        try:
+            os.write(2, f"pykata: {_describe(exc)}\n".encode())
+            os.write(2, "".join(traceback.format_exception(exc)).encode())
+        except OSError:
+            pass
+        sys.stderr.flush()
+        os._exit(127)

@@ -1,1 +1,205 @@
-"""Engine side of create and exec. (Being written.)"""
+"""The engine's side of making a container or an exec process: build the request, make the stdio,
+ask the fork server, put the new process in its cgroup, wait for its report; undo everything when
+a step fails (the cgroup, the process, our pipe ends)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import fcntl
+import os
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.container import hooks as hooks_mod
+from agent.container import seccomp
+from agent.container.rootfs import RootfsPlan, plan_rootfs, root_is_initramfs
+from agent.container.spec import Process as ProcessSpec
+from agent.container.spec import Spec
+from agent.container.state import Status
+from agent.container.stdio import open_pty, set_winsize
+from agent.container.validate import resolve_root
+from agent.errors import AgentError, ResourceError
+
+if TYPE_CHECKING:
+    from agent.container.engine import Container, Engine, FdIO, PipeIO, Process
+
+SETUP_TIMEOUT = 60.0
+F_SETPIPE_SZ = 1031
+
+
+def plan_to_json(plan: RootfsPlan) -> dict[str, Any]:
+    return {
+        "rootfs": plan.rootfs,
+        "operations": [{"kind": type(op).__name__, **dataclasses.asdict(op)} for op in plan.operations],
+        "masked_paths": list(plan.masked_paths),
+        "readonly_paths": list(plan.readonly_paths),
+        "readonly_root": plan.readonly_root,
+        "no_pivot": plan.no_pivot,
+        "propagation": plan.propagation,
+    }
+
+
+def make_io(io: PipeIO | FdIO, terminal: bool, console_size: tuple[int, int] | None) -> tuple[list[int], Any]:
+    """(the fds the process gets, our ProcessIO). The child's fds are ours to close after sending."""
+    from agent.container.engine import FdIO, ProcessIO
+
+    ours = ProcessIO()
+    if isinstance(io, FdIO):
+        if terminal:
+            if io.console is not None:
+                return [os.dup(io.console)], ours
+            master, slave = open_pty()
+            ours.pty_master = master
+            return [slave], ours
+        given = [fd if fd is not None else os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                 for fd in (io.stdin, io.stdout, io.stderr)]  # fmt: skip
+        return [os.dup(fd) for fd in given], ours
+    if terminal:
+        master, slave = open_pty()
+        if console_size:
+            set_winsize(master, console_size[0], console_size[1])
+        ours.pty_master = master
+        return [slave], ours
+    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+    stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+    stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+    if io.pipe_size:
+        for fd in (stdout_w, stderr_w):
+            try:
+                fcntl.fcntl(fd, F_SETPIPE_SZ, io.pipe_size)
+            except OSError:
+                pass  # above /proc/sys/fs/pipe-max-size: keep the default
+    ours.stdin, ours.stdout, ours.stderr = stdin_w, stdout_r, stderr_r
+    return [stdin_r, stdout_w, stderr_w], ours
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _spawn(engine: Engine, request: dict[str, Any], child_fds: list[int], description: str) -> Any:
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    control_r, control_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        handle = engine.forkserver.spawn(request, [status_w, control_r, *child_fds], description,
+                                         control_w, status_r)  # fmt: skip
+    except BaseException:
+        _close([status_r, control_w])
+        raise
+    finally:
+        _close([status_w, control_r, *child_fds])
+    return handle
+
+
+def _abort(handle: Any) -> None:
+    handle.close_control()
+    if handle.pid > 0 and handle.exit_code is None:
+        try:
+            os.kill(handle.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    handle.wait(SETUP_TIMEOUT)
+
+
+def _seccomp_program(spec_seccomp: dict[str, Any] | None) -> str | None:
+    if not spec_seccomp:
+        return None
+    return base64.b64encode(seccomp.compile_profile(spec_seccomp)).decode()
+
+
+def create_container(engine: Engine, container_id: str, spec: Spec, bundle: Path, io: PipeIO | FdIO) -> Container:
+    from agent.container.engine import Container, Process
+
+    paths = engine.paths
+    assert spec.process is not None
+    root = resolve_root(spec, bundle)
+    no_pivot = engine.no_pivot if engine.no_pivot is not None else root_is_initramfs(paths)
+    plan = plan_rootfs(paths, spec, root, bundle, no_pivot=no_pivot)
+    program = _seccomp_program(spec.linux.seccomp)
+    joins = {ns.type: ns.path for ns in spec.linux.namespaces if ns.path}
+    unshare = [ns.type for ns in spec.linux.namespaces if not ns.path]
+    request = {
+        "op": "create",
+        "id": container_id,
+        "proc": str(paths.proc),
+        "join": joins,
+        "unshare": unshare,
+        "uid_map": "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in spec.linux.uid_mappings),
+        "gid_map": "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in spec.linux.gid_mappings),
+        "hostname": spec.hostname,
+        "sysctl": dict(spec.linux.sysctl),
+        "plan": plan_to_json(plan),
+        "process": spec.process.as_dict(),
+        "seccomp": program,
+    }
+    cgroup = engine.make_cgroup(spec.linux.cgroups_path, container_id)
+    cgroup.create()
+    ours = None
+    handle = None
+    try:
+        cgroup.apply(spec.linux.resources)
+        child_fds, ours = make_io(io, spec.process.terminal, spec.process.console_size)
+        handle = _spawn(engine, request, child_fds, f"container {container_id}")
+        handle.wait_for("pid", SETUP_TIMEOUT)
+        if handle.pid <= 0:
+            raise ResourceError(f"container {container_id}: {handle.error or 'the fork server reported no pid'}")
+        cgroup.add_pid(handle.pid)
+        handle.control(b"g")
+        if not handle.wait_for("created", SETUP_TIMEOUT):
+            raise ResourceError(f"container {container_id}: setup did not finish within {SETUP_TIMEOUT} s")
+        if not handle.created:
+            raise ResourceError(f"container {container_id}: setup failed: {handle.error or 'the process ended'}")
+        container = Container(engine, container_id, spec, bundle, cgroup)
+        container.init = Process(container_id, "", handle, ours, spec.process.terminal)
+        container._status = Status.CREATED
+        for kind, hooks in (("prestart", spec.hooks.prestart), ("createRuntime", spec.hooks.create_runtime),
+                            ("createContainer", spec.hooks.create_container)):  # fmt: skip
+            for hook in hooks:
+                hooks_mod.run_hook(hook, container.state(), kind)
+        return container
+    except BaseException as exc:
+        if handle is not None:
+            _abort(handle)
+        if ours is not None:
+            ours.close()
+        try:
+            cgroup.destroy()
+        except (OSError, AgentError) as cleanup:
+            exc.add_note(f"removing the cgroup also failed: {cleanup}")
+        raise
+
+
+def spawn_exec(engine: Engine, container: Container, exec_id: str, process: ProcessSpec, io: PipeIO | FdIO) -> Process:
+    from agent.container.engine import Process
+
+    assert container.init is not None
+    request = {
+        "op": "exec",
+        "id": container.id,
+        "proc": str(engine.paths.proc),
+        "target_pid": container.init.pid,
+        "process": process.as_dict(),
+        "seccomp": _seccomp_program(container.spec.linux.seccomp),
+    }
+    child_fds, ours = make_io(io, process.terminal, process.console_size)
+    handle = None
+    try:
+        handle = _spawn(engine, request, child_fds, f"exec {exec_id} in {container.id}")
+        handle.wait_for("pid", SETUP_TIMEOUT)
+        if handle.pid <= 0:
+            raise ResourceError(f"exec {exec_id} in container {container.id}: {handle.error or 'no pid'}")
+        container.cgroup.add_pid(handle.pid)
+        handle.control(b"g")
+        handle.close_control()
+        return Process(container.id, exec_id, handle, ours, process.terminal)
+    except BaseException:
+        if handle is not None:
+            _abort(handle)
+        ours.close()
+        raise

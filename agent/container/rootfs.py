@@ -1,0 +1,322 @@
+"""The container's root filesystem: first a plan (a list of operations that can be printed and
+tested without root), then its execution inside the container's fresh mount namespace.
+
+Destinations are container paths; each is resolved under the rootfs at execution time with
+``secure_join`` (symlinks in the image are followed as if the rootfs were "/", so a hostile image
+cannot make a mount land outside it). Sources of bind mounts are host paths, resolved before the
+root changes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.container.spec import Spec
+from agent.system import libc
+from agent.system.paths import HostPaths
+
+MOUNT_FLAGS: dict[str, tuple[int, bool]] = {
+    "ro": (libc.MS_RDONLY, True), "rw": (libc.MS_RDONLY, False),
+    "nosuid": (libc.MS_NOSUID, True), "suid": (libc.MS_NOSUID, False),
+    "nodev": (libc.MS_NODEV, True), "dev": (libc.MS_NODEV, False),
+    "noexec": (libc.MS_NOEXEC, True), "exec": (libc.MS_NOEXEC, False),
+    "sync": (libc.MS_SYNCHRONOUS, True), "async": (libc.MS_SYNCHRONOUS, False),
+    "dirsync": (libc.MS_DIRSYNC, True), "remount": (libc.MS_REMOUNT, True),
+    "mand": (libc.MS_MANDLOCK, True), "nomand": (libc.MS_MANDLOCK, False),
+    "atime": (libc.MS_NOATIME, False), "noatime": (libc.MS_NOATIME, True),
+    "diratime": (libc.MS_NODIRATIME, False), "nodiratime": (libc.MS_NODIRATIME, True),
+    "relatime": (libc.MS_RELATIME, True), "norelatime": (libc.MS_RELATIME, False),
+    "strictatime": (libc.MS_STRICTATIME, True), "nostrictatime": (libc.MS_STRICTATIME, False),
+    "bind": (libc.MS_BIND, True), "rbind": (libc.MS_BIND | libc.MS_REC, True),
+}  # fmt: skip
+PROPAGATION: dict[str, int] = {
+    "private": libc.MS_PRIVATE, "rprivate": libc.MS_PRIVATE | libc.MS_REC,
+    "shared": libc.MS_SHARED, "rshared": libc.MS_SHARED | libc.MS_REC,
+    "slave": libc.MS_SLAVE, "rslave": libc.MS_SLAVE | libc.MS_REC,
+    "unbindable": libc.MS_UNBINDABLE, "runbindable": libc.MS_UNBINDABLE | libc.MS_REC,
+}  # fmt: skip
+DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_SYMLINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))  # fmt: skip
+# flags that only a bind remount can apply
+_BIND_REMOUNT_FLAGS = libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC | libc.MS_NOATIME
+
+
+def parse_options(options: tuple[str, ...] | list[str]) -> tuple[int, int, str]:
+    """(mount flags, propagation flags, data string) from an OCI mount's options."""
+    flags = 0
+    propagation = 0
+    data = []
+    for option in options:
+        if option in MOUNT_FLAGS:
+            bit, on = MOUNT_FLAGS[option]
+            flags = flags | bit if on else flags & ~bit
+        elif option in PROPAGATION:
+            propagation |= PROPAGATION[option]
+        else:
+            data.append(option)
+    return flags, propagation, ",".join(data)
+
+
+@dataclass(frozen=True)
+class Mkdir:
+    path: str  # container path
+
+    def describe(self) -> str:
+        return f"mkdir -p {self.path}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str  # container path
+    fstype: str
+    flags: int = 0
+    data: str = ""
+    host_source: bool = False  # source is a host path that must exist (bind mounts)
+
+    def describe(self) -> str:
+        return f"mount -t {self.fstype or 'none'} {self.source} {self.target} flags={self.flags:#x} data={self.data!r}"
+
+
+@dataclass(frozen=True)
+class Remount:
+    target: str
+    flags: int
+
+    def describe(self) -> str:
+        return f"mount -o remount,bind {self.target} flags={self.flags:#x}"
+
+
+@dataclass(frozen=True)
+class Propagate:
+    target: str
+    flags: int
+
+    def describe(self) -> str:
+        return f"mount --make {self.flags:#x} {self.target}"
+
+
+@dataclass(frozen=True)
+class Symlink:
+    link: str
+    points_to: str
+
+    def describe(self) -> str:
+        return f"ln -s {self.points_to} {self.link}"
+
+
+@dataclass(frozen=True)
+class BindDevice:
+    host_path: str
+    target: str
+
+    def describe(self) -> str:
+        return f"bind device {self.host_path} -> {self.target}"
+
+
+Operation = Mkdir | Mount | Remount | Propagate | Symlink | BindDevice
+
+
+@dataclass
+class RootfsPlan:
+    rootfs: str
+    operations: list[Operation] = field(default_factory=list)
+    masked_paths: tuple[str, ...] = ()
+    readonly_paths: tuple[str, ...] = ()
+    readonly_root: bool = False
+    no_pivot: bool = False
+    propagation: int = libc.MS_SLAVE | libc.MS_REC
+
+    def describe(self) -> list[str]:
+        return [op.describe() for op in self.operations]
+
+
+def _cgroup_mount_ops(paths: HostPaths, target: str, flags: int) -> list[Operation]:
+    root = paths.cgroup_root
+    if (root / "cgroup.controllers").exists():
+        return [Mkdir(target), Mount("cgroup", target, "cgroup2", flags)]
+    hardened = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    ops: list[Operation] = [Mkdir(target), Mount("tmpfs", target, "tmpfs", hardened, "mode=755")]
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        entries = []
+    for entry in entries:
+        if entry.is_symlink():
+            ops.append(Symlink(f"{target}/{entry.name}", os.readlink(entry)))
+        elif entry.is_dir() and entry.name != "unified" and (entry / "cgroup.procs").exists():
+            sub = f"{target}/{entry.name}"
+            data = entry.name if entry.name != "systemd" else "none,name=systemd"
+            ops += [Mkdir(sub), Mount("cgroup", sub, "cgroup", flags, data)]
+    if flags & libc.MS_RDONLY:
+        ops.append(Remount(target, libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC))
+    return ops
+
+
+def plan_rootfs(paths: HostPaths, spec: Spec, rootfs: Path, bundle: Path | None, *, no_pivot: bool) -> RootfsPlan:
+    """Every mount step for ``spec``, in order: the spec's mounts, then default devices and /dev links."""
+    ops: list[Operation] = []
+    dev_mounted = False
+    for mount in spec.mounts:
+        flags, propagation, data = parse_options(mount.options)
+        target = mount.destination
+        if mount.type == "cgroup" or mount.type == "cgroup2":
+            ops += _cgroup_mount_ops(paths, target, flags)
+            continue
+        if flags & libc.MS_BIND or mount.type == "bind":
+            source = mount.source
+            if not source.startswith("/") and bundle is not None:
+                source = str(bundle / source)
+            ops.append(Mount(source, target, "", (flags & libc.MS_REC) | libc.MS_BIND, "", host_source=True))
+            if flags & _BIND_REMOUNT_FLAGS:
+                ops.append(Remount(target, flags & _BIND_REMOUNT_FLAGS))
+        else:
+            ops.append(Mkdir(target))
+            ops.append(Mount(mount.source or mount.type, target, mount.type, flags, data))
+        if propagation:
+            ops.append(Propagate(target, propagation))
+        if target == "/dev":
+            dev_mounted = True
+    if dev_mounted:
+        for name in DEFAULT_DEVICES:
+            ops.append(BindDevice(str(paths.dev / name), f"/dev/{name}"))
+        for name, points_to in DEV_SYMLINKS:
+            ops.append(Symlink(f"/dev/{name}", points_to))
+        ops.append(Symlink("/dev/core", "/proc/kcore"))
+    propagation = PROPAGATION.get(spec.linux.rootfs_propagation, libc.MS_SLAVE | libc.MS_REC)
+    return RootfsPlan(
+        rootfs=str(rootfs),
+        operations=ops,
+        masked_paths=spec.linux.masked_paths,
+        readonly_paths=spec.linux.readonly_paths,
+        readonly_root=spec.root_readonly,
+        no_pivot=no_pivot,
+        propagation=propagation,
+    )
+
+
+# --- execution (runs in the container process, in its own mount namespace)
+
+
+def secure_join(root: str, path: str, *, depth: int = 0) -> str:
+    """``path`` under ``root``, following symlinks as if ``root`` were "/"."""
+    if depth > 40:
+        raise OSError(40, "too many levels of symbolic links", path)
+    current = root
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    for index, part in enumerate(parts):
+        if part == "..":
+            current = os.path.dirname(current) if current != root else root
+            if not current.startswith(root):
+                current = root
+            continue
+        candidate = os.path.join(current, part)
+        if os.path.islink(candidate):
+            target = os.readlink(candidate)
+            rest = "/".join(parts[index + 1 :])
+            base = "" if target.startswith("/") else current[len(root) :]
+            return secure_join(root, f"{base}/{target}/{rest}", depth=depth + 1)
+        current = candidate
+    return current
+
+
+def _make_target(target: str, like: str | None) -> None:
+    """Create a mount point: a file when the source is a file, else a directory."""
+    if like is not None and not stat.S_ISDIR(os.stat(like).st_mode):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if not os.path.exists(target):
+            with open(target, "a"):
+                pass
+        return
+    os.makedirs(target, exist_ok=True)
+
+
+def execute(plan: RootfsPlan) -> None:
+    """Mount everything under the rootfs (still before the root changes)."""
+    rootfs = plan.rootfs
+    libc.mount(None, "/", None, plan.propagation)
+    libc.mount(rootfs, rootfs, None, libc.MS_BIND | libc.MS_REC)
+    for op in plan.operations:
+        if isinstance(op, Mkdir):
+            os.makedirs(secure_join(rootfs, op.path), exist_ok=True)
+        elif isinstance(op, Mount):
+            target = secure_join(rootfs, op.target)
+            if op.host_source:
+                _make_target(target, op.source)
+            else:
+                os.makedirs(target, exist_ok=True)
+            libc.mount(op.source, target, op.fstype or None, op.flags, op.data or None)
+        elif isinstance(op, Remount):
+            target = secure_join(rootfs, op.target)
+            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | op.flags)
+        elif isinstance(op, Propagate):
+            libc.mount(None, secure_join(rootfs, op.target), None, op.flags)
+        elif isinstance(op, Symlink):
+            link = secure_join(rootfs, os.path.dirname(op.link)) + "/" + os.path.basename(op.link)
+            if not os.path.lexists(link):
+                os.symlink(op.points_to, link)
+        elif isinstance(op, BindDevice):
+            target = secure_join(rootfs, op.target)
+            if os.path.lexists(target) and not os.path.isfile(target):
+                os.unlink(target)
+            _make_target(target, op.host_path)
+            libc.mount(op.host_path, target, None, libc.MS_BIND)
+
+
+def bind_console(plan: RootfsPlan, slave_path: str) -> None:
+    target = secure_join(plan.rootfs, "/dev/console")
+    _make_target(target, slave_path)
+    libc.mount(slave_path, target, None, libc.MS_BIND)
+
+
+def enter_root(plan: RootfsPlan) -> None:
+    """Make the rootfs "/": pivot_root, or MS_MOVE + chroot where pivot_root cannot work (an
+    initramfs root, which the kernel never lets pivot)."""
+    os.chdir(plan.rootfs)
+    if plan.no_pivot:
+        libc.mount(plan.rootfs, "/", None, libc.MS_MOVE)
+        os.chroot(".")
+    else:
+        # pivot_root(".", ".") puts the old root on top of the new one; detaching "." drops it.
+        libc.pivot_root(".", ".")
+        libc.mount(None, ".", None, libc.MS_SLAVE | libc.MS_REC)
+        libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+
+
+def finish(plan: RootfsPlan) -> None:
+    """After the root changed: masked paths, read-only paths, read-only root."""
+    for path in plan.masked_paths:
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY)
+            else:
+                libc.mount("/dev/null", path, None, libc.MS_BIND)
+        except FileNotFoundError:
+            continue
+    for path in plan.readonly_paths:
+        try:
+            libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
+            libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC)
+        except FileNotFoundError:
+            continue
+    if plan.readonly_root:
+        libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+
+
+def root_is_initramfs(paths: HostPaths) -> bool:
+    """True when "/" is the kernel's rootfs (ramfs/tmpfs initramfs): pivot_root cannot work there."""
+    try:
+        text = paths.mountinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/":
+            after = fields[fields.index("-") + 1 :] if "-" in fields else []
+            return (bool(after) and after[0] in ("rootfs", "ramfs")) or (bool(after) and after[1:2] == ["rootfs"])
+    return False

@@ -1,0 +1,73 @@
+"""Shared fixtures for root tests: a busybox rootfs, runc's default spec, a cgroup parent of our own.
+
+``busybox_rootfs`` is built once per session from Debian's busybox-static (/bin/busybox plus one
+symlink per applet, /proc, /sys, /dev, /tmp); containers must not write into it (tests that need a
+writable root copy it or mount a tmpfs). ``cgroup_parent`` is ``/pykata-test-<run>``: tests put
+container cgroups below it only, and it is removed (and checked empty) at the end of the session.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import require_root
+from tests.helpers.bundle import make_rootfs, runc_default_spec
+
+RUN_TAG = f"pykata-test-{os.getpid()}"
+CGROUP_FS = Path("/sys/fs/cgroup")
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_root()
+    return make_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture(scope="session")
+def runc_spec() -> dict[str, Any]:
+    """runc's own default config.json (terminal off), parsed; copy it before editing."""
+    require_root()
+    spec = runc_default_spec()
+    spec["process"]["terminal"] = False
+    return spec
+
+
+@pytest.fixture(scope="session")
+def cgroup_parent() -> Iterator[str]:
+    """The cgroupsPath prefix every container of this session goes under."""
+    parent = f"/{RUN_TAG}"
+    yield parent
+    left = []
+    for hierarchy in CGROUP_FS.iterdir():
+        if hierarchy.is_symlink():
+            continue
+        ours = hierarchy / RUN_TAG
+        if not ours.is_dir():
+            continue
+        for child in sorted(ours.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if child.is_dir():
+                left.append(child)
+                try:
+                    child.rmdir()
+                except OSError:
+                    pass
+        try:
+            ours.rmdir()
+        except OSError:
+            pass
+    assert not left, f"container cgroups left behind: {left}"
+
+
+def make_spec(base: dict[str, Any], rootfs: Path, args: list[str], cgroups_path: str, **process: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(base)
+    spec["root"] = {"path": str(rootfs), "readonly": True}
+    spec["process"]["args"] = args
+    spec["process"].update(process)
+    spec["linux"]["cgroupsPath"] = cgroups_path
+    return spec
