@@ -23,6 +23,7 @@ sysfs and looking again after every event is race-free; the listener keeps no hi
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -239,6 +240,9 @@ class UeventListener:
             except BlockingIOError:
                 continue
             except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                    log.error("uevent socket is gone (%s): device waits fall back to polling sysfs", exc)
+                    return
                 # ENOBUFS: the kernel dropped events while we were slow; subscribers re-scan anyway.
                 log.warning("uevent socket: %s; some events were lost", exc)
                 continue
