@@ -810,6 +810,8 @@ def run_hooks(ctx: Context, kind: str, record: Record, *, fatal: bool) -> None:
 
 def do_create(ctx: Context, container_id: str, *, detach: bool) -> Record:
     bundle, spec, rootfs = load_bundle(ctx.flags.get("bundle"))
+    validate_id(container_id)
+    ctx.backend().validate(spec, bundle)
     terminal = _stdio_for(spec["process"], ctx.flags.get("console_socket"), detach)
     state_dir = ctx.store.reserve(container_id)
     record = Record(

@@ -11,7 +11,6 @@ the CLI calls only the methods of ``Backend``, so switching to the engine change
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import resource
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import prctl  # imported here, not in the child: after pivot_root the host's modules are out of reach
 
+from agent.container.cgroups import CgroupManager, detect, manager_for
 from agent.errors import InvalidArgument, NotFound, ResourceError
 from agent.system import libc
 from agent.system.paths import HostPaths
@@ -41,7 +41,6 @@ NAMESPACE_FLAGS = {
 }
 # /proc/<pid>/ns names, for exec to join the container's namespaces (user first, mount last).
 JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")
-V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices", "blkio", "net_cls", "perf_event")
 MOUNT_FLAGS = {
     "ro": (libc.MS_RDONLY, True), "rw": (libc.MS_RDONLY, False),
     "nosuid": (libc.MS_NOSUID, True), "suid": (libc.MS_NOSUID, False),
@@ -109,150 +108,46 @@ def parse_mount_options(options: list[str]) -> tuple[int, int, str]:
     return flags, propagation, ",".join(data)
 
 
-class Cgroups:
-    """A container's cgroup: one directory per v1 controller, or one unified v2 directory."""
+# What every container may use whatever its spec's device rules say, as runc allows them: the
+# default nodes made in /dev, the pty multiplexer and its slaves, and mknod of anything.
+DEFAULT_DEVICE_RULES = (
+    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},  # null
+    {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},  # zero
+    {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},  # full
+    {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},  # random
+    {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},  # urandom
+    {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},  # tty
+    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},  # ptmx
+    {"allow": True, "type": "c", "major": 136, "access": "rwm"},  # pty slaves
+    {"allow": True, "type": "c", "access": "m"},
+    {"allow": True, "type": "b", "access": "m"},
+)
 
-    def __init__(self, paths: HostPaths, directories: dict[str, str]) -> None:
-        self.paths = paths
-        self.directories = {name: Path(path) for name, path in directories.items()}
 
-    @classmethod
-    def plan(cls, paths: HostPaths, cgroups_path: str) -> Cgroups:
-        relative = cgroups_path.strip("/")
-        if ".." in relative.split("/"):
-            raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r} must not contain '..'")
-        root = paths.cgroup_root
-        if (root / "cgroup.controllers").exists():
-            return cls(paths, {"unified": str(root / relative)})
-        directories: dict[str, str] = {}
-        for entry in sorted(root.iterdir()) if root.exists() else []:
-            if entry.is_symlink() or not entry.is_dir():
-                continue
-            if set(entry.name.split(",")) & set(V1_CONTROLLERS):
-                directories[entry.name] = str(entry / relative)
-        return cls(paths, directories)
-
-    def as_json(self) -> dict[str, str]:
-        return {name: str(path) for name, path in self.directories.items()}
-
-    def create(self) -> None:
-        for name, directory in self.directories.items():
-            directory.mkdir(parents=True, exist_ok=True)
-            if "cpuset" in name.split(","):
-                self._inherit_cpuset(directory)
-
-    def _inherit_cpuset(self, directory: Path) -> None:
-        # A v1 cpuset starts empty and takes no tasks until cpus and mems are set, parents first.
-        chain = []
-        node = directory
-        while node != self.paths.cgroup_root and (node / "cpuset.cpus").exists():
-            chain.append(node)
-            node = node.parent
-        for child in reversed(chain):
-            for attribute in ("cpuset.cpus", "cpuset.mems"):
-                if not (child / attribute).read_text().strip():
-                    (child / attribute).write_text((child.parent / attribute).read_text())
-
-    def add(self, pid: int) -> None:
-        for directory in self.directories.values():
-            self._write(directory / "cgroup.procs", str(pid))
-
-    def _write(self, path: Path, value: str) -> None:
-        try:
-            with open(path, "w") as stream:
-                stream.write(value)
-        except OSError as exc:
-            raise ResourceError(f"cannot write {value!r} to {path}: {exc.strerror}") from None
-
-    def _find(self, controller: str) -> Path | None:
-        if "unified" in self.directories:
-            return self.directories["unified"]
-        for name, directory in self.directories.items():
-            if controller in name.split(","):
-                return directory
-        return None
-
-    def apply(self, resources: dict[str, Any]) -> None:
-        """Write the limits in an OCI ``linux.resources`` object (memory, cpu, cpuset, pids)."""
-        unified = "unified" in self.directories
-        memory = resources.get("memory") or {}
-        cpu = resources.get("cpu") or {}
-        pids = resources.get("pids") or {}
-        writes: list[tuple[str, str, str]] = []  # controller, file, value
-        if memory.get("limit") is not None:
-            limit = int(memory["limit"])
-            writes.append(("memory", "memory.max" if unified else "memory.limit_in_bytes",
-                           "max" if unified and limit < 0 else str(limit)))  # fmt: skip
-        if memory.get("reservation") is not None:
-            writes.append(("memory", "memory.low" if unified else "memory.soft_limit_in_bytes",
-                           str(memory["reservation"])))  # fmt: skip
-        if memory.get("swap") is not None:
-            swap = int(memory["swap"])
-            if unified and swap >= 0 and memory.get("limit") is not None:
-                swap -= int(memory["limit"])  # v2 counts swap alone; OCI counts memory+swap
-            writes.append(("memory", "memory.swap.max" if unified else "memory.memsw.limit_in_bytes", str(swap)))
-        if unified and (cpu.get("quota") is not None or cpu.get("period") is not None):
-            quota = cpu.get("quota")
-            limit_text = "max" if quota in (None, -1) else str(quota)
-            writes.append(("cpu", "cpu.max", f"{limit_text} {cpu.get('period') or 100000}"))
-        elif not unified:
-            if cpu.get("period") is not None:
-                writes.append(("cpu", "cpu.cfs_period_us", str(cpu["period"])))
-            if cpu.get("quota") is not None:
-                writes.append(("cpu", "cpu.cfs_quota_us", str(cpu["quota"])))
-        if cpu.get("shares") is not None:
-            shares = int(cpu["shares"])
-            if unified:  # the mapping the OCI runtimes agree on, 2..262144 -> 1..10000
-                writes.append(("cpu", "cpu.weight", str(1 + ((shares - 2) * 9999) // 262142)))
-            else:
-                writes.append(("cpu", "cpu.shares", str(shares)))
-        for key in ("cpus", "mems"):
-            if cpu.get(key):
-                writes.append(("cpuset", f"cpuset.{key}", str(cpu[key])))
-        if pids.get("limit") is not None:
-            limit = int(pids["limit"])
-            writes.append(("pids", "pids.max", "max" if limit <= 0 else str(limit)))
-        for controller, name, value in writes:
-            directory = self._find(controller)
-            if directory is None:
-                raise ResourceError(f"no {controller} cgroup controller is mounted for {name}")
-            self._write(directory / name, value)
-
-    def pids(self) -> list[int]:
-        found: set[int] = set()
-        for directory in self.directories.values():
-            try:
-                found.update(int(line) for line in (directory / "cgroup.procs").read_text().split())
-            except OSError:
-                continue
-        return sorted(found)
-
-    def freeze(self, frozen: bool) -> None:
-        if "unified" in self.directories:
-            self._write(self.directories["unified"] / "cgroup.freeze", "1" if frozen else "0")
-            return
-        directory = self._find("freezer")
-        if directory is None:
-            raise ResourceError("no freezer cgroup is mounted: pause needs one")
-        self._write(directory / "freezer.state", "FROZEN" if frozen else "THAWED")
-
-    def remove(self) -> None:
-        for directory in self.directories.values():
-            try:
-                directory.rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:
-                    raise
+def with_default_devices(resources: dict[str, Any]) -> dict[str, Any]:
+    """``resources`` with the default device rules after the spec's own (a later rule wins)."""
+    return {**resources, "devices": [*(resources.get("devices") or []), *DEFAULT_DEVICE_RULES]}
 
 
 class Backend:
     def __init__(self, paths: HostPaths) -> None:
         self.paths = paths
 
-    def cgroups(self, record: Record) -> Cgroups:
-        return Cgroups(self.paths, record.engine.get("cgroups", {}))
+    def validate(self, spec: dict[str, Any], bundle: Path) -> None:
+        """The engine's ordered checks (InvalidArgument naming the field); call before any side effect."""
+        from agent.container.spec import parse_spec
+        from agent.container.validate import validate_spec
+
+        validate_spec(parse_spec(spec), bundle)
+        linux = spec.get("linux") or {}
+        if linux.get("resources"):
+            from agent.container.cgroups import validate_resources
+
+            validate_resources(linux["resources"])
+
+    def cgroups(self, record: Record) -> CgroupManager:
+        """The container's cgroup, found again from what create saved (a manager holds no other state)."""
+        return manager_for(self.paths, record.engine.get("cgroups_path", ""), record.id)
 
     # --- create / start
     def create(
@@ -276,12 +171,12 @@ class Backend:
                 joins.append((kind, namespace["path"]))
             else:
                 flags |= NAMESPACE_FLAGS[kind]
-        cgroups = Cgroups.plan(self.paths, linux.get("cgroupsPath") or f"/pykata-runc/{record.id}")
-        record.engine["cgroups"] = cgroups.as_json()
+        record.engine["cgroups_path"] = linux.get("cgroupsPath") or ""
+        cgroups = self.cgroups(record)
         fifo = state_dir / EXEC_FIFO
         os.mkfifo(fifo, 0o622)
         cgroups.create()
-        cgroups.apply(linux.get("resources") or {})
+        cgroups.apply(with_default_devices(linux.get("resources") or {}))
 
         # parent -> child: "you are in your cgroups". The child builds its root meanwhile (cgroup v1
         # moves are slow, a few ms per hierarchy), and waits for this before it may run anything.
@@ -313,7 +208,7 @@ class Backend:
         os.close(error_write)
         os.close(fifo_fd)
         try:
-            cgroups.add(pid)
+            cgroups.add_pid(pid)
             try:
                 os.write(ready_write, b"1")
             except BrokenPipeError:
@@ -361,15 +256,21 @@ class Backend:
         return self.cgroups(record).pids()
 
     def freeze(self, record: Record, *, frozen: bool) -> None:
-        self.cgroups(record).freeze(frozen)
+        cgroups = self.cgroups(record)
+        cgroups.freeze() if frozen else cgroups.thaw()
 
     def update(self, record: Record, resources: dict[str, Any]) -> None:
-        self.cgroups(record).apply(resources)
+        self.cgroups(record).update(resources)
 
     def destroy(self, record: Record, state_dir: Path) -> None:
-        self.cgroups(record).remove()
+        cgroups = self.cgroups(record)
+        if cgroups.exists():
+            cgroups.destroy()
 
     def exec(self, record: Record, process: dict[str, Any], *, stdio: tuple[int, int, int]) -> int:
+        from agent.container.spec import parse_process
+
+        parse_process(process)  # InvalidArgument naming the field, before anything is forked
         ns_dir = self.paths.proc_pid(record.pid) / "ns"
         fds = []
         own_pid_ns = self._own_pid_namespace()
@@ -402,7 +303,7 @@ class Backend:
                     _report_and_exit(error_write, str(exc), 127)
                 os._exit(127)
             os.close(error_write)
-            cgroups.add(pid)
+            cgroups.add_pid(pid)
             message = _read_all(error_read)
             os.close(error_read)
             if message:
@@ -580,17 +481,17 @@ def rootfs_plan(paths: HostPaths, spec: dict[str, Any], rootfs: Path, console: s
 
 
 def _cgroup_mount(paths: HostPaths, target: Path, flags: int) -> list[MountStep]:
-    own = Cgroups.plan(paths, "/")
-    if "unified" in own.directories:
+    layout = detect(paths)
+    if layout.version == 2:
         return [MountStep("cgroup", str(target), "cgroup2", flags)]
     # v1: a tmpfs holding each hierarchy; the container sees the host's hierarchies read-only.
-    steps = [MountStep("tmpfs", str(target), "tmpfs", flags & ~libc.MS_RDONLY, "mode=755")]
-    for name in own.directories:
-        steps.append(_Mkdir(target / name))
-        source = paths.cgroup_root / name
-        steps.append(MountStep(str(source), str(target / name), None, libc.MS_BIND | libc.MS_REC))
-        hardened = libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
-        steps.append(MountStep(None, str(target / name), None, libc.MS_BIND | libc.MS_REMOUNT | hardened))
+    steps: list[MountStep] = [MountStep("tmpfs", str(target), "tmpfs", flags & ~libc.MS_RDONLY, "mode=755")]
+    hardened = libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    for source in sorted(set(layout.controllers.values()), key=str):
+        inside = target / source.name
+        steps.append(_Mkdir(inside))
+        steps.append(MountStep(str(source), str(inside), None, libc.MS_BIND | libc.MS_REC))
+        steps.append(MountStep(None, str(inside), None, libc.MS_BIND | libc.MS_REMOUNT | hardened))
     if flags & libc.MS_RDONLY:
         steps.append(MountStep(None, str(target), None, libc.MS_REMOUNT | flags))
     return steps

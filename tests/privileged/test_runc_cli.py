@@ -425,3 +425,32 @@ def test_hooks_run_at_their_points_with_the_state(runtime: Runtime) -> None:
     assert states["createRuntime"]["id"] == cid
     assert states["poststart"]["status"] in ("running", "stopped")  # /bin/cat may be done already
     assert states["poststop"]["status"] == "stopped" and states["poststop"]["bundle"] == str(bundle)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["process"].update(cwd="relative"), "process.cwd"),
+        (lambda c: c["linux"]["namespaces"].append({"type": "bogus"}), "bogus"),
+        (lambda c: c["linux"]["resources"].update(pids={"limit": "many"}), "pids"),
+        (lambda c: c["root"].update(path="no-such-rootfs"), "root.path"),
+    ],
+)
+def test_bad_specs_are_refused_before_any_side_effect(runtime: Runtime, edit: Any, message: str) -> None:
+    def broken(config: dict[str, Any]) -> None:
+        config["linux"]["cgroupsPath"] = f"{CGROUP_PARENT}/bad"
+        edit(config)
+
+    bundle = make_bundle(runtime.workdir / "bad", ["/bin/true"], spec=runtime.spec, edit=broken)
+    cid = runtime.new_id("bad")
+    done = runtime("create", "-b", str(bundle), cid, check=False)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert not (runtime.root / cid).exists()
+    assert not [p for p in CGROUP_FS.glob(f"*/{RUN_TAG}/bad") if not p.parent.parent.is_symlink()]
+
+
+def test_default_devices_are_usable_behind_a_deny_all_rule(runtime: Runtime) -> None:
+    # runc spec's only device rule denies everything; the default nodes must still work.
+    bundle = runtime.bundle("devs", ["/bin/sh", "-c", "echo x > /dev/null && head -c 4 /dev/urandom | wc -c"])
+    done = runtime("run", "-b", str(bundle), runtime.new_id("devs"))
+    assert done.stdout.strip() == "4"
