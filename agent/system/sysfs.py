@@ -18,10 +18,14 @@ def read_int(path: Path) -> int:
 
 
 def write(path: Path, value: str | int | bytes) -> None:
-    """Write one attribute value, as ``echo value > path`` would, without O_CREAT."""
+    """Write one attribute value, as ``echo value > path`` would, without O_CREAT.
+
+    O_TRUNC as the shell uses it: kernel attribute files ignore it, and a regular file standing in for
+    one (a fake tree in tests) then holds exactly the value written.
+    """
     data = value if isinstance(value, bytes) else str(value).encode()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     except OSError as exc:
         raise_errno(exc.errno or errno.EIO, str(path))
     try:

@@ -1,0 +1,446 @@
+"""Layout detection, cgroup paths and the managers on fake trees in tmp_path (no root).
+
+The fake trees stand in for the kernel: directories and files a real cgroupfs would show are made by
+the test before the manager looks (mkdir in a fake tree makes no control files).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from agent.container.cgroups import (
+    V1Manager,
+    V2Manager,
+    container_cgroup,
+    detect,
+    execute,
+    manager_for,
+    propagate_cpuset,
+)
+from agent.container.cgroups.plan import Write
+from agent.errors import InvalidArgument, NotFound, ResourceError, Unsupported
+from agent.system.paths import HostPaths
+
+V1_MOUNTINFO = """\
+25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+31 25 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
+"""
+
+V2_MOUNTINFO = """\
+25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+31 25 0:28 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate
+"""
+
+V1_FILES = {
+    "cpu": {"cpu.shares": "1024", "cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "-1", "cpu.stat": ""},
+    "cpuacct": {"cpuacct.usage": "0", "cpuacct.usage_percpu": "0 0", "cpuacct.stat": "user 0\nsystem 0"},
+    "cpuset": {"cpuset.cpus": "", "cpuset.mems": ""},
+    "memory": {
+        "memory.limit_in_bytes": "9223372036854771712",
+        "memory.usage_in_bytes": "0",
+        "memory.soft_limit_in_bytes": "9223372036854771712",
+        "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 0",
+        "memory.stat": "cache 0\nrss 0",
+    },
+    "freezer": {"freezer.state": "THAWED"},
+    "pids": {"pids.max": "max", "pids.current": "0"},
+}
+
+
+def write_files(directory: Path, files: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cgroup.procs").touch()
+    for name, text in files.items():
+        (directory / name).write_text(text)
+
+
+def v1_tree(root: Path, relative: str = "pykata/c1") -> HostPaths:
+    paths = HostPaths(root)
+    paths.mountinfo.parent.mkdir(parents=True)
+    paths.mountinfo.write_text(V1_MOUNTINFO)
+    for controller, files in V1_FILES.items():
+        base = paths.cgroup_root / controller
+        write_files(base, files)
+        if controller == "cpuset":
+            (base / "cpuset.cpus").write_text("0-3\n")
+            (base / "cpuset.mems").write_text("0\n")
+        node = base
+        for part in PurePosixPath(relative).parts:
+            node = node / part
+            write_files(node, files)
+    (paths.cgroup_root / "systemd").mkdir()
+    (paths.cgroup_root / "unified").mkdir()
+    return paths
+
+
+V2_FILES = {
+    "cgroup.controllers": "cpuset cpu io memory pids",
+    "cgroup.subtree_control": "",
+    "cgroup.freeze": "0",
+    "cgroup.events": "populated 0\nfrozen 0",
+    "cpu.weight": "100",
+    "cpu.max": "max 100000",
+    "cpuset.cpus": "",
+    "cpuset.mems": "",
+    "memory.max": "max",
+    "memory.low": "0",
+    "memory.current": "4096",
+    "pids.max": "max",
+}
+
+
+def v2_tree(root: Path, relative: str = "pykata/c1") -> HostPaths:
+    paths = HostPaths(root)
+    paths.mountinfo.parent.mkdir(parents=True)
+    paths.mountinfo.write_text(V2_MOUNTINFO)
+    node = paths.cgroup_root
+    write_files(node, {"cgroup.controllers": "cpuset cpu io memory pids hugetlb", "cgroup.subtree_control": ""})
+    for part in PurePosixPath(relative).parts:
+        node = node / part
+        write_files(node, V2_FILES)
+    return paths
+
+
+# --- detection and paths
+
+
+def test_detect_hybrid_host_is_v1(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    layout = detect(paths)
+    assert layout.version == 1
+    assert layout.hybrid
+    assert layout.unified == paths.cgroup_root / "unified"
+    assert layout.controllers["memory"] == paths.cgroup_root / "memory"
+    assert set(layout.controllers) == {"cpu", "cpuacct", "cpuset", "memory", "freezer", "pids"}
+
+
+def test_detect_v2(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    layout = detect(paths)
+    assert layout.version == 2
+    assert layout.root == paths.cgroup_root
+
+
+def test_detect_combined_v1_mount(tmp_path: Path) -> None:
+    paths = HostPaths(tmp_path)
+    paths.mountinfo.parent.mkdir(parents=True)
+    paths.mountinfo.write_text(
+        "31 25 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
+        "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:1 - cgroup cgroup rw,cpu,cpuacct\n"
+    )
+    layout = detect(paths)
+    assert layout.controllers == {
+        "cpu": paths.cgroup_root / "cpu,cpuacct",
+        "cpuacct": paths.cgroup_root / "cpu,cpuacct",
+    }
+    assert not layout.hybrid
+
+
+def test_detect_nothing_mounted(tmp_path: Path) -> None:
+    paths = HostPaths(tmp_path)
+    paths.mountinfo.parent.mkdir(parents=True)
+    paths.mountinfo.write_text("25 30 0:23 / /sys rw - sysfs sysfs rw\n")
+    with pytest.raises(Unsupported, match="no cgroup filesystem"):
+        detect(paths)
+
+
+def test_detect_unescapes_mount_points(tmp_path: Path) -> None:
+    paths = HostPaths(tmp_path / "a b")
+    paths.mountinfo.parent.mkdir(parents=True)
+    paths.mountinfo.write_text("31 25 0:28 / /sys/fs/cgroup/my\\040pids rw - cgroup cgroup rw,pids\n")
+    assert detect(paths).controllers["pids"] == paths.cgroup_root / "my pids"
+
+
+@pytest.mark.parametrize(
+    ("cgroups_path", "expected"),
+    [
+        ("", "pykata/c1"),
+        ("/pykata/c1", "pykata/c1"),
+        ("kube/pod1/c1", "kube/pod1/c1"),
+        ("//a//b/", "a/b"),
+        ("system.slice:docker:abc", "system.slice/docker-abc.scope"),
+        (":crio:abc", "system.slice/crio-abc.scope"),
+        ("machine.slice::abc", "machine.slice/abc.scope"),
+    ],
+)
+def test_container_cgroup_paths(cgroups_path: str, expected: str) -> None:
+    assert str(container_cgroup(cgroups_path, "c1")) == expected
+
+
+@pytest.mark.parametrize(("cgroups_path", "cid"), [("/a/../b", "c1"), ("", "../x"), ("", "a/b"), ("/", "c1")])
+def test_container_cgroup_rejects(cgroups_path: str, cid: str) -> None:
+    with pytest.raises(InvalidArgument):
+        container_cgroup(cgroups_path, cid)
+
+
+# --- v1 manager
+
+
+def test_v1_create_copies_cpuset_down(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    assert isinstance(manager, V1Manager)
+    manager.create()
+    for level in ("pykata", "pykata/c1"):
+        assert (paths.cgroup_root / "cpuset" / level / "cpuset.cpus").read_text() == "0-3"
+        assert (paths.cgroup_root / "cpuset" / level / "cpuset.mems").read_text() == "0"
+    assert manager.cpuset_dir() == paths.cgroup_root / "cpuset/pykata/c1"
+
+
+def test_v1_apply_writes_each_controller_dir(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    manager.apply(
+        {"cpu": {"shares": 512, "quota": 20000}, "memory": {"limit": 32 << 20, "swap": 64 << 20}, "pids": {"limit": 5}}
+    )
+    base = paths.cgroup_root
+    assert (base / "cpu/pykata/c1/cpu.shares").read_text() == "512"
+    assert (base / "cpu/pykata/c1/cpu.cfs_quota_us").read_text() == "20000"
+    assert (base / "memory/pykata/c1/memory.limit_in_bytes").read_text() == str(32 << 20)
+    # no memory.memsw.limit_in_bytes in this tree: the optional write is skipped, not created
+    assert not (base / "memory/pykata/c1/memory.memsw.limit_in_bytes").exists()
+    assert (base / "pids/pykata/c1/pids.max").read_text() == "5"
+
+
+def test_v1_devices_skipped_without_devices_controller(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    assert all(w.controller != "devices" for w in manager.plan({"devices": [{"allow": False, "access": "rwm"}]}))
+
+
+def test_missing_file_names_controller_and_file(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    with pytest.raises(Unsupported, match=r"cpu .*cpu\.rt_runtime_us"):
+        manager.apply({"cpu": {"realtimeRuntime": 1000}})
+    assert not (paths.cgroup_root / "cpu/pykata/c1/cpu.rt_runtime_us").exists()
+
+
+def test_missing_controller_is_unsupported(tmp_path: Path) -> None:
+    with pytest.raises(Unsupported, match="no blkio cgroup controller"):
+        execute([Write("blkio", "blkio.weight", "100")], {"cpu": tmp_path})
+
+
+def test_memory_limit_below_usage_is_refused(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    (paths.cgroup_root / "memory/pykata/c1/memory.usage_in_bytes").write_text(str(40 << 20))
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    with pytest.raises(InvalidArgument, match=r"memory\.limit .* below"):
+        manager.update({"memory": {"limit": 32 << 20}})
+    assert (paths.cgroup_root / "memory/pykata/c1/memory.limit_in_bytes").read_text() == "9223372036854771712"
+
+
+def test_v1_freeze_and_thaw_write_freezer_state(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    manager.freeze()
+    assert (paths.cgroup_root / "freezer/pykata/c1/freezer.state").read_text() == "FROZEN"
+    manager.thaw()
+    assert (paths.cgroup_root / "freezer/pykata/c1/freezer.state").read_text() == "THAWED"
+
+
+def test_update_of_missing_cgroup_is_not_found(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    with pytest.raises(NotFound, match="pykata/other"):
+        manager_for(paths, "/pykata/other", "other").update({"pids": {"limit": 3}})
+
+
+def test_destroy_refuses_with_processes_and_names_them(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    (paths.cgroup_root / "freezer/pykata/c1/cgroup.procs").write_text("4242\n4343\n")
+    with pytest.raises(ResourceError, match=r"\[4242, 4343\]"):
+        manager.destroy()
+    assert (paths.cgroup_root / "cpu/pykata/c1").is_dir()
+
+
+def test_pids_are_recursive(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    write_files(paths.cgroup_root / "freezer/pykata/c1/sub", {})
+    (paths.cgroup_root / "freezer/pykata/c1/cgroup.procs").write_text("10\n")
+    (paths.cgroup_root / "freezer/pykata/c1/sub/cgroup.procs").write_text("7\n")
+    assert manager.pids() == [7, 10]
+
+
+def test_v1_stats_from_files(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    base = paths.cgroup_root
+    (base / "cpuacct/pykata/c1/cpuacct.usage").write_text("5000")
+    (base / "cpuacct/pykata/c1/cpuacct.usage_percpu").write_text("2000 3000 \n")
+    (base / "cpu/pykata/c1/cpu.stat").write_text("nr_periods 4\nnr_throttled 2\nthrottled_time 900\n")
+    (base / "memory/pykata/c1/memory.usage_in_bytes").write_text("8192")
+    (base / "memory/pykata/c1/memory.stat").write_text("cache 4096\nrss 4096\n")
+    (base / "pids/pykata/c1/pids.current").write_text("3")
+    stats = manager_for(paths, "/pykata/c1", "c1").stats()
+    assert stats.cpu_stats.cpu_usage.total_usage == 5000
+    assert stats.cpu_stats.cpu_usage.percpu_usage == [2000, 3000]
+    assert (stats.cpu_stats.throttling_data.periods, stats.cpu_stats.throttling_data.throttled_time) == (4, 900)
+    assert stats.memory_stats.usage.usage == 8192
+    assert stats.memory_stats.cache == 4096
+    assert stats.memory_stats.stats == {"cache": 4096, "rss": 4096}
+    assert (stats.pids_stats.current, stats.pids_stats.limit) == (3, 0)
+
+
+# --- v2 manager
+
+
+def test_v2_create_enables_controllers_from_the_root(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    assert isinstance(manager, V2Manager)
+    manager.create()
+    # a regular file takes the last write; the kernel would accumulate "+x" writes
+    assert (paths.cgroup_root / "cgroup.subtree_control").read_text() == "+hugetlb"
+    assert (paths.cgroup_root / "pykata/cgroup.subtree_control").read_text() == "+pids"
+    assert (paths.cgroup_root / "pykata/c1/cgroup.subtree_control").read_text() == ""
+
+
+def test_v2_enable_controllers_writes_only_missing_offered_ones(tmp_path: Path) -> None:
+    directory = tmp_path / "cg"
+    write_files(directory, {"cgroup.controllers": "cpu memory pids", "cgroup.subtree_control": "cpu"})
+    written = V2Manager.enable_controllers(directory, ("cpuset", "cpu", "memory", "pids"))
+    assert written == ["memory", "pids"]
+
+
+def test_v2_manage_root_off_leaves_root_alone(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    manager_for(paths, "/pykata/c1", "c1", manage_root=False).create()
+    assert (paths.cgroup_root / "cgroup.subtree_control").read_text() == ""
+
+
+def test_v2_apply_conversions_land_in_files(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    manager.apply(
+        {
+            "cpu": {"shares": 2048, "quota": 150000, "period": 100000, "cpus": "1"},
+            "memory": {"limit": 64 << 20, "reservation": 16 << 20, "swap": -1},
+            "pids": {"limit": -1},
+        }
+    )
+    leaf = paths.cgroup_root / "pykata/c1"
+    assert (leaf / "cpu.weight").read_text() == "79"
+    assert (leaf / "cpu.max").read_text() == "150000 100000"
+    assert (leaf / "cpuset.cpus").read_text() == "1"
+    assert (leaf / "memory.max").read_text() == str(64 << 20)
+    assert (leaf / "memory.low").read_text() == str(16 << 20)
+    assert not (leaf / "memory.swap.max").exists()  # "max" without swap accounting: skipped
+    assert (leaf / "pids.max").read_text() == "max"
+
+
+def test_v2_real_swap_limit_without_swap_file_fails(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    with pytest.raises(Unsupported, match=r"memory\.swap\.max"):
+        manager_for(paths, "", "c1").apply({"memory": {"limit": 64 << 20, "swap": 128 << 20}})
+
+
+def test_v2_freeze_waits_for_frozen_event(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    leaf = paths.cgroup_root / "pykata/c1"
+    manager = manager_for(paths, "", "c1")
+
+    def kernel() -> None:  # the kernel reports "frozen 1" a little after the write
+        while (leaf / "cgroup.freeze").read_text() != "1":
+            threading.Event().wait(0.005)
+        (leaf / "cgroup.events").write_text("populated 1\nfrozen 1\n")
+
+    worker = threading.Thread(target=kernel)
+    worker.start()
+    manager.freeze(timeout=10)
+    worker.join()
+    assert (leaf / "cgroup.events").read_text().endswith("frozen 1\n")
+
+
+def test_v2_thaw_times_out_with_a_clear_error(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    leaf = paths.cgroup_root / "pykata/c1"
+    (leaf / "cgroup.events").write_text("populated 1\nfrozen 1\n")
+    with pytest.raises(ResourceError, match="did not thaw"):
+        manager_for(paths, "", "c1").thaw(timeout=0.05)
+
+
+def test_v2_stats(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    leaf = paths.cgroup_root / "pykata/c1"
+    (leaf / "cpu.stat").write_text("usage_usec 10\nuser_usec 6\nsystem_usec 4\nnr_periods 2\nthrottled_usec 3\n")
+    (leaf / "memory.stat").write_text("anon 4096\nfile 8192\n")
+    (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n")
+    (leaf / "pids.current").write_text("2")
+    (leaf / "pids.max").write_text("50")
+    (leaf / "io.stat").write_text("8:0 rbytes=100 wbytes=200 rios=1 wios=2 dbytes=0 dios=0\n")
+    stats = manager_for(paths, "", "c1").stats()
+    assert stats.cpu_stats.cpu_usage.total_usage == 10_000
+    assert stats.cpu_stats.cpu_usage.usage_in_usermode == 6_000
+    assert stats.cpu_stats.throttling_data.throttled_time == 3_000
+    assert stats.memory_stats.usage.usage == 4096
+    assert stats.memory_stats.usage.limit == 2**64 - 1
+    assert stats.memory_stats.usage.failcnt == 5
+    assert stats.memory_stats.cache == 8192
+    assert (stats.pids_stats.current, stats.pids_stats.limit) == (2, 50)
+    read = [(e.op, e.value) for e in stats.blkio_stats.io_service_bytes_recursive]
+    assert read == [("Read", 100), ("Write", 200), ("Discard", 0)]
+
+
+def test_v2_destroy_removes_tree_bottom_up(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    leaf = paths.cgroup_root / "pykata/c1"
+    # a fake cgroup directory holds regular files, which rmdir refuses: use empty dirs here
+    for child in leaf.iterdir():
+        child.unlink()
+    (leaf / "nested").mkdir()
+    manager_for(paths, "", "c1").destroy()
+    assert not leaf.exists()
+    assert (paths.cgroup_root / "pykata").is_dir()  # the shared parent stays
+
+
+# --- cpuset propagation
+
+
+def test_propagate_cpuset_v1_top_down_then_leaves(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path, "pykata/c1")
+    write_files(paths.cgroup_root / "cpuset/pykata/c2", V1_FILES["cpuset"])
+    base = paths.cgroup_root / "cpuset"
+    written = propagate_cpuset(paths, "0-5", "0", [base / "pykata/c1", base / "pykata/c2"])
+    assert written == [base / "pykata", base / "pykata/c1", base / "pykata/c2"]
+    assert (base / "pykata/c2/cpuset.cpus").read_text() == "0-5"
+    assert (base / "cpuset.cpus").read_text() == "0-3\n"  # the root is the kernel's
+
+
+def test_propagate_cpuset_v2_skips_levels_without_cpuset(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    (paths.cgroup_root / "pykata/cpuset.cpus").unlink()
+    leaf = paths.cgroup_root / "pykata/c1"
+    assert propagate_cpuset(paths, "0-7", None, [leaf]) == [leaf]
+    assert (leaf / "cpuset.cpus").read_text() == "0-7"
+
+
+def test_propagate_cpuset_validates_first(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    leaf = paths.cgroup_root / "pykata/c1"
+    with pytest.raises(InvalidArgument):
+        propagate_cpuset(paths, "0-", None, [leaf])
+    with pytest.raises(InvalidArgument, match="not in the cpuset hierarchy"):
+        propagate_cpuset(paths, "0", None, [tmp_path / "elsewhere"])
+    assert (leaf / "cpuset.cpus").read_text() == ""
+
+
+def test_set_cpuset_validates(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    manager = manager_for(paths, "", "c1")
+    with pytest.raises(InvalidArgument):
+        manager.set_cpuset("a-b")
+    manager.set_cpuset("2-3", "0")
+    assert (paths.cgroup_root / "pykata/c1/cpuset.cpus").read_text() == "2-3"
+    assert (paths.cgroup_root / "pykata/c1/cpuset.mems").read_text() == "0"
