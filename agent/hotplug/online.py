@@ -133,9 +133,8 @@ class OnlineCoordinator:
         finished = run.done.wait(timeout)
         with self._lock:
             run.waiters -= 1
+            # a run that ends with no waiter left keeps its failure for the next call (see _finish)
             finished = finished or run.done.is_set()
-            if not finished and run.waiters == 0:
-                run.waiters = -1  # nobody is left to hear the outcome: keep it for the next call
         if not finished:
             raise DeadlineExceeded(
                 f"{run.request.describe()} did not finish within the call's deadline ({timeout:.1f} s); onlining "
@@ -154,7 +153,7 @@ class OnlineCoordinator:
     def waiting_callers(self) -> int:
         """Callers blocked on the running loop (0 when none runs)."""
         with self._lock:
-            return max(self._run.waiters, 0) if self._run is not None else 0
+            return self._run.waiters if self._run is not None else 0
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no loop runs (shutdown, tests)."""
@@ -248,7 +247,7 @@ class OnlineCoordinator:
                 log.error("%s failed unexpectedly", run.request.describe(), exc_info=run.error)
             else:
                 log.error("%s failed after %.2f s: %s", run.request.describe(), elapsed, run.error)
-            if run.waiters <= 0:
+            if run.waiters == 0:
                 self._failure = (run.request, run.error)
         run.done.set()
 

@@ -148,6 +148,35 @@ def test_deadline_then_the_outcome_goes_to_the_next_call(
     service.online_cpu_mem(2, wait=True, cpu_only=True)
 
 
+def test_a_caller_that_joins_after_another_gave_up_hears_the_outcome_once(
+    fake: FakeSysfs, services_to_close: list[ResourceService]
+) -> None:
+    writer = GatedWriter(fake)
+    service = make_service(fake, services_to_close, writer, cpu_online_timeout=0.2, cpu_online_interval_ms=20)
+    fake.add_cpu(2)
+    with pytest.raises(DeadlineExceeded):
+        service.online_cpu_mem(4, wait=True, cpu_only=True, deadline=time.monotonic() + 0.05)
+    outcome: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            service.online_cpu_mem(4, wait=True, cpu_only=True)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    joiner = threading.Thread(target=join)
+    joiner.start()
+    deadline = time.monotonic() + 30
+    while service.coordinator.waiting_callers < 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert service.coordinator.runs == 1
+    writer.gate.set()
+    joiner.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], ResourceError)
+    assert str(outcome[0]).startswith("wanted 4 CPUs online but only 3 are online")
+    service.online_cpu_mem(3, wait=True, cpu_only=True)  # heard once: nothing kept for this call
+
+
 class CountingClock(RealClock):
     def __init__(self) -> None:
         self.woken = 0
