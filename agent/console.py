@@ -114,12 +114,21 @@ def find_shell(paths: HostPaths) -> str:
     return SHELLS[-1]
 
 
-def spawn_shell(shell: str, slave_fd: int) -> subprocess.Popen[bytes]:
-    """The shell on the pty slave, in a new session with the pty as its controlling terminal."""
+def setsid_command() -> list[str]:
+    """How to run setsid here: the program, or busybox's applet (an initrd may have only busybox)."""
     setsid = shutil.which("setsid", path=SHELL_ENV["PATH"])
     if setsid is not None:
+        return [setsid]
+    busybox = shutil.which("busybox", path=SHELL_ENV["PATH"])
+    return [busybox, "setsid"] if busybox is not None else []
+
+
+def spawn_shell(shell: str, slave_fd: int) -> subprocess.Popen[bytes]:
+    """The shell on the pty slave, in a new session with the pty as its controlling terminal."""
+    setsid = setsid_command()
+    if setsid:
         # setsid -c: new session, then TIOCSCTTY on stdin (util-linux and busybox both have it).
-        argv = [setsid, "-c", shell, "-i"]
+        argv = [*setsid, "-c", shell, "-i"]
         new_session = False
     else:
         argv, new_session = [shell, "-i"], True  # a session without a controlling terminal

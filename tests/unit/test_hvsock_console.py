@@ -206,3 +206,19 @@ def test_attach_relays_a_pipe_until_the_guest_closes() -> None:
     finally:
         os.close(in_r)
         os.close(out_r)
+
+
+def test_busybox_setsid_is_used_when_there_is_no_setsid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from agent import console as console_module
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    busybox = shutil.which("busybox")
+    assert busybox is not None, "busybox-static is part of the development setup"
+    (bindir / "busybox").symlink_to(busybox)
+    monkeypatch.setitem(console_module.SHELL_ENV, "PATH", str(bindir))
+    assert console_module.setsid_command() == [str(bindir / "busybox"), "setsid"]
+    (bindir / "setsid").symlink_to(busybox)
+    assert console_module.setsid_command() == [str(bindir / "setsid")]
