@@ -39,11 +39,13 @@ def _fail(message: str) -> None:
 
 def _mount_api_filesystems() -> None:
     from agent.system import libc
+    from agent.system.paths import HostPaths
 
+    paths = HostPaths()
     for source, target, fstype, flags in (
-        ("proc", "/proc", "proc", MS_NOSUID_NODEV_NOEXEC),
-        ("sysfs", "/sys", "sysfs", MS_NOSUID_NODEV_NOEXEC),
-        ("devtmpfs", "/dev", "devtmpfs", 0x2),
+        ("proc", str(paths.proc), "proc", MS_NOSUID_NODEV_NOEXEC),
+        ("sysfs", str(paths.sys), "sysfs", MS_NOSUID_NODEV_NOEXEC),
+        ("devtmpfs", str(paths.dev), "devtmpfs", 0x2),
     ):
         os.makedirs(target, exist_ok=True)
         if not os.path.ismount(target):
@@ -102,7 +104,10 @@ def switch_root(options: dict[str, str]) -> None:
     init = options.get("init") or "/sbin/init"
     if not os.path.exists(NEW_ROOT + init) and not os.path.islink(NEW_ROOT + init):
         raise FileNotFoundError(f"{device} has no {init}")
-    for api in ("/dev", "/proc", "/sys"):
+    from agent.system.paths import HostPaths
+
+    paths = HostPaths()
+    for api in (str(paths.dev), str(paths.proc), str(paths.sys)):
         os.makedirs(NEW_ROOT + api, exist_ok=True)
         libc.mount(api, NEW_ROOT + api, None, MS_MOVE, None)
     initramfs_dev = os.lstat("/").st_dev
@@ -119,7 +124,9 @@ def main() -> None:
     if os.getpid() == 1:
         try:
             _mount_api_filesystems()
-            with open("/proc/cmdline") as handle:
+            from agent.system.paths import HostPaths
+
+            with open(HostPaths().cmdline) as handle:
                 options = kernel_options(handle.read())
             if options.get("root"):
                 _load_modules(os.uname().release)
