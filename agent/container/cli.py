@@ -758,21 +758,37 @@ def load_bundle(bundle_flag: str | None) -> tuple[Path, dict[str, Any], Path]:
 
 
 class Terminal:
-    """The pty of a terminal process: the slave is its stdio, the master goes to the console socket."""
+    """A terminal process makes its pty inside the container and sends the master back over
+    ``theirs``; we pass it on to the console socket, as runc does."""
 
     def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
+        import socket
+
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def child_end(self) -> int:
+        return self.theirs.fileno()
 
     def hand_over(self, socket_path: str) -> None:
-        send_console(socket_path, self.master, os.ttyname(self.slave))
-        os.close(self.master)
-        self.master = -1
+        import socket
+
+        self.theirs.close()
+        self.ours.settimeout(10)
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(self.ours, 4096, 1)
+        except OSError as exc:
+            raise CliError(f"the container process sent no terminal: {exc}") from None
+        if not fds:
+            raise CliError("the container process sent no terminal")
+        try:
+            send_console(socket_path, fds[0], message.decode(errors="replace"))
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def close(self) -> None:
-        for fd in (self.master, self.slave):
-            if fd >= 0:
-                os.close(fd)
-        self.master = self.slave = -1
+        self.ours.close()
+        self.theirs.close()
 
 
 def _stdio_for(process: dict[str, Any], console_socket: str | None, detach: bool) -> Terminal | None:
@@ -825,12 +841,12 @@ def do_create(ctx: Context, container_id: str, *, detach: bool) -> Record:
     )
     backend = ctx.backend()
     try:
-        stdio = (terminal.slave,) * 3 if terminal else (0, 1, 2)
         record.pid = backend.create(
             record,
             spec,
             state_dir,
-            stdio=stdio,
+            stdio=(0, 1, 2),
+            console=terminal.child_end() if terminal else None,
             no_pivot=bool(ctx.flags.get("no_pivot")),
             preserve_fds=_integer(ctx.flags.get("preserve_fds") or "0", "--preserve-fds"),
         )
@@ -1031,8 +1047,9 @@ def cmd_exec(ctx: Context) -> int:
     detach = bool(ctx.flags["detach"])
     terminal = _stdio_for(process, ctx.flags["console_socket"], detach)
     try:
-        stdio = (terminal.slave,) * 3 if terminal else (0, 1, 2)
-        pid = ctx.backend().exec(record, process, stdio=stdio)
+        pid = ctx.backend().exec(
+            record, process, stdio=(0, 1, 2), console=terminal.child_end() if terminal else None
+        )
         if terminal:
             terminal.hand_over(ctx.flags["console_socket"])
     finally:

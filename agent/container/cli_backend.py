@@ -15,6 +15,7 @@ import fcntl
 import os
 import resource
 import select
+import socket
 import termios
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,9 +158,15 @@ class Backend:
         state_dir: Path,
         *,
         stdio: tuple[int, int, int],
+        console: int | None = None,
         no_pivot: bool = False,
         preserve_fds: int = 0,
     ) -> int:
+        """Fork the container's init and return its pid once it waits on the exec fifo.
+
+        With ``console`` (one end of a socketpair) the init makes its pty inside the container, as
+        runc does (so the terminal's name resolves there), and sends the master back through it.
+        """
         linux = spec.get("linux") or {}
         flags = 0
         joins: list[tuple[str, str]] = []
@@ -199,7 +206,7 @@ class Backend:
             code = 1
             try:
                 _init(self.paths, spec, Path(record.rootfs), flags & ~libc.CLONE_NEWPID, joins, stdio,
-                      fifo_fd, no_pivot, preserve_fds, error_write, ready_read)  # fmt: skip
+                      fifo_fd, no_pivot, preserve_fds, error_write, ready_read, console)  # fmt: skip
             except BaseException as exc:
                 text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
                 _report_and_exit(error_write, text, code)
@@ -267,7 +274,9 @@ class Backend:
         if cgroups.exists():
             cgroups.destroy()
 
-    def exec(self, record: Record, process: dict[str, Any], *, stdio: tuple[int, int, int]) -> int:
+    def exec(
+        self, record: Record, process: dict[str, Any], *, stdio: tuple[int, int, int], console: int | None = None
+    ) -> int:
         from agent.container.spec import parse_process
 
         parse_process(process)  # InvalidArgument naming the field, before anything is forked
@@ -298,7 +307,10 @@ class Backend:
                             libc.setns(fd, 0, name)
                     os.fchdir(root_fd)
                     os.chroot(".")
-                    _exec_process(process, stdio, self.paths)
+                    _take_stdio(stdio, 0)
+                    if console is not None:
+                        _open_console(console, None)
+                    _exec_process(process, self.paths)
                 except BaseException as exc:
                     _report_and_exit(error_write, str(exc), 127)
                 os._exit(127)
@@ -369,10 +381,11 @@ def _init(
     preserve_fds: int,
     report_fd: int,
     placed_fd: int,
+    console: int | None,
 ) -> None:
     process = spec["process"]
     linux = spec.get("linux") or {}
-    _take_stdio(stdio, bool(process.get("terminal")), preserve_fds)
+    _take_stdio(stdio, preserve_fds)
     for kind, path in joins:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -382,8 +395,7 @@ def _init(
     libc.unshare(flags & ~libc.CLONE_NEWCGROUP)
     if flags & libc.CLONE_NEWNS:
         rootfs = Path(os.path.realpath(rootfs_path))
-        console = os.ttyname(0) if process.get("terminal") else None
-        for step in rootfs_plan(paths, spec, rootfs, console):
+        for step in rootfs_plan(paths, spec, rootfs, console is not None):
             try:
                 step.run()
             except OSError as exc:
@@ -393,6 +405,8 @@ def _init(
         _container_hooks(spec, "createContainer")  # in our namespaces, before the root moves
         _enter_root(rootfs, no_pivot)
         _mask_and_protect(linux, bool((spec.get("root") or {}).get("readonly")))
+    if console is not None:
+        _open_console(console, "/dev/console" if flags & libc.CLONE_NEWNS else None)
     if os.read(placed_fd, 1) != b"1":
         raise ResourceError("the runtime could not place the container in its cgroups")
     os.close(placed_fd)
@@ -412,7 +426,7 @@ def _init(
     os.close(gate)
     os.close(fifo_fd)
     _container_hooks(spec, "startContainer")
-    _exec_process(process, None, paths)
+    _exec_process(process, paths)
 
 
 def _container_hooks(spec: dict[str, Any], kind: str) -> None:
@@ -431,19 +445,33 @@ def _container_hooks(spec: dict[str, Any], kind: str) -> None:
             raise ResourceError(f"{kind} hook failed: {exc}") from None
 
 
-def _take_stdio(stdio: tuple[int, int, int], terminal: bool, preserve_fds: int) -> None:
+def _open_console(console: int, console_file: str | None) -> None:
+    """Make a pty here (inside the container's /dev), take its slave as stdio and controlling
+    terminal, bind it to ``console_file``, and send the master back through ``console``."""
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    for target in range(3):
+        os.dup2(slave, target)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    if console_file is not None and os.path.exists(console_file):
+        libc.mount(name, console_file, None, libc.MS_BIND)
+    with socket.socket(fileno=console) as channel:
+        socket.send_fds(channel, [name.encode()], [master])
+    os.close(master)
+    os.close(slave)
+
+
+def _take_stdio(stdio: tuple[int, int, int], preserve_fds: int) -> None:
     os.setsid()
     for target, fd in enumerate(stdio):
         if fd != target:
             os.dup2(fd, target)
         os.set_inheritable(target, True)
-    if terminal:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     for fd in range(3, 3 + preserve_fds):
         os.set_inheritable(fd, True)
 
 
-def rootfs_plan(paths: HostPaths, spec: dict[str, Any], rootfs: Path, console: str | None) -> list[MountStep]:
+def rootfs_plan(paths: HostPaths, spec: dict[str, Any], rootfs: Path, console: bool = False) -> list[MountStep]:
     """The mounts that build the container's root, in order, as data."""
     linux = spec.get("linux") or {}
     propagation = PROPAGATION.get(linux.get("rootfsPropagation") or "rslave", libc.MS_SLAVE | libc.MS_REC)
@@ -523,7 +551,7 @@ class _Touch(MountStep):
         Path(self.target).touch(exist_ok=True)
 
 
-def _default_devices(paths: HostPaths, dev: Path, console: str | None) -> list[MountStep]:
+def _default_devices(paths: HostPaths, dev: Path, console: bool) -> list[MountStep]:
     steps: list[MountStep] = []
     for name in DEFAULT_DEVICES:
         steps.append(_Touch(dev / name))
@@ -531,8 +559,7 @@ def _default_devices(paths: HostPaths, dev: Path, console: str | None) -> list[M
     for name, points_to in DEV_LINKS.items():
         steps.append(_Symlink(dev / name, points_to))
     if console:
-        steps.append(_Touch(dev / "console"))
-        steps.append(MountStep(console, str(dev / "console"), None, libc.MS_BIND))
+        steps.append(_Touch(dev / "console"))  # the pty made later is bound here
     return steps
 
 
@@ -568,10 +595,8 @@ def _mask_and_protect(linux: dict[str, Any], readonly_root: bool) -> None:
         libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
 
 
-def _exec_process(process: dict[str, Any], stdio: tuple[int, int, int] | None, paths: HostPaths) -> None:
+def _exec_process(process: dict[str, Any], paths: HostPaths) -> None:
     """Become the user's process: identity, capabilities, limits, then execve. Never returns."""
-    if stdio is not None:
-        _take_stdio(stdio, bool(process.get("terminal")), 0)
     args = list(process.get("args") or [])
     if not args:
         raise InvalidArgument("process.args is empty")

@@ -454,3 +454,66 @@ def test_default_devices_are_usable_behind_a_deny_all_rule(runtime: Runtime) -> 
     bundle = runtime.bundle("devs", ["/bin/sh", "-c", "echo x > /dev/null && head -c 4 /dev/urandom | wc -c"])
     done = runtime("run", "-b", str(bundle), runtime.new_id("devs"))
     assert done.stdout.strip() == "4"
+
+
+def test_foreground_run_forwards_signals(runtime: Runtime) -> None:
+    bundle = runtime.bundle("fwd", ["/bin/sh", "-c", "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"])
+    cid = runtime.new_id("fwd")
+    with tempfile.TemporaryFile() as out:
+        foreground = subprocess.Popen(
+            [*CLI, "--root", str(runtime.root), "run", "-b", str(bundle), cid],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+        runtime.pids.append(foreground.pid)
+
+        def ready() -> bool:
+            out.seek(0)
+            return b"ready" in out.read()
+
+        _wait_for(ready, "the container's shell to set its trap")
+        foreground.send_signal(signal.SIGTERM)  # to pykata-runc, which passes it on
+        assert foreground.wait(timeout=30) == 42
+
+
+def test_force_delete_of_a_paused_container(runtime: Runtime) -> None:
+    bundle = runtime.bundle("frozen", ["/bin/sleep", "300"])
+    cid = runtime.new_id("frozen")
+    runtime("run", "-d", "-b", str(bundle), cid)
+    pid = runtime.state(cid)["pid"]
+    runtime("pause", cid)
+    done = runtime("delete", cid, check=False)
+    assert done.returncode == 1 and "paused" in done.stderr
+    runtime("delete", "--force", cid)
+    assert not _alive(pid)
+    assert not (runtime.root / cid).exists()
+
+
+def test_exec_with_a_terminal_over_the_console_socket(runtime: Runtime) -> None:
+    bundle = runtime.bundle("exectty", ["/bin/sleep", "300"])
+    cid = runtime.new_id("exectty")
+    runtime("run", "-d", "-b", str(bundle), cid)
+    path = runtime.workdir / "exec-console.sock"
+    pid_file = runtime.workdir / "exec-tty.pid"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        runtime("exec", "--tty", "--detach", "--console-socket", str(path), "--pid-file", str(pid_file), cid,
+                "/bin/sh", "-c", "tty; sleep 300")  # fmt: skip
+        connection, _ = listener.accept()
+        with connection:
+            fds = array.array("i")
+            _message, ancillary, _flags, _addr = connection.recvmsg(4096, socket.CMSG_SPACE(fds.itemsize))
+            fds.frombytes(ancillary[0][2][: fds.itemsize])
+    runtime.pids.append(int(pid_file.read_text()))
+    master = fds[0]
+    try:
+        output = b""
+        deadline = time.monotonic() + 10
+        while b"\n" not in output and time.monotonic() < deadline:
+            output += os.read(master, 1024)
+        assert output.startswith(b"/dev/"), output
+    finally:
+        os.close(master)
