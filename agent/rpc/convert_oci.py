@@ -1,0 +1,136 @@
+"""Kata's ``grpc.Spec`` (protos/oci.proto, Go-style capitalised field names) to and from the OCI
+runtime-spec dict that the engine takes (config.json's own names).
+
+The walk is generic over the message descriptors: a field's JSON name is its proto name with the
+first letter lowered, except the acronyms in ``JSON_NAMES``. proto3 cannot tell an unset number
+from 0, so inside ``linux.resources`` a 0 means "not set" (as Kata's agent reads it) and is left
+out; -1 for a device rule's major or minor means "any" (OCI's missing value).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from agent.rpc.pb import oci_pb2
+
+JSON_NAMES = {
+    "Version": "ociVersion",
+    "UID": "uid",
+    "GID": "gid",
+    "UIDMappings": "uidMappings",
+    "GIDMappings": "gidMappings",
+    "HostID": "hostID",
+    "ContainerID": "containerID",
+    "OOMScoreAdj": "oomScoreAdj",
+    "CPU": "cpu",
+    "BlockIO": "blockIO",
+    "KernelTCP": "kernelTCP",
+    "DisableOOMKiller": "disableOOMKiller",
+    "ClassID": "classID",
+    "ThrottleReadIOPSDevice": "throttleReadIOPSDevice",
+    "ThrottleWriteIOPSDevice": "throttleWriteIOPSDevice",
+    "L3CacheSchema": "l3CacheSchema",
+    "IntelRdt": "intelRdt",
+    "errnoret": "errnoRet",
+}
+_PROTO_NAMES = {v: k for k, v in JSON_NAMES.items()}
+# messages whose zero numbers mean "unset"
+_ZERO_IS_UNSET = {"LinuxMemory", "LinuxCPU", "LinuxPids", "LinuxBlockIO", "LinuxHugepageLimit"}
+_SKIP = {"Solaris", "Windows"}
+
+
+def json_name(proto_name: str) -> str:
+    if proto_name in JSON_NAMES:
+        return JSON_NAMES[proto_name]
+    return proto_name[:1].lower() + proto_name[1:]
+
+
+def _value(field: Any, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return message_to_dict(value)
+    return value
+
+
+def _unset(message_name: str, field_name: str, value: Any, zero_unset: bool) -> bool:
+    if zero_unset and value in (0, ""):
+        return True
+    return message_name == "LinuxDeviceCgroup" and field_name in ("Major", "Minor") and value == -1
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    descriptor = message.DESCRIPTOR
+    zero_unset = descriptor.name in _ZERO_IS_UNSET
+    for field in descriptor.fields:
+        if field.name in _SKIP:
+            continue
+        name = json_name(field.name)
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            out[name] = {k: _value(field.message_type.fields_by_name["value"], v) for k, v in value.items()}
+        elif field.is_repeated:
+            out[name] = [_value(field, item) for item in value]
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if message.HasField(field.name):
+                out[name] = message_to_dict(value)
+        elif field.containing_oneof is not None:
+            if message.HasField(field.name):
+                out[name] = value
+        elif not _unset(descriptor.name, field.name, value, zero_unset):
+            out[name] = value
+    return out
+
+
+def spec_to_dict(spec: oci_pb2.Spec) -> dict[str, Any]:
+    """The OCI runtime-spec dict for a Kata ``grpc.Spec``."""
+    return message_to_dict(spec)
+
+
+def resources_to_dict(resources: oci_pb2.LinuxResources) -> dict[str, Any]:
+    return message_to_dict(resources)
+
+
+def process_to_dict(process: oci_pb2.Process) -> dict[str, Any]:
+    return message_to_dict(process)
+
+
+def dict_to_message(data: dict[str, Any], message: Message) -> Message:
+    """Fill ``message`` from an OCI dict (the inverse, for host tools and tests)."""
+    descriptor = message.DESCRIPTOR
+    for key, value in data.items():
+        if value is None:
+            continue
+        proto_name = _PROTO_NAMES.get(key, key[:1].upper() + key[1:])
+        field = descriptor.fields_by_name.get(proto_name)
+        if field is None:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            target = getattr(message, proto_name)
+            value_field = field.message_type.fields_by_name["value"]
+            for k, v in value.items():
+                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                    dict_to_message(v, target[k])
+                else:
+                    target[k] = v
+        elif field.is_repeated:
+            target = getattr(message, proto_name)
+            for item in value:
+                if field.type == FieldDescriptor.TYPE_MESSAGE:
+                    dict_to_message(item, target.add())
+                else:
+                    target.append(item)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            dict_to_message(value, getattr(message, proto_name))
+            getattr(message, proto_name).SetInParent()
+        else:
+            setattr(message, proto_name, value)
+    return message
+
+
+def dict_to_spec(data: dict[str, Any]) -> oci_pb2.Spec:
+    spec = oci_pb2.Spec()
+    dict_to_message(data, spec)
+    return spec

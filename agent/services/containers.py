@@ -1,0 +1,291 @@
+"""The container RPCs in domain types: create, start, exec, signal, wait, stdio, update, stats,
+pause, resume, remove, OOM events. The engine (agent/container) does the work; this service adds
+the agent's concerns: storages per container, buffered stdio (agent/services/streams.py), the OOM
+watcher, and which containers asked for CPUs (for CPU hotplug's cpuset update)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.config import AgentConfig
+from agent.container.engine import Container, Engine, PipeIO, Process
+from agent.errors import AgentError, DeadlineExceeded, InvalidArgument, NotFound
+from agent.services.streams import StreamBuffer
+from agent.system.paths import HostPaths
+
+if TYPE_CHECKING:
+    from agent.services import Services
+
+log = logging.getLogger(__name__)
+
+STREAM_CLOSE_TIMEOUT = 5.0
+MAX_READ = 4 * 1024 * 1024  # one ReadStdout never returns more (the ttrpc frame limit)
+
+
+class StreamEnded(NotFound):
+    """ReadStdout/ReadStderr after the process closed the stream and everything was read."""
+
+
+@dataclass
+class ProcessStreams:
+    stdout: StreamBuffer | None = None
+    stderr: StreamBuffer | None = None
+    stdin: int | None = None
+    stdin_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close(self) -> None:
+        with self.stdin_lock:
+            if self.stdin is not None:
+                os.close(self.stdin)
+                self.stdin = None
+        for buffer in (self.stdout, self.stderr):
+            if buffer is not None:
+                buffer.close(STREAM_CLOSE_TIMEOUT)
+
+
+def _streams_for(process: Process, limit: int, name: str) -> ProcessStreams:
+    """Take the process's stdio descriptors over (the buffers close them)."""
+    io = process.io
+    streams = ProcessStreams()
+    if io.pty_master is not None:
+        # one pty: the buffer reads (and owns) the master, stdin writes go to a second descriptor
+        # of it, and a third stays in the process's io for TtyWinResize (the engine closes it)
+        master = io.pty_master
+        streams.stdin = os.dup(master)
+        io.pty_master = os.dup(master)
+        streams.stdout = StreamBuffer(master, limit, f"{name} tty")
+        return streams
+    if io.stdout is not None:
+        streams.stdout = StreamBuffer(io.stdout, limit, f"{name} stdout")
+        io.stdout = None
+    if io.stderr is not None:
+        streams.stderr = StreamBuffer(io.stderr, limit, f"{name} stderr")
+        io.stderr = None
+    streams.stdin, io.stdin = io.stdin, None
+    return streams
+
+
+class ContainerService:
+    def __init__(
+        self,
+        paths: HostPaths,
+        config: AgentConfig,
+        *,
+        storage: Callable[[], Any] | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.paths = paths
+        self.config = config
+        self.engine = engine or Engine(paths)
+        self._storage = storage  # returns the StorageService, built only when a request has storages
+        self._streams: dict[tuple[str, str], ProcessStreams] = {}
+        self._lock = threading.Lock()
+        self._oom: Any = None
+        self._oom_lock = threading.Lock()
+
+    @classmethod
+    def from_services(cls, services: Services) -> ContainerService:
+        return cls(services.paths, services.config, storage=lambda: services.storage)
+
+    # --- helpers
+    def _container(self, container_id: str) -> Container:
+        return self.engine.get(container_id)
+
+    def _io(self) -> PipeIO:
+        return PipeIO(pipe_size=self.config.container_pipe_size)
+
+    def _adopt(self, container_id: str, exec_id: str, process: Process) -> None:
+        streams = _streams_for(process, self.config.output_buffer_limit, f"{container_id}/{exec_id or 'init'}")
+        with self._lock:
+            self._streams[(container_id, exec_id)] = streams
+
+    def _stream_key(self, container_id: str, exec_id: str) -> tuple[str, str]:
+        container = self._container(container_id)
+        return (container_id, "" if exec_id in ("", container.id) else exec_id)
+
+    def _process_streams(self, container_id: str, exec_id: str) -> ProcessStreams:
+        key = self._stream_key(container_id, exec_id)
+        with self._lock:
+            streams = self._streams.get(key)
+        if streams is None:
+            raise NotFound(f"container {container_id} has no process {exec_id or 'init'}")
+        return streams
+
+    def _storage_service(self) -> Any:
+        if self._storage is None:
+            raise InvalidArgument("the request has storages but this agent has no storage service")
+        return self._storage()
+
+    def _oom_watcher(self) -> Any:
+        with self._oom_lock:
+            if self._oom is None:
+                from agent.container.cgroups import OomWatcher
+
+                self._oom = OomWatcher(self.paths)
+            return self._oom
+
+    # --- RPCs
+    def create_container(
+        self, container_id: str, spec: dict[str, Any], *, storages: list[Any] | None = None
+    ) -> Container:
+        """Mount the request's storages (owned by the container), then create it."""
+        if storages:
+            self._storage_service().mount_all(storages, container_id)
+        try:
+            container = self.engine.create(container_id, spec, io=self._io())
+        except BaseException:
+            if storages:
+                self._storage_service().release(container_id)
+            raise
+        assert container.init is not None
+        self._adopt(container_id, "", container.init)
+        try:
+            self._oom_watcher().add(container_id, container.cgroup)
+        except AgentError as exc:
+            log.warning("container %s: no OOM events: %s", container_id, exc)
+        return container
+
+    def start_container(self, container_id: str) -> None:
+        self._container(container_id).start()
+
+    def exec_process(self, container_id: str, exec_id: str, process: dict[str, Any]) -> Process:
+        container = self._container(container_id)
+        proc = container.exec(exec_id, process, io=self._io())
+        self._adopt(container_id, exec_id, proc)
+        return proc
+
+    def signal_process(self, container_id: str, exec_id: str, signum: int) -> None:
+        """An empty exec_id signals every process of the container."""
+        container = self._container(container_id)
+        if signum <= 0 or signum >= 65:
+            raise InvalidArgument(f"signal {signum} is not a signal number (1..64)")
+        if exec_id == "":
+            container.signal(signum, all_processes=True)
+        else:
+            container.signal(signum, exec_id)
+
+    def wait_process(self, container_id: str, exec_id: str, deadline: float | None = None) -> int:
+        """The exit status, as the shell shows it (128+N for signal N)."""
+        container = self._container(container_id)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return container.wait(exec_id, timeout)
+
+    def write_stdin(self, container_id: str, exec_id: str, data: bytes) -> int:
+        streams = self._process_streams(container_id, exec_id)
+        with streams.stdin_lock:
+            if streams.stdin is None:
+                raise InvalidArgument(f"stdin of {container_id}/{exec_id or 'init'} is closed")
+            written = 0
+            view = memoryview(data)
+            while written < len(data):
+                written += os.write(streams.stdin, view[written:])
+            return written
+
+    def close_stdin(self, container_id: str, exec_id: str) -> None:
+        streams = self._process_streams(container_id, exec_id)
+        with streams.stdin_lock:
+            if streams.stdin is not None:
+                os.close(streams.stdin)
+                streams.stdin = None
+
+    def read_stream(
+        self, container_id: str, exec_id: str, length: int, *, stderr: bool, deadline: float | None = None
+    ) -> bytes:
+        """Block until there is output or the stream ended (StreamEnded)."""
+        streams = self._process_streams(container_id, exec_id)
+        buffer = streams.stderr if stderr else streams.stdout
+        name = "stderr" if stderr else "stdout"
+        if buffer is None:
+            raise StreamEnded(f"{container_id}/{exec_id or 'init'} has no {name} (a terminal has only stdout)")
+        length = min(length or MAX_READ, MAX_READ)
+        while True:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                raise DeadlineExceeded(f"no {name} from {container_id}/{exec_id or 'init'} before the deadline")
+            data = buffer.read(length, timeout)
+            if data is None:
+                raise StreamEnded(f"{name} of {container_id}/{exec_id or 'init'} is at EOF")
+            if data:
+                return data
+
+    def tty_win_resize(self, container_id: str, exec_id: str, rows: int, cols: int) -> None:
+        self._container(container_id).process(exec_id).resize(rows, cols)
+
+    def update_container(self, container_id: str, resources: dict[str, Any]) -> None:
+        self._container(container_id).update(resources)
+
+    def stats_container(self, container_id: str) -> Any:
+        return self._container(container_id).stats()
+
+    def pause_container(self, container_id: str) -> None:
+        self._container(container_id).pause()
+
+    def resume_container(self, container_id: str) -> None:
+        self._container(container_id).resume()
+
+    def list_processes(self, container_id: str) -> list[int]:
+        return self._container(container_id).pids()
+
+    def remove_container(self, container_id: str, timeout: float = 0) -> None:
+        """Kill and reap every process (``timeout`` seconds; 0 waits for ever), remove the cgroup,
+        close the stdio, release the container's storages."""
+        self._container(container_id)
+        if self._oom is not None:
+            self._oom.remove(container_id)
+        self.engine.remove(container_id, timeout or None)
+        with self._lock:
+            keys = [key for key in self._streams if key[0] == container_id]
+            streams = [self._streams.pop(key) for key in keys]
+        for item in streams:
+            item.close()
+        if self._storage is not None:
+            try:
+                storage = self._storage()
+            except AgentError:
+                storage = None
+            if storage is not None:
+                storage.release(container_id)
+
+    def get_oom_event(self, deadline: float | None = None) -> str:
+        """Block until a container's process is OOM-killed; return the container id."""
+        watcher = self._oom_watcher()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        container_id: str | None = watcher.next_event(timeout)
+        if container_id is None:
+            raise DeadlineExceeded("no OOM event before the deadline")
+        return container_id
+
+    def cpuset_targets(self) -> list[Path]:
+        """cpuset dirs of the containers whose spec set linux.resources.cpu.cpus."""
+        targets = []
+        for container in self.engine.list():
+            try:
+                directory = container.cpuset_dir()
+            except (OSError, AgentError):
+                continue
+            if directory is not None:
+                targets.append(directory)
+        return targets
+
+    def container_ids(self) -> list[str]:
+        return [c.id for c in self.engine.list()]
+
+    def remove_all(self, timeout: float = 10) -> None:
+        for container_id in self.container_ids():
+            try:
+                self.remove_container(container_id, timeout)
+            except Exception as exc:
+                log.warning("removing container %s: %s", container_id, exc)
+
+    def close(self) -> None:
+        self.remove_all()
+        if self._oom is not None:
+            self._oom.close()
+        self.engine.close()
