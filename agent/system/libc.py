@@ -7,11 +7,11 @@ what it was acting on. Constants keep the kernel's names.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import NoReturn
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# By soname: ctypes.util.find_library would run ldconfig or gcc in a subprocess, at guest boot.
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 # mount(2) flags
 MS_RDONLY = 0x1
