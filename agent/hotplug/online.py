@@ -105,6 +105,14 @@ class OnlineCoordinator:
 
     # --- the API the service calls
 
+    def raise_kept(self) -> None:
+        """Raise (and forget) the failure of an earlier loop that nobody waited for, if there is one."""
+        with self._lock:
+            earlier = self._failure
+            self._failure = None
+        if earlier is not None:
+            raise _reported(*earlier)
+
     def submit(self, request: OnlineRequest, *, wait: bool, timeout: float | None = None) -> OnlineRun:
         """Start (or join) the loop for ``request``. With ``wait`` block until it ends (at most
         ``timeout`` seconds) and raise its failure. First raises the kept failure of an earlier

@@ -94,6 +94,7 @@ class ResourceService:
 
     def online_cpu_mem(self, nb_cpus: int, *, wait: bool, cpu_only: bool, deadline: float | None = None) -> None:
         """Make at least ``nb_cpus`` CPUs online (in total) and, unless ``cpu_only``, every memory block."""
+        self.coordinator.raise_kept()
         if nb_cpus:
             cpu.check_request(self.paths, nb_cpus)
         request = OnlineRequest(nb_cpus=nb_cpus, memory=not cpu_only)
@@ -103,6 +104,7 @@ class ResourceService:
 
     def mem_hotplug_by_probe(self, addresses: Sequence[int], *, deadline: float | None = None) -> None:
         """Tell the kernel about memory at ``addresses``, then online the blocks that brings."""
+        self.coordinator.raise_kept()
         kwargs = {"writer": self.writer} if self.writer is not None else {}
         blocks = memory.probe(self.paths, addresses, **kwargs)
         self._submit(OnlineRequest(memory=True, memory_blocks=frozenset(blocks)), wait=True, deadline=deadline)

@@ -355,6 +355,19 @@ def test_wait_false_failure_is_raised_by_the_next_call_then_cleared(tmp_path: Pa
     guest.service.online_cpu_mem(2, wait=True, cpu_only=True)  # reported once, then forgotten
 
 
+def test_a_kept_failure_comes_before_any_new_work(tmp_path: Path) -> None:
+    guest = make_guest(tmp_path, cpu_online_timeout=1, cpu_online_interval_ms=1000)
+    guest.fake.set_block_size(0x8000000)
+    guest.fake.enable_probe()
+    guest.service.online_cpu_mem(3, wait=False, cpu_only=True)
+    with pytest.raises(ResourceError, match=r"^an earlier OnlineCPUMem\(nb_cpus=3, cpu_only=True\)"):
+        guest.service.mem_hotplug_by_probe([0x100000000])
+    assert guest.writes == []  # nothing probed
+    guest.service.online_cpu_mem(3, wait=False, cpu_only=True)
+    with pytest.raises(ResourceError, match=r"^an earlier"):
+        guest.service.online_cpu_mem(0, wait=True, cpu_only=True)  # even a call with nothing to do
+
+
 def test_wait_false_success_is_not_reported(tmp_path: Path) -> None:
     guest = make_guest(tmp_path)
     guest.hot_add_cpu(4.0, 2)
