@@ -3,10 +3,13 @@
 ``create`` forks the container's init from the CLI (a single-threaded process, so fork is safe). The
 init sets up its namespaces and root, then blocks opening ``<state>/exec.fifo`` for writing, as
 runc's init does; ``start`` (a later CLI call) opens the fifo for reading, which lets it exec the
-user's program. Cgroups are found again from the record's ``cgroups`` paths.
+user's program. Cgroups are found again from the saved ``linux.cgroupsPath``.
 
-This is the CLI's standalone path while the shared engine (agent/container/engine.py) is written;
-the CLI calls only the methods of ``Backend``, so switching to the engine changes this module only.
+The engine's parts do the work: spec parsing and validation (agent.container.spec, .validate), the
+rootfs plan (.rootfs), capabilities (.capabilities) and cgroups (.cgroups). What is here is what the
+engine's in-process API (agent.container.engine, whose containers live in one long-running process
+and whose processes come from its fork server) does not offer yet: an init that outlives the command
+that created it, found again by a later command.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import termios
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import prctl  # imported here, not in the child: after pivot_root the host's modules are out of reach
-
-from agent.container.cgroups import CgroupManager, detect, manager_for
+# Everything the child needs is imported here: after pivot_root the host's modules are out of reach.
+from agent.container import capabilities, rootfs
+from agent.container.cgroups import CgroupManager, manager_for
+from agent.container.spec import parse_spec
 from agent.errors import InvalidArgument, NotFound, ResourceError
 from agent.system import libc
 from agent.system.paths import HostPaths
@@ -42,71 +46,7 @@ NAMESPACE_FLAGS = {
 }
 # /proc/<pid>/ns names, for exec to join the container's namespaces (user first, mount last).
 JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")
-MOUNT_FLAGS = {
-    "ro": (libc.MS_RDONLY, True), "rw": (libc.MS_RDONLY, False),
-    "nosuid": (libc.MS_NOSUID, True), "suid": (libc.MS_NOSUID, False),
-    "nodev": (libc.MS_NODEV, True), "dev": (libc.MS_NODEV, False),
-    "noexec": (libc.MS_NOEXEC, True), "exec": (libc.MS_NOEXEC, False),
-    "relatime": (libc.MS_RELATIME, True), "strictatime": (libc.MS_STRICTATIME, True),
-    "noatime": (libc.MS_NOATIME, True), "bind": (libc.MS_BIND, True), "rbind": (libc.MS_BIND | libc.MS_REC, True),
-    "sync": (libc.MS_SYNCHRONOUS, True),
-}  # fmt: skip
-PROPAGATION = {
-    "private": libc.MS_PRIVATE, "rprivate": libc.MS_PRIVATE | libc.MS_REC,
-    "shared": libc.MS_SHARED, "rshared": libc.MS_SHARED | libc.MS_REC,
-    "slave": libc.MS_SLAVE, "rslave": libc.MS_SLAVE | libc.MS_REC,
-    "unbindable": libc.MS_UNBINDABLE, "runbindable": libc.MS_UNBINDABLE | libc.MS_REC,
-}  # fmt: skip
-DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
-             "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx", "core": "/proc/kcore"}  # fmt: skip
 READY = b"\0"
-PR_SET_NO_NEW_PRIVS = 38
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_RAISE = 2
-
-
-class MountStep:
-    """One mount(2) call, as data: printed in errors, executed in order."""
-
-    __slots__ = ("data", "flags", "fstype", "source", "target")
-
-    def __init__(
-        self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
-    ) -> None:
-        self.source = source
-        self.target = target
-        self.fstype = fstype
-        self.flags = flags
-        self.data = data
-
-    def __repr__(self) -> str:
-        fields = f"{self.source!r}, {self.target!r}, {self.fstype!r}, {self.flags:#x}, {self.data!r}"
-        return f"{type(self).__name__}({fields})"
-
-    def run(self) -> None:
-        libc.mount(self.source, self.target, self.fstype, self.flags, self.data)
-
-    def __str__(self) -> str:
-        names = [name for name, (bit, on) in MOUNT_FLAGS.items() if on and bit and self.flags & bit == bit]
-        names += [name for name, bits in PROPAGATION.items() if self.flags & bits == bits]
-        options = ",".join(names + ([self.data] if self.data else []))
-        kind = f" type {self.fstype}" if self.fstype else ""
-        return f"mount {self.source or 'none'} on {self.target}{kind}" + (f" ({options})" if options else "")
-
-
-def parse_mount_options(options: list[str]) -> tuple[int, int, str]:
-    """Mount flags, propagation flags and the leftover data string (``mode=755,size=...``)."""
-    flags, propagation, data = 0, 0, []
-    for option in options:
-        if option in MOUNT_FLAGS:
-            bit, on = MOUNT_FLAGS[option]
-            flags = flags | bit if on else flags & ~bit
-        elif option in PROPAGATION:
-            propagation |= PROPAGATION[option]
-        else:
-            data.append(option)
-    return flags, propagation, ",".join(data)
 
 
 # What every container may use whatever its spec's device rules say, as runc allows them: the
@@ -205,7 +145,7 @@ class Backend:
             os.close(error_read)
             code = 1
             try:
-                _init(self.paths, spec, Path(record.rootfs), flags & ~libc.CLONE_NEWPID, joins, stdio,
+                _init(self.paths, spec, Path(record.rootfs), record.bundle, flags & ~libc.CLONE_NEWPID, joins, stdio,
                       fifo_fd, no_pivot, preserve_fds, error_write, ready_read, console)  # fmt: skip
             except BaseException as exc:
                 text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
@@ -373,6 +313,7 @@ def _init(
     paths: HostPaths,
     spec: dict[str, Any],
     rootfs_path: Path,
+    bundle: str,
     flags: int,
     joins: list[tuple[str, str]],
     stdio: tuple[int, int, int],
@@ -394,17 +335,18 @@ def _init(
             os.close(fd)
     libc.unshare(flags & ~libc.CLONE_NEWCGROUP)
     if flags & libc.CLONE_NEWNS:
-        rootfs = Path(os.path.realpath(rootfs_path))
-        for step in rootfs_plan(paths, spec, rootfs, console is not None):
-            try:
-                step.run()
-            except OSError as exc:
-                raise OSError(exc.errno, f"{exc.strerror}: {step}") from None
+        # The engine's rootfs plan: the spec's mounts, default devices and /dev links, then the
+        # root change and the masked and read-only paths.
+        plan = rootfs.plan_rootfs(paths, parse_spec(spec), Path(os.path.realpath(rootfs_path)),
+                                  Path(bundle), no_pivot=no_pivot)  # fmt: skip
+        rootfs.execute(plan)
+        if console is not None:
+            _make_file(rootfs.secure_join(plan.rootfs, "/dev/console"))  # the pty made below is bound here
         if (spec.get("hooks") or {}).get("startContainer"):
             import agent.system.run  # noqa: F401  (needed after pivot_root, where host modules are gone)
         _container_hooks(spec, "createContainer")  # in our namespaces, before the root moves
-        _enter_root(rootfs, no_pivot)
-        _mask_and_protect(linux, bool((spec.get("root") or {}).get("readonly")))
+        rootfs.enter_root(plan)
+        rootfs.finish(plan)
     if console is not None:
         _open_console(console, "/dev/console" if flags & libc.CLONE_NEWNS else None)
     if os.read(placed_fd, 1) != b"1":
@@ -471,128 +413,10 @@ def _take_stdio(stdio: tuple[int, int, int], preserve_fds: int) -> None:
         os.set_inheritable(fd, True)
 
 
-def rootfs_plan(paths: HostPaths, spec: dict[str, Any], rootfs: Path, console: bool = False) -> list[MountStep]:
-    """The mounts that build the container's root, in order, as data."""
-    linux = spec.get("linux") or {}
-    propagation = PROPAGATION.get(linux.get("rootfsPropagation") or "rslave", libc.MS_SLAVE | libc.MS_REC)
-    steps = [
-        MountStep(None, "/", None, propagation),
-        MountStep(str(rootfs), str(rootfs), None, libc.MS_BIND | libc.MS_REC),
-    ]
-    for mount in spec.get("mounts") or []:
-        destination = mount.get("destination", "")
-        if not destination.startswith("/"):
-            raise InvalidArgument(f"mount destination {destination!r} must be an absolute path")
-        target = rootfs / destination.lstrip("/")
-        kind = mount.get("type") or ("bind" if "bind" in (mount.get("options") or []) else "none")
-        flags, mount_propagation, data = parse_mount_options(list(mount.get("options") or []))
-        source = mount.get("source")
-        is_bind = kind == "bind" or flags & libc.MS_BIND
-        if target.is_symlink():
-            raise InvalidArgument(f"mount target {target} is a symlink; refusing to follow it out of the rootfs")
-        directory = not (is_bind and source and not os.path.isdir(source))
-        steps.append(_Mkdir(target) if directory else _Touch(target))
-        if kind == "cgroup":
-            steps += _cgroup_mount(paths, target, flags)
-        elif is_bind:
-            steps.append(MountStep(source, str(target), None, libc.MS_BIND | (flags & libc.MS_REC)))
-            extra = flags & ~(libc.MS_BIND | libc.MS_REC)
-            if extra:
-                steps.append(MountStep(None, str(target), None, libc.MS_BIND | libc.MS_REMOUNT | extra))
-        else:
-            steps.append(MountStep(source, str(target), kind, flags, data or None))
-        if mount_propagation:
-            steps.append(MountStep(None, str(target), None, mount_propagation))
-        if destination == "/dev":
-            steps += _default_devices(paths, target, console)
-    return steps
-
-
-def _cgroup_mount(paths: HostPaths, target: Path, flags: int) -> list[MountStep]:
-    layout = detect(paths)
-    if layout.version == 2:
-        return [MountStep("cgroup", str(target), "cgroup2", flags)]
-    # v1: a tmpfs holding each hierarchy; the container sees the host's hierarchies read-only.
-    steps: list[MountStep] = [MountStep("tmpfs", str(target), "tmpfs", flags & ~libc.MS_RDONLY, "mode=755")]
-    hardened = libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
-    for source in sorted(set(layout.controllers.values()), key=str):
-        inside = target / source.name
-        steps.append(_Mkdir(inside))
-        steps.append(MountStep(str(source), str(inside), None, libc.MS_BIND | libc.MS_REC))
-        steps.append(MountStep(None, str(inside), None, libc.MS_BIND | libc.MS_REMOUNT | hardened))
-    if flags & libc.MS_RDONLY:
-        steps.append(MountStep(None, str(target), None, libc.MS_REMOUNT | flags))
-    return steps
-
-
-class _Mkdir(MountStep):
-    def __init__(self, path: Path) -> None:
-        super().__init__(None, str(path), "mkdir", 0)
-
-    def run(self) -> None:
-        Path(self.target).mkdir(parents=True, exist_ok=True)
-
-
-class _Symlink(MountStep):
-    def __init__(self, link: Path, points_to: str) -> None:
-        super().__init__(points_to, str(link), "symlink", 0)
-
-    def run(self) -> None:
-        if not os.path.lexists(self.target):
-            os.symlink(str(self.source), self.target)
-
-
-class _Touch(MountStep):
-    def __init__(self, path: Path) -> None:
-        super().__init__(None, str(path), "touch", 0)
-
-    def run(self) -> None:
-        Path(self.target).parent.mkdir(parents=True, exist_ok=True)
-        Path(self.target).touch(exist_ok=True)
-
-
-def _default_devices(paths: HostPaths, dev: Path, console: bool) -> list[MountStep]:
-    steps: list[MountStep] = []
-    for name in DEFAULT_DEVICES:
-        steps.append(_Touch(dev / name))
-        steps.append(MountStep(str(paths.dev / name), str(dev / name), None, libc.MS_BIND))
-    for name, points_to in DEV_LINKS.items():
-        steps.append(_Symlink(dev / name, points_to))
-    if console:
-        steps.append(_Touch(dev / "console"))  # the pty made later is bound here
-    return steps
-
-
-def _enter_root(rootfs: Path, no_pivot: bool) -> None:
-    os.chdir(rootfs)
-    if no_pivot:
-        libc.mount(str(rootfs), "/", None, libc.MS_MOVE)
-        os.chroot(".")
-    else:
-        # pivot_root(".", ".") stacks the old root under the new one; detaching "." then drops it.
-        libc.pivot_root(".", ".")
-        libc.mount(None, ".", None, libc.MS_SLAVE | libc.MS_REC)
-        libc.umount2(".", libc.MNT_DETACH)
-    os.chdir("/")
-
-
-def _mask_and_protect(linux: dict[str, Any], readonly_root: bool) -> None:
-    for path in linux.get("maskedPaths") or []:
-        try:
-            if os.path.isdir(path):
-                libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY, None)
-            else:
-                libc.mount("/dev/null", path, None, libc.MS_BIND)
-        except FileNotFoundError:
-            continue
-    for path in linux.get("readonlyPaths") or []:
-        try:
-            libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
-            libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC)
-        except FileNotFoundError:
-            continue
-    if readonly_root:
-        libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+def _make_file(path: str) -> None:
+    if not os.path.lexists(path):
+        with open(path, "a"):
+            pass
 
 
 def _exec_process(process: dict[str, Any], paths: HostPaths) -> None:
@@ -607,49 +431,11 @@ def _exec_process(process: dict[str, Any], paths: HostPaths) -> None:
         if kind is None:
             raise InvalidArgument(f"unknown rlimit {limit['type']!r}")
         resource.setrlimit(kind, (int(limit["soft"]), int(limit["hard"])))
-    user = process.get("user") or {}
-    _set_capabilities(process.get("capabilities"), user)
+    capabilities.become_user(process.get("user") or {}, process.get("capabilities"))
     if process.get("noNewPrivileges"):
-        libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
+        capabilities.set_no_new_privs()
     program = _find_program(args[0], env.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
     os.execve(program, args, env)
-
-
-def _set_capabilities(capabilities: dict[str, list[str]] | None, user: dict[str, Any]) -> None:
-    uid, gid = int(user.get("uid", 0)), int(user.get("gid", 0))
-    caps = capabilities or {}
-
-    def numbers(kind: str) -> list[int]:
-        found = []
-        for name in caps.get(kind) or []:
-            number = getattr(prctl, str(name).upper(), None)
-            if not isinstance(number, int):
-                continue  # a capability this kernel or library does not know: runc warns and skips too
-            found.append(number)
-        return found
-
-    prctl.capbset.limit(*numbers("bounding"))
-    if uid != 0:
-        prctl.set_keepcaps(True)
-    os.setgroups([int(g) for g in user.get("additionalGids") or []])
-    os.setgid(gid)
-    os.setuid(uid)
-    # Inheritable first (raising it needs CAP_SETPCAP, still ours), then effective, then permitted:
-    # the kernel refuses a permitted set that no longer covers the effective one.
-    for flag, kinds in (
-        (prctl.CAP_INHERITABLE, ("inheritable", "ambient")),
-        (prctl.CAP_EFFECTIVE, ("effective",)),
-        (prctl.CAP_PERMITTED, ("permitted",)),
-    ):
-        wanted = {n for kind in kinds for n in numbers(kind)}
-        prctl.set_caps(
-            (sorted(wanted), flag, True), ([n for n in prctl.ALL_CAPS if n not in wanted], flag, False)
-        )
-    for number in numbers("ambient"):
-        try:
-            libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, number)
-        except OSError:
-            continue  # not in permitted+inheritable: the kernel refuses, as it does for runc
 
 
 def _find_program(name: str, search: str) -> str:
