@@ -100,3 +100,27 @@ def test_v1_signal_after_removal_is_not_an_oom(tmp_path: Path, watcher: OomWatch
             break
         watcher.next_event(0.02)
     assert watcher.watched() == []
+
+
+def test_v1_kill_counted_after_the_signal_is_reported_once(tmp_path: Path, watcher: OomWatcher) -> None:
+    paths = v1_tree(tmp_path)
+    memory = paths.cgroup_root / "memory/pykata/c1"
+    (memory / "cgroup.event_control").write_text("")
+    watcher.add("c1", manager_for(paths, "", "c1"))
+    efd = int((memory / "cgroup.event_control").read_text().split()[0])
+    os.eventfd_write(efd, 1)  # the OOM starts: the kernel has not counted the kill yet
+    assert watcher.next_event(0.1) is None
+    (memory / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    assert watcher.next_event(10) == "c1"
+    assert watcher.next_event(1.5) is None
+
+
+def test_v1_oom_without_a_kill_is_still_reported(tmp_path: Path, watcher: OomWatcher) -> None:
+    paths = v1_tree(tmp_path)
+    memory = paths.cgroup_root / "memory/pykata/c1"
+    (memory / "cgroup.event_control").write_text("")
+    watcher.add("c1", manager_for(paths, "", "c1"))
+    efd = int((memory / "cgroup.event_control").read_text().split()[0])
+    (memory / "memory.oom_control").write_text("oom_kill_disable 1\nunder_oom 1\noom_kill 0\n")
+    os.eventfd_write(efd, 1)
+    assert watcher.next_event(10) == "c1"

@@ -96,6 +96,12 @@ def test_v1_memory_raise_writes_memsw_first() -> None:
     assert writes[0].optional and not writes[1].optional
 
 
+def test_v1_memory_on_a_fresh_cgroup_writes_limit_first() -> None:
+    # memsw is unlimited and so is the limit: a memsw below it would be refused
+    writes = plan_v1({"memory": {"limit": 64 << 20, "swap": 128 << 20}}, current_memory_limit=None)
+    assert [w.file for w in writes] == ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
+
+
 def test_v1_memory_cut_writes_limit_first() -> None:
     writes = plan_v1({"memory": {"limit": 16 << 20, "swap": 32 << 20}}, current_memory_limit=64 << 20)
     assert [w.file for w in writes] == ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]

@@ -18,6 +18,7 @@ import queue
 import select
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 INOTIFY_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
 # The queue of unread events is bounded: GetOOMEvent readers that stop reading cost at most this many ids.
 MAX_PENDING = 1024
+# v1 signals the eventfd when the OOM starts, before the kill is counted: re-read the count this often,
+# for at most this long, then report the OOM anyway (the OOM killer may be disabled for the cgroup).
+RECHECK_INTERVAL = 0.02
+RECHECK_FOR = 1.0
 
 
 @dataclass
@@ -62,6 +67,7 @@ class OomWatcher:
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._rechecks: dict[str, float] = {}  # container id -> deadline (watcher thread only)
 
     # --- public API
 
@@ -176,10 +182,12 @@ class OomWatcher:
                 by_eventfd = {w.eventfd: w for w in self._watches.values() if w.eventfd >= 0}
                 for fd in by_eventfd:
                     poller.register(fd, select.POLLIN)
+            timeout = RECHECK_INTERVAL * 1000 if self._rechecks else None
             try:
-                ready = poller.poll()
+                ready = poller.poll(timeout)
             except InterruptedError:
                 continue
+            self._recheck()
             for fd, _mask in ready:
                 if fd == self._wake_read:
                     with contextlib.suppress(OSError):
@@ -217,16 +225,31 @@ class OomWatcher:
         if "oom_kill " not in text:  # kernels before 4.13 have no count: the eventfd is the event
             self._report(watch.container_id)
             return
-        self._check(watch)
+        if not self._check(watch):
+            self._rechecks[watch.container_id] = time.monotonic() + RECHECK_FOR
 
-    def _check(self, watch: _Watch) -> None:
+    def _recheck(self) -> None:
+        now = time.monotonic()
+        for container_id, deadline in list(self._rechecks.items()):
+            with self._lock:
+                watch = self._watches.get(container_id)
+            if watch is None or self._check(watch):
+                del self._rechecks[container_id]
+            elif now >= deadline:
+                del self._rechecks[container_id]
+                self._report(container_id)
+
+    def _check(self, watch: _Watch) -> bool:
+        """Report when the kill count went up; True when it did."""
         try:
             count = _oom_kills(watch.events_file)
         except OSError:
-            return
+            return False
         if count > watch.count:
             watch.count = count
             self._report(watch.container_id)
+            return True
+        return False
 
     def _report(self, container_id: str) -> None:
         log.info("container %s: OOM kill", container_id)

@@ -277,9 +277,9 @@ def cpuset(resources: Resources) -> list[Write]:
 
 
 def memory_v1(resources: Resources, current_limit: int | None = None) -> list[Write]:
-    """``current_limit`` (bytes, None when unlimited or unknown) decides the order of the limit and
-    memory+swap writes: the kernel wants memory.limit_in_bytes <= memory.memsw.limit_in_bytes at every
-    step, so a raise writes memsw first and a cut writes it last."""
+    """``current_limit`` (bytes, None when unlimited) decides the order of the limit and memory+swap
+    writes: the kernel wants memory.limit_in_bytes <= memory.memsw.limit_in_bytes at every step, so
+    memsw goes first only when the new memsw is above the limit in force (runc's rule)."""
     memory = _section(resources, "memory")
     limit = _memory_value(memory, "limit", "linux.resources.memory.limit")
     swap = _memory_value(memory, "swap", "linux.resources.memory.swap")
@@ -288,8 +288,8 @@ def memory_v1(resources: Resources, current_limit: int | None = None) -> list[Wr
     writes: list[Write] = []
     limit_write = Write("memory", "memory.limit_in_bytes", str(limit)) if limit is not None else None
     swap_write = Write("memory", "memory.memsw.limit_in_bytes", str(swap), optional=True) if swap is not None else None
-    raising = limit is not None and (limit == -1 or current_limit is None or limit > current_limit)
-    ordered = [swap_write, limit_write] if raising else [limit_write, swap_write]
+    swap_first = swap is not None and (swap == -1 or (current_limit is not None and current_limit < swap))
+    ordered = [swap_write, limit_write] if swap_first else [limit_write, swap_write]
     writes.extend(w for w in ordered if w is not None)
     if reservation := _memory_value(memory, "reservation", "linux.resources.memory.reservation"):
         writes.append(Write("memory", "memory.soft_limit_in_bytes", str(reservation)))
