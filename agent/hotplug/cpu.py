@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ FATAL = frozenset({errno.EPERM, errno.EACCES, errno.EROFS})
 class CpuState:
     number: int
     online: bool
-    hotpluggable: bool  # has an online file
+    # has an online file that can be written; None when not looked at (an online CPU on the kernel's list)
+    hotpluggable: bool | None
 
 
 def online_mask(paths: HostPaths) -> frozenset[int] | None:
@@ -46,34 +48,46 @@ def online_mask(paths: HostPaths) -> frozenset[int] | None:
         return None
 
 
+def _read_online_file(path: str) -> str | None:
+    """The content of a CPU's online file; None when it has none (raises OSError for other failures)."""
+    try:
+        with open(path, "rb") as file:
+            return file.read().decode().strip()
+    except FileNotFoundError:
+        return None
+
+
 def scan_cpus(paths: HostPaths) -> dict[int, CpuState]:
     """Every CPU present in sysfs, by number.
 
-    Whether a CPU is online comes from the kernel's ``cpu/online`` list when there is one: the kernel
-    creates a new CPU's directory a moment before its ``online`` file, and such a CPU must not count as
-    one that cannot be offline. Without the list, a CPU without an ``online`` file counts as online.
+    Whether a CPU is online comes from the kernel's ``cpu/online`` list when there is one (only the
+    CPUs missing from it are looked at one by one, which keeps a scan cheap on a many-CPU guest). The
+    kernel creates a new CPU's directory a moment before its ``online`` file, so such a CPU must not
+    count as one that cannot go offline. Without the list, a CPU without an ``online`` file counts as
+    online.
     """
     found: dict[int, CpuState] = {}
     try:
-        entries = list(paths.cpu_dir.iterdir())
+        with os.scandir(paths.cpu_dir) as entries:
+            names = [(entry.name, entry.path) for entry in entries]
     except FileNotFoundError:
         return found
     mask = online_mask(paths)
-    for entry in entries:
-        matched = _CPU_DIR.fullmatch(entry.name)
+    for name, path in names:
+        matched = _CPU_DIR.fullmatch(name)
         if matched is None:
             continue
         number = int(matched.group(1))
-        online_file = entry / "online"
+        if mask is not None and number in mask:
+            found[number] = CpuState(number, online=True, hotpluggable=None)
+            continue
         try:
-            text: str | None = online_file.read_text().strip()
-        except FileNotFoundError:
-            if not entry.is_dir():
-                continue
-            text = None
+            text = _read_online_file(os.path.join(path, "online"))
         except OSError:
             continue  # appearing or vanishing right now: the next scan sees it
-        online = (number in mask) if mask is not None else (text is None or text == "1")
+        if text is None and not os.path.isdir(path):
+            continue
+        online = False if mask is not None else (text is None or text == "1")
         found[number] = CpuState(number, online=online, hotpluggable=text is not None)
     return found
 
