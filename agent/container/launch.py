@@ -29,6 +29,25 @@ SETUP_TIMEOUT = 60.0
 F_SETPIPE_SZ = 1031
 
 
+# Devices every container may use, allowed after the spec's own device rules (as runc does):
+# null, zero, full, random, urandom, tty, console, ptmx and the pty slaves.
+DEFAULT_DEVICE_RULES: tuple[dict[str, Any], ...] = tuple(
+    {"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
+    for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, None))
+)
+
+
+def with_default_devices(resources: dict[str, Any]) -> dict[str, Any]:
+    """``resources`` with the default device rules appended when it has device rules at all."""
+    if not resources.get("devices"):
+        return resources
+    rules = [dict(rule) for rule in DEFAULT_DEVICE_RULES]
+    for rule in rules:
+        if rule["minor"] is None:
+            del rule["minor"]
+    return {**resources, "devices": [*resources["devices"], *rules]}
+
+
 def plan_to_json(plan: RootfsPlan) -> dict[str, Any]:
     return {
         "rootfs": plan.rootfs,
@@ -143,7 +162,7 @@ def create_container(engine: Engine, container_id: str, spec: Spec, bundle: Path
     ours = None
     handle = None
     try:
-        cgroup.apply(spec.linux.resources)
+        cgroup.apply(with_default_devices(spec.linux.resources))
         child_fds, ours = make_io(io, spec.process.terminal, spec.process.console_size)
         handle = _spawn(engine, request, child_fds, f"container {container_id}")
         handle.wait_for("pid", SETUP_TIMEOUT)

@@ -1,0 +1,195 @@
+"""The engine as root on the host: namespaces, capabilities, read-only root, masked paths,
+exit codes and signals, exec, terminals. Containers run busybox from the session's rootfs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.container.engine import Engine, FdIO
+from agent.container.state import Status
+from agent.errors import IncorrectState
+from agent.system.paths import HostPaths
+from tests.privileged.engine_helpers import ALL_NAMESPACES, ns_inode, read_to_end, run, spec_for, started
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    e = Engine(HostPaths())
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def spec(runc_spec: dict[str, Any], busybox_rootfs: Path, cgroup_parent: str) -> Any:
+    def make(name: str, args: list[str], **process: Any) -> dict[str, Any]:
+        return spec_for(runc_spec, busybox_rootfs, args, cgroup_parent, name, **process)
+
+    return make
+
+
+def test_exit_code_and_stdout(engine: Engine, spec: Any) -> None:
+    code, out, err = run(engine, "iso-exit", spec("iso-exit", ["/bin/sh", "-c", "echo out; echo err >&2; exit 7"]))
+    assert (code, out, err) == (7, b"out\n", b"err\n")
+
+
+def test_signals_give_128_plus_n(engine: Engine, spec: Any) -> None:
+    container = started(engine, "iso-sig", spec("iso-sig", ["/bin/sleep", "300"]))
+    try:
+        # an exec'd process is no pid 1, so SIGTERM's default action applies
+        proc = container.exec("term", {"args": ["/bin/sleep", "300"], "cwd": "/"})
+        container.signal(signal.SIGTERM, "term")
+        assert proc.wait(20) == 128 + signal.SIGTERM
+        # pid 1 of the container's pid namespace only dies of signals it handles, or SIGKILL
+        container.signal(signal.SIGKILL)
+        assert container.wait(timeout=20) == 128 + signal.SIGKILL
+        assert container.status is Status.STOPPED
+    finally:
+        engine.remove("iso-sig", timeout=10)
+
+
+def test_each_namespace_is_separate_and_exec_joins_them(engine: Engine, spec: Any) -> None:
+    s = spec("iso-ns", ["/bin/sleep", "300"])
+    s["linux"]["namespaces"] = ALL_NAMESPACES
+    container = started(engine, "iso-ns", s)
+    try:
+        assert container.init is not None
+        pid = container.init.pid
+        for kind in ("pid", "net", "ipc", "uts", "mnt", "cgroup"):
+            assert ns_inode(pid, kind) != ns_inode("self", kind), f"{kind} namespace is shared with the host"
+        proc = container.exec("e1", {"args": ["/bin/sleep", "300"], "cwd": "/", "env": ["PATH=/bin"]})
+        for kind in ("pid", "net", "ipc", "uts", "mnt", "cgroup"):
+            assert ns_inode(proc.pid, kind) == ns_inode(pid, kind), f"exec is not in the container's {kind} namespace"
+        assert proc.pid in container.pids()
+        container.signal(signal.SIGKILL, "e1")
+        assert proc.wait(20) == 137
+    finally:
+        engine.remove("iso-ns", timeout=10)
+
+
+def test_exec_output_and_exit_code(engine: Engine, spec: Any) -> None:
+    container = started(engine, "iso-exec", spec("iso-exec", ["/bin/sleep", "300"]))
+    try:
+        proc = container.exec("e1", {"args": ["/bin/sh", "-c", "hostname; cat /proc/1/cmdline; exit 4"], "cwd": "/"})
+        out = read_to_end(proc.io.stdout)
+        assert proc.wait(20) == 4
+        assert out.split(b"\n")[0] == b"runc"  # the hostname in runc spec's config.json
+        assert out.split(b"\n")[1].startswith(b"/bin/sleep")  # pid 1 is the container's init
+    finally:
+        engine.remove("iso-exec", timeout=10)
+
+
+def test_capabilities_are_dropped(engine: Engine, spec: Any) -> None:
+    code, out, _ = run(engine, "iso-caps", spec("iso-caps", ["/bin/sh", "-c", "grep Cap /proc/self/status"]))
+    assert code == 0
+    caps = dict(line.split(":\t") for line in out.decode().splitlines())
+    # runc's default: AUDIT_WRITE(29), KILL(5), NET_BIND_SERVICE(10)
+    expected = (1 << 29) | (1 << 5) | (1 << 10)
+    assert int(caps["CapEff"], 16) == expected
+    assert int(caps["CapBnd"], 16) == expected
+    assert int(caps["CapPrm"], 16) == expected
+
+
+def test_user_ids_and_no_caps_for_non_root(engine: Engine, spec: Any) -> None:
+    s = spec("iso-user", ["/bin/sh", "-c", "id -u; id -g; id -G; grep CapEff /proc/self/status"])
+    s["process"]["user"] = {"uid": 1000, "gid": 1001, "additionalGids": [1002, 1003]}
+    s["process"]["capabilities"] = {k: [] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")}
+    code, out, err = run(engine, "iso-user", s)
+    assert code == 0, err
+    lines = out.decode().split("\n")
+    assert lines[0] == "1000" and lines[1] == "1001"
+    assert set(lines[2].split()) == {"1001", "1002", "1003"}
+    assert lines[3] == "CapEff:\t0000000000000000"
+
+
+def test_read_only_root_refuses_writes(engine: Engine, spec: Any) -> None:
+    code, _, err = run(engine, "iso-ro", spec("iso-ro", ["/bin/sh", "-c", "echo x > /file-in-root"]))
+    assert code != 0
+    assert b"Read-only file system" in err
+
+
+def test_masked_and_readonly_paths(engine: Engine, spec: Any) -> None:
+    script = "wc -c < /proc/keys; ls /sys/firmware | wc -l; echo 1 > /proc/sys/kernel/domainname; echo rc=$?"
+    _, out, err = run(engine, "iso-mask", spec("iso-mask", ["/bin/sh", "-c", script]))
+    lines = out.decode().split()
+    assert lines[0] == "0"  # /proc/keys is /dev/null
+    assert lines[1] == "0"  # /sys/firmware is an empty read-only tmpfs
+    assert lines[2] != "rc=0"  # /proc/sys is read-only
+    assert b"Read-only file system" in err
+
+
+def test_terminal_process_gets_a_tty(engine: Engine, spec: Any) -> None:
+    s = spec("iso-tty", ["/bin/sh", "-c", "tty; test -t 0 && test -t 1 && echo both-tty"], terminal=True)
+    container = engine.create("iso-tty", s)
+    try:
+        assert container.init is not None and container.init.io.pty_master is not None
+        container.start()
+        assert container.wait(timeout=20) == 0
+        out = b""
+        while True:
+            try:
+                chunk = os.read(container.init.io.pty_master, 4096)
+            except OSError:
+                break  # EIO: the slave side is closed
+            if not chunk:
+                break
+            out += chunk
+        assert b"/dev/console" in out or b"/dev/pts/" in out
+        assert b"both-tty" in out
+    finally:
+        engine.remove("iso-tty", timeout=10)
+
+
+def test_given_fds_become_stdio(engine: Engine, spec: Any, tmp_path: Path) -> None:
+    out_path = tmp_path / "out"
+    with open(out_path, "wb") as out:
+        container = engine.create(
+            "iso-fdio", spec("iso-fdio", ["/bin/echo", "to-file"]), io=FdIO(None, out.fileno(), out.fileno())
+        )
+    try:
+        container.start()
+        assert container.wait(timeout=20) == 0
+    finally:
+        engine.remove("iso-fdio", timeout=10)
+    assert out_path.read_bytes() == b"to-file\n"
+
+
+def test_states_are_enforced(engine: Engine, spec: Any) -> None:
+    container = engine.create("iso-state", spec("iso-state", ["/bin/sleep", "300"]))
+    try:
+        assert container.status is Status.CREATED
+        with pytest.raises(IncorrectState, match="container iso-state is created; exec needs running"):
+            container.exec("e", {"args": ["/bin/true"], "cwd": "/"})
+        container.start()
+        assert container.status is Status.RUNNING
+        with pytest.raises(IncorrectState, match="container iso-state is running; start needs created"):
+            container.start()
+        container.pause()
+        assert container.status is Status.PAUSED
+        with pytest.raises(IncorrectState, match="is paused; exec needs running"):
+            container.exec("e", {"args": ["/bin/true"], "cwd": "/"})
+        container.resume()
+        container.signal(signal.SIGKILL)
+        container.wait(timeout=20)
+        assert container.status is Status.STOPPED
+        with pytest.raises(IncorrectState, match="is stopped"):
+            container.pause()
+    finally:
+        engine.remove("iso-state", timeout=10)
+
+
+def test_destroy_before_start_ends_the_process(engine: Engine, spec: Any) -> None:
+    container = engine.create("iso-early", spec("iso-early", ["/bin/sleep", "300"]))
+    assert container.init is not None
+    pid = container.init.pid
+    engine.remove("iso-early", timeout=10)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not Path(f"/proc/{pid}").exists()
