@@ -68,6 +68,8 @@ class OomWatcher:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._rechecks: dict[str, float] = {}  # container id -> deadline (watcher thread only)
+        # removed watches whose fds the thread closes, so it never polls a closed (or reused) fd
+        self._retired: list[_Watch] = []
 
     # --- public API
 
@@ -89,9 +91,14 @@ class OomWatcher:
     def remove(self, container_id: str) -> None:
         with self._lock:
             watch = self._watches.pop(container_id, None)
+            if watch is None:
+                return
+            if self._thread is not None:
+                self._retired.append(watch)
+                watch = None
         if watch is not None:
             self._release(watch)
-            self._wake()
+        self._wake()
 
     def next_event(self, timeout: float | None = None) -> str | None:
         """The id of the next container with an OOM kill, or None after ``timeout`` seconds."""
@@ -110,8 +117,9 @@ class OomWatcher:
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
-            watches = list(self._watches.values())
+            watches = [*self._watches.values(), *self._retired]
             self._watches.clear()
+            self._retired.clear()
         for watch in watches:
             self._release(watch)
         for fd in (self._inotify, self._wake_read, self._wake_write):
@@ -177,6 +185,9 @@ class OomWatcher:
             poller = select.poll()
             poller.register(self._wake_read, select.POLLIN)
             with self._lock:
+                retired, self._retired = self._retired, []
+                for watch in retired:
+                    self._release(watch)
                 if self._inotify >= 0:
                     poller.register(self._inotify, select.POLLIN)
                 by_eventfd = {w.eventfd: w for w in self._watches.values() if w.eventfd >= 0}
@@ -189,13 +200,16 @@ class OomWatcher:
                 continue
             self._recheck()
             for fd, _mask in ready:
-                if fd == self._wake_read:
-                    with contextlib.suppress(OSError):
-                        os.read(self._wake_read, 4096)
-                elif fd == self._inotify:
-                    self._on_inotify()
-                elif fd in by_eventfd:
-                    self._on_eventfd(by_eventfd[fd])
+                try:
+                    if fd == self._wake_read:
+                        with contextlib.suppress(OSError):
+                            os.read(self._wake_read, 4096)
+                    elif fd == self._inotify:
+                        self._on_inotify()
+                    elif fd in by_eventfd:
+                        self._on_eventfd(by_eventfd[fd])
+                except Exception:  # the watcher must outlive one bad source
+                    log.exception("OOM watcher: handling fd %d failed", fd)
 
     def _on_inotify(self) -> None:
         try:
@@ -214,6 +228,9 @@ class OomWatcher:
             self._check(watch)
 
     def _on_eventfd(self, watch: _Watch) -> None:
+        with self._lock:
+            if self._watches.get(watch.container_id) is not watch:
+                return  # removed meanwhile
         try:
             os.eventfd_read(watch.eventfd)
         except (BlockingIOError, OSError):
