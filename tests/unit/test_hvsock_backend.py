@@ -93,8 +93,10 @@ class FakeGuest:
         os.eventfd_write(self.kick[0], 1)
 
     def send(self, header: Header, payload: bytes = b"") -> None:
+        # 256 slots of 8 KiB; the queue has 64 descriptors, so a slot is never reused while in flight.
+        assert HEADER_SIZE + len(payload) <= 0x2000
         addr = self.tx_next
-        self.tx_next = 0x200000 + (self.tx_next - 0x200000 + 0x20000) % 0x100000
+        self.tx_next = 0x200000 + (self.tx_next - 0x200000 + 0x2000) % 0x200000
         self.memory.write(addr, header.pack())
         segments = [(addr, HEADER_SIZE, False)]
         if payload:
@@ -278,3 +280,87 @@ def test_need_reply_gets_an_ack(rig: tuple[HybridVsock, FakeFrontend, FakeGuest,
     head = frontend.sock.recv(12, socket.MSG_WAITALL)
     assert struct.unpack("<III", head) == (request, vu.VHOST_USER_VERSION | vu.VHOST_USER_FLAG_REPLY, 8)
     assert frontend.sock.recv(8, socket.MSG_WAITALL) == bytes(8)
+
+
+def _open(guest: FakeGuest, uds: Path, port: int) -> tuple[socket.socket, Header]:
+    """A host client connected through the back-end, with the fake guest accepting."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(10)
+    client.connect(str(uds))
+    client.sendall(f"CONNECT {port}\n".encode())
+    request = _accept_request(guest, port)
+    line = b""
+    while not line.endswith(b"\n"):
+        line += client.recv(1)
+    assert line == f"OK {request.src_port}\n".encode()
+    return client, request
+
+
+def test_many_concurrent_connections_stay_apart(rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path]) -> None:
+    backend, _, guest, uds = rig
+    conns = [_open(guest, uds, 2000 + i) for i in range(20)]
+    assert len({request.src_port for _, request in conns}) == 20
+    for i, (client, _) in enumerate(conns):
+        client.sendall(f"from host {i}".encode())
+    seen: dict[int, bytes] = {}
+    while len(seen) < 20:
+        for header, payload in guest.receive():
+            if header.op == VIRTIO_VSOCK_OP_RW:
+                seen[header.dst_port] = seen.get(header.dst_port, b"") + payload
+    assert seen == {2000 + i: f"from host {i}".encode() for i in range(20)}
+    for i, (_client, request) in enumerate(reversed(conns)):
+        guest.send(guest_header(VIRTIO_VSOCK_OP_RW, request.dst_port, request.src_port, 7), b"reply%02d" % i)
+    for i, (client, _) in enumerate(reversed(conns)):
+        assert client.recv(7, socket.MSG_WAITALL) == b"reply%02d" % i
+        client.close()
+    assert len(backend.mux.connections) == 20  # closed clients half-close; the guest has not closed yet
+
+
+def test_client_that_vanishes_resets_the_guest_side(rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path]) -> None:
+    backend, _, guest, uds = rig
+    client, request = _open(guest, uds, 3000)
+    # The guest sends data nobody reads; the client is killed with data unread (ECONNRESET-like).
+    guest.send(guest_header(VIRTIO_VSOCK_OP_RW, 3000, request.src_port, 4), b"lost")
+    client.close()
+    ops: list[int] = []
+    while VIRTIO_VSOCK_OP_RST not in ops and VIRTIO_VSOCK_OP_SHUTDOWN not in ops:
+        ops += [h.op for h, _ in guest.receive()]
+    # Either way the guest learns the host end is gone; after its own close the device forgets it.
+    guest.send(guest_header(VIRTIO_VSOCK_OP_SHUTDOWN, 3000, request.src_port, flags=3))
+    while VIRTIO_VSOCK_OP_RST not in ops:
+        ops += [h.op for h, _ in guest.receive()]
+    for _ in range(100):  # the back-end's thread finishes the close after sending the RST
+        if not backend.mux.connections and not backend.endpoints:
+            break
+        select.select([], [], [], 0.1)
+    assert not backend.mux.connections and not backend.endpoints
+
+
+def test_guest_rst_mid_stream_closes_the_client(rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path]) -> None:
+    _, _, guest, uds = rig
+    client, request = _open(guest, uds, 3001)
+    with client:
+        guest.send(guest_header(VIRTIO_VSOCK_OP_RW, 3001, request.src_port, 5), b"last!")
+        guest.send(guest_header(VIRTIO_VSOCK_OP_RST, 3001, request.src_port))
+        got = b""
+        while chunk := client.recv(100):
+            got += chunk
+        assert got == b"last!"  # what arrived before the RST is still delivered
+
+
+def test_connect_to_a_silent_guest_times_out(
+    rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentctl import hvsock
+
+    monkeypatch.setattr(hvsock, "CONNECT_TIMEOUT", 0.3)
+    _, _, guest, uds = rig
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(str(uds))
+        client.sendall(b"CONNECT 4000\n")
+        (request, _), = guest.receive()  # the guest sees the REQUEST and never answers
+        assert request.op == VIRTIO_VSOCK_OP_REQUEST
+        assert client.recv(100) == b""
+        (rst, _), = guest.receive()
+        assert rst.op == VIRTIO_VSOCK_OP_RST and rst.src_port == request.src_port
