@@ -230,6 +230,10 @@ class Guest:
     def console_log(self) -> Path:
         return self.paths["console"]
 
+    @property
+    def qmp_path(self) -> Path:
+        return self.paths["qmp"]
+
     def connect(self, port: int, timeout: float = hvsock.CONNECT_TIMEOUT) -> socket.socket:
         """A socket joined to the guest's vsock ``port`` through the back-end."""
         return hvsock.connect(self.uds, port, timeout)
