@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("PYKATA_BENCH_RUNS", "30"))
 # Measured on this kind of host (ENVIRONMENT.md): `run` of /bin/true from a busybox bundle, 30 runs.
 BASELINE_MS = {"runc": (38.0, 49.0), "crun": (14.0, 23.0)}
+CGROUP_PARENT = f"/pykata-bench-{os.getpid()}"
 CRUN_WRAPPER = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                 'umount -l /sys/fs/cgroup/unified; exec crun "$@"', "crun"]  # fmt: skip
 
@@ -149,7 +150,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="pykata-bench-") as temporary:
         workdir = Path(temporary)
-        bundle = make_bundle(workdir / "bundle", ["/bin/true"])
+        # Every way puts its container under one cgroup parent of the benchmark's own, removed at the end.
+        bundle = make_bundle(workdir / "bundle", ["/bin/true"],
+                             edit=lambda c: c["linux"].update(cgroupsPath=f"{CGROUP_PARENT}/c"))  # fmt: skip
         state = workdir / "state"
         ways = [agent_way(bundle, workdir), pykata_runc_way(bundle, state), pykata_runc_no_site_way(bundle, state),
                 runc_way(bundle, state), crun_way(bundle, state), python_startup_way(),
@@ -162,7 +165,20 @@ def main() -> None:
         finally:
             for way in ways:
                 way.close()
+            remove_cgroups()
         report(ways)
+
+
+def remove_cgroups() -> None:
+    for parent in sorted(Path("/sys/fs/cgroup").glob(f"*{CGROUP_PARENT}")):
+        if parent.parent.is_symlink():
+            continue
+        for cgroup in sorted((p for p in parent.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            cgroup.rmdir()
+        try:
+            parent.rmdir()
+        except OSError as exc:
+            print(f"warning: cannot remove the benchmark's cgroup {parent}: {exc.strerror}")
 
 
 def spec_message(spec: dict[str, Any], message: Any) -> Any:
@@ -208,7 +224,7 @@ def agent_way(bundle: Path, workdir: Path) -> Way:
         time.sleep(0.05)
     spec = json.loads((bundle / "config.json").read_text())
     spec["root"]["path"] = str(bundle / spec["root"]["path"])
-    spec.setdefault("linux", {})["cgroupsPath"] = f"/pykata-bench-{os.getpid()}/agent"
+    spec.setdefault("linux", {})["cgroupsPath"] = f"{CGROUP_PARENT}/agent"
     oci = spec_message(spec, oci_pb2.Spec())
     client = connect(f"unix://{socket_path}", "ttrpc", timeout=30)
     try:
@@ -236,12 +252,6 @@ def agent_way(bundle: Path, workdir: Path) -> Way:
             agent.kill()
             agent.wait()
         log.close()
-        for cgroup in sorted(Path("/sys/fs/cgroup").glob(f"*/pykata-bench-{os.getpid()}")):
-            if not cgroup.parent.is_symlink():
-                try:
-                    cgroup.rmdir()
-                except OSError as exc:
-                    print(f"warning: cannot remove the benchmark's cgroup {cgroup}: {exc.strerror}")
 
     return Way("agent (ttrpc)", cycle, close)
 
