@@ -1,0 +1,136 @@
+"""Container cgroups on a real cgroup2 mount, as the guest has it (root).
+
+The scenario runs in a private mount namespace (``unshare -m``) where a fresh cgroup2 is mounted on
+/sys/fs/cgroup, so ``detect`` sees the guest's layout through the real mountinfo. On this host that
+cgroup2 is the same hierarchy as /sys/fs/cgroup/unified, which offers only hugetlb at its root (the other
+controllers are bound to v1), and its root's cgroup.subtree_control belongs to the host. So this covers
+what the core of cgroup2 gives without controllers: create, cgroup.procs, pids, freeze/thaw through
+cgroup.freeze and cgroup.events, cpu.stat usage, destroy; and it checks that asking for a controller the
+hierarchy does not offer fails clearly. Limits (cpu.max, memory.max, pids.max) and memory.events OOM
+kills on v2 are covered on fake trees in tests/unit only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, require_root
+
+UNIFIED = Path("/sys/fs/cgroup/unified")  # the host's view of the same hierarchy
+
+SCENARIO = r"""
+import json, os, signal, subprocess, sys, time
+sys.path.insert(0, sys.argv[2])
+from agent.container.cgroups import detect, manager_for
+from agent.container.cgroups.stats import flat_keyed
+from agent.errors import ResourceError, Unsupported
+from agent.system import libc
+from agent.system.paths import HostPaths
+
+parent = sys.argv[1]
+libc.mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0)
+paths = HostPaths()
+out = {"version": detect(paths).version}
+manager = manager_for(paths, f"/{parent}/c1", "c1", manage_root=False)
+manager.create()
+out["created"] = manager.exists()
+
+def ticks(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+def wait_for(condition):
+    deadline = time.monotonic() + 20
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.02)
+
+busy = subprocess.Popen(
+    [sys.executable, "-c", "import sys\nsys.stdin.readline()\nwhile True:\n    pass\n"], stdin=subprocess.PIPE
+)
+try:
+    manager.add_pid(busy.pid)
+    busy.stdin.write(b"go\n")
+    busy.stdin.flush()
+    out["busy"] = busy.pid
+    out["pids"] = manager.pids()
+    out["own_cgroup"] = open(f"/proc/{busy.pid}/cgroup").read()
+    wait_for(lambda: manager.stats().cpu_stats.cpu_usage.total_usage > 0 and ticks(busy.pid) > 0)
+    out["cpu_usage"] = manager.stats().cpu_stats.cpu_usage.total_usage
+    manager.freeze()
+    out["frozen_event"] = flat_keyed(manager.path / "cgroup.events").get("frozen")
+    before = ticks(busy.pid)
+    time.sleep(0.3)
+    out["ran_while_frozen"] = ticks(busy.pid) != before
+    manager.thaw()
+    out["thawed_event"] = flat_keyed(manager.path / "cgroup.events").get("frozen")
+    wait_for(lambda: ticks(busy.pid) > before)
+    try:
+        manager.apply({"pids": {"limit": 5}})
+        out["pids_limit_error"] = None
+    except Unsupported as exc:
+        out["pids_limit_error"] = str(exc)
+    try:
+        manager.destroy()
+        out["destroy_busy_error"] = None
+    except ResourceError as exc:
+        out["destroy_busy_error"] = str(exc)
+finally:
+    busy.kill()
+    busy.wait()
+wait_for(lambda: not manager.pids())
+manager.destroy()
+out["exists_after_destroy"] = manager.exists()
+os.rmdir(f"/sys/fs/cgroup/{parent}")
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def parent() -> Iterator[str]:
+    require_root()
+    if "cgroup2" not in Path("/proc/filesystems").read_text():
+        pytest.fail("the kernel has no cgroup2 filesystem")
+    name = f"pykata-test-{os.getpid()}-{secrets.token_hex(3)}"
+    yield name
+    own = UNIFIED / name
+    if own.exists():  # the scenario failed midway: kill what it started there, then remove the tree
+        for procs in own.rglob("cgroup.procs"):
+            for pid in procs.read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
+        for current, _dirs, _files in os.walk(own, topdown=False):
+            os.rmdir(current)
+    assert not own.exists()
+
+
+def test_v2_core_on_a_fresh_cgroup2_mount(parent: str) -> None:
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", SCENARIO, parent, str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["version"] == 2
+    assert out["created"]
+    assert out["pids"] == [out["busy"]]
+    assert f"0::/{parent}/c1" in out["own_cgroup"]
+    assert out["cpu_usage"] > 0
+    assert out["frozen_event"] == 1
+    assert out["ran_while_frozen"] is False
+    assert out["thawed_event"] == 0
+    assert "pids" in out["pids_limit_error"] and "pids.max" in out["pids_limit_error"]
+    assert str(out["busy"]) in out["destroy_busy_error"]
+    assert out["exists_after_destroy"] is False
+    assert not (UNIFIED / parent).exists()
