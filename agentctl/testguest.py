@@ -6,7 +6,8 @@ serves, over AF_VSOCK:
 
 - port 1024: an echo server (``socat VSOCK-LISTEN:1024,fork EXEC:cat``);
 - port 1025: a shell that runs each line it reads (``EXEC:/bin/sh``), for checks inside the guest;
-- a loop that dials host CID 2 port 5000 and echoes what it gets (guest -> host path, ``UDS_5000``).
+- a loop that dials host CID 2 port 5000 and echoes what it gets (guest -> host path, ``UDS_5000``);
+- a loop that sends one JSON log line to host port 5001 every half second (as the agent's log_vport).
 
 It prints ``test guest ready uptime=<s>`` on the console once the servers run.
 """
@@ -35,6 +36,7 @@ VSOCK_MODULES = (
 ECHO_PORT = 1024
 SHELL_PORT = 1025
 DIAL_HOST_PORT = 5000
+LOG_HOST_PORT = 5001
 READY_MARKER = "test guest ready"
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
@@ -46,6 +48,8 @@ for m in {" ".join(VSOCK_MODULES)}; do insmod /lib/modules/$m.ko || echo "insmod
 socat VSOCK-LISTEN:{ECHO_PORT},fork,reuseaddr EXEC:cat &
 socat VSOCK-LISTEN:{SHELL_PORT},fork,reuseaddr EXEC:/bin/sh,stderr &
 ( while true; do socat VSOCK-CONNECT:2:{DIAL_HOST_PORT} EXEC:cat 2>/dev/null; sleep 0.5; done ) &
+( n=0; while true; do n=$((n+1)); echo '{{"level": "info", "source": "testguest", "msg": "tick '$n'"}}' \
+    | socat - VSOCK-CONNECT:2:{LOG_HOST_PORT} 2>/dev/null; sleep 0.5; done ) &
 echo "{READY_MARKER} uptime=$(cut -d' ' -f1 /proc/uptime)"
 while true; do sleep 3600; done
 """

@@ -294,6 +294,7 @@ def logs(port: int, raw: bool, from_console: bool, follow: bool, name: str, run_
         return
     port = port or _extra(state).get("log") or DEFAULT_LOG_PORT
     path = f"{state.uds}_{port}"
+    signal.signal(signal.SIGTERM, _interrupt)  # end as on Ctrl-C: remove the listener
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -313,6 +314,10 @@ def logs(port: int, raw: bool, from_console: bool, follow: bool, name: str, run_
         listener.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _tail(path: Path, follow: bool, raw: bool) -> None:

@@ -4,7 +4,10 @@ bytes both ways through virtio-vsock."""
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from agentctl import testguest, vm, vm_cli
-from tests.vm.conftest import phase
+from tests.vm.conftest import REPO, phase
 
 MiB = 1 << 20
 
@@ -131,9 +134,8 @@ def _count(guest: vm.Guest, pattern: str) -> int:
     return int(out.split()[-1])
 
 
-def test_hotplug_cpu_and_memory_through_the_cli(test_guest: vm.Guest, tmp_path: Path) -> None:
-    """agentctl hotplug finds the guest by its state file and adds through QMP; the guest sees the
-    devices, and vsock keeps working with the new memory in the table."""
+def _state_file(test_guest: vm.Guest, tmp_path: Path) -> vm.GuestState:
+    """A state file for the shared guest, as agentctl boot would leave it, named "shared"."""
     assert test_guest.qemu is not None and test_guest.backend is not None
     state = vm.GuestState(
         name="shared",
@@ -147,6 +149,29 @@ def test_hotplug_cpu_and_memory_through_the_cli(test_guest: vm.Guest, tmp_path: 
     )
     Path(state.run_dir).mkdir()
     state.save()
+    return state
+
+
+def test_logs_command_follows_json_lines_from_the_guest(test_guest: vm.Guest, tmp_path: Path) -> None:
+    _state_file(test_guest, tmp_path)
+    argv = [sys.executable, "-m", "agentctl.vm_cli", "logs", "--port", str(testguest.LOG_HOST_PORT)]
+    argv += ["--name", "shared", "--run-dir", str(tmp_path)]
+    logs = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        assert logs.stdout is not None
+        lines = [logs.stdout.readline().decode() for _ in range(2)]
+    finally:
+        logs.terminate()
+        logs.wait(10)
+    for line in lines:
+        assert re.fullmatch(r" ?INFO +testguest: tick \d+\n", line), lines
+    assert not Path(f"{test_guest.uds}_{testguest.LOG_HOST_PORT}").exists(), "logs removed its listener"
+
+
+def test_hotplug_cpu_and_memory_through_the_cli(test_guest: vm.Guest, tmp_path: Path) -> None:
+    """agentctl hotplug finds the guest by its state file and adds through QMP; the guest sees the
+    devices, and vsock keeps working with the new memory in the table."""
+    _state_file(test_guest, tmp_path)
     cpus_before = _count(test_guest, "/sys/devices/system/cpu/cpu[0-9]*")
     blocks_before = _count(test_guest, "/sys/devices/system/memory/memory*")
     runner = CliRunner()
