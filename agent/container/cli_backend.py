@@ -23,16 +23,14 @@ import termios
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# Everything the child needs is imported here: after pivot_root the host's modules are out of reach.
-from agent.container import capabilities, rootfs
 from agent.container.cgroups import CgroupManager, manager_for
-from agent.container.spec import parse_spec
 from agent.errors import InvalidArgument, NotFound, ResourceError
 from agent.system import libc
 from agent.system.paths import HostPaths
 
 if TYPE_CHECKING:
     from agent.container.cli import Record
+    from agent.container.rootfs import RootfsPlan
 
 EXEC_FIFO = "exec.fifo"
 NAMESPACE_FLAGS = {
@@ -118,6 +116,15 @@ class Backend:
                 joins.append((kind, namespace["path"]))
             else:
                 flags |= NAMESPACE_FLAGS[kind]
+        # Imported here, not at module level: commands that fork nothing (state, kill, delete) skip them.
+        # The child uses them after pivot_root, where the host's modules are out of reach.
+        from agent.container import capabilities, rootfs  # noqa: F401
+        from agent.container.spec import parse_spec
+
+        plan = None
+        if flags & libc.CLONE_NEWNS:
+            plan = rootfs.plan_rootfs(self.paths, parse_spec(spec), Path(os.path.realpath(record.rootfs)),
+                                      Path(record.bundle), no_pivot=no_pivot)  # fmt: skip
         record.engine["cgroups_path"] = linux.get("cgroupsPath") or ""
         cgroups = self.cgroups(record)
         fifo = state_dir / EXEC_FIFO
@@ -145,7 +152,7 @@ class Backend:
             os.close(error_read)
             code = 1
             try:
-                _init(self.paths, spec, Path(record.rootfs), record.bundle, flags & ~libc.CLONE_NEWPID, joins, stdio,
+                _init(self.paths, spec, plan, flags & ~libc.CLONE_NEWPID, joins, stdio,
                       fifo_fd, no_pivot, preserve_fds, error_write, ready_read, console)  # fmt: skip
             except BaseException as exc:
                 text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
@@ -217,6 +224,7 @@ class Backend:
     def exec(
         self, record: Record, process: dict[str, Any], *, stdio: tuple[int, int, int], console: int | None = None
     ) -> int:
+        from agent.container import capabilities  # noqa: F401  (for the child, see create)
         from agent.container.spec import parse_process
 
         parse_process(process)  # InvalidArgument naming the field, before anything is forked
@@ -312,8 +320,7 @@ def _kill(pid: int) -> None:
 def _init(
     paths: HostPaths,
     spec: dict[str, Any],
-    rootfs_path: Path,
-    bundle: str,
+    plan: RootfsPlan | None,
     flags: int,
     joins: list[tuple[str, str]],
     stdio: tuple[int, int, int],
@@ -334,11 +341,11 @@ def _init(
         finally:
             os.close(fd)
     libc.unshare(flags & ~libc.CLONE_NEWCGROUP)
-    if flags & libc.CLONE_NEWNS:
+    from agent.container import rootfs  # loaded by the parent already: no file access here
+
+    if plan is not None:
         # The engine's rootfs plan: the spec's mounts, default devices and /dev links, then the
         # root change and the masked and read-only paths.
-        plan = rootfs.plan_rootfs(paths, parse_spec(spec), Path(os.path.realpath(rootfs_path)),
-                                  Path(bundle), no_pivot=no_pivot)  # fmt: skip
         rootfs.execute(plan)
         if console is not None:
             _make_file(rootfs.secure_join(plan.rootfs, "/dev/console"))  # the pty made below is bound here
@@ -431,6 +438,8 @@ def _exec_process(process: dict[str, Any], paths: HostPaths) -> None:
         if kind is None:
             raise InvalidArgument(f"unknown rlimit {limit['type']!r}")
         resource.setrlimit(kind, (int(limit["soft"]), int(limit["hard"])))
+    from agent.container import capabilities  # loaded by the parent already: no file access here
+
     capabilities.become_user(process.get("user") or {}, process.get("capabilities"))
     if process.get("noNewPrivileges"):
         capabilities.set_no_new_privs()
