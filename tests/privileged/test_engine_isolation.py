@@ -4,7 +4,9 @@ exit codes and signals, exec, terminals. Containers run busybox from the session
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from agent.container.engine import Engine, FdIO
 from agent.container.state import Status
 from agent.errors import IncorrectState
 from agent.system.paths import HostPaths
+from tests.helpers.bundle import make_rootfs
 from tests.privileged.engine_helpers import ALL_NAMESPACES, ns_inode, read_to_end, run, spec_for, started
 
 
@@ -193,3 +196,98 @@ def test_destroy_before_start_ends_the_process(engine: Engine, spec: Any) -> Non
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not Path(f"/proc/{pid}").exists()
+
+
+@pytest.fixture
+def open_rootfs() -> Iterator[Path]:
+    """A busybox rootfs whose parents any uid may traverse (the mapped root is no host root)."""
+    top = Path(tempfile.mkdtemp(prefix="pykata-userns-", dir="/tmp"))
+    top.chmod(0o755)
+    try:
+        yield make_rootfs(top / "rootfs")
+    finally:
+        shutil.rmtree(top)
+
+
+def test_user_namespace_maps_ids(engine: Engine, spec: Any, open_rootfs: Path) -> None:
+    s = spec("iso-userns", ["/bin/sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u"])
+    s["root"]["path"] = str(open_rootfs)
+    s["linux"]["namespaces"] = [*ALL_NAMESPACES, {"type": "user"}]
+    s["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    s["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    # a user namespace may not mount cgroup v1 hierarchies: drop that mount, as rootless runc does
+    s["mounts"] = [m for m in s["mounts"] if m["type"] != "cgroup"]
+    container = engine.create("iso-userns", s)
+    try:
+        assert container.init is not None
+        assert ns_inode(container.init.pid, "user") != ns_inode("self", "user")
+        assert Path(f"/proc/{container.init.pid}/uid_map").read_text().split() == ["0", "200000", "65536"]
+        container.start()
+        out = read_to_end(container.init.io.stdout)
+        assert container.wait(timeout=20) == 0, read_to_end(container.init.io.stderr)
+        lines = [line.split() for line in out.decode().splitlines()]
+        assert lines[0] == ["0", "200000", "65536"]
+        assert lines[1] == ["0", "200000", "65536"]
+        assert lines[2] == ["0"]
+    finally:
+        engine.remove("iso-userns", timeout=10)
+
+
+def test_join_existing_namespace_by_path(engine: Engine, spec: Any) -> None:
+    first = started(engine, "iso-join-a", spec("iso-join-a", ["/bin/sleep", "300"]))
+    try:
+        assert first.init is not None
+        s = spec("iso-join-b", ["/bin/sleep", "300"])
+        s["linux"]["namespaces"] = [
+            {"type": "network", "path": f"/proc/{first.init.pid}/ns/net"},
+            {"type": "ipc", "path": f"/proc/{first.init.pid}/ns/ipc"},
+            {"type": "pid"},
+            {"type": "mount"},
+            {"type": "uts"},
+        ]
+        second = started(engine, "iso-join-b", s)
+        try:
+            assert second.init is not None
+            for kind in ("net", "ipc"):
+                assert ns_inode(second.init.pid, kind) == ns_inode(first.init.pid, kind)
+            for kind in ("pid", "mnt", "uts"):
+                assert ns_inode(second.init.pid, kind) != ns_inode(first.init.pid, kind)
+        finally:
+            engine.remove("iso-join-b", timeout=10)
+    finally:
+        engine.remove("iso-join-a", timeout=10)
+
+
+def test_pids_limit_stops_a_fork_bomb(engine: Engine, spec: Any) -> None:
+    s = spec("iso-pids", ["/bin/sh", "-c", "for i in $(seq 1 30); do sleep 300 & done; wait"])
+    s["linux"]["resources"] = {"pids": {"limit": 10}}
+    code, _, err = run(engine, "iso-pids", s)
+    assert code == 2  # busybox sh gives up when fork fails
+    assert b"can't fork: Resource temporarily unavailable" in err
+
+
+def test_stats_update_pause(engine: Engine, spec: Any) -> None:
+    s = spec("iso-stats", ["/bin/sh", "-c", "sleep 300 & sleep 300 & wait"])
+    s["linux"]["resources"] = {"pids": {"limit": 10}, "memory": {"limit": 64 << 20}}
+    container = started(engine, "iso-stats", s)
+    try:
+        deadline = time.monotonic() + 10
+        while len(container.pids()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stats = container.stats()
+        assert stats.pids_stats.current == 3
+        assert stats.pids_stats.limit == 10
+        assert stats.memory_stats.usage.limit == 64 << 20
+        container.update({"pids": {"limit": 20}})
+        assert container.stats().pids_stats.limit == 20
+        container.pause()
+        assert container.status is Status.PAUSED
+        dirs = container.cgroup.directories()
+        if "freezer" in dirs:
+            assert (dirs["freezer"] / "freezer.state").read_text().strip() == "FROZEN"
+        else:
+            assert (next(iter(dirs.values())) / "cgroup.freeze").read_text().strip() == "1"
+        container.resume()
+        assert container.status is Status.RUNNING
+    finally:
+        engine.remove("iso-stats", timeout=10)
