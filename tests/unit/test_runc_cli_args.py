@@ -114,3 +114,40 @@ def test_spec_writes_what_runc_spec_writes(tmp_path: Path) -> None:
     subprocess.run(["runc", "spec", "--bundle", str(tmp_path / "r")], check=True)  # Debian's runc
     assert ours == json.loads((tmp_path / "r" / "config.json").read_text())
     assert cli.run_cli(["spec", "--bundle", str(tmp_path)]) == 1  # refuses to overwrite
+
+
+def test_update_flags_become_oci_resources(tmp_path: Path) -> None:
+    argv = ["update", "--memory", "64m", "--cpu-quota", "50000", "--cpu-period", "100000"]
+    argv += ["--cpu-shares", "512", "--cpuset-cpus", "0-1", "--pids-limit", "20", "c1"]
+    inv = cli.parse_args(argv)
+    assert cli.resources_from_flags(inv.flags) == {
+        "memory": {"limit": 64 << 20},
+        "cpu": {"quota": 50000, "period": 100000, "shares": 512, "cpus": "0-1"},
+        "pids": {"limit": 20},
+    }
+    resources = tmp_path / "r.json"
+    resources.write_text(json.dumps({"pids": {"limit": 5}, "memory": {"limit": 1}}))
+    inv = cli.parse_args(["update", "-r", str(resources), "--memory", "1g", "c1"])
+    assert cli.resources_from_flags(inv.flags) == {"pids": {"limit": 5}, "memory": {"limit": 1 << 30}}
+    with pytest.raises(cli.CliError, match="--pids-limit"):
+        cli.resources_from_flags(cli.parse_args(["update", "--pids-limit", "lots", "c1"]).flags)
+
+
+def test_default_device_rules_follow_the_specs_own() -> None:
+    from agent.container.cli_backend import with_default_devices
+
+    deny_all = {"allow": False, "access": "rwm"}
+    devices = with_default_devices({"devices": [deny_all], "pids": {"limit": 3}})
+    assert devices["pids"] == {"limit": 3}
+    assert devices["devices"][0] == deny_all  # later rules win, so the defaults come after
+    assert {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"} in devices["devices"]
+
+
+@pytest.mark.parametrize(("text", "number"), [("KILL", 9), ("SIGKILL", 9), ("9", 9), ("term", 15)])
+def test_signal_names(text: str, number: int) -> None:
+    assert cli.parse_signal(text) == number
+
+
+def test_unknown_signal() -> None:
+    with pytest.raises(cli.CliError, match="unknown signal"):
+        cli.parse_signal("NOPE")
