@@ -40,6 +40,7 @@ class Way:
     close: Callable[[], None] = lambda: None
     samples: list[float] = field(default_factory=list)
     failure: str = ""
+    phases: dict[str, list[float]] = field(default_factory=dict)  # where the time goes, when known
 
 
 def _timed_command(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Callable[[str], None]:
@@ -121,6 +122,8 @@ def report(ways: list[Way]) -> None:
         before = BASELINE_MS.get(way.name)
         before_text = f"   {before[0]:.0f}/{before[1]:.0f}" if before else ""
         print(f"{way.name:<18}{median:>9.1f}{p90:>9.1f}{ratios}{before_text}")
+        for phase, samples in way.phases.items():
+            print(f"  {phase:<16}{statistics.median(samples) * 1000:>9.1f}{percentile(samples, 0.9) * 1000:>9.1f}")
 
 
 def measure(ways: list[Way], runs: int) -> None:
@@ -161,6 +164,7 @@ def main() -> None:
             measure(ways, 2)  # warm caches (page cache, .pyc files); not counted
             for way in ways:
                 way.samples.clear()
+                way.phases.clear()
             measure(ways, RUNS)
         finally:
             for way in ways:
@@ -237,11 +241,17 @@ def agent_way(bundle: Path, workdir: Path) -> Way:
     def cycle(container_id: str) -> None:
         if setup_error:
             raise RuntimeError(setup_error)
-        client.call("CreateContainer", agent_pb2.CreateContainerRequest(container_id=container_id,
-                                                                        exec_id=container_id, OCI=oci))  # fmt: skip
-        client.call("StartContainer", agent_pb2.StartContainerRequest(container_id=container_id))
-        client.call("WaitProcess", agent_pb2.WaitProcessRequest(container_id=container_id, exec_id=container_id))
-        client.call("RemoveContainer", agent_pb2.RemoveContainerRequest(container_id=container_id, timeout=10))
+        create = agent_pb2.CreateContainerRequest(container_id=container_id, exec_id=container_id, OCI=oci)
+        calls = (
+            ("CreateContainer", create),
+            ("StartContainer", agent_pb2.StartContainerRequest(container_id=container_id)),
+            ("WaitProcess", agent_pb2.WaitProcessRequest(container_id=container_id, exec_id=container_id)),
+            ("RemoveContainer", agent_pb2.RemoveContainerRequest(container_id=container_id, timeout=10)),
+        )
+        for method, request in calls:
+            started = time.perf_counter()
+            client.call(method, request)
+            way.phases.setdefault(method, []).append(time.perf_counter() - started)
 
     def close() -> None:
         client.close()
@@ -253,7 +263,8 @@ def agent_way(bundle: Path, workdir: Path) -> Way:
             agent.wait()
         log.close()
 
-    return Way("agent (ttrpc)", cycle, close)
+    way = Way("agent (ttrpc)", cycle, close)
+    return way
 
 
 if __name__ == "__main__":
