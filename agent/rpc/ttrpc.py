@@ -45,6 +45,7 @@ FLAG_REMOTE_OPEN = 0x2
 FLAG_NO_DATA = 0x4
 
 _RECV_CHUNK = 64 * 1024
+CLIENT_GRACE = 1.0  # seconds a client waits past its deadline for the server's own answer
 
 # (service, method, payload, context) -> (code, message, response payload)
 Dispatch = Callable[[str, str, bytes, CallContext], tuple[int, str, bytes]]
@@ -371,14 +372,31 @@ class TtrpcCallError(Exception):
         self.message = message
 
 
+class _PendingCall:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.response: bytes | None = None
+        self.error: BaseException | None = None
+
+
 class TtrpcClientConnection:
-    """A client connection making unary calls one after another (odd stream ids 1, 3, 5, ...)."""
+    """A client connection; calls from several threads share it, each on its own odd stream id.
+
+    A reader thread (started with the connection) hands each response to the call waiting for its
+    stream id, so a long poll does not hold up other calls on the same connection.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
+        sock.settimeout(None)
         self._sock = sock
         self._reader = FrameReader(sock)
+        self._write_lock = threading.Lock()
         self._lock = threading.Lock()
+        self._pending: dict[int, _PendingCall] = {}
         self._next_stream = 1
+        self._broken: BaseException | None = None
+        self._thread = threading.Thread(target=self._read_responses, name="ttrpc-client", daemon=True)
+        self._thread.start()
 
     def call(
         self,
@@ -388,7 +406,8 @@ class TtrpcClientConnection:
         timeout: float | None = None,
         metadata: dict[str, str] | None = None,
     ) -> bytes:
-        """Send one request and return the response payload; a non-OK status raises TtrpcCallError."""
+        """Send one request and return the response payload; a non-OK status raises TtrpcCallError,
+        no answer within ``timeout`` raises TimeoutError, a lost connection ConnectionError."""
         request = ttrpc_pb2.Request(
             service=service,
             method=method,
@@ -396,24 +415,62 @@ class TtrpcClientConnection:
             timeout_nano=int(timeout * 1e9) if timeout else 0,
             metadata=[ttrpc_pb2.KeyValue(key=k, value=v) for k, v in (metadata or {}).items()],
         )
+        pending = _PendingCall()
         with self._lock:
+            if self._broken is not None:
+                raise ConnectionError(f"ttrpc: connection lost: {self._broken}")
             stream_id = self._next_stream
             self._next_stream += 2
-            self._sock.settimeout(timeout)
-            self._sock.sendall(encode_frame(stream_id, TYPE_REQUEST, request.SerializeToString()))
-            while True:
-                header = self._reader.read_header()
-                if header is None:
-                    raise ConnectionError(f"ttrpc: the agent closed the connection during {service}/{method}")
-                if header.length > MESSAGE_LENGTH_MAX:
-                    raise ProtocolError(f"ttrpc: response of {header.length} bytes exceeds the limit")
-                body = self._reader.read_payload(header.length)
-                if header.type == TYPE_RESPONSE and header.stream_id == stream_id:
-                    break
-        response = ttrpc_pb2.Response.FromString(body)
+            self._pending[stream_id] = pending
+        try:
+            frame = encode_frame(stream_id, TYPE_REQUEST, request.SerializeToString())
+            with self._write_lock:
+                self._sock.sendall(frame)
+            # The agent answers DEADLINE_EXCEEDED itself at the deadline; wait a little longer for it.
+            if not pending.done.wait(None if timeout is None else timeout + CLIENT_GRACE):
+                raise TimeoutError(f"ttrpc: no answer to {service}/{method} within {timeout} s")
+        finally:
+            with self._lock:
+                self._pending.pop(stream_id, None)
+        if pending.error is not None:
+            raise ConnectionError(f"ttrpc: {service}/{method}: {pending.error}")
+        assert pending.response is not None
+        response = ttrpc_pb2.Response.FromString(pending.response)
         if response.status.code != Code.OK:
             raise TtrpcCallError(response.status.code, response.status.message)
         return response.payload
 
+    def _read_responses(self) -> None:
+        error: BaseException
+        try:
+            while True:
+                header = self._reader.read_header()
+                if header is None:
+                    error = ConnectionError("the agent closed the connection")
+                    break
+                if header.length > MESSAGE_LENGTH_MAX:
+                    error = ProtocolError(f"response of {header.length} bytes exceeds the limit")
+                    break
+                body = self._reader.read_payload(header.length)
+                if header.type != TYPE_RESPONSE:
+                    continue
+                with self._lock:
+                    pending = self._pending.get(header.stream_id)
+                if pending is not None:  # else: the caller gave up waiting
+                    pending.response = body
+                    pending.done.set()
+        except (OSError, ProtocolError) as exc:
+            error = exc
+        with self._lock:
+            self._broken = error
+            waiting = list(self._pending.values())
+        for pending in waiting:
+            pending.error = error
+            pending.done.set()
+
     def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._sock.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -80,6 +81,8 @@ def peer() -> Iterator[Peer]:
     thread.start()
     yield Peer(client, ttrpc.FrameReader(client), dispatch, thread, budget)
     dispatch.release.set()
+    with contextlib.suppress(OSError):
+        client.shutdown(socket.SHUT_RDWR)  # wakes a client reader thread still blocked on it
     client.close()
     thread.join(10)
     assert not thread.is_alive()
@@ -211,6 +214,59 @@ def test_client_connection_uses_odd_increasing_stream_ids(peer: Peer) -> None:
         client.call("test.Service", "Fail", b"")
     assert failure.value.code == Code.NOT_FOUND
     assert peer.dispatch.contexts[1].metadata == {"k": "v"}
+    client.close()
+
+
+def test_client_connection_runs_calls_from_several_threads_concurrently(peer: Peer) -> None:
+    client = ttrpc.TtrpcClientConnection(peer.sock)
+    answers: list[bytes] = []
+    blocked = threading.Thread(target=lambda: answers.append(client.call("test.Service", "Block", b"slow")))
+    blocked.start()
+    assert peer.dispatch.blocked.wait(10)
+    assert client.call("test.Service", "Echo", b"fast", timeout=10) == b"fast"  # not queued behind Block
+    peer.dispatch.release.set()
+    blocked.join(10)
+    assert answers == [b"slow"]
+    client.close()
+
+
+def test_server_side_deadline_reaches_the_client_as_deadline_exceeded(peer: Peer) -> None:
+    client = ttrpc.TtrpcClientConnection(peer.sock)
+    with pytest.raises(ttrpc.TtrpcCallError) as failure:
+        client.call("test.Service", "Block", b"", timeout=0.2)
+    assert failure.value.code == Code.DEADLINE_EXCEEDED
+    client.close()
+
+
+def test_client_times_out_on_a_silent_peer_and_fails_waiting_calls_when_the_connection_drops() -> None:
+    ours, theirs = socket.socketpair()
+    client = ttrpc.TtrpcClientConnection(ours)
+    with pytest.raises(TimeoutError):
+        client.call("test.Service", "Echo", b"", timeout=0.2)
+    failures: list[BaseException] = []
+
+    def waiting_call() -> None:
+        try:
+            client.call("test.Service", "Echo", b"")
+        except BaseException as exc:
+            failures.append(exc)
+
+    waiter = threading.Thread(target=waiting_call)
+    waiter.start()
+    reader = ttrpc.FrameReader(theirs)
+    streams = []
+    for _ in range(2):  # the timed-out request, then the waiting one
+        header = reader.read_header()
+        assert header is not None
+        reader.read_payload(header.length)
+        streams.append(header.stream_id)
+    assert streams == [1, 3]
+    theirs.close()
+    waiter.join(10)
+    assert len(failures) == 1 and isinstance(failures[0], ConnectionError)
+    with pytest.raises(ConnectionError):
+        client.call("test.Service", "Echo", b"")
+    client.close()
 
 
 def test_finished_calls_do_not_pile_up_in_the_deadline_heap(peer: Peer) -> None:
