@@ -79,6 +79,8 @@ def test_reseed_random_dev_writes_the_data(client: AgentClient, agent: RunningAg
     device.write_bytes(b"")
     client.call("ReseedRandomDev", agent_pb2.ReseedRandomDevRequest(data=b"\x01\x02entropy"))
     assert device.read_bytes() == b"\x01\x02entropy"
+    client.call("ReseedRandomDev", agent_pb2.ReseedRandomDevRequest(data=b""))
+    assert device.read_bytes() == b"\x01\x02entropy"
 
 
 def test_copy_file_in_chunks(client: AgentClient, agent: RunningAgent) -> None:
