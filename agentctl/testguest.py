@@ -45,8 +45,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in {" ".join(VSOCK_MODULES)}; do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
-socat VSOCK-LISTEN:{ECHO_PORT},fork,reuseaddr EXEC:cat &
-socat VSOCK-LISTEN:{SHELL_PORT},fork,reuseaddr EXEC:/bin/sh,stderr &
+socat VSOCK-LISTEN:{ECHO_PORT},fork,reuseaddr,backlog=64 EXEC:cat &
+socat VSOCK-LISTEN:{SHELL_PORT},fork,reuseaddr,backlog=64 EXEC:/bin/sh,stderr &
 ( while true; do socat VSOCK-CONNECT:2:{DIAL_HOST_PORT} EXEC:cat 2>/dev/null; sleep 0.5; done ) &
 ( n=0; while true; do n=$((n+1)); echo '{{"level": "info", "source": "testguest", "msg": "tick '$n'"}}' \
     | socat - VSOCK-CONNECT:2:{LOG_HOST_PORT} 2>/dev/null; sleep 0.5; done ) &
