@@ -131,6 +131,7 @@ class Process:
         set_winsize(self.io.pty_master, rows, cols)
 
 
+SHIM_EXIT_TIMEOUT = 5.0
 CgroupFactory = Callable[[HostPaths, str, str], Any]
 
 
@@ -324,6 +325,10 @@ class Container:
             if proc.handle.wait(left) is None:
                 raise DeadlineExceeded(f"container {self.id}: process {proc.pid} did not end within {timeout} s")
         self.engine.forkserver.forget_all(p.handle for p in procs)
+        for proc in procs:
+            # the shim reports the exit, then reaps what is left and ends; its end closes our pipe
+            if not proc.handle.wait_closed(SHIM_EXIT_TIMEOUT):
+                log.warning("container %s: the shim of process %d is still running", self.id, proc.pid)
         for proc in procs:
             proc.io.close()
         self._remove_cgroup()

@@ -80,6 +80,7 @@ class ProcessHandle:
         self._control_fd = control_fd
         self._cond = threading.Condition()
         self._eof = False
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._read_events, name=f"wait {description}", daemon=True)
         self._thread.start()
 
@@ -103,6 +104,7 @@ class ProcessHandle:
             os.close(self._status_fd)
             with self._cond:
                 self._eof = True
+                self._closed.set()
                 if self.exit_code is None:
                     # the shim died without reporting (killed): nothing more will come
                     self.exit_code = 255
@@ -138,6 +140,10 @@ class ProcessHandle:
     def wait(self, timeout: float | None = None) -> int | None:
         self.wait_for("exit", timeout)
         return self.exit_code
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until the shim and the process are gone (the status pipe's EOF) and our end is closed."""
+        return self._closed.wait(timeout)
 
     def control(self, message: bytes) -> None:
         if self._control_fd is None:

@@ -6,8 +6,12 @@ only the rootfs path and the cgroups path changed.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +20,7 @@ from agent.system.paths import HostPaths
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import FIXTURES
 from tests.helpers.agent_server import RunningAgent, serving_agent
+from tests.privileged.conftest import CGROUP_FS
 
 KATA_CREATE = FIXTURES / "kata-client-requests" / "005-grpc.AgentService.CreateContainer.bin"
 
@@ -73,3 +78,80 @@ def test_kata_fixture_lifecycle(client: AgentClient, busybox_rootfs: Path, cgrou
     with pytest.raises(AgentCallError) as info:
         client.call("StartContainer", agent_pb2.StartContainerRequest(container_id=cid))
     assert info.value.code_name == "NOT_FOUND"
+
+
+def _call(client: AgentClient, method: str, request: Any) -> Any:
+    return client.call(method, request)
+
+
+def _link(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+
+
+def _cycle_state(parent: str) -> dict[str, Any]:
+    me = os.getpid()
+    zombies = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] == "Z":
+            zombies.append((int(entry.name), int(fields[1])))
+    cgroups = []
+    for hierarchy in CGROUP_FS.iterdir():
+        ours = hierarchy / parent.strip("/")
+        if not hierarchy.is_symlink() and ours.is_dir():
+            cgroups += [p for p in ours.rglob("*") if p.is_dir()]
+    return {
+        "fds": sorted(f"{fd}->{_link(fd)}" for fd in os.listdir("/proc/self/fd")),
+        "mounts": Path("/proc/self/mountinfo").read_text().count("\n"),
+        "cgroups": cgroups,
+        "zombies": [z for z in zombies if z[1] == me],
+        "threads": threading.active_count(),
+    }
+
+
+def test_200_cycles_leave_nothing_behind(
+    client: AgentClient, agent: RunningAgent, busybox_rootfs: Path, cgroup_parent: str
+) -> None:
+    parent = f"{cgroup_parent}/cycles"
+
+    def cycle(i: int) -> None:
+        request = kata_create_request(busybox_rootfs, parent, f"cycle-{i}")
+        request.OCI.Process.Args[:] = ["/bin/sh", "-c", f"echo {i}; exit {i % 7}"]
+        cid = request.container_id
+        _call(client, "CreateContainer", request)
+        _call(client, "StartContainer", agent_pb2.StartContainerRequest(container_id=cid))
+        assert read_all(client, cid) == f"{i}\n".encode()
+        status = _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id=cid))
+        assert status.status == i % 7
+        _call(client, "RemoveContainer", agent_pb2.RemoveContainerRequest(container_id=cid))
+
+    cycle(0)  # warm up: the fork server and the service's threads start on first use
+    before = _cycle_state(parent)
+    started = time.monotonic()
+    for i in range(1, 201):
+        cycle(i)
+    elapsed = time.monotonic() - started
+    after = _cycle_state(parent)
+    print(f"200 cycles in {elapsed:.1f} s ({elapsed / 200 * 1000:.0f} ms each)")
+    assert after["fds"] == before["fds"], "descriptors leaked"
+    assert after["mounts"] == before["mounts"], "mounts leaked"
+    assert after["cgroups"] == [] and before["cgroups"] == [], "cgroups left behind"
+    assert after["zombies"] == [], "unreaped children"
+    assert after["threads"] <= before["threads"], "threads leaked"
+    for hierarchy in CGROUP_FS.iterdir():
+        intermediate = hierarchy / parent.strip("/")
+        if not hierarchy.is_symlink() and intermediate.is_dir():
+            intermediate.rmdir()
+    containers = agent.services.containers
+    server = containers.engine.forkserver.server_pid
+    assert server is not None
+    assert [z for z in after["zombies"] if z[1] == server] == []
