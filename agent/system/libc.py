@@ -177,3 +177,12 @@ def inotify_add_watch(fd: int, path: str, mask: int) -> int:
 
 def inotify_rm_watch(fd: int, wd: int) -> None:
     _check(_libc.inotify_rm_watch(ctypes.c_int(fd), ctypes.c_int(wd)))
+
+
+SYS_bpf = 321
+
+
+def bpf(cmd: int, attr: bytearray, path: str | None = None) -> int:
+    """bpf(2) with ``attr`` (a union bpf_attr laid out by the caller; the kernel may write into it)."""
+    buffer = (ctypes.c_char * len(attr)).from_buffer(attr)
+    return _check(_libc.syscall(ctypes.c_long(SYS_bpf), ctypes.c_int(cmd), buffer, ctypes.c_uint(len(attr))), path)

@@ -5,7 +5,8 @@ The scenario runs in a private mount namespace (``unshare -m``) where a fresh cg
 cgroup2 is the same hierarchy as /sys/fs/cgroup/unified, which offers only hugetlb at its root (the other
 controllers are bound to v1), and its root's cgroup.subtree_control belongs to the host. So this covers
 what the core of cgroup2 gives without controllers: create, cgroup.procs, pids, freeze/thaw through
-cgroup.freeze and cgroup.events, cpu.stat usage, destroy; and it checks that asking for a controller the
+cgroup.freeze and cgroup.events, cpu.stat usage, device rules as an attached eBPF program, destroy; and
+it checks that asking for a controller the
 hierarchy does not offer fails clearly. Limits (cpu.max, memory.max, pids.max) and memory.events OOM
 kills on v2 are covered on fake trees in tests/unit only.
 """
@@ -54,6 +55,31 @@ def wait_for(condition):
         if time.monotonic() > deadline:
             raise TimeoutError
         time.sleep(0.02)
+
+# device rules as the kernel's eBPF program: /dev/null rw, /dev/zero read-only, nothing else
+manager.apply({"devices": [
+    {"allow": False, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+    {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "r"},
+]})
+PROBE = (
+    "import os, sys\n"
+    "sys.stdin.readline()\n"
+    "for path, mode in (('/dev/null', os.O_RDWR), ('/dev/zero', os.O_RDONLY), ('/dev/zero', os.O_WRONLY),"
+    " ('/dev/full', os.O_RDONLY)):\n"
+    "    try:\n"
+    "        os.close(os.open(path, mode))\n"
+    "        print('ok', flush=True)\n"
+    "    except PermissionError:\n"
+    "        print('denied', flush=True)\n"
+)
+probe = subprocess.Popen([sys.executable, "-c", PROBE], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+try:
+    manager.add_pid(probe.pid)
+    out["devices"] = probe.communicate(b"go\n", timeout=30)[0].decode().split()
+finally:
+    probe.kill()
+    probe.wait()
 
 busy = subprocess.Popen(
     [sys.executable, "-c", "import sys\nsys.stdin.readline()\nwhile True:\n    pass\n"], stdin=subprocess.PIPE
@@ -127,6 +153,7 @@ def test_v2_core_on_a_fresh_cgroup2_mount(parent: str) -> None:
     assert out["pids"] == [out["busy"]]
     assert f"0::/{parent}/c1" in out["own_cgroup"]
     assert out["cpu_usage"] > 0
+    assert out["devices"] == ["ok", "ok", "denied", "denied"]
     assert out["frozen_event"] == 1
     assert out["ran_while_frozen"] is False
     assert out["thawed_event"] == 0

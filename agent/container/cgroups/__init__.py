@@ -31,8 +31,11 @@ Conversions follow runc: v2 cpu.weight = 1 + ((shares - 2) * 9999) // 262142; cp
 ("max" when quota <= 0, period 100000 by default); memory.max/low from limit/reservation; OCI swap is
 memory+swap, so memory.swap.max = swap - limit (-1 -> "max"); pids.max "max" when the limit is <= 0.
 
-Not done: v2 device rules (need an eBPF program; logged and skipped), v2 disableOOMKiller (no such
-knob), kernel memory limits (deprecated; ignored).
+Device rules: v1 devices.allow/deny where a devices controller is mounted; v2 an eBPF
+BPF_PROG_TYPE_CGROUP_DEVICE program (``devices_v2``): the last matching rule decides, unmatched
+requests are allowed (OCI specs begin with deny-all).
+
+Not done: v2 disableOOMKiller (no such knob), kernel memory limits (deprecated; ignored).
 """
 
 from __future__ import annotations

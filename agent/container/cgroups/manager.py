@@ -19,6 +19,7 @@ from agent.hotplug.cpuset import parse_cpuset
 from agent.system import sysfs
 from agent.system.paths import HostPaths
 
+from . import devices_v2
 from . import plan as planner
 from . import stats as reader
 from .layout import Layout, container_cgroup, detect
@@ -356,10 +357,14 @@ class V2Manager(CgroupManager):
         return missing
 
     def plan(self, resources: Mapping[str, Any]) -> list[Write]:
-        writes = planner.plan_v2(resources)
-        if planner._list(resources, "devices"):
-            log.debug("cgroup v2: device rules are not applied (that needs an eBPF program)")
-        return writes
+        return planner.plan_v2(resources)
+
+    def apply(self, resources: Mapping[str, Any]) -> None:
+        """The writes of ``plan``, then the device rules as an eBPF program attached to the cgroup."""
+        super().apply(resources)
+        rules = planner.device_rules(resources)
+        if rules:
+            devices_v2.attach(self.path, devices_v2.device_program(rules))
 
     def stats(self) -> reader.CgroupStats:
         self._require_exists()

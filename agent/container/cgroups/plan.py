@@ -440,7 +440,7 @@ def hugetlb_v2(resources: Resources) -> list[Write]:
 
 def plan_v2(resources: Resources) -> list[Write]:
     """Every write for cgroup v2, validated first. Device rules are not here: v2 controls device access
-    with an eBPF program, which pykata does not load (the container's /dev holds only its devices)."""
+    with an eBPF program (devices_v2.py), which the manager attaches after these writes."""
     validate_resources(resources)
     return [
         *cpu_v2(resources),
@@ -450,6 +450,11 @@ def plan_v2(resources: Resources) -> list[Write]:
         *io_v2(resources),
         *hugetlb_v2(resources),
     ]
+
+
+def device_rules(resources: Resources) -> list[Mapping[str, Any]]:
+    """The OCI device rules (for v2's device program)."""
+    return _list(resources, "devices")
 
 
 def memory_limit(resources: Resources) -> int | None:
