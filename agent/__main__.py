@@ -153,6 +153,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             from agent import init
 
             init.boot(config, paths)  # before any thread starts
+        if config.log_vport:
+            try:
+                agent_log.stream_to(agent_log.vsock_listener(config.log_vport))
+            except OSError as exc:
+                log.warning("cannot serve the log on vsock port %d: %s", config.log_vport, exc)
         reason = serve(config, paths, pid1)
     except BaseException as exc:
         if isinstance(exc, SystemExit) and not pid1:

@@ -389,3 +389,37 @@ def test_many_long_polls_do_not_starve_a_check(
         release.set()
         for client in clients:
             client.close()
+
+
+def test_log_stream_buffers_until_a_reader_connects_then_streams(tmp_path: Path) -> None:
+    import logging
+
+    from agent import log as agent_log
+
+    short = tempfile.mkdtemp(prefix="pk-", dir="/tmp")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(os.path.join(short, "log.sock"))
+    listener.listen(1)
+    handler = agent_log.StreamHandler(listener, buffered_lines=3)
+    logger = logging.getLogger("pykata.test.logstream")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for number in range(5):
+            logger.warning("before %d", number, extra={"number": number})
+        reader = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        reader.settimeout(10)
+        reader.connect(os.path.join(short, "log.sock"))
+        stream = reader.makefile("r")
+        early = [json.loads(stream.readline()) for _ in range(3)]
+        assert [line["msg"] for line in early] == ["before 2", "before 3", "before 4"]  # oldest dropped
+        assert early[0]["number"] == 2 and early[0]["level"] == "warning"
+        logger.warning("after")
+        assert json.loads(stream.readline())["msg"] == "after"
+        stream.close()
+        reader.close()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        os.unlink(os.path.join(short, "log.sock"))
+        os.rmdir(short)
