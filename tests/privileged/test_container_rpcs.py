@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.rpc.pb import agent_pb2
+from agent.rpc.pb import agent_pb2, oci_pb2
 from agent.system.paths import HostPaths
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import FIXTURES
@@ -155,3 +155,125 @@ def test_200_cycles_leave_nothing_behind(
     server = containers.engine.forkserver.server_pid
     assert server is not None
     assert [z for z in after["zombies"] if z[1] == server] == []
+
+
+def _create_started(client: AgentClient, rootfs: Path, parent: str, cid: str, args: list[str], **process: Any) -> None:
+    request = kata_create_request(rootfs, parent, cid)
+    request.OCI.Process.Args[:] = args
+    for key, value in process.items():
+        setattr(request.OCI.Process, key, value)
+    _call(client, "CreateContainer", request)
+    _call(client, "StartContainer", agent_pb2.StartContainerRequest(container_id=cid))
+
+
+def _remove(client: AgentClient, cid: str) -> None:
+    _call(client, "RemoveContainer", agent_pb2.RemoveContainerRequest(container_id=cid, timeout=10))
+
+
+def test_exec_stdin_stdout_and_signals(client: AgentClient, busybox_rootfs: Path, cgroup_parent: str) -> None:
+    cid = "rpc-exec"
+    _create_started(client, busybox_rootfs, cgroup_parent, cid, ["/bin/sleep", "300"])
+    try:
+        process = oci_pb2.Process(Args=["/bin/sh", "-c", "read line; echo got $line; exit 5"], Cwd="/")
+        _call(client, "ExecProcess", agent_pb2.ExecProcessRequest(container_id=cid, exec_id="e1", process=process))
+        reply = _call(client, "WriteStdin", agent_pb2.WriteStreamRequest(container_id=cid, exec_id="e1", data=b"abc\n"))
+        assert reply.len == 4
+        _call(client, "CloseStdin", agent_pb2.CloseStdinRequest(container_id=cid, exec_id="e1"))
+        assert read_all(client, cid, "e1") == b"got abc\n"
+        assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="e1")).status == 5
+        # an empty exec_id signals every process of the container
+        sleeper = oci_pb2.Process(Args=["/bin/sleep", "300"], Cwd="/")
+        _call(client, "ExecProcess", agent_pb2.ExecProcessRequest(container_id=cid, exec_id="e2", process=sleeper))
+        _call(client, "SignalProcess", agent_pb2.SignalProcessRequest(container_id=cid, exec_id="", signal=9))
+        assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="e2")).status == 137
+        assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="")).status == 137
+    finally:
+        _remove(client, cid)
+
+
+def test_terminal_and_resize(client: AgentClient, busybox_rootfs: Path, cgroup_parent: str) -> None:
+    cid = "rpc-tty"
+    _create_started(client, busybox_rootfs, cgroup_parent, cid, ["/bin/sleep", "300"])
+    try:
+        process = oci_pb2.Process(
+            Args=["/bin/sh", "-c", "sleep 0.5; stty size; test -t 0 && test -t 1 && echo is-a-tty"],
+            Cwd="/",
+            Terminal=True,
+        )
+        _call(client, "ExecProcess", agent_pb2.ExecProcessRequest(container_id=cid, exec_id="t", process=process))
+        _call(client, "TtyWinResize", agent_pb2.TtyWinResizeRequest(container_id=cid, exec_id="t", row=33, column=77))
+        out = read_all(client, cid, "t")
+        assert b"33 77" in out
+        assert b"is-a-tty" in out
+        assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="t")).status == 0
+        with pytest.raises(AgentCallError) as info:
+            _call(client, "TtyWinResize", agent_pb2.TtyWinResizeRequest(container_id=cid, exec_id="", row=1, column=1))
+        assert info.value.code_name == "INVALID_ARGUMENT"
+    finally:
+        _remove(client, cid)
+
+
+def test_stats_pause_resume_update(client: AgentClient, busybox_rootfs: Path, cgroup_parent: str) -> None:
+    cid = "rpc-stats"
+    request = kata_create_request(busybox_rootfs, cgroup_parent, cid)
+    request.OCI.Process.Args[:] = ["/bin/sleep", "300"]
+    request.OCI.Linux.Resources.Pids.Limit = 50
+    _call(client, "CreateContainer", request)
+    _call(client, "StartContainer", agent_pb2.StartContainerRequest(container_id=cid))
+    try:
+        stats = _call(client, "StatsContainer", agent_pb2.StatsContainerRequest(container_id=cid))
+        assert stats.cgroup_stats.pids_stats.current == 1
+        assert stats.cgroup_stats.pids_stats.limit == 50
+        assert stats.cgroup_stats.memory_stats.usage.usage > 0
+        resources = oci_pb2.LinuxResources(Pids=oci_pb2.LinuxPids(Limit=60))
+        _call(client, "UpdateContainer", agent_pb2.UpdateContainerRequest(container_id=cid, resources=resources))
+        stats = _call(client, "StatsContainer", agent_pb2.StatsContainerRequest(container_id=cid))
+        assert stats.cgroup_stats.pids_stats.limit == 60
+        _call(client, "PauseContainer", agent_pb2.PauseContainerRequest(container_id=cid))
+        with pytest.raises(AgentCallError) as info:
+            _call(client, "PauseContainer", agent_pb2.PauseContainerRequest(container_id=cid))
+        assert info.value.code_name == "FAILED_PRECONDITION"
+        assert "container rpc-stats is paused; pause needs running" in info.value.message
+        _call(client, "ResumeContainer", agent_pb2.ResumeContainerRequest(container_id=cid))
+    finally:
+        _remove(client, cid)
+
+
+def test_output_is_buffered_and_bounded(
+    agent: RunningAgent, client: AgentClient, busybox_rootfs: Path, cgroup_parent: str
+) -> None:
+    """A writer faster than the reader loses nothing; unread output stops at the buffer's bound."""
+    cid = "rpc-flood"
+    total = 3 * 1024 * 1024
+    _create_started(
+        client, busybox_rootfs, cgroup_parent, cid, ["/bin/sh", "-c", f"head -c {total} /dev/zero; echo end"]
+    )
+    try:
+        service = agent.services.containers
+        limit = agent.services.config.output_buffer_limit
+        streams = service._process_streams(cid, "")
+        assert streams.stdout is not None
+        time.sleep(0.5)
+        assert streams.stdout.buffered <= limit
+        out = read_all(client, cid)
+        assert len(out) == total + 4 and out.endswith(b"end\n")
+        assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="")).status == 0
+    finally:
+        _remove(client, cid)
+
+
+def test_oom_kill_is_reported(client: AgentClient, busybox_rootfs: Path, cgroup_parent: str) -> None:
+    cid = "rpc-oom"
+    request = kata_create_request(busybox_rootfs, cgroup_parent, cid)
+    # a shell variable that doubles until the 32 MiB limit stops it
+    request.OCI.Process.Args[:] = ["/bin/sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"]
+    request.OCI.Linux.Resources.Memory.Limit = 32 << 20
+    request.OCI.Linux.Resources.Memory.Swap = 32 << 20
+    _call(client, "CreateContainer", request)
+    try:
+        _call(client, "StartContainer", agent_pb2.StartContainerRequest(container_id=cid))
+        event = client.call("GetOOMEvent", agent_pb2.GetOOMEventRequest(), timeout=30)
+        assert isinstance(event, agent_pb2.OOMEvent) and event.container_id == cid
+        assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="")).status == 137
+    finally:
+        _remove(client, cid)
