@@ -85,6 +85,18 @@ def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    # Threads may start from here on (boot is done).
+    log_stream = None
+    if config.log_vport:
+        from agent.logstream import install_log_stream
+
+        log_stream = install_log_stream(config)
+    console = None
+    if config.console_vport:
+        from agent.console import start_console
+
+        console = start_console(config, paths)
+
     reaper = None
     if pid1:
         from agent import init
@@ -106,6 +118,10 @@ def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
         log.info("stopping: %s", reason[0])
         server.shutdown()
         close_services(services)
+        if console is not None:
+            console.close()
+        if log_stream is not None:
+            log_stream.drain(2.0)  # the host sees the last lines before the guest goes
         if reaper is not None:
             reaper.stop()
     return reason[0]
@@ -153,11 +169,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             from agent import init
 
             init.boot(config, paths)  # before any thread starts
-        if config.log_vport:
-            try:
-                agent_log.stream_to(agent_log.vsock_listener(config.log_vport))
-            except OSError as exc:
-                log.warning("cannot serve the log on vsock port %d: %s", config.log_vport, exc)
         reason = serve(config, paths, pid1)
     except BaseException as exc:
         if isinstance(exc, SystemExit) and not pid1:

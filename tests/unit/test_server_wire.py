@@ -391,35 +391,37 @@ def test_many_long_polls_do_not_starve_a_check(
             client.close()
 
 
-def test_log_stream_buffers_until_a_reader_connects_then_streams(tmp_path: Path) -> None:
-    import logging
-
-    from agent import log as agent_log
-
-    short = tempfile.mkdtemp(prefix="pk-", dir="/tmp")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(os.path.join(short, "log.sock"))
-    listener.listen(1)
-    handler = agent_log.StreamHandler(listener, buffered_lines=3)
-    logger = logging.getLogger("pykata.test.logstream")
-    logger.addHandler(handler)
-    logger.propagate = False
+def test_agent_subprocess_starts_its_debug_console_and_serves_with_an_unheard_log_vport() -> None:
+    short_dir = tempfile.mkdtemp(prefix="pk-", dir="/tmp")
+    path = os.path.join(short_dir, "agent.sock")
+    port = random.Random().randrange(20000, 60000)
+    config = Path(short_dir, "agent.toml")
+    config.write_text(f'debug_console = true\ndebug_console_vport = {port}\nlog_vport = 1025\nlog_level = "debug"\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--server-addr", f"unix://{path}", "--config", str(config)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        for number in range(5):
-            logger.warning("before %d", number, extra={"number": number})
-        reader = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        reader.settimeout(10)
-        reader.connect(os.path.join(short, "log.sock"))
-        stream = reader.makefile("r")
-        early = [json.loads(stream.readline()) for _ in range(3)]
-        assert [line["msg"] for line in early] == ["before 2", "before 3", "before 4"]  # oldest dropped
-        assert early[0]["number"] == 2 and early[0]["level"] == "warning"
-        logger.warning("after")
-        assert json.loads(stream.readline())["msg"] == "after"
-        stream.close()
-        reader.close()
+        assert process.stderr is not None
+        lines = []
+        for raw in process.stderr:
+            lines.append(json.loads(raw))
+            if lines[-1]["msg"] == "agent ready":
+                break
+        console = [line for line in lines if line["msg"] == "debug console listening"]
+        assert console and console[0]["vport"] == port
+        check_serving(f"unix://{path}", "ttrpc")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
     finally:
-        logger.removeHandler(handler)
-        handler.close()
-        os.unlink(os.path.join(short, "log.sock"))
-        os.rmdir(short)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+        for leftover in Path(short_dir).iterdir():
+            leftover.unlink()
+        os.rmdir(short_dir)
