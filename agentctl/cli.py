@@ -25,7 +25,7 @@ EXIT_USAGE = 2
 
 
 class Session:
-    def __init__(self, addr: str, proto: str, timeout: float) -> None:
+    def __init__(self, addr: str | None, proto: str, timeout: float) -> None:
         self.addr = addr
         self.proto = proto
         self.timeout = timeout
@@ -33,6 +33,8 @@ class Session:
     def call(self, method: str, request: Message | None = None) -> Message:
         from agentctl.client import connect
 
+        if not self.addr:
+            raise click.UsageError("this command talks to an agent: give --addr (or set AGENTCTL_ADDR)")
         with connect(self.addr, self.proto, self.timeout) as client:
             return client.call(method, request)
 
@@ -61,13 +63,13 @@ def _run(ctx: click.Context, action: Callable[[Session], Any]) -> None:
 @click.option(
     "--addr",
     envvar="AGENTCTL_ADDR",
-    required=True,
-    help="agent address: unix://PATH, vsock://CID:PORT, tcp://HOST:PORT or hvsock://UDS_PATH:PORT",
+    help="agent address: unix://PATH, vsock://CID:PORT, tcp://HOST:PORT or hvsock://UDS_PATH:PORT "
+    "(needed by the agent commands, not by boot/stop)",
 )
 @click.option("--proto", type=click.Choice(["ttrpc", "grpc"]), default="ttrpc", show_default=True)
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds per call")
 @click.pass_context
-def main_group(ctx: click.Context, addr: str, proto: str, timeout: float) -> None:
+def main_group(ctx: click.Context, addr: str | None, proto: str, timeout: float) -> None:
     """Talk to a Kata-compatible guest agent."""
     ctx.obj = Session(addr, proto, timeout)
 

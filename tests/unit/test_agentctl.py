@@ -138,3 +138,17 @@ def test_hybrid_vsock(agent: RunningAgent, proto: str) -> None:
         assert code == 1 and "ERROR UNAVAILABLE" in err
     finally:
         hybrid.close()
+
+
+def test_agent_commands_need_an_address_but_the_group_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AGENTCTL_ADDR", raising=False)
+    code, _, err = run("check")
+    assert code == 2 and "--addr" in err
+    code, out, _ = run("--help")
+    assert code == 0 and "check" in out and "guest-details" in out
+
+
+def test_address_from_the_environment(agent: RunningAgent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTCTL_ADDR", agent.address)
+    code, out, _ = run("check")
+    assert code == 0 and json.loads(out) == {"status": "SERVING"}
