@@ -291,11 +291,15 @@ def _exec_process(request: dict[str, Any], process: dict[str, Any], io_fds: list
         args = list(process["args"])
         os.chdir(process.get("cwd") or "/")
         program = _find_program(args[0], env.get("PATH", DEFAULT_PATH))
+        bpf = base64.b64decode(request["seccomp"]) if request.get("seccomp") else None
+        no_new_privs = bool(process.get("noNewPrivileges"))
+        if bpf and not no_new_privs:
+            seccomp.load(bpf)  # needs CAP_SYS_ADMIN without no_new_privs: before the drop
         capabilities.become_user(user, process.get("capabilities"))
-        if process.get("noNewPrivileges"):
+        if no_new_privs:
             capabilities.set_no_new_privs()
-        if request.get("seccomp"):
-            seccomp.load(base64.b64decode(request["seccomp"]), no_new_privs=bool(process.get("noNewPrivileges")))
+            if bpf:
+                seccomp.load(bpf)  # last, so the filter sees only the user's program
         os.execve(program, args, env)
     except BaseException as exc:
         _report(status_fd, {"error": _describe(exc)})

@@ -1,29 +1,195 @@
-"""Seccomp: compiles the spec's linux.seccomp profile to classic BPF and loads it. (Compiler below.)"""
+"""Seccomp for containers: a small compiler from the OCI ``linux.seccomp`` profile to classic BPF,
+and the loader.
+
+How it works: the profile is compiled in the engine (before any fork) to one flat BPF program:
+
+    load arch; if it is not x86_64, return the default action
+    load nr;   if it is an x32 call (bit 30), return the default action
+    for each rule, for each syscall name in it:
+        [reload nr;] if nr != N goto next; [for each arg: 64-bit compare as two 32-bit halves,
+        goto next on mismatch;] return the rule's action
+    return the default action
+
+Actions map to SECCOMP_RET_* (SCMP_ACT_ERRNO uses errnoRet, or EPERM; SCMP_ACT_TRACE uses it as
+the tracer's message). The program travels to the container process as bytes (8 per instruction,
+``struct sock_filter``) and is installed with ``prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)``
+right before execve when the process has no_new_privileges; without it, the kernel wants
+CAP_SYS_ADMIN, so the filter goes in before the capabilities are dropped (what runc does too).
+Names this kernel's table lacks are skipped, as libseccomp does for unknown names. Only x86_64
+(and the x32 range, refused) is supported; other architectures raise Unsupported at create.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import logging
+import platform
+import struct
 from typing import Any
 
+from agent.container.syscalls_x86_64 import AUDIT_ARCH_X86_64, SYSCALLS_X86_64
+from agent.errors import InvalidArgument, Unsupported
 from agent.system import libc
+
+log = logging.getLogger(__name__)
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
+
+# classic BPF opcodes
+BPF_LD_W_ABS = 0x20
+BPF_JMP_JEQ_K = 0x15
+BPF_JMP_JGT_K = 0x25
+BPF_JMP_JGE_K = 0x35
+BPF_ALU_AND_K = 0x54
+BPF_RET_K = 0x06
+
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_KILL_THREAD = 0x00000000
+SECCOMP_RET_TRAP = 0x00030000
+SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_TRACE = 0x7FF00000
+SECCOMP_RET_LOG = 0x7FFC0000
+SECCOMP_RET_ALLOW = 0x7FFF0000
+X32_SYSCALL_BIT = 0x40000000
+
+OFFSET_NR = 0
+OFFSET_ARCH = 4
+MAX_JUMP = 255
+INSTRUCTION = struct.Struct("<HBBI")
+
+
+def action_value(action: str, errno_ret: int | None) -> int:
+    if action in ("SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD"):
+        return SECCOMP_RET_KILL_THREAD
+    if action == "SCMP_ACT_KILL_PROCESS":
+        return SECCOMP_RET_KILL_PROCESS
+    if action == "SCMP_ACT_TRAP":
+        return SECCOMP_RET_TRAP
+    if action == "SCMP_ACT_ERRNO":
+        return SECCOMP_RET_ERRNO | ((errno.EPERM if errno_ret is None else errno_ret) & 0xFFFF)
+    if action == "SCMP_ACT_TRACE":
+        return SECCOMP_RET_TRACE | ((errno.EPERM if errno_ret is None else errno_ret) & 0xFFFF)
+    if action == "SCMP_ACT_LOG":
+        return SECCOMP_RET_LOG
+    if action == "SCMP_ACT_ALLOW":
+        return SECCOMP_RET_ALLOW
+    raise InvalidArgument(f"linux.seccomp: action {action!r} is not supported")
+
+
+# An instruction before its jumps are resolved: jumps name labels ("next" = the rule's end,
+# "ok" = the end of the current argument check) or are plain ints.
+_Pending = tuple[int, int | str, int | str, int]
+
+
+def _arg_check(index: int, op: str, value: int, value_two: int) -> list[_Pending]:
+    """Instructions that fall through when arg ``index`` passes and jump to "next" when not."""
+    hi_offset = 16 + 8 * index + 4
+    lo_offset = 16 + 8 * index
+    hi, lo = (value >> 32) & 0xFFFFFFFF, value & 0xFFFFFFFF
+    load_hi: _Pending = (BPF_LD_W_ABS, 0, 0, hi_offset)
+    load_lo: _Pending = (BPF_LD_W_ABS, 0, 0, lo_offset)
+    if op == "SCMP_CMP_EQ":
+        return [load_hi, (BPF_JMP_JEQ_K, 0, "next", hi), load_lo, (BPF_JMP_JEQ_K, 0, "next", lo)]
+    if op == "SCMP_CMP_NE":
+        return [load_hi, (BPF_JMP_JEQ_K, 0, "ok", hi), load_lo, (BPF_JMP_JEQ_K, "next", 0, lo)]
+    if op == "SCMP_CMP_MASKED_EQ":
+        want_hi, want_lo = (value_two >> 32) & 0xFFFFFFFF, value_two & 0xFFFFFFFF
+        return [
+            load_hi, (BPF_ALU_AND_K, 0, 0, hi), (BPF_JMP_JEQ_K, 0, "next", want_hi),
+            load_lo, (BPF_ALU_AND_K, 0, 0, lo), (BPF_JMP_JEQ_K, 0, "next", want_lo),
+        ]  # fmt: skip
+    if op in ("SCMP_CMP_GT", "SCMP_CMP_GE"):
+        low_jump = BPF_JMP_JGT_K if op == "SCMP_CMP_GT" else BPF_JMP_JGE_K
+        return [
+            load_hi, (BPF_JMP_JGT_K, "ok", 0, hi), (BPF_JMP_JEQ_K, 0, "next", hi),
+            load_lo, (low_jump, 0, "next", lo),
+        ]  # fmt: skip
+    if op in ("SCMP_CMP_LT", "SCMP_CMP_LE"):
+        low_jump = BPF_JMP_JGE_K if op == "SCMP_CMP_LT" else BPF_JMP_JGT_K
+        return [
+            load_hi, (BPF_JMP_JGT_K, "next", 0, hi), (BPF_JMP_JEQ_K, 0, "ok", hi),
+            load_lo, (low_jump, "next", 0, lo),
+        ]  # fmt: skip
+    raise InvalidArgument(f"linux.seccomp: argument operator {op!r} is not supported")
+
+
+def _resolve(block: list[_Pending], labels: dict[str, int], base: int) -> list[tuple[int, int, int, int]]:
+    out = []
+    for position, (code, jt, jf, k) in enumerate(block):
+        here = base + position + 1
+        out.append((code, _jump(jt, labels, here), _jump(jf, labels, here), k))
+    return out
+
+
+def _jump(jump: int | str, labels: dict[str, int], here: int) -> int:
+    if isinstance(jump, int):
+        return jump
+    offset = labels[jump] - here
+    if not 0 <= offset <= MAX_JUMP:
+        raise InvalidArgument("linux.seccomp: a rule is too long for a BPF jump")
+    return offset
+
+
+def _rule_block(number: int, action: int, args: list[dict[str, Any]]) -> list[tuple[int, int, int, int]]:
+    pending: list[_Pending] = [(BPF_LD_W_ABS, 0, 0, OFFSET_NR), (BPF_JMP_JEQ_K, 0, "next", number)]
+    resolved: list[tuple[int, int, int, int]] = []
+    checks = []
+    for arg in args:
+        index = int(arg.get("index", 0))
+        if not 0 <= index <= 5:
+            raise InvalidArgument(f"linux.seccomp: argument index {index} is outside 0..5")
+        checks.append(_arg_check(index, str(arg.get("op", "")), int(arg.get("value", 0)), int(arg.get("valueTwo", 0))))
+    total = len(pending) + sum(len(c) for c in checks) + 1
+    base = 0
+    labels = {"next": total}
+    resolved += _resolve(pending, labels, base)
+    base += len(pending)
+    for check in checks:
+        labels["ok"] = base + len(check)
+        resolved += _resolve(check, labels, base)
+        base += len(check)
+    resolved.append((BPF_RET_K, 0, 0, action))
+    return resolved
+
+
+def compile_profile(profile: dict[str, Any]) -> bytes:
+    """The BPF program for an OCI seccomp profile, as the bytes of a ``struct sock_filter`` array."""
+    if platform.machine() != "x86_64":
+        raise Unsupported(f"seccomp profiles are compiled for x86_64 only, not {platform.machine()}")
+    default = action_value(str(profile.get("defaultAction", "")), profile.get("defaultErrnoRet"))
+    program: list[tuple[int, int, int, int]] = [
+        (BPF_LD_W_ABS, 0, 0, OFFSET_ARCH),
+        (BPF_JMP_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        (BPF_RET_K, 0, 0, default),
+        (BPF_LD_W_ABS, 0, 0, OFFSET_NR),
+        (BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
+        (BPF_RET_K, 0, 0, default),
+    ]
+    for i, rule in enumerate(profile.get("syscalls") or []):
+        action = action_value(str(rule.get("action", "")), rule.get("errnoRet"))
+        if action == default and not rule.get("args"):
+            continue
+        for name in rule.get("names") or []:
+            number = SYSCALLS_X86_64.get(name)
+            if number is None:
+                log.debug("seccomp: syscall %s (rule %d) is unknown here; skipped", name, i)
+                continue
+            program += _rule_block(number, action, list(rule.get("args") or []))
+    program.append((BPF_RET_K, 0, 0, default))
+    if len(program) > 4096:
+        raise InvalidArgument(f"linux.seccomp compiles to {len(program)} instructions; the kernel takes 4096")
+    return b"".join(INSTRUCTION.pack(*insn) for insn in program)
 
 
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def load(program: bytes, *, no_new_privs: bool) -> None:
-    """Install a compiled filter (8 bytes per instruction) for this thread and its children."""
+def load(program: bytes) -> None:
+    """Install a compiled filter for this process (inherited by its children and kept across exec)."""
     buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    fprog = _SockFprog(len(program) // INSTRUCTION.size, ctypes.cast(buffer, ctypes.c_void_p))
     if libc._libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
         libc.raise_errno(ctypes.get_errno(), "seccomp filter")
-
-
-def compile_profile(profile: dict[str, Any]) -> bytes:
-    from agent.errors import Unsupported
-
-    raise Unsupported("seccomp profiles are not compiled yet")

@@ -291,3 +291,18 @@ def test_stats_update_pause(engine: Engine, spec: Any) -> None:
         assert container.status is Status.RUNNING
     finally:
         engine.remove("iso-stats", timeout=10)
+
+
+@pytest.mark.parametrize("no_new_privileges", [True, False])
+def test_seccomp_profile_is_enforced(engine: Engine, spec: Any, no_new_privileges: bool) -> None:
+    s = spec("iso-seccomp", ["/bin/sh", "-c", "mkdir /tmp/x; echo rc=$?; grep Seccomp: /proc/self/status; echo ok"])
+    s["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"})
+    s["process"]["noNewPrivileges"] = no_new_privileges
+    s["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}],
+    }
+    code, out, err = run(engine, "iso-seccomp", s)
+    assert code == 0
+    assert out.decode().split("\n")[:3] == ["rc=1", "Seccomp:\t2", "ok"]
+    assert b"Permission denied" in err  # EACCES (13), the rule's errnoRet
