@@ -58,6 +58,7 @@ class GuestConfig:
     kernel: Path | None = None
     initrd: Path | None = None
     image: Path | None = None  # a raw disk image with the root filesystem (virtio-blk, /dev/vda)
+    image_writable: bool = False  # keep the guest's writes in the image (default: a snapshot)
     share: Path | None = None  # 9p share, mount tag "kataShared"
     cmdline: str = ""
     cpus: int = 1
@@ -152,7 +153,9 @@ def qemu_argv(config: GuestConfig, paths: dict[str, Path], accel: str) -> list[s
             "virtio-9p-pci,fsdev=fs0,mount_tag=kataShared",
         ]
     if config.image is not None:
-        argv += ["-drive", f"file={config.image},if=virtio,format=raw,cache=unsafe"]
+        # snapshot=on: the guest's writes go to a throw-away overlay, so a built image stays as built.
+        keep = "" if config.image_writable else ",snapshot=on"
+        argv += ["-drive", f"file={config.image},if=virtio,format=raw,cache=unsafe{keep}"]
     if config.kernel is not None:
         argv += ["-kernel", str(config.kernel)]
         if config.initrd is not None:

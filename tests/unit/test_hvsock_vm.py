@@ -45,7 +45,9 @@ def test_qemu_argv_kvm_and_image(tmp_path: Path) -> None:
     argv = vm.qemu_argv(config, _paths(tmp_path), "kvm")
     joined = " ".join(argv)
     assert "-accel kvm -cpu host" in joined
-    assert "file=/r.img,if=virtio,format=raw" in joined and "-initrd" not in argv
+    assert "file=/r.img,if=virtio,format=raw,cache=unsafe,snapshot=on" in joined and "-initrd" not in argv
+    config.image_writable = True
+    assert "snapshot=on" not in " ".join(vm.qemu_argv(config, _paths(tmp_path), "kvm"))
 
 
 def test_qemu_argv_needs_something_to_boot(tmp_path: Path) -> None:
