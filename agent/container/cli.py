@@ -176,6 +176,13 @@ COMMANDS = {
             0,
         ),
         Command(
+            "serve",
+            "serve --socket PATH",
+            (_value("socket", "socket", "unix socket to serve commands on (default $PYKATA_RUNC_SERVER)"),),
+            0,
+            0,
+        ),
+        Command(
             "list",
             "list [--format table|json] [--quiet]",
             (_value("format,f", "format", "table or json"), _bool("quiet,q", "quiet", "print only ids")),
@@ -500,9 +507,18 @@ class Store:
         os.replace(temporary, directory / STATE_FILE)
 
     def remove(self, container_id: str) -> None:
-        import shutil
-
-        shutil.rmtree(self.dir(container_id), ignore_errors=True)
+        """Remove the state directory (flat: state.json, the exec fifo, temporary files)."""
+        directory = self.dir(container_id)
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
+        os.rmdir(directory)
 
     def ids(self) -> list[str]:
         try:
@@ -1120,6 +1136,131 @@ def cmd_update(ctx: Context) -> int:
     return 0
 
 
+def cmd_serve(ctx: Context) -> int:
+    from agent.container.cli_client import SERVER_ENV
+
+    path = ctx.flags["socket"] or os.environ.get(SERVER_ENV)
+    if not path:
+        raise CliError(f"serve needs --socket PATH (or {SERVER_ENV})")
+    serve(path, ctx.log)
+    return 0
+
+
+def serve(path: str, log: Log) -> None:
+    """Serve commands from agent/container/cli_client.py until SIGTERM or SIGINT.
+
+    Everything a command may need is imported once, here; each connection gets a forked worker
+    (this process runs no threads) that runs the command with the client's stdio and working
+    directory and reports its exit status. Only the server's own uid (root) may connect.
+    """
+    import select
+    import signal
+    import socket
+    import stat
+
+    import agent.container.capabilities
+    import agent.container.cgroups
+    import agent.container.cli_backend
+    import agent.container.rootfs
+    import agent.container.spec
+    import agent.container.validate
+    import agent.system.run  # noqa: F401  (all of these: imported once for every worker)
+
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # a stale socket from a server that died
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous_umask = os.umask(0o077)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(previous_umask)
+    listener.listen(64)
+    stopping = False
+
+    def stop(_number: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    handlers = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
+    log.debug(f"serving on {path}")
+    try:
+        while not stopping:
+            _reap_workers()
+            try:
+                ready, _, _ = select.select([listener], [], [], 1.0)
+            except InterruptedError:
+                continue
+            if not ready:
+                continue
+            connection, _ = listener.accept()
+            worker = os.fork()
+            if worker == 0:
+                for number, handler in handlers.items():
+                    signal.signal(number, handler)
+                listener.close()
+                os._exit(_serve_one(connection, log))
+            connection.close()
+    finally:
+        listener.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _reap_workers() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _serve_one(connection: Any, log: Log) -> int:
+    """In a worker: run one client's command as if pykata-runc had been started by it."""
+    import socket
+    import struct
+
+    from agent.container.cli_client import decode_request
+
+    try:
+        _pid, uid, _gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != os.getuid():
+            log.error(f"refused a client with uid {uid}: only uid {os.getuid()} may use this server")
+            return 1
+        data, fds, _flags, _addr = socket.recv_fds(connection, 1 << 16, 3)
+        while chunk := connection.recv(1 << 16):
+            data += chunk
+        if len(fds) != 3:
+            log.error("a client sent no stdio descriptors")
+            return 1
+        cwd, argv = decode_request(data)
+        connection.sendall(f"P{os.getpid()}\n".encode())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(cwd)
+        code = run_cli(argv)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        connection.sendall(f"X{code}\n".encode())
+        return 0
+    except BaseException as exc:
+        try:
+            log.error(f"worker failed: {exc}")
+            connection.sendall(b"X1\n")
+        except OSError:
+            pass
+        return 1
+
+
 HANDLERS: dict[str, Callable[[Context], int]] = {
     "create": cmd_create,
     "start": cmd_start,
@@ -1134,6 +1275,7 @@ HANDLERS: dict[str, Callable[[Context], int]] = {
     "update": cmd_update,
     "spec": cmd_spec,
     "list": cmd_list,
+    "serve": cmd_serve,
 }
 
 

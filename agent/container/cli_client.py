@@ -1,0 +1,92 @@
+"""The quick way into pykata-runc: hand the command to a warm ``pykata-runc serve`` process.
+
+A Python command line pays for the interpreter and its imports on every call, which is most of a
+container start. ``pykata-runc serve`` imports everything once and forks a worker per command (it
+runs no threads, so forking is safe); this client only connects, passes its working directory,
+arguments and stdio descriptors (SCM_RIGHTS), forwards the signals it gets to the worker, and exits
+with the worker's status. The worker runs exactly what ``pykata-runc`` would, so the output, the
+state files and the exit codes are the same.
+
+The server's socket is ``$PYKATA_RUNC_SERVER``; when it is unset or nobody answers there, the command
+runs in this process instead. This module imports only what the hand-over needs, on purpose: the C
+modules ``_socket`` and ``_signal`` rather than ``socket`` and ``signal`` (which import enum and
+selectors), no typing at run time. Run it as a script or console entry, not with ``-m`` (runpy's
+imports cost more than the whole hand-over).
+"""
+
+from __future__ import annotations
+
+import _signal
+import _socket
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+SERVER_ENV = "PYKATA_RUNC_SERVER"
+FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+
+
+def encode_request(cwd: str, argv: list[str]) -> bytes:
+    """The working directory and the arguments, NUL-separated (no JSON: its import costs time)."""
+    return b"\0".join(os.fsencode(part) for part in [cwd, *argv])
+
+
+def decode_request(data: bytes) -> tuple[str, list[str]]:
+    cwd, *argv = (os.fsdecode(part) for part in data.split(b"\0"))
+    return cwd, argv
+
+
+def _run_here(argv: list[str]) -> NoReturn:
+    from agent.container.cli import main as cli_main
+
+    cli_main(argv)
+
+
+def _read_line(connection: _socket.socket, pending: bytearray) -> bytes | None:
+    while b"\n" not in pending:
+        try:
+            chunk = connection.recv(64)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return None
+        pending += chunk
+    line, _, rest = bytes(pending).partition(b"\n")
+    pending[:] = rest
+    return line
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = sys.argv[1:] if argv is None else argv
+    path = os.environ.get(SERVER_ENV)
+    if not path:
+        _run_here(args)
+    connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        connection.connect(path)
+        stdio = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
+        connection.sendmsg([encode_request(os.getcwd(), args)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, stdio)])
+        connection.shutdown(_socket.SHUT_WR)
+    except OSError:
+        connection.close()
+        _run_here(args)  # no server there: do the work ourselves
+    pending = bytearray()
+    worker = _read_line(connection, pending)
+    if worker is None or not worker.startswith(b"P"):
+        print(f"pykata-runc: the server at {path} hung up before running the command", file=sys.stderr)
+        sys.exit(1)
+    worker_pid = int(worker[1:])
+    for name in FORWARDED:
+        _signal.signal(getattr(_signal, name), lambda number, _frame: os.kill(worker_pid, number))
+    status = _read_line(connection, pending)
+    if status is None or not status.startswith(b"X"):
+        print(f"pykata-runc: the server's worker {worker_pid} ended without a status", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(int(status[1:]))
+
+
+if __name__ == "__main__":
+    main()
