@@ -36,6 +36,7 @@ AGENT_PORT = 1024
 # Under /run/pykata: KVM failed on this host, so "auto" goes straight to TCG.
 KVM_VERDICT = "kvm-unusable"
 QEMU = "qemu-system-x86_64"
+UNIX_PATH_MAX = 107
 
 Progress = Callable[[str], None]
 
@@ -260,6 +261,9 @@ class Guest:
 
     def start(self) -> Guest:
         """Start the back-end and QEMU and wait until the guest is ready (KVM, then TCG)."""
+        # sun_path holds 107 bytes; guest listeners add "_<port>" to the hybrid vsock path.
+        if len(os.fsencode(self.uds)) + len("_4294967295") > UNIX_PATH_MAX:
+            raise BootError(f"run directory {self.run_dir} is too long for unix socket paths; use a shorter one")
         wanted = self.config.accel
         accels = ["kvm", "tcg"] if wanted == "auto" else [wanted]
         if wanted == "auto" and not kvm_usable():

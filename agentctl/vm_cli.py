@@ -93,10 +93,10 @@ def boot(
     run_dir: Path,
 ) -> None:
     """Boot a guest under QEMU and print its hybrid vsock address (for --addr)."""
-    if kernel is None:
-        raise click.UsageError("--kernel is required (with --initrd or --image)")
-    if initrd is None and image is None:
-        raise click.UsageError("give --initrd or --image")
+    if kernel is None and image is None:
+        raise click.UsageError("give --kernel with --initrd (and/or --image), or a bootable --image")
+    if kernel is not None and initrd is None and image is None:
+        raise click.UsageError("--kernel needs --initrd or --image")
     words = [cmdline] if cmdline else []
     if debug_console:
         words.append(f"agent.debug_console agent.debug_console_vport={DEFAULT_CONSOLE_PORT}")

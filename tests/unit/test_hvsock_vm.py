@@ -221,3 +221,11 @@ def test_guest_that_powers_off_is_not_retried(tmp_path: Path, monkeypatch: pytes
         guest.start()
     assert len(calls.read_text().splitlines()) == 1
     assert guest.backend is not None and guest.backend.poll() is not None
+
+
+def test_too_long_run_dir_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    config.run_dir = tmp_path / ("d" * 100)
+    with pytest.raises(vm.BootError, match="too long for unix socket"):
+        vm.Guest(config, lambda m: None).start()
+    assert not config.run_dir.exists()
