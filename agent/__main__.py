@@ -176,10 +176,20 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         log.critical("agent failed: %s", exc, exc_info=exc)
         if pid1:
             _power_off(f"agent failed: {type(exc).__name__}: {exc}", paths)
-        sys.exit(1)
+        _exit(1)
     if pid1:
         _power_off(reason, paths)
-    sys.exit(0)
+    log.info("agent stopped")
+    _exit(0)
+
+
+def _exit(status: int) -> NoReturn:
+    """End the process now. A normal exit would join the RPC pool's threads, and a call still
+    blocked in a long poll (WaitProcess, ReadStdout) would hold the agent up indefinitely."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -425,3 +425,49 @@ def test_agent_subprocess_starts_its_debug_console_and_serves_with_an_unheard_lo
         for leftover in Path(short_dir).iterdir():
             leftover.unlink()
         os.rmdir(short_dir)
+
+
+def test_agent_subprocess_exits_on_sigterm_while_a_call_is_blocked() -> None:
+    """A long poll still running must not keep the stopped agent alive."""
+    short_dir = tempfile.mkdtemp(prefix="pk-", dir="/tmp")
+    path = os.path.join(short_dir, "agent.sock")
+    # a handler that never returns, registered before the agent starts serving
+    script = (
+        "import threading, sys\n"
+        "from agent.rpc import registry\n"
+        "from agent.rpc.pb import agent_pb2\n"
+        "registry.METHODS['grpc.AgentService/AddSwap'] = lambda s, r, c: threading.Event().wait()\n"
+        "from agent.__main__ import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, "--server-addr", f"unix://{path}"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            if json.loads(raw)["msg"] == "agent ready":
+                break
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(path)
+            sock.sendall(
+                ttrpc_frame(1, ttrpc_pb2.Request(service="grpc.AgentService", method="AddSwap").SerializeToString())
+            )
+            check_serving(f"unix://{path}", "ttrpc")  # the blocked call is in flight; the agent still serves
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+        messages = [json.loads(raw)["msg"] for raw in process.stderr]
+        assert messages[-1] == "agent stopped"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+        for leftover in Path(short_dir).iterdir():
+            leftover.unlink()
+        os.rmdir(short_dir)
