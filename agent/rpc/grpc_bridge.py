@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 _PUMP_CHUNK = 64 * 1024
 _STATUS_BY_NUMBER: dict[int, grpc.StatusCode] = {sc.value[0]: sc for sc in grpc.StatusCode}
 MAX_MESSAGE = 16 * 1024 * 1024
+_MAX_PARENT_LENGTH = 80  # leaves room for "/pykata-grpc-XXXXXXXX/grpc.sock" within sun_path
 
 
 def _unary(servicer: Servicer, info: MethodInfo) -> Callable[[bytes, grpc.ServicerContext], bytes]:
@@ -99,6 +100,8 @@ class GrpcBridge:
                 parent = run_dir
             except OSError as exc:
                 log.warning("gRPC bridge: cannot use %s (%s); using the temp directory", run_dir, exc)
+        if parent is not None and len(str(parent)) > _MAX_PARENT_LENGTH:
+            parent = None  # unix socket paths are limited to 107 bytes
         self._dir = Path(tempfile.mkdtemp(prefix="pykata-grpc-", dir=parent))
         os.chmod(self._dir, 0o700)
         self.socket_path = self._dir / "grpc.sock"

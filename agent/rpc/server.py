@@ -115,6 +115,7 @@ class AgentServer:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._bridge: GrpcBridge | None = None
+        self._bridge_lock = threading.Lock()  # grpc's import is slow: not under the accept loop's lock
 
     def bind(self) -> None:
         self._sock = listen(self.address)
@@ -147,8 +148,9 @@ class AgentServer:
         for conn in open_now:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        if self._bridge is not None:
-            self._bridge.stop()
+        with self._bridge_lock:
+            if self._bridge is not None:
+                self._bridge.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.address.scheme == "unix":
             with contextlib.suppress(OSError):
@@ -163,6 +165,7 @@ class AgentServer:
                 if self._stopping.is_set():
                     return
                 log.warning("accept failed: %s", exc)
+                self._stopping.wait(0.1)  # e.g. out of file descriptors: do not spin
                 continue
             if not self._connection_slots.acquire(blocking=False):
                 log.warning("too many open connections; refusing a new one")
@@ -200,7 +203,7 @@ class AgentServer:
         return self.servicer.call(service, method, payload, ctx)
 
     def _grpc_bridge(self) -> GrpcBridge:
-        with self._lock:
+        with self._bridge_lock:
             if self._bridge is None:
                 from agent.rpc.grpc_bridge import GrpcBridge
 
