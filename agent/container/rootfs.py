@@ -318,5 +318,6 @@ def root_is_initramfs(paths: HostPaths) -> bool:
         fields = line.split()
         if len(fields) > 4 and fields[4] == "/":
             after = fields[fields.index("-") + 1 :] if "-" in fields else []
-            return (bool(after) and after[0] in ("rootfs", "ramfs")) or (bool(after) and after[1:2] == ["rootfs"])
+            # the kernel's own root shows as fstype "rootfs" (a ramfs or tmpfs underneath)
+            return bool(after) and after[0] in ("rootfs", "ramfs")
     return False

@@ -1,0 +1,124 @@
+"""Mount plans are data: built from a spec and a fake host tree, printed and checked without root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agent.container.rootfs import (
+    BindDevice,
+    Mkdir,
+    Mount,
+    Propagate,
+    Remount,
+    Symlink,
+    parse_options,
+    plan_rootfs,
+    root_is_initramfs,
+    secure_join,
+)
+from agent.container.spec import parse_spec
+from agent.system import libc
+from agent.system.paths import HostPaths
+
+SPEC = {
+    "process": {"args": ["/bin/sh"], "cwd": "/"},
+    "root": {"path": "/r", "readonly": True},
+    "mounts": [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755"]},
+        {"destination": "/data", "type": "bind", "source": "/host/data", "options": ["rbind", "ro", "rslave"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro", "nosuid"]},
+    ],
+    "linux": {"maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"], "rootfsPropagation": "rprivate"},
+}
+
+
+def fake_v1(root: Path) -> HostPaths:
+    paths = HostPaths(root)
+    for name in ("cpu,cpuacct", "memory", "pids"):
+        (paths.cgroup_root / name).mkdir(parents=True)
+        (paths.cgroup_root / name / "cgroup.procs").write_text("")
+    (paths.cgroup_root / "cpu").symlink_to("cpu,cpuacct")
+    (paths.cgroup_root / "unified").mkdir()
+    (paths.cgroup_root / "unified" / "cgroup.procs").write_text("")
+    return paths
+
+
+def test_options_split_into_flags_propagation_and_data() -> None:
+    flags, propagation, data = parse_options(["nosuid", "ro", "rw", "rslave", "mode=755", "size=64k", "noexec"])
+    assert flags == libc.MS_NOSUID | libc.MS_NOEXEC  # rw cancels ro
+    assert propagation == libc.MS_SLAVE | libc.MS_REC
+    assert data == "mode=755,size=64k"
+
+
+def test_plan_for_v1_host(tmp_path: Path) -> None:
+    paths = fake_v1(tmp_path)
+    plan = plan_rootfs(paths, parse_spec(SPEC), Path("/r"), None, no_pivot=False)
+    ops = plan.operations
+    assert ops[:2] == [Mkdir("/proc"), Mount("proc", "/proc", "proc", 0, "")]
+    assert Mount("tmpfs", "/dev", "tmpfs", libc.MS_NOSUID | libc.MS_STRICTATIME, "mode=755") in ops
+    bind = ops.index(Mount("/host/data", "/data", "", libc.MS_BIND | libc.MS_REC, "", host_source=True))
+    # a read-only bind needs a remount; the propagation comes after
+    assert ops[bind + 1] == Remount("/data", libc.MS_RDONLY)
+    assert ops[bind + 2] == Propagate("/data", libc.MS_SLAVE | libc.MS_REC)
+    # v1: a tmpfs with one mount per hierarchy and the host's symlinks; unified is left out
+    assert Mount("cgroup", "/sys/fs/cgroup/memory", "cgroup", libc.MS_RDONLY | libc.MS_NOSUID, "memory") in ops
+    assert (
+        Mount("cgroup", "/sys/fs/cgroup/cpu,cpuacct", "cgroup", libc.MS_RDONLY | libc.MS_NOSUID, "cpu,cpuacct") in ops
+    )
+    assert Symlink("/sys/fs/cgroup/cpu", "cpu,cpuacct") in ops
+    assert not [op for op in ops if isinstance(op, Mount) and "unified" in op.target]
+    # /dev was mounted: default devices and links follow
+    assert BindDevice(str(paths.dev / "null"), "/dev/null") in ops
+    assert Symlink("/dev/ptmx", "pts/ptmx") in ops
+    assert Symlink("/dev/fd", "/proc/self/fd") in ops
+    assert plan.propagation == libc.MS_PRIVATE | libc.MS_REC
+    assert plan.readonly_root and plan.masked_paths == ("/proc/kcore",)
+    text = plan.describe()
+    assert "mount -t proc proc /proc flags=0x0 data=''" in text
+    assert "ln -s cpu,cpuacct /sys/fs/cgroup/cpu" in text
+
+
+def test_plan_for_v2_host(tmp_path: Path) -> None:
+    paths = HostPaths(tmp_path)
+    paths.cgroup_root.mkdir(parents=True)
+    (paths.cgroup_root / "cgroup.controllers").write_text("cpu memory pids\n")
+    plan = plan_rootfs(paths, parse_spec(SPEC), Path("/r"), None, no_pivot=True)
+    cgroup_mounts = [op for op in plan.operations if isinstance(op, Mount) and op.target.startswith("/sys/fs/cgroup")]
+    assert cgroup_mounts == [Mount("cgroup", "/sys/fs/cgroup", "cgroup2", libc.MS_RDONLY | libc.MS_NOSUID)]
+    assert plan.no_pivot
+
+
+def test_no_devices_without_a_dev_mount(tmp_path: Path) -> None:
+    spec = dict(SPEC, mounts=[SPEC["mounts"][0]])
+    plan = plan_rootfs(HostPaths(tmp_path), parse_spec(spec), Path("/r"), None, no_pivot=False)
+    assert not [op for op in plan.operations if isinstance(op, BindDevice)]
+
+
+def test_relative_bind_source_is_under_the_bundle(tmp_path: Path) -> None:
+    spec = dict(SPEC, mounts=[{"destination": "/d", "type": "bind", "source": "data", "options": ["bind"]}])
+    plan = plan_rootfs(HostPaths(tmp_path), parse_spec(spec), Path("/r"), Path("/bundle"), no_pivot=False)
+    assert plan.operations[0] == Mount("/bundle/data", "/d", "", libc.MS_BIND, "", host_source=True)
+
+
+def test_secure_join_keeps_symlinks_inside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    os.symlink("/etc", root / "abs")
+    os.symlink("../../../../outside", root / "escape")
+    os.symlink("etc", root / "rel")
+    r = str(root)
+    assert secure_join(r, "/abs/passwd") == f"{r}/etc/passwd"
+    assert secure_join(r, "/escape/x") == f"{r}/outside/x"
+    assert secure_join(r, "/rel/x") == f"{r}/etc/x"
+    assert secure_join(r, "/../../x") == f"{r}/x"
+
+
+def test_initramfs_root_is_detected(tmp_path: Path) -> None:
+    paths = HostPaths(tmp_path)
+    paths.mountinfo.parent.mkdir(parents=True)
+    paths.mountinfo.write_text("1 1 0:2 / / rw - rootfs rootfs rw,size=1000k\n22 1 0:20 / /proc rw - proc proc rw\n")
+    assert root_is_initramfs(paths)
+    paths.mountinfo.write_text("25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n")
+    assert not root_is_initramfs(paths)

@@ -1,0 +1,120 @@
+"""The seccomp compiler, checked by running its BPF on a small classic-BPF interpreter."""
+
+from __future__ import annotations
+
+import errno
+import struct
+from typing import Any
+
+import pytest
+
+from agent.container import seccomp
+from agent.container.syscalls_x86_64 import AUDIT_ARCH_X86_64, SYSCALLS_X86_64
+from agent.errors import InvalidArgument
+
+
+def run_bpf(program: bytes, nr: int, args: tuple[int, ...] = (0,) * 6, arch: int = AUDIT_ARCH_X86_64) -> int:
+    """Evaluate a seccomp program on one seccomp_data; return the action word."""
+    data = struct.pack("<iIQ6Q", nr, arch, 0, *args)
+    insns = [seccomp.INSTRUCTION.unpack_from(program, i) for i in range(0, len(program), 8)]
+    a = 0
+    pc = 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        pc += 1
+        if code == seccomp.BPF_LD_W_ABS:
+            a = struct.unpack_from("<I", data, k)[0]
+        elif code == seccomp.BPF_ALU_AND_K:
+            a &= k
+        elif code == seccomp.BPF_RET_K:
+            return k
+        elif code in (seccomp.BPF_JMP_JEQ_K, seccomp.BPF_JMP_JGT_K, seccomp.BPF_JMP_JGE_K):
+            taken = {seccomp.BPF_JMP_JEQ_K: a == k, seccomp.BPF_JMP_JGT_K: a > k, seccomp.BPF_JMP_JGE_K: a >= k}[code]
+            pc += jt if taken else jf
+        else:
+            raise AssertionError(f"unknown opcode {code:#x}")
+
+
+NR = SYSCALLS_X86_64
+EPERM = seccomp.SECCOMP_RET_ERRNO | errno.EPERM
+
+
+def profile(*rules: dict[str, Any], default: str = "SCMP_ACT_ALLOW") -> bytes:
+    return seccomp.compile_profile({"defaultAction": default, "syscalls": list(rules)})
+
+
+def test_names_and_actions() -> None:
+    program = profile(
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"},
+        {"names": ["reboot"], "action": "SCMP_ACT_KILL_PROCESS"},
+        {"names": ["ptrace"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EACCES},
+        {"names": ["no_such_call"], "action": "SCMP_ACT_TRAP"},
+    )
+    assert run_bpf(program, NR["mkdir"]) == EPERM
+    assert run_bpf(program, NR["mkdirat"]) == EPERM
+    assert run_bpf(program, NR["reboot"]) == seccomp.SECCOMP_RET_KILL_PROCESS
+    assert run_bpf(program, NR["ptrace"]) == seccomp.SECCOMP_RET_ERRNO | errno.EACCES
+    assert run_bpf(program, NR["read"]) == seccomp.SECCOMP_RET_ALLOW
+
+
+def test_default_deny_with_allow_list_and_foreign_arch() -> None:
+    program = profile({"names": ["read", "write", "exit_group"], "action": "SCMP_ACT_ALLOW"}, default="SCMP_ACT_ERRNO")
+    assert run_bpf(program, NR["read"]) == seccomp.SECCOMP_RET_ALLOW
+    assert run_bpf(program, NR["open"]) == EPERM
+    assert run_bpf(program, NR["read"], arch=0x40000003) == EPERM  # i386
+    assert run_bpf(program, NR["read"] | seccomp.X32_SYSCALL_BIT) == EPERM
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "value_two", "passing", "failing"),
+    [
+        ("SCMP_CMP_EQ", 5, 0, [5], [4, 6, 5 | 1 << 32]),
+        ("SCMP_CMP_NE", 5, 0, [4, 5 | 1 << 32], [5]),
+        ("SCMP_CMP_GT", 1 << 32, 0, [(1 << 32) + 1, 2 << 32], [1 << 32, 5]),
+        ("SCMP_CMP_GE", 1 << 32, 0, [1 << 32, 3 << 32], [(1 << 32) - 1]),
+        ("SCMP_CMP_LT", (1 << 32) + 5, 0, [(1 << 32) + 4, 7], [(1 << 32) + 5, 2 << 32]),
+        ("SCMP_CMP_LE", (1 << 32) + 5, 0, [(1 << 32) + 5, 0], [(1 << 32) + 6]),
+        ("SCMP_CMP_MASKED_EQ", 0xFF00, 0x1200, [0x1234, 0xFF1200], [0x1334]),
+    ],
+)
+def test_argument_compares(op: str, value: int, value_two: int, passing: list[int], failing: list[int]) -> None:
+    program = profile(
+        {
+            "names": ["personality"],
+            "action": "SCMP_ACT_ERRNO",
+            "args": [{"index": 1, "op": op, "value": value, "valueTwo": value_two}],
+        }
+    )
+    for arg in passing:
+        assert run_bpf(program, NR["personality"], (0, arg, 0, 0, 0, 0)) == EPERM, hex(arg)
+    for arg in failing:
+        assert run_bpf(program, NR["personality"], (0, arg, 0, 0, 0, 0)) == seccomp.SECCOMP_RET_ALLOW, hex(arg)
+
+
+def test_several_args_must_all_match_and_later_rules_still_apply() -> None:
+    program = profile(
+        {
+            "names": ["clone"],
+            "action": "SCMP_ACT_ERRNO",
+            "args": [{"index": 0, "op": "SCMP_CMP_EQ", "value": 1}, {"index": 2, "op": "SCMP_CMP_EQ", "value": 3}],
+        },
+        {"names": ["clone"], "action": "SCMP_ACT_LOG"},
+    )
+    assert run_bpf(program, NR["clone"], (1, 0, 3, 0, 0, 0)) == EPERM
+    assert run_bpf(program, NR["clone"], (1, 0, 4, 0, 0, 0)) == seccomp.SECCOMP_RET_LOG
+    assert run_bpf(program, NR["clone"], (2, 0, 3, 0, 0, 0)) == seccomp.SECCOMP_RET_LOG
+
+
+@pytest.mark.parametrize(
+    ("profile_dict", "message"),
+    [
+        ({"defaultAction": "SCMP_ACT_MAYBE"}, "SCMP_ACT_MAYBE"),
+        ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO",
+          "args": [{"index": 7, "op": "SCMP_CMP_EQ", "value": 1}]}]}, "index 7"),
+        ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO",
+          "args": [{"index": 0, "op": "SCMP_CMP_LIKE", "value": 1}]}]}, "SCMP_CMP_LIKE"),
+    ],
+)  # fmt: skip
+def test_bad_profiles(profile_dict: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        seccomp.compile_profile(profile_dict)
