@@ -1,7 +1,9 @@
 """Requests exactly as Kata's Go client encodes them decode with our protos, round-trip, and are served.
 
 Each NNN-<service>.<method>.bin is a ttrpc Request payload captured from Kata's client; the .json beside
-it is the same request decoded. Methods this area implements are also sent through the ttrpc server.
+it is the same request decoded. Requests for the guest area's methods (Check, Version, GetGuestDetails)
+are also sent through the ttrpc server; the others (CreateSandbox, CreateContainer, ...) would mount,
+set the hostname or start processes on this host, so their own areas test them on a sandboxed tree.
 """
 
 from __future__ import annotations
