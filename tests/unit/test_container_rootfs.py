@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from agent.container.rootfs import (
     BindDevice,
@@ -21,7 +22,7 @@ from agent.container.spec import parse_spec
 from agent.system import libc
 from agent.system.paths import HostPaths
 
-SPEC = {
+SPEC: dict[str, Any] = {
     "process": {"args": ["/bin/sh"], "cwd": "/"},
     "root": {"path": "/r", "readonly": True},
     "mounts": [
