@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentctl.vhost_user import ProtocolError, VhostUserDevice, recv_message, send_reply
+from agentctl.vhost_user import VHOST_USER_GET_VRING_BASE, ProtocolError, VhostUserDevice, recv_message, send_reply
 from agentctl.virtio_vsock import (
     HEADER_SIZE,
     VIRTIO_VSOCK_SHUTDOWN_SEND,
@@ -228,8 +228,20 @@ class HybridVsock:
             return
         if reply is not None:
             send_reply(self.frontend, msg.request, reply)
+        if msg.request == VHOST_USER_GET_VRING_BASE:
+            self._device_stopped()
         # A queue may have become ready (enable, kick): look at it now.
         self._process_tx()
+
+    def _device_stopped(self) -> None:
+        """The front-end stopped a ring (the guest reset its device): every connection is gone on
+        the guest's side, so close their host ends and start from an empty table."""
+        if not self.mux.connections and not self.endpoints:
+            return
+        log.info("device stopped: closing %d connections", len(self.mux.connections))
+        for endpoint in list(self.endpoints.values()):
+            self._drop(endpoint)
+        self.mux = VsockMux(self.guest_cid, accept=self._accept_from_guest)
 
     def _kick_fd(self, index: int, old: int, new: int) -> None:
         if old >= 0:

@@ -364,3 +364,16 @@ def test_connect_to_a_silent_guest_times_out(
         assert client.recv(100) == b""
         (rst, _), = guest.receive()
         assert rst.op == VIRTIO_VSOCK_OP_RST and rst.src_port == request.src_port
+
+
+def test_device_stop_closes_host_connections(rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path]) -> None:
+    backend, frontend, guest, uds = rig
+    client, _ = _open(guest, uds, 3002)
+    with client:
+        frontend.call(vu.VHOST_USER_GET_VRING_BASE, struct.pack("<II", 0, 0), reply=True)
+        assert client.recv(10) == b""  # the guest's side is gone with the device
+    for _ in range(100):  # the back-end's thread replaces its table right after closing
+        if not backend.mux.connections:
+            break
+        select.select([], [], [], 0.1)
+    assert not backend.mux.connections
