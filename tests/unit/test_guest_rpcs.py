@@ -200,3 +200,37 @@ def test_background_load_serves_check_at_once_and_other_methods_after_loading(tm
     assert servicer.wait_loaded(30)
     code, message, _ = servicer.call("grpc.AgentService", "NoSuchMethod", b"", ctx)
     assert code == Code.UNIMPLEMENTED and "NoSuchMethod" in message
+
+
+@pytest.mark.parametrize("protocol", ["ttrpc", "grpc"])
+def test_deadline_and_metadata_reach_the_handler(
+    agent: RunningAgent, monkeypatch: pytest.MonkeyPatch, protocol: str
+) -> None:
+    import time
+
+    seen: list[registry.CallContext] = []
+
+    def record(services: object, request: object, ctx: registry.CallContext) -> object:
+        seen.append(ctx)
+        return agent_pb2.GuestDetailsResponse()
+
+    monkeypatch.setitem(registry.METHODS, "grpc.AgentService/GetGuestDetails", record)
+    before = time.monotonic()
+    if protocol == "ttrpc":
+        from agent.rpc.ttrpc import TtrpcClientConnection
+
+        with agent.connect() as sock:
+            connection = TtrpcClientConnection(sock)
+            connection.call("grpc.AgentService", "GetGuestDetails", b"", timeout=30, metadata={"trace-id": "abc"})
+            connection.close()
+    else:
+        import grpc
+
+        with grpc.insecure_channel(f"unix:{agent.socket_path}") as channel:
+            channel.unary_unary("/grpc.AgentService/GetGuestDetails")(b"", timeout=30, metadata=(("trace-id", "abc"),))
+    (ctx,) = seen
+    assert ctx.protocol == protocol
+    after = time.monotonic()
+    assert ctx.deadline is not None and after < ctx.deadline <= after + 30  # from the 30 s timeout
+    assert ctx.deadline > before
+    assert ctx.metadata["trace-id"] == "abc"
