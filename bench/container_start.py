@@ -2,7 +2,9 @@
 
 (a) the agent's RPCs over a unix socket (ttrpc: CreateContainer, StartContainer, WaitProcess,
     RemoveContainer) against ``python3 -m agent --server-addr unix://...``;
-(b) ``pykata-runc run``; (c) Debian's ``runc run``; (d) ``crun run`` on the same bundle.
+(b) ``pykata-runc run``: started cold (the console script, then ``python -S``), and handed to a
+    warm ``pykata-runc serve`` by its small client; (c) Debian's ``runc run``; (d) ``crun run`` on the
+    same bundle.
 
 crun refuses this host's hybrid cgroup layout, so it runs in a private mount namespace with the
 cgroup2 mount hidden (the wrapper's cost is part of its figure, and measured separately).
@@ -89,6 +91,34 @@ def pykata_runc_no_site_way(bundle: Path, state: Path) -> Way:
     return Way("pykata-runc -S", _timed_command(argv, REPO, no_site_env()))
 
 
+def pykata_runc_server_way(bundle: Path, state: Path, workdir: Path) -> Way:
+    """(b) through ``pykata-runc serve``: the client (python -S, a few C modules) hands the command
+    to a warm server that forks a worker for it, so nothing is imported per container."""
+    socket_path = workdir / "pykata-runc.sock"
+    env = {**no_site_env(), "PYKATA_RUNC_SERVER": str(socket_path)}
+    server = subprocess.Popen(
+        [sys.executable, "-S", "-m", "agent.container.cli", "serve", "--socket", str(socket_path)],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not socket_path.exists() and server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    client = str(REPO / "agent" / "container" / "cli_client.py")
+    argv = [sys.executable, "-S", client, "--root", str(state / "pykata-server"), "run", "--bundle", str(bundle)]
+
+    def close() -> None:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+    return Way("pykata-runc served", _timed_command(argv, REPO, env), close)
+
+
 def python_startup_way(*flags: str) -> Way:
     """Not a container: the interpreter's own start-up, to show what part of (b) it is."""
     argv = [sys.executable, *flags, "-c", "pass"]
@@ -158,8 +188,8 @@ def main() -> None:
                              edit=lambda c: c["linux"].update(cgroupsPath=f"{CGROUP_PARENT}/c"))  # fmt: skip
         state = workdir / "state"
         ways = [agent_way(bundle, workdir), pykata_runc_way(bundle, state), pykata_runc_no_site_way(bundle, state),
-                runc_way(bundle, state), crun_way(bundle, state), python_startup_way(),
-                python_startup_way("-S")]  # fmt: skip
+                pykata_runc_server_way(bundle, state, workdir), runc_way(bundle, state), crun_way(bundle, state),
+                python_startup_way(), python_startup_way("-S")]  # fmt: skip
         try:
             measure(ways, 2)  # warm caches (page cache, .pyc files); not counted
             for way in ways:

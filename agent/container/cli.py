@@ -299,6 +299,7 @@ class Log:
         self.path = path
         self.json = fmt == "json"
         self.debug_enabled = debug
+        self.started = time.perf_counter()
 
     def _write(self, level: str, message: str) -> None:
         if self.path is None:
@@ -316,7 +317,9 @@ class Log:
             self.path = None
 
     def debug(self, message: str) -> None:
+        """With --debug: ``message`` and the milliseconds since the command started (where time goes)."""
         if self.debug_enabled:
+            message = f"+{(time.perf_counter() - self.started) * 1000:.1f} ms {message}"
             self._write("debug", message)
             if self.path is None:
                 print(f"{PROGRAM}: debug: {message}", file=sys.stderr)
@@ -843,7 +846,9 @@ def run_hooks(ctx: Context, kind: str, record: Record, *, fatal: bool) -> None:
 def do_create(ctx: Context, container_id: str, *, detach: bool) -> Record:
     bundle, spec, rootfs = load_bundle(ctx.flags.get("bundle"))
     validate_id(container_id)
+    ctx.log.debug("create: bundle read")
     ctx.backend().validate(spec, bundle)
+    ctx.log.debug("create: spec validated")
     terminal = _stdio_for(spec["process"], ctx.flags.get("console_socket"), detach)
     state_dir = ctx.store.reserve(container_id)
     record = Record(
@@ -866,6 +871,7 @@ def do_create(ctx: Context, container_id: str, *, detach: bool) -> Record:
             no_pivot=bool(ctx.flags.get("no_pivot")),
             preserve_fds=_integer(ctx.flags.get("preserve_fds") or "0", "--preserve-fds"),
         )
+        ctx.log.debug(f"create: init {record.pid} waits to start")
         record.pid_start = process_start_time(ctx.paths.proc_pid(record.pid)) or 0
         ctx.store.save(record)
         run_hooks(ctx, "prestart", record, fatal=True)
@@ -901,6 +907,7 @@ def _require_status(ctx: Context, record: Record, allowed: tuple[str, ...], acti
 def do_start(ctx: Context, record: Record) -> None:
     _require_status(ctx, record, (STATUS_CREATED,), "start")
     ctx.backend().start(record, ctx.store.dir(record.id))
+    ctx.log.debug("start: init released")
     record.started = True
     ctx.store.save(record)
     run_hooks(ctx, "poststart", record, fatal=False)
@@ -1007,8 +1014,10 @@ def cmd_run(ctx: Context) -> int:
     if detach:
         return 0
     status = wait_child(record.pid)
+    ctx.log.debug(f"run: init exited with {status}")
     if not ctx.flags["keep"]:
         do_delete(ctx, record, force=True)
+        ctx.log.debug("run: deleted")
     return status
 
 

@@ -71,6 +71,7 @@ def with_default_devices(resources: dict[str, Any]) -> dict[str, Any]:
 class Backend:
     def __init__(self, paths: HostPaths) -> None:
         self.paths = paths
+        self._cgroups: dict[tuple[str, str], CgroupManager] = {}
 
     def validate(self, spec: dict[str, Any], bundle: Path) -> None:
         """The engine's ordered checks (InvalidArgument naming the field); call before any side effect."""
@@ -86,7 +87,10 @@ class Backend:
 
     def cgroups(self, record: Record) -> CgroupManager:
         """The container's cgroup, found again from what create saved (a manager holds no other state)."""
-        return manager_for(self.paths, record.engine.get("cgroups_path", ""), record.id)
+        key = (record.id, record.engine.get("cgroups_path", ""))
+        if key not in self._cgroups:
+            self._cgroups[key] = manager_for(self.paths, key[1], record.id)  # reads mountinfo: once
+        return self._cgroups[key]
 
     # --- create / start
     def create(

@@ -41,6 +41,8 @@ class Runtime:
         self.spec = spec
         self.ids: list[str] = []
         self.pids: list[int] = []
+        self.command = CLI
+        self.env: dict[str, str] | None = None
 
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 60, **kw: Any
@@ -49,8 +51,9 @@ class Runtime:
         # so reading pipes to their end would wait for the container (as with runc).
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             returncode = subprocess.run(
-                [*CLI, "--root", str(self.root), *args],
+                [*self.command, "--root", str(self.root), *args],
                 cwd=REPO,
+                env=self.env,
                 stdout=out,
                 stderr=err,
                 timeout=timeout,
@@ -517,3 +520,69 @@ def test_exec_with_a_terminal_over_the_console_socket(runtime: Runtime) -> None:
         assert output.startswith(b"/dev/"), output
     finally:
         os.close(master)
+
+
+@pytest.fixture
+def served(runtime: Runtime) -> Iterator[Runtime]:
+    """The same runtime, its commands handed by agent/container/cli_client.py to ``pykata-runc serve``."""
+    socket_path = runtime.workdir / "server.sock"
+    env = {**os.environ, "PYKATA_RUNC_SERVER": str(socket_path)}
+    server = subprocess.Popen(
+        [*CLI, "serve", "--socket", str(socket_path)], cwd=REPO, env=env, stdin=subprocess.DEVNULL
+    )
+    _wait_for(socket_path.exists, "the server's socket", timeout=30)
+    client = Runtime(runtime.root, runtime.workdir, runtime.spec)
+    client.ids = runtime.ids  # the runtime fixture deletes them all at the end
+    client.pids = runtime.pids
+    client.command = [sys.executable, str(REPO / "agent" / "container" / "cli_client.py")]
+    client.env = env
+    try:
+        yield client
+    finally:
+        server.terminate()
+        assert server.wait(timeout=10) == 0
+    assert not socket_path.exists()
+
+
+def test_served_commands_behave_like_the_cli(served: Runtime) -> None:
+    bundle = served.bundle("served", ["/bin/sh", "-c", "echo out; echo err >&2; exit 9"])
+    done = served("run", "-b", str(bundle), served.new_id("served-run"), check=False)
+    assert (done.returncode, done.stdout) == (9, "out\n")
+    assert "err\n" in done.stderr
+
+    life = served.bundle("served-life", ["/bin/sleep", "300"])
+    cid = served.new_id("served-life")
+    served("create", "-b", str(life), cid)
+    assert served.state(cid)["status"] == "created"
+    served("start", cid)
+    assert served.state(cid)["status"] == "running"
+    done = served("create", "-b", str(life), cid, check=False)
+    assert done.returncode == 1 and done.stderr.startswith("pykata-runc: ") and "already exists" in done.stderr
+    done = served("exec", cid, "/bin/sh", "-c", "pwd; exit 4", check=False)
+    assert (done.returncode, done.stdout) == (4, "/\n")
+    served("delete", "--force", cid)
+    assert served("list", "-q").stdout == ""
+
+
+def test_served_run_forwards_signals(served: Runtime) -> None:
+    script = "trap 'exit 43' TERM; echo ready; while :; do sleep 0.05; done"
+    bundle = served.bundle("served-fwd", ["/bin/sh", "-c", script])
+    cid = served.new_id("served-fwd")
+    with tempfile.TemporaryFile() as out:
+        foreground = subprocess.Popen(
+            [*served.command, "--root", str(served.root), "run", "-b", str(bundle), cid],
+            cwd=REPO,
+            env=served.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+        served.pids.append(foreground.pid)
+
+        def ready() -> bool:
+            out.seek(0)
+            return b"ready" in out.read()
+
+        _wait_for(ready, "the container's shell to set its trap")
+        foreground.send_signal(signal.SIGTERM)
+        assert foreground.wait(timeout=30) == 43
