@@ -208,6 +208,12 @@ class Container:
             status = self.status
             require(self.id, status, status.can_start(), "start", "created")
             assert self.init is not None
+            for hook in self.spec.hooks.start_container:
+                try:
+                    hooks_mod.run_hook(hook, self.state(), "startContainer")
+                except ResourceError:
+                    self.signal(signal.SIGKILL, all_processes=True)
+                    raise
             self.engine.forkserver.release(self.init.handle)
             self._status = Status.RUNNING
         for hook in self.spec.hooks.poststart:

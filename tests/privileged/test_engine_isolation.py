@@ -3,6 +3,7 @@ exit codes and signals, exec, terminals. Containers run busybox from the session
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from agent.container.engine import Engine, FdIO
 from agent.container.state import Status
-from agent.errors import IncorrectState
+from agent.errors import IncorrectState, ResourceError
 from agent.system.paths import HostPaths
 from tests.helpers.bundle import make_rootfs
 from tests.privileged.engine_helpers import ALL_NAMESPACES, ns_inode, read_to_end, run, spec_for, started
@@ -306,3 +307,33 @@ def test_seccomp_profile_is_enforced(engine: Engine, spec: Any, no_new_privilege
     assert code == 0
     assert out.decode().split("\n")[:3] == ["rc=1", "Seccomp:\t2", "ok"]
     assert b"Permission denied" in err  # EACCES (13), the rule's errnoRet
+
+
+def test_hooks_get_the_state_on_stdin(engine: Engine, spec: Any, tmp_path: Path) -> None:
+    log = tmp_path / "hooks.log"
+    hook_script = tmp_path / "hook.sh"
+    hook_script.write_text(f'#!/bin/sh\n{{ echo "$1"; cat; echo; }} >> {log}\n')
+    hook_script.chmod(0o755)
+    s = spec("iso-hooks", ["/bin/true"])
+    s["hooks"] = {
+        kind: [{"path": str(hook_script), "args": ["hook.sh", kind]}]
+        for kind in ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+    }
+    code, _, _ = run(engine, "iso-hooks", s)
+    assert code == 0
+    lines = log.read_text().splitlines()
+    kinds = lines[0::2]
+    states = [json.loads(line) for line in lines[1::2]]
+    assert kinds == ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"]
+    assert all(state["id"] == "iso-hooks" for state in states)
+    assert states[0]["status"] == "created" and states[0]["pid"] > 0
+    assert states[-1]["status"] == "stopped"
+
+
+def test_failing_prestart_hook_undoes_the_create(engine: Engine, spec: Any, cgroup_parent: str) -> None:
+    s = spec("iso-badhook", ["/bin/true"])
+    s["hooks"] = {"prestart": [{"path": "/bin/false"}]}
+    with pytest.raises(ResourceError, match="prestart hook /bin/false failed"):
+        engine.create("iso-badhook", s)
+    assert engine.list() == [] or "iso-badhook" not in [c.id for c in engine.list()]
+    assert not list(Path("/sys/fs/cgroup/pids").joinpath(cgroup_parent.strip("/")).glob("iso-badhook"))
