@@ -327,6 +327,12 @@ def test_update_limits_memory_and_pids(runtime: Runtime) -> None:
     assert (pids / "pids.max").read_text().strip() == "20"
     assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
 
+    runtime("update", "--cpu-shares", "512", "--cpuset-cpus", "0", cid)
+    assert (cpu / "cpu.shares").read_text().strip() == "512"
+    assert (CGROUP_FS / "cpuset" / RUN_TAG / "update" / "cpuset.cpus").read_text().strip() == "0"
+    done = runtime("update", "--memory", "lots", cid, check=False)
+    assert done.returncode == 1 and "--memory" in done.stderr
+
     resources = runtime.workdir / "resources.json"
     resources.write_text(json.dumps({"pids": {"limit": 30}}))
     runtime("update", "-r", str(resources), cid)
@@ -586,3 +592,10 @@ def test_served_run_forwards_signals(served: Runtime) -> None:
         _wait_for(ready, "the container's shell to set its trap")
         foreground.send_signal(signal.SIGTERM)
         assert foreground.wait(timeout=30) == 43
+
+
+def test_run_without_pivot_root(runtime: Runtime) -> None:
+    bundle = runtime.bundle("nopivot", ["/bin/sh", "-c", "cat /etc/hostname; ls /"])
+    done = runtime("run", "--no-pivot", "-b", str(bundle), runtime.new_id("nopivot"))
+    lines = done.stdout.split()
+    assert lines[0] == "busybox" and "bin" in lines and "proc" in lines
