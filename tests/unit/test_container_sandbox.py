@@ -1,0 +1,72 @@
+"""CreateSandbox/DestroySandbox on fakes of the services they use (no host changes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.errors import AlreadyExists, IncorrectState
+from agent.services.sandbox import SANDBOX_STORAGE_OWNER, SandboxService
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def set_hostname(self, name: str) -> None:
+        self.calls.append(("hostname", name))
+
+    def write_resolv_conf(self, dns: list[str]) -> str:
+        self.calls.append(("dns", dns))
+        return "/run/kata-containers/sandbox/resolv.conf"
+
+    def mount_all(self, storages: list[Any], owner: str) -> list[str]:
+        self.calls.append(("mount", (storages, owner)))
+        return [f"/mnt/{s}" for s in storages]
+
+    def release(self, owner: str) -> None:
+        self.calls.append(("release", owner))
+
+    def remove_all(self) -> None:
+        self.calls.append(("remove_all", None))
+
+
+class FakeServices:
+    def __init__(self, init_daemon: bool) -> None:
+        self.recorder = Recorder()
+        self.network = self.recorder
+        self.storage = self.recorder
+        self.init_daemon = init_daemon
+
+    def built(self) -> dict[str, Any]:
+        return {"containers": self.recorder}
+
+
+@pytest.mark.parametrize("init_daemon", [True, False])
+def test_create_then_destroy(init_daemon: bool) -> None:
+    services = FakeServices(init_daemon)
+    sandbox = SandboxService(services)  # type: ignore[arg-type]
+    info = sandbox.create_sandbox(sandbox_id="sb", hostname="pod", dns=["nameserver 10.0.0.1"], storages=["s1"])
+    assert info.storages == ["/mnt/s1"]
+    with pytest.raises(AlreadyExists, match="sandbox sb exists already"):
+        sandbox.create_sandbox(sandbox_id="sb2")
+    sandbox.destroy_sandbox()
+    assert services.recorder.calls == [
+        ("hostname", "pod"),
+        ("dns", ["nameserver 10.0.0.1"]),
+        ("mount", (["s1"], SANDBOX_STORAGE_OWNER)),
+        ("remove_all", None),
+        ("release", SANDBOX_STORAGE_OWNER),
+    ]
+    # only an agent that is PID 1 powers the guest off after DestroySandbox
+    assert sandbox.shutdown_requested.is_set() is init_daemon
+    sandbox.create_sandbox(sandbox_id="again")  # a destroyed sandbox frees the slot
+
+
+def test_destroy_without_anything_is_refused() -> None:
+    services = FakeServices(False)
+    services.built = lambda: {}  # type: ignore[method-assign]
+    sandbox = SandboxService(services)  # type: ignore[arg-type]
+    with pytest.raises(IncorrectState, match="no sandbox"):
+        sandbox.destroy_sandbox()
