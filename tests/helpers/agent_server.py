@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.address import parse_address
 from agent.config import AgentConfig
@@ -65,13 +66,13 @@ class RunningAgent:
 
 
 @contextlib.contextmanager
-def serving_agent(paths: HostPaths, **server_options: float) -> Iterator[RunningAgent]:
+def serving_agent(paths: HostPaths, **server_options: Any) -> Iterator[RunningAgent]:
     # unix socket paths are limited to 108 bytes, so the socket lives in a short temp dir of its own
     short_dir = Path(tempfile.mkdtemp(prefix="pk-", dir="/tmp"))
     path = str(short_dir / "agent.sock")
     address = f"unix://{path}"
     services = Services(AgentConfig(server_addr=address), paths)
-    server = AgentServer(parse_address(address), Servicer(services), run_dir=short_dir, **server_options)  # type: ignore[arg-type]
+    server = AgentServer(parse_address(address), Servicer(services), run_dir=short_dir, **server_options)
     server.start()
     try:
         yield RunningAgent(address, path, server, services, paths)
