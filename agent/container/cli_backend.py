@@ -47,27 +47,6 @@ JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")
 READY = b"\0"
 
 
-# What every container may use whatever its spec's device rules say, as runc allows them: the
-# default nodes made in /dev, the pty multiplexer and its slaves, and mknod of anything.
-DEFAULT_DEVICE_RULES = (
-    {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},  # null
-    {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},  # zero
-    {"allow": True, "type": "c", "major": 1, "minor": 7, "access": "rwm"},  # full
-    {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},  # random
-    {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},  # urandom
-    {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},  # tty
-    {"allow": True, "type": "c", "major": 5, "minor": 2, "access": "rwm"},  # ptmx
-    {"allow": True, "type": "c", "major": 136, "access": "rwm"},  # pty slaves
-    {"allow": True, "type": "c", "access": "m"},
-    {"allow": True, "type": "b", "access": "m"},
-)
-
-
-def with_default_devices(resources: dict[str, Any]) -> dict[str, Any]:
-    """``resources`` with the default device rules after the spec's own (a later rule wins)."""
-    return {**resources, "devices": [*(resources.get("devices") or []), *DEFAULT_DEVICE_RULES]}
-
-
 class Backend:
     def __init__(self, paths: HostPaths) -> None:
         self.paths = paths
@@ -122,13 +101,20 @@ class Backend:
                 flags |= NAMESPACE_FLAGS[kind]
         # Imported here, not at module level: commands that fork nothing (state, kill, delete) skip them.
         # The child uses them after pivot_root, where the host's modules are out of reach.
-        from agent.container import capabilities, rootfs  # noqa: F401
+        from agent.container import capabilities, rootfs  # noqa: F401  (seccomp below)
         from agent.container.spec import parse_spec
 
         plan = None
         if flags & libc.CLONE_NEWNS:
             plan = rootfs.plan_rootfs(self.paths, parse_spec(spec), Path(os.path.realpath(record.rootfs)),
                                       Path(record.bundle), no_pivot=no_pivot)  # fmt: skip
+        from agent.container import seccomp
+        from agent.container.launch import with_default_devices
+
+        # Compiled before any side effect (an unknown action or architecture is refused here), kept
+        # for exec processes, which run under the container's profile too.
+        program = seccomp.compile_profile(linux["seccomp"]) if linux.get("seccomp") else b""
+        record.engine["seccomp"] = program.hex()
         record.engine["cgroups_path"] = linux.get("cgroupsPath") or ""
         cgroups = self.cgroups(record)
         fifo = state_dir / EXEC_FIFO
@@ -157,7 +143,7 @@ class Backend:
             code = 1
             try:
                 _init(self.paths, spec, plan, flags & ~libc.CLONE_NEWPID, joins, stdio,
-                      fifo_fd, no_pivot, preserve_fds, error_write, ready_read, console)  # fmt: skip
+                      fifo_fd, no_pivot, preserve_fds, error_write, ready_read, console, program)  # fmt: skip
             except BaseException as exc:
                 text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
                 _report_and_exit(error_write, text, code)
@@ -228,7 +214,7 @@ class Backend:
     def exec(
         self, record: Record, process: dict[str, Any], *, stdio: tuple[int, int, int], console: int | None = None
     ) -> int:
-        from agent.container import capabilities  # noqa: F401  (for the child, see create)
+        from agent.container import capabilities, seccomp  # noqa: F401  (for the child, see create)
         from agent.container.spec import parse_process
 
         parse_process(process)  # InvalidArgument naming the field, before anything is forked
@@ -262,7 +248,7 @@ class Backend:
                     _take_stdio(stdio, 0)
                     if console is not None:
                         _open_console(console, None)
-                    _exec_process(process, self.paths)
+                    _exec_process(process, self.paths, bytes.fromhex(record.engine.get("seccomp", "")))
                 except BaseException as exc:
                     _report_and_exit(error_write, str(exc), 127)
                 os._exit(127)
@@ -334,6 +320,7 @@ def _init(
     report_fd: int,
     placed_fd: int,
     console: int | None,
+    seccomp_program: bytes,
 ) -> None:
     process = spec["process"]
     linux = spec.get("linux") or {}
@@ -379,7 +366,7 @@ def _init(
     os.close(gate)
     os.close(fifo_fd)
     _container_hooks(spec, "startContainer")
-    _exec_process(process, paths)
+    _exec_process(process, paths, seccomp_program)
 
 
 def _container_hooks(spec: dict[str, Any], kind: str) -> None:
@@ -430,8 +417,10 @@ def _make_file(path: str) -> None:
             pass
 
 
-def _exec_process(process: dict[str, Any], paths: HostPaths) -> None:
-    """Become the user's process: identity, capabilities, limits, then execve. Never returns."""
+def _exec_process(process: dict[str, Any], paths: HostPaths, seccomp_program: bytes = b"") -> None:
+    """Become the user's process: limits, identity, capabilities, seccomp, then execve. Never returns."""
+    from agent.container import capabilities, seccomp  # loaded by the parent already: no file access here
+
     args = list(process.get("args") or [])
     if not args:
         raise InvalidArgument("process.args is empty")
@@ -442,12 +431,18 @@ def _exec_process(process: dict[str, Any], paths: HostPaths) -> None:
         if kind is None:
             raise InvalidArgument(f"unknown rlimit {limit['type']!r}")
         resource.setrlimit(kind, (int(limit["soft"]), int(limit["hard"])))
-    from agent.container import capabilities  # loaded by the parent already: no file access here
-
-    capabilities.become_user(process.get("user") or {}, process.get("capabilities"))
-    if process.get("noNewPrivileges"):
-        capabilities.set_no_new_privs()
+    user = process.get("user") or {}
+    if user.get("umask") is not None:
+        os.umask(int(user["umask"]))
     program = _find_program(args[0], env.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
+    no_new_privs = bool(process.get("noNewPrivileges"))
+    if seccomp_program and not no_new_privs:
+        seccomp.load(seccomp_program)  # without no_new_privs the kernel wants CAP_SYS_ADMIN: before the drop
+    capabilities.become_user(user, process.get("capabilities"))
+    if no_new_privs:
+        capabilities.set_no_new_privs()
+        if seccomp_program:
+            seccomp.load(seccomp_program)  # last, so the filter sees only the user's program
     os.execve(program, args, env)
 
 

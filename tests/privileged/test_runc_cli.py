@@ -599,3 +599,28 @@ def test_run_without_pivot_root(runtime: Runtime) -> None:
     done = runtime("run", "--no-pivot", "-b", str(bundle), runtime.new_id("nopivot"))
     lines = done.stdout.split()
     assert lines[0] == "busybox" and "bin" in lines and "proc" in lines
+
+
+def test_seccomp_profile_applies_to_init_and_exec(runtime: Runtime) -> None:
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    }
+
+    def with_profile(config: dict[str, Any]) -> None:
+        config["linux"]["cgroupsPath"] = f"{CGROUP_PARENT}/seccomp"
+        config["linux"]["seccomp"] = profile
+
+    script = "mkdir /dev/shm/d 2>&1; touch /dev/shm/f && echo touched; sleep 300"
+    bundle = make_bundle(runtime.workdir / "seccomp", ["/bin/sh", "-c", script], spec=runtime.spec, edit=with_profile)
+    cid = runtime.new_id("seccomp")
+    log = runtime.workdir / "seccomp.out"
+    with open(log, "w") as out:
+        subprocess.run([*CLI, "--root", str(runtime.root), "run", "-d", "-b", str(bundle), cid], cwd=REPO,
+                       stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=True, timeout=60)  # fmt: skip
+    _wait_for(lambda: "touched" in log.read_text(), "the container's script")
+    assert "Operation not permitted" in log.read_text()
+    done = runtime("exec", cid, "/bin/mkdir", "/dev/shm/e", check=False)
+    assert done.returncode != 0 and "Operation not permitted" in done.stderr
+    assert runtime("exec", cid, "/bin/ls", "/dev/shm").stdout.split() == ["f"]

@@ -133,16 +133,6 @@ def test_update_flags_become_oci_resources(tmp_path: Path) -> None:
         cli.resources_from_flags(cli.parse_args(["update", "--pids-limit", "lots", "c1"]).flags)
 
 
-def test_default_device_rules_follow_the_specs_own() -> None:
-    from agent.container.cli_backend import with_default_devices
-
-    deny_all = {"allow": False, "access": "rwm"}
-    devices = with_default_devices({"devices": [deny_all], "pids": {"limit": 3}})
-    assert devices["pids"] == {"limit": 3}
-    assert devices["devices"][0] == deny_all  # later rules win, so the defaults come after
-    assert {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"} in devices["devices"]
-
-
 @pytest.mark.parametrize(("text", "number"), [("KILL", 9), ("SIGKILL", 9), ("9", 9), ("term", 15)])
 def test_signal_names(text: str, number: int) -> None:
     assert cli.parse_signal(text) == number
