@@ -14,6 +14,7 @@ connection is closed.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -45,6 +46,7 @@ FLAG_REMOTE_OPEN = 0x2
 FLAG_NO_DATA = 0x4
 
 _RECV_CHUNK = 64 * 1024
+SEND_TIMEOUT = 30.0  # seconds a response may wait for a client that does not read
 CLIENT_GRACE = 1.0  # seconds a client waits past its deadline for the server's own answer
 
 # (service, method, payload, context) -> (code, message, response payload)
@@ -236,12 +238,16 @@ class TtrpcConnection:
         prefix: bytes = b"",
         max_in_flight: int = 256,
         budget: ByteBudget | None = None,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self._sock = sock
         self._dispatch = dispatch
         self._pool = pool
         self._deadlines = deadlines
         self._reader = FrameReader(sock, prefix)
+        # Bounded sends without a socket timeout (which would also limit the reader's idle wait).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(send_timeout), 0))
         self._write_lock = threading.Lock()
         self._in_flight = threading.BoundedSemaphore(max_in_flight)
         self._budget = budget or ByteBudget(MESSAGE_LENGTH_MAX * 16)
@@ -261,8 +267,12 @@ class TtrpcConnection:
                 return
             try:
                 self._sock.sendall(frame)
+                return
             except OSError as exc:
-                log.debug("ttrpc: writing the response for stream %d failed: %s", stream_id, exc)
+                # A client that stops reading (SO_SNDTIMEO) or went away; a frame may be cut short, so
+                # the connection cannot carry another one.
+                log.warning("ttrpc: writing the response for stream %d failed: %s; closing", stream_id, exc)
+        self.close()
 
     def close(self) -> None:
         with self._write_lock:

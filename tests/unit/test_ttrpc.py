@@ -320,3 +320,20 @@ def test_calls_release_their_budget(peer: Peer) -> None:
             break
         time.sleep(0.01)
     assert peer.budget.used == 0
+
+
+def test_a_client_that_stops_reading_gets_its_connection_closed() -> None:
+    client, server = socket.socketpair()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    dispatch = ScriptedDispatch()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        connection = ttrpc.TtrpcConnection(server, dispatch, pool, ttrpc.Deadlines(), send_timeout=1)
+        thread = threading.Thread(target=connection.serve, daemon=True)
+        thread.start()
+        big = b"y" * (1 << 20)  # echoed back: far more than the socket buffers hold
+        client.sendall(ttrpc_frame(1, request_bytes(payload=big)))
+        thread.join(30)  # the send times out, the connection closes, serve() returns
+        assert not thread.is_alive()
+    client.close()
+    server.close()
