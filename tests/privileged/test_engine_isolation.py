@@ -337,3 +337,21 @@ def test_failing_prestart_hook_undoes_the_create(engine: Engine, spec: Any, cgro
         engine.create("iso-badhook", s)
     assert engine.list() == [] or "iso-badhook" not in [c.id for c in engine.list()]
     assert not list(Path("/sys/fs/cgroup/pids").joinpath(cgroup_parent.strip("/")).glob("iso-badhook"))
+
+
+def test_no_pivot_mode_moves_the_root(spec: Any) -> None:
+    """MS_MOVE + chroot, the path for an initramfs root where pivot_root cannot work."""
+    moving = Engine(HostPaths(), no_pivot=True)
+    try:
+        container = started(moving, "iso-nopivot", spec("iso-nopivot", ["/bin/sleep", "300"]))
+        try:
+            proc = container.exec("e", {"args": ["/bin/sh", "-c", "ls /bin/busybox; cat /proc/1/cmdline"], "cwd": "/"})
+            out = read_to_end(proc.io.stdout)
+            assert proc.wait(20) == 0
+            assert out.startswith(b"/bin/busybox\n/bin/sleep")
+            assert container.init is not None
+            assert os.readlink(f"/proc/{container.init.pid}/root") == "/"  # chroot'ed at the moved mount
+        finally:
+            moving.remove("iso-nopivot", timeout=10)
+    finally:
+        moving.close()
