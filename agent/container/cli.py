@@ -969,7 +969,14 @@ def _wait_gone(ctx: Context, record: Record, timeout: float = 10.0) -> None:
 
 
 def cmd_delete(ctx: Context) -> int:
-    do_delete(ctx, ctx.store.load(ctx.args[0]), force=bool(ctx.flags["force"]))
+    force = bool(ctx.flags["force"])
+    try:
+        record = ctx.store.load(ctx.args[0])
+    except CliError:
+        if force and not ctx.store.dir(ctx.args[0]).exists():
+            return 0  # as runc: forcing the delete of what is gone already succeeds
+        raise
+    do_delete(ctx, record, force=force)
     return 0
 
 

@@ -141,3 +141,9 @@ def test_signal_names(text: str, number: int) -> None:
 def test_unknown_signal() -> None:
     with pytest.raises(cli.CliError, match="unknown signal"):
         cli.parse_signal("NOPE")
+
+
+def test_forced_delete_of_a_missing_container_succeeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run_cli(["--root", str(tmp_path), "delete", "--force", "gone"]) == 0
+    assert cli.run_cli(["--root", str(tmp_path), "delete", "gone"]) == 1
+    assert "does not exist" in capsys.readouterr().err
