@@ -17,6 +17,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -133,6 +134,8 @@ class LocalRelay:
         self._address = address
         self._timeout = timeout
         self._dir = Path(tempfile.mkdtemp(prefix="agentctl-relay-"))
+        # removed on close(), and at exit or collection when a caller forgot to close
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
         self.path = self._dir / "relay.sock"
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self.path))
@@ -168,7 +171,7 @@ class LocalRelay:
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._cleanup()
 
 
 class GrpcAgentClient(AgentClient):
