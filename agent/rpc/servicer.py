@@ -72,12 +72,15 @@ class Servicer:
     def call(self, service: str, method: str, payload: bytes, ctx: registry.CallContext) -> tuple[Code, str, bytes]:
         """Run one unary call; returns (code, message, response bytes). Never raises."""
         full_name = f"{service}/{method}"
+        started = time.monotonic()
         try:
             response = self._dispatch(full_name, payload, ctx)
-            return Code.OK, "", response.SerializeToString()
+            encoded = response.SerializeToString()
+            log.debug("%s over %s: OK in %.1f ms", full_name, ctx.protocol, (time.monotonic() - started) * 1000)
+            return Code.OK, "", encoded
         except Exception as exc:
             code, message = status_for(exc, full_name)
-            log.debug("%s over %s: %s %s", full_name, ctx.protocol, code.name, message)
+            log.info("%s over %s: %s: %s", full_name, ctx.protocol, code.name, message)
             return code, message, b""
         finally:
             self._first_call.set()
