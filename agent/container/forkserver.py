@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -81,6 +82,7 @@ class ProcessHandle:
         self._cond = threading.Condition()
         self._eof = False
         self._closed = threading.Event()
+        self.timeline: dict[str, float] = {"spawn": time.monotonic()}  # when each event arrived
         self._thread = threading.Thread(target=self._read_events, name=f"wait {description}", daemon=True)
         self._thread.start()
 
@@ -113,6 +115,9 @@ class ProcessHandle:
                 self._cond.notify_all()
 
     def _event(self, event: dict[str, Any]) -> None:
+        now = time.monotonic()
+        for key in event:
+            self.timeline.setdefault(key, now)
         with self._cond:
             if "pid" in event:
                 self.pid = int(event["pid"])

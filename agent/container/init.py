@@ -205,7 +205,10 @@ def _plan_from(data: dict[str, Any]) -> rootfs.RootfsPlan:
 def container_main(request: dict[str, Any], status_fd: int, control_fd: int, io_fds: list[int]) -> int:
     """The container process: wait for its cgroup, set up, report, wait for start, exec."""
     fcntl.fcntl(status_fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Python ignores SIGPIPE and SIGXFSZ, and the fork server SIGINT; an ignored signal stays
+    # ignored across execve, so give the user's program the defaults back
+    for signum in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_DFL)
     if _read_order(control_fd) != b"g":
         return 0
     process = request["process"]

@@ -355,3 +355,10 @@ def test_no_pivot_mode_moves_the_root(spec: Any) -> None:
             moving.remove("iso-nopivot", timeout=10)
     finally:
         moving.close()
+
+
+def test_signal_dispositions_are_the_defaults(engine: Engine, spec: Any) -> None:
+    # SigIgn lists the ignored signals; Python's own ignored SIGPIPE must not leak into containers
+    code, out, _ = run(engine, "iso-sigign", spec("iso-sigign", ["/bin/grep", "SigIgn", "/proc/self/status"]))
+    assert code == 0
+    assert out == b"SigIgn:\t0000000000000000\n"
