@@ -362,3 +362,17 @@ def test_signal_dispositions_are_the_defaults(engine: Engine, spec: Any) -> None
     code, out, _ = run(engine, "iso-sigign", spec("iso-sigign", ["/bin/grep", "SigIgn", "/proc/self/status"]))
     assert code == 0
     assert out == b"SigIgn:\t0000000000000000\n"
+
+
+def test_sysctl_rlimits_oom_score_cwd_env(engine: Engine, spec: Any) -> None:
+    script = "cat /proc/sys/net/ipv4/ip_forward; ulimit -n; cat /proc/self/oom_score_adj; pwd; echo $GREETING; hostname"
+    s = spec("iso-knobs", ["/bin/sh", "-c", script], cwd="/tmp", env=["PATH=/bin", "GREETING=hi"])
+    s["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
+    s["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": 321, "soft": 123}]
+    s["process"]["oomScoreAdj"] = 500
+    s["hostname"] = "knobs"
+    code, out, err = run(engine, "iso-knobs", s)
+    assert code == 0, err
+    assert out.decode().split("\n")[:6] == ["1", "123", "500", "/tmp", "hi", "knobs"]
+    # the host's own settings are untouched
+    assert Path("/proc/self/oom_score_adj").read_text().strip() != "500"
