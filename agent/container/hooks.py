@@ -9,6 +9,8 @@ A failing hook before start aborts the create or start; poststart/poststop failu
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from agent.container.spec import Hook
@@ -31,3 +33,27 @@ def run_hook(hook: Hook, state: dict[str, Any], kind: str) -> None:
         )
     except (CommandError, CommandNotFound, OSError) as exc:
         raise ResourceError(f"{kind} hook {hook.path} failed: {exc}") from exc
+
+
+GUEST_HOOK_KINDS = ("prestart", "poststart", "poststop")
+
+
+def add_guest_hooks(spec: dict[str, Any], hook_dir: Path) -> dict[str, Any]:
+    """``spec`` with the guest's own hooks appended: every executable file in
+    ``hook_dir/{prestart,poststart,poststop}/`` (CreateSandbox's guest_hook_path), sorted by name,
+    run with its own name as argv[0], as Kata's agent does."""
+    added: dict[str, list[dict[str, Any]]] = {kind: [] for kind in GUEST_HOOK_KINDS}
+    for kind in GUEST_HOOK_KINDS:
+        directory = hook_dir / kind
+        if not directory.is_dir():
+            continue
+        for entry in sorted(directory.iterdir()):
+            if entry.is_file() and os.access(entry, os.X_OK):
+                added[kind].append({"path": str(entry), "args": [entry.name]})
+    if not any(added.values()):
+        return spec
+    hooks = dict(spec.get("hooks") or {})
+    for kind, items in added.items():
+        if items:
+            hooks[kind] = [*(hooks.get(kind) or []), *items]
+    return {**spec, "hooks": hooks}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig
 from agent.container.engine import Container, Engine, PipeIO, Process
+from agent.container.hooks import add_guest_hooks
 from agent.errors import AgentError, DeadlineExceeded, InvalidArgument, NotFound
 from agent.services.streams import StreamBuffer
 from agent.system.paths import HostPaths
@@ -80,11 +81,13 @@ class ContainerService:
         *,
         storage: Callable[[], Any] | None = None,
         engine: Engine | None = None,
+        guest_hook_path: Callable[[], str] | None = None,
     ) -> None:
         self.paths = paths
         self.config = config
         self.engine = engine or Engine(paths)
         self._storage = storage  # returns the StorageService, built only when a request has storages
+        self._guest_hook_path = guest_hook_path or (lambda: "")
         self._streams: dict[tuple[str, str], ProcessStreams] = {}
         self._lock = threading.Lock()
         self._oom: Any = None
@@ -92,7 +95,12 @@ class ContainerService:
 
     @classmethod
     def from_services(cls, services: Services) -> ContainerService:
-        return cls(services.paths, services.config, storage=lambda: services.storage)
+        def guest_hook_path() -> str:
+            sandbox = services.built().get("sandbox")
+            info = getattr(sandbox, "sandbox", None)
+            return str(getattr(info, "guest_hook_path", "") or "")
+
+        return cls(services.paths, services.config, storage=lambda: services.storage, guest_hook_path=guest_hook_path)
 
     # --- helpers
     def _container(self, container_id: str) -> Container:
@@ -136,6 +144,9 @@ class ContainerService:
         self, container_id: str, spec: dict[str, Any], *, storages: list[Any] | None = None
     ) -> Container:
         """Mount the request's storages (owned by the container), then create it."""
+        hook_dir = self._guest_hook_path()
+        if hook_dir:
+            spec = add_guest_hooks(spec, self.paths.inside(hook_dir))
         if storages:
             self._storage_service().mount_all(storages, container_id)
         try:

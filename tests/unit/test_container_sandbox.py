@@ -70,3 +70,24 @@ def test_destroy_without_anything_is_refused() -> None:
     sandbox = SandboxService(services)  # type: ignore[arg-type]
     with pytest.raises(IncorrectState, match="no sandbox"):
         sandbox.destroy_sandbox()
+
+
+def test_guest_hooks_are_appended(tmp_path: Any) -> None:
+    from agent.container.hooks import add_guest_hooks
+
+    for kind, name in (("prestart", "b-net"), ("prestart", "a-log"), ("poststop", "cleanup")):
+        (tmp_path / kind).mkdir(exist_ok=True)
+        hook = tmp_path / kind / name
+        hook.write_text("#!/bin/sh\n")
+        hook.chmod(0o755)
+    (tmp_path / "prestart" / "not-executable").write_text("")
+    spec = {"hooks": {"prestart": [{"path": "/usr/bin/own"}]}, "process": {"args": ["x"]}}
+    merged = add_guest_hooks(spec, tmp_path)
+    assert [h["path"] for h in merged["hooks"]["prestart"]] == [
+        "/usr/bin/own",
+        str(tmp_path / "prestart" / "a-log"),
+        str(tmp_path / "prestart" / "b-net"),
+    ]
+    assert merged["hooks"]["poststop"] == [{"path": str(tmp_path / "poststop" / "cleanup"), "args": ["cleanup"]}]
+    assert spec["hooks"]["prestart"] == [{"path": "/usr/bin/own"}]  # the caller's dict is not changed
+    assert add_guest_hooks(spec, tmp_path / "missing") is spec
