@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,6 +257,8 @@ def parse_cmdline(text: str) -> dict[str, Any]:
 def parse_toml(text: str, source: str = "config file") -> dict[str, Any]:
     """Settings from TOML text. Keys are the option names (or Kata's aliases); values may be TOML
     scalars or strings. Unknown keys are ignored and reported."""
+    import tomllib  # only when a config file is given: start-up does not pay for it
+
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
