@@ -81,7 +81,7 @@ def test_guest_hooks_are_appended(tmp_path: Any) -> None:
         hook.write_text("#!/bin/sh\n")
         hook.chmod(0o755)
     (tmp_path / "prestart" / "not-executable").write_text("")
-    spec = {"hooks": {"prestart": [{"path": "/usr/bin/own"}]}, "process": {"args": ["x"]}}
+    spec: dict[str, Any] = {"hooks": {"prestart": [{"path": "/usr/bin/own"}]}, "process": {"args": ["x"]}}
     merged = add_guest_hooks(spec, tmp_path)
     assert [h["path"] for h in merged["hooks"]["prestart"]] == [
         "/usr/bin/own",
