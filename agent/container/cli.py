@@ -6,9 +6,11 @@ per-command flags where runc has them, and runc's state JSON. Errors print ``pyk
 to stderr (and to the ``--log`` file in the chosen format) and exit 1; ``run`` without ``--detach``
 exits with the container process's status (128+N when a signal ended it).
 
-Every call is a new process, so what a later call needs is kept in ``<root>/<id>/state.json``. The
-module imports little at start (python start-up is most of a short command's cost); the engine is
-imported by the commands that need it.
+Every call is a new process, so what a later call needs is kept in ``<root>/<id>/state.json``
+(cli_state.py); the flags are parsed in cli_args.py; the container work is in cli_backend.py, on the
+engine's modules. This module holds the commands. It imports little at start (python start-up is
+most of a short command's cost); the engine is imported by the commands that need it, and
+``pykata-runc serve`` (cli_serve.py) with its client (cli_client.py) pays that once for many commands.
 """
 
 from __future__ import annotations
@@ -19,272 +21,34 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from agent.container.cli_args import (
+    COMMANDS,
+    DEFAULT_ROOT,
+    GLOBAL_FLAGS,
+    PROGRAM,
+    CliError,
+    Invocation,
+    UsageError,
+    parse_args,
+)
+from agent.container.cli_state import (
+    HOST_HOOKS,
+    OCI_VERSION,
+    STATUS_CREATED,
+    STATUS_PAUSED,
+    STATUS_RUNNING,
+    STATUS_STOPPED,
+    Record,
+    Store,
+    format_time,
+    process_start_time,
+    validate_id,
+)
 
 if TYPE_CHECKING:
     from agent.container.cli_backend import Backend
-
-PROGRAM = "pykata-runc"
-OCI_VERSION = "1.0.2-dev"  # the runtime-spec version runc 1.1 reports; tools compare it
-DEFAULT_ROOT = "/run/pykata-runc"
-STATE_FILE = "state.json"
-
-
-class CliError(Exception):
-    """A failure the user should read: printed as ``pykata-runc: <message>``, exit status 1."""
-
-
-class UsageError(CliError):
-    pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Argument parsing with runc's (urfave/cli) conventions: ``-flag``, ``--flag``, ``--flag=value``,
-# ``-f value``; boolean flags take no value; ``--`` ends the flags. ``exec`` stops parsing flags at
-# its first argument so ``exec ID ls -l`` passes ``-l`` to ls, as runc does.
-
-
-# NamedTuples and plain classes rather than dataclasses: building a dataclass costs about a
-# millisecond at import, and this module's import is on the path of every short command.
-class Flag(NamedTuple):
-    names: tuple[str, ...]
-    dest: str
-    takes_value: bool = True
-    repeated: bool = False
-    help: str = ""
-
-
-class Command(NamedTuple):
-    name: str
-    usage: str
-    flags: tuple[Flag, ...] = ()
-    min_args: int = 1
-    max_args: int | None = 1
-    flags_end_at_first_arg: bool = False
-
-
-def _bool(names: str, dest: str, help: str = "") -> Flag:
-    return Flag(tuple(names.split(",")), dest, takes_value=False, help=help)
-
-
-def _value(names: str, dest: str, help: str = "", repeated: bool = False) -> Flag:
-    return Flag(tuple(names.split(",")), dest, takes_value=True, repeated=repeated, help=help)
-
-
-GLOBAL_FLAGS = (
-    _value("root", "root", f"where container state is kept (default {DEFAULT_ROOT})"),
-    _value("log", "log", "also write log lines to this file"),
-    _value("log-format", "log_format", "text or json"),
-    _bool("debug", "debug", "log debug lines"),
-    _bool("systemd-cgroup", "systemd_cgroup", "accepted for compatibility; cgroups are managed directly"),
-    _value("criu", "criu", "accepted for compatibility; checkpointing is not supported"),
-    _value("rootless", "rootless", "accepted for compatibility; only root is supported"),
-    _bool("help,h", "help"),
-    _bool("version,v", "version"),
-)
-
-_BUNDLE = _value("bundle,b", "bundle", "the bundle directory (default: the current directory)")
-_CONSOLE_SOCKET = _value("console-socket", "console_socket", "unix socket that receives the pty master")
-_PID_FILE = _value("pid-file", "pid_file", "write the process's pid to this file")
-_NO_PIVOT = _bool("no-pivot", "no_pivot", "move the root with MS_MOVE instead of pivot_root")
-_NO_NEW_KEYRING = _bool("no-new-keyring", "no_new_keyring", "accepted for compatibility")
-_PRESERVE_FDS = _value("preserve-fds", "preserve_fds", "pass this many extra fds (from 3) to the process")
-_DETACH = _bool("detach,d", "detach", "do not wait for the process")
-
-COMMANDS = {
-    c.name: c
-    for c in (
-        Command(
-            "create",
-            "create [flags] ID",
-            (_BUNDLE, _CONSOLE_SOCKET, _PID_FILE, _NO_PIVOT, _NO_NEW_KEYRING, _PRESERVE_FDS),
-        ),
-        Command("start", "start ID"),
-        Command("state", "state ID"),
-        Command("kill", "kill [--all] ID [SIGNAL]", (_bool("all,a", "all", "signal every process"),), 1, 2),
-        Command("delete", "delete [--force] ID", (_bool("force,f", "force", "kill a running container first"),)),
-        Command(
-            "run",
-            "run [flags] ID",
-            (
-                _BUNDLE,
-                _CONSOLE_SOCKET,
-                _PID_FILE,
-                _DETACH,
-                _NO_PIVOT,
-                _NO_NEW_KEYRING,
-                _PRESERVE_FDS,
-                _bool("no-subreaper", "no_subreaper", "accepted for compatibility"),
-                _bool("keep", "keep", "keep the container's state after it exits"),
-            ),
-        ),
-        Command(
-            "exec",
-            "exec [flags] ID [COMMAND [ARG...]]",
-            (
-                _value("process,p", "process", "a process.json (runtime-spec process object)"),
-                _CONSOLE_SOCKET,
-                _PID_FILE,
-                _DETACH,
-                _bool("tty,t", "tty", "allocate a pseudo-TTY"),
-                _value("cwd", "cwd", "working directory in the container"),
-                _value("env,e", "env", "KEY=VALUE to add to the environment", repeated=True),
-                _value("user,u", "user", "UID[:GID]"),
-                _value("additional-gids,g", "additional_gids", "an additional gid", repeated=True),
-                _value("cap,c", "cap", "add a capability", repeated=True),
-                _bool("no-new-privs", "no_new_privs", "set no_new_privileges"),
-                _value("process-label", "process_label", "accepted for compatibility"),
-                _value("apparmor", "apparmor", "accepted for compatibility"),
-                _PRESERVE_FDS,
-                _bool("ignore-paused", "ignore_paused", "exec even if the container is paused"),
-            ),
-            1,
-            None,
-            flags_end_at_first_arg=True,
-        ),
-        Command(
-            "ps",
-            "ps [--format table|json] ID [PS_OPTIONS...]",
-            (_value("format,f", "format", "table or json"),),
-            1,
-            None,
-            flags_end_at_first_arg=True,
-        ),
-        Command("pause", "pause ID"),
-        Command("resume", "resume ID"),
-        Command(
-            "update",
-            "update [flags] ID",
-            (
-                _value("resources,r", "resources", "a linux.resources JSON file, or - for stdin"),
-                _value("memory", "memory", "memory limit in bytes (k, m, g suffixes allowed)"),
-                _value("memory-reservation", "memory_reservation", "memory soft limit"),
-                _value("memory-swap", "memory_swap", "memory plus swap limit"),
-                _value("cpu-quota", "cpu_quota", "CFS quota in microseconds"),
-                _value("cpu-period", "cpu_period", "CFS period in microseconds"),
-                _value("cpu-share,cpu-shares", "cpu_shares", "CPU shares (relative weight)"),
-                _value("cpuset-cpus", "cpuset_cpus", "CPUs to run on (0-3,7)"),
-                _value("cpuset-mems", "cpuset_mems", "memory nodes to use"),
-                _value("pids-limit", "pids_limit", "maximum number of tasks"),
-            ),
-        ),
-        Command(
-            "spec",
-            "spec [--bundle DIR]",
-            (_BUNDLE, _bool("rootless", "rootless", "not supported")),
-            0,
-            0,
-        ),
-        Command(
-            "serve",
-            "serve --socket PATH",
-            (_value("socket", "socket", "unix socket to serve commands on (default $PYKATA_RUNC_SERVER)"),),
-            0,
-            0,
-        ),
-        Command(
-            "list",
-            "list [--format table|json] [--quiet]",
-            (_value("format,f", "format", "table or json"), _bool("quiet,q", "quiet", "print only ids")),
-            0,
-            0,
-        ),
-    )
-}
-
-
-class Invocation:
-    def __init__(
-        self,
-        options: dict[str, Any],
-        command: Command | None,
-        flags: dict[str, Any] | None = None,
-        args: list[str] | None = None,
-    ) -> None:
-        self.options = options  # global flags
-        self.command = command
-        self.flags = flags if flags is not None else {}
-        self.args = args if args is not None else []
-
-
-def _find_flag(flags: Sequence[Flag], name: str) -> Flag | None:
-    for flag in flags:
-        if name in flag.names:
-            return flag
-    return None
-
-
-def _parse_flags(
-    argv: list[str], flags: Sequence[Flag], *, stop_at_arg: bool, where: str
-) -> tuple[dict[str, Any], list[str]]:
-    """Parse ``argv`` against ``flags``; return the flag values and the positional arguments."""
-    values: dict[str, Any] = {f.dest: ([] if f.repeated else None) for f in flags}
-    positional: list[str] = []
-    index = 0
-    while index < len(argv):
-        word = argv[index]
-        index += 1
-        if word == "--":
-            positional.extend(argv[index:])
-            break
-        if not word.startswith("-") or word == "-":
-            positional.append(word)
-            if stop_at_arg:
-                positional.extend(argv[index:])
-                break
-            continue
-        name, has_inline, inline = word.lstrip("-").partition("=")
-        flag = _find_flag(flags, name)
-        if flag is None:
-            raise UsageError(f"flag provided but not defined: {word} ({where})")
-        value: Any
-        if not flag.takes_value:
-            value = inline.lower() not in ("false", "0") if has_inline else True
-        elif has_inline:
-            value = inline
-        elif index < len(argv):
-            value = argv[index]
-            index += 1
-        else:
-            raise UsageError(f"flag needs an argument: {word} ({where})")
-        if flag.repeated:
-            values[flag.dest].append(value)
-        else:
-            values[flag.dest] = value
-    return values, positional
-
-
-def parse_args(argv: Sequence[str]) -> Invocation:
-    """Split ``argv`` (without the program name) into global flags, a command, its flags and args."""
-    words = list(argv)
-    split = 0
-    # Global flags come before the command name.
-    while split < len(words) and words[split].startswith("-"):
-        name = words[split].lstrip("-").partition("=")[0]
-        flag = _find_flag(GLOBAL_FLAGS, name)
-        if flag is None:
-            raise UsageError(f"flag provided but not defined: {words[split]}")
-        split += 1
-        if flag.takes_value and "=" not in words[split - 1]:
-            split += 1
-    options, rest = _parse_flags(words[:split], GLOBAL_FLAGS, stop_at_arg=False, where="global")
-    words = words[split:]
-    if rest:
-        raise UsageError(f"unexpected argument before the command: {rest[0]}")
-    if not words:
-        return Invocation(options, None)
-    name, words = words[0], words[1:]
-    command = COMMANDS.get(name)
-    if command is None:
-        raise UsageError(f"no such command: {name!r}; commands: {', '.join(COMMANDS)}")
-    flags, args = _parse_flags(words, command.flags, stop_at_arg=command.flags_end_at_first_arg, where=name)
-    if len(args) < command.min_args:
-        what = "a container id" if command.min_args == 1 else f"{command.min_args} arguments"
-        raise UsageError(f"{name} needs {what}; usage: {PROGRAM} {command.usage}")
-    if command.max_args is not None and len(args) > command.max_args:
-        raise UsageError(f"{name} takes at most {command.max_args} argument(s); usage: {PROGRAM} {command.usage}")
-    return Invocation(options, command, flags, args)
-
 
 # ---------------------------------------------------------------------------------------------
 # Logging as runc does it (logrus text or JSON lines), so containerd can read our --log file.
@@ -331,14 +95,6 @@ class Log:
     def error(self, message: str) -> None:
         self._write("error", message)
         print(f"{PROGRAM}: {message}", file=sys.stderr)
-
-
-def format_time(ns: int) -> str:
-    """RFC 3339 in UTC with nanoseconds, as Go's time.RFC3339Nano prints (runc's ``created``)."""
-    seconds, nanos = divmod(ns, 1_000_000_000)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    fraction = f"{nanos:09d}".rstrip("0")
-    return f"{stamp}.{fraction}Z" if fraction else f"{stamp}Z"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,137 +165,6 @@ def default_spec() -> dict[str, Any]:
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
         },
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# What a later call needs to find a container again: <root>/<id>/state.json.
-
-# Hooks that run in the runtime's namespaces, from the CLI; createContainer and startContainer run in
-# the container's namespaces, from its init.
-HOST_HOOKS = ("prestart", "createRuntime", "poststart", "poststop")
-
-STATUS_CREATED = "created"
-STATUS_RUNNING = "running"
-STATUS_PAUSED = "paused"
-STATUS_STOPPED = "stopped"
-
-
-class Record:
-    """What state.json holds about one container."""
-
-    FIELDS = ("id", "bundle", "rootfs", "created", "pid", "pid_start", "started", "paused", "oci_version",
-              "annotations", "hooks", "engine")  # fmt: skip
-
-    def __init__(
-        self,
-        id: str,
-        bundle: str,
-        rootfs: str,
-        created: str,
-        pid: int = 0,
-        pid_start: int = 0,
-        started: bool = False,
-        paused: bool = False,
-        oci_version: str = OCI_VERSION,
-        annotations: dict[str, str] | None = None,
-        hooks: dict[str, list[dict[str, Any]]] | None = None,
-        engine: dict[str, Any] | None = None,
-    ) -> None:
-        self.id = id
-        self.bundle = bundle
-        self.rootfs = rootfs
-        self.created = created
-        self.pid = pid
-        self.pid_start = pid_start  # the init's start time (clock ticks since boot) guards against pid reuse
-        self.started = started
-        self.paused = paused
-        self.oci_version = oci_version
-        self.annotations = annotations or {}
-        self.hooks = hooks or {}  # the hooks the CLI runs itself
-        self.engine = engine or {}  # whatever the backend needs to act again
-
-    def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.FIELDS}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Record:
-        return cls(**{k: v for k, v in data.items() if k in cls.FIELDS})
-
-
-def validate_id(container_id: str) -> None:
-    """runc's rule: letters, digits, ``_ + - .``; never ``.`` or ``..``; no ``/``."""
-    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+-.")
-    if not container_id or container_id in (".", "..") or not set(container_id) <= allowed:
-        raise CliError(f"invalid container id {container_id!r}: use letters, digits and _+-. only")
-    if len(container_id) > 1024:
-        raise CliError("invalid container id: longer than 1024 characters")
-
-
-class Store:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def dir(self, container_id: str) -> Path:
-        validate_id(container_id)
-        return self.root / container_id
-
-    def reserve(self, container_id: str) -> Path:
-        """Make the container's state directory; an existing one means a duplicate id."""
-        path = self.dir(container_id)
-        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
-        try:
-            path.mkdir(mode=0o711)
-        except FileExistsError:
-            raise CliError(f"container with id {container_id!r} already exists") from None
-        return path
-
-    def load(self, container_id: str) -> Record:
-        path = self.dir(container_id) / STATE_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CliError(f"container {container_id!r} does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise CliError(f"container {container_id!r}: unreadable state {path}: {exc}") from None
-        return Record.from_json(data)
-
-    def save(self, record: Record) -> None:
-        directory = self.dir(record.id)
-        temporary = directory / f".{STATE_FILE}.{os.getpid()}"
-        temporary.write_text(json.dumps(record.to_json()))
-        os.replace(temporary, directory / STATE_FILE)
-
-    def remove(self, container_id: str) -> None:
-        """Remove the state directory (flat: state.json, the exec fifo, temporary files)."""
-        directory = self.dir(container_id)
-        try:
-            entries = list(os.scandir(directory))
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                pass
-        os.rmdir(directory)
-
-    def ids(self) -> list[str]:
-        try:
-            return sorted(e.name for e in os.scandir(self.root) if (Path(e.path) / STATE_FILE).exists())
-        except FileNotFoundError:
-            return []
-
-
-def process_start_time(proc_pid: Path) -> int | None:
-    """Field 22 of /proc/<pid>/stat, or None when the process is gone or a zombie."""
-    try:
-        stat = (proc_pid / "stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1158,123 +783,10 @@ def cmd_serve(ctx: Context) -> int:
     path = ctx.flags["socket"] or os.environ.get(SERVER_ENV)
     if not path:
         raise CliError(f"serve needs --socket PATH (or {SERVER_ENV})")
+    from agent.container.cli_serve import serve
+
     serve(path, ctx.log)
     return 0
-
-
-def serve(path: str, log: Log) -> None:
-    """Serve commands from agent/container/cli_client.py until SIGTERM or SIGINT.
-
-    Everything a command may need is imported once, here; each connection gets a forked worker
-    (this process runs no threads) that runs the command with the client's stdio and working
-    directory and reports its exit status. Only the server's own uid (root) may connect.
-    """
-    import select
-    import signal
-    import socket
-    import stat
-
-    import agent.container.capabilities
-    import agent.container.cgroups
-    import agent.container.cli_backend
-    import agent.container.rootfs
-    import agent.container.spec
-    import agent.container.validate
-    import agent.system.run  # noqa: F401  (all of these: imported once for every worker)
-
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)  # a stale socket from a server that died
-    except FileNotFoundError:
-        pass
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    previous_umask = os.umask(0o077)
-    try:
-        listener.bind(path)
-    finally:
-        os.umask(previous_umask)
-    listener.listen(64)
-    stopping = False
-
-    def stop(_number: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    handlers = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
-    log.debug(f"serving on {path}")
-    try:
-        while not stopping:
-            _reap_workers()
-            try:
-                ready, _, _ = select.select([listener], [], [], 1.0)
-            except InterruptedError:
-                continue
-            if not ready:
-                continue
-            connection, _ = listener.accept()
-            worker = os.fork()
-            if worker == 0:
-                for number, handler in handlers.items():
-                    signal.signal(number, handler)
-                listener.close()
-                os._exit(_serve_one(connection, log))
-            connection.close()
-    finally:
-        listener.close()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def _reap_workers() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _serve_one(connection: Any, log: Log) -> int:
-    """In a worker: run one client's command as if pykata-runc had been started by it."""
-    import socket
-    import struct
-
-    from agent.container.cli_client import decode_request
-
-    try:
-        _pid, uid, _gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        if uid != os.getuid():
-            log.error(f"refused a client with uid {uid}: only uid {os.getuid()} may use this server")
-            return 1
-        data, fds, _flags, _addr = socket.recv_fds(connection, 1 << 16, 3)
-        while chunk := connection.recv(1 << 16):
-            data += chunk
-        if len(fds) != 3:
-            log.error("a client sent no stdio descriptors")
-            return 1
-        cwd, argv = decode_request(data)
-        connection.sendall(f"P{os.getpid()}\n".encode())
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
-        os.chdir(cwd)
-        code = run_cli(argv)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        connection.sendall(f"X{code}\n".encode())
-        return 0
-    except BaseException as exc:
-        try:
-            log.error(f"worker failed: {exc}")
-            connection.sendall(b"X1\n")
-        except OSError:
-            pass
-        return 1
 
 
 HANDLERS: dict[str, Callable[[Context], int]] = {

@@ -1,4 +1,4 @@
-"""pykata-runc's argument parsing, state format and spec, without root (no containers run here)."""
+"""pykata-runc's argument parsing, state store and format, spec and errors, without root (no containers run)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.container import cli
+from agent.container import cli, cli_args, cli_state
 
 
 def test_global_and_command_flags_in_runc_styles() -> None:
-    inv = cli.parse_args(
+    inv = cli_args.parse_args(
         ["--root", "/tmp/r", "--log=/tmp/l", "--log-format", "json", "create", "-b", "/b", "--pid-file=/p", "c1"]
     )
     assert inv.options["root"] == "/tmp/r" and inv.options["log"] == "/tmp/l" and inv.options["log_format"] == "json"
@@ -22,22 +22,22 @@ def test_global_and_command_flags_in_runc_styles() -> None:
 
 
 def test_single_dash_long_flags_and_flags_after_the_id() -> None:
-    inv = cli.parse_args(["-root", "/r", "delete", "c1", "-force"])
+    inv = cli_args.parse_args(["-root", "/r", "delete", "c1", "-force"])
     assert inv.options["root"] == "/r"
     assert inv.flags["force"] is True and inv.args == ["c1"]
 
 
 def test_exec_keeps_the_command_flags_for_the_command() -> None:
-    inv = cli.parse_args(["exec", "-e", "A=1", "--env", "B=2", "-t", "c1", "ls", "-l", "--all"])
+    inv = cli_args.parse_args(["exec", "-e", "A=1", "--env", "B=2", "-t", "c1", "ls", "-l", "--all"])
     assert inv.flags["env"] == ["A=1", "B=2"] and inv.flags["tty"] is True
     assert inv.args == ["c1", "ls", "-l", "--all"]
 
 
 def test_kill_takes_an_optional_signal() -> None:
-    assert cli.parse_args(["kill", "c1"]).args == ["c1"]
-    assert cli.parse_args(["kill", "--all", "c1", "KILL"]).args == ["c1", "KILL"]
-    with pytest.raises(cli.UsageError, match="at most 2"):
-        cli.parse_args(["kill", "c1", "KILL", "extra"])
+    assert cli_args.parse_args(["kill", "c1"]).args == ["c1"]
+    assert cli_args.parse_args(["kill", "--all", "c1", "KILL"]).args == ["c1", "KILL"]
+    with pytest.raises(cli_args.UsageError, match="at most 2"):
+        cli_args.parse_args(["kill", "c1", "KILL", "extra"])
 
 
 @pytest.mark.parametrize(
@@ -51,8 +51,8 @@ def test_kill_takes_an_optional_signal() -> None:
     ],
 )
 def test_usage_errors_name_the_problem(argv: list[str], message: str) -> None:
-    with pytest.raises(cli.UsageError, match=message):
-        cli.parse_args(argv)
+    with pytest.raises(cli_args.UsageError, match=message):
+        cli_args.parse_args(argv)
 
 
 def test_errors_exit_1_with_the_program_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -70,20 +70,20 @@ def test_log_file_gets_json_lines(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../x", "sp ace"])
 def test_invalid_ids_are_refused(bad: str) -> None:
-    with pytest.raises(cli.CliError, match="invalid container id"):
-        cli.validate_id(bad)
+    with pytest.raises(cli_args.CliError, match="invalid container id"):
+        cli_state.validate_id(bad)
 
 
 def test_created_is_rfc3339_nano_utc() -> None:
-    assert cli.format_time(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z"
-    assert cli.format_time(1_700_000_000_120_000_000) == "2023-11-14T22:13:20.12Z"
-    assert cli.format_time(1_700_000_000_000_000_000) == "2023-11-14T22:13:20Z"
+    assert cli_state.format_time(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z"
+    assert cli_state.format_time(1_700_000_000_120_000_000) == "2023-11-14T22:13:20.12Z"
+    assert cli_state.format_time(1_700_000_000_000_000_000) == "2023-11-14T22:13:20Z"
 
 
 def test_state_and_list_read_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    store = cli.Store(tmp_path)
+    store = cli_state.Store(tmp_path)
     store.reserve("c1")
-    store.save(cli.Record(id="c1", bundle="/b", rootfs="/b/rootfs", created="2026-01-01T00:00:00Z", pid=0))
+    store.save(cli_state.Record(id="c1", bundle="/b", rootfs="/b/rootfs", created="2026-01-01T00:00:00Z", pid=0))
     assert cli.run_cli(["--root", str(tmp_path), "state", "c1"]) == 0
     state = json.loads(capsys.readouterr().out)
     assert list(state) == ["ociVersion", "id", "pid", "status", "bundle", "rootfs", "created", "owner"]
@@ -95,7 +95,7 @@ def test_state_and_list_read_the_store(tmp_path: Path, capsys: pytest.CaptureFix
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("ID          PID         STATUS      BUNDLE      CREATED")
     assert lines[1].split()[:4] == ["c1", "0", "stopped", "/b"]
-    with pytest.raises(cli.CliError, match="already exists"):
+    with pytest.raises(cli_args.CliError, match="already exists"):
         store.reserve("c1")
 
 
@@ -119,7 +119,7 @@ def test_spec_writes_what_runc_spec_writes(tmp_path: Path) -> None:
 def test_update_flags_become_oci_resources(tmp_path: Path) -> None:
     argv = ["update", "--memory", "64m", "--cpu-quota", "50000", "--cpu-period", "100000"]
     argv += ["--cpu-shares", "512", "--cpuset-cpus", "0-1", "--pids-limit", "20", "c1"]
-    inv = cli.parse_args(argv)
+    inv = cli_args.parse_args(argv)
     assert cli.resources_from_flags(inv.flags) == {
         "memory": {"limit": 64 << 20},
         "cpu": {"quota": 50000, "period": 100000, "shares": 512, "cpus": "0-1"},
@@ -127,10 +127,10 @@ def test_update_flags_become_oci_resources(tmp_path: Path) -> None:
     }
     resources = tmp_path / "r.json"
     resources.write_text(json.dumps({"pids": {"limit": 5}, "memory": {"limit": 1}}))
-    inv = cli.parse_args(["update", "-r", str(resources), "--memory", "1g", "c1"])
+    inv = cli_args.parse_args(["update", "-r", str(resources), "--memory", "1g", "c1"])
     assert cli.resources_from_flags(inv.flags) == {"pids": {"limit": 5}, "memory": {"limit": 1 << 30}}
-    with pytest.raises(cli.CliError, match="--pids-limit"):
-        cli.resources_from_flags(cli.parse_args(["update", "--pids-limit", "lots", "c1"]).flags)
+    with pytest.raises(cli_args.CliError, match="--pids-limit"):
+        cli.resources_from_flags(cli_args.parse_args(["update", "--pids-limit", "lots", "c1"]).flags)
 
 
 @pytest.mark.parametrize(("text", "number"), [("KILL", 9), ("SIGKILL", 9), ("9", 9), ("term", 15)])
@@ -139,7 +139,7 @@ def test_signal_names(text: str, number: int) -> None:
 
 
 def test_unknown_signal() -> None:
-    with pytest.raises(cli.CliError, match="unknown signal"):
+    with pytest.raises(cli_args.CliError, match="unknown signal"):
         cli.parse_signal("NOPE")
 
 

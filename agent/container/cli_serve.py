@@ -1,0 +1,131 @@
+"""``pykata-runc serve``: run commands handed over by agent/container/cli_client.py in warm workers.
+
+Everything a command may need is imported once, by the server; each connection gets a forked worker
+(the server runs no threads, so forking is safe) that runs the command with the client's stdio and
+working directory, exactly as ``pykata-runc`` would, and reports its exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.container.cli import Log
+
+
+def serve(path: str, log: Log) -> None:
+    """Serve commands from agent/container/cli_client.py until SIGTERM or SIGINT.
+
+    Everything a command may need is imported once, here; each connection gets a forked worker
+    (this process runs no threads) that runs the command with the client's stdio and working
+    directory and reports its exit status. Only the server's own uid (root) may connect.
+    """
+    import select
+    import signal
+    import socket
+    import stat
+
+    import agent.container.capabilities
+    import agent.container.cgroups
+    import agent.container.cli_backend
+    import agent.container.rootfs
+    import agent.container.spec
+    import agent.container.validate
+    import agent.system.run  # noqa: F401  (all of these: imported once for every worker)
+
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # a stale socket from a server that died
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous_umask = os.umask(0o077)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(previous_umask)
+    listener.listen(64)
+    stopping = False
+
+    def stop(_number: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    handlers = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
+    log.debug(f"serving on {path}")
+    try:
+        while not stopping:
+            _reap_workers()
+            try:
+                ready, _, _ = select.select([listener], [], [], 1.0)
+            except InterruptedError:
+                continue
+            if not ready:
+                continue
+            connection, _ = listener.accept()
+            worker = os.fork()
+            if worker == 0:
+                for number, handler in handlers.items():
+                    signal.signal(number, handler)
+                listener.close()
+                os._exit(_serve_one(connection, log))
+            connection.close()
+    finally:
+        listener.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _reap_workers() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _serve_one(connection: Any, log: Log) -> int:
+    """In a worker: run one client's command as if pykata-runc had been started by it."""
+    import socket
+    import struct
+
+    from agent.container.cli import run_cli
+    from agent.container.cli_client import decode_request
+
+    try:
+        _pid, uid, _gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != os.getuid():
+            log.error(f"refused a client with uid {uid}: only uid {os.getuid()} may use this server")
+            return 1
+        data, fds, _flags, _addr = socket.recv_fds(connection, 1 << 16, 3)
+        while chunk := connection.recv(1 << 16):
+            data += chunk
+        if len(fds) != 3:
+            log.error("a client sent no stdio descriptors")
+            return 1
+        cwd, argv = decode_request(data)
+        connection.sendall(f"P{os.getpid()}\n".encode())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(cwd)
+        code = run_cli(argv)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        connection.sendall(f"X{code}\n".encode())
+        return 0
+    except BaseException as exc:
+        try:
+            log.error(f"worker failed: {exc}")
+            connection.sendall(b"X1\n")
+        except OSError:
+            pass
+        return 1
