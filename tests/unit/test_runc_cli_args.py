@@ -147,3 +147,14 @@ def test_forced_delete_of_a_missing_container_succeeds(tmp_path: Path, capsys: p
     assert cli.run_cli(["--root", str(tmp_path), "delete", "--force", "gone"]) == 0
     assert cli.run_cli(["--root", str(tmp_path), "delete", "gone"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_update_resources_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"memory": {"limit": 1048576}}'))
+    flags = cli_args.parse_args(["update", "-r", "-", "c1"]).flags
+    assert cli.resources_from_flags(flags) == {"memory": {"limit": 1048576}}
+    monkeypatch.setattr("sys.stdin", io.StringIO("[1, 2]"))
+    with pytest.raises(cli_args.CliError, match="expected an object"):
+        cli.resources_from_flags(flags)
