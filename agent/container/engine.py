@@ -160,6 +160,7 @@ class Container:
         self.init: Process | None = None
         self.execs: dict[str, Process] = {}
         self.created_at = time.time()
+        self.start_fifo: Path | None = None
         self._status = Status.CREATING
         self._lock = threading.RLock()
 
@@ -214,7 +215,11 @@ class Container:
                 except ResourceError:
                     self.signal(signal.SIGKILL, all_processes=True)
                     raise
-            self.engine.forkserver.release(self.init.handle)
+            if self.start_fifo is not None:
+                start_detached(self.start_fifo)
+                self.init.handle.close_control()
+            else:
+                self.engine.forkserver.release(self.init.handle)
             self._status = Status.RUNNING
         for hook in self.spec.hooks.poststart:
             try:
@@ -390,9 +395,14 @@ class Engine:
         *,
         bundle: Path | None = None,
         io: PipeIO | FdIO | None = None,
+        start_fifo: Path | None = None,
     ) -> Container:
         """Validate, then make the container up to the point where only exec of the user's program
-        is left (status created). Any failure undoes every step taken and raises."""
+        is left (status created). Any failure undoes every step taken and raises.
+
+        ``start_fifo`` (a FIFO the caller made with mkfifo) is for callers that start the container
+        from another process, as a runtime CLI does: the container waits for a byte on the FIFO
+        instead of the engine's order, and ``start_detached(fifo)`` sends it."""
         validate_container_id(container_id)
         parsed = parse_spec(spec)
         validate_spec(parsed, bundle)
@@ -401,7 +411,9 @@ class Engine:
                 raise AlreadyExists(f"container {container_id} already exists")
             self._containers[container_id] = None  # type: ignore[assignment]  # reserve the id
         try:
-            container = self._create(container_id, parsed, bundle or Path(parsed.root_path).parent, io or PipeIO())
+            container = self._create(
+                container_id, parsed, bundle or Path(parsed.root_path).parent, io or PipeIO(), start_fifo
+            )
         except BaseException:
             with self._lock:
                 self._containers.pop(container_id, None)
@@ -438,10 +450,12 @@ class Engine:
         self.forkserver.close()
 
     # --- internals (filled in by engine_impl helpers below)
-    def _create(self, container_id: str, spec: Spec, bundle: Path, io: PipeIO | FdIO) -> Container:
+    def _create(
+        self, container_id: str, spec: Spec, bundle: Path, io: PipeIO | FdIO, start_fifo: Path | None
+    ) -> Container:
         from agent.container.launch import create_container
 
-        return create_container(self, container_id, spec, bundle, io)
+        return create_container(self, container_id, spec, bundle, io, start_fifo)
 
     def _spawn_exec(self, container: Container, exec_id: str, process: Any, io: PipeIO | FdIO) -> Process:
         from agent.container.launch import spawn_exec
@@ -450,6 +464,23 @@ class Engine:
 
     def make_cgroup(self, cgroups_path: str, container_id: str) -> Any:
         return self._cgroups(self.paths, cgroups_path, container_id)
+
+
+def start_detached(start_fifo: Path) -> None:
+    """Start a container created with ``start_fifo`` (from any process). NotFound when no
+    container waits on that FIFO any more (it was started already, or it ended)."""
+    import errno
+
+    try:
+        fd = os.open(start_fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENOENT):
+            raise NotFound(f"no container waits on {start_fifo}") from exc
+        raise
+    try:
+        os.write(fd, b"s")
+    finally:
+        os.close(fd)
 
 
 def state_json(container: Container) -> str:

@@ -235,6 +235,11 @@ def container_main(request: dict[str, Any], status_fd: int, control_fd: int, io_
         with open(f"{request['proc']}/self/oom_score_adj", "w") as f:
             f.write(str(process["oomScoreAdj"]))
     plan = _plan_from(request["plan"])
+    start_fd = None
+    if request.get("start_fifo"):
+        # opened read-write before the root changes: it never blocks, and while we hold a writer
+        # end the read below waits for ``start`` instead of seeing EOF
+        start_fd = os.open(request["start_fifo"], os.O_RDWR | os.O_CLOEXEC)
     if "mount" in (request.get("unshare") or []):
         rootfs.execute(plan)
         if process.get("terminal") and io_fds:
@@ -245,8 +250,13 @@ def container_main(request: dict[str, Any], status_fd: int, control_fd: int, io_
         os.chroot(plan.rootfs)
         os.chdir("/")
     _report(status_fd, {"created": True})
-    order = _read_order(control_fd)
-    os.close(control_fd)
+    if start_fd is not None:
+        os.close(control_fd)  # our starter is another process; the engine that made us may be gone
+        order = _read_order(start_fd)
+        os.close(start_fd)
+    else:
+        order = _read_order(control_fd)
+        os.close(control_fd)
     if order != b"s":
         return 0
     _exec_process(request, process, io_fds, status_fd)

@@ -132,7 +132,9 @@ def _seccomp_program(spec_seccomp: dict[str, Any] | None) -> str | None:
     return base64.b64encode(seccomp.compile_profile(spec_seccomp)).decode()
 
 
-def create_container(engine: Engine, container_id: str, spec: Spec, bundle: Path, io: PipeIO | FdIO) -> Container:
+def create_container(
+    engine: Engine, container_id: str, spec: Spec, bundle: Path, io: PipeIO | FdIO, start_fifo: Path | None = None
+) -> Container:
     from agent.container.engine import Container, Process
 
     paths = engine.paths
@@ -156,6 +158,7 @@ def create_container(engine: Engine, container_id: str, spec: Spec, bundle: Path
         "plan": plan_to_json(plan),
         "process": spec.process.as_dict(),
         "seccomp": program,
+        "start_fifo": str(start_fifo) if start_fifo is not None else "",
     }
     cgroup = engine.make_cgroup(spec.linux.cgroups_path, container_id)
     cgroup.create()
@@ -176,6 +179,7 @@ def create_container(engine: Engine, container_id: str, spec: Spec, bundle: Path
             raise ResourceError(f"container {container_id}: setup failed: {handle.error or 'the process ended'}")
         container = Container(engine, container_id, spec, bundle, cgroup)
         container.init = Process(container_id, "", handle, ours, spec.process.terminal)
+        container.start_fifo = start_fifo
         container._status = Status.CREATED
         for kind, hooks in (("prestart", spec.hooks.prestart), ("createRuntime", spec.hooks.create_runtime),
                             ("createContainer", spec.hooks.create_container)):  # fmt: skip

@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from agent.container.engine import Engine, FdIO
+from agent.container.engine import Engine, FdIO, start_detached
 from agent.container.state import Status
-from agent.errors import IncorrectState, ResourceError
+from agent.errors import IncorrectState, NotFound, ResourceError
 from agent.system.paths import HostPaths
+from tests.conftest import REPO
 from tests.helpers.bundle import make_rootfs
 from tests.privileged.engine_helpers import ALL_NAMESPACES, ns_inode, read_to_end, run, spec_for, started
 
@@ -376,3 +379,25 @@ def test_sysctl_rlimits_oom_score_cwd_env(engine: Engine, spec: Any) -> None:
     assert out.decode().split("\n")[:6] == ["1", "123", "500", "/tmp", "hi", "knobs"]
     # the host's own settings are untouched
     assert Path("/proc/self/oom_score_adj").read_text().strip() != "500"
+
+
+def test_start_through_a_fifo_from_another_process(engine: Engine, spec: Any, tmp_path: Path) -> None:
+    """What a runtime CLI needs: ``create`` in one process, ``start`` in a later one."""
+    fifo = tmp_path / "exec.fifo"
+    os.mkfifo(fifo, 0o600)
+    container = engine.create("iso-fifo", spec("iso-fifo", ["/bin/echo", "started"]), start_fifo=fifo)
+    try:
+        assert container.init is not None and container.init.exit_code is None
+        starter = subprocess.run(
+            [sys.executable, "-c", f"from agent.container.engine import start_detached; start_detached({str(fifo)!r})"],
+            cwd=REPO,
+            capture_output=True,
+            timeout=30,
+        )
+        assert starter.returncode == 0, starter.stderr
+        assert container.wait(timeout=20) == 0
+        assert read_to_end(container.init.io.stdout) == b"started\n"
+        with pytest.raises(NotFound, match="no container waits"):
+            start_detached(fifo)
+    finally:
+        engine.remove("iso-fifo", timeout=10)
