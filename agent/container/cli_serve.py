@@ -27,13 +27,21 @@ def serve(path: str, log: Log) -> None:
     import socket
     import stat
 
+    # Imported once here so no worker imports anything. agent.container.cli too: when the server was
+    # started as ``python -m agent.container.cli`` that module runs as __main__, not under its name.
     import agent.container.capabilities
     import agent.container.cgroups
+    import agent.container.cli
     import agent.container.cli_backend
+    import agent.container.cli_client
+    import agent.container.launch
     import agent.container.rootfs
+    import agent.container.seccomp
     import agent.container.spec
     import agent.container.validate
-    import agent.system.run  # noqa: F401  (all of these: imported once for every worker)
+    import agent.system.run  # noqa: F401
+    for module in ("array", "pwd", "struct"):  # what the commands import on their own
+        __import__(module)
 
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
