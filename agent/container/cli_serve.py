@@ -22,6 +22,7 @@ def serve(path: str, log: Log) -> None:
     (this process runs no threads) that runs the command with the client's stdio and working
     directory and reports its exit status. Only the server's own uid (root) may connect.
     """
+    import gc
     import select
     import signal
     import socket
@@ -55,6 +56,9 @@ def serve(path: str, log: Log) -> None:
     finally:
         os.umask(previous_umask)
     listener.listen(64)
+    # Workers are short-lived: keep the collector away from the objects they share with us (each
+    # one it touched would be copied), and off in the workers.
+    gc.freeze()
     stopping = False
 
     def stop(_number: int, _frame: Any) -> None:
@@ -75,6 +79,7 @@ def serve(path: str, log: Log) -> None:
             connection, _ = listener.accept()
             worker = os.fork()
             if worker == 0:
+                gc.disable()
                 for number, handler in handlers.items():
                     signal.signal(number, handler)
                 listener.close()
