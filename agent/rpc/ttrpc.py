@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from agent.rpc.pb import ttrpc_pb2
 from agent.rpc.registry import CallContext
 from agent.rpc.status import Code
+from agent.system import libc
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ class TtrpcConnection:
         self._reader = FrameReader(sock, prefix)
         # Bounded sends without a socket timeout (which would also limit the reader's idle wait).
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(send_timeout), 0))
+            libc.set_send_timeout(sock.fileno(), send_timeout)
         self._write_lock = threading.Lock()
         self._in_flight = threading.BoundedSemaphore(max_in_flight)
         self._budget = budget or ByteBudget(MESSAGE_LENGTH_MAX * 16)

@@ -186,3 +186,18 @@ def bpf(cmd: int, attr: bytearray, path: str | None = None) -> int:
     """bpf(2) with ``attr`` (a union bpf_attr laid out by the caller; the kernel may write into it)."""
     buffer = (ctypes.c_char * len(attr)).from_buffer(attr)
     return _check(_libc.syscall(ctypes.c_long(SYS_bpf), ctypes.c_int(cmd), buffer, ctypes.c_uint(len(attr))), path)
+
+
+SOL_SOCKET = 1
+SO_SNDTIMEO = 21
+
+
+def set_send_timeout(fd: int, seconds: float) -> None:
+    """SO_SNDTIMEO on any socket family. Python's socket.setsockopt takes only integers on AF_VSOCK
+    sockets, so a struct timeval cannot be passed there."""
+
+    class Timeval(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+    value = Timeval(int(seconds), int((seconds - int(seconds)) * 1_000_000))
+    _check(_libc.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, ctypes.byref(value), ctypes.sizeof(value)))

@@ -1,0 +1,265 @@
+"""End to end in a booted guest: osbuilder's kernel and initrd, the agent as PID 1, reached over hybrid
+vsock, with both protocols. One guest is booted for the module and shared by the tests, which run in
+order (the last one destroys the sandbox and expects the guest to power off). Each phase prints its time.
+
+Then the same smoke run on the rootfs image, where systemd starts the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.rpc.pb import agent_pb2, health_pb2
+from agentctl import qmp, vm
+from agentctl.client import AgentClient, connect
+from tests.conftest import FIXTURES, REPO
+from tests.helpers.bundle import make_bundle
+
+GUEST_DIR = REPO / "build" / "guest"
+SHARED = "/run/kata-containers/shared/containers"
+PROTOCOLS = ("ttrpc", "grpc")
+FIXTURE_CREATE = FIXTURES / "kata-client-requests" / "005-grpc.AgentService.CreateContainer.bin"
+
+
+def phase(message: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Timer:
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> Timer:
+        self.start = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        phase(f"{self.what}: {(time.monotonic() - self.start) * 1000:.0f} ms")
+
+
+@pytest.fixture(scope="session")
+def guest_files() -> Path:
+    """Build the guest with osbuilder (cached under build/cache; a rebuild copies only the agent)."""
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "osbuilder.cli", "all", "--output", str(GUEST_DIR)], cwd=REPO, check=True)
+    phase(f"osbuilder all: {time.monotonic() - start:.1f} s")
+    return GUEST_DIR
+
+
+@pytest.fixture(scope="module")
+def share(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 9p share: what Kata's runtime puts in the shared containers directory."""
+    root = tmp_path_factory.mktemp("share")
+    make_bundle(root / "c-fixture", ["/bin/true"])
+    make_bundle(root / "c-sleeper", ["/bin/sleep", "600"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def guest(guest_files: Path, share: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.Guest]:
+    config = vm.GuestConfig(
+        kernel=guest_files / "vmlinuz",
+        initrd=guest_files / "initrd.img",
+        share=share,
+        cmdline="agent.debug_console agent.log=debug",
+        cpus=1,
+        max_cpus=4,
+        memory="512M",
+        max_memory="2G",
+        name="e2e",
+        run_dir=tmp_path_factory.mktemp("vm"),
+        ready_timeout=240.0,
+    )
+    booted = vm.Guest(config, phase)
+    try:
+        booted.start()
+        phase(f"booted ({booted.accel}): " + ", ".join(f"{k} {v:.2f} s" for k, v in booted.timings.items()))
+        yield booted
+    finally:
+        booted.kill()
+
+
+def client(guest: vm.Guest, protocol: str) -> AgentClient:
+    return connect(guest.address, protocol, timeout=120)
+
+
+def shared_storage() -> agent_pb2.Storage:
+    return agent_pb2.Storage(
+        driver="9p",
+        source="kataShared",
+        fstype="9p",
+        options=["trans=virtio,version=9p2000.L,cache=mmap", "nodev"],
+        mount_point=SHARED,
+    )
+
+
+def test_check_and_guest_details(guest: vm.Guest) -> None:
+    for protocol in PROTOCOLS:
+        agent = client(guest, protocol)
+        with Timer(f"{protocol} Check"):
+            status = agent.call("grpc.Health/Check", health_pb2.CheckRequest())
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        with Timer(f"{protocol} GetGuestDetails"):
+            details = agent.call(
+                "grpc.AgentService/GetGuestDetails",
+                agent_pb2.GuestDetailsRequest(mem_block_size=True, mem_hotplug_probe=True),
+            )
+        assert details.mem_block_size_bytes > 0
+        assert details.mem_block_size_bytes & (details.mem_block_size_bytes - 1) == 0
+        assert details.agent_details.init_daemon is True
+        assert "9p" in details.agent_details.storage_handlers
+
+
+def test_sandbox_and_fixture_container(guest: vm.Guest) -> None:
+    agent = client(guest, "ttrpc")
+    with Timer("CreateSandbox"):
+        agent.call(
+            "grpc.AgentService/CreateSandbox",
+            agent_pb2.CreateSandboxRequest(hostname="e2e", sandbox_id="e2e", storages=[shared_storage()]),
+        )
+    request = agent_pb2.CreateContainerRequest()
+    request.ParseFromString(FIXTURE_CREATE.read_bytes())
+    request.OCI.Root.Path = f"{SHARED}/c-fixture/rootfs"
+    cid = request.container_id
+    with Timer("CreateContainer (Kata's own request)"):
+        agent.call("grpc.AgentService/CreateContainer", request)
+    with Timer("StartContainer"):
+        agent.call("grpc.AgentService/StartContainer", agent_pb2.StartContainerRequest(container_id=cid))
+    with Timer("ReadStdout"):
+        out = agent.call(
+            "grpc.AgentService/ReadStdout", agent_pb2.ReadStreamRequest(container_id=cid, exec_id=cid, len=4096)
+        )
+    assert out.data == b"hello\n"
+    with Timer("WaitProcess"):
+        waited = agent.call(
+            "grpc.AgentService/WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id=cid)
+        )
+    assert waited.status == 3
+    with Timer("RemoveContainer"):
+        agent.call("grpc.AgentService/RemoveContainer", agent_pb2.RemoveContainerRequest(container_id=cid, timeout=10))
+
+
+def _oci_from_bundle(bundle: Path, guest_root: str) -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads((bundle / "config.json").read_text())
+    spec["root"]["path"] = guest_root
+    return spec
+
+
+def test_exec_in_running_container_over_grpc(guest: vm.Guest, share: Path) -> None:
+    from agent.rpc.convert_oci import dict_to_spec
+
+    agent = client(guest, "grpc")
+    cid = "sleeper"
+    spec = _oci_from_bundle(share / "c-sleeper", f"{SHARED}/c-sleeper/rootfs")
+    agent.call(
+        "grpc.AgentService/CreateContainer",
+        agent_pb2.CreateContainerRequest(container_id=cid, exec_id=cid, OCI=dict_to_spec(spec)),
+    )
+    agent.call("grpc.AgentService/StartContainer", agent_pb2.StartContainerRequest(container_id=cid))
+    process = dict_to_spec(spec).Process
+    del process.Args[:]
+    process.Args.extend(["/bin/sh", "-c", "echo exec-in-$(hostname); cat /proc/1/cmdline"])
+    with Timer("ExecProcess"):
+        agent.call(
+            "grpc.AgentService/ExecProcess",
+            agent_pb2.ExecProcessRequest(container_id=cid, exec_id="e1", process=process),
+        )
+    waited = agent.call("grpc.AgentService/WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="e1"))
+    assert waited.status == 0
+    data = b""
+    while True:
+        try:
+            chunk = agent.call(
+                "grpc.AgentService/ReadStdout", agent_pb2.ReadStreamRequest(container_id=cid, exec_id="e1", len=4096)
+            ).data
+        except Exception:
+            break  # EOF is reported as an error once the stream is drained
+        if not chunk:
+            break
+        data += chunk
+    # the exec joined the container: its pid 1 is the container's sleep
+    assert data.startswith(b"exec-in-")
+    assert b"sleep" in data
+
+
+def _console(guest: vm.Guest, command: str, timeout: float = 60.0) -> str:
+    sock = guest.connect(1026)
+    sock.settimeout(timeout)
+    marker = "__done__"
+    sock.sendall(f"{command}; echo {marker}\n".encode())
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and data.count(marker.encode()) < 2:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    return data.decode(errors="replace")
+
+
+def test_hotplug_cpus_and_memory(guest: vm.Guest) -> None:
+    agent = client(guest, "ttrpc")
+    before = _console(guest, "grep MemTotal /proc/meminfo")
+    mem_before = int(re.search(r"MemTotal:\s+(\d+)", before).group(1))  # type: ignore[union-attr]
+    with qmp.QMPClient(guest.qmp_path) as monitor, Timer("QMP: 2 CPUs and 256 MiB"):
+        qmp.hotplug_cpus(monitor, 2)
+        qmp.hotplug_memory(monitor, 256 * 1024 * 1024)
+    with Timer("OnlineCPUMem(nb_cpus=3)"):
+        agent.call("grpc.AgentService/OnlineCPUMem", agent_pb2.OnlineCPUMemRequest(wait=True, nb_cpus=3))
+    after = _console(guest, "cat /sys/devices/system/cpu/online; grep MemTotal /proc/meminfo; cat /proc/cpuinfo")
+    assert "0-2" in after
+    assert after.count("processor\t:") == 3
+    mem_after = int(re.search(r"MemTotal:\s+(\d+)", after).group(1))  # type: ignore[union-attr]
+    assert mem_after - mem_before >= 200 * 1024  # kB
+
+
+def test_destroy_sandbox_powers_off(guest: vm.Guest) -> None:
+    agent = client(guest, "ttrpc")
+    agent.call(
+        "grpc.AgentService/RemoveContainer", agent_pb2.RemoveContainerRequest(container_id="sleeper", timeout=10)
+    )
+    with Timer("DestroySandbox"):
+        agent.call("grpc.AgentService/DestroySandbox", agent_pb2.DestroySandboxRequest())
+    with Timer("guest power-off"):
+        status = guest.wait_exit(60)
+    assert status == 0
+    assert "powering off" in guest.console_text()
+
+
+def test_rootfs_image_under_systemd(guest_files: Path, tmp_path: Path) -> None:
+    from osbuilder import config as osconfig
+
+    config = vm.GuestConfig(
+        kernel=guest_files / "vmlinuz",
+        initrd=guest_files / "initrd.img",
+        image=guest_files / "rootfs.img",
+        cmdline=osconfig.IMAGE_CMDLINE,
+        name="e2e-image",
+        run_dir=tmp_path / "vm",
+        ready_marker="",
+        ready_timeout=300.0,
+    )
+    with vm.Guest(config, phase) as booted:
+        booted.start()
+        phase("image booted: " + ", ".join(f"{k} {v:.2f} s" for k, v in booted.timings.items()))
+        for protocol in PROTOCOLS:
+            status = client(booted, protocol).call("grpc.Health/Check", health_pb2.CheckRequest())
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        details = client(booted, "ttrpc").call("grpc.AgentService/GetGuestDetails", agent_pb2.GuestDetailsRequest())
+        assert details.agent_details.init_daemon is False  # systemd is PID 1 here
+        client(booted, "ttrpc").call("grpc.AgentService/DestroySandbox", agent_pb2.DestroySandboxRequest())
+
+
