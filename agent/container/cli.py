@@ -435,7 +435,7 @@ class Terminal:
         self.theirs.close()
 
 
-def _stdio_for(process: dict[str, Any], console_socket: str | None, detach: bool) -> Terminal | None:
+def _stdio_for(process: dict[str, Any], console_socket: str | None) -> Terminal | None:
     if not process.get("terminal"):
         return None
     if console_socket is None:
@@ -468,13 +468,13 @@ def run_hooks(ctx: Context, kind: str, record: Record, *, fatal: bool) -> None:
             ctx.log.warning(f"{kind} hook failed: {exc}")
 
 
-def do_create(ctx: Context, container_id: str, *, detach: bool) -> Record:
+def do_create(ctx: Context, container_id: str) -> Record:
     bundle, spec, rootfs = load_bundle(ctx.flags.get("bundle"))
     validate_id(container_id)
     ctx.log.debug("create: bundle read")
     ctx.backend().validate(spec, bundle)
     ctx.log.debug("create: spec validated")
-    terminal = _stdio_for(spec["process"], ctx.flags.get("console_socket"), detach)
+    terminal = _stdio_for(spec["process"], ctx.flags.get("console_socket"))
     state_dir = ctx.store.reserve(container_id)
     record = Record(
         id=container_id,
@@ -518,7 +518,7 @@ def do_create(ctx: Context, container_id: str, *, detach: bool) -> Record:
 
 
 def cmd_create(ctx: Context) -> int:
-    do_create(ctx, ctx.args[0], detach=True)
+    do_create(ctx, ctx.args[0])
     return 0
 
 
@@ -637,7 +637,7 @@ def wait_child(pid: int) -> int:
 def cmd_run(ctx: Context) -> int:
     container_id = ctx.args[0]
     detach = bool(ctx.flags["detach"])
-    record = do_create(ctx, container_id, detach=detach)
+    record = do_create(ctx, container_id)
     try:
         do_start(ctx, record)
     except BaseException:
@@ -702,7 +702,7 @@ def cmd_exec(ctx: Context) -> int:
     _require_status(ctx, record, (STATUS_CREATED, *allowed), "exec in")
     process = _exec_process(ctx, record)
     detach = bool(ctx.flags["detach"])
-    terminal = _stdio_for(process, ctx.flags["console_socket"], detach)
+    terminal = _stdio_for(process, ctx.flags["console_socket"])
     try:
         pid = ctx.backend().exec(
             record, process, stdio=(0, 1, 2), console=terminal.child_end() if terminal else None
