@@ -60,6 +60,19 @@ def _unset(message_name: str, field_name: str, value: Any, zero_unset: bool) -> 
     return message_name == "LinuxDeviceCgroup" and field_name in ("Major", "Minor") and value == -1
 
 
+def _is_map(field: Any) -> bool:
+    """A map<K, V> field: a repeated synthetic "...Entry" message with exactly key and value.
+    (Asking the options for map_entry would import descriptor_pb2, a large module, at run time.)"""
+    entry = field.message_type
+    return (
+        entry is not None
+        and field.is_repeated
+        and entry.name.endswith("Entry")
+        and entry.containing_type is field.containing_type
+        and set(entry.fields_by_name) == {"key", "value"}
+    )
+
+
 def message_to_dict(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {}
     descriptor = message.DESCRIPTOR
@@ -69,7 +82,7 @@ def message_to_dict(message: Message) -> dict[str, Any]:
             continue
         name = json_name(field.name)
         value = getattr(message, field.name)
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if _is_map(field):
             out[name] = {k: _value(field.message_type.fields_by_name["value"], v) for k, v in value.items()}
         elif field.is_repeated:
             out[name] = [_value(field, item) for item in value]
@@ -107,7 +120,7 @@ def dict_to_message(data: dict[str, Any], message: Message) -> Message:
         field = descriptor.fields_by_name.get(proto_name)
         if field is None:
             continue
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if _is_map(field):
             target = getattr(message, proto_name)
             value_field = field.message_type.fields_by_name["value"]
             for k, v in value.items():
