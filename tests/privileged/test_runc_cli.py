@@ -624,3 +624,30 @@ def test_seccomp_profile_applies_to_init_and_exec(runtime: Runtime) -> None:
     done = runtime("exec", cid, "/bin/mkdir", "/dev/shm/e", check=False)
     assert done.returncode != 0 and "Operation not permitted" in done.stderr
     assert runtime("exec", cid, "/bin/ls", "/dev/shm").stdout.split() == ["f"]
+
+
+def test_repeated_runs_leave_nothing_behind(runtime: Runtime) -> None:
+    def snapshot() -> tuple[int, list[str], list[Path]]:
+        mounts = len(Path("/proc/self/mountinfo").read_text().splitlines())
+        zombies = [
+            p.name
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _stat_fields(p)[:2] == ["Z", str(os.getpid())]
+        ]
+        cgroups = sorted(p for p in CGROUP_FS.glob(f"*/{RUN_TAG}/cycle*") if not p.parent.parent.is_symlink())
+        return mounts, zombies, cgroups
+
+    bundle = runtime.bundle("cycle", ["/bin/true"])
+    before = snapshot()
+    for index in range(20):
+        runtime("run", "-b", str(bundle), runtime.new_id(f"cycle-{index}"))
+    assert snapshot() == before
+    assert list(runtime.root.iterdir()) == []
+
+
+def _stat_fields(proc_dir: Path) -> list[str]:
+    try:
+        stat = (proc_dir / "stat").read_text()
+    except OSError:
+        return []
+    return stat[stat.rindex(")") + 2 :].split()
