@@ -185,12 +185,13 @@ def _describe(exc: BaseException) -> str:
 
 
 def _plan_from(data: dict[str, Any]) -> rootfs.RootfsPlan:
-    kinds = {cls.__name__: cls for cls in (rootfs.Mkdir, rootfs.Mount, rootfs.Remount, rootfs.Propagate,
-                                           rootfs.Symlink, rootfs.BindDevice)}  # fmt: skip
+    classes = (rootfs.Mkdir, rootfs.Mount, rootfs.Remount, rootfs.Propagate, rootfs.Mknod, rootfs.Symlink,
+               rootfs.BindDevice)  # fmt: skip
+    kinds = {cls.__name__: cls for cls in classes}
     operations: list[rootfs.Operation] = []
     for item in data["operations"]:
         fields = dict(item)
-        operations.append(kinds[fields.pop("kind")](**fields))
+        operations.append(kinds[fields.pop("op")](**fields))
     return rootfs.RootfsPlan(
         rootfs=data["rootfs"],
         operations=operations,

@@ -51,7 +51,7 @@ def with_default_devices(resources: dict[str, Any]) -> dict[str, Any]:
 def plan_to_json(plan: RootfsPlan) -> dict[str, Any]:
     return {
         "rootfs": plan.rootfs,
-        "operations": [{"kind": type(op).__name__, **dataclasses.asdict(op)} for op in plan.operations],
+        "operations": [{"op": type(op).__name__, **dataclasses.asdict(op)} for op in plan.operations],
         "masked_paths": list(plan.masked_paths),
         "readonly_paths": list(plan.readonly_paths),
         "readonly_root": plan.readonly_root,

@@ -118,7 +118,21 @@ class BindDevice:
         return f"bind device {self.host_path} -> {self.target}"
 
 
-Operation = Mkdir | Mount | Remount | Propagate | Symlink | BindDevice
+@dataclass(frozen=True)
+class Mknod:
+    target: str
+    kind: str  # "c", "b" or "p", as linux.devices[].type says ("u" means "c")
+    major: int
+    minor: int
+    mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+
+    def describe(self) -> str:
+        return f"mknod -m {self.mode:o} {self.target} {self.kind} {self.major} {self.minor} ({self.uid}:{self.gid})"
+
+
+Operation = Mkdir | Mount | Remount | Propagate | Symlink | BindDevice | Mknod
 
 
 @dataclass
@@ -187,6 +201,18 @@ def plan_rootfs(paths: HostPaths, spec: Spec, rootfs: Path, bundle: Path | None,
         for name, points_to in DEV_SYMLINKS:
             ops.append(Symlink(f"/dev/{name}", points_to))
         ops.append(Symlink("/dev/core", "/proc/kcore"))
+    for device in spec.linux.devices:
+        ops.append(
+            Mknod(
+                target=str(device.get("path", "")),
+                kind="c" if device.get("type") == "u" else str(device.get("type", "c")),
+                major=int(device.get("major") or 0),
+                minor=int(device.get("minor") or 0),
+                mode=int(device["fileMode"]) & 0o7777 if device.get("fileMode") is not None else 0o666,
+                uid=int(device.get("uid") or 0),
+                gid=int(device.get("gid") or 0),
+            )
+        )
     propagation = PROPAGATION.get(spec.linux.rootfs_propagation, libc.MS_SLAVE | libc.MS_REC)
     return RootfsPlan(
         rootfs=str(rootfs),
@@ -259,6 +285,15 @@ def execute(plan: RootfsPlan) -> None:
             link = secure_join(rootfs, os.path.dirname(op.link)) + "/" + os.path.basename(op.link)
             if not os.path.lexists(link):
                 os.symlink(op.points_to, link)
+        elif isinstance(op, Mknod):
+            target = secure_join(rootfs, op.target)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.lexists(target):
+                os.unlink(target)
+            kind = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[op.kind]
+            os.mknod(target, kind | op.mode, os.makedev(op.major, op.minor))
+            os.chmod(target, op.mode)  # mknod's mode passes through the umask
+            os.chown(target, op.uid, op.gid)
         elif isinstance(op, BindDevice):
             target = secure_join(rootfs, op.target)
             if os.path.lexists(target) and not os.path.isfile(target):

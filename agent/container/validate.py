@@ -108,6 +108,18 @@ def check_paths(spec: Spec, bundle: Path | None) -> None:
         )
 
 
+def check_devices(spec: Spec, bundle: Path | None) -> None:
+    for i, device in enumerate(spec.linux.devices):
+        where = f"linux.devices[{i}]"
+        path = device.get("path")
+        if not isinstance(path, str) or not path.startswith("/dev/"):
+            raise InvalidArgument(f"{where}.path {path!r} must be an absolute path under /dev")
+        if device.get("type") not in ("c", "b", "u", "p"):
+            raise InvalidArgument(f"{where}.type {device.get('type')!r} is not c, b, u or p")
+        for key in ("major", "minor", "fileMode", "uid", "gid"):
+            _number(device.get(key), f"{where}.{key}", minimum=0)
+
+
 def check_hooks(spec: Spec, bundle: Path | None) -> None:
     h = spec.hooks
     for kind, items in (("prestart", h.prestart), ("createRuntime", h.create_runtime),
@@ -175,6 +187,7 @@ CHECKS: list[Callable[[Spec, Path | None], None]] = [
     check_mappings,
     check_mounts,
     check_paths,
+    check_devices,
     check_hooks,
     check_spec_resources,
 ]

@@ -60,6 +60,11 @@ def _unset(message_name: str, field_name: str, value: Any, zero_unset: bool) -> 
     return message_name == "LinuxDeviceCgroup" and field_name in ("Major", "Minor") and value == -1
 
 
+def _map_value(field: Any) -> Any:
+    """The value field of a map field's entry message."""
+    return field.message_type.fields_by_name["value"]
+
+
 def _is_map(field: Any) -> bool:
     """A map<K, V> field: a repeated synthetic "...Entry" message with exactly key and value.
     (Asking the options for map_entry would import descriptor_pb2, a large module, at run time.)"""
@@ -83,7 +88,7 @@ def message_to_dict(message: Message) -> dict[str, Any]:
         name = json_name(field.name)
         value = getattr(message, field.name)
         if _is_map(field):
-            out[name] = {k: _value(field.message_type.fields_by_name["value"], v) for k, v in value.items()}
+            out[name] = {k: _value(_map_value(field), v) for k, v in value.items()}
         elif field.is_repeated:
             out[name] = [_value(field, item) for item in value]
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -116,13 +121,15 @@ def dict_to_message(data: dict[str, Any], message: Message) -> Message:
     for key, value in data.items():
         if value is None:
             continue
+        # Most of Kata's names are the JSON name capitalised; Mount's are the JSON names as they are.
         proto_name = _PROTO_NAMES.get(key, key[:1].upper() + key[1:])
-        field = descriptor.fields_by_name.get(proto_name)
+        field = descriptor.fields_by_name.get(proto_name) or descriptor.fields_by_name.get(key)
         if field is None:
             continue
+        proto_name = field.name
         if _is_map(field):
             target = getattr(message, proto_name)
-            value_field = field.message_type.fields_by_name["value"]
+            value_field = _map_value(field)
             for k, v in value.items():
                 if value_field.type == FieldDescriptor.TYPE_MESSAGE:
                     dict_to_message(v, target[k])

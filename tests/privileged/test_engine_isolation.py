@@ -401,3 +401,16 @@ def test_start_through_a_fifo_from_another_process(engine: Engine, spec: Any, tm
             start_detached(fifo)
     finally:
         engine.remove("iso-fifo", timeout=10)
+
+
+def test_spec_devices_are_created(engine: Engine, spec: Any) -> None:
+    s = spec("iso-dev", ["/bin/sh", "-c", "ls -ln /dev/mynull; echo hi > /dev/mynull && echo written"])
+    s["linux"]["devices"] = [
+        {"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 0o666, "uid": 5, "gid": 6}
+    ]
+    s["linux"]["resources"]["devices"].append({"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"})
+    code, out, err = run(engine, "iso-dev", s)
+    assert code == 0, err
+    fields = out.decode().split()
+    assert fields[0] == "crw-rw-rw-" and fields[2:4] == ["5", "6"] and fields[4:6] == ["1,", "3"]
+    assert out.decode().endswith("written\n")

@@ -9,6 +9,7 @@ from typing import Any
 from agent.container.rootfs import (
     BindDevice,
     Mkdir,
+    Mknod,
     Mount,
     Propagate,
     Remount,
@@ -123,3 +124,11 @@ def test_initramfs_root_is_detected(tmp_path: Path) -> None:
     assert root_is_initramfs(paths)
     paths.mountinfo.write_text("25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n")
     assert not root_is_initramfs(paths)
+
+
+def test_spec_devices_become_mknod_steps(tmp_path: Path) -> None:
+    spec = dict(SPEC, linux={"devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
+                                         "fileMode": 0o20640, "uid": 5, "gid": 6}]})  # fmt: skip
+    plan = plan_rootfs(HostPaths(tmp_path), parse_spec(spec), Path("/r"), None, no_pivot=False)
+    assert plan.operations[-1] == Mknod("/dev/fuse", "c", 10, 229, 0o640, 5, 6)
+    assert plan.describe()[-1] == "mknod -m 640 /dev/fuse c 10 229 (5:6)"

@@ -133,3 +133,16 @@ def test_status_rules() -> None:
     assert not Status.STOPPED.can_signal()
     with pytest.raises(IncorrectState, match="container c1 is running; start needs created"):
         require("c1", Status.RUNNING, Status.RUNNING.can_start(), "start", "created")
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ({"path": "fuse", "type": "c"}, "must be an absolute path under /dev"),
+        ({"path": "/dev/fuse", "type": "x"}, "is not c, b, u or p"),
+        ({"path": "/dev/fuse", "type": "c", "major": -1}, r"linux.devices\[0\].major"),
+    ],
+)
+def test_bad_devices(bundle: Path, device: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        validate_spec(parse_spec(edited(lambda s: s["linux"].update(devices=[device]))), bundle)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
+from agent.rpc.convert_oci import _is_map as is_map_field
+from agent.rpc.convert_oci import _map_value as map_value_field
 from agent.rpc.convert_oci import process_to_dict, resources_to_dict, spec_to_dict
 from agent.rpc.pb import agent_pb2
 from agent.rpc.registry import CallContext, rpc
@@ -36,8 +38,8 @@ def fill_message(message: Message, data: dict[str, Any]) -> Message:
         if field is None or value is None:
             continue
         target: Any = getattr(message, key)
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            value_type = field.message_type.fields_by_name["value"]
+        if is_map_field(field):
+            value_type = map_value_field(field)
             for k, v in value.items():
                 if value_type.message_type is not None:
                     fill_message(target[k], v)
