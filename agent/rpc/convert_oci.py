@@ -118,6 +118,9 @@ def process_to_dict(process: oci_pb2.Process) -> dict[str, Any]:
 def dict_to_message(data: dict[str, Any], message: Message) -> Message:
     """Fill ``message`` from an OCI dict (the inverse, for host tools and tests)."""
     descriptor = message.DESCRIPTOR
+    if descriptor.name == "LinuxDeviceCgroup":
+        # OCI leaves major/minor out for "any"; on the wire that is -1 (see _unset)
+        data = {"major": -1, "minor": -1, **data}
     for key, value in data.items():
         if value is None:
             continue
