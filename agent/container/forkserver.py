@@ -185,7 +185,8 @@ class ForkServerClient:
         try:
             with children.spawning() as own:
                 self._proc = subprocess.Popen(
-                    [self._python, "-m", "agent.container.forkserver", str(theirs.fileno())],
+                    # the agent's own interpreter flags (-S, -I, -O...) so the server starts as the agent did
+                    [self._python, *_interpreter_flags(), "-m", "agent.container.forkserver", str(theirs.fileno())],
                     pass_fds=[theirs.fileno()],
                     stdin=subprocess.DEVNULL,
                     cwd="/",
@@ -264,10 +265,18 @@ class ForkServerClient:
                 self._proc = None
 
 
+def _interpreter_flags() -> list[str]:
+    """The agent's interpreter flags, less those that would make the server ignore PYTHONPATH."""
+    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    return [flag for flag in flags if flag not in ("-I", "-E")]
+
+
 def _server_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "LANG", "LC_ALL")}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    """The agent's environment, with the agent's own module path as PYTHONPATH: the server then
+    finds exactly the modules the agent found (an initrd may start the agent with -S and its own
+    sys.path)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
     return env
 
 

@@ -414,3 +414,27 @@ def test_spec_devices_are_created(engine: Engine, spec: Any) -> None:
     fields = out.decode().split()
     assert fields[0] == "crw-rw-rw-" and fields[2:4] == ["5", "6"] and fields[4:6] == ["1,", "3"]
     assert out.decode().endswith("written\n")
+
+
+def test_fork_server_inherits_the_agents_module_path(spec: Any, tmp_path: Path) -> None:
+    """An agent started with -S and a sys.path of its own (as in the initrd) still gets a fork server."""
+    site_packages = [p for p in sys.path if p.endswith("site-packages")]
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, sys\n"
+        f"sys.path[:0] = [{str(REPO)!r}]\n"
+        f"sys.path += {site_packages!r}\n"
+        "from agent.container.engine import Engine\n"
+        "from agent.system.paths import HostPaths\n"
+        "from tests.privileged.engine_helpers import run\n"
+        "engine = Engine(HostPaths())\n"
+        "code, out, err = run(engine, 'iso-dash-s', json.loads(sys.argv[1]))\n"
+        "engine.close()\n"
+        "print(code, out.decode().strip())\n"
+    )
+    s = spec("iso-dash-s", ["/bin/echo", "from-S"])
+    done = subprocess.run(
+        [sys.executable, "-S", str(script), json.dumps(s)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0 from-S"
