@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
+
 from agentctl import hvsock
 from agentctl.qmp import QMPClient, QMPError
 
@@ -457,16 +459,31 @@ def boot(
         raise
 
 
+def guest_process(pid: int, run_dir: str) -> bool:
+    """Is ``pid`` still one of this guest's processes? Its command line names the run directory, so
+    a PID that was reused by something else is never signalled."""
+    try:
+        argv = psutil.Process(pid).cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return any(run_dir in arg for arg in argv)
+
+
+def is_running(state: GuestState) -> bool:
+    return guest_process(state.qemu_pid, state.run_dir)
+
+
 def stop(state: GuestState, timeout: float = 10.0) -> None:
     """End a detached guest: QMP quit, then SIGTERM/SIGKILL by PID; remove its run directory."""
-    if _alive(state.qemu_pid):
+    if is_running(state):
         with contextlib.suppress(OSError, ValueError, QMPError), QMPClient(state.qmp, timeout=3) as qmp:
             qmp.execute("quit")
         deadline = time.monotonic() + timeout
-        while _alive(state.qemu_pid) and not _reaped(state.qemu_pid) and time.monotonic() < deadline:
+        while is_running(state) and not _reaped(state.qemu_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-    kill_pid(state.qemu_pid)
-    kill_pid(state.backend_pid)
+    for pid in (state.qemu_pid, state.backend_pid):
+        if guest_process(pid, state.run_dir):
+            kill_pid(pid)
     shutil.rmtree(state.run_dir, ignore_errors=True)
 
 

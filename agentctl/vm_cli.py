@@ -105,7 +105,7 @@ def boot(
     target = vm.run_dir_for(name, run_dir)
     with contextlib.suppress(vm.BootError):
         old = vm.GuestState.load(target)
-        if os.path.exists(f"/proc/{old.qemu_pid}"):
+        if vm.is_running(old):
             raise click.ClickException(f"guest {name!r} runs already (QEMU pid {old.qemu_pid}); agentctl stop first")
     config = vm.GuestConfig(
         kernel=kernel,

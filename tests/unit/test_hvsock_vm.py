@@ -229,3 +229,24 @@ def test_too_long_run_dir_is_refused_before_anything_starts(tmp_path: Path) -> N
     with pytest.raises(vm.BootError, match="too long for unix socket"):
         vm.Guest(config, lambda m: None).start()
     assert not config.run_dir.exists()
+
+
+def test_stop_signals_only_processes_of_that_guest(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    mine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(tmp_path / "run")])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "/elsewhere"])
+    try:
+        assert vm.guest_process(mine.pid, str(tmp_path / "run"))
+        assert not vm.guest_process(other.pid, str(tmp_path / "run"))
+        (tmp_path / "run").mkdir()
+        state = vm.GuestState("g", str(tmp_path / "run"), other.pid, mine.pid, "/u", "/q", "/c", "tcg")
+        vm.stop(state, timeout=0.1)
+        assert mine.wait(10) is not None
+        assert other.poll() is None, "a process that is not the guest's was signalled"
+        assert not (tmp_path / "run").exists()
+    finally:
+        for proc in (mine, other):
+            proc.kill()
+            proc.wait()
