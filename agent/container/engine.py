@@ -273,6 +273,8 @@ class Container:
             proc = self.execs.pop(exec_id, None)
         if proc is not None:
             proc.io.close()
+            proc.handle.close_control()
+            proc.handle.wait_closed(SHIM_EXIT_TIMEOUT)
 
     def pause(self) -> None:
         with self._lock:

@@ -40,6 +40,14 @@ class ProcessStreams:
     stderr: StreamBuffer | None = None
     stdin: int | None = None
     stdin_lock: threading.Lock = field(default_factory=threading.Lock)
+    waited: bool = False  # WaitProcess reported the exit
+    eof_reported: set[str] = field(default_factory=set)  # "stdout"/"stderr" whose EOF a reader saw
+
+    def drained(self) -> bool:
+        """A reader saw the end of every output stream."""
+        return all(
+            b is None or name in self.eof_reported for name, b in (("stdout", self.stdout), ("stderr", self.stderr))
+        )
 
     def close(self) -> None:
         with self.stdin_lock:
@@ -186,7 +194,26 @@ class ContainerService:
         """The exit status, as the shell shows it (128+N for signal N)."""
         container = self._container(container_id)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return container.wait(exec_id, timeout)
+        code = container.wait(exec_id, timeout)
+        key = self._stream_key(container_id, exec_id)
+        if key[1]:
+            with self._lock:
+                streams = self._streams.get(key)
+                if streams is not None:
+                    streams.waited = True
+            self._forget_if_done(container, key)
+        return code
+
+    def _forget_if_done(self, container: Container, key: tuple[str, str]) -> None:
+        """Drop an exec process once its exit was reported and its output read to EOF (as Kata's
+        agent forgets exec processes), so probes that exec every few seconds cost nothing later."""
+        with self._lock:
+            streams = self._streams.get(key)
+            if streams is None or not streams.waited or not streams.drained():
+                return
+            del self._streams[key]
+        streams.close()
+        container.forget(key[1])
 
     def write_stdin(self, container_id: str, exec_id: str, data: bytes) -> int:
         streams = self._process_streams(container_id, exec_id)
@@ -222,6 +249,10 @@ class ContainerService:
                 raise DeadlineExceeded(f"no {name} from {container_id}/{exec_id or 'init'} before the deadline")
             data = buffer.read(length, timeout)
             if data is None:
+                key = self._stream_key(container_id, exec_id)
+                streams.eof_reported.add(name)
+                if key[1]:
+                    self._forget_if_done(self._container(container_id), key)
                 raise StreamEnded(f"{name} of {container_id}/{exec_id or 'init'} is at EOF")
             if data:
                 return data

@@ -283,3 +283,40 @@ def test_oom_kill_is_reported(client: AgentClient, busybox_rootfs: Path, cgroup_
         assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="")).status == 137
     finally:
         _remove(client, cid)
+
+
+def test_finished_exec_processes_are_forgotten(
+    agent: RunningAgent, client: AgentClient, busybox_rootfs: Path, cgroup_parent: str
+) -> None:
+    """Like liveness probes: many execs, each waited for and read to EOF, leave nothing behind."""
+    cid = "rpc-probes"
+    _create_started(client, busybox_rootfs, cgroup_parent, cid, ["/bin/sleep", "300"])
+    try:
+        service = agent.services.containers
+        container = service.engine.get(cid)
+
+        def probe(i: int, wait_first: bool) -> None:
+            process = oci_pb2.Process(Args=["/bin/echo", f"probe {i}"], Cwd="/")
+            _call(
+                client, "ExecProcess", agent_pb2.ExecProcessRequest(container_id=cid, exec_id=f"p{i}", process=process)
+            )
+            wait = agent_pb2.WaitProcessRequest(container_id=cid, exec_id=f"p{i}")
+            if wait_first:
+                assert _call(client, "WaitProcess", wait).status == 0
+            assert read_all(client, cid, f"p{i}") == f"probe {i}\n".encode()
+            assert read_all(client, cid, f"p{i}", "ReadStderr") == b""
+            if not wait_first:
+                assert _call(client, "WaitProcess", wait).status == 0
+
+        probe(0, True)  # warm up
+        fds = sorted(os.listdir("/proc/self/fd"))
+        for i in range(1, 21):
+            probe(i, wait_first=bool(i % 2))
+        assert container.execs == {}
+        assert [key for key in service._streams if key[0] == cid] == [(cid, "")]
+        assert sorted(os.listdir("/proc/self/fd")) == fds
+        with pytest.raises(AgentCallError) as info:
+            _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="p3"))
+        assert info.value.code_name == "NOT_FOUND"
+    finally:
+        _remove(client, cid)
