@@ -3,7 +3,7 @@ PYTHON ?= python3
 PROTO_OUT := agent/rpc/pb
 PROTOS := $(wildcard protos/*.proto)
 
-.PHONY: help setup proto test test-unit test-privileged test-vm lint bench guest clean
+.PHONY: help setup proto test test-unit test-privileged test-vm lint bench guest demo clean
 
 help:
 	@echo "setup   install Debian and Python dependencies (root, Debian 12)"
@@ -12,6 +12,7 @@ help:
 	@echo "test    lint, then unit, privileged and VM tests"
 	@echo "bench   benchmarks under bench/"
 	@echo "guest   build a guest with osbuilder into build/guest"
+	@echo "demo    build a guest, boot it under QEMU and run a container in it"
 
 setup:
 	./scripts/setup.sh
@@ -37,6 +38,9 @@ test-vm:
 
 bench:
 	$(PYTHON) -m bench
+
+demo:
+	$(PYTHON) scripts/demo.py
 
 guest:
 	$(PYTHON) -m osbuilder.cli all --output build/guest
