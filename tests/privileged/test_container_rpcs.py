@@ -320,3 +320,25 @@ def test_finished_exec_processes_are_forgotten(
         assert info.value.code_name == "NOT_FOUND"
     finally:
         _remove(client, cid)
+
+
+def test_cpuset_targets_are_containers_that_asked_for_cpus(
+    agent: RunningAgent, client: AgentClient, busybox_rootfs: Path, cgroup_parent: str
+) -> None:
+    with_cpus = kata_create_request(busybox_rootfs, cgroup_parent, "rpc-cpus")
+    with_cpus.OCI.Process.Args[:] = ["/bin/sleep", "300"]
+    with_cpus.OCI.Linux.Resources.CPU.Cpus = "0"
+    without = kata_create_request(busybox_rootfs, cgroup_parent, "rpc-nocpus")
+    without.OCI.Process.Args[:] = ["/bin/sleep", "300"]
+    _call(client, "CreateContainer", with_cpus)
+    try:
+        _call(client, "CreateContainer", without)
+        try:
+            targets = agent.services.containers.cpuset_targets()
+            assert len(targets) == 1
+            assert targets[0].name == "rpc-cpus"
+            assert (targets[0] / "cpuset.cpus").read_text().strip() == "0"
+        finally:
+            _remove(client, "rpc-nocpus")
+    finally:
+        _remove(client, "rpc-cpus")
