@@ -464,6 +464,12 @@ class Engine:
 
         return spawn_exec(self, container, exec_id, process, io)
 
+    def start_pause(self, description: str = "sandbox pid namespace") -> ProcessHandle:
+        """A waiting pid 1 of a new pid namespace that containers can join by path."""
+        from agent.container.launch import spawn_pause
+
+        return spawn_pause(self, description)
+
     def make_cgroup(self, cgroups_path: str, container_id: str) -> Any:
         return self._cgroups(self.paths, cgroups_path, container_id)
 

@@ -210,6 +210,8 @@ def container_main(request: dict[str, Any], status_fd: int, control_fd: int, io_
     # ignored across execve, so give the user's program the defaults back
     for signum in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(signum, signal.SIG_DFL)
+    if request["op"] == "pause":
+        return pause_main(status_fd, control_fd, io_fds)
     if _read_order(control_fd) != b"g":
         return 0
     process = request["process"]
@@ -262,6 +264,25 @@ def container_main(request: dict[str, Any], status_fd: int, control_fd: int, io_
         return 0
     _exec_process(request, process, io_fds, status_fd)
     return 127
+
+
+def pause_main(status_fd: int, control_fd: int, io_fds: list[int]) -> int:
+    """Pid 1 of a sandbox's shared pid namespace: hold it open and reap what is orphaned into it,
+    until SIGKILL (which ends the namespace and everything in it)."""
+    for fd in (control_fd, *io_fds):
+        os.close(fd)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes pause() below
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    _report(status_fd, {"created": True})
+    os.close(status_fd)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            signal.pause()
+        except InterruptedError:
+            continue
 
 
 def _take_stdio(io_fds: list[int], terminal: bool) -> None:

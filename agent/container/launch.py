@@ -226,3 +226,15 @@ def spawn_exec(engine: Engine, container: Container, exec_id: str, process: Proc
             _abort(handle)
         ours.close()
         raise
+
+
+def spawn_pause(engine: Engine, description: str) -> Any:
+    """A process that is pid 1 of a new pid namespace and only waits: the sandbox's shared pid
+    namespace (CreateSandbox's sandbox_pidns). Returns its ProcessHandle; SIGKILL ends it."""
+    request = {"op": "pause", "proc": str(engine.paths.proc), "unshare": ["pid"]}
+    handle = _spawn(engine, request, [], description)
+    if not handle.wait_for("created", SETUP_TIMEOUT) or not handle.created:
+        _abort(handle)
+        raise ResourceError(f"{description}: {handle.error or 'the process did not start'}")
+    handle.close_control()
+    return handle

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from agent.config import AgentConfig
 from agent.container.engine import Container, Engine, PipeIO, Process
 from agent.container.hooks import add_guest_hooks
-from agent.errors import AgentError, DeadlineExceeded, InvalidArgument, NotFound
+from agent.errors import AgentError, DeadlineExceeded, IncorrectState, InvalidArgument, NotFound
 from agent.services.streams import StreamBuffer
 from agent.system.paths import HostPaths
 
@@ -99,6 +100,7 @@ class ContainerService:
         self._streams: dict[tuple[str, str], ProcessStreams] = {}
         self._lock = threading.Lock()
         self._oom: Any = None
+        self._sandbox_pidns: Any = None  # the pause process's handle, when the sandbox shares a pid ns
         self._oom_lock = threading.Lock()
 
     @classmethod
@@ -148,10 +150,46 @@ class ContainerService:
             return self._oom
 
     # --- RPCs
+    def start_sandbox_pidns(self) -> int:
+        """Start the sandbox's shared pid namespace (a waiting pid 1); returns its pid."""
+        with self._lock:
+            if self._sandbox_pidns is None or self._sandbox_pidns.exit_code is not None:
+                self._sandbox_pidns = self.engine.start_pause()
+            return int(self._sandbox_pidns.pid)
+
+    def stop_sandbox_pidns(self) -> None:
+        with self._lock:
+            handle, self._sandbox_pidns = self._sandbox_pidns, None
+        if handle is not None and handle.exit_code is None:
+            try:
+                os.kill(handle.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            handle.wait(10)
+            handle.wait_closed(5)
+
+    def _join_sandbox_pidns(self, spec: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            handle = self._sandbox_pidns
+        if handle is None or handle.exit_code is not None:
+            raise IncorrectState("the container asks for the sandbox's pid namespace, but the sandbox has none")
+        linux = dict(spec.get("linux") or {})
+        others = [ns for ns in linux.get("namespaces") or [] if ns.get("type") != "pid"]
+        linux["namespaces"] = [*others, {"type": "pid", "path": str(self.paths.proc_pid(handle.pid) / "ns" / "pid")}]
+        return {**spec, "linux": linux}
+
     def create_container(
-        self, container_id: str, spec: dict[str, Any], *, storages: list[Any] | None = None
+        self,
+        container_id: str,
+        spec: dict[str, Any],
+        *,
+        storages: list[Any] | None = None,
+        sandbox_pidns: bool = False,
     ) -> Container:
-        """Mount the request's storages (owned by the container), then create it."""
+        """Mount the request's storages (owned by the container), then create it. With
+        ``sandbox_pidns`` the container joins the sandbox's shared pid namespace."""
+        if sandbox_pidns:
+            spec = self._join_sandbox_pidns(spec)
         hook_dir = self._guest_hook_path()
         if hook_dir:
             spec = add_guest_hooks(spec, self.paths.inside(hook_dir))
@@ -328,6 +366,7 @@ class ContainerService:
 
     def close(self) -> None:
         self.remove_all()
+        self.stop_sandbox_pidns()
         if self._oom is not None:
             self._oom.close()
         self.engine.close()

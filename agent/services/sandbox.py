@@ -66,6 +66,8 @@ class SandboxService:
                 network.write_resolv_conf(list(dns))
             if storages:
                 info.storages = self._services.storage.mount_all(list(storages), SANDBOX_STORAGE_OWNER)
+            if sandbox_pidns:
+                self._services.containers.start_sandbox_pidns()
             self.sandbox = info
             log.info("sandbox %s created", sandbox_id)
             return info
@@ -77,6 +79,7 @@ class SandboxService:
             containers = self._services.built().get("containers")
             if containers is not None:
                 containers.remove_all()
+                containers.stop_sandbox_pidns()
             if self.sandbox is not None and self.sandbox.storages:
                 self._services.storage.release(SANDBOX_STORAGE_OWNER)
             self.sandbox = None

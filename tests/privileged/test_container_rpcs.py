@@ -342,3 +342,41 @@ def test_cpuset_targets_are_containers_that_asked_for_cpus(
             _remove(client, "rpc-nocpus")
     finally:
         _remove(client, "rpc-cpus")
+
+
+def test_sandbox_shared_pid_namespace(
+    agent: RunningAgent, client: AgentClient, busybox_rootfs: Path, cgroup_parent: str
+) -> None:
+    # no hostname and no DNS: this runs on the host, whose hostname and resolv.conf stay as they are
+    _call(client, "CreateSandbox", agent_pb2.CreateSandboxRequest(sandbox_id="sb-pidns", sandbox_pidns=True))
+    pause = agent.services.containers._sandbox_pidns
+    assert pause is not None
+    pause_pid = pause.pid
+    try:
+        for cid in ("rpc-shared-a", "rpc-shared-b"):
+            request = kata_create_request(busybox_rootfs, cgroup_parent, cid)
+            request.OCI.Process.Args[:] = ["/bin/sleep", "300"]
+            request.sandbox_pidns = True
+            _call(client, "CreateContainer", request)
+            _call(client, "StartContainer", agent_pb2.StartContainerRequest(container_id=cid))
+        pids = [agent.services.containers.engine.get(cid).init.pid for cid in ("rpc-shared-a", "rpc-shared-b")]  # type: ignore[union-attr]
+        shared = os.readlink(f"/proc/{pause_pid}/ns/pid")
+        assert shared != os.readlink("/proc/self/ns/pid")
+        assert [os.readlink(f"/proc/{pid}/ns/pid") for pid in pids] == [shared, shared]
+        # the pause process is pid 1 there; the containers see each other
+        process = oci_pb2.Process(
+            Args=["/bin/sh", "-c", "cat /proc/1/cmdline | head -c 6; echo; ls /proc | grep -c '^[0-9]'"], Cwd="/"
+        )
+        _call(
+            client,
+            "ExecProcess",
+            agent_pb2.ExecProcessRequest(container_id="rpc-shared-a", exec_id="ps", process=process),
+        )
+        out = read_all(client, "rpc-shared-a", "ps").decode().split()
+        assert "python" in Path(f"/proc/{pause_pid}/cmdline").read_text() and out[0].startswith("/")
+        assert int(out[1]) >= 4  # pause, two sleeps, the shell (and its pipeline)
+    finally:
+        _call(client, "DestroySandbox", agent_pb2.DestroySandboxRequest())
+    assert agent.services.containers.container_ids() == []
+    assert not Path(f"/proc/{pause_pid}").exists() or "Z" in Path(f"/proc/{pause_pid}/stat").read_text().split()[2]
+    assert not agent.services.sandbox.shutdown_requested.is_set()  # not PID 1: no power-off

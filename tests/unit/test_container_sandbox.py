@@ -31,12 +31,20 @@ class Recorder:
     def remove_all(self) -> None:
         self.calls.append(("remove_all", None))
 
+    def start_sandbox_pidns(self) -> int:
+        self.calls.append(("pidns", "start"))
+        return 4242
+
+    def stop_sandbox_pidns(self) -> None:
+        self.calls.append(("pidns", "stop"))
+
 
 class FakeServices:
     def __init__(self, init_daemon: bool) -> None:
         self.recorder = Recorder()
         self.network = self.recorder
         self.storage = self.recorder
+        self.containers = self.recorder
         self.init_daemon = init_daemon
 
     def built(self) -> dict[str, Any]:
@@ -47,7 +55,9 @@ class FakeServices:
 def test_create_then_destroy(init_daemon: bool) -> None:
     services = FakeServices(init_daemon)
     sandbox = SandboxService(services)  # type: ignore[arg-type]
-    info = sandbox.create_sandbox(sandbox_id="sb", hostname="pod", dns=["nameserver 10.0.0.1"], storages=["s1"])
+    info = sandbox.create_sandbox(
+        sandbox_id="sb", hostname="pod", dns=["nameserver 10.0.0.1"], storages=["s1"], sandbox_pidns=True
+    )
     assert info.storages == ["/mnt/s1"]
     with pytest.raises(AlreadyExists, match="sandbox sb exists already"):
         sandbox.create_sandbox(sandbox_id="sb2")
@@ -56,7 +66,9 @@ def test_create_then_destroy(init_daemon: bool) -> None:
         ("hostname", "pod"),
         ("dns", ["nameserver 10.0.0.1"]),
         ("mount", (["s1"], SANDBOX_STORAGE_OWNER)),
+        ("pidns", "start"),
         ("remove_all", None),
+        ("pidns", "stop"),
         ("release", SANDBOX_STORAGE_OWNER),
     ]
     # only an agent that is PID 1 powers the guest off after DestroySandbox

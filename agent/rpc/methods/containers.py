@@ -85,7 +85,10 @@ def create_container(
 ) -> empty_pb2.Empty:
     log.info("CreateContainer %s", request.container_id)
     services.containers.create_container(
-        request.container_id, spec_to_dict(request.OCI), storages=_storages(request.storages)
+        request.container_id,
+        spec_to_dict(request.OCI),
+        storages=_storages(request.storages),
+        sandbox_pidns=request.sandbox_pidns,
     )
     return empty_pb2.Empty()
 
