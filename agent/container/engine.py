@@ -161,6 +161,8 @@ class Container:
         self.execs: dict[str, Process] = {}
         self.created_at = time.time()
         self.start_fifo: Path | None = None
+        # CPU hotplug widens the cpusets of containers that chose their CPUs (at create or update)
+        self.asked_for_cpus = bool((spec.linux.resources.get("cpu") or {}).get("cpus"))
         self._status = Status.CREATING
         self._lock = threading.RLock()
 
@@ -299,6 +301,8 @@ class Container:
             require(self.id, status, status.can_update(), "update", "created, running or paused")
             check_resources(resources, "resources")
             self.cgroup.update(resources)
+            if (resources.get("cpu") or {}).get("cpus"):
+                self.asked_for_cpus = True
 
     def stats(self) -> Any:
         """The cgroup's statistics (agent.container.cgroups.CgroupStats)."""
@@ -312,8 +316,7 @@ class Container:
 
     def cpuset_dir(self) -> Path | None:
         """The cgroup dir holding cpuset.cpus, when the spec set linux.resources.cpu.cpus."""
-        cpu = self.spec.linux.resources.get("cpu") or {}
-        if not cpu.get("cpus"):
+        if not self.asked_for_cpus:
             return None
         return Path(self.cgroup.cpuset_dir())
 
