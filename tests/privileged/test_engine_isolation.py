@@ -237,6 +237,33 @@ def test_user_namespace_maps_ids(engine: Engine, spec: Any, open_rootfs: Path) -
         engine.remove("iso-userns", timeout=10)
 
 
+def test_exec_joins_a_user_namespace(engine: Engine, spec: Any, open_rootfs: Path) -> None:
+    s = spec("iso-userns-exec", ["/bin/sleep", "300"])
+    s["root"]["path"] = str(open_rootfs)
+    s["linux"]["namespaces"] = [*ALL_NAMESPACES, {"type": "user"}]
+    s["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+    s["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+    s["mounts"] = [m for m in s["mounts"] if m["type"] != "cgroup"]
+    container = started(engine, "iso-userns-exec", s)
+    try:
+        assert container.init is not None
+        proc = container.exec("e", {"args": ["/bin/sh", "-c", "id -u; cat /proc/self/uid_map"], "cwd": "/"})
+        out = read_to_end(proc.io.stdout)
+        assert proc.wait(20) == 0, read_to_end(proc.io.stderr)
+        assert out.decode().split() == ["0", "0", "300000", "65536"]
+        sleeper = container.exec("s", {"args": ["/bin/sleep", "300"], "cwd": "/"})
+        deadline = time.monotonic() + 10  # exec returns once the process runs its setup; wait for its execve
+        while Path(f"/proc/{sleeper.pid}/comm").read_text().strip() != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ns_inode(sleeper.pid, "user") == ns_inode(container.init.pid, "user")
+        uid_line = next(
+            line for line in Path(f"/proc/{sleeper.pid}/status").read_text().splitlines() if line.startswith("Uid:")
+        )
+        assert uid_line.split()[1:] == ["300000"] * 4  # as the host sees it
+    finally:
+        engine.remove("iso-userns-exec", timeout=10)
+
+
 def test_join_existing_namespace_by_path(engine: Engine, spec: Any) -> None:
     first = started(engine, "iso-join-a", spec("iso-join-a", ["/bin/sleep", "300"]))
     try:
