@@ -260,6 +260,15 @@ def test_rootfs_image_under_systemd(guest_files: Path, tmp_path: Path) -> None:
             assert status.status == health_pb2.HealthCheckResponse.SERVING
         details = client(booted, "ttrpc").call("grpc.AgentService/GetGuestDetails", agent_pb2.GuestDetailsRequest())
         assert details.agent_details.init_daemon is False  # systemd is PID 1 here
-        client(booted, "ttrpc").call("grpc.AgentService/DestroySandbox", agent_pb2.DestroySandboxRequest())
+        # DestroySandbox with no sandbox is FAILED_PRECONDITION, so the smoke run makes one first.
+        agent = client(booted, "ttrpc")
+        agent.call(
+            "grpc.AgentService/CreateSandbox",
+            agent_pb2.CreateSandboxRequest(hostname="e2e-image", sandbox_id="e2e-image"),
+        )
+        agent.call("grpc.AgentService/DestroySandbox", agent_pb2.DestroySandboxRequest())
+        # Under systemd the agent does not power the guest off: it keeps serving.
+        status = client(booted, "grpc").call("grpc.Health/Check", health_pb2.CheckRequest())
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
 
 
