@@ -112,8 +112,11 @@ def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
     server.start()
     log.info("agent ready", extra={"address": server.bound, "version": __version__, "pid": os.getpid()})
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(0.2):
+            sandbox = services.built().get("sandbox")
+            if sandbox is not None and sandbox.shutdown_requested.is_set():
+                reason[0] = "the sandbox was destroyed"
+                break
     finally:
         log.info("stopping: %s", reason[0])
         server.shutdown()

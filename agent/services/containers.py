@@ -19,6 +19,7 @@ from agent.config import AgentConfig
 from agent.container.engine import Container, Engine, PipeIO, Process
 from agent.container.hooks import add_guest_hooks
 from agent.errors import AgentError, DeadlineExceeded, IncorrectState, InvalidArgument, NotFound
+from agent.services.sandbox import SandboxInfo, sandbox_spec
 from agent.services.streams import StreamBuffer
 from agent.system.paths import HostPaths
 
@@ -91,12 +92,14 @@ class ContainerService:
         storage: Callable[[], Any] | None = None,
         engine: Engine | None = None,
         guest_hook_path: Callable[[], str] | None = None,
+        sandbox: Callable[[], SandboxInfo | None] | None = None,
     ) -> None:
         self.paths = paths
         self.config = config
         self.engine = engine or Engine(paths)
         self._storage = storage  # returns the StorageService, built only when a request has storages
         self._guest_hook_path = guest_hook_path or (lambda: "")
+        self._sandbox = sandbox or (lambda: None)
         self._streams: dict[tuple[str, str], ProcessStreams] = {}
         self._lock = threading.Lock()
         self._oom: Any = None
@@ -105,12 +108,21 @@ class ContainerService:
 
     @classmethod
     def from_services(cls, services: Services) -> ContainerService:
-        def guest_hook_path() -> str:
-            sandbox = services.built().get("sandbox")
-            info = getattr(sandbox, "sandbox", None)
-            return str(getattr(info, "guest_hook_path", "") or "")
+        def sandbox() -> SandboxInfo | None:
+            built = services.built().get("sandbox")
+            return getattr(built, "sandbox", None)
 
-        return cls(services.paths, services.config, storage=lambda: services.storage, guest_hook_path=guest_hook_path)
+        def guest_hook_path() -> str:
+            info = sandbox()
+            return info.guest_hook_path if info is not None else ""
+
+        return cls(
+            services.paths,
+            services.config,
+            storage=lambda: services.storage,
+            guest_hook_path=guest_hook_path,
+            sandbox=sandbox,
+        )
 
     # --- helpers
     def _container(self, container_id: str) -> Container:
@@ -190,6 +202,9 @@ class ContainerService:
         ``sandbox_pidns`` the container joins the sandbox's shared pid namespace."""
         if sandbox_pidns:
             spec = self._join_sandbox_pidns(spec)
+        sandbox = self._sandbox()
+        if sandbox is not None:
+            spec = sandbox_spec(spec, sandbox)
         hook_dir = self._guest_hook_path()
         if hook_dir:
             spec = add_guest_hooks(spec, self.paths.inside(hook_dir))

@@ -1,7 +1,9 @@
 """CreateSandbox and DestroySandbox: the guest-wide part of a pod.
 
-CreateSandbox records the sandbox id, sets the hostname, writes the DNS servers to the sandbox's
-resolv.conf, mounts the sandbox storages (owned by "sandbox") and remembers the guest hook path.
+CreateSandbox records the sandbox id, sets the hostname, brings ``lo`` up, writes the DNS servers to
+the sandbox's resolv.conf, pins the sandbox's shared IPC and UTS namespaces, mounts the sandbox storages
+(owned by "sandbox") and remembers the guest hook path. Containers created in the sandbox join its IPC
+and UTS namespaces and get its resolv.conf bind-mounted read-only (``sandbox_spec``), as Kata's do.
 DestroySandbox removes every container, releases the storages and, when the agent is the init
 daemon (PID 1), sets ``shutdown_requested``: agent/__main__.py powers the guest off after the reply
 has gone out.
@@ -11,10 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AlreadyExists, IncorrectState
+from agent.system.sharedns import SharedNamespaces, create_shared_namespaces, release_shared_namespaces
 
 if TYPE_CHECKING:
     from agent.services import Services
@@ -32,11 +37,46 @@ class SandboxInfo:
     guest_hook_path: str = ""
     sandbox_pidns: bool = False
     storages: list[str] = field(default_factory=list)  # mount points
+    shared_namespaces: SharedNamespaces | None = None
+    resolv_conf: Path | None = None
+
+
+def sandbox_spec(spec: dict[str, Any], sandbox: SandboxInfo) -> dict[str, Any]:
+    """The spec a container of ``sandbox`` runs with: its new IPC and UTS namespaces become the
+    sandbox's shared ones, and the sandbox's resolv.conf is bind-mounted at /etc/resolv.conf unless the
+    spec mounts something there itself. A namespace the spec joins by path is left as it is."""
+    linux = dict(spec.get("linux") or {})
+    shared = sandbox.shared_namespaces
+    if shared is not None:
+        linux["namespaces"] = [
+            {**ns, "path": str(shared.path(ns["type"]))}
+            if ns.get("type") in shared.kinds and not ns.get("path")
+            else ns
+            for ns in linux.get("namespaces") or []
+        ]
+    mounts = list(spec.get("mounts") or [])
+    if sandbox.resolv_conf is not None and not any(m.get("destination") == "/etc/resolv.conf" for m in mounts):
+        mounts.append(
+            {
+                "destination": "/etc/resolv.conf",
+                "type": "bind",
+                "source": str(sandbox.resolv_conf),
+                "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
+            }
+        )
+    return {**spec, "linux": linux, "mounts": mounts}
 
 
 class SandboxService:
-    def __init__(self, services: Services) -> None:
+    def __init__(
+        self,
+        services: Services,
+        pin_namespaces: Callable[..., SharedNamespaces] = create_shared_namespaces,
+        unpin_namespaces: Callable[[SharedNamespaces], None] = release_shared_namespaces,
+    ) -> None:
         self._services = services
+        self._pin_namespaces = pin_namespaces
+        self._unpin_namespaces = unpin_namespaces
         self._lock = threading.Lock()
         self.sandbox: SandboxInfo | None = None
         self.shutdown_requested = threading.Event()
@@ -62,12 +102,20 @@ class SandboxService:
             network = self._services.network
             if hostname:
                 network.set_hostname(hostname)
+            network.loopback_up()
             if dns:
-                network.write_resolv_conf(list(dns))
-            if storages:
-                info.storages = self._services.storage.mount_all(list(storages), SANDBOX_STORAGE_OWNER)
-            if sandbox_pidns:
-                self._services.containers.start_sandbox_pidns()
+                info.resolv_conf = network.write_resolv_conf(list(dns))
+            info.shared_namespaces = self._pin_namespaces(self._services.paths, hostname)
+            try:
+                if storages:
+                    info.storages = self._services.storage.mount_all(list(storages), SANDBOX_STORAGE_OWNER)
+                if sandbox_pidns:
+                    self._services.containers.start_sandbox_pidns()
+            except BaseException:
+                if info.storages:
+                    self._services.storage.release(SANDBOX_STORAGE_OWNER)
+                self._unpin_namespaces(info.shared_namespaces)
+                raise
             self.sandbox = info
             log.info("sandbox %s created", sandbox_id)
             return info
@@ -82,6 +130,8 @@ class SandboxService:
                 containers.stop_sandbox_pidns()
             if self.sandbox is not None and self.sandbox.storages:
                 self._services.storage.release(SANDBOX_STORAGE_OWNER)
+            if self.sandbox is not None and self.sandbox.shared_namespaces is not None:
+                self._unpin_namespaces(self.sandbox.shared_namespaces)
             self.sandbox = None
         if self._services.init_daemon:
             self.shutdown_requested.set()

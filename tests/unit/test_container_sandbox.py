@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.errors import AlreadyExists, IncorrectState
-from agent.services.sandbox import SANDBOX_STORAGE_OWNER, SandboxService
+from agent.services.sandbox import SANDBOX_STORAGE_OWNER, SandboxInfo, SandboxService, sandbox_spec
+from agent.system.sharedns import SharedNamespaces
 
 
 class Recorder:
@@ -16,6 +18,16 @@ class Recorder:
 
     def set_hostname(self, name: str) -> None:
         self.calls.append(("hostname", name))
+
+    def loopback_up(self) -> None:
+        self.calls.append(("lo", "up"))
+
+    def pin(self, paths: Any, hostname: str) -> SharedNamespaces:
+        self.calls.append(("pin", hostname))
+        return SharedNamespaces(Path("/run/kata-containers/sandbox/ns"))
+
+    def unpin(self, shared: SharedNamespaces) -> None:
+        self.calls.append(("unpin", str(shared.directory)))
 
     def write_resolv_conf(self, dns: list[str]) -> str:
         self.calls.append(("dns", dns))
@@ -46,6 +58,7 @@ class FakeServices:
         self.storage = self.recorder
         self.containers = self.recorder
         self.init_daemon = init_daemon
+        self.paths = None
 
     def built(self) -> dict[str, Any]:
         return {"containers": self.recorder}
@@ -54,7 +67,7 @@ class FakeServices:
 @pytest.mark.parametrize("init_daemon", [True, False])
 def test_create_then_destroy(init_daemon: bool) -> None:
     services = FakeServices(init_daemon)
-    sandbox = SandboxService(services)  # type: ignore[arg-type]
+    sandbox = SandboxService(services, services.recorder.pin, services.recorder.unpin)  # type: ignore[arg-type]
     info = sandbox.create_sandbox(
         sandbox_id="sb", hostname="pod", dns=["nameserver 10.0.0.1"], storages=["s1"], sandbox_pidns=True
     )
@@ -64,12 +77,15 @@ def test_create_then_destroy(init_daemon: bool) -> None:
     sandbox.destroy_sandbox()
     assert services.recorder.calls == [
         ("hostname", "pod"),
+        ("lo", "up"),
         ("dns", ["nameserver 10.0.0.1"]),
+        ("pin", "pod"),
         ("mount", (["s1"], SANDBOX_STORAGE_OWNER)),
         ("pidns", "start"),
         ("remove_all", None),
         ("pidns", "stop"),
         ("release", SANDBOX_STORAGE_OWNER),
+        ("unpin", "/run/kata-containers/sandbox/ns"),
     ]
     # only an agent that is PID 1 powers the guest off after DestroySandbox
     assert sandbox.shutdown_requested.is_set() is init_daemon
@@ -79,7 +95,7 @@ def test_create_then_destroy(init_daemon: bool) -> None:
 def test_destroy_without_anything_is_refused() -> None:
     services = FakeServices(False)
     services.built = lambda: {}  # type: ignore[method-assign]
-    sandbox = SandboxService(services)  # type: ignore[arg-type]
+    sandbox = SandboxService(services, services.recorder.pin, services.recorder.unpin)  # type: ignore[arg-type]
     with pytest.raises(IncorrectState, match="no sandbox"):
         sandbox.destroy_sandbox()
 
@@ -103,3 +119,39 @@ def test_guest_hooks_are_appended(tmp_path: Any) -> None:
     assert merged["hooks"]["poststop"] == [{"path": str(tmp_path / "poststop" / "cleanup"), "args": ["cleanup"]}]
     assert spec["hooks"]["prestart"] == [{"path": "/usr/bin/own"}]  # the caller's dict is not changed
     assert add_guest_hooks(spec, tmp_path / "missing") is spec
+
+
+def test_a_failed_storage_mount_unpins_the_namespaces() -> None:
+    services = FakeServices(False)
+
+    def refuse(storages: list[Any], owner: str) -> list[str]:
+        raise OSError("mount failed")
+
+    services.storage = type("Storage", (), {"mount_all": staticmethod(refuse)})()
+    sandbox = SandboxService(services, services.recorder.pin, services.recorder.unpin)  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="mount failed"):
+        sandbox.create_sandbox(sandbox_id="sb", hostname="pod", storages=["s1"])
+    assert services.recorder.calls[-1] == ("unpin", "/run/kata-containers/sandbox/ns")
+    assert sandbox.sandbox is None
+
+
+def test_containers_join_the_sandbox_ipc_and_uts_and_get_its_resolv_conf() -> None:
+    shared = SharedNamespaces(Path("/run/sb/ns"))
+    info = SandboxInfo("sb", "pod", shared_namespaces=shared, resolv_conf=Path("/run/sb/resolv.conf"))
+    spec = {
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "net", "path": "/x"}]},
+    }
+    out = sandbox_spec(spec, info)
+    assert out["linux"]["namespaces"] == [
+        {"type": "pid"},
+        {"type": "ipc", "path": "/run/sb/ns/ipc"},
+        {"type": "uts", "path": "/run/sb/ns/uts"},
+        {"type": "net", "path": "/x"},
+    ]
+    assert out["mounts"][-1]["destination"] == "/etc/resolv.conf"
+    assert out["mounts"][-1]["source"] == "/run/sb/resolv.conf"
+    assert "ro" in out["mounts"][-1]["options"]
+    assert spec["linux"]["namespaces"][1] == {"type": "ipc"}  # the caller's spec is not changed
+    own = {**spec, "mounts": [{"destination": "/etc/resolv.conf", "type": "bind", "source": "/mine"}]}
+    assert sandbox_spec(own, info)["mounts"] == own["mounts"]  # the spec's own resolv.conf wins
