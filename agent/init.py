@@ -10,12 +10,9 @@ and check the plan without root.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
-import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from agent.config import AgentConfig
-from agent.system import children, libc
+from agent.system import children, libc, netdev
 from agent.system.paths import HostPaths
 
 log = logging.getLogger(__name__)
@@ -160,19 +157,6 @@ def load_modules(paths: HostPaths) -> int:
     return loaded
 
 
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
-
-
-def bring_loopback_up() -> None:
-    """ifconfig lo up, without importing a netlink library at boot."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        ifreq = struct.pack("16sH14s", b"lo", 0, b"\0" * 14)
-        flags = struct.unpack("16sH14s", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, ifreq))[1]
-        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b"\0" * 14))
-
-
 def boot(config: AgentConfig, paths: HostPaths) -> None:
     """Everything PID 1 must do before the agent serves. Runs single-threaded."""
     started = time.monotonic()
@@ -188,7 +172,7 @@ def boot(config: AgentConfig, paths: HostPaths) -> None:
     except OSError as exc:
         log.warning("setting hostname %s failed: %s", hostname, exc)
     try:
-        bring_loopback_up()
+        netdev.set_link_up("lo")
     except OSError as exc:
         log.warning("bringing lo up failed: %s", exc)
     libc.set_child_subreaper()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AlreadyExists, IncorrectState
+from agent.system import netdev
 from agent.system.sharedns import SharedNamespaces, create_shared_namespaces, release_shared_namespaces
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class SandboxService:
             network = self._services.network
             if hostname:
                 network.set_hostname(hostname)
-            network.loopback_up()
+            netdev.set_link_up("lo")  # an ioctl: CreateSandbox does not pay for a netlink library
             if dns:
                 info.resolv_conf = network.write_resolv_conf(list(dns))
             info.shared_namespaces = self._pin_namespaces(self._services.paths, hostname)

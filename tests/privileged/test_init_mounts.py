@@ -15,7 +15,7 @@ from tests.conftest import REPO, require_root
 SCRIPT = """
 import json, sys
 from pathlib import Path
-from agent.init import boot_mounts, execute, bring_loopback_up
+from agent.init import boot_mounts, execute
 from agent.system.paths import HostPaths
 root = Path(sys.argv[1]); v1 = sys.argv[2] == "v1"
 paths = HostPaths(root)

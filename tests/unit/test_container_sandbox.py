@@ -77,7 +77,6 @@ def test_create_then_destroy(init_daemon: bool) -> None:
     sandbox.destroy_sandbox()
     assert services.recorder.calls == [
         ("hostname", "pod"),
-        ("lo", "up"),
         ("dns", ["nameserver 10.0.0.1"]),
         ("pin", "pod"),
         ("mount", (["s1"], SANDBOX_STORAGE_OWNER)),
