@@ -1,11 +1,13 @@
 """A small QMP client (QEMU Machine Protocol: JSON objects over a unix socket), and the two
-hotplug operations agentctl offers: a CPU into a free slot, and a memory DIMM.
+hotplug operations agentctl offers: a CPU into a free slot, a memory DIMM, and a virtio-blk disk on a free
+PCIe root port.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,63 @@ def hotplug_memory(qmp: QMPClient, size: int) -> str:
         qmp.execute("object-del", id=backend_id)
         raise
     return device_id
+
+
+# The PCIe root ports the VM launcher adds for hot-plugged disks are named ROOT_PORT_PREFIX + index.
+ROOT_PORT_PREFIX = "hp"
+
+
+@dataclass(frozen=True)
+class PluggedDisk:
+    device_id: str  # the virtio-blk-pci device (device_del takes it)
+    node_name: str  # the block node behind it (blockdev-del takes it)
+    port: str  # the root port it sits in
+    pci_path: str  # Kata's PCI path as the guest sees it: "<root port slot>/00"
+
+
+def free_root_ports(pci_buses: list[dict[str, Any]], prefix: str = ROOT_PORT_PREFIX) -> list[tuple[str, int]]:
+    """From a query-pci answer: (qdev id, slot) of the root ports named ``prefix``N on bus 0 that have
+    nothing plugged behind them, in slot order."""
+    free = []
+    for bus in pci_buses:
+        if bus.get("bus") != 0:
+            continue
+        for device in bus.get("devices", []):
+            qdev_id = str(device.get("qdev_id", ""))
+            bridge = device.get("pci_bridge")
+            if not qdev_id.startswith(prefix) or bridge is None:
+                continue
+            if not bridge.get("devices"):
+                free.append((qdev_id, int(device["slot"])))
+    return sorted(free, key=lambda port: port[1])
+
+
+def hotplug_blk(qmp: QMPClient, image: str | Path, read_only: bool = False) -> PluggedDisk:
+    """Plug the raw disk image ``image`` in as a virtio-blk device on a free root port.
+
+    The device is the only one behind its port, so its PCI path is the port's slot, then slot 00:
+    what a Kata runtime puts in a blk storage's ``source`` for the agent to find the disk.
+    """
+    ports = free_root_ports(qmp.execute("query-pci"))
+    if not ports:
+        raise QMPError(
+            f"no free PCIe root port named {ROOT_PORT_PREFIX}N to plug a disk into "
+            "(boot with more: agentctl boot --pcie-ports N)"
+        )
+    port, slot = ports[0]
+    node_name, device_id = f"disk-{port}", f"vblk-{port}"
+    qmp.execute(
+        "blockdev-add",
+        **{
+            "driver": "raw",
+            "node-name": node_name,
+            "read-only": read_only,
+            "file": {"driver": "file", "filename": str(Path(image).resolve()), "read-only": read_only},
+        },
+    )
+    try:
+        qmp.execute("device_add", driver="virtio-blk-pci", id=device_id, drive=node_name, bus=port)
+    except QMPError:
+        qmp.execute("blockdev-del", **{"node-name": node_name})
+        raise
+    return PluggedDisk(device_id, node_name, port, f"{slot:02x}/00")

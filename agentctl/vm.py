@@ -9,6 +9,11 @@ which ``agentctl stop`` reads.
 
 KVM is tried first (``-accel kvm -cpu host``); when /dev/kvm is missing, or QEMU fails, or the guest
 does not come up in ``kvm_grace`` seconds, the guest is booted again under TCG.
+
+With ``netns``, the guest's virtio-net NIC is wired into that network namespace the way Kata's runtime
+does (``agentctl.netns``: a tap next to the namespace's eth0, tc redirects both ways); QEMU gets the tap
+as an inherited fd and stays in the host's namespace. The tap is removed when the guest ends.
+``pcie_root_ports`` adds empty PCIe root ports, the slots ``agentctl hotplug blk`` plugs disks into.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from pathlib import Path
 
 import psutil
 
-from agentctl import hvsock
-from agentctl.qmp import QMPClient, QMPError
+from agentctl import hvsock, netns
+from agentctl.qmp import ROOT_PORT_PREFIX, QMPClient, QMPError
 
 DEFAULT_RUN_DIR = Path("/run/pykata/vm")
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
@@ -80,6 +85,8 @@ class GuestConfig:
     kvm_grace: float = 12.0
     extra_args: list[str] = field(default_factory=list)
     backend_debug: bool = False  # log every vhost-user message and vsock packet to hvsock.log
+    netns: str | None = None  # wire a virtio-net NIC into this network namespace (it must hold eth0)
+    pcie_root_ports: int = 0  # empty hot-plug slots for disks (agentctl hotplug blk)
 
 
 @dataclass
@@ -94,6 +101,8 @@ class GuestState:
     qmp: str
     console_log: str
     accel: str
+    netns: str = ""  # the namespace whose tap ``stop`` removes
+    mac: str = ""  # the guest NIC's MAC address (the namespace's eth0)
 
     @property
     def address(self) -> str:
@@ -120,7 +129,18 @@ def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
-def qemu_argv(config: GuestConfig, paths: dict[str, Path], accel: str) -> list[str]:
+def root_port_args(count: int) -> list[str]:
+    """``count`` PCIe root ports on the root complex, named ``hp0``, ``hp1``...; QEMU picks their slots
+    (``agentctl.qmp.hotplug_blk`` finds them through query-pci)."""
+    argv: list[str] = []
+    for index in range(count):
+        argv += ["-device", f"pcie-root-port,id={ROOT_PORT_PREFIX}{index},bus=pcie.0,chassis={index + 1}"]
+    return argv
+
+
+def qemu_argv(
+    config: GuestConfig, paths: dict[str, Path], accel: str, net_args: list[str] | None = None
+) -> list[str]:
     if config.kernel is None and config.image is None:
         raise BootError("nothing to boot: give a kernel (with an initrd or an image)")
     argv = [QEMU, "-name", f"pykata-{config.name}", "-nodefaults", "-nographic", "-no-reboot"]
@@ -159,6 +179,8 @@ def qemu_argv(config: GuestConfig, paths: dict[str, Path], accel: str) -> list[s
         # snapshot=on: the guest's writes go to a throw-away overlay, so a built image stays as built.
         keep = "" if config.image_writable else ",snapshot=on"
         argv += ["-drive", f"file={config.image},if=virtio,format=raw,cache=unsafe{keep}"]
+    argv += list(net_args or [])
+    argv += root_port_args(config.pcie_root_ports)
     if config.kernel is not None:
         argv += ["-kernel", str(config.kernel)]
         if config.initrd is not None:
@@ -222,6 +244,7 @@ class Guest:
         self.timings: dict[str, float] = {}
         self._t0 = 0.0
         self._detached = False
+        self.tap: netns.TapAttachment | None = None
 
     # --- addresses
     @property
@@ -300,13 +323,43 @@ class Guest:
             path.unlink(missing_ok=True)
         self.accel = accel
         self._start_backend()
-        argv = qemu_argv(self.config, self.paths, accel)
-        self.progress(f"starting QEMU ({accel}, {self.config.cpus}/{self.config.max_cpus} CPUs, {self.config.memory})")
-        with open(self.paths["qemu_log"], "wb") as qemu_log:
-            self.qemu = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT, start_new_session=True
+        tap_fd = self._attach_netns()
+        try:
+            net_args = self.tap.qemu_args(tap_fd) if self.tap is not None and tap_fd >= 0 else []
+            argv = qemu_argv(self.config, self.paths, accel, net_args)
+            self.progress(
+                f"starting QEMU ({accel}, {self.config.cpus}/{self.config.max_cpus} CPUs, {self.config.memory})"
             )
+            with open(self.paths["qemu_log"], "wb") as qemu_log:
+                self.qemu = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=qemu_log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=(tap_fd,) if tap_fd >= 0 else (),
+                )
+        finally:
+            if tap_fd >= 0:
+                os.close(tap_fd)  # QEMU holds its own copy
         self._mark("qemu_started")
+
+    def _attach_netns(self) -> int:
+        """Create the tap in the configured namespace and open it; -1 without a namespace."""
+        if not self.config.netns:
+            return -1
+        try:
+            self.tap = netns.attach_tap(self.config.netns)
+            self._mark("tap_attached")
+            return self.tap.open_fd()
+        except netns.NetnsError as exc:
+            self._detach_netns()
+            raise BootError(f"--netns {self.config.netns}: {exc}") from exc
+
+    def _detach_netns(self) -> None:
+        if self.config.netns:
+            netns.detach_tap(self.config.netns)
+        self.tap = None
 
     def _start_backend(self) -> None:
         read_fd, write_fd = os.pipe()
@@ -394,6 +447,8 @@ class Guest:
         assert self.qemu is not None
         code = self.qemu.wait(timeout)
         self._mark("qemu_exited")
+        if self.tap is not None:
+            self._detach_netns()
         if self.backend is not None:
             try:
                 self.backend.wait(5)
@@ -417,6 +472,8 @@ class Guest:
         if self.backend is not None and self.backend.poll() is None:
             kill_pid(self.backend.pid)
             self.backend.wait()
+        if self.tap is not None and (self.qemu is None or self.qemu.poll() is not None):
+            self._detach_netns()
 
     def detach(self) -> GuestState:
         """Leave the guest running after this process exits; write its state file."""
@@ -431,6 +488,8 @@ class Guest:
             qmp=str(self.paths["qmp"]),
             console_log=str(self.console_log),
             accel=self.accel,
+            netns=self.tap.netns if self.tap is not None else "",
+            mac=self.tap.mac if self.tap is not None else "",
         )
         state.save()
         return state
@@ -484,6 +543,8 @@ def stop(state: GuestState, timeout: float = 10.0) -> None:
     for pid in (state.qemu_pid, state.backend_pid):
         if guest_process(pid, state.run_dir):
             kill_pid(pid)
+    if state.netns and not is_running(state):
+        netns.detach_tap(state.netns)
     shutil.rmtree(state.run_dir, ignore_errors=True)
 
 

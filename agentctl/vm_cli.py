@@ -25,7 +25,7 @@ import click
 from agent.console import resize_message
 from agent.errors import InvalidArgument
 from agentctl import hvsock, vm
-from agentctl.qmp import QMPClient, QMPError, hotplug_cpus, hotplug_memory, parse_size
+from agentctl.qmp import QMPClient, QMPError, hotplug_blk, hotplug_cpus, hotplug_memory, parse_size
 
 DEFAULT_CONSOLE_PORT = 1026
 DEFAULT_LOG_PORT = 1025
@@ -72,6 +72,14 @@ def _extra(state: vm.GuestState) -> dict[str, Any]:
 @click.option("--log-port", type=int, default=DEFAULT_LOG_PORT, show_default=True, help="agent.log_vport (0: off)")
 @click.option("--timeout", type=float, default=180.0, show_default=True, help="seconds to wait for the agent")
 @click.option("--foreground", is_flag=True, help="stay attached; Ctrl-C ends the guest")
+@click.option(
+    "--netns",
+    default=None,
+    help="network namespace holding eth0: the guest NIC is wired to it through a tap (tap0_kata), Kata-style",
+)
+@click.option(
+    "--pcie-ports", type=click.IntRange(0, 16), default=2, show_default=True, help="free slots for hotplug blk"
+)
 @name_option
 @run_dir_option
 def boot(
@@ -89,6 +97,8 @@ def boot(
     log_port: int,
     timeout: float,
     foreground: bool,
+    netns: str | None,
+    pcie_ports: int,
     name: str,
     run_dir: Path,
 ) -> None:
@@ -121,6 +131,8 @@ def boot(
         name=name,
         run_dir=target,
         ready_timeout=timeout,
+        netns=netns,
+        pcie_root_ports=pcie_ports,
     )
     guest = vm.Guest(config, lambda line: click.echo(line, err=True))
     try:
@@ -135,6 +147,12 @@ def boot(
     (target / "ports.json").write_text(
         json.dumps({"console": DEFAULT_CONSOLE_PORT if debug_console else 0, "log": log_port}) + "\n"
     )
+    if guest.tap is not None:
+        click.echo(
+            f"guest NIC in netns {guest.tap.netns}: mac {guest.tap.mac}, "
+            f"addresses to give it (UpdateInterface): {', '.join(guest.tap.addresses) or 'none'}",
+            err=True,
+        )
     click.echo(state.address)
     if foreground:
         try:
@@ -157,7 +175,7 @@ def stop(name: str, run_dir: Path) -> None:
 
 @click.group()
 def hotplug() -> None:
-    """Hot-add CPUs or memory through QMP (the agent's OnlineCPUMem brings them online)."""
+    """Hot-add CPUs, memory (the agent's OnlineCPUMem brings them online) or disks through QMP."""
 
 
 @hotplug.command("cpu")
@@ -191,6 +209,23 @@ def hotplug_mem(size: str, name: str, run_dir: Path) -> None:
             click.echo(hotplug_memory(qmp, amount))
     except (QMPError, OSError) as exc:
         raise click.ClickException(f"memory hotplug failed: {exc}") from None
+
+
+@hotplug.command("blk")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--read-only", is_flag=True, help="the guest may not write to the disk")
+@name_option
+@run_dir_option
+def hotplug_blk_command(image: Path, read_only: bool, name: str, run_dir: Path) -> None:
+    """Plug the raw disk IMAGE in as a virtio-blk device; print its PCI path ("bus/slot", the source of
+    a blk storage) and the QEMU device id."""
+    state = _state(name, run_dir)
+    try:
+        with QMPClient(state.qmp) as qmp:
+            disk = hotplug_blk(qmp, image, read_only)
+    except (QMPError, OSError) as exc:
+        raise click.ClickException(f"disk hotplug failed: {exc}") from None
+    click.echo(f"{disk.pci_path} {disk.device_id}")
 
 
 def _window_size(fd: int) -> tuple[int, int]:

@@ -2,7 +2,9 @@
 
 Two runs on the host, both without ``site`` (as in the guest) and each ending with a dump of
 ``sys.modules``:
-- every module of the agent package imported at once (covers module-level imports of all code paths);
+- every module of the agent package imported at once (covers module-level imports of all code paths),
+  then each of ``config.LAZY_IMPORTS``, so what those import in turn is traced too (pyroute2 imports
+  multiprocessing at its top, which the agent only reaches inside a function);
 - the agent serving on a unix socket while a client asks Check over ttrpc, gRPC and ttrpc again; the
   dump is asked for with SIGUSR2 while it still serves.
 The union, plus ``config.LAZY_IMPORTS``, is the list the initrd builder resolves to files.
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 
 from agent.system import children
-from osbuilder import probe
+from osbuilder import config, probe
 
 READY_TIMEOUT = 60.0
 DUMP_TIMEOUT = 10.0
@@ -90,7 +92,8 @@ def trace_import_all(source: Path) -> tuple[set[str], list[str]]:
     """Import every agent module; returns the modules imported and the agent modules that failed."""
     with tempfile.TemporaryDirectory(prefix="pykata-trace-") as tmp:
         out = Path(tmp) / "modules"
-        code = IMPORT_ALL.format(paths=_sys_path(source), names=agent_modules(source), out=str(out))
+        names = agent_modules(source) + [name for name in config.LAZY_IMPORTS if name != "agent"]
+        code = IMPORT_ALL.format(paths=_sys_path(source), names=names, out=str(out))
         proc = subprocess.run([sys.executable, "-S", "-E", "-c", code], capture_output=True, text=True,
                               cwd=tmp, timeout=300)
         if proc.returncode != 0 or not out.exists():

@@ -12,7 +12,9 @@ import errno
 import ipaddress
 import logging
 import socket
+import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,7 +41,35 @@ _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
 
 
+def import_pyroute2() -> None:
+    """Import pyroute2 where the ``ssl`` module is left out (the initrd drops it with libssl).
+
+    pyroute2 imports ``ssl`` at the top of its network-probe messages, which the agent never sends; an
+    empty module stands in while pyroute2 imports, and is taken away again so that nothing else
+    mistakes it for TLS support. asyncio comes first: its own optional ``ssl`` import must fail as it
+    should. Where ``ssl`` exists, nothing is changed.
+    """
+    if "pyroute2" in sys.modules:
+        return
+    try:
+        import ssl  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return
+    import asyncio  # noqa: F401
+
+    stub = types.ModuleType("ssl", "stand-in while pyroute2 imports: this Python has no ssl module")
+    sys.modules["ssl"] = stub
+    try:
+        import pyroute2  # noqa: F401
+    finally:
+        if sys.modules.get("ssl") is stub:
+            del sys.modules["ssl"]
+
+
 def _default_socket() -> Any:
+    import_pyroute2()
     from pyroute2 import IPRoute
 
     return IPRoute()
@@ -95,6 +125,7 @@ class Netlink:
 
     @contextlib.contextmanager
     def _doing(self, what: str) -> Iterator[None]:
+        import_pyroute2()
         from pyroute2 import NetlinkError
 
         try:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from agent.config import AgentConfig
 from agent.errors import NotFound
 from agent.storage import plan as p
+from agent.storage.fsmodules import load_filesystem
 from agent.storage.mountinfo import read_mountinfo
 from agent.storage.options import parse_mount_options
 from agent.storage.table import MountedStorage, MountTable
@@ -41,7 +42,7 @@ class StorageService:
     ) -> None:
         self.config = config
         self.paths = paths
-        self.sys: p.Syscalls = sys or p.HostSyscalls()
+        self.sys: p.Syscalls = sys or p.HostSyscalls(lambda fstype: load_filesystem(paths, fstype))
         self.table = MountTable(paths, config.hotplug_timeout, self.sys, waker_factory)
 
     @classmethod

@@ -8,7 +8,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,8 +32,19 @@ class Syscalls(Protocol):
 
 
 class HostSyscalls:
+    def __init__(self, load_filesystem: Callable[[str], bool] | None = None) -> None:
+        # Called when the kernel lacks a filesystem (ENODEV): loads its module, True if it then knows it.
+        self.load_filesystem = load_filesystem
+
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-        libc.mount(source, target, fstype, flags, data or None)
+        try:
+            libc.mount(source, target, fstype, flags, data or None)
+        except OSError as exc:
+            if exc.errno != errno.ENODEV or not fstype or self.load_filesystem is None:
+                raise
+            if not self.load_filesystem(fstype):
+                raise
+            libc.mount(source, target, fstype, flags, data or None)
 
     def umount(self, target: str) -> None:
         try:

@@ -15,6 +15,7 @@ from agent.errors import AlreadyExists, ResourceError
 from agent.storage import plan as p
 from agent.storage.devices import resolve_blk, resolve_scsi
 from agent.storage.drivers import check_mount_point, plan_storage
+from agent.storage.fsmodules import load_filesystem
 from agent.storage.types import DRIVER_BIND, DRIVER_BLK, DRIVER_SCSI, Storage
 from agent.system.paths import HostPaths
 from agent.system.pcipath import Waker
@@ -49,7 +50,7 @@ class MountTable:
     ) -> None:
         self.paths = paths
         self.device_timeout = device_timeout
-        self.sys: p.Syscalls = sys or p.HostSyscalls()
+        self.sys: p.Syscalls = sys or p.HostSyscalls(lambda fstype: load_filesystem(paths, fstype))
         self._waker_factory = waker_factory
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}  # by mount point, in mount order

@@ -127,6 +127,15 @@ class HostPaths:
         return self._at("etc/pykata/modules.load")
 
     @property
+    def modules_root_load_list(self) -> Path:
+        """The initrd's further modules (an ext4 root's), loaded on demand, in dependency order."""
+        return self._at("etc/pykata/modules-root.load")
+
+    @property
+    def proc_filesystems(self) -> Path:
+        return self._at("proc/filesystems")
+
+    @property
     def hostname_file(self) -> Path:
         return self._at("proc/sys/kernel/hostname")
 
