@@ -110,7 +110,10 @@ def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
     )
     server.bind()
     server.start()
-    log.info("agent ready", extra={"address": server.bound, "version": __version__, "pid": os.getpid()})
+    log.info(
+        "agent ready",
+        extra={"address": server.bound, "version": __version__, "pid": os.getpid(), "uptime": _uptime(paths)},
+    )
     try:
         while not stop.wait(0.2):
             sandbox = services.built().get("sandbox")
@@ -128,6 +131,14 @@ def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
         if reaper is not None:
             reaper.stop()
     return reason[0]
+
+
+def _uptime(paths: HostPaths) -> float | None:
+    """Seconds since the kernel started (the boot benchmark compares it with a busybox /init's)."""
+    try:
+        return float((paths.proc / "uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def close_services(services: Services) -> None:

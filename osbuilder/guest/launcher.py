@@ -19,6 +19,8 @@ ROOT_WAIT_SECONDS = 30.0
 MS_MOVE = 0x2000
 MS_RDONLY = 0x1
 MS_NOSUID_NODEV_NOEXEC = 0x2 | 0x4 | 0x8
+# Kernel command line flag: print the uptime at which /init started (bench/guest_boot.py sets it).
+BOOT_TIMES_OPTION = "pykata.boot_times"
 
 
 def kernel_options(cmdline: str) -> dict[str, str]:
@@ -120,6 +122,7 @@ def switch_root(options: dict[str, str]) -> None:
 
 
 def main() -> None:
+    started = time.clock_gettime(time.CLOCK_BOOTTIME)  # the kernel's uptime, before /proc is mounted
     sys.path.insert(0, AGENT_LIB)
     if os.getpid() == 1:
         try:
@@ -128,6 +131,8 @@ def main() -> None:
 
             with open(HostPaths().cmdline) as handle:
                 options = kernel_options(handle.read())
+            if BOOT_TIMES_OPTION in options:
+                print(f"pykata init: /init started at uptime={started:.3f}", file=sys.stderr, flush=True)
             if options.get("root"):
                 _load_modules(os.uname().release)
                 switch_root(options)
