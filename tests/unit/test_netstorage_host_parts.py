@@ -71,8 +71,12 @@ def test_hotplug_blk_reports_kata_pci_path_and_undoes_on_failure(tmp_path: Path)
     assert (disk.port, disk.device_id) == ("hp0", "vblk-hp0")
     added = dict(monitor.calls)["blockdev-add"]
     assert added["file"] == {"driver": "file", "filename": str(image.resolve()), "read-only": True}
-    assert dict(monitor.calls)["device_add"] == {"driver": "virtio-blk-pci", "id": "vblk-hp0",
-                                                 "drive": disk.node_name, "bus": "hp0"}
+    assert dict(monitor.calls)["device_add"] == {
+        "driver": "virtio-blk-pci",
+        "id": "vblk-hp0",
+        "drive": disk.node_name,
+        "bus": "hp0",
+    }
 
     failing = FakeQMP([{"bus": 0, "devices": [_port(3, "hp0", [])]}], fail_device_add=True)
     with pytest.raises(qmp.QMPError):
