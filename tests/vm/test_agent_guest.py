@@ -192,13 +192,14 @@ def test_exec_in_running_container_over_grpc(guest: vm.Guest, share: Path) -> No
 
 
 def _console(guest: vm.Guest, command: str, timeout: float = 60.0) -> str:
+    """Run ``command`` in the debug console's shell and return what it printed up to the end marker.
+    The marker is typed with quotes inside it, so the pty's echo of the command line never matches."""
     sock = guest.connect(1026)
     sock.settimeout(timeout)
-    marker = "__done__"
-    sock.sendall(f"{command}; echo {marker}\n".encode())
+    sock.sendall(f"{command}; echo __pykata_''done__\n".encode())
     data = b""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and data.count(marker.encode()) < 2:
+    while time.monotonic() < deadline and b"__pykata_done__" not in data:
         try:
             chunk = sock.recv(65536)
         except TimeoutError:
@@ -207,7 +208,9 @@ def _console(guest: vm.Guest, command: str, timeout: float = 60.0) -> str:
             break
         data += chunk
     sock.close()
-    return data.decode(errors="replace")
+    text = data.decode(errors="replace")
+    assert "__pykata_done__" in text, f"the console did not finish {command!r}: {text[-2000:]!r}"
+    return text
 
 
 def test_hotplug_cpus_and_memory(guest: vm.Guest) -> None:
