@@ -179,8 +179,11 @@ def serve_session(conn: socket.socket, shell: str) -> None:
 
 def _relay(conn: socket.socket, master: int, filter_: ResizeFilter) -> None:
     sock_fd = conn.fileno()
+    poller = select.poll()  # not select(): the agent may hold more than FD_SETSIZE descriptors
+    poller.register(sock_fd, select.POLLIN)
+    poller.register(master, select.POLLIN)
     while True:
-        readable, _, _ = select.select([sock_fd, master], [], [])
+        readable = {fd for fd, _ in poller.poll()}
         if sock_fd in readable:
             data = conn.recv(CHUNK)
             if not data:

@@ -34,6 +34,9 @@ class StreamBuffer:
         self._thread.start()
 
     def _drain(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         try:
             while True:
                 with self._cond:
@@ -41,7 +44,8 @@ class StreamBuffer:
                     if self._closing:
                         return
                     space = self._limit - len(self._data)
-                ready, _, _ = select.select([self._fd, self._wake_r], [], [])
+                # poll, not select: the agent may hold more than FD_SETSIZE (1024) descriptors
+                ready = {fd for fd, _ in poller.poll()}
                 if self._wake_r in ready:
                     return
                 try:
