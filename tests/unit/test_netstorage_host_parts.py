@@ -171,3 +171,38 @@ def test_pyroute2_imports_without_ssl() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "False", "True"]
+
+
+def test_boot_command_passes_netns_and_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``agentctl boot --netns NS --pcie-ports N`` reaches the launcher; the state records the netns."""
+    from click.testing import CliRunner
+
+    from agentctl import netns, vm_cli
+
+    seen: list[vm.GuestConfig] = []
+
+    class FakeGuest:
+        def __init__(self, config: vm.GuestConfig, progress: Any) -> None:
+            seen.append(config)
+            self.tap = netns.TapAttachment(config.netns or "", "tap0_kata", "eth0", "02:00:00:00:00:09", 1500,
+                                           ("10.9.9.2/24",))  # fmt: skip
+
+        def start(self) -> None:
+            pass
+
+        def detach(self) -> vm.GuestState:
+            state = vm.GuestState("g", str(tmp_path / "g"), 1, 2, "/u", "/q", "/c", "tcg", "ns1", self.tap.mac)
+            return state
+
+    monkeypatch.setattr(vm, "Guest", FakeGuest)
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"")
+    (tmp_path / "g").mkdir()  # the real launcher makes its run directory
+    result = CliRunner().invoke(
+        vm_cli.boot,
+        ["--kernel", str(kernel), "--initrd", str(kernel), "--netns", "ns1", "--pcie-ports", "3",
+         "--name", "g", "--run-dir", str(tmp_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (seen[0].netns, seen[0].pcie_root_ports) == ("ns1", 3)
+    assert "02:00:00:00:00:09" in result.output and "10.9.9.2/24" in result.output

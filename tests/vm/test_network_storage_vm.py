@@ -31,7 +31,7 @@ import pytest
 
 from agent.rpc.convert_oci import dict_to_spec
 from agent.rpc.pb import agent_pb2, types_pb2
-from agentctl import qmp, vm
+from agentctl import vm
 from agentctl.client import AgentClient, connect
 from tests.conftest import REPO
 from tests.helpers.bundle import make_bundle
@@ -254,7 +254,8 @@ def test_guest_nic_configured_and_reaches_server_in_peer_namespace(
     mac = guest.tap.mac
     assert guest.tap.addresses == (f"{wiring.guest_address}/{wiring.prefix}",)
     client = agent(guest)
-    before = _interfaces(client)
+    with timed("ListInterfaces (the first netlink call imports pyroute2)"):
+        before = _interfaces(client)
     assert mac in before, f"the guest has no NIC with the namespace eth0's MAC {mac}: {list(before)}"
     assert not [a for a in before[mac].IPAddresses if a.address == wiring.guest_address]
 
@@ -316,13 +317,34 @@ def test_hot_added_virtio_blk_mounted_by_container_storage(guest: vm.Guest, shar
     (content / "hello.txt").write_text(token + "\n")
     image = tmp_path / "disk.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(image), "8M"], check=True)
-    with timed("QMP: blockdev-add + device_add virtio-blk-pci"), guest.qmp() as monitor:
-        disk = qmp.hotplug_blk(monitor, image, read_only=True)
-    phase(f"disk {disk.device_id} on {disk.port}: PCI path {disk.pci_path}")
-    mount_point = f"{SANDBOX_STORAGE}/disk-{disk.device_id}"
-    storage = agent_pb2.Storage(
-        driver="blk", source=disk.pci_path, fstype="ext4", options=["ro"], mount_point=mount_point
-    )
+    # through the command line, as a developer would: agentctl finds the guest by its state file
+    run_base = tmp_path / "run"
+    (run_base / "netstore").mkdir(parents=True)
+    assert guest.qemu is not None and guest.backend is not None
+    vm.GuestState(
+        name="netstore",
+        run_dir=str(run_base / "netstore"),
+        qemu_pid=guest.qemu.pid,
+        backend_pid=guest.backend.pid,
+        uds=str(guest.uds),
+        qmp=str(guest.qmp_path),
+        console_log=str(guest.console_log),
+        accel=guest.accel,
+    ).save()
+    with timed("agentctl hotplug blk (QMP blockdev-add + device_add virtio-blk-pci)"):
+        plugged = subprocess.run(
+            [sys.executable, "-m", "agentctl.cli", "hotplug", "blk", str(image), "--read-only",
+             "--name", "netstore", "--run-dir", str(run_base)],
+            cwd=REPO, check=True, capture_output=True, text=True,
+        ).stdout.split()  # fmt: skip
+    pci_path, device_id = plugged
+    with guest.qmp() as monitor:
+        root_bus = next(bus for bus in monitor.execute("query-pci") if bus["bus"] == 0)["devices"]
+    ports = [d for d in root_bus if device_id in {c["qdev_id"] for c in d.get("pci_bridge", {}).get("devices", [])}]
+    assert [f"{port['slot']:02x}/00" for port in ports] == [pci_path]  # the port's slot, then slot 0 behind it
+    phase(f"disk {device_id}: PCI path {pci_path}")
+    mount_point = f"{SANDBOX_STORAGE}/disk-{device_id}"
+    storage = agent_pb2.Storage(driver="blk", source=pci_path, fstype="ext4", options=["ro"], mount_point=mount_point)
     mount = {"destination": "/data", "type": "bind", "source": mount_point, "options": ["rbind", "ro"]}
     spec = container_spec(share, ["/bin/sh", "-c", "cat /data/hello.txt; grep ' /data ' /proc/mounts"], [mount])
     client = agent(guest)
