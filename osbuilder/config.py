@@ -125,10 +125,11 @@ LAZY_IMPORTS = (
     "_prctl",
     "typing_extensions",
 )
-# Imported by the stdlib inside try/except ImportError (shutil -> bz2/lzma, hashlib -> _hashlib) and never
-# used by the agent: leaving them out drops libbz2 and liblzma. ssl stays: pyroute2 imports it
-# unconditionally (pyroute2.netlink.rtnl.probe_msg), so without it every network RPC fails.
-EXCLUDE_MODULES = ("bz2", "_bz2", "lzma", "_lzma")
+# Imported by the stdlib inside try/except ImportError (asyncio -> ssl, shutil -> bz2/lzma, hashlib ->
+# _hashlib) and never used by the agent: leaving them out drops libssl, libcrypto, libbz2 and liblzma.
+# pyroute2 imports ssl unconditionally for a probe the agent never sends: agent.network.netlink's
+# import_pyroute2 lets it import without one.
+EXCLUDE_MODULES = ("ssl", "_ssl", "bz2", "_bz2", "lzma", "_lzma", "_hashlib")
 # Whole packages copied in full when any module of theirs is imported: their lazy imports are many and
 # name-driven, so module-level pruning would break them.
 WHOLE_PACKAGES = ("agent", "pyroute2")
