@@ -267,6 +267,29 @@ class Guest:
         """A socket joined to the guest's vsock ``port`` through the back-end."""
         return hvsock.connect(self.uds, port, timeout)
 
+    def run_in_console(self, command: str, port: int = 1026, timeout: float = 60.0) -> str:
+        """Run ``command`` in the agent's debug console (``agent.debug_console`` on the guest's command
+        line) and return what the terminal showed up to the end marker. The marker is typed with quotes
+        inside it, so the pty's echo of the command line never matches it."""
+        marker = b"__pykata_console_done__"
+        with self.connect(port) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(f"{command}; echo __pykata_console_''done__\n".encode())
+            data = b""
+            deadline = time.monotonic() + timeout
+            while marker not in data and time.monotonic() < deadline:
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        text = data.decode(errors="replace")
+        if marker not in data:
+            raise TimeoutError(f"the debug console did not finish {command!r} in {timeout} s: {text[-500:]!r}")
+        return text
+
     def qmp(self, timeout: float = 30.0) -> QMPClient:
         return QMPClient(self.paths["qmp"], timeout)
 

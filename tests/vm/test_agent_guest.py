@@ -191,38 +191,16 @@ def test_exec_in_running_container_over_grpc(guest: vm.Guest, share: Path) -> No
     assert b"sleep" in data
 
 
-def _console(guest: vm.Guest, command: str, timeout: float = 60.0) -> str:
-    """Run ``command`` in the debug console's shell and return what it printed up to the end marker.
-    The marker is typed with quotes inside it, so the pty's echo of the command line never matches."""
-    sock = guest.connect(1026)
-    sock.settimeout(timeout)
-    sock.sendall(f"{command}; echo __pykata_''done__\n".encode())
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and b"__pykata_done__" not in data:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    sock.close()
-    text = data.decode(errors="replace")
-    assert "__pykata_done__" in text, f"the console did not finish {command!r}: {text[-2000:]!r}"
-    return text
-
-
 def test_hotplug_cpus_and_memory(guest: vm.Guest) -> None:
     agent = client(guest, "ttrpc")
-    before = _console(guest, "grep MemTotal /proc/meminfo")
+    before = guest.run_in_console("grep MemTotal /proc/meminfo")
     mem_before = int(re.search(r"MemTotal:\s+(\d+)", before).group(1))  # type: ignore[union-attr]
     with qmp.QMPClient(guest.qmp_path) as monitor, Timer("QMP: 2 CPUs and 256 MiB"):
         qmp.hotplug_cpus(monitor, 2)
         qmp.hotplug_memory(monitor, 256 * 1024 * 1024)
     with Timer("OnlineCPUMem(nb_cpus=3)"):
         agent.call("grpc.AgentService/OnlineCPUMem", agent_pb2.OnlineCPUMemRequest(wait=True, nb_cpus=3))
-    after = _console(guest, "cat /sys/devices/system/cpu/online; grep MemTotal /proc/meminfo; cat /proc/cpuinfo")
+    after = guest.run_in_console("cat /sys/devices/system/cpu/online; grep MemTotal /proc/meminfo; cat /proc/cpuinfo")
     assert "0-2" in after
     assert after.count("processor\t:") == 3
     mem_after = int(re.search(r"MemTotal:\s+(\d+)", after).group(1))  # type: ignore[union-attr]

@@ -158,26 +158,6 @@ def rpc(client: AgentClient, method: str, request: Any) -> Any:
     return client.call(method, request)
 
 
-def console(guest: vm.Guest, command: str, timeout: float = 60.0) -> str:
-    """Run ``command`` in the debug console; its output (the end marker is split in the echoed
-    command line, so only the shell's own echo of it ends the read)."""
-    sock = guest.connect(1026)
-    sock.settimeout(timeout)
-    sock.sendall(f'{command}; echo __end""_of_command__\n'.encode())
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and b"__end_of_command__" not in data:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    sock.close()
-    return data.decode(errors="replace")
-
-
 def container_spec(share: Path, args: list[str], mounts: list[dict[str, Any]] | None = None) -> Any:
     """The busybox bundle's runc spec, run from the 9p share, in the guest's network namespace (as
     Kata's runtime does: the sandbox's network is the guest's)."""
@@ -237,7 +217,7 @@ def test_9p_share_mounted_by_sandbox_storage(guest: vm.Guest, share: Path) -> No
             "grpc.AgentService/CreateSandbox",
             agent_pb2.CreateSandboxRequest(hostname="netstore", sandbox_id="netstore", storages=[storage]),
         )
-    seen = console(guest, f"cat {SHARED}/{SHARE_MARKER}; grep ' {SHARED} ' /proc/mounts")
+    seen = guest.run_in_console(f"cat {SHARED}/{SHARE_MARKER}; grep ' {SHARED} ' /proc/mounts")
     assert (share / SHARE_MARKER).read_text().strip() in seen
     assert f"kataShared {SHARED} 9p" in seen
 
@@ -354,5 +334,5 @@ def test_hot_added_virtio_blk_mounted_by_container_storage(guest: vm.Guest, shar
     assert text.splitlines()[0] == token
     assert " /data ext4 ro" in text
     # the container was the storage's only user: removing it unmounted the disk
-    seen = console(guest, f"grep -q ' {mount_point} ' /proc/mounts && echo STILL''MOUNTED || echo NOT''MOUNTED")
+    seen = guest.run_in_console(f"grep -q ' {mount_point} ' /proc/mounts && echo STILL''MOUNTED || echo NOT''MOUNTED")
     assert "NOTMOUNTED" in seen and "STILLMOUNTED" not in seen
