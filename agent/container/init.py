@@ -206,10 +206,10 @@ def _plan_from(data: dict[str, Any]) -> rootfs.RootfsPlan:
 def container_main(request: dict[str, Any], status_fd: int, control_fd: int, io_fds: list[int]) -> int:
     """The container process: wait for its cgroup, set up, report, wait for start, exec."""
     fcntl.fcntl(status_fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
-    # Python ignores SIGPIPE and SIGXFSZ, and the fork server SIGINT; an ignored signal stays
-    # ignored across execve, so give the user's program the defaults back
-    for signum in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(signum, signal.SIG_DFL)
+    # Python ignores SIGPIPE and SIGXFSZ, the fork server SIGINT, and whoever started the agent may
+    # have ignored others; an ignored signal stays ignored across execve, so give the user's program
+    # every default back
+    libc.reset_all_signals()
     if request["op"] == "pause":
         return pause_main(status_fd, control_fd, io_fds)
     if _read_order(control_fd) != b"g":

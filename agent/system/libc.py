@@ -201,3 +201,29 @@ def set_send_timeout(fd: int, seconds: float) -> None:
 
     value = Timeval(int(seconds), int((seconds - int(seconds)) * 1_000_000))
     _check(_libc.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, ctypes.byref(value), ctypes.sizeof(value)))
+
+
+SYS_rt_sigaction = 13
+SIGKILL = 9
+SIGSTOP = 19
+NSIG = 65
+
+
+def reset_all_signals() -> None:
+    """Every signal back to SIG_DFL, including the two glibc keeps for itself (32 and 33) that
+    signal.signal refuses: an ignored signal stays ignored across execve, and a container's program
+    must start with the defaults whatever its launcher inherited (runc does the same)."""
+
+    class KernelSigaction(ctypes.Structure):
+        _fields_ = [
+            ("handler", ctypes.c_void_p),
+            ("flags", ctypes.c_ulong),
+            ("restorer", ctypes.c_void_p),
+            ("mask", ctypes.c_uint64),
+        ]
+
+    default = KernelSigaction(None, 0, None, 0)
+    for signum in range(1, NSIG):
+        if signum in (SIGKILL, SIGSTOP):
+            continue
+        _libc.syscall(SYS_rt_sigaction, signum, ctypes.byref(default), None, ctypes.c_size_t(8))
