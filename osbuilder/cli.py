@@ -70,7 +70,8 @@ def rootfs_command(output: Path, workdir: Path, quiet: bool) -> None:
 
 @cli.command(name="initrd")
 @_common
-@click.option("--compression", type=click.Choice(initrd.COMPRESSIONS), default="gzip", show_default=True)
+@click.option("--compression", type=click.Choice(initrd.COMPRESSIONS), default=initrd.DEFAULT_COMPRESSION,
+              show_default=True)
 @click.option("--measure-parts", is_flag=True, help="also compress each part on its own to report its share")
 def initrd_command(output: Path, workdir: Path, quiet: bool, compression: str, measure_parts: bool) -> None:
     """initrd.img: the agent as /init with the kernel's modules."""
@@ -89,7 +90,8 @@ def image_command(output: Path, workdir: Path, quiet: bool) -> None:
 
 @cli.command(name="all")
 @_common
-@click.option("--compression", type=click.Choice(initrd.COMPRESSIONS), default="gzip", show_default=True)
+@click.option("--compression", type=click.Choice(initrd.COMPRESSIONS), default=initrd.DEFAULT_COMPRESSION,
+              show_default=True)
 def all_command(output: Path, workdir: Path, quiet: bool, compression: str) -> None:
     """vmlinuz, initrd.img, rootfs.img and manifest.json."""
     ctx = _context(output, workdir, quiet)

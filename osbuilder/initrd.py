@@ -31,7 +31,13 @@ from osbuilder.context import BuildContext
 from osbuilder.kernel.distro import GuestKernel
 from osbuilder.rootfs import Rootfs, launcher_script, tree_digest
 
-COMPRESSIONS = ("gzip", "zstd", "xz", "none")
+COMPRESSIONS = ("lz4", "gzip", "zstd", "xz", "none")
+# lz4 by default. Under TCG (the kernel's own timestamps, one boot each) the kernel unpacked our 44 MiB
+# initrd in 1.0 s from lz4, 2.8 s from gzip, 2.7 s from zstd and 8.9 s from xz (0.8 s uncompressed).
+# bench/guest_boot.py, 3 interleaved boots on a busy host: Check answered at 8.6 s uptime from lz4,
+# 9.0 s from gzip, and QEMU used 1.0 s less CPU. Only xz meets the 12 MiB size target, at 6 s more
+# boot; with a real KVM every format unpacks in well under a second and xz is the one to pick.
+DEFAULT_COMPRESSION = "lz4"
 PARTS = ("interpreter", "shared libraries", "stdlib", "site-packages", "agent", "kernel modules", "the rest")
 DEV_CONSOLE = (5, 1)
 EMPTY_DIRS = ("dev", "proc", "sys", "run", "tmp", "sysroot", "root", "etc/pykata")
@@ -70,12 +76,15 @@ def part_of(guest: str) -> str:
 
 
 def compress(data: bytes, method: str) -> bytes:
-    """Deterministic compression in a format the kernel unpacks (xz with CRC32, gzip without a timestamp)."""
+    """Deterministic compression in a format the kernel unpacks (xz with CRC32, gzip without a timestamp,
+    lz4 in legacy frames)."""
     if method == "gzip":
         return gzip.compress(data, compresslevel=9, mtime=0)
     if method == "xz":
         filters = [{"id": lzma.FILTER_X86}, {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=filters)
+    if method == "lz4":  # the kernel reads only lz4's legacy frame format (-l)
+        return run(["lz4", "-l", "-12", "-q", "-c"], input=data, package="lz4").stdout
     if method == "zstd":
         return run(["zstd", "-19", "-q", "-c", "--no-progress"], input=data, package="zstd").stdout
     if method == "none":
@@ -166,12 +175,28 @@ def materialize(tree: GuestTree, staging: Path, kernel: GuestKernel | None, init
             module_file = modules_dir / relpath
             module_file.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(kernel.modules_root / "lib/modules" / kernel.release / relpath, module_file)
-        (staging / "etc/pykata/modules.load").write_text(kernel.modules_load())
-        extra = [m for m in kernel.root_modules if m not in kernel.guest_modules]
-        (staging / "etc/pykata/modules-root.load").write_text("".join(f"{m}\n" for m in extra))
+        for name, listing in module_lists(kernel).items():
+            (staging / "etc/pykata" / name).write_text("".join(f"{m}\n" for m in listing))
     init = staging / "init"
     init.write_text(init_text)
     init.chmod(0o755)
+
+
+def module_lists(kernel: GuestKernel) -> dict[str, list[str]]:
+    """The initrd's kernel module lists (``relpath [params]`` lines, each in load order).
+
+    - modules.load: what the agent loads before it serves (vsock);
+    - modules-background.load: the rest of the guest's modules, which /init loads in a low-priority
+      process while the agent starts;
+    - modules-root.load: every module not in modules.load, which a mount loads on demand when its
+      filesystem is missing, and which the disk image boot loads before it switches root.
+    """
+    boot = set(kernel.boot_modules)
+    return {
+        "modules.load": list(kernel.boot_modules),
+        "modules-background.load": [m for m in kernel.guest_modules if m not in boot],
+        "modules-root.load": [m for m in kernel.root_modules if m not in boot],
+    }
 
 
 def archive_bytes(staging: Path, epoch: int) -> bytes:
@@ -211,7 +236,7 @@ def cache_key(rootfs: Rootfs, kernel: GuestKernel | None, ctx: BuildContext, com
 
 
 def build(
-    ctx: BuildContext, rootfs: Rootfs, kernel: GuestKernel | None, compression: str = "gzip",
+    ctx: BuildContext, rootfs: Rootfs, kernel: GuestKernel | None, compression: str = DEFAULT_COMPRESSION,
     output_name: str = "initrd.img", use_cache: bool = True, measure: bool = False,
 ) -> InitrdResult:
     if compression not in COMPRESSIONS:

@@ -14,6 +14,8 @@ import time
 
 AGENT_LIB = "/usr/lib/pykata"
 MODULE_LISTS = ("/etc/pykata/modules.load", "/etc/pykata/modules-root.load")
+# Loaded while the agent starts, by a child at the lowest priority: the agent loads modules.load itself.
+BACKGROUND_MODULE_LISTS = ("/etc/pykata/modules.load", "/etc/pykata/modules-background.load")
 NEW_ROOT = "/sysroot"
 ROOT_WAIT_SECONDS = 30.0
 MS_MOVE = 0x2000
@@ -54,11 +56,12 @@ def _mount_api_filesystems() -> None:
             libc.mount(source, target, fstype, flags, None)
 
 
-def _load_modules(release: str) -> None:
+def _load_modules(release: str, lists: tuple[str, ...] = MODULE_LISTS, keep_going: bool = False) -> None:
+    """Load the listed modules in order; a failure raises, or with ``keep_going`` is printed and skipped."""
     from agent.system import libc
 
     seen: set[str] = set()
-    for listing in MODULE_LISTS:
+    for listing in lists:
         try:
             with open(listing) as handle:
                 lines = handle.read().splitlines()
@@ -70,13 +73,39 @@ def _load_modules(release: str) -> None:
                 continue
             seen.add(rel)
             path = f"/lib/modules/{release}/{rel}"
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                libc.finit_module(fd, params, 0, path)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    libc.finit_module(fd, params, 0, path)
+                finally:
+                    os.close(fd)
             except FileExistsError:
                 pass
-            finally:
-                os.close(fd)
+            except OSError as exc:
+                if not keep_going:
+                    raise
+                print(f"pykata init: kernel module {path}: {exc.strerror}", file=sys.stderr, flush=True)
+
+
+def start_background_modules(release: str) -> int:
+    """Fork a child that loads the guest's other kernel modules at nice 19; returns its PID.
+
+    On one busy vCPU it runs when the agent waits, so modules the agent does not need to serve (9p,
+    virtio-net, overlay...) stop delaying the first answer. The modules the agent loads itself come
+    first in the child's lists too: the others depend on them, and a second load of one just waits
+    for the first. Called before any thread exists (the agent reaps the child as an orphan).
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 0
+    try:
+        os.nice(19)
+        _load_modules(release, BACKGROUND_MODULE_LISTS, keep_going=True)
+    except BaseException as exc:
+        print(f"pykata init: background kernel modules: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        status = 1
+    os._exit(status)
 
 
 def _remove_initramfs(root_dev: int) -> None:
@@ -136,6 +165,7 @@ def main() -> None:
             if options.get("root"):
                 _load_modules(os.uname().release)
                 switch_root(options)
+            start_background_modules(os.uname().release)
         except Exception as exc:  # PID 1 must not exit: say why and power off
             _fail(f"{type(exc).__name__}: {exc}")
     import runpy

@@ -25,6 +25,7 @@ class GuestKernel:
     modules_root: Path  # holds lib/modules/<release>/<relpath>.ko, decompressed
     guest_modules: list[str]  # relpaths in load order
     root_modules: list[str]  # the guest's plus what mounting an ext4 root needs
+    boot_modules: list[str]  # what the agent needs before it serves (config.BOOT_MODULES), in load order
 
     def modules_load(self, with_root: bool = False) -> str:
         listing = self.root_modules if with_root else self.guest_modules
@@ -104,10 +105,12 @@ def prepare(ctx: BuildContext, package: str | None = None) -> GuestKernel:
         index = ModuleTree(modules_dir, tree / "plain")
         builtin = builtin_modules(modules_dir)
         guest = index.closure(config.GUEST_MODULES, builtin)
+        boot = index.closure(config.BOOT_MODULES, builtin)
         rooted = index.closure(config.GUEST_MODULES + config.ROOT_MODULES, builtin)
         staged = tree / "staged/lib/modules" / release
         stage_modules(index, rooted, staged)
-    progress.say("kernel", f"{release}: {len(guest)} guest modules, {len(rooted)} with the ext4 root")
+    progress.say("kernel", f"{release}: {len(guest)} guest modules ({len(boot)} before the agent serves), "
+                 f"{len(rooted)} with the ext4 root")
     progress.say("kernel", "load order: " + " ".join(m.name for m in guest))
     return GuestKernel(
         package=package,
@@ -117,4 +120,5 @@ def prepare(ctx: BuildContext, package: str | None = None) -> GuestKernel:
         modules_root=tree / "staged",
         guest_modules=load_list(guest, config.MODULE_PARAMS).splitlines(),
         root_modules=load_list(rooted, config.MODULE_PARAMS).splitlines(),
+        boot_modules=load_list(boot, config.MODULE_PARAMS).splitlines(),
     )
