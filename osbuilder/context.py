@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ def source_date_epoch(environ: dict[str, str] | None = None) -> int:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+_HELD_LOCKS: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -70,5 +74,20 @@ class BuildContext:
         return env
 
     def ensure(self) -> None:
+        """Create the work and output directories and take the workdir's lock for this process.
+
+        Builds share caches in the workdir (the rootfs tree, the unpacked kernel): two at once would
+        replace each other's files, so a second build waits for the first."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.output.mkdir(parents=True, exist_ok=True)
+        lock_path = self.workdir / ".lock"
+        key = str(lock_path.resolve())
+        if key in _HELD_LOCKS:
+            return
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.progress.say("build", f"waiting for another build using {self.workdir} to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _HELD_LOCKS[key] = fd  # held until the process exits
