@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from agent.rpc.pb import agent_pb2, health_pb2
+from agent.rpc.pb import agent_pb2, health_pb2, oci_pb2
 from agentctl import qmp, vm
-from agentctl.client import AgentClient, connect
+from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import FIXTURES, REPO
 from tests.helpers.bundle import make_bundle
 
@@ -154,38 +154,47 @@ def _oci_from_bundle(bundle: Path, guest_root: str) -> dict[str, Any]:
     return spec
 
 
+def exec_in(agent: AgentClient, cid: str, exec_id: str, args: list[str]) -> tuple[int, bytes]:
+    """ExecProcess in a running container; its exit status and everything it wrote to stdout."""
+    agent.call(
+        "grpc.AgentService/ExecProcess",
+        agent_pb2.ExecProcessRequest(
+            container_id=cid, exec_id=exec_id, process=oci_pb2.Process(Args=args, Cwd="/", Env=["PATH=/bin"])
+        ),
+    )
+    status = agent.call(
+        "grpc.AgentService/WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id=exec_id)
+    ).status
+    data = b""
+    while True:
+        try:
+            chunk = agent.call(
+                "grpc.AgentService/ReadStdout",
+                agent_pb2.ReadStreamRequest(container_id=cid, exec_id=exec_id, len=4096),
+            ).data
+        except AgentCallError:
+            break  # the end of the stream is reported as an error once it is drained
+        if not chunk:
+            break
+        data += chunk
+    return status, data
+
+
 def test_exec_in_running_container_over_grpc(guest: vm.Guest, share: Path) -> None:
     from agent.rpc.convert_oci import dict_to_spec
 
     agent = client(guest, "grpc")
     cid = "sleeper"
     spec = _oci_from_bundle(share / "c-sleeper", f"{SHARED}/c-sleeper/rootfs")
+    spec["linux"].setdefault("resources", {})["cpu"] = {"cpus": "0"}  # asks for CPUs: hotplug updates it
     agent.call(
         "grpc.AgentService/CreateContainer",
         agent_pb2.CreateContainerRequest(container_id=cid, exec_id=cid, OCI=dict_to_spec(spec)),
     )
     agent.call("grpc.AgentService/StartContainer", agent_pb2.StartContainerRequest(container_id=cid))
-    process = dict_to_spec(spec).Process
-    del process.Args[:]
-    process.Args.extend(["/bin/sh", "-c", "echo exec-in-$(hostname); cat /proc/1/cmdline"])
-    with Timer("ExecProcess"):
-        agent.call(
-            "grpc.AgentService/ExecProcess",
-            agent_pb2.ExecProcessRequest(container_id=cid, exec_id="e1", process=process),
-        )
-    waited = agent.call("grpc.AgentService/WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="e1"))
-    assert waited.status == 0
-    data = b""
-    while True:
-        try:
-            chunk = agent.call(
-                "grpc.AgentService/ReadStdout", agent_pb2.ReadStreamRequest(container_id=cid, exec_id="e1", len=4096)
-            ).data
-        except Exception:
-            break  # EOF is reported as an error once the stream is drained
-        if not chunk:
-            break
-        data += chunk
+    with Timer("ExecProcess + WaitProcess + ReadStdout"):
+        status, data = exec_in(agent, cid, "e1", ["/bin/sh", "-c", "echo exec-in-$(hostname); cat /proc/1/cmdline"])
+    assert status == 0
     # the exec joined the container: its pid 1 is the container's sleep
     assert data.startswith(b"exec-in-")
     assert b"sleep" in data
@@ -205,6 +214,10 @@ def test_hotplug_cpus_and_memory(guest: vm.Guest) -> None:
     assert after.count("processor\t:") == 3
     mem_after = int(re.search(r"MemTotal:\s+(\d+)", after).group(1))  # type: ignore[union-attr]
     assert mem_after - mem_before >= 200 * 1024  # kB
+    # the running container that asked for CPUs got the new cpuset
+    status, data = exec_in(agent, "sleeper", "cpus", ["/bin/grep", "Cpus_allowed_list", "/proc/self/status"])
+    assert status == 0
+    assert data.split() == [b"Cpus_allowed_list:", b"0-2"]
 
 
 def test_destroy_sandbox_powers_off(guest: vm.Guest) -> None:
