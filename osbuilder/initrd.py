@@ -185,7 +185,7 @@ def materialize(tree: GuestTree, staging: Path, kernel: GuestKernel | None, init
 def module_lists(kernel: GuestKernel) -> dict[str, list[str]]:
     """The initrd's kernel module lists (``relpath [params]`` lines, each in load order).
 
-    - modules.load: what the agent loads before it serves (vsock);
+    - modules.load: what the agent loads before it serves (vsock and the device drivers);
     - modules-background.load: the rest of the guest's modules, which /init loads in a low-priority
       process while the agent starts;
     - modules-root.load: every module not in modules.load, which a mount loads on demand when its

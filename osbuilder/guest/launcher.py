@@ -91,7 +91,7 @@ def start_background_modules(release: str) -> int:
     """Fork a child that loads the guest's other kernel modules at nice 19; returns its PID.
 
     On one busy vCPU it runs when the agent waits, so modules the agent does not need to serve (9p,
-    virtio-net, overlay...) stop delaying the first answer. The modules the agent loads itself come
+    virtiofs, overlay) stop delaying the first answer. The modules the agent loads itself come
     first in the child's lists too: the others depend on them, and a second load of one just waits
     for the first. Called before any thread exists (the agent reaps the child as an orphan).
     """
