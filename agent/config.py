@@ -148,6 +148,14 @@ SETTINGS: tuple[Setting, ...] = (
         "milliseconds between sysfs re-scans for memory blocks (uevents wake the loop earlier)",
     ),
     Setting(
+        "hotplug_uevents",
+        _parse_bool,
+        True,
+        "wake the CPU and memory online loop on kernel uevents (false: only the *_online_interval_ms "
+        "re-scans, the way to measure or work around a kernel without uevents)",
+        flag=True,
+    ),
+    Setting(
         "unified_cgroup_hierarchy",
         _parse_bool,
         True,
@@ -196,6 +204,7 @@ class AgentConfig:
     mem_online_timeout: float = 60.0
     mem_online_retries: int = 0
     mem_online_interval_ms: int = 100
+    hotplug_uevents: bool = True
     unified_cgroup_hierarchy: bool = True
     container_pipe_size: int = 0
     output_buffer_limit: int = 8 * 1024 * 1024

@@ -71,8 +71,10 @@ class ResourceService:
 
     @classmethod
     def from_services(cls, services: Services) -> ResourceService:
-        # Kernel uevents describe the real /sys; a service on a test tree gets none.
-        listener = shared_listener() if services.paths.root == Path("/") else None
+        # Kernel uevents describe the real /sys; a service on a test tree gets none, and
+        # agent.hotplug_uevents=false leaves the loop to its sysfs re-scans.
+        wanted = services.config.hotplug_uevents and services.paths.root == Path("/")
+        listener = shared_listener() if wanted else None
 
         def targets() -> list[Path]:
             containers = services.built().get("containers")

@@ -28,6 +28,8 @@ CMDLINE_CASES: list[tuple[str, dict[str, Any]]] = [
     ),
     ("agent.mem_online_interval_ms=50", {"mem_online_interval_ms": 50}),
     ("agent.unified_cgroup_hierarchy=0", {"unified_cgroup_hierarchy": False}),
+    ("agent.hotplug_uevents=false", {"hotplug_uevents": False}),
+    ("agent.hotplug_uevents", {"hotplug_uevents": True}),
     ("agent.log=info agent.log=debug", {"log": "debug"}),  # the last one wins, as in the kernel
 ]
 
