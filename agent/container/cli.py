@@ -34,7 +34,6 @@ from agent.container.cli_args import (
     parse_args,
 )
 from agent.container.cli_state import (
-    HOST_HOOKS,
     OCI_VERSION,
     STATUS_CREATED,
     STATUS_PAUSED,
@@ -49,6 +48,8 @@ from agent.container.cli_state import (
 
 if TYPE_CHECKING:
     from agent.container.cli_backend import Backend
+    from agent.container.engine import Container, Process
+    from agent.container.state import Status
 
 # ---------------------------------------------------------------------------------------------
 # Logging as runc does it (logrus text or JSON lines), so containerd can read our --log file.
@@ -213,13 +214,6 @@ def send_console(socket_path: str, master_fd: int, name: str) -> None:
         connection.sendmsg([name.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
 
 
-def exit_status(wait_status: int) -> int:
-    """The shell's convention: the exit code, or 128+N when signal N ended the process."""
-    if os.WIFSIGNALED(wait_status):
-        return 128 + os.WTERMSIG(wait_status)
-    return os.WEXITSTATUS(wait_status)
-
-
 # ---------------------------------------------------------------------------------------------
 # Commands. Each takes the parsed invocation and returns the exit status.
 
@@ -240,8 +234,17 @@ class Context:
         if self._backend is None:
             from agent.container.cli_backend import Backend
 
-            self._backend = Backend(self.paths)
+            self._backend = Backend(self.paths, no_pivot=bool(self.flags.get("no_pivot")))
         return self._backend
+
+    def open(self, container_id: str) -> tuple[Record, Container]:
+        """The saved record and the engine's container, found again from ``<root>/<id>/state.json``."""
+        record = self.store.load(container_id)
+        return record, self.backend().open(record, self.store.dir(container_id))
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
 
     def status(self, record: Record) -> str:
         if record.pid <= 0 or process_start_time(self.paths.proc_pid(record.pid)) != record.pid_start:
@@ -401,80 +404,45 @@ def load_bundle(bundle_flag: str | None) -> tuple[Path, dict[str, Any], Path]:
     return bundle, spec, rootfs
 
 
-class Terminal:
-    """A terminal process makes its pty inside the container and sends the master back over
-    ``theirs``; we pass it on to the console socket, as runc does."""
-
-    def __init__(self) -> None:
-        import socket
-
-        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-
-    def child_end(self) -> int:
-        return self.theirs.fileno()
-
-    def hand_over(self, socket_path: str) -> None:
-        import socket
-
-        self.theirs.close()
-        self.ours.settimeout(10)
-        try:
-            message, fds, _flags, _addr = socket.recv_fds(self.ours, 4096, 1)
-        except OSError as exc:
-            raise CliError(f"the container process sent no terminal: {exc}") from None
-        if not fds:
-            raise CliError("the container process sent no terminal")
-        try:
-            send_console(socket_path, fds[0], message.decode(errors="replace"))
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-    def close(self) -> None:
-        self.ours.close()
-        self.theirs.close()
+TIOCGPTN = 0x80045430  # the pty number of a master (linux/tty ioctls; Python's termios lacks it)
 
 
-def _stdio_for(process: dict[str, Any], console_socket: str | None) -> Terminal | None:
-    if not process.get("terminal"):
-        return None
-    if console_socket is None:
+def _check_terminal(process: dict[str, Any], console_socket: str | None) -> None:
+    if process.get("terminal") and console_socket is None:
         raise CliError(
             "the process asks for a terminal: pass --console-socket (pykata-runc does not attach to "
             "its own tty), or set process.terminal to false"
         )
-    return Terminal()
 
 
-def run_hooks(ctx: Context, kind: str, record: Record, *, fatal: bool) -> None:
-    """Run the spec's ``hooks.<kind>`` with the container's state on stdin, as the runtime spec says.
+def _hand_over_terminal(ctx: Context, master: int | None) -> None:
+    """Send a pty master to --console-socket, then drop ours."""
+    import fcntl
+    import struct
 
-    A failing prestart/createRuntime hook fails the operation; poststart/poststop failures are warnings.
-    """
-    hooks = record.hooks.get(kind) or []
-    if not hooks:
+    if master is None:
         return
-    from agent.system.run import CommandError, CommandNotFound, run
-
-    state = json.dumps(ctx.state_json(record)).encode()
-    for hook in hooks:
-        argv = [hook["path"], *(hook.get("args") or [hook["path"]])[1:]]
-        env = dict(item.split("=", 1) for item in hook.get("env") or [] if "=" in item)
-        try:
-            run(argv, input=state, env=env, timeout=hook.get("timeout"))
-        except (CommandError, CommandNotFound) as exc:
-            if fatal:
-                raise CliError(f"{kind} hook failed: {exc}") from None
-            ctx.log.warning(f"{kind} hook failed: {exc}")
+    try:
+        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+        send_console(ctx.flags["console_socket"], master, f"/dev/pts/{number}")
+    finally:
+        os.close(master)
 
 
-def do_create(ctx: Context, container_id: str) -> Record:
+def _refuse(record: Record, status: Status, action: str, needs: str) -> NoReturn:
+    raise CliError(f"cannot {action} container {record.id}: it is {status.value} (needs {needs})")
+
+
+def do_create(ctx: Context, container_id: str) -> tuple[Record, Container]:
+    from agent.container.engine import FdIO
+
     bundle, spec, rootfs = load_bundle(ctx.flags.get("bundle"))
     validate_id(container_id)
-    ctx.log.debug("create: bundle read")
-    ctx.backend().validate(spec, bundle)
-    ctx.log.debug("create: spec validated")
-    terminal = _stdio_for(spec["process"], ctx.flags.get("console_socket"))
+    if _integer(ctx.flags.get("preserve_fds") or "0", "--preserve-fds"):
+        raise CliError("--preserve-fds is not supported: the engine passes stdio only")
+    _check_terminal(spec["process"], ctx.flags.get("console_socket"))
+    backend = ctx.backend()
+    ctx.log.debug("create: bundle read, engine loaded")
     state_dir = ctx.store.reserve(container_id)
     record = Record(
         id=container_id,
@@ -483,38 +451,26 @@ def do_create(ctx: Context, container_id: str) -> Record:
         created=format_time(time.time_ns()),
         oci_version=str(spec.get("ociVersion", OCI_VERSION)),
         annotations=dict(spec.get("annotations") or {}),
-        hooks={k: v for k, v in (spec.get("hooks") or {}).items() if k in HOST_HOOKS},
     )
-    backend = ctx.backend()
+    container = None
     try:
-        record.pid = backend.create(
-            record,
-            spec,
-            state_dir,
-            stdio=(0, 1, 2),
-            console=terminal.child_end() if terminal else None,
-            no_pivot=bool(ctx.flags.get("no_pivot")),
-            preserve_fds=_integer(ctx.flags.get("preserve_fds") or "0", "--preserve-fds"),
-        )
+        container = backend.create(record, spec, state_dir, FdIO(0, 1, 2))
         ctx.log.debug(f"create: init {record.pid} waits to start")
-        record.pid_start = process_start_time(ctx.paths.proc_pid(record.pid)) or 0
         ctx.store.save(record)
-        run_hooks(ctx, "prestart", record, fatal=True)
-        run_hooks(ctx, "createRuntime", record, fatal=True)
-        if terminal:
-            terminal.hand_over(ctx.flags["console_socket"])
+        assert container.init is not None
+        # the engine made the init's pty before the container existed (its /dev/console is bound to it)
+        master, container.init.io.pty_master = container.init.io.pty_master, None
+        _hand_over_terminal(ctx, master)
         if ctx.flags.get("pid_file"):
             write_pid_file(ctx.flags["pid_file"], record.pid)
     except BaseException:
         try:
-            backend.destroy(record, state_dir)
+            if container is not None:
+                container.destroy(timeout=10)
         finally:
             ctx.store.remove(container_id)
         raise
-    finally:
-        if terminal:
-            terminal.close()
-    return record
+    return record, container
 
 
 def cmd_create(ctx: Context) -> int:
@@ -522,86 +478,62 @@ def cmd_create(ctx: Context) -> int:
     return 0
 
 
-def _require_status(ctx: Context, record: Record, allowed: tuple[str, ...], action: str) -> str:
-    status = ctx.status(record)
-    if status not in allowed:
-        raise CliError(f"cannot {action} container {record.id}: it is {status} (needs {' or '.join(allowed)})")
-    return status
+def do_start(ctx: Context, record: Record, container: Container) -> None:
+    from agent.container.state import Status
 
-
-def do_start(ctx: Context, record: Record) -> None:
-    _require_status(ctx, record, (STATUS_CREATED,), "start")
-    ctx.backend().start(record, ctx.store.dir(record.id))
+    status = container.status
+    if status is not Status.CREATED:
+        _refuse(record, status, "start", "created")
+    ctx.backend().start(container, record.engine["spec"], ctx.store.dir(record.id))
     ctx.log.debug("start: init released")
     record.started = True
     ctx.store.save(record)
-    run_hooks(ctx, "poststart", record, fatal=False)
 
 
 def cmd_start(ctx: Context) -> int:
-    do_start(ctx, ctx.store.load(ctx.args[0]))
+    record, container = ctx.open(ctx.args[0])
+    do_start(ctx, record, container)
     return 0
 
 
 def cmd_kill(ctx: Context) -> int:
     import signal
 
-    record = ctx.store.load(ctx.args[0])
+    from agent.container.state import Status
+
+    record, container = ctx.open(ctx.args[0])
     number = parse_signal(ctx.args[1]) if len(ctx.args) > 1 else int(signal.SIGTERM)
+    status = container.status
     if ctx.flags["all"]:
-        pids = ctx.backend().pids(record)
-        if ctx.status(record) == STATUS_STOPPED and not pids:
+        if status is Status.STOPPED and not container.pids():
             raise CliError(f"container {record.id} is not running")
-        for pid in pids:
-            _signal(pid, number)
+        container.signal(number, all_processes=True)
         return 0
-    _require_status(ctx, record, (STATUS_CREATED, STATUS_RUNNING, STATUS_PAUSED), "signal")
-    _signal(record.pid, number)
+    if not status.can_signal():
+        _refuse(record, status, "signal", "created, running or paused")
+    container.signal(number)
     return 0
 
 
-def _signal(pid: int, number: int) -> None:
-    try:
-        os.kill(pid, number)
-    except ProcessLookupError:
-        pass  # it exited meanwhile: the signal has nothing left to do
+def do_delete(ctx: Context, record: Record, container: Container, *, force: bool) -> None:
+    from agent.container.state import Status
 
-
-def do_delete(ctx: Context, record: Record, *, force: bool) -> None:
-    import signal
-
-    status = ctx.status(record)
-    backend = ctx.backend()
-    if status in (STATUS_RUNNING, STATUS_PAUSED) and not force:
-        raise CliError(f"cannot delete container {record.id}: it is {status}; stop it first or use --force")
-    if status != STATUS_STOPPED or force:
-        for pid in backend.pids(record) or ([record.pid] if status != STATUS_STOPPED else []):
-            _signal(pid, signal.SIGKILL)
-        if status == STATUS_PAUSED:
-            backend.freeze(record, frozen=False)
-        _wait_gone(ctx, record)
-    backend.destroy(record, ctx.store.dir(record.id))
-    run_hooks(ctx, "poststop", record, fatal=False)
+    status = container.status
+    if status in (Status.RUNNING, Status.PAUSED) and not force:
+        raise CliError(f"cannot delete container {record.id}: it is {status.value}; stop it first or use --force")
+    container.destroy(timeout=10)
     ctx.store.remove(record.id)
-
-
-def _wait_gone(ctx: Context, record: Record, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while ctx.status(record) != STATUS_STOPPED or ctx.backend().pids(record):
-        if time.monotonic() > deadline:
-            raise CliError(f"container {record.id}: processes still alive {timeout:.0f} s after SIGKILL")
-        time.sleep(0.005)
 
 
 def cmd_delete(ctx: Context) -> int:
     force = bool(ctx.flags["force"])
     try:
-        record = ctx.store.load(ctx.args[0])
+        record, container = ctx.open(ctx.args[0])
     except CliError:
         if force and not ctx.store.dir(ctx.args[0]).exists():
             return 0  # as runc: forcing the delete of what is gone already succeeds
         raise
-    do_delete(ctx, record, force=force)
+    do_delete(ctx, record, container, force=force)
     return 0
 
 
@@ -610,13 +542,13 @@ class _Forwarder:
 
     SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, process: Process) -> None:
         import signal
 
         self.previous: dict[int, Any] = {}
         for name in self.SIGNALS:
             number = int(signal.Signals[name])
-            self.previous[number] = signal.signal(number, lambda n, _f: _signal(pid, n))
+            self.previous[number] = signal.signal(number, lambda n, _f: process.signal(n))
 
     def restore(self) -> None:
         import signal
@@ -625,30 +557,31 @@ class _Forwarder:
             signal.signal(number, handler)
 
 
-def wait_child(pid: int) -> int:
-    forwarder = _Forwarder(pid)
+def wait_process(process: Process) -> int:
+    """The process's exit status (128+N for signal N), passing our signals on while it runs."""
+    forwarder = _Forwarder(process)
     try:
-        _, status = os.waitpid(pid, 0)
+        return process.wait()
     finally:
         forwarder.restore()
-    return exit_status(status)
 
 
 def cmd_run(ctx: Context) -> int:
     container_id = ctx.args[0]
     detach = bool(ctx.flags["detach"])
-    record = do_create(ctx, container_id)
+    record, container = do_create(ctx, container_id)
     try:
-        do_start(ctx, record)
+        do_start(ctx, record, container)
     except BaseException:
-        do_delete(ctx, record, force=True)
+        do_delete(ctx, record, container, force=True)
         raise
     if detach:
         return 0
-    status = wait_child(record.pid)
+    assert container.init is not None
+    status = wait_process(container.init)
     ctx.log.debug(f"run: init exited with {status}")
     if not ctx.flags["keep"]:
-        do_delete(ctx, record, force=True)
+        do_delete(ctx, record, container, force=True)
         ctx.log.debug("run: deleted")
     return status
 
@@ -663,8 +596,7 @@ def _exec_process(ctx: Context, record: Record) -> dict[str, Any]:
     else:
         if len(ctx.args) < 2:
             raise CliError("exec needs a command (after the id) or --process FILE")
-        _, spec, _ = load_bundle(record.bundle)
-        base = spec["process"]
+        base = record.engine["spec"]["process"]
         process = {
             "args": ctx.args[1:],
             "env": list(base.get("env") or []),
@@ -697,31 +629,48 @@ def _exec_process(ctx: Context, record: Record) -> dict[str, Any]:
 
 
 def cmd_exec(ctx: Context) -> int:
-    record = ctx.store.load(ctx.args[0])
-    allowed = (STATUS_RUNNING, STATUS_PAUSED) if ctx.flags["ignore_paused"] else (STATUS_RUNNING,)
-    _require_status(ctx, record, (STATUS_CREATED, *allowed), "exec in")
+    from agent.container.cli_backend import open_container_pty
+    from agent.container.engine import FdIO
+    from agent.container.launch import spawn_exec
+    from agent.container.spec import parse_process
+    from agent.container.state import Status
+
+    record, container = ctx.open(ctx.args[0])
+    status = container.status
+    if status is not Status.RUNNING and not (status is Status.PAUSED and ctx.flags["ignore_paused"]):
+        _refuse(record, status, "exec in", "running")
     process = _exec_process(ctx, record)
-    detach = bool(ctx.flags["detach"])
-    terminal = _stdio_for(process, ctx.flags["console_socket"])
+    _check_terminal(process, ctx.flags["console_socket"])
+    exec_id = f"exec-{os.getpid()}"
+    io = FdIO(0, 1, 2)
+    pty = open_container_pty(ctx.paths, record.pid) if process.get("terminal") else None
+    if pty is not None:
+        io.console = pty[1]
     try:
-        pid = ctx.backend().exec(
-            record, process, stdio=(0, 1, 2), console=terminal.child_end() if terminal else None
-        )
-        if terminal:
-            terminal.hand_over(ctx.flags["console_socket"])
+        if status is Status.RUNNING:
+            proc = container.exec(exec_id, process, io=io)
+        else:  # --ignore-paused: the engine's exec wants a running container; the process waits in the freezer
+            proc = spawn_exec(container.engine, container, exec_id, parse_process(process), io)
+    except BaseException:
+        if pty is not None:
+            os.close(pty[0])
+        raise
     finally:
-        if terminal:
-            terminal.close()
+        if pty is not None:
+            os.close(pty[1])
+    master = pty[0] if pty is not None else proc.io.pty_master
+    proc.io.pty_master = None
+    _hand_over_terminal(ctx, master)
     if ctx.flags["pid_file"]:
-        write_pid_file(ctx.flags["pid_file"], pid)
-    if detach:
+        write_pid_file(ctx.flags["pid_file"], proc.pid)
+    if ctx.flags["detach"]:
         return 0
-    return wait_child(pid)
+    return wait_process(proc)
 
 
 def cmd_ps(ctx: Context) -> int:
-    record = ctx.store.load(ctx.args[0])
-    pids = ctx.backend().pids(record)
+    _record, container = ctx.open(ctx.args[0])
+    pids = container.pids()
     fmt = ctx.flags["format"] or "table"
     if fmt == "json":
         print(json.dumps(pids))
@@ -748,12 +697,8 @@ def cmd_ps(ctx: Context) -> int:
 
 
 def _freeze(ctx: Context, frozen: bool) -> int:
-    record = ctx.store.load(ctx.args[0])
-    if frozen:
-        _require_status(ctx, record, (STATUS_RUNNING, STATUS_CREATED), "pause")
-    else:
-        _require_status(ctx, record, (STATUS_PAUSED,), "resume")
-    ctx.backend().freeze(record, frozen=frozen)
+    record, container = ctx.open(ctx.args[0])
+    container.pause() if frozen else container.resume()
     record.paused = frozen
     ctx.store.save(record)
     return 0
@@ -768,12 +713,11 @@ def cmd_resume(ctx: Context) -> int:
 
 
 def cmd_update(ctx: Context) -> int:
-    record = ctx.store.load(ctx.args[0])
-    _require_status(ctx, record, (STATUS_CREATED, STATUS_RUNNING, STATUS_PAUSED), "update")
+    _record, container = ctx.open(ctx.args[0])
     resources = resources_from_flags(ctx.flags)
     if not resources:
         raise CliError("update: nothing to change; pass --memory, --cpu-quota, ... or -r FILE")
-    ctx.backend().update(record, resources)
+    container.update(resources)
     return 0
 
 
@@ -840,7 +784,11 @@ def run_cli(argv: Sequence[str]) -> int:
         if handler is None:
             raise CliError(f"{invocation.command.name}: not implemented")
         log.debug(f"{invocation.command.name} {' '.join(invocation.args)}")
-        return handler(Context(invocation, log))
+        ctx = Context(invocation, log)
+        try:
+            return handler(ctx)
+        finally:
+            ctx.close()
     except CliError as exc:
         log.error(str(exc))
         return 1

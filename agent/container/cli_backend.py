@@ -1,456 +1,256 @@
-"""The container operations pykata-runc needs, for a CLI whose every call is a new process.
+"""Thin adapters between pykata-runc, whose every call is a new process, and the container engine.
 
-``create`` forks the container's init from the CLI (a single-threaded process, so fork is safe). The
-init sets up its namespaces and root, then blocks opening ``<state>/exec.fifo`` for writing, as
-runc's init does; ``start`` (a later CLI call) opens the fifo for reading, which lets it exec the
-user's program. Cgroups are found again from the saved ``linux.cgroupsPath``.
+The engine (agent.container.engine) does the container work. Two things here fit it to a CLI:
 
-The engine's parts do the work: spec parsing and validation (agent.container.spec, .validate), the
-rootfs plan (.rootfs), capabilities (.capabilities) and cgroups (.cgroups). What is here is what the
-engine's in-process API (agent.container.engine, whose containers live in one long-running process
-and whose processes come from its fork server) does not offer yet: an init that outlives the command
-that created it, found again by a later command.
+- ``LocalForkServer``: the CLI runs one thread, so it may fork the engine's shim itself instead of
+  starting a fork server process (a Python start-up saved on every ``create`` and ``exec``). When a
+  thread runs already, it falls back to the engine's fork server.
+- ``FoundProcess`` and ``Backend.open``: a later call finds the container again from what ``create``
+  saved in ``<root>/<id>/state.json`` (the spec, the init's pid and start time, the shim's pid) and
+  hands the engine a container it can start, signal, exec into, pause, update and destroy.
+
+``create`` asks the engine for a start FIFO (``<root>/<id>/exec.fifo``): the init waits on it after
+setup, and ``start`` (another call) writes it, as runc's exec fifo works. startContainer hooks run
+in the container (runtime-spec), as processes exec'd into it just before the start.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import resource
 import select
-import socket
-import termios
+import signal
+import struct
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.container.cgroups import CgroupManager, manager_for
-from agent.errors import InvalidArgument, NotFound, ResourceError
-from agent.system import libc
+from agent.container.cli_state import process_start_time
+from agent.container.engine import Container, Engine, FdIO
+from agent.container.forkserver import ForkServerClient, ProcessHandle
+from agent.container.state import Status
+from agent.errors import ResourceError
 from agent.system.paths import HostPaths
 
 if TYPE_CHECKING:
-    from agent.container.cli import Record
-    from agent.container.rootfs import RootfsPlan
+    from agent.container.cli_state import Record
 
 EXEC_FIFO = "exec.fifo"
-NAMESPACE_FLAGS = {
-    "pid": libc.CLONE_NEWPID,
-    "network": libc.CLONE_NEWNET,
-    "ipc": libc.CLONE_NEWIPC,
-    "uts": libc.CLONE_NEWUTS,
-    "mount": libc.CLONE_NEWNS,
-    "cgroup": libc.CLONE_NEWCGROUP,
-    "user": libc.CLONE_NEWUSER,
-}
-# /proc/<pid>/ns names, for exec to join the container's namespaces (user first, mount last).
-JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")
-READY = b"\0"
+START_HOOK_TIMEOUT = 60.0
+TIOCSPTLCK = 0x40045431  # linux/tty ioctls Python's termios lacks
+TIOCGPTPEER = 0x5441
 
 
-class Backend:
-    def __init__(self, paths: HostPaths) -> None:
-        self.paths = paths
-        self._cgroups: dict[tuple[str, str], CgroupManager] = {}
+class LocalForkServer(ForkServerClient):
+    """Forks the engine's shim from this (single-threaded) process; see the module docstring."""
 
-    def validate(self, spec: dict[str, Any], bundle: Path) -> None:
-        """The engine's ordered checks (InvalidArgument naming the field); call before any side effect."""
-        from agent.container.spec import parse_spec
-        from agent.container.validate import validate_spec
+    def __init__(self) -> None:
+        super().__init__()
+        self.shims: list[int] = []
 
-        validate_spec(parse_spec(spec), bundle)
-        linux = spec.get("linux") or {}
-        if linux.get("resources"):
-            from agent.container.cgroups import validate_resources
+    def spawn(self, payload: dict[str, Any], fds: list[int], description: str, control_fd: int | None,
+              status_fd: int) -> ProcessHandle:  # fmt: skip
+        if threading.active_count() > 1:
+            return super().spawn(payload, fds, description, control_fd, status_fd)
+        from agent.container import init  # the shim's code, loaded before the fork (the child changes root)
 
-            validate_resources(linux["resources"])
-
-    def cgroups(self, record: Record) -> CgroupManager:
-        """The container's cgroup, found again from what create saved (a manager holds no other state)."""
-        key = (record.id, record.engine.get("cgroups_path", ""))
-        if key not in self._cgroups:
-            self._cgroups[key] = manager_for(self.paths, key[1], record.id)  # reads mountinfo: once
-        return self._cgroups[key]
-
-    # --- create / start
-    def create(
-        self,
-        record: Record,
-        spec: dict[str, Any],
-        state_dir: Path,
-        *,
-        stdio: tuple[int, int, int],
-        console: int | None = None,
-        no_pivot: bool = False,
-        preserve_fds: int = 0,
-    ) -> int:
-        """Fork the container's init and return its pid once it waits on the exec fifo.
-
-        With ``console`` (one end of a socketpair) the init makes its pty inside the container, as
-        runc does (so the terminal's name resolves there), and sends the master back through it.
-        """
-        linux = spec.get("linux") or {}
-        flags = 0
-        joins: list[tuple[str, str]] = []
-        for namespace in linux.get("namespaces") or []:
-            kind = namespace.get("type")
-            if kind not in NAMESPACE_FLAGS:
-                raise InvalidArgument(f"unknown namespace type {kind!r} in linux.namespaces")
-            if namespace.get("path"):
-                joins.append((kind, namespace["path"]))
-            else:
-                flags |= NAMESPACE_FLAGS[kind]
-        # Imported here, not at module level: commands that fork nothing (state, kill, delete) skip them.
-        # The child uses them after pivot_root, where the host's modules are out of reach.
-        from agent.container import capabilities, rootfs  # noqa: F401  (seccomp below)
-        from agent.container.spec import parse_spec
-
-        plan = None
-        if flags & libc.CLONE_NEWNS:
-            plan = rootfs.plan_rootfs(self.paths, parse_spec(spec), Path(os.path.realpath(record.rootfs)),
-                                      Path(record.bundle), no_pivot=no_pivot)  # fmt: skip
-        from agent.container import seccomp
-        from agent.container.launch import with_default_devices
-
-        # Compiled before any side effect (an unknown action or architecture is refused here), kept
-        # for exec processes, which run under the container's profile too.
-        program = seccomp.compile_profile(linux["seccomp"]) if linux.get("seccomp") else b""
-        record.engine["seccomp"] = program.hex()
-        record.engine["cgroups_path"] = linux.get("cgroupsPath") or ""
-        cgroups = self.cgroups(record)
-        fifo = state_dir / EXEC_FIFO
-        os.mkfifo(fifo, 0o622)
-        cgroups.create()
-        cgroups.apply(with_default_devices(linux.get("resources") or {}))
-
-        # parent -> child: "you are in your cgroups". The child builds its root meanwhile (cgroup v1
-        # moves are slow, a few ms per hierarchy), and waits for this before it may run anything.
-        ready_read, ready_write = os.pipe2(os.O_CLOEXEC)
-        error_read, error_write = os.pipe2(os.O_CLOEXEC)  # child -> parent: setup failed (or EOF: waiting)
-        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
-        new_pid = bool(flags & libc.CLONE_NEWPID)
-        own_pid_ns = self._own_pid_namespace()
-        if new_pid:
-            libc.unshare(libc.CLONE_NEWPID)  # only our children enter it: the next fork is its init
-        pid = -1
-        try:
-            pid = os.fork()
-        finally:
-            if pid != 0:
-                self._restore_pid_namespace(own_pid_ns)
-        if pid == 0:  # the container's init
-            os.close(ready_write)
-            os.close(error_read)
+        shim = os.fork()
+        if shim == 0:
             code = 1
             try:
-                _init(self.paths, spec, plan, flags & ~libc.CLONE_NEWPID, joins, stdio,
-                      fifo_fd, no_pivot, preserve_fds, error_write, ready_read, console, program)  # fmt: skip
-            except BaseException as exc:
-                text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else str(exc)
-                _report_and_exit(error_write, text, code)
-            os._exit(code)
-        os.close(ready_read)
-        os.close(error_write)
-        os.close(fifo_fd)
-        try:
-            cgroups.add_pid(pid)
+                _close_all_but([0, 1, 2, *fds])
+                code = init.run_shim(payload, list(fds))
+            finally:
+                os._exit(code)
+        self.shims.append(shim)
+        handle = ProcessHandle(status_fd, control_fd, description)  # its reader thread starts after the fork
+        handle.shim_pid = shim
+        return handle
+
+    def close(self) -> None:
+        """Reap the shims that ended; the others (detached containers) outlive this process."""
+        for shim in self.shims:
             try:
-                os.write(ready_write, b"1")
-            except BrokenPipeError:
-                pass  # the child failed already; its report says why
-            os.close(ready_write)
-            message = _read_report(error_read)  # READY once the init waits on the fifo
-        except BaseException:
-            _kill(pid)
-            raise
-        finally:
-            os.close(error_read)
-        if message != READY:
-            os.waitpid(pid, 0)
-            raise ResourceError(f"container {record.id}: init failed: {message.decode(errors='replace')}")
-        return pid
+                os.waitpid(shim, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        super().close()
 
-    def start(self, record: Record, state_dir: Path) -> None:
-        fifo = state_dir / EXEC_FIFO
+
+def _close_all_but(keep: list[int]) -> None:
+    low = 0
+    for fd in sorted(set(keep)):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+class FoundProcess(ProcessHandle):
+    """A container process another call started, known by pid and start time (against pid reuse).
+
+    Its exit code is not ours to collect: once it is gone it reads 255 ("ended, status unknown")."""
+
+    def __init__(self, paths: HostPaths, pid: int, pid_start: int, shim_pid: int = 0, shim_start: int = 0) -> None:
+        # no reader thread: the status pipe belonged to the call that made the process
+        self.description = f"process {pid}"
+        self.paths = paths
+        self.pid = pid
+        self.pid_start = pid_start
+        self.shim_pid = shim_pid
+        self.shim_start = shim_start
+        self.created = True
+        self.error = None
+        self._exit_code: int | None = None
+        self._control_fd = None
+        self.timeline = {}
+
+    def _alive(self, pid: int, start: int) -> bool:
+        return pid > 0 and process_start_time(self.paths.proc_pid(pid)) == start
+
+    @property
+    def exit_code(self) -> int | None:
+        if self._exit_code is None and not self._alive(self.pid, self.pid_start):
+            self._exit_code = 255
+        return self._exit_code
+
+    @exit_code.setter
+    def exit_code(self, value: int | None) -> None:
+        self._exit_code = value
+
+    def _wait_gone(self, pid: int, start: int, timeout: float | None) -> bool:
+        if not self._alive(pid, start):
+            return True
         try:
-            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise NotFound(f"container {record.id} was started already ({fifo} is gone)") from None
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return True
         try:
+            if not self._alive(pid, start):  # the pid was reused before the open
+                return True
             poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            if not poller.poll(10_000):
-                raise ResourceError(f"container {record.id}: init did not answer on {fifo}")
-            os.read(fd, 1)
+            poller.register(pidfd, select.POLLIN)
+            return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
         finally:
-            os.close(fd)
-            fifo.unlink(missing_ok=True)
+            os.close(pidfd)
 
-    def _own_pid_namespace(self) -> int:
-        return os.open(self.paths.proc_pid(os.getpid()) / "ns" / "pid", os.O_RDONLY | os.O_CLOEXEC)
+    def wait_for(self, what: str, timeout: float | None = None) -> bool:
+        if what in ("pid", "created"):
+            return True
+        return self._wait_gone(self.pid, self.pid_start, timeout)
 
-    def _restore_pid_namespace(self, fd: int) -> None:
-        """Later children of ours (hooks, ps) belong in our pid namespace, not the container's."""
-        try:
-            libc.setns(fd, libc.CLONE_NEWPID, "pid namespace of pykata-runc")
-        finally:
-            os.close(fd)
+    def wait(self, timeout: float | None = None) -> int | None:
+        self._wait_gone(self.pid, self.pid_start, timeout)
+        return self.exit_code
 
-    # --- the rest
-    def pids(self, record: Record) -> list[int]:
-        return self.cgroups(record).pids()
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        return self._wait_gone(self.shim_pid, self.shim_start, timeout)
 
-    def freeze(self, record: Record, *, frozen: bool) -> None:
-        cgroups = self.cgroups(record)
-        cgroups.freeze() if frozen else cgroups.thaw()
+    def control(self, message: bytes) -> None:
+        pass
 
-    def update(self, record: Record, resources: dict[str, Any]) -> None:
-        self.cgroups(record).update(resources)
-
-    def destroy(self, record: Record, state_dir: Path) -> None:
-        cgroups = self.cgroups(record)
-        if cgroups.exists():
-            cgroups.destroy()
-
-    def exec(
-        self, record: Record, process: dict[str, Any], *, stdio: tuple[int, int, int], console: int | None = None
-    ) -> int:
-        from agent.container import capabilities, seccomp  # noqa: F401  (for the child, see create)
-        from agent.container.spec import parse_process
-
-        parse_process(process)  # InvalidArgument naming the field, before anything is forked
-        ns_dir = self.paths.proc_pid(record.pid) / "ns"
-        fds = []
-        own_pid_ns = self._own_pid_namespace()
-        try:
-            for name in JOIN_ORDER:
-                path = ns_dir / name
-                own = self.paths.proc_pid(os.getpid()) / "ns" / name
-                if not path.exists() or os.readlink(path) == os.readlink(own):
-                    continue
-                fds.append((name, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
-            root_fd = os.open(self.paths.proc_pid(record.pid) / "root", os.O_PATH | os.O_CLOEXEC)
-            for name, fd in fds:
-                if name == "pid":  # affects our children only: the fork below enters it
-                    libc.setns(fd, libc.CLONE_NEWPID, name)
-            cgroups = self.cgroups(record)
-            error_read, error_write = os.pipe2(os.O_CLOEXEC)
-            pid = os.fork()
-            if pid != 0:
-                self._restore_pid_namespace(own_pid_ns)
-            if pid == 0:
-                os.close(error_read)
-                try:
-                    for name, fd in fds:
-                        if name != "pid":
-                            libc.setns(fd, 0, name)
-                    os.fchdir(root_fd)
-                    os.chroot(".")
-                    _take_stdio(stdio, 0)
-                    if console is not None:
-                        _open_console(console, None)
-                    _exec_process(process, self.paths, bytes.fromhex(record.engine.get("seccomp", "")))
-                except BaseException as exc:
-                    _report_and_exit(error_write, str(exc), 127)
-                os._exit(127)
-            os.close(error_write)
-            cgroups.add_pid(pid)
-            message = _read_all(error_read)
-            os.close(error_read)
-            if message:
-                os.waitpid(pid, 0)
-                raise ResourceError(f"exec in {record.id} failed: {message.decode(errors='replace')}")
-            return pid
-        finally:
-            for _, fd in fds:
-                os.close(fd)
-
-
-def _report_and_exit(fd: int, text: str, code: int) -> None:
-    """In the child: tell the waiting parent, or (after READY, when it no longer listens) stderr."""
-    try:
-        try:
-            os.write(fd, text.encode()[:4000])
-        except OSError:
-            os.write(2, f"pykata-runc: container process: {text}\n".encode())
-    finally:
-        os._exit(code)
-
-
-def _read_report(fd: int) -> bytes:
-    """READY, or the error the child wrote before it died (empty if it died silently)."""
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-        if chunks[0][:1] == READY:
-            return READY
-    return b"".join(chunks) or b"the init exited before it was ready"
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _kill(pid: int) -> None:
-    import signal
-
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
+    def close_control(self) -> None:
         pass
 
 
-# ---------------------------------------------------------------------------------------------
-# What runs in the forked child: it ends in execve or in os._exit.
+def _status_of(record: Record) -> Status:
+    if not record.started:
+        return Status.CREATED
+    return Status.PAUSED if record.paused else Status.RUNNING
 
 
-def _init(
-    paths: HostPaths,
-    spec: dict[str, Any],
-    plan: RootfsPlan | None,
-    flags: int,
-    joins: list[tuple[str, str]],
-    stdio: tuple[int, int, int],
-    fifo_fd: int,
-    no_pivot: bool,
-    preserve_fds: int,
-    report_fd: int,
-    placed_fd: int,
-    console: int | None,
-    seccomp_program: bytes,
-) -> None:
-    process = spec["process"]
-    linux = spec.get("linux") or {}
-    _take_stdio(stdio, preserve_fds)
-    for kind, path in joins:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            libc.setns(fd, NAMESPACE_FLAGS[kind], path)
-        finally:
-            os.close(fd)
-    libc.unshare(flags & ~libc.CLONE_NEWCGROUP)
-    from agent.container import rootfs  # loaded by the parent already: no file access here
+class Backend:
+    """The engine, set up for one CLI call."""
 
-    if plan is not None:
-        # The engine's rootfs plan: the spec's mounts, default devices and /dev links, then the
-        # root change and the masked and read-only paths.
-        rootfs.execute(plan)
-        if console is not None:
-            _make_file(rootfs.secure_join(plan.rootfs, "/dev/console"))  # the pty made below is bound here
-        if (spec.get("hooks") or {}).get("startContainer"):
-            import agent.system.run  # noqa: F401  (needed after pivot_root, where host modules are gone)
-        _container_hooks(spec, "createContainer")  # in our namespaces, before the root moves
-        rootfs.enter_root(plan)
-        rootfs.finish(plan)
-    if console is not None:
-        _open_console(console, "/dev/console" if flags & libc.CLONE_NEWNS else None)
-    if os.read(placed_fd, 1) != b"1":
-        raise ResourceError("the runtime could not place the container in its cgroups")
-    os.close(placed_fd)
-    if flags & libc.CLONE_NEWCGROUP:  # after the move: the namespace's root is the cgroup we are in
-        libc.unshare(libc.CLONE_NEWCGROUP)
-    if flags & libc.CLONE_NEWUTS and spec.get("hostname"):
-        libc.sethostname(spec["hostname"])
-    for key, value in (linux.get("sysctl") or {}).items():
-        (paths.proc / "sys" / key.replace(".", "/")).write_text(str(value))
-    if process.get("oomScoreAdj") is not None:
-        (paths.proc_pid(os.getpid()) / "oom_score_adj").write_text(str(process["oomScoreAdj"]))
-    os.write(report_fd, READY)
-    os.close(report_fd)
-    # Block until ``start`` opens the fifo for reading (the fd was opened before pivot_root).
-    gate = os.open(paths.proc_pid(os.getpid()) / "fd" / str(fifo_fd), os.O_WRONLY | os.O_CLOEXEC)
-    os.write(gate, b"0")
-    os.close(gate)
-    os.close(fifo_fd)
-    _container_hooks(spec, "startContainer")
-    _exec_process(process, paths, seccomp_program)
+    def __init__(self, paths: HostPaths, *, no_pivot: bool = False) -> None:
+        self.paths = paths
+        self.forker = LocalForkServer()
+        self.engine = Engine(paths, forkserver=self.forker, no_pivot=True if no_pivot else None)
+
+    def create(self, record: Record, spec: dict[str, Any], state_dir: Path, io: FdIO) -> Container:
+        """Make the container (created, waiting on its exec fifo) and note in ``record`` what a later
+        call needs to find it again."""
+        fifo = state_dir / EXEC_FIFO
+        os.mkfifo(fifo, 0o600)
+        container = self.engine.create(record.id, _engine_spec(spec), bundle=Path(record.bundle), io=io,
+                                       start_fifo=fifo)  # fmt: skip
+        assert container.init is not None
+        record.pid = container.init.pid
+        record.pid_start = process_start_time(self.paths.proc_pid(record.pid)) or 0
+        shim = container.init.handle.shim_pid
+        record.engine = {"spec": spec, "shim_pid": shim,
+                         "shim_start": process_start_time(self.paths.proc_pid(shim)) or 0}  # fmt: skip
+        return container
+
+    def open(self, record: Record, state_dir: Path) -> Container:
+        """The container ``record`` describes, as the engine's Container."""
+        init = FoundProcess(self.paths, record.pid, record.pid_start, int(record.engine.get("shim_pid") or 0),
+                            int(record.engine.get("shim_start") or 0))  # fmt: skip
+        fifo = state_dir / EXEC_FIFO
+        return self.engine.restore(record.id, _engine_spec(record.engine["spec"]), bundle=Path(record.bundle),
+                                   init=init, status=_status_of(record),
+                                   start_fifo=fifo if not record.started else None)  # fmt: skip
+
+    def start(self, container: Container, spec: dict[str, Any], state_dir: Path) -> None:
+        """startContainer hooks in the container, then the user's program."""
+        for index, hook in enumerate((spec.get("hooks") or {}).get("startContainer") or []):
+            run_in_container(container, f"startContainer-{index}", hook)
+        container.start()
+        (state_dir / EXEC_FIFO).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.forker.close()
 
 
-def _container_hooks(spec: dict[str, Any], kind: str) -> None:
-    hooks = (spec.get("hooks") or {}).get(kind) or []
-    if not hooks:
-        return
-    # Imported on demand (subprocess is costly at start-up); the first call comes before pivot_root.
-    from agent.system.run import CommandError, CommandNotFound, run
-
-    for hook in hooks:
-        argv = [hook["path"], *(hook.get("args") or [hook["path"]])[1:]]
-        env = dict(item.split("=", 1) for item in hook.get("env") or [] if "=" in item)
-        try:
-            run(argv, env=env, timeout=hook.get("timeout"))
-        except (CommandError, CommandNotFound) as exc:
-            raise ResourceError(f"{kind} hook failed: {exc}") from None
+def _engine_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec as the engine gets it: startContainer hooks run here (in the container), not by it."""
+    hooks = spec.get("hooks")
+    if not hooks or "startContainer" not in hooks:
+        return spec
+    return {**spec, "hooks": {k: v for k, v in hooks.items() if k != "startContainer"}}
 
 
-def _open_console(console: int, console_file: str | None) -> None:
-    """Make a pty here (inside the container's /dev), take its slave as stdio and controlling
-    terminal, bind it to ``console_file``, and send the master back through ``console``."""
-    master, slave = os.openpty()
-    name = os.ttyname(slave)
-    for target in range(3):
-        os.dup2(slave, target)
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    if console_file is not None and os.path.exists(console_file):
-        libc.mount(name, console_file, None, libc.MS_BIND)
-    with socket.socket(fileno=console) as channel:
-        socket.send_fds(channel, [name.encode()], [master])
-    os.close(master)
-    os.close(slave)
+def run_in_container(container: Container, exec_id: str, hook: dict[str, Any]) -> None:
+    """Run one hook as a process exec'd into the container, with its state JSON on stdin;
+    ResourceError when it fails or outlives its timeout (the container is then not started)."""
+    import json
+
+    from agent.container.launch import spawn_exec
+    from agent.container.spec import parse_process
+
+    process = parse_process({"args": [hook["path"], *(hook.get("args") or [hook["path"]])[1:]],
+                             "env": list(hook.get("env") or []), "cwd": "/"})  # fmt: skip
+    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        os.write(stdin_w, json.dumps(container.state()).encode())  # a pipe holds it: a state is small
+        os.close(stdin_w)
+        stdin_w = -1
+        proc = spawn_exec(container.engine, container, exec_id, process, FdIO(stdin_r, 2, 2))
+    finally:
+        os.close(stdin_r)
+        if stdin_w >= 0:
+            os.close(stdin_w)
+    timeout = float(hook.get("timeout") or START_HOOK_TIMEOUT)
+    code = proc.handle.wait(timeout)
+    if code is None:
+        proc.signal(signal.SIGKILL)
+        proc.handle.wait()
+        raise ResourceError(f"startContainer hook {hook['path']} did not end within {timeout:.0f} s")
+    if code != 0:
+        raise ResourceError(f"startContainer hook {hook['path']} failed with exit status {code}")
 
 
-def _take_stdio(stdio: tuple[int, int, int], preserve_fds: int) -> None:
-    os.setsid()
-    for target, fd in enumerate(stdio):
-        if fd != target:
-            os.dup2(fd, target)
-        os.set_inheritable(target, True)
-    for fd in range(3, 3 + preserve_fds):
-        os.set_inheritable(fd, True)
-
-
-def _make_file(path: str) -> None:
-    if not os.path.lexists(path):
-        with open(path, "a"):
-            pass
-
-
-def _exec_process(process: dict[str, Any], paths: HostPaths, seccomp_program: bytes = b"") -> None:
-    """Become the user's process: limits, identity, capabilities, seccomp, then execve. Never returns."""
-    from agent.container import capabilities, seccomp  # loaded by the parent already: no file access here
-
-    args = list(process.get("args") or [])
-    if not args:
-        raise InvalidArgument("process.args is empty")
-    env = dict(item.split("=", 1) for item in process.get("env") or [] if "=" in item)
-    os.chdir(process.get("cwd") or "/")
-    for limit in process.get("rlimits") or []:
-        kind = getattr(resource, str(limit["type"]), None)
-        if kind is None:
-            raise InvalidArgument(f"unknown rlimit {limit['type']!r}")
-        resource.setrlimit(kind, (int(limit["soft"]), int(limit["hard"])))
-    user = process.get("user") or {}
-    if user.get("umask") is not None:
-        os.umask(int(user["umask"]))
-    program = _find_program(args[0], env.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
-    no_new_privs = bool(process.get("noNewPrivileges"))
-    if seccomp_program and not no_new_privs:
-        seccomp.load(seccomp_program)  # without no_new_privs the kernel wants CAP_SYS_ADMIN: before the drop
-    capabilities.become_user(user, process.get("capabilities"))
-    if no_new_privs:
-        capabilities.set_no_new_privs()
-        if seccomp_program:
-            seccomp.load(seccomp_program)  # last, so the filter sees only the user's program
-    os.execve(program, args, env)
-
-
-def _find_program(name: str, search: str) -> str:
-    if "/" in name:
-        return name
-    for directory in search.split(":"):
-        candidate = os.path.join(directory or ".", name)
-        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
-            return candidate
-    raise NotFound(f"executable {name!r} not found in PATH {search}")
+def open_container_pty(paths: HostPaths, pid: int) -> tuple[int, int] | None:
+    """A pty pair (master, slave) from the devpts of the container whose process is ``pid``, so the
+    terminal's name resolves inside the container (as runc's do); None when it has no /dev/ptmx."""
+    try:
+        master = os.open(paths.proc_pid(pid) / "root" / "dev" / "ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(master)
+        raise
+    return master, slave

@@ -35,10 +35,14 @@ def serve(path: str, log: Log) -> None:
     import agent.container.cli
     import agent.container.cli_backend
     import agent.container.cli_client
+    import agent.container.engine
+    import agent.container.hooks
+    import agent.container.init
     import agent.container.launch
     import agent.container.rootfs
     import agent.container.seccomp
     import agent.container.spec
+    import agent.container.stdio
     import agent.container.validate
     import agent.system.run  # noqa: F401
     for module in ("array", "pwd", "struct"):  # what the commands import on their own

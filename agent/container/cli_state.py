@@ -22,10 +22,6 @@ def format_time(ns: int) -> str:
     return f"{stamp}.{fraction}Z" if fraction else f"{stamp}Z"
 
 
-# Hooks that run in the runtime's namespaces, from the CLI; createContainer and startContainer run in
-# the container's namespaces, from its init.
-HOST_HOOKS = ("prestart", "createRuntime", "poststart", "poststop")
-
 STATUS_CREATED = "created"
 STATUS_RUNNING = "running"
 STATUS_PAUSED = "paused"
@@ -63,8 +59,8 @@ class Record:
         self.paused = paused
         self.oci_version = oci_version
         self.annotations = annotations or {}
-        self.hooks = hooks or {}  # the hooks the CLI runs itself
-        self.engine = engine or {}  # whatever the backend needs to act again
+        self.hooks = hooks or {}  # unused since the engine runs the hooks; read from older state files
+        self.engine = engine or {}  # the spec and the shim: what cli_backend needs to find it again
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}

@@ -427,6 +427,34 @@ class Engine:
             self._containers[container_id] = container
         return container
 
+    def restore(
+        self,
+        container_id: str,
+        spec: dict[str, Any],
+        *,
+        bundle: Path,
+        init: ProcessHandle,
+        status: Status,
+        start_fifo: Path | None = None,
+    ) -> Container:
+        """A container that another process made (an earlier call of a runtime CLI), found again from
+        what that call saved: its spec, bundle, status and a handle on its init. The init is not this
+        engine's child, so its exit code is whatever ``init`` reports; the rest (signal, exec, pause,
+        update, destroy) works as for a container this engine created."""
+        validate_container_id(container_id)
+        parsed = parse_spec(spec)
+        cgroup = self.make_cgroup(parsed.linux.cgroups_path, container_id)
+        container = Container(self, container_id, parsed, bundle, cgroup)
+        terminal = parsed.process.terminal if parsed.process is not None else False
+        container.init = Process(container_id, "", init, ProcessIO(), terminal)
+        container.start_fifo = start_fifo
+        container._status = status
+        with self._lock:
+            if container_id in self._containers:
+                raise AlreadyExists(f"container {container_id} already exists")
+            self._containers[container_id] = container
+        return container
+
     def get(self, container_id: str) -> Container:
         with self._lock:
             container = self._containers.get(container_id)
