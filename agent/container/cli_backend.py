@@ -187,6 +187,10 @@ class Backend:
         init = FoundProcess(self.paths, record.pid, record.pid_start, int(record.engine.get("shim_pid") or 0),
                             int(record.engine.get("shim_start") or 0))  # fmt: skip
         fifo = state_dir / EXEC_FIFO
+        if "spec" not in record.engine:  # saved by an older pykata-runc: the bundle's config is what it ran
+            import json
+
+            record.engine["spec"] = json.loads((Path(record.bundle) / "config.json").read_text())
         return self.engine.restore(record.id, _engine_spec(record.engine["spec"]), bundle=Path(record.bundle),
                                    init=init, status=_status_of(record),
                                    start_fifo=fifo if not record.started else None)  # fmt: skip

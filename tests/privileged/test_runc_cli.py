@@ -436,6 +436,21 @@ def test_hooks_run_at_their_points_with_the_state(runtime: Runtime) -> None:
     assert states["poststop"]["status"] == "stopped" and states["poststop"]["bundle"] == str(bundle)
 
 
+def test_failing_start_container_hook_stops_the_run(runtime: Runtime) -> None:
+    def with_hook(config: dict[str, Any]) -> None:
+        config["linux"]["cgroupsPath"] = f"{CGROUP_PARENT}/badhook"
+        # runs in the container: /dev/shm/ran is the container's, so the program would see it
+        config["hooks"] = {"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "touch /dev/shm/ran; exit 3"]}]}
+
+    bundle = make_bundle(runtime.workdir / "badhook", ["/bin/ls", "/dev/shm"], spec=runtime.spec, edit=with_hook)
+    cid = runtime.new_id("badhook")
+    done = runtime("run", "-b", str(bundle), cid, check=False)
+    assert done.returncode == 1 and "startContainer hook /bin/sh failed with exit status 3" in done.stderr, done.stderr
+    assert done.stdout == ""  # the program never ran
+    assert not (runtime.root / cid).exists()
+    assert not Path("/dev/shm/ran").exists()
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
