@@ -7,10 +7,12 @@ to stderr (and to the ``--log`` file in the chosen format) and exit 1; ``run`` w
 exits with the container process's status (128+N when a signal ended it).
 
 Every call is a new process, so what a later call needs is kept in ``<root>/<id>/state.json``
-(cli_state.py); the flags are parsed in cli_args.py; the container work is in cli_backend.py, on the
-engine's modules. This module holds the commands. It imports little at start (python start-up is
-most of a short command's cost); the engine is imported by the commands that need it, and
-``pykata-runc serve`` (cli_serve.py) with its client (cli_client.py) pays that once for many commands.
+(cli_state.py); the flags are parsed in cli_args.py; the container work is the engine's
+(agent.container.engine), which cli_backend.py fits to a CLI (forking from this single-threaded
+process, and finding a container again from its state). This module holds the commands. It
+imports little at start (python start-up is most of a short command's cost); the engine is imported
+by the commands that need it, and ``pykata-runc serve`` (cli_serve.py) with its client
+(cli_client.py) pays that once for many commands.
 """
 
 from __future__ import annotations
