@@ -518,13 +518,27 @@ def cmd_kill(ctx: Context) -> int:
 
 
 def do_delete(ctx: Context, record: Record, container: Container, *, force: bool) -> None:
+    import signal
+
     from agent.container.state import Status
 
     status = container.status
     if status in (Status.RUNNING, Status.PAUSED) and not force:
         raise CliError(f"cannot delete container {record.id}: it is {status.value}; stop it first or use --force")
+    # The engine waits for the processes it knows; a later call knows only the init, so wait for
+    # the cgroup to empty (processes that earlier calls exec'd) before the engine removes it.
+    container.signal(signal.SIGKILL, all_processes=True)
+    _wait_empty(container, record)
     container.destroy(timeout=10)
     ctx.store.remove(record.id)
+
+
+def _wait_empty(container: Container, record: Record, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while container.pids():
+        if time.monotonic() > deadline:
+            raise CliError(f"container {record.id}: processes still alive {timeout:.0f} s after SIGKILL")
+        time.sleep(0.005)
 
 
 def cmd_delete(ctx: Context) -> int:

@@ -255,6 +255,29 @@ def test_exec_detached_writes_pid_file(runtime: Runtime) -> None:
     _wait_for(lambda: not _alive(pid) and not _alive(init), "every process to die")
 
 
+def test_force_delete_kills_what_earlier_calls_exec_d(runtime: Runtime) -> None:
+    def without_pid_namespace(config: dict[str, Any]) -> None:
+        # no pid namespace, whose end would take every process with the init: only the cgroup knows them
+        config["linux"]["cgroupsPath"] = f"{CGROUP_PARENT}/execdel"
+        config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "pid"]
+
+    bundle = make_bundle(runtime.workdir / "execdel", ["/bin/sleep", "300"], spec=runtime.spec,
+                         edit=without_pid_namespace)  # fmt: skip
+    cid = runtime.new_id("execdel")
+    runtime("run", "-d", "-b", str(bundle), cid)
+    pids = []
+    for index in range(3):
+        pid_file = runtime.workdir / f"execdel-{index}.pid"
+        runtime("exec", "--detach", "--pid-file", str(pid_file), cid, "/bin/sleep", "200")
+        pids.append(int(pid_file.read_text()))
+    runtime.pids.extend(pids)
+    init = runtime.state(cid)["pid"]
+    runtime("delete", "--force", cid)  # at once: the engine knows only the init, the cgroup knows them all
+    assert not [pid for pid in [init, *pids] if _alive(pid)]
+    assert not (runtime.root / cid).exists()
+    assert not [p for p in CGROUP_FS.glob(f"*/{RUN_TAG}/execdel") if not p.parent.parent.is_symlink()]
+
+
 def test_pause_resume_and_ps(runtime: Runtime) -> None:
     bundle = runtime.bundle("pause", ["/bin/sh", "-c", "while :; do sleep 0.05; done"])
     cid = runtime.new_id("pause")
