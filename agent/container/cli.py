@@ -653,8 +653,9 @@ def cmd_exec(ctx: Context) -> int:
 
     record, container = ctx.open(ctx.args[0])
     status = container.status
-    if status is not Status.RUNNING and not (status is Status.PAUSED and ctx.flags["ignore_paused"]):
-        _refuse(record, status, "exec in", "running")
+    # as runc: a created container takes exec too (its init waits before the user's program)
+    if status not in (Status.RUNNING, Status.CREATED) and not (status is Status.PAUSED and ctx.flags["ignore_paused"]):
+        _refuse(record, status, "exec in", "created or running")
     process = _exec_process(ctx, record)
     _check_terminal(process, ctx.flags["console_socket"])
     exec_id = f"exec-{os.getpid()}"
@@ -665,7 +666,7 @@ def cmd_exec(ctx: Context) -> int:
     try:
         if status is Status.RUNNING:
             proc = container.exec(exec_id, process, io=io)
-        else:  # --ignore-paused: the engine's exec wants a running container; the process waits in the freezer
+        else:  # created, or paused with --ignore-paused (it waits in the freezer): past the engine's check
             proc = spawn_exec(container.engine, container, exec_id, parse_process(process), io)
     except BaseException:
         if pty is not None:

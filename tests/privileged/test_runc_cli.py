@@ -237,6 +237,19 @@ def test_run_detached_then_exec(runtime: Runtime) -> None:
     _wait_for(lambda: not _alive(state["pid"]), "the container to die")
 
 
+def test_exec_into_a_created_container_as_runc_allows(runtime: Runtime) -> None:
+    bundle = runtime.bundle("execcreated", ["/bin/sleep", "300"])
+    cid = runtime.new_id("execcreated")
+    runtime("create", "-b", str(bundle), cid)
+    done = runtime("exec", cid, "/bin/hostname")
+    assert done.stdout == "runc\n"  # in the container's uts namespace before its program runs
+    assert runtime.state(cid)["status"] == "created"
+    runtime("kill", cid, "KILL")
+    _wait_for(lambda: runtime.state(cid)["status"] == "stopped", "the container to stop")
+    done = runtime("exec", cid, "/bin/true", check=False)
+    assert done.returncode == 1 and "it is stopped" in done.stderr, done.stderr
+
+
 def test_exec_detached_writes_pid_file(runtime: Runtime) -> None:
     bundle = runtime.bundle("execd", ["/bin/sleep", "300"])
     cid = runtime.new_id("execd")
