@@ -262,7 +262,8 @@ def agent_way(bundle: Path, workdir: Path) -> Way:
     oci = spec_message(spec, oci_pb2.Spec())
     client = connect(f"unix://{socket_path}", "ttrpc", timeout=30)
     try:
-        client.call("CreateSandbox", agent_pb2.CreateSandboxRequest(hostname="bench", sandbox_id="bench"))
+        # no hostname: this agent runs on the host, whose name must not change
+        client.call("CreateSandbox", agent_pb2.CreateSandboxRequest(sandbox_id="bench"))
     except Exception as exc:  # reported as this way's failure, with the agent's own words
         setup_error = f"CreateSandbox: {exc}"
     else:
