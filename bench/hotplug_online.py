@@ -25,7 +25,10 @@ debug console before the first CPU (a blocking read of the uevent netlink socket
 takes no CPU while it waits and prints only at the end) records, on the guest's clocks: the kernel's
 "CPUn has been hot-added" printk (the node is registered), the first ``cpuhp_enter`` trace event for
 cpuN (the agent's write of 1 has entered cpu_up; tracefs, same clock as printk), and the "add" and
-"online" uevents of cpuN. ``PYKATA_BENCH_AGENT_BOOTS`` (default 2) boots per way, interleaved.
+"online" uevents of cpuN. Each way runs in two orders: OnlineCPUMem right after device_add (the RPC
+races the kernel), and OnlineCPUMem first with device_add a second later (the loop is waiting when
+the node appears, as on the fake tree). ``PYKATA_BENCH_AGENT_BOOTS`` (default 1) rounds of the four
+boots, interleaved; about 45 s of wall time per round under TCG.
 The first CPU of a boot also pays for the agent building its resource service (imports, the uevent
 listener) on the first OnlineCPUMem, so the summary gives the median of the later CPUs too.
 """
