@@ -257,8 +257,10 @@ def test_rootfs_image_under_systemd(guest_files: Path, tmp_path: Path) -> None:
         phase("image booted: " + ", ".join(f"{k} {v:.2f} s" for k, v in booted.timings.items()))
         for protocol in PROTOCOLS:
             status = client(booted, protocol).call("grpc.Health/Check", health_pb2.CheckRequest())
+            assert isinstance(status, health_pb2.HealthCheckResponse)
             assert status.status == health_pb2.HealthCheckResponse.SERVING
         details = client(booted, "ttrpc").call("grpc.AgentService/GetGuestDetails", agent_pb2.GuestDetailsRequest())
+        assert isinstance(details, agent_pb2.GuestDetailsResponse)
         assert details.agent_details.init_daemon is False  # systemd is PID 1 here
         # DestroySandbox with no sandbox is FAILED_PRECONDITION, so the smoke run makes one first.
         agent = client(booted, "ttrpc")
@@ -269,6 +271,7 @@ def test_rootfs_image_under_systemd(guest_files: Path, tmp_path: Path) -> None:
         agent.call("grpc.AgentService/DestroySandbox", agent_pb2.DestroySandboxRequest())
         # Under systemd the agent does not power the guest off: it keeps serving.
         status = client(booted, "grpc").call("grpc.Health/Check", health_pb2.CheckRequest())
+        assert isinstance(status, health_pb2.HealthCheckResponse)
         assert status.status == health_pb2.HealthCheckResponse.SERVING
 
 
