@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
   # guest images
-  cpio kmod busybox-static e2fsprogs fdisk mkosi systemd-container debootstrap zstd xz-utils
+  cpio kmod busybox-static e2fsprogs fdisk mkosi systemd-container debootstrap zstd xz-utils lz4
   binutils python3.11 python3-minimal libcap-dev
   # booting guests
   qemu-system-x86 qemu-utils socat
