@@ -16,28 +16,9 @@ from pathlib import Path
 
 from agent.container.spec import Spec
 from agent.system import libc
+from agent.system.mountopts import PROPAGATION_WORDS, parse_mount_options
 from agent.system.paths import HostPaths
 
-MOUNT_FLAGS: dict[str, tuple[int, bool]] = {
-    "ro": (libc.MS_RDONLY, True), "rw": (libc.MS_RDONLY, False),
-    "nosuid": (libc.MS_NOSUID, True), "suid": (libc.MS_NOSUID, False),
-    "nodev": (libc.MS_NODEV, True), "dev": (libc.MS_NODEV, False),
-    "noexec": (libc.MS_NOEXEC, True), "exec": (libc.MS_NOEXEC, False),
-    "sync": (libc.MS_SYNCHRONOUS, True), "async": (libc.MS_SYNCHRONOUS, False),
-    "dirsync": (libc.MS_DIRSYNC, True), "remount": (libc.MS_REMOUNT, True),
-    "mand": (libc.MS_MANDLOCK, True), "nomand": (libc.MS_MANDLOCK, False),
-    "atime": (libc.MS_NOATIME, False), "noatime": (libc.MS_NOATIME, True),
-    "diratime": (libc.MS_NODIRATIME, False), "nodiratime": (libc.MS_NODIRATIME, True),
-    "relatime": (libc.MS_RELATIME, True), "norelatime": (libc.MS_RELATIME, False),
-    "strictatime": (libc.MS_STRICTATIME, True), "nostrictatime": (libc.MS_STRICTATIME, False),
-    "bind": (libc.MS_BIND, True), "rbind": (libc.MS_BIND | libc.MS_REC, True),
-}  # fmt: skip
-PROPAGATION: dict[str, int] = {
-    "private": libc.MS_PRIVATE, "rprivate": libc.MS_PRIVATE | libc.MS_REC,
-    "shared": libc.MS_SHARED, "rshared": libc.MS_SHARED | libc.MS_REC,
-    "slave": libc.MS_SLAVE, "rslave": libc.MS_SLAVE | libc.MS_REC,
-    "unbindable": libc.MS_UNBINDABLE, "runbindable": libc.MS_UNBINDABLE | libc.MS_REC,
-}  # fmt: skip
 DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_SYMLINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                 ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))  # fmt: skip
@@ -47,18 +28,8 @@ _BIND_REMOUNT_FLAGS = libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_
 
 def parse_options(options: tuple[str, ...] | list[str]) -> tuple[int, int, str]:
     """(mount flags, propagation flags, data string) from an OCI mount's options."""
-    flags = 0
-    propagation = 0
-    data = []
-    for option in options:
-        if option in MOUNT_FLAGS:
-            bit, on = MOUNT_FLAGS[option]
-            flags = flags | bit if on else flags & ~bit
-        elif option in PROPAGATION:
-            propagation |= PROPAGATION[option]
-        else:
-            data.append(option)
-    return flags, propagation, ",".join(data)
+    parsed = parse_mount_options(options)
+    return parsed.flags, parsed.propagation, parsed.data_text
 
 
 @dataclass(frozen=True)
@@ -213,7 +184,7 @@ def plan_rootfs(paths: HostPaths, spec: Spec, rootfs: Path, bundle: Path | None,
                 gid=int(device.get("gid") or 0),
             )
         )
-    propagation = PROPAGATION.get(spec.linux.rootfs_propagation, libc.MS_SLAVE | libc.MS_REC)
+    propagation = PROPAGATION_WORDS.get(spec.linux.rootfs_propagation, libc.MS_SLAVE | libc.MS_REC)
     return RootfsPlan(
         rootfs=str(rootfs),
         operations=ops,

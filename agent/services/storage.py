@@ -16,11 +16,11 @@ from agent.errors import NotFound
 from agent.storage import plan as p
 from agent.storage.fsmodules import load_filesystem
 from agent.storage.mountinfo import read_mountinfo
-from agent.storage.options import parse_mount_options
 from agent.storage.table import MountedStorage, MountTable
 from agent.storage.types import DRIVER_EPHEMERAL, Storage
 from agent.storage.volume import VolumeStats, resize_volume, volume_stats
 from agent.system import libc
+from agent.system.mountopts import parse_mount_options
 from agent.system.paths import HostPaths
 from agent.system.pcipath import Waker
 

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 from agent.errors import InvalidArgument, Unsupported
 from agent.storage import plan as p
-from agent.storage.options import MountOptions, option_values, parse_mount_options
 from agent.storage.types import (
     DRIVER_9P,
     DRIVER_BIND,
@@ -22,6 +21,7 @@ from agent.storage.types import (
     Storage,
 )
 from agent.system import libc
+from agent.system.mountopts import MountOptions, option_values, parse_mount_options
 
 # Kata's options: a group for the directory, and its mode in octal.
 OPTION_FSGID = "fsgid"

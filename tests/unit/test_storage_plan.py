@@ -7,9 +7,9 @@ import pytest
 from agent.errors import InvalidArgument, Unsupported
 from agent.storage import plan as p
 from agent.storage.drivers import plan_storage
-from agent.storage.options import option_values, parse_mount_options
 from agent.storage.types import FSGroup, Storage
 from agent.system import libc
+from agent.system.mountopts import option_values, parse_mount_options
 
 
 def test_options_split_into_flags_propagation_and_data() -> None:
