@@ -124,3 +124,16 @@ def test_v1_oom_without_a_kill_is_still_reported(tmp_path: Path, watcher: OomWat
     (memory / "memory.oom_control").write_text("oom_kill_disable 1\nunder_oom 1\noom_kill 0\n")
     os.eventfd_write(efd, 1)
     assert watcher.next_event(10) == "c1"
+
+
+def test_v1_remove_closes_the_descriptors_before_it_returns(tmp_path: Path, watcher: OomWatcher) -> None:
+    paths = v1_tree(tmp_path)
+    memory = paths.cgroup_root / "memory/pykata/c1"
+    (memory / "cgroup.event_control").write_text("")
+    watcher.add("c1", manager_for(paths, "", "c1"))
+    efd, cfd = (int(v) for v in (memory / "cgroup.event_control").read_text().split())
+    assert watcher.next_event(0.1) is None  # the thread is polling the eventfd now
+    watcher.remove("c1")
+    for fd in (efd, cfd):  # closed already: a leak check right after RemoveContainer sees nothing
+        target = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else None
+        assert target not in ("anon_inode:[eventfd]", str(memory / "memory.oom_control"))

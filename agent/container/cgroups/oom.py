@@ -38,6 +38,7 @@ MAX_PENDING = 1024
 # v1 signals the eventfd when the OOM starts, before the kill is counted: re-read the count this often,
 # for at most this long, then report the OOM anyway (the OOM killer may be disabled for the cgroup).
 RECHECK_INTERVAL = 0.02
+RELEASE_WAIT = 2.0  # seconds remove() waits for the watcher thread to close a watch's descriptors
 RECHECK_FOR = 1.0
 
 
@@ -70,6 +71,7 @@ class OomWatcher:
         self._rechecks: dict[str, float] = {}  # container id -> deadline (watcher thread only)
         # removed watches whose fds the thread closes, so it never polls a closed (or reused) fd
         self._retired: list[_Watch] = []
+        self._released = threading.Condition(self._lock)
 
     # --- public API
 
@@ -89,16 +91,20 @@ class OomWatcher:
         self._wake()
 
     def remove(self, container_id: str) -> None:
+        """Stop watching; when this returns the watch's descriptors are closed (the watcher thread
+        closes them between two polls, so it never polls a closed or reused descriptor)."""
         with self._lock:
             watch = self._watches.pop(container_id, None)
             if watch is None:
                 return
-            if self._thread is not None:
+            thread = self._thread
+            if thread is not None and thread is not threading.current_thread() and thread.is_alive():
                 self._retired.append(watch)
-                watch = None
-        if watch is not None:
-            self._release(watch)
-        self._wake()
+                self._wake()
+                if self._released.wait_for(lambda: watch not in self._retired, timeout=RELEASE_WAIT):
+                    return
+                self._retired.remove(watch)  # the thread did not answer: close them here
+        self._release(watch)
 
     def next_event(self, timeout: float | None = None) -> str | None:
         """The id of the next container with an OOM kill, or None after ``timeout`` seconds."""
@@ -188,6 +194,8 @@ class OomWatcher:
                 retired, self._retired = self._retired, []
                 for watch in retired:
                     self._release(watch)
+                if retired:
+                    self._released.notify_all()
                 if self._inotify >= 0:
                     poller.register(self._inotify, select.POLLIN)
                 by_eventfd = {w.eventfd: w for w in self._watches.values() if w.eventfd >= 0}
