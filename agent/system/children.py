@@ -40,7 +40,8 @@ def owned() -> frozenset[int]:
         return frozenset(_owned)
 
 
-def _zombie_children(proc: Path, me: int) -> list[int]:
+def zombie_children(proc: Path, parent: int) -> list[int]:
+    """Pids of the zombies whose parent is ``parent``."""
     found = []
     for entry in proc.iterdir():
         if not entry.name.isdigit():
@@ -51,7 +52,7 @@ def _zombie_children(proc: Path, me: int) -> list[int]:
             continue
         # "pid (comm) S ppid ...": comm may contain spaces and parentheses
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 2 and fields[0] == "Z" and int(fields[1]) == me:
+        if len(fields) >= 2 and fields[0] == "Z" and int(fields[1]) == parent:
             found.append(int(entry.name))
     return found
 
@@ -60,7 +61,7 @@ def reap_orphans(proc: Path) -> list[tuple[int, int]]:
     """Reap every zombie child that no agent code owns; return (pid, status) of each."""
     reaped = []
     with _lock:
-        for pid in _zombie_children(proc, os.getpid()):
+        for pid in zombie_children(proc, os.getpid()):
             if pid in _owned:
                 continue
             try:

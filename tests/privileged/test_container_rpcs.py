@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from agent.rpc.pb import agent_pb2, oci_pb2
+from agent.system import children
 from agent.system.paths import HostPaths
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import FIXTURES
@@ -92,18 +93,6 @@ def _link(fd: str) -> str:
 
 
 def _cycle_state(parent: str) -> dict[str, Any]:
-    me = os.getpid()
-    zombies = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] == "Z":
-            zombies.append((int(entry.name), int(fields[1])))
     cgroups = []
     for hierarchy in CGROUP_FS.iterdir():
         ours = hierarchy / parent.strip("/")
@@ -113,7 +102,7 @@ def _cycle_state(parent: str) -> dict[str, Any]:
         "fds": sorted(f"{fd}->{_link(fd)}" for fd in os.listdir("/proc/self/fd")),
         "mounts": Path("/proc/self/mountinfo").read_text().count("\n"),
         "cgroups": cgroups,
-        "zombies": [z for z in zombies if z[1] == me],
+        "zombies": children.zombie_children(Path("/proc"), os.getpid()),
         # the server's pool (rpc_N) grows with concurrent calls up to its size: not per container
         "threads": len(own_threads := [t.name for t in threading.enumerate() if not t.name.startswith("rpc_")]),
         "thread_names": sorted(own_threads),
