@@ -152,7 +152,7 @@ class LocalRelay:
             threading.Thread(target=self._join, args=(local,), daemon=True).start()
 
     def _join(self, local: socket.socket) -> None:
-        from agent.rpc.grpc_bridge import pump
+        from agentctl.pump import pump
 
         try:
             remote = dial(self._address, self._timeout)

@@ -1,7 +1,8 @@
 """The agent's one listener: vsock, unix or tcp; each connection is sniffed for its protocol.
 
-A connection whose first bytes are the HTTP/2 client preface is gRPC and is handed to the bridge in
-grpc_bridge.py (grpcio is imported then, not at startup); anything else is served as ttrpc. The sniff
+A connection whose first bytes are the HTTP/2 client preface is gRPC, served by our own HTTP/2 server in
+h2grpc.py (unary calls only, as Kata's API is); anything else is served as ttrpc. Both run calls on one
+pool and expire them with one deadline thread. The sniff
 reads at most the preface's 24 bytes, stops at the first byte that differs, and gives up after
 ``sniff_timeout`` seconds, on the connection's own thread, so a silent client holds nobody else up.
 """
@@ -20,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from agent.address import VMADDR_CID_ANY, Address
 from agent.errors import InvalidArgument, ResourceError
+from agent.rpc.h2grpc import GrpcConnection
 from agent.rpc.registry import CallContext
 from agent.rpc.ttrpc import MESSAGE_LENGTH_MAX, ByteBudget, Deadlines, TtrpcConnection
 
 if TYPE_CHECKING:
-    from agent.rpc.grpc_bridge import GrpcBridge
     from agent.rpc.servicer import Servicer
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,6 @@ class AgentServer:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
-        self._bridge: GrpcBridge | None = None
-        self._bridge_lock = threading.Lock()  # grpc's import is slow: not under the accept loop's lock
 
     def bind(self) -> None:
         self._sock = listen(self.address)
@@ -135,7 +134,7 @@ class AgentServer:
         self._thread.start()
 
     def shutdown(self) -> None:
-        """Stop accepting, close every connection, stop the gRPC bridge. Idempotent."""
+        """Stop accepting, close every connection. Idempotent."""
         self._stopping.set()
         if self._sock is not None:
             with contextlib.suppress(OSError):
@@ -148,9 +147,6 @@ class AgentServer:
         for conn in open_now:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        with self._bridge_lock:
-            if self._bridge is not None:
-                self._bridge.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.address.scheme == "unix":
             with contextlib.suppress(OSError):
@@ -192,7 +188,10 @@ class AgentServer:
                     conn, self._dispatch, self._pool, self._deadlines, prefix=seen, budget=self._budget
                 ).serve()
             elif protocol == "grpc":
-                self._grpc_bridge().handle(conn, seen)
+                # gRPC request bytes are bounded per connection by its HTTP/2 flow-control window
+                # (h2grpc.CONNECTION_WINDOW), not by the shared budget: an HTTP/2 reader must never wait,
+                # or the window updates its own answers need would go unread.
+                GrpcConnection(conn, self._dispatch, self._pool, prefix=seen, deadlines=self._deadlines).serve()
         except Exception:
             log.exception("connection failed")
         finally:
@@ -201,11 +200,3 @@ class AgentServer:
 
     def _dispatch(self, service: str, method: str, payload: bytes, ctx: CallContext) -> tuple[int, str, bytes]:
         return self.servicer.call(service, method, payload, ctx)
-
-    def _grpc_bridge(self) -> GrpcBridge:
-        with self._bridge_lock:
-            if self._bridge is None:
-                from agent.rpc.grpc_bridge import GrpcBridge
-
-                self._bridge = GrpcBridge(self.servicer, self._run_dir)
-            return self._bridge

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent.rpc.grpc_bridge import pump
 from agentctl.cli import main_group
+from agentctl.pump import pump
 from tests.helpers.agent_server import RunningAgent, fake_guest_tree, serving_agent
 
 
