@@ -421,6 +421,8 @@ def huffman_decode(data: bytes) -> bytes:
                 raise HpackError("EOS symbol inside a Huffman-coded string")
             out.append(symbol)
             bits -= length
+    if bits > 7:
+        raise HpackError("Huffman-coded string ends inside a code (padding longer than 7 bits)")
     # fewer than 8 bits left: they may hold whole short codes (5..7 bits) before the padding
     while bits >= 5:
         padded = ((acc << (8 - bits)) | ((1 << (8 - bits)) - 1)) & 0xFF
@@ -429,8 +431,6 @@ def huffman_decode(data: bytes) -> bytes:
             break
         out.append(symbol)
         bits -= length
-    if bits > 7:
-        raise HpackError("Huffman-coded string ends inside a code (padding longer than 7 bits)")
     mask = (1 << bits) - 1
     if acc & mask != mask:
         raise HpackError("Huffman padding is not a prefix of EOS (must be all ones)")
