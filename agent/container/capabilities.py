@@ -27,26 +27,35 @@ def cap_numbers(names: list[str] | None) -> list[int]:
 
 
 def become_user(user: dict[str, Any], capabilities: dict[str, Any] | None) -> None:
-    """Groups, gid, uid, then the capability sets; capabilities survive the uid change (KEEPCAPS)."""
+    """Groups, gid, uid, then the capability sets; capabilities survive the uid change (KEEPCAPS).
+
+    The bounding set is cut first (PR_CAPBSET_DROP needs CAP_SETPCAP, which the uid change may take
+    away). Effective, permitted and inheritable are then set by one capset(2) (python-prctl's
+    set_caps): effective and inheritable hold what they list that permitted also lists, and
+    everything else is cleared in all three.
+    """
     uid, gid = int(user.get("uid") or 0), int(user.get("gid") or 0)
     caps = capabilities or {}
-    # the bounding set needs CAP_SETPCAP, which the uid change below may take away
-    prctl.capbset.limit(*cap_numbers(caps.get("bounding")))
+    bounding = set(cap_numbers(caps.get("bounding")))
+    for number in prctl.ALL_CAPS:
+        if number not in bounding:
+            prctl.capbset.drop(number)
     libc.prctl(PR_SET_KEEPCAPS, 1)
     os.setgroups([int(g) for g in user.get("additionalGids") or []])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     libc.prctl(PR_SET_KEEPCAPS, 0)
-    # raise what each set lists (a non-root uid starts with an empty effective set), then drop
-    # the rest; permitted goes last because the other sets must stay within it
-    for capset, kind in ((prctl.cap_inheritable, "inheritable"), (prctl.cap_effective, "effective")):
-        names = [n for n in caps.get(kind) or [] if n in (caps.get("permitted") or [])]
-        for name in names:
-            short = str(name).lower().removeprefix("cap_")
-            if short in prctl.ALL_CAP_NAMES:
-                setattr(capset, short, True)
-        capset.limit(*cap_numbers(caps.get(kind)))
-    prctl.cap_permitted.limit(*cap_numbers(caps.get("permitted")))
+    permitted = set(cap_numbers(caps.get("permitted")))
+    wanted = {
+        prctl.CAP_EFFECTIVE: set(cap_numbers(caps.get("effective"))) & permitted,
+        prctl.CAP_INHERITABLE: set(cap_numbers(caps.get("inheritable"))) & permitted,
+        prctl.CAP_PERMITTED: permitted,
+    }
+    changes = []
+    for flag, keep in wanted.items():
+        changes.append((sorted(keep), flag, True))
+        changes.append(([n for n in prctl.ALL_CAPS if n not in keep], flag, False))
+    prctl.set_caps(*changes)
     libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     for number in cap_numbers(caps.get("ambient")):
         try:

@@ -318,9 +318,7 @@ def cmd_list(ctx: Context) -> int:
         print(json.dumps(states, separators=(",", ":")))
     elif fmt == "table":
         header = ("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")
-        rows = [header] + [
-            (s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"]) for s in states
-        ]
+        rows = [header] + [(s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"]) for s in states]
         print(_table(rows), end="")
     else:
         raise CliError(f"invalid format option {fmt!r}: use table or json")

@@ -45,6 +45,7 @@ def serve(path: str, log: Log) -> None:
     import agent.container.stdio
     import agent.container.validate
     import agent.system.run  # noqa: F401
+
     for module in ("array", "pwd", "struct"):  # what the commands import on their own
         __import__(module)
 

@@ -117,6 +117,8 @@ class Process:
         """Send ``signum`` to the process; a process that has ended is not an error."""
         if self.handle.exit_code is not None:
             return
+        if self.handle.pid <= 0:  # never kill(0) or kill(-1): those reach whole process groups
+            raise ResourceError(f"process {self.exec_id or 'init'} of container {self.container_id} has no pid yet")
         try:
             os.kill(self.handle.pid, signum)
         except ProcessLookupError:
@@ -187,6 +189,10 @@ class Container:
             "annotations": dict(self.spec.annotations),
         }
 
+    def in_namespace(self, kind: str) -> bool:
+        """Whether the container's processes have a ``kind`` namespace other than the engine's."""
+        return any(ns.type == kind for ns in self.spec.linux.namespaces)
+
     def process(self, exec_id: str) -> Process:
         """The init for "" (or the container id), else the exec process; NotFound otherwise."""
         with self._lock:
@@ -254,7 +260,7 @@ class Container:
                 return
             if all_processes:
                 pids = set(self.pids())
-                pids.update(p.pid for p in self.processes() if p.exit_code is None)
+                pids.update(p.pid for p in self.processes() if p.exit_code is None and p.pid > 0)
                 for pid in pids:
                     try:
                         os.kill(pid, signum)
@@ -389,6 +395,7 @@ class Engine:
         self.paths = paths
         self.forkserver = forkserver or ForkServerClient()
         self._cgroups = cgroups or _default_cgroups
+        self._cgroup_layout: Any = None
         self.no_pivot = no_pivot
         self._containers: dict[str, Container] = {}
         self._lock = threading.Lock()
@@ -502,7 +509,15 @@ class Engine:
         return spawn_pause(self, description)
 
     def make_cgroup(self, cgroups_path: str, container_id: str) -> Any:
-        return self._cgroups(self.paths, cgroups_path, container_id)
+        if self._cgroups is not _default_cgroups:
+            return self._cgroups(self.paths, cgroups_path, container_id)
+        from agent.container.cgroups import manager_for
+        from agent.container.cgroups.layout import detect
+
+        # the cgroup mounts are made at boot, before any container: read them once
+        if self._cgroup_layout is None:
+            self._cgroup_layout = detect(self.paths)
+        return manager_for(self.paths, cgroups_path, container_id, layout=self._cgroup_layout)
 
 
 def start_detached(start_fifo: Path) -> None:

@@ -5,16 +5,19 @@ The agent runs threads, so it must never fork() (a child could inherit a lock an
 fork+exec, which is safe) and talks to it over a SOCK_SEQPACKET socketpair: each request is one JSON
 message with the process's file descriptors attached (SCM_RIGHTS), and the reply is one JSON message.
 
-For each request the server forks a *shim*, replies with the shim's pid and forgets it (SIGCHLD is
-ignored in the server, so the kernel reaps shims). The shim is a child subreaper; it enters or
+For each request the server forks a *shim* and forgets it (SIGCHLD is ignored in the server, so the
+kernel reaps shims). Nothing is sent back on the socket: the engine goes on (making the cgroup) while
+the server forks, and everything about the new process arrives on its status pipe, a failed fork
+included. The shim is a child subreaper; it enters or
 unshares the user and pid namespaces (pid namespaces apply to children only), forks the container
-process, reports ``{"pid": N}`` on the status pipe, then waits: when the process ends it reports
+process, reports ``{"pid": N, "shim": its own pid}`` on the status pipe, then waits: when the process ends it reports
 ``{"exit": code}`` (the shell's convention: 128+N for signal N) and reaps every orphan left to it.
 The container process itself reports ``{"created": true}`` or ``{"error": "..."}`` on the same pipe;
 its copy is close-on-exec, so the pipe's EOF means the shim and the process are both gone.
 
-The control pipe goes the other way: the engine writes ``g`` after it put the process in its cgroup
-and ``s`` to start the user's program (see agent/container/init.py).
+The control pipe goes the other way: the engine writes ``g`` once the process's cgroup is ready (the
+process then joins it itself, or the engine has moved it already) and ``s`` to start the user's
+program (see agent/container/init.py).
 """
 
 from __future__ import annotations
@@ -121,6 +124,8 @@ class ProcessHandle:
         with self._cond:
             if "pid" in event:
                 self.pid = int(event["pid"])
+            if "shim" in event:
+                self.shim_pid = int(event["shim"])
             if event.get("created"):
                 self.created = True
             if "error" in event:
@@ -136,7 +141,9 @@ class ProcessHandle:
             if what == "pid":
                 return self.pid > 0 or self.exit_code is not None or self.error is not None
             if what == "created":
-                return self.created or self.error is not None or self.exit_code is not None
+                # the shim reports the pid and the process reports "created", on one pipe but from
+                # two processes, in either order: created means both have arrived
+                return (self.created and self.pid > 0) or self.error is not None or self.exit_code is not None
             return self.exit_code is not None
 
         with self._cond:
@@ -198,30 +205,21 @@ class ForkServerClient:
         self._sock = ours
         return ours
 
-    def request(self, payload: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    def send(self, payload: dict[str, Any], fds: list[int]) -> None:
         with self._lock:
             sock = self._ensure()
             try:
                 send_message(sock, payload, fds)
-                reply, extra = receive_message(sock)
             except OSError as exc:
                 self._drop()
-                raise ResourceError(f"fork server failed: {exc}") from exc
-            for fd in extra:
-                os.close(fd)
-            if reply is None:
-                self._drop()
-                raise ResourceError("fork server ended; it will be restarted on the next request")
-            if "error" in reply:
-                raise ResourceError(f"fork server: {reply['error']}")
-            return reply
+                raise ResourceError(f"fork server failed: {exc}; it will be restarted on the next request") from exc
 
     def spawn(self, payload: dict[str, Any], fds: list[int], description: str, control_fd: int | None,
               status_fd: int) -> ProcessHandle:  # fmt: skip
-        """Send a request whose fds[0] is the status pipe's write end; our ends are given."""
+        """Send a request whose fds[0] is the status pipe's write end; our ends are given. Returns at
+        once: the pid (or the failure) arrives on the status pipe."""
         handle = ProcessHandle(status_fd, control_fd, description)
-        reply = self.request(payload, fds)
-        handle.shim_pid = int(reply.get("shim", 0))
+        self.send(payload, fds)
         return handle
 
     def release(self, handle: ProcessHandle) -> None:
@@ -280,6 +278,13 @@ def _server_env() -> dict[str, str]:
     return env
 
 
+def _report_failure(status_fd: int, message: str) -> None:
+    try:
+        os.write(status_fd, json.dumps({"error": message, "exit": 255}).encode() + b"\n")
+    except OSError:
+        pass
+
+
 def serve(sock: socket.socket) -> None:
     """The server loop: one request, one fork, one reply. Runs single-threaded."""
     from agent.container import init  # preloaded here so each fork starts with it imported
@@ -298,9 +303,10 @@ def serve(sock: socket.socket) -> None:
         try:
             pid = os.fork()
         except OSError as exc:
+            if fds:  # fds[0] is the status pipe: the engine learns of the failure there
+                _report_failure(fds[0], f"fork server: fork failed: {exc}")
             for fd in fds:
                 os.close(fd)
-            send_message(sock, {"error": f"fork failed: {exc}"})
             continue
         if pid == 0:
             code = 1
@@ -311,7 +317,6 @@ def serve(sock: socket.socket) -> None:
                 os._exit(code)
         for fd in fds:
             os.close(fd)
-        send_message(sock, {"shim": pid})
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ a step fails (the cgroup, the process, our pipe ends)."""
 from __future__ import annotations
 
 import base64
-import dataclasses
 import fcntl
 import os
 import signal
@@ -51,7 +50,8 @@ def with_default_devices(resources: dict[str, Any]) -> dict[str, Any]:
 def plan_to_json(plan: RootfsPlan) -> dict[str, Any]:
     return {
         "rootfs": plan.rootfs,
-        "operations": [{"op": type(op).__name__, **dataclasses.asdict(op)} for op in plan.operations],
+        # the operations are flat frozen dataclasses of str/int/bool fields
+        "operations": [{"op": type(op).__name__, **vars(op)} for op in plan.operations],
         "masked_paths": list(plan.masked_paths),
         "readonly_paths": list(plan.readonly_paths),
         "readonly_root": plan.readonly_root,
@@ -116,8 +116,22 @@ def _spawn(engine: Engine, request: dict[str, Any], child_fds: list[int], descri
     return handle
 
 
+def _place_in_cgroup(handle: Any, cgroup: Any, self_attach: Any, description: str) -> None:
+    """Get the new process into its cgroup, then let it go on with its setup (``g``). With
+    ``self_attach`` files it moves itself, first thing after ``g``, without waiting for its pid to
+    come back here. A process in a user namespace cannot write the host's cgroup files: the engine
+    moves it by pid."""
+    if not self_attach:
+        handle.wait_for("pid", SETUP_TIMEOUT)
+        if handle.pid <= 0:
+            raise ResourceError(f"{description}: {handle.error or 'the fork server reported no pid'}")
+        cgroup.add_pid(handle.pid)
+    handle.control(b"g")
+
+
 def _abort(handle: Any) -> None:
-    handle.close_control()
+    handle.close_control()  # a process still waiting for ``g`` sees EOF and exits
+    handle.wait_for("pid", 5.0)
     if handle.pid > 0 and handle.exit_code is None:
         try:
             os.kill(handle.pid, signal.SIGKILL)
@@ -161,18 +175,17 @@ def create_container(
         "start_fifo": str(start_fifo) if start_fifo is not None else "",
     }
     cgroup = engine.make_cgroup(spec.linux.cgroups_path, container_id)
-    cgroup.create()
+    in_user_ns = "user" in joins or "user" in unshare
+    request["attach"] = [] if in_user_ns else cgroup.self_attach_files()
     ours = None
     handle = None
     try:
-        cgroup.apply(with_default_devices(spec.linux.resources))
         child_fds, ours = make_io(io, spec.process.terminal, spec.process.console_size)
+        # The fork server forks while we make the cgroup: the process waits for ``g`` before it joins.
         handle = _spawn(engine, request, child_fds, f"container {container_id}")
-        handle.wait_for("pid", SETUP_TIMEOUT)
-        if handle.pid <= 0:
-            raise ResourceError(f"container {container_id}: {handle.error or 'the fork server reported no pid'}")
-        cgroup.add_pid(handle.pid)
-        handle.control(b"g")
+        cgroup.create()
+        cgroup.apply(with_default_devices(spec.linux.resources))
+        _place_in_cgroup(handle, cgroup, request["attach"], f"container {container_id}")
         if not handle.wait_for("created", SETUP_TIMEOUT):
             raise ResourceError(f"container {container_id}: setup did not finish within {SETUP_TIMEOUT} s")
         if not handle.created:
@@ -210,16 +223,21 @@ def spawn_exec(engine: Engine, container: Container, exec_id: str, process: Proc
         "process": process.as_dict(),
         "seccomp": _seccomp_program(container.spec.linux.seccomp),
     }
+    # The exec'd process starts in the container's namespaces: from inside a user namespace it cannot
+    # write the host's cgroup files, and from inside a cgroup namespace (v2) it may not move itself
+    # from the fork server's cgroup, outside that namespace. The engine moves those by pid.
+    self_attach = not container.in_namespace("user") and not container.in_namespace("cgroup")
+    request["attach"] = container.cgroup.self_attach_files() if self_attach else []
     child_fds, ours = make_io(io, process.terminal, process.console_size)
     handle = None
     try:
         handle = _spawn(engine, request, child_fds, f"exec {exec_id} in {container.id}")
-        handle.wait_for("pid", SETUP_TIMEOUT)
-        if handle.pid <= 0:
-            raise ResourceError(f"exec {exec_id} in container {container.id}: {handle.error or 'no pid'}")
-        container.cgroup.add_pid(handle.pid)
-        handle.control(b"g")
+        _place_in_cgroup(handle, container.cgroup, request["attach"], f"exec {exec_id} in container {container.id}")
         handle.close_control()
+        # "created": in the container's cgroup and namespaces, about to execve
+        handle.wait_for("created", SETUP_TIMEOUT)
+        if handle.pid <= 0 or not handle.created:
+            raise ResourceError(f"exec {exec_id} in container {container.id}: {handle.error or 'the process ended'}")
         return Process(container.id, exec_id, handle, ours, process.terminal)
     except BaseException:
         if handle is not None:

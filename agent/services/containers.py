@@ -172,7 +172,7 @@ class ContainerService:
     def stop_sandbox_pidns(self) -> None:
         with self._lock:
             handle, self._sandbox_pidns = self._sandbox_pidns, None
-        if handle is not None and handle.exit_code is None:
+        if handle is not None and handle.exit_code is None and handle.pid > 0:
             try:
                 os.kill(handle.pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -136,3 +136,15 @@ class SandboxService:
             self.sandbox = None
         if self._services.init_daemon:
             self.shutdown_requested.set()
+
+    def close(self) -> None:
+        """The agent is stopping: undo a sandbox that was never destroyed (its storages and the
+        namespaces pinned by bind mounts would otherwise outlive the agent)."""
+        with self._lock:
+            sandbox, self.sandbox = self.sandbox, None
+        if sandbox is None:
+            return
+        if sandbox.storages:
+            self._services.storage.release(SANDBOX_STORAGE_OWNER)
+        if sandbox.shared_namespaces is not None:
+            self._unpin_namespaces(sandbox.shared_namespaces)

@@ -161,3 +161,69 @@ def test_v2_core_on_a_fresh_cgroup2_mount(parent: str) -> None:
     assert str(out["busy"]) in out["destroy_busy_error"]
     assert out["exists_after_destroy"] is False
     assert not (UNIFIED / parent).exists()
+
+
+ENGINE_SCENARIO = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from agent.container.cgroups import detect, manager_for
+from agent.container.engine import Engine, PipeIO
+from agent.system import libc
+from agent.system.paths import HostPaths
+
+parent, bundle = sys.argv[1], Path(sys.argv[2])
+libc.mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0)
+paths = HostPaths()
+engine = Engine(paths, cgroups=lambda p, path, cid: manager_for(p, path, cid, manage_root=False))
+spec = json.loads((bundle / "config.json").read_text())
+spec["linux"]["cgroupsPath"] = f"/{parent}/c2"
+spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "cgroup"]
+spec["process"]["args"] = ["/bin/sleep", "300"]
+out = {"version": detect(paths).version}
+container = engine.create("v2c", spec, bundle=bundle, io=PipeIO())
+try:
+    container.start()
+    out["init_cgroup"] = open(f"/proc/{container.init.pid}/cgroup").read()
+    proc = container.exec("e", {"args": ["/bin/sleep", "300"], "cwd": "/"}, io=PipeIO())
+    out["exec_cgroup"] = open(f"/proc/{proc.pid}/cgroup").read()
+    out["pids"] = sorted(container.pids())
+    out["expected_pids"] = sorted([container.init.pid, proc.pid])
+finally:
+    engine.remove("v2c", timeout=10)
+    engine.close()
+os.rmdir(f"/sys/fs/cgroup/{parent}")
+print(json.dumps(out))
+"""
+
+
+def test_engine_processes_join_their_v2_cgroup_themselves(parent: str, tmp_path: Path) -> None:
+    """On cgroup2 a container's init and an exec'd process move themselves into the container's cgroup
+    (writing "0" to cgroup.procs) before their setup goes on: both are there, and nothing else."""
+    from tests.helpers.bundle import make_bundle
+
+    bundle = make_bundle(tmp_path / "bundle", ["/bin/true"])
+    result = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-c",
+            ENGINE_SCENARIO,
+            parent,
+            str(bundle),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["version"] == 2
+    assert f"0::/{parent}/c2" in out["init_cgroup"]
+    assert f"0::/{parent}/c2" in out["exec_cgroup"]
+    assert out["pids"] == out["expected_pids"]
+    assert not (UNIFIED / parent).exists()

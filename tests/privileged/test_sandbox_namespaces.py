@@ -45,3 +45,18 @@ def test_containers_share_the_sandbox_ipc_uts_and_resolv_conf(
         _call(client, "DestroySandbox", agent_pb2.DestroySandboxRequest())
     assert agent.services.containers.container_ids() == []
     assert _mounts_under(sandbox_dir) == []
+
+
+def test_stopping_the_agent_without_destroy_sandbox_unpins_the_namespaces(
+    agent: RunningAgent, client: AgentClient
+) -> None:
+    """SIGTERM stops the agent through close_services: a sandbox nobody destroyed must not leave its
+    namespaces pinned by bind mounts (a new agent's CreateSandbox could not pin its own there)."""
+    from agent.__main__ import close_services
+
+    sandbox_dir = agent.services.paths.sandbox_dir
+    _call(client, "CreateSandbox", agent_pb2.CreateSandboxRequest(sandbox_id="sb-stop"))
+    assert _mounts_under(sandbox_dir) != []
+    close_services(agent.services)
+    assert _mounts_under(sandbox_dir) == []
+    assert agent.services.sandbox.sandbox is None

@@ -7,6 +7,7 @@ agent restart, or from another command of the runtime CLI) can update, freeze an
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import time
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 V2_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "pids", "hugetlb")
 FREEZE_TIMEOUT = 5.0
 RMDIR_TIMEOUT = 2.0
+
+
+@functools.lru_cache(maxsize=64)
+def _real_path(path: Path) -> Path:
+    return path.resolve()
 
 
 def _errno_name(exc: OSError) -> str:
@@ -181,6 +187,12 @@ class CgroupManager:
                     f"cannot add process {pid} to {directory} ({controller}): {_errno_name(exc)} ({exc.strerror})"
                 ) from exc
 
+    def self_attach_files(self) -> list[tuple[str, str]]:
+        """(hierarchy root, file below it) pairs a new process writes "0" to, to move itself into the
+        cgroup before it does anything else. The root exists before the cgroup does: the process's
+        parent opens it early, the process opens the file relative to it once the cgroup is made."""
+        return []
+
     def pids(self) -> list[int]:
         """Every process in the cgroup and the cgroups below it."""
         return _procs(self._procs_dir())
@@ -226,6 +238,20 @@ class V1Manager(CgroupManager):
 
     def directories(self) -> dict[str, Path]:
         return {name: root / self.relative for name, root in sorted(self.layout.controllers.items())}
+
+    def self_attach_files(self) -> list[tuple[str, str]]:
+        """Each hierarchy's ``tasks`` file. A single-threaded process that writes "0" there moves itself
+        without the kernel's global cgroup_threadgroup_rwsem, whose write side waits for an RCU grace
+        period (~10 ms on an idle host) each time a cgroup.procs write finds it cold; container
+        processes are single-threaded until they exec, so this moves the whole process."""
+        files: list[tuple[str, str]] = []
+        seen: set[Path] = set()
+        for _name, root in sorted(self.layout.controllers.items()):
+            real = _real_path(root)  # cpu and cpuacct are often one hierarchy under two names
+            if real not in seen:
+                seen.add(real)
+                files.append((str(root), str(self.relative / "tasks")))
+        return files
 
     def memory_dir(self) -> Path | None:
         return self.directories().get("memory")
@@ -306,6 +332,11 @@ class V2Manager(CgroupManager):
 
     def directories(self) -> dict[str, Path]:
         return {name: self.path for name in ("cgroup", *V2_CONTROLLERS)}
+
+    def self_attach_files(self) -> list[tuple[str, str]]:
+        """cgroup.procs: "0" moves the writer. This takes cgroup_threadgroup_rwsem like any move (the
+        guest mounts cgroup2 with favordynmods, so that is cheap), but needs no round trip of the pid."""
+        return [(str(self.layout.root), str(self.relative / "cgroup.procs"))]
 
     def memory_dir(self) -> Path | None:
         return self.path
