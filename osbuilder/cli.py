@@ -68,10 +68,16 @@ def rootfs_command(output: Path, workdir: Path, quiet: bool) -> None:
     click.echo(str(built.tree))
 
 
+COMPRESSION_HELP = (
+    "initrd compression. The 29 MiB initrd is 11.1 MiB as gzip, 12.9 lz4, 9.0 zstd, 7.8 xz; unpacking under "
+    "TCG takes 1.8 s from gzip, 0.8 s lz4, 1.3 s zstd, 5.7 s xz"
+)
+
+
 @cli.command(name="initrd")
 @_common
 @click.option("--compression", type=click.Choice(initrd.COMPRESSIONS), default=initrd.DEFAULT_COMPRESSION,
-              show_default=True)
+              show_default=True, help=COMPRESSION_HELP)
 @click.option("--measure-parts", is_flag=True, help="also compress each part on its own to report its share")
 def initrd_command(output: Path, workdir: Path, quiet: bool, compression: str, measure_parts: bool) -> None:
     """initrd.img: the agent as /init with the kernel's modules."""
@@ -91,7 +97,7 @@ def image_command(output: Path, workdir: Path, quiet: bool) -> None:
 @cli.command(name="all")
 @_common
 @click.option("--compression", type=click.Choice(initrd.COMPRESSIONS), default=initrd.DEFAULT_COMPRESSION,
-              show_default=True)
+              show_default=True, help=COMPRESSION_HELP)
 def all_command(output: Path, workdir: Path, quiet: bool, compression: str) -> None:
     """vmlinuz, initrd.img, rootfs.img and manifest.json."""
     ctx = _context(output, workdir, quiet)

@@ -110,6 +110,10 @@ IMAGE_HEADROOM_FRACTION = 0.25
 IMAGE_HEADROOM_MIN_MIB = 64
 
 # ---- Python dependencies
+# pyproject.toml's dependencies the guest does without: the agent serves gRPC with its own HTTP/2 code
+# (agent/rpc/h2grpc.py), and grpcio (with its 17 MB cygrpc library and typing_extensions) is for host-side
+# clients and tests only; click is for the host's command lines (osbuilder, agentctl).
+HOST_ONLY_REQUIREMENTS = ("grpcio", "click")
 # Packages without a wheel on PyPI: built on the host with `pip wheel`, with the Debian packages they need.
 BUILD_FROM_SOURCE = {"python-prctl": ("libcap-dev",)}
 
@@ -141,8 +145,6 @@ LAZY_IMPORTS = (
     "termios",
     "fcntl",
     "resource",
-    "grpc",
-    "grpc._cython.cygrpc",
     "google.protobuf",
     "google.protobuf.json_format",
     "google.protobuf.empty_pb2",
@@ -161,7 +163,6 @@ LAZY_IMPORTS = (
     "pyroute2.netns",
     "prctl",
     "_prctl",
-    "typing_extensions",
 )
 # Imported by the stdlib inside try/except ImportError (asyncio -> ssl, shutil -> bz2/lzma, hashlib ->
 # _hashlib) and never used by the agent: leaving them out drops libssl, libcrypto, libbz2 and liblzma.
@@ -171,13 +172,8 @@ EXCLUDE_MODULES = ("ssl", "_ssl", "bz2", "_bz2", "lzma", "_lzma", "_hashlib")
 # Whole packages copied in full when any module of theirs is imported: their lazy imports are many and
 # name-driven, so module-level pruning would break them.
 WHOLE_PACKAGES = ("agent", "pyroute2")
-# Parts of packages never used by a server that speaks plain gRPC.
-DROP_FROM_PACKAGES = (
-    "grpc/_cython/_credentials/roots.pem",
-    "grpc/experimental",
-    "grpc/aio/_testing",
-    "google/protobuf/internal/testdata",
-)
+# Parts of packages the agent never uses.
+DROP_FROM_PACKAGES = ("google/protobuf/internal/testdata",)
 # Stdlib modules nobody imports at run time but Python itself needs to find its prefix.
 PYTHON_LANDMARKS = ("os",)
 # Keep .py sources for these (something reads their source at run time); the rest ship as .pyc only.
@@ -185,10 +181,13 @@ KEEP_SOURCES: tuple[str, ...] = ()
 
 
 def python_requirements(pyproject: Path) -> list[str]:
-    """The agent's pinned runtime dependencies, as pyproject.toml declares them (``name==version``)."""
+    """The guest's pinned Python dependencies (``name==version``): pyproject.toml's, less the host-only ones."""
     data = tomllib.loads(pyproject.read_text())
-    requirements = list(data["project"]["dependencies"])
-    for requirement in requirements:
+    requirements = []
+    for requirement in data["project"]["dependencies"]:
         if "==" not in requirement:
             raise ValueError(f"{pyproject}: dependency {requirement!r} is not pinned; the guest needs exact versions")
+        name = requirement.split("==", 1)[0].strip()
+        if name.lower().replace("_", "-") not in HOST_ONLY_REQUIREMENTS:
+            requirements.append(requirement)
     return requirements

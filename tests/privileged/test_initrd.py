@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.rpc.pb import health_pb2
+from agentctl.client import connect
 from osbuilder import cpio, initrd, probe, rootfs
 from osbuilder.context import BuildContext
 from osbuilder.kernel import distro
@@ -62,6 +64,9 @@ def test_layout(unpacked: Path) -> None:
     assert names.index("vsock") < names.index("vmw_vsock_virtio_transport_common")
     # optional stdlib imports that would pull libssl and libcrypto are left out
     assert not list(unpacked.rglob("libcrypto.so*"))
+    # the agent serves gRPC with its own HTTP/2 code: no grpcio (nor click, for host tools only)
+    site = unpacked / "usr/lib/pykata"
+    assert not (site / "grpc").exists() and not list(site.glob("grpcio*")) and not (site / "click").exists()
 
 
 def test_agent_help_in_chroot(unpacked: Path) -> None:
@@ -107,6 +112,15 @@ def test_agent_answers_check_in_chroot(chrooted_agent: Path, unpacked: Path) -> 
     assert probe.check_ttrpc(str(chrooted_agent)) == probe.SERVING, log.read_text()[-3000:]
     assert probe.check_grpc(str(chrooted_agent)) == probe.SERVING, log.read_text()[-3000:]
     assert probe.check_ttrpc(str(chrooted_agent)) == probe.SERVING, log.read_text()[-3000:]
+    # agentctl's clients from the host side of the socket, with the generated messages, both protocols
+    for protocol in ("grpc", "ttrpc"):
+        with connect(f"unix://{chrooted_agent}", protocol, timeout=30) as client:
+            reply = client.call("grpc.Health/Check", health_pb2.CheckRequest())
+            assert isinstance(reply, health_pb2.HealthCheckResponse), protocol
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, (protocol, log.read_text()[-3000:])
+            version = client.call("grpc.Health/Version", health_pb2.CheckRequest())
+            assert isinstance(version, health_pb2.VersionCheckResponse)
+            assert version.agent_version, protocol
 
 
 def test_rebuild_is_byte_identical(built_initrd: initrd.InitrdResult, tmp_path: Path) -> None:
