@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from agent import init
 from agent.config import AgentConfig, build_config
-from agent.init import MountStep, SymlinkStep, boot_mounts, cgroup_v1_requested, modules_to_load
+from agent.init import MountStep, SymlinkStep, boot_mounts, cgroup_v1_requested, execute, modules_to_load
 from agent.system import children
 from agent.system.paths import HostPaths
 
@@ -31,6 +35,50 @@ def test_unified_plan_mounts_api_filesystems_then_cgroup2(tmp_path: Path) -> Non
     assert links == [SymlinkStep("pts/ptmx", tmp_path / "dev/ptmx")]
     devpts = next(m for m in mounts if m.fstype == "devpts")
     assert "newinstance" in devpts.data and "ptmxmode=0666" in devpts.data
+    cgroup2 = mounts[-1]
+    assert (cgroup2.data, cgroup2.fallback_data) == ("nsdelegate,favordynmods", "nsdelegate")
+
+
+def _recording_mount(monkeypatch: pytest.MonkeyPatch, refuse: dict[str, int]) -> list[tuple[str, str | None]]:
+    """Replace libc.mount: record (fstype, data), fail with the errno ``refuse`` maps the data to."""
+    calls: list[tuple[str, str | None]] = []
+
+    def fake_mount(
+        source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
+    ) -> None:
+        calls.append((str(fstype), data))
+        if data in refuse:
+            raise OSError(refuse[data], os.strerror(refuse[data]), target)
+
+    monkeypatch.setattr(init.libc, "mount", fake_mount)
+    return calls
+
+
+def test_cgroup2_falls_back_to_nsdelegate_on_einval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _recording_mount(monkeypatch, {"nsdelegate,favordynmods": errno.EINVAL})
+    execute(boot_mounts(HostPaths(tmp_path), cgroup_v1=False)[-1:])
+    assert calls == [("cgroup2", "nsdelegate,favordynmods"), ("cgroup2", "nsdelegate")]
+
+
+def test_cgroup2_with_favordynmods_needs_no_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _recording_mount(monkeypatch, {})
+    execute(boot_mounts(HostPaths(tmp_path), cgroup_v1=False)[-1:])
+    assert calls == [("cgroup2", "nsdelegate,favordynmods")]
+
+
+def test_other_mount_errors_are_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _recording_mount(monkeypatch, {"nsdelegate,favordynmods": errno.EBUSY})
+    with pytest.raises(OSError) as failure:
+        execute(boot_mounts(HostPaths(tmp_path), cgroup_v1=False)[-1:])
+    assert failure.value.errno == errno.EBUSY
+    assert calls == [("cgroup2", "nsdelegate,favordynmods")]
+
+
+def test_a_step_without_fallback_raises_einval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _recording_mount(monkeypatch, {"mode=0755": errno.EINVAL})
+    with pytest.raises(OSError):
+        execute([MountStep("tmpfs", tmp_path / "run", "tmpfs", 0, "mode=0755")])
+    assert calls == [("tmpfs", "mode=0755")]
 
 
 def test_v1_plan_mounts_each_controller_on_a_tmpfs(tmp_path: Path) -> None:
