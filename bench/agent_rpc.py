@@ -2,9 +2,10 @@
 
 Starts ``python3 -m agent --server-addr unix://TMP`` RUNS times and measures the wall time from spawn to
 the first ttrpc Check answered SERVING (median, p90). On the last agent it reads VmRSS once idle after
-start and again after the first gRPC call (grpcio is imported then), and measures Check latency
-p50/p99 over ttrpc and over gRPC with 1 and 8 concurrent clients (one connection per client; clients
-are threads of this process, so their own Python cost is part of the figure).
+start and again after the first gRPC call (the agent imports its HTTP/2 server, agent/rpc/h2grpc.py, on
+the first gRPC connection), and measures Check latency p50/p99 over ttrpc and over gRPC with 1 and 8
+concurrent clients (one connection per client; clients are threads of this process, so their own Python
+cost is part of the figure).
 ``PYKATA_BENCH_RUNS`` sets the number of starts (default 10), ``PYKATA_BENCH_CALLS`` the calls per
 client (default 400).
 """

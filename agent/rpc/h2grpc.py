@@ -31,7 +31,6 @@ import struct
 import threading
 import time
 from concurrent.futures import Executor
-from typing import Any, cast
 
 from agent.rpc import hpack
 from agent.rpc.registry import CallContext
@@ -458,7 +457,7 @@ class GrpcConnection:
         request = bytes(body[5:])
         stream.body = bytearray()
         if stream.ctx.deadline is not None:
-            self._deadlines.add(stream.ctx.deadline, cast(Any, stream))  # Deadlines calls .expire()
+            self._deadlines.add(stream.ctx.deadline, stream)  # Deadlines calls .expire()
         try:
             self._pool.submit(self._run, stream, request)
         except RuntimeError:  # the pool is shut down: the agent is stopping

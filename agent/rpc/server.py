@@ -1,10 +1,11 @@
 """The agent's one listener: vsock, unix or tcp; each connection is sniffed for its protocol.
 
 A connection whose first bytes are the HTTP/2 client preface is gRPC, served by our own HTTP/2 server in
-h2grpc.py (unary calls only, as Kata's API is); anything else is served as ttrpc. Both run calls on one
-pool and expire them with one deadline thread. The sniff
-reads at most the preface's 24 bytes, stops at the first byte that differs, and gives up after
-``sniff_timeout`` seconds, on the connection's own thread, so a silent client holds nobody else up.
+h2grpc.py (unary calls only, as Kata's API is; imported with the first gRPC connection, since Kata's
+runtime speaks ttrpc and the agent's start should not pay for it); anything else is served as ttrpc.
+Both run calls on one pool and expire them with one deadline thread. The sniff reads at most the
+preface's 24 bytes, stops at the first byte that differs, and gives up after ``sniff_timeout`` seconds,
+on the connection's own thread, so a silent client holds nobody else up.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from agent.address import VMADDR_CID_ANY, Address
 from agent.errors import InvalidArgument, ResourceError
-from agent.rpc.h2grpc import GrpcConnection
 from agent.rpc.registry import CallContext
 from agent.rpc.ttrpc import MESSAGE_LENGTH_MAX, ByteBudget, Deadlines, TtrpcConnection
 
@@ -188,6 +188,8 @@ class AgentServer:
                     conn, self._dispatch, self._pool, self._deadlines, prefix=seen, budget=self._budget
                 ).serve()
             elif protocol == "grpc":
+                from agent.rpc.h2grpc import GrpcConnection
+
                 # gRPC request bytes are bounded per connection by its HTTP/2 flow-control window
                 # (h2grpc.CONNECTION_WINDOW), not by the shared budget: an HTTP/2 reader must never wait,
                 # or the window updates its own answers need would go unread.

@@ -1,7 +1,7 @@
 """Status codes and the one table from domain errors (agent.errors) to them.
 
-The numbers are gRPC's (google.rpc.Code), which ttrpc uses as well, so this module needs no grpc import
-and the agent does not pay for grpcio before the first gRPC connection.
+The numbers are gRPC's (google.rpc.Code), which ttrpc uses as well; both of the agent's servers (ttrpc.py
+and h2grpc.py) send them as they are.
 
 ``ResourceError`` maps to RESOURCE_EXHAUSTED: it means the kernel refused or ran out of something
 (memory that did not come online, ENOSPC, a cgroup limit), which a client may retry or report as a

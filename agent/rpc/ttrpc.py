@@ -6,6 +6,10 @@ payload, at most 4 MiB. A unary call is one Request frame from the client on a n
 one Response frame from the server on the same id. Requests on one connection run concurrently (a
 bounded number at a time) and responses are written whole under a lock, so frames never interleave.
 
+The envelope messages (ttrpc.proto's Request, Response, Status, KeyValue) are encoded and decoded here
+with agent/rpc/wire.py rather than the generated classes, so serving the first call does not wait for
+the protobuf runtime to load.
+
 A header announcing more than 4 MiB is answered with RESOURCE_EXHAUSTED on its stream id and the payload
 is read and dropped without being stored (as containerd does); past DISCARD_LIMIT the connection is
 closed instead. An even stream id is a protocol error: INVALID_ARGUMENT is sent on that id, then the
@@ -25,8 +29,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Protocol
 
-from agent.rpc.pb import ttrpc_pb2
+from agent.rpc import wire
 from agent.rpc.registry import CallContext
 from agent.rpc.status import Code
 from agent.system import libc
@@ -72,9 +77,103 @@ def encode_frame(stream_id: int, frame_type: int, payload: bytes, flags: int = 0
     return HEADER.pack(len(payload), stream_id, frame_type, flags) + payload
 
 
+class Request:
+    """ttrpc.Request: the call a Request frame carries."""
+
+    __slots__ = ("metadata", "method", "payload", "service", "timeout_nano")
+
+    def __init__(
+        self,
+        service: str = "",
+        method: str = "",
+        payload: bytes = b"",
+        timeout_nano: int = 0,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.service = service
+        self.method = method
+        self.payload = payload
+        self.timeout_nano = timeout_nano
+        self.metadata = metadata or {}
+
+    def encode(self) -> bytes:
+        """The message as the generated ttrpc_pb2.Request would serialize it (fields in order, proto3
+        defaults left out)."""
+        out = bytearray()
+        if self.service:
+            out += wire.length_delimited(1, self.service.encode())
+        if self.method:
+            out += wire.length_delimited(2, self.method.encode())
+        if self.payload:
+            out += wire.length_delimited(3, self.payload)
+        if self.timeout_nano:
+            out += wire.varint_field(4, self.timeout_nano)
+        for name, value in self.metadata.items():
+            entry = (wire.length_delimited(1, name.encode()) if name else b"") + (
+                wire.length_delimited(2, value.encode()) if value else b""
+            )
+            out += wire.length_delimited(5, entry)
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Request:
+        """Parse a Request; raises wire.WireError for bytes that are not one. A metadata key given twice
+        keeps its last value."""
+        request = cls()
+        for number, wire_type, value in wire.fields(data):
+            if wire_type == wire.LENGTH_DELIMITED:
+                assert isinstance(value, bytes)
+                if number == 1:
+                    request.service = wire.text(value)
+                elif number == 2:
+                    request.method = wire.text(value)
+                elif number == 3:
+                    request.payload = value
+                elif number == 5:
+                    name = text = ""
+                    for entry_number, entry_type, entry_value in wire.fields(value):
+                        if entry_type == wire.LENGTH_DELIMITED and entry_number in (1, 2):
+                            assert isinstance(entry_value, bytes)
+                            if entry_number == 1:
+                                name = wire.text(entry_value)
+                            else:
+                                text = wire.text(entry_value)
+                    request.metadata[name] = text
+            elif wire_type == wire.VARINT and number == 4:
+                assert isinstance(value, int)
+                request.timeout_nano = wire.signed64(value)
+        return request
+
+
+def encode_response_message(code: int, message: str, payload: bytes) -> bytes:
+    """ttrpc.Response{status: Status{code, message}, payload}, as the generated class serializes it."""
+    status = (wire.varint_field(1, code) if code else b"") + (
+        wire.length_delimited(2, message.encode()) if message else b""
+    )
+    return wire.length_delimited(1, status) + (wire.length_delimited(2, payload) if payload else b"")
+
+
+def decode_response_message(data: bytes) -> tuple[int, str, bytes]:
+    """(status code, status message, payload) of a ttrpc.Response; raises wire.WireError."""
+    code, message, payload = 0, "", b""
+    for number, wire_type, value in wire.fields(data):
+        if number == 1 and wire_type == wire.LENGTH_DELIMITED:
+            assert isinstance(value, bytes)
+            for status_number, status_type, status_value in wire.fields(value):
+                if status_number == 1 and status_type == wire.VARINT:
+                    assert isinstance(status_value, int)
+                    code = wire.signed32(status_value)
+                elif status_number == 2 and status_type == wire.LENGTH_DELIMITED:
+                    assert isinstance(status_value, bytes)
+                    message = wire.text(status_value)
+        elif number == 2 and wire_type == wire.LENGTH_DELIMITED:
+            assert isinstance(value, bytes)
+            payload = value
+    return code, message, payload
+
+
 def encode_response(stream_id: int, code: int, message: str, payload: bytes) -> bytes:
-    response = ttrpc_pb2.Response(status=ttrpc_pb2.Status(code=code, message=message), payload=payload)
-    return encode_frame(stream_id, TYPE_RESPONSE, response.SerializeToString())
+    return encode_frame(stream_id, TYPE_RESPONSE, encode_response_message(code, message, payload))
 
 
 class FrameReader:
@@ -123,6 +222,15 @@ class FrameReader:
             remaining -= len(chunk)
 
 
+class Expirable(Protocol):
+    """A call that ``Deadlines`` can end: ``done`` once answered, ``expire()`` answers DEADLINE_EXCEEDED
+    (ttrpc's responder and h2grpc's stream both are)."""
+
+    done: bool
+
+    def expire(self) -> None: ...
+
+
 class Deadlines:
     """One thread that expires calls still running at their deadline (time.monotonic()).
 
@@ -133,13 +241,13 @@ class Deadlines:
     _COMPACT_FLOOR = 256
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Responder]] = []
+        self._heap: list[tuple[float, int, Expirable]] = []
         self._counter = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._compact_at = self._COMPACT_FLOOR
 
-    def add(self, deadline: float, responder: _Responder) -> None:
+    def add(self, deadline: float, responder: Expirable) -> None:
         with self._cond:
             if len(self._heap) >= self._compact_at:
                 self._heap = [entry for entry in self._heap if not entry[2].done]
@@ -339,8 +447,8 @@ class TtrpcConnection:
             self._closing = True
             return False
         try:
-            request = ttrpc_pb2.Request.FromString(payload)
-        except Exception as exc:
+            request = Request.decode(payload)
+        except wire.WireError as exc:
             self.send_response(header.stream_id, Code.INVALID_ARGUMENT, f"cannot decode ttrpc Request: {exc}", b"")
             return False
         label = f"{request.service}/{request.method}"
@@ -348,7 +456,7 @@ class TtrpcConnection:
             self.send_response(header.stream_id, Code.UNIMPLEMENTED, f"{label}: streaming calls are not served", b"")
             return False
         deadline = time.monotonic() + request.timeout_nano / 1e9 if request.timeout_nano > 0 else None
-        ctx = CallContext("ttrpc", deadline, {kv.key: kv.value for kv in request.metadata})
+        ctx = CallContext("ttrpc", deadline, request.metadata)
         responder = _Responder(self, header.stream_id, label)
         if deadline is not None:
             self._deadlines.add(deadline, responder)
@@ -362,7 +470,7 @@ class TtrpcConnection:
             return False
         return True
 
-    def _run(self, request: ttrpc_pb2.Request, ctx: CallContext, responder: _Responder, size: int) -> None:
+    def _run(self, request: Request, ctx: CallContext, responder: _Responder, size: int) -> None:
         try:
             if responder.done:
                 return
@@ -419,13 +527,7 @@ class TtrpcClientConnection:
     ) -> bytes:
         """Send one request and return the response payload; a non-OK status raises TtrpcCallError,
         no answer within ``timeout`` raises TimeoutError, a lost connection ConnectionError."""
-        request = ttrpc_pb2.Request(
-            service=service,
-            method=method,
-            payload=payload,
-            timeout_nano=int(timeout * 1e9) if timeout else 0,
-            metadata=[ttrpc_pb2.KeyValue(key=k, value=v) for k, v in (metadata or {}).items()],
-        )
+        request = Request(service, method, payload, int(timeout * 1e9) if timeout else 0, dict(metadata or {}))
         pending = _PendingCall()
         with self._lock:
             if self._broken is not None:
@@ -434,7 +536,7 @@ class TtrpcClientConnection:
             self._next_stream += 2
             self._pending[stream_id] = pending
         try:
-            frame = encode_frame(stream_id, TYPE_REQUEST, request.SerializeToString())
+            frame = encode_frame(stream_id, TYPE_REQUEST, request.encode())
             with self._write_lock:
                 self._sock.sendall(frame)
             # The agent answers DEADLINE_EXCEEDED itself at the deadline; wait a little longer for it.
@@ -446,10 +548,13 @@ class TtrpcClientConnection:
         if pending.error is not None:
             raise ConnectionError(f"ttrpc: {service}/{method}: {pending.error}")
         assert pending.response is not None
-        response = ttrpc_pb2.Response.FromString(pending.response)
-        if response.status.code != Code.OK:
-            raise TtrpcCallError(response.status.code, response.status.message)
-        return response.payload
+        try:
+            code, message, response_payload = decode_response_message(pending.response)
+        except wire.WireError as exc:
+            raise ConnectionError(f"ttrpc: {service}/{method}: cannot decode the Response: {exc}") from None
+        if code != Code.OK:
+            raise TtrpcCallError(code, message)
+        return response_payload
 
     def _read_responses(self) -> None:
         error: BaseException

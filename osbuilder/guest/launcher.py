@@ -168,10 +168,11 @@ def main() -> None:
             start_background_modules(os.uname().release)
         except Exception as exc:  # PID 1 must not exit: say why and power off
             _fail(f"{type(exc).__name__}: {exc}")
-    import runpy
+    # The agent's entry point called directly: runpy (and what it imports) would only add start-up time.
+    from agent.__main__ import main as agent_main
 
     sys.argv[0] = "agent"
-    runpy.run_module("agent", run_name="__main__", alter_sys=True)
+    agent_main()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """An agent serving a unix socket inside the test process, on a fake guest tree.
 
 ``fake_guest_tree(root)`` writes the few /proc and /sys files the guest RPCs read; ``serving_agent()``
-starts the real listener (sniffing, ttrpc, lazy gRPC bridge) with the real servicer on it.
+starts the real listener (sniffing, ttrpc, the HTTP/2 gRPC server) with the real servicer on it.
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def test_http2_preface_followed_by_garbage(agent: RunningAgent) -> None:
     with agent.connect() as sock:
         sock.sendall(HTTP2_PREFACE + b"\xde\xad\xbe\xef" * 64)
         sock.shutdown(socket.SHUT_WR)
-        received = read_until_closed(sock)  # grpcio answers with its SETTINGS/GOAWAY, then closes
+        received = read_until_closed(sock)  # h2grpc sends its SETTINGS, WINDOW_UPDATE and a GOAWAY, then closes
     assert b"\xde\xad\xbe\xef" not in received
     check_serving(agent.address, "grpc")
     check_serving(agent.address, "ttrpc")
