@@ -5,7 +5,8 @@ The agent runs threads, so it must never fork() (a child could inherit a lock an
 fork+exec, which is safe) and talks to it over a SOCK_SEQPACKET socketpair: each request is one JSON
 message with the process's file descriptors attached (SCM_RIGHTS), and the reply is one JSON message.
 
-For each request the server forks a *shim* and forgets it (SIGCHLD is ignored in the server, so the
+For each request the server hands the request to a *shim* it forked ahead of time (and forks the next
+one while the engine waits for this one) and forgets it (SIGCHLD is ignored in the server, so the
 kernel reaps shims). Nothing is sent back on the socket: the engine goes on (making the cgroup) while
 the server forks, and everything about the new process arrives on its status pipe, a failed fork
 included. The shim is a child subreaper; it enters or
@@ -41,6 +42,7 @@ from agent.system import children
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1 << 20
+PARKED_NAME = "pykata-parked"  # a parked shim's name in ps and /proc/<pid>/comm until it has work
 MAX_FDS = 16
 
 
@@ -285,12 +287,74 @@ def _report_failure(status_fd: int, message: str) -> None:
         pass
 
 
+class _ParkedShim:
+    """A shim forked ahead of its request: it waits on its own socket, so a request costs the
+    server one sendmsg instead of a fork (the fork, and the new process's first page faults, happen
+    between requests). It exits when its socket closes without a request."""
+
+    def __init__(self, server_sock: socket.socket, run: Any) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                server_sock.close()
+                ours.close()
+                from agent.system import libc
+
+                libc.set_process_name(PARKED_NAME)
+                request, fds = receive_message(theirs)
+                theirs.close()
+                if request is not None:
+                    libc.set_process_name("pykata-shim")
+                    code = run(request, fds)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid = pid
+        self.sock = ours
+
+    def hand_over(self, request: dict[str, Any], fds: list[int]) -> bool:
+        """Give the request to the shim; False when it is gone (the caller forks one instead)."""
+        try:
+            send_message(self.sock, request, fds)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.sock.close()
+
+
+def _fork_shim(sock: socket.socket, run: Any, request: dict[str, Any], fds: list[int]) -> None:
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        if fds:  # fds[0] is the status pipe: the engine learns of the failure there
+            _report_failure(fds[0], f"fork server: fork failed: {exc}")
+        return
+    if pid == 0:
+        code = 1
+        try:
+            sock.close()
+            code = run(request, fds)
+        finally:
+            os._exit(code)
+
+
 def serve(sock: socket.socket) -> None:
-    """The server loop: one request, one fork, one reply. Runs single-threaded."""
+    """The server loop: one request, one shim. Runs single-threaded."""
     from agent.container import init  # preloaded here so each fork starts with it imported
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims report through pipes; the kernel reaps them
+    parked: _ParkedShim | None = None
     while True:
+        if parked is None:
+            try:
+                parked = _ParkedShim(sock, init.run_shim)
+            except OSError as exc:
+                log.warning("fork server: cannot fork a shim ahead: %s", exc)
         try:
             request, fds = receive_message(sock)
         except InterruptedError:
@@ -299,22 +363,13 @@ def serve(sock: socket.socket) -> None:
             log.error("fork server: bad request: %s", exc)
             continue
         if request is None:
+            if parked is not None:
+                parked.sock.close()  # EOF: the parked shim exits
             return
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            if fds:  # fds[0] is the status pipe: the engine learns of the failure there
-                _report_failure(fds[0], f"fork server: fork failed: {exc}")
-            for fd in fds:
-                os.close(fd)
-            continue
-        if pid == 0:
-            code = 1
-            try:
-                sock.close()
-                code = init.run_shim(request, fds)
-            finally:
-                os._exit(code)
+        handed = parked is not None and parked.hand_over(request, fds)
+        parked = None
+        if not handed:
+            _fork_shim(sock, init.run_shim, request, fds)
         for fd in fds:
             os.close(fd)
 

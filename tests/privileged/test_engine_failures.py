@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from agent.container.engine import Engine
+from agent.container.forkserver import PARKED_NAME
 from agent.errors import AlreadyExists, InvalidArgument, ResourceError
 from agent.system.paths import HostPaths
 from tests.privileged.conftest import CGROUP_FS
@@ -46,6 +47,7 @@ def mount_table() -> list[str]:
 
 
 def children_of(pid: int) -> list[int]:
+    """The fork server's children, but for the shim it keeps parked for the next request."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -53,7 +55,8 @@ def children_of(pid: int) -> list[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid and comm != PARKED_NAME:
                 found.append(int(entry.name))
     return found
 
@@ -152,3 +155,34 @@ def test_exec_of_missing_program_exits_127(engine: Engine, spec: Any) -> None:
         assert b"nothing-here" in read_to_end(proc.io.stderr)
     finally:
         engine.remove("noexec", timeout=10)
+
+
+def test_the_parked_shim_goes_with_the_fork_server() -> None:
+    """The fork server keeps one shim forked ahead of the next request; closing the server ends it."""
+    engine = Engine(HostPaths())
+    engine.forkserver.start()
+    server = engine.forkserver.server_pid
+    assert server is not None
+    deadline = time.monotonic() + 5
+    parked: list[int] = []
+    while not parked and time.monotonic() < deadline:
+        parked = [
+            int(entry.name)
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and _parent_and_name(entry) == (server, PARKED_NAME)
+        ]
+        time.sleep(0.01)
+    assert len(parked) == 1, "no parked shim"
+    engine.close()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{parked[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not Path(f"/proc/{parked[0]}").exists(), "the parked shim outlived its fork server"
+
+
+def _parent_and_name(entry: Path) -> tuple[int, str]:
+    try:
+        stat = (entry / "stat").read_text()
+    except OSError:
+        return (0, "")
+    return int(stat[stat.rindex(")") + 2 :].split()[1]), stat[stat.index("(") + 1 : stat.rindex(")")]
