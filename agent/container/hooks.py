@@ -11,17 +11,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.container.spec import Hook
 from agent.errors import ResourceError
-from agent.system.run import CommandError, CommandNotFound, run
+
+if TYPE_CHECKING:
+    from agent.container.spec import Hook
 
 DEFAULT_HOOK_TIMEOUT = 60.0
 
 
 def run_hook(hook: Hook, state: dict[str, Any], kind: str) -> None:
     """Run one hook; ResourceError naming the hook kind and path when it fails or times out."""
+    from agent.system.run import CommandError, CommandNotFound, run  # subprocess: only when a hook runs
+
     argv = list(hook.args) or [hook.path]
     env = dict(item.split("=", 1) for item in hook.env if "=" in item)
     try:

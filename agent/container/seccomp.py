@@ -24,11 +24,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
-import platform
+import os
 import struct
 from typing import Any
 
-from agent.container.syscalls_x86_64 import AUDIT_ARCH_X86_64, SYSCALLS_X86_64
 from agent.errors import InvalidArgument, Unsupported
 from agent.system import libc
 
@@ -156,8 +155,12 @@ def _rule_block(number: int, action: int, args: list[dict[str, Any]]) -> list[tu
 
 def compile_profile(profile: dict[str, Any]) -> bytes:
     """The BPF program for an OCI seccomp profile, as the bytes of a ``struct sock_filter`` array."""
-    if platform.machine() != "x86_64":
-        raise Unsupported(f"seccomp profiles are compiled for x86_64 only, not {platform.machine()}")
+    machine = os.uname().machine
+    if machine != "x86_64":
+        raise Unsupported(f"seccomp profiles are compiled for x86_64 only, not {machine}")
+    # the table loads only for a spec that has a profile (most container starts have none)
+    from agent.container.syscalls_x86_64 import AUDIT_ARCH_X86_64, SYSCALLS_X86_64
+
     default = action_value(str(profile.get("defaultAction", "")), profile.get("defaultErrnoRet"))
     program: list[tuple[int, int, int, int]] = [
         (BPF_LD_W_ABS, 0, 0, OFFSET_ARCH),

@@ -1,13 +1,17 @@
-"""The OCI runtime spec (config.json) as typed dataclasses.
+"""The OCI runtime spec (config.json) as typed, immutable records.
 
 ``parse_spec`` takes the dict exactly as a bundle's config.json holds it (the CLI reads the file;
 the agent converts Kata's grpc.Spec with agent/rpc/convert_oci.py) and returns a ``Spec``. Parsing
 only reshapes; agent/container/validate.py decides what is acceptable.
+
+The records are small classes on ``Record`` rather than dataclasses: every container start imports
+this module, and a dataclass costs about a millisecond to define (its methods are generated and
+compiled at import). They behave as frozen dataclasses would: fields set once by ``__init__``,
+compared, hashed and shown by value.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import InvalidArgument
@@ -15,63 +19,163 @@ from agent.errors import InvalidArgument
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 
 
-@dataclass(frozen=True)
-class Mount:
+class Record:
+    """Base of the spec's records. A subclass names its fields in ``_fields`` (in ``__init__``'s
+    order; they are its ``__slots__``) and sets them with ``_assign``; ``_compared`` (default: all of
+    them) are the fields that equality, hashing and repr look at."""
+
+    __slots__: tuple[str, ...] = ()
+    _fields: tuple[str, ...] = ()
+    _compared: tuple[str, ...] | None = None
+
+    def _assign(self, *values: Any) -> None:
+        for name, value in zip(self._fields, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def _key(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._compared or self._fields)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Record)
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._compared or self._fields)
+        return f"{type(self).__name__}({shown})"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle rebuild it through __init__
+        return type(self), tuple(getattr(self, name) for name in self._fields)
+
+
+class Mount(Record):
+    _fields = ("destination", "type", "source", "options")
+    __slots__ = _fields
     destination: str
-    type: str = ""
-    source: str = ""
-    options: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Namespace:
     type: str
-    path: str = ""
+    source: str
+    options: tuple[str, ...]
+
+    def __init__(self, destination: str, type: str = "", source: str = "", options: tuple[str, ...] = ()) -> None:
+        self._assign(destination, type, source, options)
 
 
-@dataclass(frozen=True)
-class IdMapping:
+class Namespace(Record):
+    _fields = ("type", "path")
+    __slots__ = _fields
+    type: str
+    path: str
+
+    def __init__(self, type: str, path: str = "") -> None:
+        self._assign(type, path)
+
+
+class IdMapping(Record):
+    _fields = ("container_id", "host_id", "size")
+    __slots__ = _fields
     container_id: int
     host_id: int
     size: int
 
+    def __init__(self, container_id: int, host_id: int, size: int) -> None:
+        self._assign(container_id, host_id, size)
 
-@dataclass(frozen=True)
-class Rlimit:
+
+class Rlimit(Record):
+    _fields = ("type", "hard", "soft")
+    __slots__ = _fields
     type: str
     hard: int
     soft: int
 
-
-@dataclass(frozen=True)
-class Capabilities:
-    bounding: tuple[str, ...] = ()
-    effective: tuple[str, ...] = ()
-    inheritable: tuple[str, ...] = ()
-    permitted: tuple[str, ...] = ()
-    ambient: tuple[str, ...] = ()
+    def __init__(self, type: str, hard: int, soft: int) -> None:
+        self._assign(type, hard, soft)
 
 
-@dataclass(frozen=True)
-class User:
-    uid: int = 0
-    gid: int = 0
-    additional_gids: tuple[int, ...] = ()
-    umask: int | None = None
+class Capabilities(Record):
+    _fields = ("bounding", "effective", "inheritable", "permitted", "ambient")
+    __slots__ = _fields
+    bounding: tuple[str, ...]
+    effective: tuple[str, ...]
+    inheritable: tuple[str, ...]
+    permitted: tuple[str, ...]
+    ambient: tuple[str, ...]
+
+    def __init__(
+        self,
+        bounding: tuple[str, ...] = (),
+        effective: tuple[str, ...] = (),
+        inheritable: tuple[str, ...] = (),
+        permitted: tuple[str, ...] = (),
+        ambient: tuple[str, ...] = (),
+    ) -> None:
+        self._assign(bounding, effective, inheritable, permitted, ambient)
 
 
-@dataclass(frozen=True)
-class Process:
+class User(Record):
+    _fields = ("uid", "gid", "additional_gids", "umask")
+    __slots__ = _fields
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...]
+    umask: int | None
+
+    def __init__(
+        self, uid: int = 0, gid: int = 0, additional_gids: tuple[int, ...] = (), umask: int | None = None
+    ) -> None:
+        self._assign(uid, gid, additional_gids, umask)
+
+
+class Process(Record):
+    _fields = (
+        "args",
+        "env",
+        "cwd",
+        "terminal",
+        "user",
+        "capabilities",
+        "no_new_privileges",
+        "rlimits",
+        "oom_score_adj",
+        "console_size",
+    )
+    __slots__ = _fields
     args: tuple[str, ...]
-    env: tuple[str, ...] = ()
-    cwd: str = "/"
-    terminal: bool = False
-    user: User = field(default_factory=User)
-    capabilities: Capabilities | None = None
-    no_new_privileges: bool = False
-    rlimits: tuple[Rlimit, ...] = ()
-    oom_score_adj: int | None = None
-    console_size: tuple[int, int] | None = None  # (height, width)
+    env: tuple[str, ...]
+    cwd: str
+    terminal: bool
+    user: User
+    capabilities: Capabilities | None
+    no_new_privileges: bool
+    rlimits: tuple[Rlimit, ...]
+    oom_score_adj: int | None
+    console_size: tuple[int, int] | None  # (height, width)
+
+    def __init__(
+        self,
+        args: tuple[str, ...],
+        env: tuple[str, ...] = (),
+        cwd: str = "/",
+        terminal: bool = False,
+        user: User | None = None,
+        capabilities: Capabilities | None = None,
+        no_new_privileges: bool = False,
+        rlimits: tuple[Rlimit, ...] = (),
+        oom_score_adj: int | None = None,
+        console_size: tuple[int, int] | None = None,
+    ) -> None:
+        self._assign(args, env, cwd, terminal, User() if user is None else user, capabilities, no_new_privileges,
+                     rlimits, oom_score_adj, console_size)  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         """The config.json shape, for the process that runs it (it gets plain JSON)."""
@@ -103,37 +207,86 @@ class Process:
         }
 
 
-@dataclass(frozen=True)
-class Hook:
+class Hook(Record):
+    _fields = ("path", "args", "env", "timeout")
+    __slots__ = _fields
     path: str
-    args: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()
-    timeout: int | None = None
+    args: tuple[str, ...]
+    env: tuple[str, ...]
+    timeout: int | None
+
+    def __init__(
+        self, path: str, args: tuple[str, ...] = (), env: tuple[str, ...] = (), timeout: int | None = None
+    ) -> None:
+        self._assign(path, args, env, timeout)
 
 
-@dataclass(frozen=True)
-class Hooks:
-    prestart: tuple[Hook, ...] = ()
-    create_runtime: tuple[Hook, ...] = ()
-    create_container: tuple[Hook, ...] = ()
-    start_container: tuple[Hook, ...] = ()
-    poststart: tuple[Hook, ...] = ()
-    poststop: tuple[Hook, ...] = ()
+class Hooks(Record):
+    _fields = ("prestart", "create_runtime", "create_container", "start_container", "poststart", "poststop")
+    __slots__ = _fields
+    prestart: tuple[Hook, ...]
+    create_runtime: tuple[Hook, ...]
+    create_container: tuple[Hook, ...]
+    start_container: tuple[Hook, ...]
+    poststart: tuple[Hook, ...]
+    poststop: tuple[Hook, ...]
+
+    def __init__(
+        self,
+        prestart: tuple[Hook, ...] = (),
+        create_runtime: tuple[Hook, ...] = (),
+        create_container: tuple[Hook, ...] = (),
+        start_container: tuple[Hook, ...] = (),
+        poststart: tuple[Hook, ...] = (),
+        poststop: tuple[Hook, ...] = (),
+    ) -> None:
+        self._assign(prestart, create_runtime, create_container, start_container, poststart, poststop)
 
 
-@dataclass(frozen=True)
-class Linux:
-    namespaces: tuple[Namespace, ...] = ()
-    uid_mappings: tuple[IdMapping, ...] = ()
-    gid_mappings: tuple[IdMapping, ...] = ()
-    resources: dict[str, Any] = field(default_factory=dict)
-    cgroups_path: str = ""
-    sysctl: dict[str, str] = field(default_factory=dict)
-    masked_paths: tuple[str, ...] = ()
-    readonly_paths: tuple[str, ...] = ()
-    rootfs_propagation: str = ""
-    seccomp: dict[str, Any] | None = None
-    devices: tuple[dict[str, Any], ...] = ()
+class Linux(Record):
+    _fields = (
+        "namespaces",
+        "uid_mappings",
+        "gid_mappings",
+        "resources",
+        "cgroups_path",
+        "sysctl",
+        "masked_paths",
+        "readonly_paths",
+        "rootfs_propagation",
+        "seccomp",
+        "devices",
+    )
+    __slots__ = _fields
+    namespaces: tuple[Namespace, ...]
+    uid_mappings: tuple[IdMapping, ...]
+    gid_mappings: tuple[IdMapping, ...]
+    resources: dict[str, Any]
+    cgroups_path: str
+    sysctl: dict[str, str]
+    masked_paths: tuple[str, ...]
+    readonly_paths: tuple[str, ...]
+    rootfs_propagation: str
+    seccomp: dict[str, Any] | None
+    devices: tuple[dict[str, Any], ...]
+
+    def __init__(
+        self,
+        namespaces: tuple[Namespace, ...] = (),
+        uid_mappings: tuple[IdMapping, ...] = (),
+        gid_mappings: tuple[IdMapping, ...] = (),
+        resources: dict[str, Any] | None = None,
+        cgroups_path: str = "",
+        sysctl: dict[str, str] | None = None,
+        masked_paths: tuple[str, ...] = (),
+        readonly_paths: tuple[str, ...] = (),
+        rootfs_propagation: str = "",
+        seccomp: dict[str, Any] | None = None,
+        devices: tuple[dict[str, Any], ...] = (),
+    ) -> None:
+        self._assign(namespaces, uid_mappings, gid_mappings, {} if resources is None else resources, cgroups_path,
+                     {} if sysctl is None else sysctl, masked_paths, readonly_paths, rootfs_propagation, seccomp,
+                     devices)  # fmt: skip
 
     def namespace(self, kind: str) -> Namespace | None:
         for ns in self.namespaces:
@@ -142,18 +295,48 @@ class Linux:
         return None
 
 
-@dataclass(frozen=True)
-class Spec:
+class Spec(Record):
+    _fields = (
+        "oci_version",
+        "root_path",
+        "root_readonly",
+        "process",
+        "hostname",
+        "mounts",
+        "hooks",
+        "linux",
+        "annotations",
+        "raw",
+    )
+    __slots__ = _fields
+    _compared = _fields[:-1]  # not raw: the parsed fields are the spec
     oci_version: str
     root_path: str
     root_readonly: bool
     process: Process | None
-    hostname: str = ""
-    mounts: tuple[Mount, ...] = ()
-    hooks: Hooks = field(default_factory=Hooks)
-    linux: Linux = field(default_factory=Linux)
-    annotations: dict[str, str] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    hostname: str
+    mounts: tuple[Mount, ...]
+    hooks: Hooks
+    linux: Linux
+    annotations: dict[str, str]
+    raw: dict[str, Any]  # the config.json dict it was parsed from
+
+    def __init__(
+        self,
+        oci_version: str,
+        root_path: str,
+        root_readonly: bool,
+        process: Process | None,
+        hostname: str = "",
+        mounts: tuple[Mount, ...] = (),
+        hooks: Hooks | None = None,
+        linux: Linux | None = None,
+        annotations: dict[str, str] | None = None,
+        raw: dict[str, Any] | None = None,
+    ) -> None:
+        self._assign(oci_version, root_path, root_readonly, process, hostname, mounts,
+                     Hooks() if hooks is None else hooks, Linux() if linux is None else linux,
+                     {} if annotations is None else annotations, {} if raw is None else raw)  # fmt: skip
 
 
 def _dict(value: Any, where: str) -> dict[str, Any]:

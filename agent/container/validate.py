@@ -14,7 +14,7 @@ from agent.container.spec import NAMESPACE_TYPES, Spec
 from agent.errors import InvalidArgument
 
 MAX_ID_LENGTH = 1024
-_ID_CHARS = re.compile(r"^[A-Za-z0-9_+\-.]+$")
+_ID_CHARS = r"^[A-Za-z0-9_+\-.]+$"  # patterns are compiled at first use (re caches them), not at import
 MOUNT_TYPES_NEEDING_NO_SOURCE = ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2")
 
 
@@ -25,7 +25,7 @@ def validate_container_id(container_id: str) -> None:
         raise InvalidArgument(f"container id is {len(container_id)} characters long; the limit is {MAX_ID_LENGTH}")
     if "/" in container_id or container_id in (".", "..") or ".." in container_id:
         raise InvalidArgument(f"container id {container_id!r} contains '/' or '..'")
-    if not _ID_CHARS.match(container_id):
+    if not re.match(_ID_CHARS, container_id):
         raise InvalidArgument(f"container id {container_id!r} has characters outside [A-Za-z0-9_+-.]")
 
 
@@ -141,7 +141,7 @@ def _number(value: Any, where: str, *, minimum: int | None = None) -> None:
         raise InvalidArgument(f"{where} is {value}; it must be >= {minimum}")
 
 
-_CPUSET = re.compile(r"^\s*\d+(-\d+)?(\s*,\s*\d+(-\d+)?)*\s*$")
+_CPUSET = r"^\s*\d+(-\d+)?(\s*,\s*\d+(-\d+)?)*\s*$"
 
 
 def check_resources(resources: dict[str, Any], where: str = "linux.resources") -> None:
@@ -163,7 +163,7 @@ def check_resources(resources: dict[str, Any], where: str = "linux.resources") -
         raise InvalidArgument(f"{where}.cpu.period {cpu['period']} is outside 1000..1000000 microseconds")
     for key in ("cpus", "mems"):
         value = cpu.get(key)
-        if value not in (None, "") and (not isinstance(value, str) or not _CPUSET.match(value)):
+        if value not in (None, "") and (not isinstance(value, str) or not re.match(_CPUSET, value)):
             raise InvalidArgument(f"{where}.cpu.{key} {value!r} is not a list like 0-3,7")
     pids = resources.get("pids") or {}
     _number(pids.get("limit"), f"{where}.pids.limit", minimum=-1)

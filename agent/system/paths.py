@@ -6,16 +6,36 @@ No other module spells /sys, /proc, /dev or /run literally.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 # Where Kata's runtime puts container bundles shared from the host.
 KATA_SHARED_SUBDIR = "run/kata-containers/shared/containers"
 
 
-@dataclass(frozen=True)
 class HostPaths:
-    root: Path = Path("/")
+    """Immutable, compared and hashed by ``root`` (a plain class: this module is imported by every
+    container start, and a dataclass costs about a millisecond to define)."""
+
+    __slots__ = ("root",)
+    root: Path
+
+    def __init__(self, root: Path = Path("/")) -> None:
+        object.__setattr__(self, "root", root)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"HostPaths is immutable: cannot set {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return self.root == other.root if isinstance(other, HostPaths) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"HostPaths(root={self.root!r})"
+
+    def __reduce__(self) -> tuple[type[HostPaths], tuple[Path]]:  # copy and pickle go through __init__
+        return HostPaths, (self.root,)
 
     def _at(self, relative: str) -> Path:
         return self.root / relative

@@ -40,13 +40,35 @@ Not done: v2 disableOOMKiller (no such knob), kernel memory limits (deprecated; 
 
 from __future__ import annotations
 
-from .cpuset import propagate_cpuset
-from .layout import Layout, container_cgroup, detect
-from .manager import CgroupManager, V1Manager, V2Manager, execute, manager_for
-from .oom import OomWatcher
-from .plan import Write, plan_v1, plan_v2, validate_resources
-from .stats import CgroupStats
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from .cpuset import propagate_cpuset
+    from .layout import Layout, container_cgroup, detect
+    from .manager import CgroupManager, V1Manager, V2Manager, execute, manager_for
+    from .oom import OomWatcher
+    from .plan import Write, plan_v1, plan_v2, validate_resources
+    from .stats import CgroupStats
+
+# Each name is imported from its module on first use, so a container start loads the manager and
+# what it needs, not the OOM watcher (threads, queue), the CPU hotplug helpers or the stats types.
+_HOMES = {
+    "CgroupManager": "manager",
+    "CgroupStats": "stats",
+    "Layout": "layout",
+    "OomWatcher": "oom",
+    "V1Manager": "manager",
+    "V2Manager": "manager",
+    "Write": "plan",
+    "container_cgroup": "layout",
+    "detect": "layout",
+    "execute": "manager",
+    "manager_for": "manager",
+    "plan_v1": "plan",
+    "plan_v2": "plan",
+    "propagate_cpuset": "cpuset",
+    "validate_resources": "plan",
+}
 __all__ = [
     "CgroupManager",
     "CgroupStats",
@@ -64,3 +86,14 @@ __all__ = [
     "propagate_cpuset",
     "validate_resources",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
