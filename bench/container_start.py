@@ -10,6 +10,11 @@ crun refuses this host's hybrid cgroup layout, so it runs in a private mount nam
 cgroup2 mount hidden (the wrapper's cost is part of its figure, and measured separately).
 Prints median and p90 per way, the ratios to crun and runc, and the figures measured on this
 kind of host before, side by side. ``PYKATA_BENCH_RUNS`` sets the number of runs (default 30).
+
+Every timed run starts after a settle gap (``PYKATA_BENCH_GAP_MS``, default 100 ms) so each way starts
+from the same idle state. Without it the order matters: moving a process into a cgroup v1 by pid (runc
+and crun do) turns off the fast path of the kernel's cgroup_threadgroup_rwsem for a grace period, so
+a way that does the same right after runs faster than after one that did not.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("PYKATA_BENCH_RUNS", "30"))
+GAP_MS = float(os.environ.get("PYKATA_BENCH_GAP_MS", "100"))  # settle time before every timed run
 # Measured on this kind of host (ENVIRONMENT.md): `run` of /bin/true from a busybox bundle, 30 runs.
 BASELINE_MS = {"runc": (38.0, 49.0), "crun": (14.0, 23.0)}
 CGROUP_PARENT = f"/pykata-bench-{os.getpid()}"
@@ -47,9 +53,7 @@ class Way:
 
 def _timed_command(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Callable[[str], None]:
     def cycle(container_id: str) -> None:
-        done = subprocess.run(
-            [*argv, container_id], cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, env=env
-        )
+        done = subprocess.run([*argv, container_id], cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, env=env)
         if done.returncode != 0:
             tail = done.stderr.decode(errors="replace")[-400:]
             raise RuntimeError(f"{' '.join(argv)} {container_id}: exit {done.returncode}: {tail}")
@@ -137,7 +141,8 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 def report(ways: list[Way]) -> None:
     medians = {w.name: statistics.median(w.samples) for w in ways if w.samples}
-    print(f"create+start+wait+delete of /bin/true, {RUNS} runs each, alternating (ms)")
+    print(f"create+start+wait+delete of /bin/true, {RUNS} runs each, alternating, {GAP_MS:g} ms settle gap "
+          "before each (ms)")  # fmt: skip
     print(f"{'way':<18}{'median':>9}{'p90':>9}{'/crun':>8}{'/runc':>8}   measured before (median/p90)")
     for way in ways:
         if not way.samples:
@@ -162,6 +167,7 @@ def measure(ways: list[Way], runs: int) -> None:
             if way.failure:
                 continue
             container_id = f"bench-{os.getpid()}-{run}"
+            time.sleep(GAP_MS / 1000)
             started = time.perf_counter()
             try:
                 way.cycle(container_id)
