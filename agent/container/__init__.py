@@ -5,22 +5,30 @@ How a container comes to be (create, then start):
 1. ``spec.parse_spec`` reshapes config.json; ``validate.validate_spec`` runs its ordered checks.
    Nothing has touched the host yet.
 2. ``rootfs.plan_rootfs`` turns the mounts, devices and /dev links into a list of operations (data:
-   ``RootfsPlan.describe()`` prints it); the cgroup is made and the resources applied (cgroups/).
+   ``RootfsPlan.describe()`` prints it).
 3. The fork server (forkserver.py, a single-threaded ``python -m`` helper spawned on first use: the
-   agent runs threads and never forks) forks a shim per process. The shim enters the user and pid
-   namespaces, forks the container process, reports its pid, and later its exit status (128+N for a
-   signal), reaping every orphan as a child subreaper.
-4. The engine puts the pid in the cgroup and says "go"; the container process (init.py) unshares or
-   joins the other namespaces, sets hostname and sysctls, executes the mount plan, enters the root
-   (pivot_root, or MS_MOVE + chroot on an initramfs where pivot_root cannot work), masks paths and
-   makes the root read-only, reports "created" and waits.
-5. start: startContainer hooks, then "start" (through the control pipe, or a FIFO for a CLI whose
-   start is another process); the process takes its stdio, rlimits, user, capabilities (all five
-   sets), no_new_privileges and seccomp filter, and execs.
+   agent runs threads and never forks) hands the request to a shim it forked ahead of time. The
+   shim opens the cgroup hierarchies' roots, enters the user and pid namespaces, forks the container
+   process, reports its pid, and later its exit status (128+N for a signal), reaping every orphan as
+   a child subreaper. Meanwhile the engine makes the cgroup and applies the resources (cgroups/).
+4. The engine says "go" (``g``); the container process (init.py) joins its cgroup by itself (cgroup
+   v1's ``tasks`` or v2's ``cgroup.procs``, "0": no pid round trip, and on v1 no wait for the
+   kernel's global cgroup lock; in a user namespace the engine moves it by pid instead), unshares or
+   joins the other namespaces, sets hostname and sysctls and executes the mount plan. When the spec
+   has prestart or createRuntime hooks it reports "mounted" and the engine runs them (runtime
+   namespace) before it says ``h``; the process then runs the createContainer hooks itself (in the
+   container's namespaces, before the root changes), enters the root (pivot_root, or MS_MOVE +
+   chroot on an initramfs where pivot_root cannot work), masks paths, makes the root read-only,
+   reports "created" and waits.
+5. start: "start" (through the control pipe, or a FIFO for a CLI whose start is another process);
+   the process runs the startContainer hooks (in the container, after the root changed), takes its
+   stdio, rlimits, user, capabilities (all five sets), no_new_privileges and seccomp filter, and
+   execs. poststart hooks run in the runtime's namespaces once it started, poststop once it is gone.
 
 Seccomp: seccomp.py compiles the profile to classic BPF in the engine; the container process loads
 it with prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER) right before execve when no_new_privileges is set,
 else before dropping capabilities (the kernel wants CAP_SYS_ADMIN then), as runc does.
 Exec joins the container's namespaces with setns on /proc/<pid>/ns/* and its root through
-/proc/<pid>/root, and is put in the container's cgroup before it runs anything.
+/proc/<pid>/root, and joins the container's cgroup before it runs anything (by pid, from the engine,
+when the container has a user or cgroup namespace).
 """

@@ -217,17 +217,18 @@ class Container:
             status = self.status
             require(self.id, status, status.can_start(), "start", "created")
             assert self.init is not None
-            for hook in self.spec.hooks.start_container:
-                try:
-                    hooks_mod.run_hook(hook, self.state(), "startContainer")
-                except ResourceError:
-                    self.signal(signal.SIGKILL, all_processes=True)
-                    raise
             if self.start_fifo is not None:
                 start_detached(self.start_fifo)
                 self.init.handle.close_control()
             else:
                 self.engine.forkserver.release(self.init.handle)
+            if self.spec.hooks.start_container:
+                # the process runs them, in the container, before its program: wait for their verdict
+                handle = self.init.handle
+                handle.wait_for("started", SHIM_EXIT_TIMEOUT + max(_hook_timeouts(self.spec.hooks.start_container)))
+                if not handle.started:
+                    self.signal(signal.SIGKILL, all_processes=True)
+                    raise ResourceError(f"container {self.id}: {handle.error or 'startContainer hooks did not finish'}")
             self._status = Status.RUNNING
         for hook in self.spec.hooks.poststart:
             try:
@@ -518,6 +519,12 @@ class Engine:
         if self._cgroup_layout is None:
             self._cgroup_layout = detect(self.paths)
         return manager_for(self.paths, cgroups_path, container_id, layout=self._cgroup_layout)
+
+
+def _hook_timeouts(hooks: Any) -> list[float]:
+    from agent.container.init import HOOK_TIMEOUT
+
+    return [float(hook.timeout or HOOK_TIMEOUT) for hook in hooks]
 
 
 def start_detached(start_fifo: Path) -> None:

@@ -80,6 +80,8 @@ class ProcessHandle:
         self.pid = 0
         self.shim_pid = 0
         self.created = False
+        self.mounted = False  # the process made its mounts and waits for the runtime's hooks
+        self.started = False  # the process ran its startContainer hooks and is about to execve
         self.error: str | None = None
         self.exit_code: int | None = None
         self._status_fd = status_fd
@@ -130,6 +132,10 @@ class ProcessHandle:
                 self.shim_pid = int(event["shim"])
             if event.get("created"):
                 self.created = True
+            if event.get("mounted"):
+                self.mounted = True
+            if event.get("started"):
+                self.started = True
             if "error" in event:
                 self.error = str(event["error"])
             if "exit" in event:
@@ -137,11 +143,13 @@ class ProcessHandle:
             self._cond.notify_all()
 
     def wait_for(self, what: str, timeout: float | None = None) -> bool:
-        """Wait until ``pid``, ``created`` (or an error) or ``exit`` is known."""
+        """Wait until ``pid``, ``mounted``, ``created``, ``started`` (or an error) or ``exit`` is known."""
 
         def ready() -> bool:
             if what == "pid":
                 return self.pid > 0 or self.exit_code is not None or self.error is not None
+            if what in ("mounted", "started"):
+                return bool(getattr(self, what)) or self.error is not None or self.exit_code is not None
             if what == "created":
                 # the shim reports the pid and the process reports "created", on one pipe but from
                 # two processes, in either order: created means both have arrived

@@ -1,9 +1,10 @@
 """OCI hooks: each runs as a program with the container's state JSON on its stdin.
 
-prestart, createRuntime and poststop run in the runtime's namespaces (here: the agent's);
-createContainer and startContainer should run in the container's, and this engine runs them in the
-runtime's namespaces too, with the state JSON naming the container pid so a hook can enter them.
-A failing hook before start aborts the create or start; poststart/poststop failures are logged.
+prestart, createRuntime, poststart and poststop run here, in the runtime's namespaces (the agent's).
+createContainer and startContainer run in the container's namespaces, from the container's own
+process (agent/container/init.py's run_hooks): createContainer before the root changes,
+startContainer after, so its path is the container's. A failing hook before start aborts the create
+or start; poststart/poststop failures are logged.
 """
 
 from __future__ import annotations

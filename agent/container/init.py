@@ -17,12 +17,14 @@ itself through ``tasks`` does not take it, and taking it cold waits for an RCU g
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
 import resource
 import signal
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -31,6 +33,7 @@ from agent.container.namespaces import CLONE_FLAGS, JOIN_ORDER, PROC_NAMES
 from agent.system import libc
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOOK_TIMEOUT = 60.0
 RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
 
 
@@ -262,10 +265,20 @@ def container_main(
         # opened read-write before the root changes: it never blocks, and while we hold a writer
         # end the read below waits for ``start`` instead of seeing EOF
         start_fd = os.open(request["start_fifo"], os.O_RDWR | os.O_CLOEXEC)
-    if "mount" in (request.get("unshare") or []):
+    new_mount_ns = "mount" in (request.get("unshare") or [])
+    if new_mount_ns:
         rootfs.execute(plan)
         if process.get("terminal") and io_fds:
             rootfs.bind_console(plan, os.ttyname(io_fds[0]))
+    state = dict(request.get("state") or {})
+    state["pid"] = _runtime_pid(request["proc"])
+    if request.get("wait_for_runtime_hooks"):
+        _report(status_fd, {"mounted": True})  # the engine runs prestart and createRuntime now
+        if _read_order(control_fd) != b"h":
+            return 0
+    # createContainer: in the container's namespaces, before the root changes
+    run_hooks(request.get("create_container_hooks") or [], state, "createContainer")
+    if new_mount_ns:
         rootfs.enter_root(plan)
         rootfs.finish(plan)
     else:
@@ -281,6 +294,15 @@ def container_main(
         os.close(control_fd)
     if order != b"s":
         return 0
+    if request.get("start_container_hooks"):
+        # in the container, after the root changed: the hooks' paths are the container's
+        state["status"] = "created"
+        try:
+            run_hooks(request["start_container_hooks"], state, "startContainer")
+        except SetupError as exc:
+            _report(status_fd, {"error": str(exc)})
+            return 1
+        _report(status_fd, {"started": True})
     _exec_process(request, process, io_fds, status_fd)
     return 127
 
@@ -299,6 +321,61 @@ def _attach_self(root_fds: list[int], files: list[tuple[str, str]]) -> None:
             raise SetupError(f"cannot join cgroup {os.path.join(root, os.path.dirname(name))}: {exc.strerror}") from exc
         finally:
             os.close(root_fd)
+
+
+def _runtime_pid(proc: str) -> int:
+    """This process's pid in the runtime's pid namespace (the first NSpid field of the runtime's
+    /proc, still mounted here before the root changes); 0 when unknown."""
+    try:
+        with open(f"{proc}/self/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def run_hooks(hooks: list[dict[str, Any]], state: dict[str, Any], kind: str) -> None:
+    """Run OCI hooks from this (single-threaded) process: each gets ``state`` as JSON on its stdin and
+    must exit 0 within its timeout (default 60 s), or SetupError names it."""
+    payload = json.dumps(state).encode()
+    for hook in hooks:
+        path = str(hook["path"])
+        argv = [str(a) for a in hook.get("args") or []] or [path]
+        env = dict(str(item).split("=", 1) for item in hook.get("env") or [] if "=" in str(item))
+        timeout = float(hook.get("timeout") or HOOK_TIMEOUT)
+        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(stdin_r, 0)
+                os.execve(path, argv, env)
+            except BaseException as exc:
+                with contextlib.suppress(OSError):
+                    os.write(2, f"pykata: {kind} hook {path}: {_describe(exc)}\n".encode())
+            finally:
+                os._exit(127)
+        os.close(stdin_r)
+        try:
+            os.write(stdin_w, payload)  # the state is small: it fits the pipe
+        except OSError:
+            pass  # a hook that does not read its stdin
+        finally:
+            os.close(stdin_w)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise SetupError(f"{kind} hook {path} did not end within {timeout:g} s")
+            time.sleep(0.002)
+        code = _exit_code(status)
+        if code != 0:
+            raise SetupError(f"{kind} hook {path} failed with exit status {code}")
 
 
 def pause_main(status_fd: int, control_fd: int, io_fds: list[int]) -> int:

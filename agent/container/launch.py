@@ -129,6 +129,24 @@ def _place_in_cgroup(handle: Any, cgroup: Any, self_attach: Any, description: st
     handle.control(b"g")
 
 
+def hook_to_json(hook: Any) -> dict[str, Any]:
+    return {"path": hook.path, "args": list(hook.args), "env": list(hook.env), "timeout": hook.timeout}
+
+
+def _run_runtime_hooks(handle: Any, spec: Spec, state: dict[str, Any], container_id: str) -> None:
+    """prestart, then createRuntime, once the process has made its mounts (it reports ``mounted`` and
+    waits); then ``h`` lets it go on to the createContainer hooks and the root change."""
+    if not handle.wait_for("mounted", SETUP_TIMEOUT):
+        raise ResourceError(f"container {container_id}: setup did not reach its hooks within {SETUP_TIMEOUT} s")
+    if not handle.mounted:
+        raise ResourceError(f"container {container_id}: setup failed: {handle.error or 'the process ended'}")
+    hook_state = {**state, "pid": handle.pid}
+    for kind, hooks in (("prestart", spec.hooks.prestart), ("createRuntime", spec.hooks.create_runtime)):
+        for hook in hooks:
+            hooks_mod.run_hook(hook, hook_state, kind)
+    handle.control(b"h")
+
+
 def _abort(handle: Any) -> None:
     handle.close_control()  # a process still waiting for ``g`` sees EOF and exits
     handle.wait_for("pid", 5.0)
@@ -159,6 +177,14 @@ def create_container(
     program = _seccomp_program(spec.linux.seccomp)
     joins = {ns.type: ns.path for ns in spec.linux.namespaces if ns.path}
     unshare = [ns.type for ns in spec.linux.namespaces if not ns.path]
+    state: dict[str, Any] = {
+        "ociVersion": spec.oci_version or "1.0.2",
+        "id": container_id,
+        "status": "creating",
+        "pid": 0,  # the process puts its own pid here (as the runtime's pid namespace sees it)
+        "bundle": str(bundle),
+        "annotations": dict(spec.annotations),
+    }
     request = {
         "op": "create",
         "id": container_id,
@@ -173,6 +199,13 @@ def create_container(
         "process": spec.process.as_dict(),
         "seccomp": program,
         "start_fifo": str(start_fifo) if start_fifo is not None else "",
+        # prestart and createRuntime run here, in the runtime's namespaces, once the process has made
+        # its mounts; createContainer runs in the process, in the container's namespaces, before the
+        # root changes; startContainer runs in the process after the root changed (runtime-spec)
+        "wait_for_runtime_hooks": bool(spec.hooks.prestart or spec.hooks.create_runtime),
+        "create_container_hooks": [hook_to_json(h) for h in spec.hooks.create_container],
+        "start_container_hooks": [hook_to_json(h) for h in spec.hooks.start_container],
+        "state": state,
     }
     cgroup = engine.make_cgroup(spec.linux.cgroups_path, container_id)
     in_user_ns = "user" in joins or "user" in unshare
@@ -186,6 +219,8 @@ def create_container(
         cgroup.create()
         cgroup.apply(with_default_devices(spec.linux.resources))
         _place_in_cgroup(handle, cgroup, request["attach"], f"container {container_id}")
+        if request["wait_for_runtime_hooks"]:
+            _run_runtime_hooks(handle, spec, state, container_id)
         if not handle.wait_for("created", SETUP_TIMEOUT):
             raise ResourceError(f"container {container_id}: setup did not finish within {SETUP_TIMEOUT} s")
         if not handle.created:
@@ -194,10 +229,6 @@ def create_container(
         container.init = Process(container_id, "", handle, ours, spec.process.terminal)
         container.start_fifo = start_fifo
         container._status = Status.CREATED
-        for kind, hooks in (("prestart", spec.hooks.prestart), ("createRuntime", spec.hooks.create_runtime),
-                            ("createContainer", spec.hooks.create_container)):  # fmt: skip
-            for hook in hooks:
-                hooks_mod.run_hook(hook, container.state(), kind)
         return container
     except BaseException as exc:
         if handle is not None:

@@ -339,25 +339,59 @@ def test_seccomp_profile_is_enforced(engine: Engine, spec: Any, no_new_privilege
     assert b"Permission denied" in err  # EACCES (13), the rule's errnoRet
 
 
-def test_hooks_get_the_state_on_stdin(engine: Engine, spec: Any, tmp_path: Path) -> None:
-    log = tmp_path / "hooks.log"
-    hook_script = tmp_path / "hook.sh"
-    hook_script.write_text(f'#!/bin/sh\n{{ echo "$1"; cat; echo; }} >> {log}\n')
+def test_hooks_run_at_their_points_in_their_namespaces(engine: Engine, spec: Any, tmp_path: Path) -> None:
+    """Each hook gets the state on stdin, in the runtime-spec's order. prestart, createRuntime and
+    poststart/poststop run in the runtime's namespaces; createContainer in the container's (its pid
+    namespace: it sees itself as a child of pid 1) before the root changes; startContainer in the
+    container after the root changed (its path is the container's)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    hook_script = shared / "hook.sh"
+    # argv: hook.sh KIND; LOG names the log file as the hook sees it
+    # prints KIND, its parent's pid (as its own pid namespace sees it) and which root it sees
+    hook_script.write_text(
+        f"#!/bin/sh\nif [ -e {hook_script} ]; then root=runtime; else root=container; fi\n"
+        '{ echo "$1 $PPID $root"; cat; echo; } >> "$LOG"\n'
+    )
     hook_script.chmod(0o755)
     s = spec("iso-hooks", ["/bin/true"])
+    s["mounts"].append({"destination": "/shared", "type": "bind", "source": str(shared), "options": ["rbind"]})
+    host_hook = {"path": str(hook_script), "env": [f"LOG={shared}/hooks.log"]}
     s["hooks"] = {
-        kind: [{"path": str(hook_script), "args": ["hook.sh", kind]}]
-        for kind in ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+        kind: [{**host_hook, "args": ["hook.sh", kind]}]
+        for kind in ("prestart", "createRuntime", "createContainer", "poststart", "poststop")
     }
+    s["hooks"]["startContainer"] = [
+        {"path": "/shared/hook.sh", "args": ["hook.sh", "startContainer"], "env": ["LOG=/shared/hooks.log"]}
+    ]
     code, _, _ = run(engine, "iso-hooks", s)
     assert code == 0
-    lines = log.read_text().splitlines()
-    kinds = lines[0::2]
+    lines = (shared / "hooks.log").read_text().splitlines()
+    heads = [line.split() for line in lines[0::2]]
     states = [json.loads(line) for line in lines[1::2]]
+    kinds = [head[0] for head in heads]
     assert kinds == ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"]
+    parents = {head[0]: int(head[1]) for head in heads}
+    roots = {head[0]: head[2] for head in heads}
+    assert states[0]["status"] == "creating" and states[0]["pid"] > 0
     assert all(state["id"] == "iso-hooks" for state in states)
-    assert states[0]["status"] == "created" and states[0]["pid"] > 0
+    assert states[2]["pid"] == states[0]["pid"]  # the container's pid, as the runtime sees it
+    # createContainer and startContainer are children of the container's init, pid 1 of its pid
+    # namespace; createContainer still sees the runtime's root, startContainer the container's
+    assert parents["createContainer"] == 1 and parents["startContainer"] == 1
+    assert roots["createContainer"] == "runtime" and roots["startContainer"] == "container"
+    assert 1 not in (parents["prestart"], parents["createRuntime"], parents["poststart"], parents["poststop"])
+    assert roots["prestart"] == roots["poststop"] == "runtime"
     assert states[-1]["status"] == "stopped"
+
+
+def test_failing_create_container_hook_undoes_the_create(engine: Engine, spec: Any, cgroup_parent: str) -> None:
+    s = spec("iso-badcc", ["/bin/true"])
+    s["hooks"] = {"createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 4"]}]}
+    with pytest.raises(ResourceError, match="createContainer hook /bin/sh failed with exit status 4"):
+        engine.create("iso-badcc", s)
+    assert "iso-badcc" not in [c.id for c in engine.list()]
+    assert not list(Path("/sys/fs/cgroup/pids").joinpath(cgroup_parent.strip("/")).glob("iso-badcc"))
 
 
 def test_failing_prestart_hook_undoes_the_create(engine: Engine, spec: Any, cgroup_parent: str) -> None:

@@ -466,7 +466,7 @@ def test_hooks_run_at_their_points_with_the_state(runtime: Runtime) -> None:
     assert done.stdout == "from-hook\n"
     states = {name: json.loads((seen / name).read_text()) for name in ("prestart", "createRuntime", "poststart",
                                                                        "poststop")}  # fmt: skip
-    assert states["prestart"]["status"] == "created" and states["prestart"]["pid"] > 0
+    assert states["prestart"]["status"] == "creating" and states["prestart"]["pid"] > 0
     assert states["createRuntime"]["id"] == cid
     assert states["poststart"]["status"] in ("running", "stopped")  # /bin/cat may be done already
     assert states["poststop"]["status"] == "stopped" and states["poststop"]["bundle"] == str(bundle)
