@@ -456,6 +456,11 @@ def do_create(ctx: Context, container_id: str) -> tuple[Record, Container]:
     try:
         container = backend.create(record, spec, state_dir, FdIO(0, 1, 2))
         ctx.log.debug(f"create: init {record.pid} waits to start")
+        if ctx.log.debug_enabled:
+            timeline = container.init.handle.timeline if container.init is not None else {}
+            spawned = timeline.get("spawn", 0.0)
+            steps = ", ".join(f"{event} +{(at - spawned) * 1000:.1f}" for event, at in timeline.items())
+            ctx.log.debug(f"create: the init's events, ms after its fork: {steps}")
         ctx.store.save(record)
         assert container.init is not None
         # the engine made the init's pty before the container existed (its /dev/console is bound to it)

@@ -2,7 +2,8 @@
 
 Everything a command may need is imported once, by the server; each connection gets a forked worker
 (the server runs no threads, so forking is safe) that runs the command with the client's stdio and
-working directory, exactly as ``pykata-runc`` would, and reports its exit status.
+working directory, exactly as ``pykata-runc`` would, and reports its exit status. The next worker is
+forked before its client comes: it waits in accept(), so no client waits for a fork.
 """
 
 from __future__ import annotations
@@ -43,10 +44,13 @@ def serve(path: str, log: Log) -> None:
     import agent.container.seccomp
     import agent.container.spec
     import agent.container.stdio
+    import agent.container.syscalls_x86_64
     import agent.container.validate
-    import agent.system.run  # noqa: F401
+    import agent.system.run
 
-    for module in ("array", "pwd", "struct"):  # what the commands import on their own
+    for name in agent.container.cgroups.__all__:  # the package loads its modules on first use
+        getattr(agent.container.cgroups, name)
+    for module in ("array", "importlib", "pwd", "struct"):  # what the commands import on their own
         __import__(module)
 
     try:
@@ -71,26 +75,36 @@ def serve(path: str, log: Log) -> None:
         stopping = True
 
     handlers = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
+    # One spare worker waits in accept() at all times, so a client never waits for a fork: when the
+    # spare takes a connection it says so on ``taken`` and this process forks the next spare.
+    taken_r, taken_w = os.pipe2(os.O_CLOEXEC)
+    spare = 0
     log.debug(f"serving on {path}")
     try:
         while not stopping:
-            _reap_workers()
+            if spare in _reap_workers():
+                spare = 0  # it died before taking a connection
+            if not spare:
+                spare = os.fork()
+                if spare == 0:
+                    gc.disable()
+                    for number, handler in handlers.items():
+                        signal.signal(number, handler)
+                    os.close(taken_r)
+                    os._exit(_accept_one(listener, taken_w, log))
             try:
-                ready, _, _ = select.select([listener], [], [], 1.0)
+                ready, _, _ = select.select([taken_r], [], [], 1.0)
             except InterruptedError:
                 continue
-            if not ready:
-                continue
-            connection, _ = listener.accept()
-            worker = os.fork()
-            if worker == 0:
-                gc.disable()
-                for number, handler in handlers.items():
-                    signal.signal(number, handler)
-                listener.close()
-                os._exit(_serve_one(connection, log))
-            connection.close()
+            if ready:
+                os.read(taken_r, 64)
+                spare = 0
     finally:
+        if spare:
+            os.kill(spare, signal.SIGTERM)  # idle in accept(): it has no client yet
+            os.waitpid(spare, 0)
+        os.close(taken_r)
+        os.close(taken_w)
         listener.close()
         try:
             os.unlink(path)
@@ -98,14 +112,31 @@ def serve(path: str, log: Log) -> None:
             pass
 
 
-def _reap_workers() -> None:
+def _reap_workers() -> set[int]:
+    """Collect the workers that ended; their pids."""
+    reaped: set[int] = set()
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return reaped
         if pid == 0:
-            return
+            return reaped
+        reaped.add(pid)
+
+
+def _accept_one(listener: Any, taken_w: int, log: Log) -> int:
+    """In the spare worker: wait for one client, tell the server (which forks the next spare), serve it."""
+    while True:
+        try:
+            connection, _ = listener.accept()
+            break
+        except InterruptedError:
+            continue
+    os.write(taken_w, b".")
+    os.close(taken_w)
+    listener.close()
+    return _serve_one(connection, log)
 
 
 def _serve_one(connection: Any, log: Log) -> int:
