@@ -284,6 +284,12 @@ def container_main(
     else:
         os.chroot(plan.rootfs)
         os.chdir("/")
+    ready = None
+    if can_prepare_early(request, process):
+        try:
+            ready = _prepare(request, process, io_fds)
+        except BaseException as exc:
+            _fail(status_fd, exc)
     _report(status_fd, {"created": True})
     if start_fd is not None:
         os.close(control_fd)  # our starter is another process; the engine that made us may be gone
@@ -303,7 +309,13 @@ def container_main(
             _report(status_fd, {"error": str(exc)})
             return 1
         _report(status_fd, {"started": True})
-    _exec_process(request, process, io_fds, status_fd)
+    if ready is None:
+        _exec_process(request, process, io_fds, status_fd)
+    else:
+        try:
+            _run(ready)
+        except BaseException as exc:
+            _fail(status_fd, exc)
     return 127
 
 
@@ -413,6 +425,8 @@ def _take_stdio(io_fds: list[int], terminal: bool) -> None:
 
 def _find_program(name: str, path: str) -> str:
     if "/" in name:
+        if not os.path.isfile(name) or not os.access(name, os.X_OK):
+            raise SetupError(f"executable {name!r} not found (or not an executable file)")
         return name
     for directory in path.split(":"):
         candidate = os.path.join(directory or ".", name)
@@ -421,39 +435,75 @@ def _find_program(name: str, path: str) -> str:
     raise SetupError(f"executable {name!r} not found in PATH {path}")
 
 
+class _Ready:
+    """What execve needs once the process is prepared: the program, its argv and env, and the
+    seccomp filter still to load."""
+
+    def __init__(self, program: str, args: list[str], env: dict[str, str], bpf: bytes | None) -> None:
+        self.program, self.args, self.env, self.bpf = program, args, env, bpf
+
+
+def can_prepare_early(request: dict[str, Any], process: dict[str, Any]) -> bool:
+    """Whether the process may become the user's (stdio, limits, uid, capabilities) before start.
+
+    Then start costs only the execve, as runc's init waits for start with everything else done. Not
+    with startContainer hooks (they run as the runtime's root, after start), nor with a seccomp
+    filter and no no_new_privileges (the filter must be loaded before the capability drop, and it
+    would apply to the wait for start itself)."""
+    if request.get("start_container_hooks"):
+        return False
+    return not (request.get("seccomp") and not process.get("noNewPrivileges"))
+
+
+def _prepare(request: dict[str, Any], process: dict[str, Any], io_fds: list[int]) -> _Ready:
+    """Become the user's program but for the last steps: stdio, limits, identity, capabilities,
+    cwd, the program's path. A seccomp filter that can wait (no_new_privileges) is left to _run."""
+    if io_fds:
+        _take_stdio(io_fds, bool(process.get("terminal")))
+    for limit in process.get("rlimits") or []:
+        kind = RLIMITS.get(str(limit["type"]))
+        if kind is None:
+            raise SetupError(f"unknown rlimit {limit['type']!r}")
+        resource.setrlimit(kind, (int(limit["soft"]), int(limit["hard"])))
+    user = process.get("user") or {}
+    if user.get("umask") is not None:
+        os.umask(int(user["umask"]))
+    env = dict(item.split("=", 1) for item in process.get("env") or [] if "=" in item)
+    args = list(process["args"])
+    os.chdir(process.get("cwd") or "/")
+    program = _find_program(args[0], env.get("PATH", DEFAULT_PATH))
+    bpf = base64.b64decode(request["seccomp"]) if request.get("seccomp") else None
+    no_new_privs = bool(process.get("noNewPrivileges"))
+    if bpf and not no_new_privs:
+        seccomp.load(bpf)  # needs CAP_SYS_ADMIN without no_new_privs: before the drop
+        bpf = None
+    capabilities.become_user(user, process.get("capabilities"))
+    if no_new_privs:
+        capabilities.set_no_new_privs()
+    return _Ready(program, args, env, bpf)
+
+
+def _run(ready: _Ready) -> None:
+    if ready.bpf:
+        seccomp.load(ready.bpf)  # last, so the filter sees only the user's program
+    os.execve(ready.program, ready.args, ready.env)
+
+
+def _fail(status_fd: int, exc: BaseException) -> None:
+    """Report why the process could not become the user's program, and end it (127)."""
+    _report(status_fd, {"error": _describe(exc)})
+    try:
+        os.write(2, f"pykata: {_describe(exc)}\n".encode())
+        os.write(2, "".join(traceback.format_exception(exc)).encode())
+    except OSError:
+        pass
+    sys.stderr.flush()
+    os._exit(127)
+
+
 def _exec_process(request: dict[str, Any], process: dict[str, Any], io_fds: list[int], status_fd: int) -> None:
     """Become the user's program: stdio, limits, identity, capabilities, seccomp, cwd, execve."""
     try:
-        if io_fds:
-            _take_stdio(io_fds, bool(process.get("terminal")))
-        for limit in process.get("rlimits") or []:
-            kind = RLIMITS.get(str(limit["type"]))
-            if kind is None:
-                raise SetupError(f"unknown rlimit {limit['type']!r}")
-            resource.setrlimit(kind, (int(limit["soft"]), int(limit["hard"])))
-        user = process.get("user") or {}
-        if user.get("umask") is not None:
-            os.umask(int(user["umask"]))
-        env = dict(item.split("=", 1) for item in process.get("env") or [] if "=" in item)
-        args = list(process["args"])
-        os.chdir(process.get("cwd") or "/")
-        program = _find_program(args[0], env.get("PATH", DEFAULT_PATH))
-        bpf = base64.b64decode(request["seccomp"]) if request.get("seccomp") else None
-        no_new_privs = bool(process.get("noNewPrivileges"))
-        if bpf and not no_new_privs:
-            seccomp.load(bpf)  # needs CAP_SYS_ADMIN without no_new_privs: before the drop
-        capabilities.become_user(user, process.get("capabilities"))
-        if no_new_privs:
-            capabilities.set_no_new_privs()
-            if bpf:
-                seccomp.load(bpf)  # last, so the filter sees only the user's program
-        os.execve(program, args, env)
+        _run(_prepare(request, process, io_fds))
     except BaseException as exc:
-        _report(status_fd, {"error": _describe(exc)})
-        try:
-            os.write(2, f"pykata: {_describe(exc)}\n".encode())
-            os.write(2, "".join(traceback.format_exception(exc)).encode())
-        except OSError:
-            pass
-        sys.stderr.flush()
-        os._exit(127)
+        _fail(status_fd, exc)
