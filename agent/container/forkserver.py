@@ -5,8 +5,8 @@ The agent runs threads, so it must never fork() (a child could inherit a lock an
 fork+exec, which is safe) and talks to it over a SOCK_SEQPACKET socketpair: each request is one JSON
 message with the process's file descriptors attached (SCM_RIGHTS), and the reply is one JSON message.
 
-For each request the server hands the request to a *shim* it forked ahead of time (and forks the next
-one while the engine waits for this one) and forgets it (SIGCHLD is ignored in the server, so the
+For each request the server forks a *shim* (or hands the request to a shim and container process it
+forked ahead of time, see _WarmPair) and forgets it (SIGCHLD is ignored in the server, so the
 kernel reaps shims). Nothing is sent back on the socket: the engine goes on (making the cgroup) while
 the server forks, and everything about the new process arrives on its status pipe, a failed fork
 included. The shim is a child subreaper; it enters or
@@ -295,44 +295,93 @@ def _report_failure(status_fd: int, message: str) -> None:
         pass
 
 
-class _ParkedShim:
-    """A shim forked ahead of its request: it waits on its own socket, so a request costs the
-    server one sendmsg instead of a fork (the fork, and the new process's first page faults, happen
-    between requests). It exits when its socket closes without a request."""
+class _WarmPair:
+    """A shim and its container process, forked ahead of the request they will serve.
 
-    def __init__(self, server_sock: socket.socket, run: Any) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    The shim has done its own setup and unshared a pid namespace; the process (pid 1 there) waits on
+    its own socket. A request that wants a new pid namespace in the runtime's user namespace (most
+    creates) then costs the server two sendmsg calls instead of two forks: the status pipe to the
+    shim (which reports the pid, later the exit), the request and its descriptors to the process.
+    Both are named ``pykata-parked`` in ps until they have work; when the server closes their sockets
+    unused, they exit."""
+
+    def __init__(self, server_sock: socket.socket) -> None:
+        from agent.container import init
+        from agent.system import libc
+
+        shim_ours, shim_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        child_ours, child_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
-            code = 0
+            code = 1
             try:
                 server_sock.close()
-                ours.close()
-                from agent.system import libc
-
+                shim_ours.close()
+                child_ours.close()
                 libc.set_process_name(PARKED_NAME)
-                request, fds = receive_message(theirs)
-                theirs.close()
-                if request is not None:
-                    libc.set_process_name("pykata-shim")
-                    code = run(request, fds)
-            except BaseException:
-                code = 1
+                init.warm_shim_prepare()
+                child = os.fork()
+                if child == 0:
+                    code = _warm_child(shim_theirs, child_theirs)
+                else:
+                    child_theirs.close()
+                    code = _warm_shim(shim_theirs, child)
             finally:
                 os._exit(code)
-        theirs.close()
+        shim_theirs.close()
+        child_theirs.close()
         self.pid = pid
-        self.sock = ours
+        self._shim = shim_ours
+        self._child = child_ours
 
     def hand_over(self, request: dict[str, Any], fds: list[int]) -> bool:
-        """Give the request to the shim; False when it is gone (the caller forks one instead)."""
+        """Give the request to the pair; False when the shim is gone (the caller forks one instead)."""
         try:
-            send_message(self.sock, request, fds)
+            try:
+                send_message(self._shim, {"go": True}, fds[:1])
+            except OSError:
+                return False
+            try:
+                send_message(self._child, request, fds)
+            except OSError as exc:  # the shim reports the process's end; say why
+                _report_failure(fds[0], f"fork server: the container process is gone: {exc}")
             return True
-        except OSError:
-            return False
         finally:
-            self.sock.close()
+            self.close()
+
+    def close(self) -> None:
+        self._shim.close()
+        self._child.close()
+
+
+def _warm_shim(sock: socket.socket, child: int) -> int:
+    from agent.container import init
+    from agent.system import libc
+
+    message, fds = receive_message(sock)
+    sock.close()
+    if message is None or not fds:
+        os.waitpid(child, 0)  # unused: the process saw EOF too and ends
+        return 0
+    libc.set_process_name("pykata-shim")
+    return init.shim_wait(fds[0], child)
+
+
+def _warm_child(shim_sock: socket.socket, sock: socket.socket) -> int:
+    from agent.container import init
+    from agent.system import libc
+
+    shim_sock.close()
+    request, fds = receive_message(sock)
+    sock.close()
+    if request is None:
+        return 0
+    libc.set_process_name("pykata-init")
+    try:
+        return init.warm_child_main(request, fds)
+    except BaseException as exc:
+        init.report_error(fds[0], exc)
+        return 1
 
 
 def _fork_shim(sock: socket.socket, run: Any, request: dict[str, Any], fds: list[int]) -> None:
@@ -356,13 +405,13 @@ def serve(sock: socket.socket) -> None:
     from agent.container import init  # preloaded here so each fork starts with it imported
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims report through pipes; the kernel reaps them
-    parked: _ParkedShim | None = None
+    warm: _WarmPair | None = None
     while True:
-        if parked is None:
+        if warm is None:
             try:
-                parked = _ParkedShim(sock, init.run_shim)
+                warm = _WarmPair(sock)
             except OSError as exc:
-                log.warning("fork server: cannot fork a shim ahead: %s", exc)
+                log.warning("fork server: cannot fork a warm shim: %s", exc)
         try:
             request, fds = receive_message(sock)
         except InterruptedError:
@@ -371,11 +420,13 @@ def serve(sock: socket.socket) -> None:
             log.error("fork server: bad request: %s", exc)
             continue
         if request is None:
-            if parked is not None:
-                parked.sock.close()  # EOF: the parked shim exits
+            if warm is not None:
+                warm.close()  # EOF: the warm pair exits
             return
-        handed = parked is not None and parked.hand_over(request, fds)
-        parked = None
+        handed = False
+        if warm is not None and fds and init.fits_warm_pair(request):
+            handed = warm.hand_over(request, fds)
+            warm = None
         if not handed:
             _fork_shim(sock, init.run_shim, request, fds)
         for fd in fds:

@@ -173,6 +173,12 @@ def run_shim(request: dict[str, Any], fds: list[int]) -> int:
     os.close(control_fd)
     for fd in (*io_fds, *attach_fds):
         os.close(fd)
+    return shim_wait(status_fd, child)
+
+
+def shim_wait(status_fd: int, child: int) -> int:
+    """The shim's life once the container process is forked: report its pid, then its exit status,
+    reaping every orphan left to this subreaper."""
     _report(status_fd, {"pid": child, "shim": os.getpid()})
     reported = False
     while True:
@@ -188,6 +194,44 @@ def run_shim(request: dict[str, Any], fds: list[int]) -> int:
     if not reported:
         _report(status_fd, {"exit": 255})
     return 0
+
+
+def warm_shim_prepare() -> None:
+    """A warm shim, before any request: the shim's own setup and a new pid namespace for the
+    container process it forks next (what most containers ask for)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.setsid()
+    libc.set_child_subreaper()
+    libc.unshare(libc.CLONE_NEWPID)
+
+
+def warm_child_main(request: dict[str, Any], fds: list[int]) -> int:
+    """A warm container process (pid 1 of the warm shim's pid namespace) given its request."""
+    status_fd, control_fd, io_fds = fds[0], fds[1], fds[2:]
+    try:
+        attach_fds = [
+            os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for root, _ in request.get("attach") or []
+        ]
+    except OSError as exc:
+        _report(status_fd, {"error": _describe(exc)})
+        return 1
+    return container_main(request, status_fd, control_fd, io_fds, attach_fds)
+
+
+def fits_warm_pair(request: dict[str, Any]) -> bool:
+    """Whether a warm pair (new pid namespace, the runtime's user namespace) can serve ``request``."""
+    joins = request.get("join") or {}
+    unshare = request.get("unshare") or []
+    return (
+        request.get("op") == "create"
+        and "pid" in unshare
+        and "pid" not in joins
+        and not ("user" in unshare or "user" in joins)
+    )
+
+
+def report_error(status_fd: int, exc: BaseException) -> None:
+    _report(status_fd, {"error": _describe(exc)})
 
 
 def _describe(exc: BaseException) -> str:
