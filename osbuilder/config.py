@@ -166,9 +166,9 @@ LAZY_IMPORTS = (
 )
 # Imported by the stdlib inside try/except ImportError (asyncio -> ssl, shutil -> bz2/lzma, hashlib ->
 # _hashlib) and never used by the agent: leaving them out drops libssl, libcrypto, libbz2 and liblzma.
-# pyroute2 imports ssl unconditionally for a probe the agent never sends: agent.network.netlink's
-# import_pyroute2 lets it import without one.
-EXCLUDE_MODULES = ("ssl", "_ssl", "bz2", "_bz2", "lzma", "_lzma", "_hashlib")
+# pyroute2 imports ssl unconditionally for a probe the agent never sends, and sqlite3 for NDB, which the
+# agent never uses: agent.network.netlink's import_pyroute2 lets it import without them (no libsqlite3).
+EXCLUDE_MODULES = ("ssl", "_ssl", "bz2", "_bz2", "lzma", "_lzma", "_hashlib", "sqlite3", "_sqlite3")
 # Whole packages copied in full when any module of theirs is imported: their lazy imports are many and
 # name-driven, so module-level pruning would break them.
 WHOLE_PACKAGES = ("agent", "pyroute2")

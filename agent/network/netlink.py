@@ -41,31 +41,40 @@ _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
 
 
-def import_pyroute2() -> None:
-    """Import pyroute2 where the ``ssl`` module is left out (the initrd drops it with libssl).
+# Modules pyroute2 imports at its top level for parts the agent never uses: ``ssl`` for its
+# network-probe messages, ``sqlite3`` for NDB (its database of the host's network objects). The initrd
+# leaves both out (with libssl, libcrypto and libsqlite3).
+ABSENT_IMPORTS = ("ssl", "sqlite3")
 
-    pyroute2 imports ``ssl`` at the top of its network-probe messages, which the agent never sends; an
-    empty module stands in while pyroute2 imports, and is taken away again so that nothing else
-    mistakes it for TLS support. asyncio comes first: its own optional ``ssl`` import must fail as it
-    should. Where ``ssl`` exists, nothing is changed.
+
+def import_pyroute2() -> None:
+    """Import pyroute2 where ``ssl`` or ``sqlite3`` is left out (the initrd drops them).
+
+    An empty module stands in for each missing one while pyroute2 imports (it only uses them when
+    called), and is taken away again so that nothing else mistakes it for the real one. asyncio comes
+    first: its own optional ``ssl`` import must fail as it should. Where they exist, nothing changes.
     """
     if "pyroute2" in sys.modules:
         return
-    try:
-        import ssl  # noqa: F401
-    except ImportError:
-        pass
-    else:
+    missing = []
+    for name in ABSENT_IMPORTS:
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if not missing:
         return
     import asyncio  # noqa: F401
 
-    stub = types.ModuleType("ssl", "stand-in while pyroute2 imports: this Python has no ssl module")
-    sys.modules["ssl"] = stub
+    stubs = {name: types.ModuleType(name, "stand-in while pyroute2 imports: this Python has no such module")
+             for name in missing}  # fmt: skip
+    sys.modules.update(stubs)
     try:
         import pyroute2  # noqa: F401
     finally:
-        if sys.modules.get("ssl") is stub:
-            del sys.modules["ssl"]
+        for name, stub in stubs.items():
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
 
 
 def _default_socket() -> Any:

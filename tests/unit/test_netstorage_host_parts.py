@@ -152,25 +152,26 @@ def test_host_mount_retries_after_loading_the_filesystem(monkeypatch: pytest.Mon
     assert calls == ["ext4", "ext4"]  # no retry without a loader that succeeded
 
 
-def test_pyroute2_imports_without_ssl() -> None:
-    """As in the initrd: ssl (and friends) cannot be imported; the agent's netlink still works."""
+def test_pyroute2_imports_without_ssl_or_sqlite3() -> None:
+    """As in the initrd: ssl, sqlite3 (and friends) cannot be imported; the agent's netlink still works."""
     code = textwrap.dedent(
         """
         import sys
         class Block:
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("ssl", "_ssl", "bz2", "_bz2", "lzma", "_lzma", "_hashlib"):
+                if name.split(".")[0] in ("ssl", "_ssl", "bz2", "_bz2", "lzma", "_lzma", "_hashlib", "sqlite3",
+                                          "_sqlite3"):
                     raise ImportError("left out: " + name)
         sys.meta_path.insert(0, Block())
         from agent.network import netlink
         names = [i.name for i in netlink.Netlink().list_interfaces()]
         import asyncio.sslproto
-        print("lo" in names, "ssl" in sys.modules, asyncio.sslproto.ssl is None)
+        print("lo" in names, "ssl" in sys.modules, asyncio.sslproto.ssl is None, "sqlite3" in sys.modules)
         """
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["True", "False", "True"]
+    assert out.stdout.split() == ["True", "False", "True", "False"]
 
 
 def test_boot_command_passes_netns_and_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
