@@ -589,15 +589,22 @@ def cmd_run(ctx: Context) -> int:
     container_id = ctx.args[0]
     detach = bool(ctx.flags["detach"])
     record, container = do_create(ctx, container_id)
-    try:
-        do_start(ctx, record, container)
-    except BaseException:
-        do_delete(ctx, record, container, force=True)
-        raise
-    if detach:
-        return 0
     assert container.init is not None
-    status = wait_process(container.init)
+    # in the foreground our signals go to the container from before it starts: the program may
+    # already run (and a caller already signal us) when do_start returns
+    forwarder = None if detach else _Forwarder(container.init)
+    try:
+        try:
+            do_start(ctx, record, container)
+        except BaseException:
+            do_delete(ctx, record, container, force=True)
+            raise
+        if detach:
+            return 0
+        status = container.init.wait()
+    finally:
+        if forwarder is not None:
+            forwarder.restore()
     ctx.log.debug(f"run: init exited with {status}")
     if not ctx.flags["keep"]:
         do_delete(ctx, record, container, force=True)

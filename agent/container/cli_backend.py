@@ -159,12 +159,40 @@ def _status_of(record: Record) -> Status:
     return Status.PAUSED if record.paused else Status.RUNNING
 
 
+class SharedForkServer(ForkServerClient):
+    """``pykata-runc serve``'s fork server, started once by the server and used by the workers it
+    forks: they share its socket (requests get no answer, so several writers are fine), and the
+    server's warm shim and container process spare each ``create`` its forks. Only the process that
+    started it stops it; in a worker ``close`` just lets go of the socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._owner = os.getpid()
+
+    def _ensure(self) -> Any:
+        # a worker cannot wait for the server's child (Popen.poll would call it gone): use the socket
+        if os.getpid() != self._owner and self._sock is not None:
+            return self._sock
+        return super()._ensure()
+
+    def close(self) -> None:
+        if os.getpid() == self._owner:
+            super().close()
+        elif self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+# Set by ``pykata-runc serve`` for its workers (see SharedForkServer).
+SHARED_FORK_SERVER: SharedForkServer | None = None
+
+
 class Backend:
     """The engine, set up for one CLI call."""
 
     def __init__(self, paths: HostPaths, *, no_pivot: bool = False) -> None:
         self.paths = paths
-        self.forker = LocalForkServer()
+        self.forker: ForkServerClient = SHARED_FORK_SERVER if SHARED_FORK_SERVER is not None else LocalForkServer()
         self.engine = Engine(paths, forkserver=self.forker, no_pivot=True if no_pivot else None)
 
     def create(self, record: Record, spec: dict[str, Any], state_dir: Path, io: FdIO) -> Container:

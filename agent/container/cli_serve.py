@@ -65,6 +65,11 @@ def serve(path: str, log: Log) -> None:
     finally:
         os.umask(previous_umask)
     listener.listen(64)
+    # One fork server for every worker: its warm shim and container process take each create.
+    from agent.container import cli_backend
+
+    cli_backend.SHARED_FORK_SERVER = cli_backend.SharedForkServer()
+    cli_backend.SHARED_FORK_SERVER.start()
     # Workers are short-lived: keep the collector away from the objects they share with us (each
     # one it touched would be copied), and off in the workers.
     gc.freeze()
@@ -103,6 +108,8 @@ def serve(path: str, log: Log) -> None:
         if spare:
             os.kill(spare, signal.SIGTERM)  # idle in accept(): it has no client yet
             os.waitpid(spare, 0)
+        cli_backend.SHARED_FORK_SERVER.close()
+        cli_backend.SHARED_FORK_SERVER = None
         os.close(taken_r)
         os.close(taken_w)
         listener.close()

@@ -27,6 +27,7 @@ import array
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -42,12 +43,16 @@ from agent.system import children
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1 << 20
+WARM_DELAY = 0.01  # seconds of idleness before the server forks the next warm pair
 PARKED_NAME = "pykata-parked"  # a parked shim's name in ps and /proc/<pid>/comm until it has work
 MAX_FDS = 16
 
 
 def send_message(sock: socket.socket, payload: dict[str, Any], fds: Iterable[int] = ()) -> None:
-    data = json.dumps(payload).encode()
+    send_raw(sock, json.dumps(payload).encode(), fds)
+
+
+def send_raw(sock: socket.socket, data: bytes, fds: Iterable[int] = ()) -> None:
     if len(data) > MAX_MESSAGE:
         raise ResourceError(f"fork server request is {len(data)} bytes; the limit is {MAX_MESSAGE}")
     fd_list = list(fds)
@@ -59,6 +64,12 @@ def send_message(sock: socket.socket, payload: dict[str, Any], fds: Iterable[int
 
 def receive_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     """One message and its descriptors; (None, []) at EOF."""
+    data, fds = receive_raw(sock)
+    return (json.loads(data) if data else None), fds
+
+
+def receive_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message's bytes (empty at EOF) and its descriptors (close-on-exec)."""
     fds = array.array("i")
     data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
     for level, kind, raw in ancdata:
@@ -67,9 +78,7 @@ def receive_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[in
     received = list(fds)
     for fd in received:
         os.set_inheritable(fd, False)
-    if not data:
-        return None, received
-    return json.loads(data), received
+    return data, received
 
 
 class ProcessHandle:
@@ -334,15 +343,16 @@ class _WarmPair:
         self._shim = shim_ours
         self._child = child_ours
 
-    def hand_over(self, request: dict[str, Any], fds: list[int]) -> bool:
-        """Give the request to the pair; False when the shim is gone (the caller forks one instead)."""
+    def hand_over(self, request: bytes, fds: list[int]) -> bool:
+        """Give the request (as received) to the pair; False when the shim is gone (the caller forks
+        one instead)."""
         try:
             try:
                 send_message(self._shim, {"go": True}, fds[:1])
             except OSError:
                 return False
             try:
-                send_message(self._child, request, fds)
+                send_raw(self._child, request, fds)
             except OSError as exc:  # the shim reports the process's end; say why
                 _report_failure(fds[0], f"fork server: the container process is gone: {exc}")
             return True
@@ -372,6 +382,7 @@ def _warm_child(shim_sock: socket.socket, sock: socket.socket) -> int:
     from agent.system import libc
 
     shim_sock.close()
+    init.prepare_warm_child()
     request, fds = receive_message(sock)
     sock.close()
     if request is None:
@@ -407,13 +418,16 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims report through pipes; the kernel reaps them
     warm: _WarmPair | None = None
     while True:
-        if warm is None:
+        # The next warm pair is forked once the server has been idle for a moment, not right after a
+        # hand-over: the fork would compete for the CPU with the container being set up.
+        if warm is None and not _readable(sock, WARM_DELAY):
             try:
                 warm = _WarmPair(sock)
             except OSError as exc:
                 log.warning("fork server: cannot fork a warm shim: %s", exc)
         try:
-            request, fds = receive_message(sock)
+            data, fds = receive_raw(sock)
+            request = json.loads(data) if data else None
         except InterruptedError:
             continue
         except (OSError, ValueError) as exc:
@@ -425,12 +439,21 @@ def serve(sock: socket.socket) -> None:
             return
         handed = False
         if warm is not None and fds and init.fits_warm_pair(request):
-            handed = warm.hand_over(request, fds)
+            handed = warm.hand_over(data, fds)
             warm = None
         if not handed:
             _fork_shim(sock, init.run_shim, request, fds)
         for fd in fds:
             os.close(fd)
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    try:
+        return bool(poller.poll(timeout * 1000))
+    except InterruptedError:
+        return True
 
 
 def main() -> None:

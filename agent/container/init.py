@@ -205,6 +205,12 @@ def warm_shim_prepare() -> None:
     libc.unshare(libc.CLONE_NEWPID)
 
 
+def prepare_warm_child() -> None:
+    """What a warm container process does while it waits for a request: every signal back to its
+    default (see container_main)."""
+    libc.reset_all_signals()
+
+
 def warm_child_main(request: dict[str, Any], fds: list[int]) -> int:
     """A warm container process (pid 1 of the warm shim's pid namespace) given its request."""
     status_fd, control_fd, io_fds = fds[0], fds[1], fds[2:]
@@ -215,7 +221,7 @@ def warm_child_main(request: dict[str, Any], fds: list[int]) -> int:
     except OSError as exc:
         _report(status_fd, {"error": _describe(exc)})
         return 1
-    return container_main(request, status_fd, control_fd, io_fds, attach_fds)
+    return container_main(request, status_fd, control_fd, io_fds, attach_fds, signals_reset=True)
 
 
 def fits_warm_pair(request: dict[str, Any]) -> bool:
@@ -267,13 +273,16 @@ def container_main(
     control_fd: int,
     io_fds: list[int],
     attach_fds: list[int] = (),  # type: ignore[assignment]
+    *,
+    signals_reset: bool = False,
 ) -> int:
     """The container process: wait for its cgroup, join it, set up, report, wait for start, exec."""
     fcntl.fcntl(status_fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
     # Python ignores SIGPIPE and SIGXFSZ, the fork server SIGINT, and whoever started the agent may
     # have ignored others; an ignored signal stays ignored across execve, so give the user's program
-    # every default back
-    libc.reset_all_signals()
+    # every default back (a warm process did it while it waited)
+    if not signals_reset:
+        libc.reset_all_signals()
     if request["op"] == "pause":
         return pause_main(status_fd, control_fd, io_fds)
     if _read_order(control_fd) != b"g":
