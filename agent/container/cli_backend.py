@@ -166,7 +166,8 @@ class SharedForkServer(ForkServerClient):
     started it stops it; in a worker ``close`` just lets go of the socket."""
 
     def __init__(self) -> None:
-        super().__init__()
+        # several workers share the socket: a pair offered to one that then ends would be lost
+        super().__init__(direct=False)
         self._owner = os.getpid()
 
     def _ensure(self) -> Any:

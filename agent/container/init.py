@@ -224,18 +224,6 @@ def warm_child_main(request: dict[str, Any], fds: list[int]) -> int:
     return container_main(request, status_fd, control_fd, io_fds, attach_fds, signals_reset=True)
 
 
-def fits_warm_pair(request: dict[str, Any]) -> bool:
-    """Whether a warm pair (new pid namespace, the runtime's user namespace) can serve ``request``."""
-    joins = request.get("join") or {}
-    unshare = request.get("unshare") or []
-    return (
-        request.get("op") == "create"
-        and "pid" in unshare
-        and "pid" not in joins
-        and not ("user" in unshare or "user" in joins)
-    )
-
-
 def report_error(status_fd: int, exc: BaseException) -> None:
     _report(status_fd, {"error": _describe(exc)})
 
