@@ -225,9 +225,8 @@ def _make_target(target: str, like: str | None) -> None:
     """Create a mount point: a file when the source is a file, else a directory."""
     if like is not None and not stat.S_ISDIR(os.stat(like).st_mode):
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        if not os.path.exists(target):
-            with open(target, "a"):
-                pass
+        # an empty file to mount on (an existing one is kept; a symlink there is refused)
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
         return
     os.makedirs(target, exist_ok=True)
 
@@ -244,7 +243,7 @@ def execute(plan: RootfsPlan) -> None:
             target = secure_join(rootfs, op.target)
             if op.host_source:
                 _make_target(target, op.source)
-            else:
+            elif not os.path.isdir(target):  # the plan's Mkdir made it, unless a mount hid it since
                 os.makedirs(target, exist_ok=True)
             libc.mount(op.source, target, op.fstype or None, op.flags, op.data or None)
         elif isinstance(op, Remount):
