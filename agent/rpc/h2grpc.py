@@ -30,6 +30,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 from agent.rpc import hpack
@@ -264,12 +265,14 @@ class GrpcConnection:
 
     # -- writing ------------------------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> bool:
+    def _write(self, data: bytes | Callable[[], bytes]) -> bool:
+        """Send ``data`` (or what the callable makes of it, under the write lock); False when the
+        connection is closed or the write failed (which closes it)."""
         with self._write_lock:
             if self._closed:
                 return False
             try:
-                self._sock.sendall(data)
+                self._sock.sendall(data() if callable(data) else data)
                 return True
             except OSError as exc:
                 log.warning("grpc: write failed: %s; closing the connection", exc)
@@ -278,17 +281,9 @@ class GrpcConnection:
 
     def _write_headers(self, stream_id: int, flags: int, block: bytes) -> bool:
         """A header block in one frame (ours are small), encoded under the write lock for HPACK order."""
-        with self._write_lock:
-            if self._closed:
-                return False
-            data = frame(HEADERS, flags | FLAG_END_HEADERS, stream_id, self._encoder.preamble() + block)
-            try:
-                self._sock.sendall(data)
-                return True
-            except OSError as exc:
-                log.warning("grpc: write failed: %s; closing the connection", exc)
-        self.close()
-        return False
+        return self._write(
+            lambda: frame(HEADERS, flags | FLAG_END_HEADERS, stream_id, self._encoder.preamble() + block)
+        )
 
     def _goaway(self, code: int, message: str) -> None:
         payload = _GOAWAY.pack(self._last_stream_id, code) + message.encode("utf-8", "replace")[:256]

@@ -532,6 +532,17 @@ class Decoder:
             raise HpackError(f"header index {index} is beyond the tables ({STATIC_LENGTH + len(self.table)} entries)")
         return self.table[dynamic]
 
+    def _literal(self, data: bytes, pos: int, prefix_bits: int) -> tuple[tuple[str, str], int]:
+        """A literal header field: its name by table index (or a string when the index is 0), then
+        its value."""
+        index, pos = decode_integer(data, pos, prefix_bits)
+        if index:
+            name = self._lookup(index)[0]
+        else:
+            name, pos = self._string(data, pos)
+        value, pos = self._string(data, pos)
+        return (name, value), pos
+
     def _string(self, data: bytes, pos: int) -> tuple[str, int]:
         if pos >= len(data):
             raise HpackError("header block ends before a string literal")
@@ -562,14 +573,8 @@ class Decoder:
                 index, pos = decode_integer(data, pos, 7)
                 header = self._lookup(index)
             elif byte & 0x40:  # literal with incremental indexing
-                index, pos = decode_integer(data, pos, 6)
-                if index:
-                    name = self._lookup(index)[0]
-                else:
-                    name, pos = self._string(data, pos)
-                value, pos = self._string(data, pos)
-                header = (name, value)
-                self._add(header, len(name) + len(value) + ENTRY_OVERHEAD)
+                header, pos = self._literal(data, pos, 6)
+                self._add(header, len(header[0]) + len(header[1]) + ENTRY_OVERHEAD)
             elif byte & 0x20:  # dynamic table size update
                 if fields_seen:
                     raise HpackError("dynamic table size update after a header field")
@@ -577,13 +582,7 @@ class Decoder:
                 self._resize(new_size)
                 continue
             else:  # literal without indexing (0000) or never indexed (0001)
-                index, pos = decode_integer(data, pos, 4)
-                if index:
-                    name = self._lookup(index)[0]
-                else:
-                    name, pos = self._string(data, pos)
-                value, pos = self._string(data, pos)
-                header = (name, value)
+                header, pos = self._literal(data, pos, 4)
             fields_seen = True
             list_size += len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
             if list_size <= limit:

@@ -18,11 +18,15 @@ from osbuilder.kernel import fragments, verify
 LINUX_SOURCE_GLOB = "/usr/src/linux-source-*.tar.xz"
 # Host tools a kernel build needs, with their Debian packages.
 BUILD_TOOLS = {"make": "make", "gcc": "gcc", "flex": "flex", "bison": "bison", "bc": "bc", "xz": "xz-utils"}
+# Headers the build compiles host tools against (objtool, extract-cert), with their Debian packages.
+BUILD_HEADERS = {"/usr/include/gelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
 ARCH_DIRS = {"x86_64": "x86"}
 
 
 def check_tools() -> None:
     missing = [f"{tool} (apt-get install {package})" for tool, package in BUILD_TOOLS.items() if not shutil.which(tool)]
+    missing += [f"{header} (apt-get install {package})" for header, package in BUILD_HEADERS.items()
+                if not os.path.exists(header)]  # fmt: skip
     if missing:
         raise FileNotFoundError("building the kernel needs: " + ", ".join(missing))
 
@@ -59,8 +63,13 @@ def build(ctx: BuildContext, vmlinuz: Path) -> Path:
         configure(build_dir, ctx.kernel_config_dir, ctx.arch, env)
     started = time.monotonic()
     with ctx.progress.step("kernel", f"make bzImage -j{os.cpu_count()}"):
-        run(["make", f"ARCH={ARCH_DIRS.get(ctx.arch, ctx.arch)}", f"-j{os.cpu_count()}", "bzImage"],
-            cwd=build_dir, env=env, capture=False, package="make")
+        run(
+            ["make", f"ARCH={ARCH_DIRS.get(ctx.arch, ctx.arch)}", f"-j{os.cpu_count()}", "bzImage"],
+            cwd=build_dir,
+            env=env,
+            capture=False,
+            package="make",
+        )
     ctx.progress.say("kernel", f"kernel build time: {time.monotonic() - started:.0f} s")
     vmlinuz.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(build_dir / "arch/x86/boot/bzImage", vmlinuz)
