@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import IncorrectState, InvalidArgument, NotFound, ResourceError, Unsupported
 from agent.hotplug.cpuset import parse_cpuset
@@ -22,9 +22,11 @@ from agent.system.paths import HostPaths
 
 from . import devices_v2
 from . import plan as planner
-from . import stats as reader
 from .layout import Layout, container_cgroup, detect
 from .plan import Write
+
+if TYPE_CHECKING:
+    from .stats import CgroupStats
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ class CgroupManager:
     def _usage_file(self) -> Path | None:
         raise NotImplementedError
 
-    def stats(self) -> reader.CgroupStats:
+    def stats(self) -> CgroupStats:
         raise NotImplementedError
 
     def _set_frozen(self, frozen: bool, timeout: float) -> None:
@@ -296,8 +298,10 @@ class V1Manager(CgroupManager):
             writes = [w for w in writes if w.controller != "devices"]
         return writes
 
-    def stats(self) -> reader.CgroupStats:
+    def stats(self) -> CgroupStats:
         self._require_exists()
+        from . import stats as reader  # stats parsing is for StatsContainer, not the start path
+
         return reader.read_v1(self.directories())
 
     def _set_frozen(self, frozen: bool, timeout: float) -> None:
@@ -397,8 +401,10 @@ class V2Manager(CgroupManager):
         if rules:
             devices_v2.attach(self.path, devices_v2.device_program(rules))
 
-    def stats(self) -> reader.CgroupStats:
+    def stats(self) -> CgroupStats:
         self._require_exists()
+        from . import stats as reader
+
         return reader.read_v2(self.path)
 
     def _set_frozen(self, frozen: bool, timeout: float) -> None:
@@ -408,7 +414,9 @@ class V2Manager(CgroupManager):
         wanted = 1 if frozen else 0
         deadline = time.monotonic() + timeout
         attempt = 0
-        while reader.flat_keyed(self.path / "cgroup.events").get("frozen", -1) != wanted:
+        from .stats import flat_keyed
+
+        while flat_keyed(self.path / "cgroup.events").get("frozen", -1) != wanted:
             if time.monotonic() >= deadline:
                 what = "freeze" if frozen else "thaw"
                 raise ResourceError(f"cgroup {self.path} did not {what} within {timeout} s (see cgroup.events)")
