@@ -18,10 +18,21 @@ from osbuilder.progress import Progress
 
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("build/guest"),
-                        show_default=True, help="where the results go")(func)
-    func = click.option("--workdir", type=click.Path(path_type=Path), default=DEFAULT_WORKDIR, show_default=True,
-                        help="caches: downloads, unpacked kernel, rootfs trees, wheels")(func)
+    func = click.option(
+        "--output",
+        "-o",
+        type=click.Path(path_type=Path),
+        default=Path("build/guest"),
+        show_default=True,
+        help="where the results go",
+    )(func)
+    func = click.option(
+        "--workdir",
+        type=click.Path(path_type=Path),
+        default=DEFAULT_WORKDIR,
+        show_default=True,
+        help="caches: downloads, unpacked kernel, rootfs trees, wheels",
+    )(func)
     return click.option("--quiet", "-q", is_flag=True, help="no progress lines")(func)
 
 
@@ -74,15 +85,26 @@ COMPRESSION_HELP = (
 )
 
 
+SOURCE_HELP = "for a kernel built with `osbuilder kernel --source` (everything built in: no modules)"
+
+
 @cli.command(name="initrd")
 @_common
-@click.option("--compression", type=click.Choice(initrd.COMPRESSIONS), default=initrd.DEFAULT_COMPRESSION,
-              show_default=True, help=COMPRESSION_HELP)
+@click.option(
+    "--compression",
+    type=click.Choice(initrd.COMPRESSIONS),
+    default=initrd.DEFAULT_COMPRESSION,
+    show_default=True,
+    help=COMPRESSION_HELP,
+)
 @click.option("--measure-parts", is_flag=True, help="also compress each part on its own to report its share")
-def initrd_command(output: Path, workdir: Path, quiet: bool, compression: str, measure_parts: bool) -> None:
+@click.option("--source", "from_source", is_flag=True, help=SOURCE_HELP)
+def initrd_command(output: Path, workdir: Path, quiet: bool, compression: str, measure_parts: bool,
+                   from_source: bool) -> None:  # fmt: skip
     """initrd.img: the agent as /init with the kernel's modules."""
     ctx = _context(output, workdir, quiet)
-    result = initrd.build(ctx, rootfs.build(ctx), _kernel(ctx, None), compression, measure=measure_parts)
+    kernel = None if from_source else _kernel(ctx, None)
+    result = initrd.build(ctx, rootfs.build(ctx), kernel, compression, measure=measure_parts)
     click.echo("\n".join(initrd.report(result)))
 
 
@@ -96,18 +118,33 @@ def image_command(output: Path, workdir: Path, quiet: bool) -> None:
 
 @cli.command(name="all")
 @_common
-@click.option("--compression", type=click.Choice(initrd.COMPRESSIONS), default=initrd.DEFAULT_COMPRESSION,
-              show_default=True, help=COMPRESSION_HELP)
-def all_command(output: Path, workdir: Path, quiet: bool, compression: str) -> None:
+@click.option(
+    "--compression",
+    type=click.Choice(initrd.COMPRESSIONS),
+    default=initrd.DEFAULT_COMPRESSION,
+    show_default=True,
+    help=COMPRESSION_HELP,
+)
+@click.option("--source", "from_source", is_flag=True, help="the kernel from linux-source and kernel-config/")
+def all_command(output: Path, workdir: Path, quiet: bool, compression: str, from_source: bool) -> None:
     """vmlinuz, initrd.img, rootfs.img and manifest.json."""
     ctx = _context(output, workdir, quiet)
-    kernel = _kernel(ctx, None)
+    kernel_inputs: dict[str, object]
+    if from_source:
+        from osbuilder.kernel import source
+
+        source.build(ctx, ctx.output / "vmlinuz")
+        kernel = None
+        kernel_inputs = source.describe(ctx)
+    else:
+        kernel = _kernel(ctx, None)
+        kernel_inputs = {"package": kernel.package, "version": kernel.package_version, "release": kernel.release,
+                         "modules": kernel.guest_modules}  # fmt: skip
     tree = rootfs.build(ctx)
     result = initrd.build(ctx, tree, kernel, compression)
     disk = image.build(ctx, tree.tree, ctx.output / "rootfs.img")
     inputs: dict[str, object] = {
-        "kernel": {"package": kernel.package, "version": kernel.package_version, "release": kernel.release,
-                   "modules": kernel.guest_modules},
+        "kernel": kernel_inputs,
         "debian": config.DEBIAN_RELEASE,
         "rootfs_packages": list(config.ROOTFS_PACKAGES),
         "python_requirements": tree.python_requirements,

@@ -44,12 +44,26 @@ def configure(build_dir: Path, config_dir: Path, arch: str, env: dict[str, str])
     return requested
 
 
-def build(ctx: BuildContext, vmlinuz: Path) -> Path:
-    check_tools()
+def find_tarball() -> Path:
     tarballs = sorted(Path("/").glob(LINUX_SOURCE_GLOB.lstrip("/")))
     if not tarballs:
         raise FileNotFoundError("no /usr/src/linux-source-*.tar.xz; install it with: apt-get install linux-source")
-    tarball = tarballs[-1]
+    return tarballs[-1]
+
+
+def describe(ctx: BuildContext) -> dict[str, object]:
+    """What the manifest records of a source kernel: the tarball, its release and the fragments."""
+    tarball = find_tarball()
+    build_dir = ctx.workdir / "kernel-source" / tarball.name.removesuffix(".tar.xz")
+    release = run(["make", "-s", "kernelrelease"], cwd=build_dir, package="make").stdout.decode().strip()
+    chosen = fragments.select_fragments(ctx.kernel_config_dir / "fragments", ctx.arch)
+    return {"source": tarball.name, "release": release,
+            "fragments": [str(p.relative_to(ctx.kernel_config_dir)) for p in chosen]}  # fmt: skip
+
+
+def build(ctx: BuildContext, vmlinuz: Path) -> Path:
+    check_tools()
+    tarball = find_tarball()
     build_dir = ctx.workdir / "kernel-source" / tarball.name.removesuffix(".tar.xz")
     env = ctx.env()
     env["KBUILD_BUILD_TIMESTAMP"] = f"@{ctx.epoch}"
