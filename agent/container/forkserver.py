@@ -3,22 +3,30 @@
 The agent runs threads, so it must never fork() (a child could inherit a lock another thread held).
 ``ForkServerClient`` spawns ``python3 -m agent.container.forkserver`` on first use (subprocess, i.e.
 fork+exec, which is safe) and talks to it over a SOCK_SEQPACKET socketpair: each request is one JSON
-message with the process's file descriptors attached (SCM_RIGHTS), and the reply is one JSON message.
+message with the process's file descriptors attached (SCM_RIGHTS), fds[0] being the status pipe.
+The server never answers a request: the engine goes on (making the cgroup) while the server works,
+and everything about the new process arrives on its status pipe, a failed fork included.
 
-For each request the server forks a *shim* (or hands the request to a shim and container process it
-forked ahead of time, see _WarmPair) and forgets it (SIGCHLD is ignored in the server, so the
-kernel reaps shims). Nothing is sent back on the socket: the engine goes on (making the cgroup) while
-the server forks, and everything about the new process arrives on its status pipe, a failed fork
-included. The shim is a child subreaper; it enters or
-unshares the user and pid namespaces (pid namespaces apply to children only), forks the container
-process, reports ``{"pid": N, "shim": its own pid}`` on the status pipe, then waits: when the process ends it reports
+For each request the server forks a *shim* and forgets it (SIGCHLD is ignored in the server, so the
+kernel reaps shims). The shim is a child subreaper; it enters or unshares the user and pid namespaces
+(pid namespaces apply to children only), forks the container process, reports
+``{"pid": N, "shim": its own pid}`` on the status pipe, then waits: when the process ends it reports
 ``{"exit": code}`` (the shell's convention: 128+N for signal N) and reaps every orphan left to it.
-The container process itself reports ``{"created": true}`` or ``{"error": "..."}`` on the same pipe;
-its copy is close-on-exec, so the pipe's EOF means the shim and the process are both gone.
+The container process itself reports ``{"created": true}`` (and ``mounted``/``started`` around the
+hooks) or ``{"error": "..."}`` on the same pipe; its copy is close-on-exec, so the pipe's EOF means
+the shim and the process are both gone.
+
+Warm pairs (_WarmPair): once idle for WARM_DELAY the server forks a shim that has done its setup and
+unshared a pid namespace, with its container process already forked (pid 1 there) and waiting. A
+create that wants exactly that (a new pid namespace, no user namespace) is handed to the pair
+instead of forking: by the server, or, when the client asked for ``direct`` (the agent does), by the
+client itself, to which the server offers the pair's two sockets (the only message the server ever
+sends); the client says ``consumed`` so the server forks the next one. Idle pair processes are named
+``pykata-parked`` in ps and exit when their sockets close.
 
 The control pipe goes the other way: the engine writes ``g`` once the process's cgroup is ready (the
-process then joins it itself, or the engine has moved it already) and ``s`` to start the user's
-program (see agent/container/init.py).
+process then joins it itself, or the engine has moved it already), ``h`` once prestart and
+createRuntime hooks ran, and ``s`` to start the user's program (see agent/container/init.py).
 """
 
 from __future__ import annotations
