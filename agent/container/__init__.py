@@ -7,10 +7,12 @@ How a container comes to be (create, then start):
 2. ``rootfs.plan_rootfs`` turns the mounts, devices and /dev links into a list of operations (data:
    ``RootfsPlan.describe()`` prints it).
 3. The fork server (forkserver.py, a single-threaded ``python -m`` helper spawned on first use: the
-   agent runs threads and never forks) hands the request to a shim it forked ahead of time. The
-   shim opens the cgroup hierarchies' roots, enters the user and pid namespaces, forks the container
-   process, reports its pid, and later its exit status (128+N for a signal), reaping every orphan as
-   a child subreaper. Meanwhile the engine makes the cgroup and applies the resources (cgroups/).
+   agent runs threads and never forks) forks a shim per process. The shim opens the cgroup
+   hierarchies' roots, enters the user and pid namespaces, forks the container process, reports its
+   pid, and later its exit status (128+N for a signal), reaping every orphan as a child subreaper.
+   Most creates skip both forks: a warm shim and container process (new pid namespace) wait for them
+   (forkserver.py's _WarmPair). Meanwhile the engine makes the cgroup and applies the resources
+   (cgroups/).
 4. The engine says "go" (``g``); the container process (init.py) joins its cgroup by itself (cgroup
    v1's ``tasks`` or v2's ``cgroup.procs``, "0": no pid round trip, and on v1 no wait for the
    kernel's global cgroup lock; in a user namespace the engine moves it by pid instead), unshares or
