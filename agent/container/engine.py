@@ -27,7 +27,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,13 @@ from agent.system.paths import HostPaths
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class PipeIO:
     """The engine makes pipes (or a pty when the process asks for a terminal) and returns our ends."""
 
-    pipe_size: int = 0  # F_SETPIPE_SZ for stdout/stderr; 0 keeps the kernel default
+    def __init__(self, pipe_size: int = 0) -> None:
+        self.pipe_size = pipe_size  # F_SETPIPE_SZ for stdout/stderr; 0 keeps the kernel default
 
 
-@dataclass
 class FdIO:
     """The caller's own descriptors become the process's stdin, stdout and stderr (the CLI's case).
 
@@ -57,20 +55,31 @@ class FdIO:
     pty and the master is returned in ``ProcessIO.pty_master``).
     """
 
-    stdin: int | None
-    stdout: int | None
-    stderr: int | None
-    console: int | None = None
+    def __init__(self, stdin: int | None, stdout: int | None, stderr: int | None, console: int | None = None) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.console = console
 
 
-@dataclass
 class ProcessIO:
     """Our ends of a process's stdio: write to ``stdin``, read ``stdout``/``stderr`` or the pty."""
 
-    stdin: int | None = None
-    stdout: int | None = None
-    stderr: int | None = None
-    pty_master: int | None = None
+    def __init__(
+        self,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        pty_master: int | None = None,
+    ) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self.pty_master = pty_master
+
+    def __repr__(self) -> str:
+        ends = ", ".join(f"{name}={getattr(self, name)}" for name in ("stdin", "stdout", "stderr", "pty_master"))
+        return f"ProcessIO({ends})"
 
     def close(self) -> None:
         for name in ("stdin", "stdout", "stderr", "pty_master"):
@@ -83,16 +92,19 @@ class ProcessIO:
                 setattr(self, name, None)
 
 
-@dataclass
 class Process:
     """One process of a container: its init (exec_id "") or an exec'd process."""
 
-    container_id: str
-    exec_id: str
-    handle: ProcessHandle
-    io: ProcessIO
-    terminal: bool
-    started: float = field(default_factory=time.monotonic)
+    def __init__(self, container_id: str, exec_id: str, handle: ProcessHandle, io: ProcessIO, terminal: bool) -> None:
+        self.container_id = container_id
+        self.exec_id = exec_id
+        self.handle = handle
+        self.io = io
+        self.terminal = terminal
+        self.started = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"Process(container_id={self.container_id!r}, exec_id={self.exec_id!r}, pid={self.handle.pid})"
 
     @property
     def pid(self) -> int:

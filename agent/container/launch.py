@@ -50,8 +50,8 @@ def with_default_devices(resources: dict[str, Any]) -> dict[str, Any]:
 def plan_to_json(plan: RootfsPlan) -> dict[str, Any]:
     return {
         "rootfs": plan.rootfs,
-        # the operations are flat frozen dataclasses of str/int/bool fields
-        "operations": [{"op": type(op).__name__, **vars(op)} for op in plan.operations],
+        # the operations are flat records of str/int/bool fields
+        "operations": [{"op": type(op).__name__, **op.field_values()} for op in plan.operations],
         "masked_paths": list(plan.masked_paths),
         "readonly_paths": list(plan.readonly_paths),
         "readonly_root": plan.readonly_root,

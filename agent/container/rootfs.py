@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.container.spec import Spec
 from agent.system import libc
 from agent.system.mountopts import PROPAGATION_WORDS, parse_mount_options
 from agent.system.paths import HostPaths
+from agent.system.records import Record
 
 DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_SYMLINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
@@ -32,72 +32,104 @@ def parse_options(options: tuple[str, ...] | list[str]) -> tuple[int, int, str]:
     return parsed.flags, parsed.propagation, parsed.data_text
 
 
-@dataclass(frozen=True)
-class Mkdir:
+class Mkdir(Record):
+    _fields = ("path",)
+    __slots__ = _fields
     path: str  # container path
+
+    def __init__(self, path: str) -> None:
+        self._assign(path)
 
     def describe(self) -> str:
         return f"mkdir -p {self.path}"
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Record):
+    _fields = ("source", "target", "fstype", "flags", "data", "host_source")
+    __slots__ = _fields
     source: str
     target: str  # container path
     fstype: str
-    flags: int = 0
-    data: str = ""
-    host_source: bool = False  # source is a host path that must exist (bind mounts)
+    flags: int
+    data: str
+    host_source: bool  # source is a host path that must exist (bind mounts)
+
+    def __init__(
+        self, source: str, target: str, fstype: str, flags: int = 0, data: str = "", host_source: bool = False
+    ) -> None:
+        self._assign(source, target, fstype, flags, data, host_source)
 
     def describe(self) -> str:
         return f"mount -t {self.fstype or 'none'} {self.source} {self.target} flags={self.flags:#x} data={self.data!r}"
 
 
-@dataclass(frozen=True)
-class Remount:
+class Remount(Record):
+    _fields = ("target", "flags")
+    __slots__ = _fields
     target: str
     flags: int
+
+    def __init__(self, target: str, flags: int) -> None:
+        self._assign(target, flags)
 
     def describe(self) -> str:
         return f"mount -o remount,bind {self.target} flags={self.flags:#x}"
 
 
-@dataclass(frozen=True)
-class Propagate:
+class Propagate(Record):
+    _fields = ("target", "flags")
+    __slots__ = _fields
     target: str
     flags: int
+
+    def __init__(self, target: str, flags: int) -> None:
+        self._assign(target, flags)
 
     def describe(self) -> str:
         return f"mount --make {self.flags:#x} {self.target}"
 
 
-@dataclass(frozen=True)
-class Symlink:
+class Symlink(Record):
+    _fields = ("link", "points_to")
+    __slots__ = _fields
     link: str
     points_to: str
+
+    def __init__(self, link: str, points_to: str) -> None:
+        self._assign(link, points_to)
 
     def describe(self) -> str:
         return f"ln -s {self.points_to} {self.link}"
 
 
-@dataclass(frozen=True)
-class BindDevice:
+class BindDevice(Record):
+    _fields = ("host_path", "target")
+    __slots__ = _fields
     host_path: str
     target: str
+
+    def __init__(self, host_path: str, target: str) -> None:
+        self._assign(host_path, target)
 
     def describe(self) -> str:
         return f"bind device {self.host_path} -> {self.target}"
 
 
-@dataclass(frozen=True)
-class Mknod:
+class Mknod(Record):
+    _fields = ("target", "kind", "major", "minor", "mode", "uid", "gid")
+    __slots__ = _fields
     target: str
     kind: str  # "c", "b" or "p", as linux.devices[].type says ("u" means "c")
     major: int
     minor: int
-    mode: int = 0o666
-    uid: int = 0
-    gid: int = 0
+    mode: int
+    uid: int
+    gid: int
+
+    def __init__(
+        self, target: str, kind: str, major: int, minor: int, mode: int = 0o666, uid: int = 0, gid: int = 0
+    ) -> None:
+        self._assign(target, kind, major, minor, mode, uid, gid)
 
     def describe(self) -> str:
         return f"mknod -m {self.mode:o} {self.target} {self.kind} {self.major} {self.minor} ({self.uid}:{self.gid})"
@@ -106,15 +138,26 @@ class Mknod:
 Operation = Mkdir | Mount | Remount | Propagate | Symlink | BindDevice | Mknod
 
 
-@dataclass
 class RootfsPlan:
-    rootfs: str
-    operations: list[Operation] = field(default_factory=list)
-    masked_paths: tuple[str, ...] = ()
-    readonly_paths: tuple[str, ...] = ()
-    readonly_root: bool = False
-    no_pivot: bool = False
-    propagation: int = libc.MS_SLAVE | libc.MS_REC
+    """Every mount step for one container, in order, and what follows the root change."""
+
+    def __init__(
+        self,
+        rootfs: str,
+        operations: list[Operation] | None = None,
+        masked_paths: tuple[str, ...] = (),
+        readonly_paths: tuple[str, ...] = (),
+        readonly_root: bool = False,
+        no_pivot: bool = False,
+        propagation: int = libc.MS_SLAVE | libc.MS_REC,
+    ) -> None:
+        self.rootfs = rootfs
+        self.operations: list[Operation] = [] if operations is None else operations
+        self.masked_paths = masked_paths
+        self.readonly_paths = readonly_paths
+        self.readonly_root = readonly_root
+        self.no_pivot = no_pivot
+        self.propagation = propagation
 
     def describe(self) -> list[str]:
         return [op.describe() for op in self.operations]

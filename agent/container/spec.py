@@ -4,10 +4,10 @@
 the agent converts Kata's grpc.Spec with agent/rpc/convert_oci.py) and returns a ``Spec``. Parsing
 only reshapes; agent/container/validate.py decides what is acceptable.
 
-The records are small classes on ``Record`` rather than dataclasses: every container start imports
-this module, and a dataclass costs about a millisecond to define (its methods are generated and
-compiled at import). They behave as frozen dataclasses would: fields set once by ``__init__``,
-compared, hashed and shown by value.
+The records are small classes on ``Record`` (agent/system/records.py) rather than dataclasses:
+every container start imports this module, and a dataclass costs about a millisecond to define
+(its methods are generated and compiled at import). They behave as frozen dataclasses would: fields
+set once by ``__init__``, compared, hashed and shown by value.
 """
 
 from __future__ import annotations
@@ -15,47 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from agent.errors import InvalidArgument
+from agent.system.records import Record
 
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
-
-
-class Record:
-    """Base of the spec's records. A subclass names its fields in ``_fields`` (in ``__init__``'s
-    order; they are its ``__slots__``) and sets them with ``_assign``; ``_compared`` (default: all of
-    them) are the fields that equality, hashing and repr look at."""
-
-    __slots__: tuple[str, ...] = ()
-    _fields: tuple[str, ...] = ()
-    _compared: tuple[str, ...] | None = None
-
-    def _assign(self, *values: Any) -> None:
-        for name, value in zip(self._fields, values, strict=True):
-            object.__setattr__(self, name, value)
-
-    def _key(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self._compared or self._fields)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Record)
-        return self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._compared or self._fields)
-        return f"{type(self).__name__}({shown})"
-
-    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle rebuild it through __init__
-        return type(self), tuple(getattr(self, name) for name in self._fields)
 
 
 class Mount(Record):

@@ -4,9 +4,9 @@ flags, propagation flags and filesystem data. The one table for the container en
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from agent.system import libc
+from agent.system.records import Record
 
 # word -> (flags to clear, flags to set)
 _FLAG_WORDS: dict[str, tuple[int, int]] = {
@@ -53,11 +53,15 @@ PROPAGATION_WORDS: dict[str, int] = {
 }
 
 
-@dataclass(frozen=True)
-class MountOptions:
-    flags: int = 0
-    propagation: int = 0
-    data: tuple[str, ...] = ()
+class MountOptions(Record):
+    _fields = ("flags", "propagation", "data")
+    __slots__ = _fields
+    flags: int
+    propagation: int
+    data: tuple[str, ...]
+
+    def __init__(self, flags: int = 0, propagation: int = 0, data: tuple[str, ...] = ()) -> None:
+        self._assign(flags, propagation, data)
 
     @property
     def data_text(self) -> str:
