@@ -85,18 +85,19 @@ COMPRESSION_HELP = (
 )
 
 
-SOURCE_HELP = "for a kernel built with `osbuilder kernel --source` (everything built in: no modules)"
-
-
-@cli.command(name="initrd")
-@_common
-@click.option(
+_compression = click.option(
     "--compression",
     type=click.Choice(initrd.COMPRESSIONS),
     default=initrd.DEFAULT_COMPRESSION,
     show_default=True,
     help=COMPRESSION_HELP,
 )
+SOURCE_HELP = "for a kernel built with `osbuilder kernel --source` (everything built in: no modules)"
+
+
+@cli.command(name="initrd")
+@_common
+@_compression
 @click.option("--measure-parts", is_flag=True, help="also compress each part on its own to report its share")
 @click.option("--source", "from_source", is_flag=True, help=SOURCE_HELP)
 def initrd_command(output: Path, workdir: Path, quiet: bool, compression: str, measure_parts: bool,
@@ -118,13 +119,7 @@ def image_command(output: Path, workdir: Path, quiet: bool) -> None:
 
 @cli.command(name="all")
 @_common
-@click.option(
-    "--compression",
-    type=click.Choice(initrd.COMPRESSIONS),
-    default=initrd.DEFAULT_COMPRESSION,
-    show_default=True,
-    help=COMPRESSION_HELP,
-)
+@_compression
 @click.option("--source", "from_source", is_flag=True, help="the kernel from linux-source and kernel-config/")
 def all_command(output: Path, workdir: Path, quiet: bool, compression: str, from_source: bool) -> None:
     """vmlinuz, initrd.img, rootfs.img and manifest.json."""
