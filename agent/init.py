@@ -170,19 +170,10 @@ def load_modules(paths: HostPaths) -> int:
     loaded = 0
     for module, params in modules_to_load(paths):
         try:
-            fd = os.open(module, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            log.error("kernel module %s: %s", module, exc)
-            continue
-        try:
-            libc.finit_module(fd, params, 0, str(module))
-            loaded += 1
-        except FileExistsError:
-            pass  # built in or loaded already
+            if libc.load_module(str(module), params):
+                loaded += 1
         except OSError as exc:
             log.error("loading kernel module %s failed: %s", module, exc)
-        finally:
-            os.close(fd)
     return loaded
 
 

@@ -78,15 +78,6 @@ def load_filesystem(paths: HostPaths, fstype: str) -> bool:
 
 def _load(module: Path, params: str) -> None:
     try:
-        fd = os.open(module, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        log.warning("kernel module %s: %s", module, exc)
-        return
-    try:
-        libc.finit_module(fd, params, 0, str(module))
-    except FileExistsError:
-        pass  # loaded already
+        libc.load_module(str(module), params)
     except OSError as exc:
         log.warning("loading kernel module %s failed: %s", module, exc)
-    finally:
-        os.close(fd)

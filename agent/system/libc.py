@@ -115,6 +115,19 @@ def finit_module(fd: int, params: str = "", flags: int = 0, path: str | None = N
     _check(_libc.syscall(SYS_finit_module, ctypes.c_int(fd), _b(params), ctypes.c_int(flags)), path)
 
 
+def load_module(path: str, params: str = "") -> bool:
+    """Load the kernel module file at ``path`` (finit_module); False when the kernel has it already
+    (built in, or loaded before). OSError names the file when it cannot be opened or loaded."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        finit_module(fd, params, 0, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def reboot(cmd: int) -> None:
     _check(_libc.reboot(ctypes.c_int(cmd)))
 

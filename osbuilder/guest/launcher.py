@@ -74,13 +74,7 @@ def _load_modules(release: str, lists: tuple[str, ...] = MODULE_LISTS, keep_goin
             seen.add(rel)
             path = f"/lib/modules/{release}/{rel}"
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    libc.finit_module(fd, params, 0, path)
-                finally:
-                    os.close(fd)
-            except FileExistsError:
-                pass
+                libc.load_module(path, params)
             except OSError as exc:
                 if not keep_going:
                     raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +28,10 @@ def test_errors_name_the_path() -> None:
     with pytest.raises(FileNotFoundError) as err:
         libc.mount("none", "/nonexistent/pykata/target", "tmpfs")
     assert err.value.filename == "/nonexistent/pykata/target"
+
+
+def test_load_module_names_a_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nosuch.ko"
+    with pytest.raises(FileNotFoundError) as caught:
+        libc.load_module(str(missing))
+    assert caught.value.filename == str(missing)
