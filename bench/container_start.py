@@ -112,15 +112,17 @@ def pykata_runc_server_way(bundle: Path, state: Path, workdir: Path) -> Way:
     client = str(REPO / "agent" / "container" / "cli_client.py")
     argv = [sys.executable, "-S", client, "--root", str(state / "pykata-server"), "run", "--bundle", str(bundle)]
 
-    def close() -> None:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    return Way("pykata-runc served", _timed_command(argv, REPO, env), lambda: _stop(server))
 
-    return Way("pykata-runc served", _timed_command(argv, REPO, env), close)
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a process this benchmark started, SIGKILL it after 10 s; reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def python_startup_way(*flags: str) -> Way:
@@ -292,12 +294,7 @@ def agent_way(bundle: Path, workdir: Path) -> Way:
 
     def close() -> None:
         client.close()
-        agent.terminate()
-        try:
-            agent.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        _stop(agent)
         log.close()
 
     way = Way("agent (ttrpc)", cycle, close)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,15 +140,21 @@ def parent() -> Iterator[str]:
     assert not own.exists()
 
 
-def test_v2_core_on_a_fresh_cgroup2_mount(parent: str) -> None:
+def run_scenario(script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` in a private mount namespace (where it mounts its own cgroup2); its JSON output."""
     result = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", SCENARIO, parent, str(REPO)],
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def test_v2_core_on_a_fresh_cgroup2_mount(parent: str) -> None:
+    out = run_scenario(SCENARIO, parent, str(REPO))
     assert out["version"] == 2
     assert out["created"]
     assert out["pids"] == [out["busy"]]
@@ -203,25 +210,7 @@ def test_engine_processes_join_their_v2_cgroup_themselves(parent: str, tmp_path:
     from tests.helpers.bundle import make_bundle
 
     bundle = make_bundle(tmp_path / "bundle", ["/bin/true"])
-    result = subprocess.run(
-        [
-            "unshare",
-            "-m",
-            "--propagation",
-            "private",
-            sys.executable,
-            "-c",
-            ENGINE_SCENARIO,
-            parent,
-            str(bundle),
-            str(REPO),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = run_scenario(ENGINE_SCENARIO, parent, str(bundle), str(REPO))
     assert out["version"] == 2
     assert f"0::/{parent}/c2" in out["init_cgroup"]
     assert f"0::/{parent}/c2" in out["exec_cgroup"]
