@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from agent.container.cli_state import process_start_time
 from agent.container.engine import Container, Engine, FdIO
 from agent.container.forkserver import ForkServerClient, ProcessHandle
+from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
 from agent.container.state import Status
 from agent.errors import ResourceError
 from agent.system.paths import HostPaths
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from agent.container.cli_state import Record
 
 EXEC_FIFO = "exec.fifo"
-START_HOOK_TIMEOUT = 60.0
 TIOCSPTLCK = 0x40045431  # linux/tty ioctls Python's termios lacks
 TIOCGPTPEER = 0x5441
 
@@ -263,7 +263,7 @@ def run_in_container(container: Container, exec_id: str, hook: dict[str, Any]) -
         os.close(stdin_r)
         if stdin_w >= 0:
             os.close(stdin_w)
-    timeout = float(hook.get("timeout") or START_HOOK_TIMEOUT)
+    timeout = float(hook.get("timeout") or DEFAULT_HOOK_TIMEOUT)
     code = proc.handle.wait(timeout)
     if code is None:
         proc.signal(signal.SIGKILL)

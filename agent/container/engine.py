@@ -534,9 +534,7 @@ class Engine:
 
 
 def _hook_timeouts(hooks: Any) -> list[float]:
-    from agent.container.init import HOOK_TIMEOUT
-
-    return [float(hook.timeout or HOOK_TIMEOUT) for hook in hooks]
+    return [float(hook.timeout or hooks_mod.DEFAULT_HOOK_TIMEOUT) for hook in hooks]
 
 
 def start_detached(start_fifo: Path) -> None:

@@ -26,11 +26,12 @@ def run_hook(hook: Hook, state: dict[str, Any], kind: str) -> None:
     """Run one hook; ResourceError naming the hook kind and path when it fails or times out."""
     from agent.system.run import CommandError, CommandNotFound, run  # subprocess: only when a hook runs
 
-    argv = list(hook.args) or [hook.path]
+    argv = list(hook.args) or [hook.path]  # args[0] is the program's argv[0], as in execve
     env = dict(item.split("=", 1) for item in hook.env if "=" in item)
     try:
         run(
-            [hook.path, *argv[1:]],
+            argv,
+            executable=hook.path,
             input=json.dumps(state).encode(),
             env=env,
             timeout=float(hook.timeout) if hook.timeout else DEFAULT_HOOK_TIMEOUT,

@@ -29,11 +29,11 @@ import traceback
 from typing import Any
 
 from agent.container import capabilities, rootfs, seccomp, stdio
+from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
 from agent.container.namespaces import CLONE_FLAGS, JOIN_ORDER, PROC_NAMES
 from agent.system import libc
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-HOOK_TIMEOUT = 60.0
 RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
 
 
@@ -397,7 +397,7 @@ def run_hooks(hooks: list[dict[str, Any]], state: dict[str, Any], kind: str) -> 
         path = str(hook["path"])
         argv = [str(a) for a in hook.get("args") or []] or [path]
         env = dict(str(item).split("=", 1) for item in hook.get("env") or [] if "=" in str(item))
-        timeout = float(hook.get("timeout") or HOOK_TIMEOUT)
+        timeout = float(hook.get("timeout") or DEFAULT_HOOK_TIMEOUT)
         stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:

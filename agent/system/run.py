@@ -54,11 +54,13 @@ def run(
     timeout: float | None = None,
     package: str | None = None,
     hint: str = "",
+    executable: str | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` and return the completed process.
 
     ``package`` names the Debian package that provides the program, for the error when it is missing.
     With ``capture`` the output is returned; otherwise it goes to our own stdout/stderr (progress).
+    ``executable`` is the program to run when ``argv[0]`` is only the name it is given.
     """
     args = [str(a) for a in argv]
     log.debug("run %s", shlex.join(args))
@@ -66,6 +68,7 @@ def run(
         with children.spawning() as own:
             child = subprocess.Popen(
                 args,
+                executable=executable,
                 stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture else None,
                 stderr=subprocess.PIPE if capture else None,
@@ -74,8 +77,8 @@ def run(
             )
             own(child.pid)
     except FileNotFoundError as exc:
-        if exc.filename in (args[0], None):
-            raise CommandNotFound(args[0], package) from exc
+        if exc.filename in (executable or args[0], None):
+            raise CommandNotFound(executable or args[0], package) from exc
         raise
     try:
         stdout, stderr = child.communicate(input, timeout=timeout)
