@@ -312,7 +312,8 @@ def container_main(
         if process.get("terminal") and io_fds:
             rootfs.bind_console(plan, os.ttyname(io_fds[0]))
     state = dict(request.get("state") or {})
-    state["pid"] = _runtime_pid(request["proc"])
+    if request.get("create_container_hooks") or request.get("start_container_hooks"):
+        state["pid"] = _runtime_pid(request["proc"])  # only hooks see the state: no /proc read without
     if request.get("wait_for_runtime_hooks"):
         _report(status_fd, {"mounted": True})  # the engine runs prestart and createRuntime now
         if _read_order(control_fd) != b"h":
