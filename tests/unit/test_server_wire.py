@@ -6,6 +6,7 @@ over gRPC. One test runs the agent as a subprocess (python3 -m agent) and stops 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -194,19 +195,40 @@ def test_many_concurrent_connections_each_get_their_answer(agent: RunningAgent) 
             sock.close()
 
 
-def test_agent_subprocess_serves_both_protocols_and_stops_on_sigterm() -> None:
-    short_dir = tempfile.mkdtemp(prefix="pk-", dir="/tmp")
-    path = os.path.join(short_dir, "agent.sock")
+@contextlib.contextmanager
+def agent_subprocess(*args: str, script: str | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """The agent as a process of its own, serving a unix socket in a short temp dir (unix socket paths
+    are limited to 108 bytes): yields (process, socket path). ``script`` replaces ``-m agent``.
+    Killed if still running, and cleaned up, after."""
+    short_dir = Path(tempfile.mkdtemp(prefix="pk-", dir="/tmp"))
+    path = str(short_dir / "agent.sock")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("KATA_AGENT_SERVER_ADDR", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--server-addr", f"unix://{path}"],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env.pop("KATA_AGENT_SERVER_ADDR", None)  # it would override --server-addr (Kata's precedence)
+    process = None
     try:
+        command = ["-c", script] if script is not None else ["-m", "agent"]
+        process = subprocess.Popen(
+            [sys.executable, *command, "--server-addr", f"unix://{path}", *args],
+            cwd=REPO,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        yield process, path
+    finally:
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if process.stderr is not None:
+                process.stderr.close()
+        for leftover in short_dir.iterdir():
+            leftover.unlink()
+        short_dir.rmdir()
+
+
+def test_agent_subprocess_serves_both_protocols_and_stops_on_sigterm() -> None:
+    with agent_subprocess() as (process, path):
         assert process.stderr is not None
         ready = json.loads(process.stderr.readline())
         assert ready["msg"] == "agent ready"
@@ -216,15 +238,6 @@ def test_agent_subprocess_serves_both_protocols_and_stops_on_sigterm() -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         assert not os.path.exists(path)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
-        for leftover in Path(short_dir).iterdir():
-            leftover.unlink()
-        os.rmdir(short_dir)
 
 
 def test_agent_rejects_a_malformed_server_addr_with_exit_status_2() -> None:
@@ -392,45 +405,27 @@ def test_many_long_polls_do_not_starve_a_check(
 
 
 def test_agent_subprocess_starts_its_debug_console_and_serves_with_an_unheard_log_vport() -> None:
-    short_dir = tempfile.mkdtemp(prefix="pk-", dir="/tmp")
-    path = os.path.join(short_dir, "agent.sock")
     port = random.Random().randrange(20000, 60000)
-    config = Path(short_dir, "agent.toml")
-    config.write_text(f'debug_console = true\ndebug_console_vport = {port}\nlog_vport = 1025\nlog_level = "debug"\n')
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--server-addr", f"unix://{path}", "--config", str(config)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        lines = []
-        for raw in process.stderr:
-            lines.append(json.loads(raw))
-            if lines[-1]["msg"] == "agent ready":
-                break
-        console = [line for line in lines if line["msg"] == "debug console listening"]
-        assert console and console[0]["vport"] == port
-        check_serving(f"unix://{path}", "ttrpc")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
-        for leftover in Path(short_dir).iterdir():
-            leftover.unlink()
-        os.rmdir(short_dir)
+    config = f'debug_console = true\ndebug_console_vport = {port}\nlog_vport = 1025\nlog_level = "debug"\n'
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as config_file:
+        config_file.write(config)
+        config_file.flush()
+        with agent_subprocess("--config", config_file.name) as (process, path):
+            assert process.stderr is not None
+            lines = []
+            for raw in process.stderr:
+                lines.append(json.loads(raw))
+                if lines[-1]["msg"] == "agent ready":
+                    break
+            console = [line for line in lines if line["msg"] == "debug console listening"]
+            assert console and console[0]["vport"] == port
+            check_serving(f"unix://{path}", "ttrpc")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
 
 
 def test_agent_subprocess_exits_on_sigterm_while_a_call_is_blocked() -> None:
     """A long poll still running must not keep the stopped agent alive."""
-    short_dir = tempfile.mkdtemp(prefix="pk-", dir="/tmp")
-    path = os.path.join(short_dir, "agent.sock")
     # a handler that never returns, registered before the agent starts serving
     script = (
         "import threading, sys\n"
@@ -440,14 +435,7 @@ def test_agent_subprocess_exits_on_sigterm_while_a_call_is_blocked() -> None:
         "from agent.__main__ import main\n"
         "main(sys.argv[1:])\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script, "--server-addr", f"unix://{path}"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with agent_subprocess(script=script) as (process, path):
         assert process.stderr is not None
         for raw in process.stderr:
             if json.loads(raw)["msg"] == "agent ready":
@@ -462,12 +450,3 @@ def test_agent_subprocess_exits_on_sigterm_while_a_call_is_blocked() -> None:
             assert process.wait(timeout=20) == 0
         messages = [json.loads(raw)["msg"] for raw in process.stderr]
         assert messages[-1] == "agent stopped"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
-        for leftover in Path(short_dir).iterdir():
-            leftover.unlink()
-        os.rmdir(short_dir)
