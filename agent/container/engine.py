@@ -149,12 +149,6 @@ SHIM_EXIT_TIMEOUT = 5.0
 CgroupFactory = Callable[[HostPaths, str, str], Any]
 
 
-def _default_cgroups(paths: HostPaths, cgroups_path: str, container_id: str) -> Any:
-    from agent.container.cgroups import manager_for
-
-    return manager_for(paths, cgroups_path, container_id)
-
-
 class Container:
     """A container the engine made. Methods check the status first and raise IncorrectState."""
 
@@ -407,7 +401,7 @@ class Engine:
         """``no_pivot`` None: detect (pivot_root cannot leave an initramfs root, so use MS_MOVE there)."""
         self.paths = paths
         self.forkserver = forkserver or ForkServerClient()
-        self._cgroups = cgroups or _default_cgroups
+        self._cgroups = cgroups  # None: the host's cgroups (manager_for, the layout read once)
         self._cgroup_layout: Any = None
         self.no_pivot = no_pivot
         self._containers: dict[str, Container] = {}
@@ -522,7 +516,7 @@ class Engine:
         return spawn_pause(self, description)
 
     def make_cgroup(self, cgroups_path: str, container_id: str) -> Any:
-        if self._cgroups is not _default_cgroups:
+        if self._cgroups is not None:
             return self._cgroups(self.paths, cgroups_path, container_id)
         from agent.container.cgroups import manager_for
         from agent.container.cgroups.layout import detect
