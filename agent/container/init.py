@@ -151,12 +151,10 @@ def run_shim(request: dict[str, Any], fds: list[int]) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
     libc.set_child_subreaper()
-    attach_fds: list[int] = []
     try:
         # opened here, before the namespaces and the root change: an exec's process starts inside
         # the container's root, where the host's cgroup files are out of reach
-        for root, _file in request.get("attach") or []:
-            attach_fds.append(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        attach_fds = open_attach_roots(request)
         _shim_namespaces(request)
         child = os.fork()
     except Exception as exc:
@@ -167,7 +165,7 @@ def run_shim(request: dict[str, Any], fds: list[int]) -> int:
         try:
             code = container_main(request, status_fd, control_fd, io_fds, attach_fds)
         except BaseException as exc:
-            _report(status_fd, {"error": _describe(exc)})
+            report_error(status_fd, exc)
         finally:
             os._exit(code)
     os.close(control_fd)
@@ -215,13 +213,16 @@ def warm_child_main(request: dict[str, Any], fds: list[int]) -> int:
     """A warm container process (pid 1 of the warm shim's pid namespace) given its request."""
     status_fd, control_fd, io_fds = fds[0], fds[1], fds[2:]
     try:
-        attach_fds = [
-            os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for root, _ in request.get("attach") or []
-        ]
+        attach_fds = open_attach_roots(request)
     except OSError as exc:
-        _report(status_fd, {"error": _describe(exc)})
+        report_error(status_fd, exc)
         return 1
     return container_main(request, status_fd, control_fd, io_fds, attach_fds, signals_reset=True)
+
+
+def open_attach_roots(request: dict[str, Any]) -> list[int]:
+    """The cgroup hierarchy roots the process joins its cgroup through (request["attach"])."""
+    return [os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for root, _ in request.get("attach") or []]
 
 
 def report_error(status_fd: int, exc: BaseException) -> None:
@@ -533,7 +534,7 @@ def _run(ready: _Ready) -> None:
 
 def _fail(status_fd: int, exc: BaseException) -> None:
     """Report why the process could not become the user's program, and end it (127)."""
-    _report(status_fd, {"error": _describe(exc)})
+    report_error(status_fd, exc)
     try:
         os.write(2, f"pykata: {_describe(exc)}\n".encode())
         os.write(2, "".join(traceback.format_exception(exc)).encode())
