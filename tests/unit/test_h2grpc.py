@@ -227,7 +227,11 @@ def test_client_cancellation(server: Server, channel: grpc.Channel) -> None:
     server.release.set()
     assert server.slow_finished.acquire(timeout=10)
     check(channel)
-    assert not server.connections[0]._streams
+    # The handler's thread retires the cancelled stream just after the handler returns; _retire
+    # notifies the connection's condition, so wait on it rather than race it.
+    connection = server.connections[0]
+    with connection._state:
+        assert connection._state.wait_for(lambda: not connection._streams, timeout=10), connection._streams
 
 
 def test_streaming_request_is_an_error_not_a_hang(channel: grpc.Channel) -> None:
