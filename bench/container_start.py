@@ -2,9 +2,10 @@
 
 (a) the agent's RPCs over a unix socket (ttrpc: CreateContainer, StartContainer, WaitProcess,
     RemoveContainer) against ``python3 -m agent --server-addr unix://...``;
-(b) ``pykata-runc run``: started cold (the console script, then ``python -S``), and handed to a
-    warm ``pykata-runc serve`` by its small client; (c) Debian's ``runc run``; (d) ``crun run`` on the
-    same bundle.
+(b) ``pykata-runc run``: started cold (the launcher scripts/setup.sh installs, which runs
+    ``python -S``; then as pip's console script would run, with site's start-up), and handed to a
+    warm ``pykata-runc serve`` by its small client; (c) Debian's ``runc run``; (d) ``crun run`` on
+    the same bundle.
 
 crun refuses this host's hybrid cgroup layout, so it runs in a private mount namespace with the
 cgroup2 mount hidden (the wrapper's cost is part of its figure, and measured separately).
@@ -20,7 +21,6 @@ a way that does the same right after runs faster than after one that did not.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -70,14 +70,13 @@ def crun_way(bundle: Path, state: Path) -> Way:
     return Way("crun", _timed_command(argv, bundle))
 
 
-def pykata_runc_argv() -> list[str]:
-    """The installed console script if there is one, else the module under this interpreter."""
-    script = shutil.which("pykata-runc")
-    return [script] if script else [sys.executable, "-m", "agent.container.cli"]
+def pykata_runc_way(bundle: Path, state: Path, workdir: Path) -> Way:
+    """(b) cold, as a user runs it after scripts/setup.sh: its launcher, written for this checkout."""
+    from agent.container.cli_client import install_launcher
 
-
-def pykata_runc_way(bundle: Path, state: Path) -> Way:
-    argv = [*pykata_runc_argv(), "--root", str(state / "pykata"), "run", "--bundle", str(bundle)]
+    launcher = workdir / "pykata-runc"
+    install_launcher(str(launcher))
+    argv = [str(launcher), "--root", str(state / "pykata"), "run", "--bundle", str(bundle)]
     return Way("pykata-runc", _timed_command(argv, REPO))
 
 
@@ -88,11 +87,11 @@ def no_site_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])}
 
 
-def pykata_runc_no_site_way(bundle: Path, state: Path) -> Way:
-    """(b) again with ``python -S``: what a launcher that skips site-packages' start-up hooks gets."""
-    argv = [sys.executable, "-S", "-m", "agent.container.cli", "--root", str(state / "pykata-S"), "run",
+def pykata_runc_site_way(bundle: Path, state: Path) -> Way:
+    """(b) again as pip's console script would start it: python with site's start-up (.pth hooks)."""
+    argv = [sys.executable, "-m", "agent.container.cli", "--root", str(state / "pykata-site"), "run",
             "--bundle", str(bundle)]  # fmt: skip
-    return Way("pykata-runc -S", _timed_command(argv, REPO, no_site_env()))
+    return Way("pykata-runc site", _timed_command(argv, REPO, {**os.environ, "PYTHONPATH": str(REPO)}))
 
 
 def pykata_runc_server_way(bundle: Path, state: Path, workdir: Path) -> Way:
@@ -195,9 +194,10 @@ def main() -> None:
         bundle = make_bundle(workdir / "bundle", ["/bin/true"],
                              edit=lambda c: c["linux"].update(cgroupsPath=f"{CGROUP_PARENT}/c"))  # fmt: skip
         state = workdir / "state"
-        ways = [agent_way(bundle, workdir), pykata_runc_way(bundle, state), pykata_runc_no_site_way(bundle, state),
-                pykata_runc_server_way(bundle, state, workdir), runc_way(bundle, state), crun_way(bundle, state),
-                python_startup_way(), python_startup_way("-S")]  # fmt: skip
+        ways = [agent_way(bundle, workdir), pykata_runc_way(bundle, state, workdir),
+                pykata_runc_site_way(bundle, state), pykata_runc_server_way(bundle, state, workdir),
+                runc_way(bundle, state), crun_way(bundle, state), python_startup_way(),
+                python_startup_way("-S")]  # fmt: skip
         try:
             measure(ways, 2)  # warm caches (page cache, .pyc files); not counted
             for way in ways:

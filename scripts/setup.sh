@@ -27,4 +27,11 @@ fi
 PYTHON=${PYTHON:-python3}
 echo "setup: installing pykata and its Python dependencies with $("$PYTHON" --version)"
 "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[dev]'
+# pip's pykata-runc runs python's site start-up (every .pth hook in site-packages) on each call, a
+# large part of a short container command: put a launcher that runs python -S in its place
+# (agent/container/cli_client.py, launcher_text).
+scripts=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+"$PYTHON" -c 'import sys; from agent.container.cli_client import install_launcher; install_launcher(sys.argv[1])' \
+  "$scripts/pykata-runc"
+echo "setup: $scripts/pykata-runc runs python -S"
 echo "setup: done"

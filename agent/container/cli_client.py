@@ -39,6 +39,43 @@ def decode_request(data: bytes) -> tuple[str, list[str]]:
     return cwd, argv
 
 
+def launcher_text(python: str, module_path: list[str]) -> str:
+    """The ``pykata-runc`` script scripts/setup.sh installs in place of pip's console script.
+
+    pip's script runs under a plain ``python``, whose site start-up runs every ``.pth`` hook in
+    site-packages (setuptools' editable-install finder, distutils shims...): 20 to 50 ms before the
+    first line of ours, on a command that should take about that in all. This one runs ``python -S``
+    and puts pykata's own directory and the site-packages directories (found at install time) on
+    sys.path itself, which is all the command needs from site.
+    """
+    return (
+        f"#!{python} -S\n"
+        "# pykata-runc, installed by scripts/setup.sh: see agent/container/cli_client.py launcher_text\n"
+        "import sys\n"
+        f"sys.path[0:1] = {module_path!r}  # in place of the script's own directory\n"
+        "from agent.container.cli_client import main\n"
+        "main()\n"
+    )
+
+
+def install_launcher(target: str) -> None:
+    """Write the launcher for this interpreter and this pykata to ``target`` (atomically, mode 755)."""
+    import sysconfig
+
+    import agent
+
+    source = os.path.dirname(os.path.dirname(os.path.abspath(agent.__file__)))
+    module_path: list[str] = []
+    for entry in (source, sysconfig.get_path("purelib"), sysconfig.get_path("platlib")):
+        if entry not in module_path:
+            module_path.append(entry)
+    temporary = f"{target}.{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as stream:
+        stream.write(launcher_text(sys.executable, module_path))
+    os.chmod(temporary, 0o755)
+    os.replace(temporary, target)
+
+
 def _run_here(argv: list[str]) -> NoReturn:
     from agent.container.cli import main as cli_main
 

@@ -1,0 +1,41 @@
+"""The pykata-runc launcher scripts/setup.sh installs: python -S, and pykata found without site."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.container.cli_client import install_launcher, launcher_text
+
+
+def test_launcher_runs_python_without_site_and_sets_its_own_path() -> None:
+    text = launcher_text("/usr/bin/python3", ["/src", "/site"])
+    first, *rest = text.splitlines()
+    assert first == "#!/usr/bin/python3 -S"
+    assert "sys.path[0:1] = ['/src', '/site']" in "\n".join(rest)
+
+
+def test_installed_launcher_runs_the_cli(tmp_path: Path) -> None:
+    target = tmp_path / "pykata-runc"
+    install_launcher(str(target))
+    assert os.stat(target).st_mode & 0o777 == 0o755
+    assert target.read_text().startswith(f"#!{sys.executable} -S\n")
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYKATA_RUNC_SERVER")}
+    done = subprocess.run([str(target), "--version"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("pykata-runc version ")
+
+
+def test_launcher_does_not_run_site(tmp_path: Path) -> None:
+    """The interpreter it starts has not imported site (so no .pth hook ran)."""
+    target = tmp_path / "pykata-runc"
+    install_launcher(str(target))
+    probe = tmp_path / "probe"
+    lines = target.read_text().splitlines()
+    lines[-2:] = ["print('site' in sys.modules, sys.flags.no_site)"]
+    probe.write_text("\n".join(lines) + "\n")
+    probe.chmod(0o755)
+    done = subprocess.run([str(probe)], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "1"]
