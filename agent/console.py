@@ -275,6 +275,9 @@ def start_console(config: AgentConfig, paths: HostPaths) -> ConsoleServer | None
     except OSError as exc:
         log.error("debug console: cannot listen on vsock port %d: %s", port, exc)
         return None
+    from agent.init import wait_for_deferred_files
+
+    wait_for_deferred_files("the debug console's shell")  # busybox comes with the initrd's deferred files
     shell = find_shell(paths)
     log.info("debug console listening", extra={"vport": port, "shell": shell})
     return ConsoleServer(listener, shell).start()

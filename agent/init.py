@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -198,6 +199,19 @@ def boot(config: AgentConfig, paths: HostPaths) -> None:
     libc.set_child_subreaper()
     os.environ.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     log.info("init done: %d kernel modules loaded in %.0f ms", loaded, (time.monotonic() - started) * 1000)
+
+
+def wait_for_deferred_files(why: str) -> bool:
+    """Wait until the initrd's deferred files are unpacked; True when they are (or there are none).
+
+    /init (osbuilder/guest/launcher.py) unpacks what the agent does not need to answer its first Check
+    in the background; imports of those modules wait by themselves (its finder on ``sys.meta_path``),
+    and code that needs another of those files (a kernel module, busybox) calls this first."""
+    for finder in sys.meta_path:
+        wait = getattr(finder, "wait_for_files", None)
+        if wait is not None:
+            return bool(wait(why))
+    return True
 
 
 class Reaper:

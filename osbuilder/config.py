@@ -164,6 +164,22 @@ LAZY_IMPORTS = (
     "prctl",
     "_prctl",
 )
+# The initrd is two archives in one (osbuilder/initrd.py): the boot archive holds what the agent needs
+# to answer its first Check (traced: tracing.trace_start), and a deferred one, stored inside it already
+# compressed, holds the rest, which /init unpacks in the background once the agent serves; an import
+# of a deferred module waits for it. Under TCG every MiB the kernel does not inflate before /init saves
+# about 70 ms. The start trace runs the agent as a plain process; these are what PID 1 and the
+# interpreter's own start import on top of it.
+START_IMPORTS = (
+    "agent.init",
+    "agent.system.children",
+    "agent.system.netdev",
+    "zlib",  # the child that unpacks the deferred archive
+    "encodings.utf_8",
+    "encodings.ascii",
+    "encodings.latin_1",
+    "encodings.aliases",
+)
 # Imported by the stdlib inside try/except ImportError (asyncio -> ssl, shutil -> bz2/lzma, hashlib ->
 # _hashlib) and never used by the agent: leaving them out drops libssl, libcrypto, libbz2 and liblzma.
 # pyroute2 imports ssl unconditionally for a probe the agent never sends, and sqlite3 for NDB, which the

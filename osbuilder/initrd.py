@@ -8,6 +8,14 @@ unchecked hashes next to where the source was, and the sources are dropped.
 ``/init`` is the launcher (osbuilder/guest/launcher.py) with a shebang to the interpreter: without
 ``root=`` on the kernel command line the agent becomes PID 1; with it (the disk image boot) the launcher
 loads the modules, mounts that root and hands over to its systemd.
+
+Two archives in one: the kernel unpacks the boot archive, which holds only what the agent needs to
+answer its first Check (the interpreter and its libraries, the modules traced by
+``tracing.trace_start``, the kernel modules of modules.load); everything else (protobuf, pyroute2,
+psutil, most of the stdlib and the agent, busybox, the other kernel modules) is a gzip-compressed cpio
+stored in it as one file, ``DEFERRED_ARCHIVE``. Compressing the outer archive leaves that file as it is
+(stored blocks), so the kernel only copies it; /init unpacks it in a low-priority process once the agent
+serves, and an import of a module it holds (listed in ``DEFERRED_INDEX``) waits for it.
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ COMPRESSIONS = ("gzip", "lz4", "zstd", "xz", "none")
 DEFAULT_COMPRESSION = "gzip"
 PARTS = ("interpreter", "shared libraries", "stdlib", "site-packages", "agent", "kernel modules", "the rest")
 DEV_CONSOLE = (5, 1)
+# Guest paths of the deferred archive and of the module names it holds (osbuilder/guest/launcher.py
+# reads both).
+DEFERRED_ARCHIVE = "etc/pykata/deferred.cpio.gz"
+DEFERRED_INDEX = "etc/pykata/deferred.modules"
 EMPTY_DIRS = ("dev", "proc", "sys", "run", "tmp", "sysroot", "root", "etc/pykata")
 
 
@@ -57,6 +69,8 @@ class InitrdResult:
     modules_imported: int = 0
     modules_builtin: list[str] = field(default_factory=list)
     agent_import_failures: list[str] = field(default_factory=list)
+    deferred_raw_size: int = 0  # the deferred archive's files, uncompressed (part of raw_size)
+    deferred_size: int = 0  # the deferred archive as stored in the initrd
 
 
 def part_of(guest: str) -> str:
@@ -199,12 +213,102 @@ def module_lists(kernel: GuestKernel) -> dict[str, list[str]]:
     }
 
 
-def archive_bytes(staging: Path, epoch: int) -> bytes:
-    out = io.BytesIO()
+def _compiled_module_paths(staging: Path, name: str) -> list[str]:
+    """The files of a module in the written tree (.pyc, extension module, package __init__.pyc)."""
+    parts = name.split(".")
+    for directory in python_search_dirs():
+        base = staging / directory / "/".join(parts)
+        if (base / "__init__.pyc").is_file():
+            return [f"{directory}/{'/'.join(parts)}/__init__.pyc"]
+        if base.is_dir():
+            return []  # a namespace package: its directory comes with the files under it
+        if base.with_name(base.name + ".pyc").is_file():
+            return [f"{directory}/{'/'.join(parts)}.pyc"]
+        if base.parent.is_dir():
+            for candidate in sorted(base.parent.glob(parts[-1] + ".*so")):
+                if candidate.name.split(".")[0] == parts[-1]:
+                    return [candidate.relative_to(staging).as_posix()]
+    return []
+
+
+def boot_files(staging: Path, start_modules: set[str], kernel: GuestKernel | None) -> set[str]:
+    """The regular files of the boot archive (guest paths): /init, the interpreter, the modules the
+    agent imports before its first Check, the boot kernel modules and lists, and their libraries."""
+    tree = GuestTree(staging)
+    for guest in ("init", config.GUEST_PYTHON):
+        tree.add(guest)
+    wanted = set(start_modules) | set(config.START_IMPORTS) | set(config.PYTHON_LANDMARKS)
+    for name in list(wanted):
+        parts = name.split(".")
+        wanted.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    for name in sorted(wanted):
+        for path in _compiled_module_paths(staging, name):
+            tree.add(path)
+    for listing in sorted((staging / "etc/pykata").glob("*.load")):
+        tree.add(listing.relative_to(staging).as_posix())
+    if kernel is not None:
+        modules_dir = f"{tree.canonical('lib/modules')}/{kernel.release}"
+        for line in kernel.boot_modules:
+            tree.add(f"{modules_dir}/{line.split(' ', 1)[0]}")
+    tree.add_elf_closure()
+    return set(tree.selection.files)
+
+
+def module_names(paths: list[str]) -> list[str]:
+    """The importable names the given guest paths provide: modules, packages and (for directories)
+    namespace packages. Data files provide none."""
+    names = set()
+    search = sorted(python_search_dirs(), key=len, reverse=True)  # lib-dynload before the stdlib
+    for guest in paths:
+        directory = next((d for d in search if guest.startswith(d + "/")), None)
+        if directory is None:
+            continue
+        parts = guest[len(directory) + 1 :].split("/")
+        last = parts[-1]
+        if last == "__init__.pyc":
+            parts.pop()
+        elif last.endswith(".pyc"):
+            parts[-1] = last.removesuffix(".pyc")
+        elif last.endswith(".so"):
+            parts[-1] = last.split(".")[0]
+        elif "." in last:
+            continue
+        if parts and all(part.isidentifier() for part in parts):
+            names.add(".".join(parts))
+    return sorted(names)
+
+
+def split_archives(staging: Path, epoch: int, boot: set[str]) -> tuple[bytes, bytes, int]:
+    """The boot archive (raw newc bytes) with the deferred archive stored in it, the deferred archive
+    (gzip), and the deferred files' raw size.
+
+    Directories go with their files: one that holds no boot file is unpacked with the deferred
+    archive, so a package never shows up before its ``__init__`` (as an empty namespace package)."""
     entries = list(cpio.entries_from_tree(staging))
-    entries.append(cpio.Entry("dev/console", stat.S_IFCHR | 0o600, b"", DEV_CONSOLE))
-    cpio.write_archive(out, entries, epoch)
-    return out.getvalue()
+    boot_dirs = {""}
+    for entry in entries:
+        if not entry.is_dir and (entry.path in boot or not stat.S_ISREG(entry.mode)):
+            parts = entry.path.split("/")
+            boot_dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    for directory in EMPTY_DIRS:
+        if not any((staging / directory).iterdir()):
+            boot_dirs.add(directory)
+    first: list[cpio.Entry] = []
+    deferred: list[cpio.Entry] = []
+    for entry in entries:
+        in_boot = entry.path in boot_dirs if entry.is_dir else entry.path in boot or not stat.S_ISREG(entry.mode)
+        (first if in_boot else deferred).append(entry)
+    out = io.BytesIO()
+    deferred_raw = cpio.write_archive(out, deferred, epoch) if deferred else 0
+    packed = compress(out.getvalue(), "gzip") if deferred else b""
+    if deferred:
+        index = module_names([entry.path for entry in deferred])
+        first.append(cpio.Entry(DEFERRED_ARCHIVE, stat.S_IFREG | 0o600, packed))
+        first.append(cpio.Entry(DEFERRED_INDEX, stat.S_IFREG | 0o644, "".join(f"{n}\n" for n in index).encode()))
+    first.append(cpio.Entry("dev/console", stat.S_IFCHR | 0o600, b"", DEV_CONSOLE))
+    out = io.BytesIO()
+    cpio.write_archive(out, first, epoch)
+    return out.getvalue(), packed, deferred_raw
 
 
 def measure_parts(staging: Path, method: str | None) -> dict[str, tuple[int, int]]:
@@ -258,9 +362,12 @@ def build(
         info = json.loads(cached_info.read_text())
         return InitrdResult(output, compression, output.stat().st_size, info["raw_size"],
                             {k: (v[0], v[1]) for k, v in info["parts"].items()}, info["modules_imported"],
-                            info["modules_builtin"], info["agent_import_failures"])
+                            info["modules_builtin"], info["agent_import_failures"],
+                            info.get("deferred_raw_size", 0), info.get("deferred_size", 0))
     with progress.step("initrd", "tracing the agent's imports (import every module; serve Check over ttrpc and gRPC)"):
         modules, failures = tracing.trace(ctx.source)
+    with progress.step("initrd", "tracing what the agent imports to answer its first Check"):
+        start_modules = tracing.trace_start(ctx.source)
     for failure in failures:
         progress.say("initrd", f"warning: agent module not importable on the host: {failure}")
     tree = GuestTree(rootfs.tree)
@@ -269,18 +376,20 @@ def build(
     staging = work / "tree"
     with progress.step("initrd", "writing the tree (.pyc, stripped libraries, kernel modules, /init)"):
         materialize(tree, staging, kernel, launcher_script())
-    with progress.step("initrd", f"packing cpio and compressing ({compression})"):
-        raw = archive_bytes(staging, ctx.epoch)
+    with progress.step("initrd", f"packing the boot and deferred archives and compressing ({compression})"):
+        raw, deferred, deferred_raw = split_archives(staging, ctx.epoch, boot_files(staging, start_modules, kernel))
         packed = compress(raw, compression)
         output.write_bytes(packed)
     with progress.step("initrd", "measuring the size by part"):
         parts = measure_parts(staging, compression if measure else None)
-    result = InitrdResult(output, compression, len(packed), len(raw), parts, len(modules), sorted(builtin), failures)
+    result = InitrdResult(output, compression, len(packed), len(raw) - len(deferred) + deferred_raw, parts,
+                          len(modules), sorted(builtin), failures, deferred_raw, len(deferred))
     progress.say("initrd", f"not files (built into the interpreter or frozen): {' '.join(result.modules_builtin)}")
     shutil.copyfile(output, cached)
     cached_info.write_text(json.dumps({
         "raw_size": result.raw_size, "parts": result.parts, "modules_imported": result.modules_imported,
         "modules_builtin": result.modules_builtin, "agent_import_failures": result.agent_import_failures,
+        "deferred_raw_size": result.deferred_raw_size, "deferred_size": result.deferred_size,
     }, sort_keys=True))
     for old in work.glob("initrd-*.img"):
         if old != cached:
@@ -297,4 +406,9 @@ def report(result: InitrdResult) -> list[str]:
         raw, packed = result.parts.get(part, (0, 0))
         packed_text = f"  {packed / mib:6.2f} MiB {result.compression}" if packed else ""
         lines.append(f"  {part:<17} {raw / mib:7.2f} MiB raw{packed_text}")
+    if result.deferred_size:
+        boot = result.raw_size - result.deferred_raw_size
+        lines.append(f"  the kernel unpacks {boot / mib:.2f} MiB before /init; /init unpacks the other "
+                     f"{result.deferred_raw_size / mib:.2f} MiB ({result.deferred_size / mib:.2f} MiB gzip) "
+                     "once the agent serves")
     return lines

@@ -58,6 +58,9 @@ def load_filesystem(paths: HostPaths, fstype: str) -> bool:
     """Load ``fstype``'s module from the image's lists; True when the kernel knows it afterwards."""
     if not fstype or fstype in registered_filesystems(paths):
         return bool(fstype)
+    from agent.init import wait_for_deferred_files
+
+    wait_for_deferred_files(f"the {fstype} kernel module")  # the initrd unpacks most modules after boot
     base = paths.modules_dir / os.uname().release
     with _lock:
         for listing_path in (paths.modules_load_list, paths.modules_root_load_list):

@@ -4,6 +4,12 @@ It runs under ``python3.11 -IS`` (isolated, no site scan) and puts the agent's d
 itself. As the initrd's PID 1 it has one more job: when the kernel command line carries ``root=`` (the
 disk image boot), it loads the kernel modules, mounts that root and hands PID 1 over to its init
 (systemd), which then starts the agent from the image. Without ``root=`` the agent itself becomes PID 1.
+
+The initrd's deferred archive (osbuilder/initrd.py: what the agent does not need to answer its first
+Check) is unpacked by a child at the lowest priority, which then loads the other kernel modules; until
+it is done, an import of a module the archive holds waits for it (``DeferredFiles``, the last finder
+on ``sys.meta_path``), and so does code that needs another of its files (``wait_for_files``). The image
+boot (``root=``) unpacks it before it loads the root's modules.
 """
 
 from __future__ import annotations
@@ -11,6 +17,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 AGENT_LIB = "/usr/lib/pykata"
 MODULE_LISTS = ("/etc/pykata/modules.load", "/etc/pykata/modules-root.load")
@@ -23,6 +35,13 @@ MS_RDONLY = 0x1
 MS_NOSUID_NODEV_NOEXEC = 0x2 | 0x4 | 0x8
 # Kernel command line flag: print the uptime at which /init started (bench/guest_boot.py sets it).
 BOOT_TIMES_OPTION = "pykata.boot_times"
+# osbuilder/initrd.py's DEFERRED_ARCHIVE and DEFERRED_INDEX.
+DEFERRED_ARCHIVE = "/etc/pykata/deferred.cpio.gz"
+DEFERRED_INDEX = "/etc/pykata/deferred.modules"
+CPIO_NEWC_MAGIC = b"070701"
+CPIO_HEADER_SIZE = 110
+CPIO_TRAILER = "TRAILER!!!"
+S_IFMT, S_IFDIR, S_IFREG, S_IFLNK = 0o170000, 0o040000, 0o100000, 0o120000
 
 
 def kernel_options(cmdline: str) -> dict[str, str]:
@@ -81,23 +100,166 @@ def _load_modules(release: str, lists: tuple[str, ...] = MODULE_LISTS, keep_goin
                 print(f"pykata init: kernel module {path}: {exc.strerror}", file=sys.stderr, flush=True)
 
 
-def start_background_modules(release: str) -> int:
-    """Fork a child that loads the guest's other kernel modules at nice 19; returns its PID.
+def unpack_cpio(data: bytes, root: str = "/") -> int:
+    """Write the members of a newc archive under ``root`` (directories, files, symlinks); returns how
+    many. Parents come before their children in the archive (osbuilder's writer sorts them)."""
+    view = memoryview(data)
+    offset = count = 0
+    while True:
+        header = bytes(view[offset : offset + CPIO_HEADER_SIZE])
+        if header[:6] != CPIO_NEWC_MAGIC:
+            raise ValueError(f"cpio: bad magic at offset {offset}")
+        mode, size, namesize = (int(header[6 + 8 * i : 14 + 8 * i], 16) for i in (1, 6, 11))
+        offset += CPIO_HEADER_SIZE
+        name = bytes(view[offset : offset + namesize - 1]).decode()
+        offset += namesize + (-(CPIO_HEADER_SIZE + namesize) % 4)
+        body = view[offset : offset + size]
+        offset += size + (-size % 4)
+        if name == CPIO_TRAILER:
+            return count
+        if name.startswith("/") or ".." in name.split("/"):
+            raise ValueError(f"cpio: member {name!r} is outside the tree")
+        path = os.path.join(root, name)
+        kind = mode & S_IFMT
+        if kind == S_IFDIR:
+            os.makedirs(path, exist_ok=True)
+            os.chmod(path, mode & 0o7777)
+        elif kind == S_IFREG:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode & 0o7777)
+            try:
+                written = 0
+                while written < size:
+                    written += os.write(fd, body[written:])
+            finally:
+                os.close(fd)
+        elif kind == S_IFLNK:
+            os.symlink(bytes(body).decode(), path)
+        else:
+            raise ValueError(f"cpio: member {name!r} has mode {mode:o}; only directories, files and symlinks")
+        count += 1
 
-    On one busy vCPU it runs when the agent waits, so modules the agent does not need to serve (9p,
-    virtiofs, overlay) stop delaying the first answer. The modules the agent loads itself come
-    first in the child's lists too: the others depend on them, and a second load of one just waits
-    for the first. Called before any thread exists (the agent reaps the child as an orphan).
+
+def unpack_deferred(archive: str = DEFERRED_ARCHIVE, root: str = "/") -> int:
+    """Unpack the deferred archive (gzip) under ``root`` and delete it; returns the members written."""
+    import zlib
+
+    with open(archive, "rb") as handle:
+        data = zlib.decompress(handle.read(), 16 + zlib.MAX_WBITS)
+    count = unpack_cpio(data, root)
+    os.unlink(archive)
+    return count
+
+
+class DeferredFiles:
+    """A finder for the modules of the deferred archive: it waits until the child has unpacked them,
+    then finds them with the other finders. Names it does not hold fail at once, as without it.
+
+    ``done_fd`` is the read end of a pipe whose write end the child holds: it writes ``ok`` (or what
+    failed) and exits, so the end of the pipe means the files are there, or never will be."""
+
+    def __init__(self, done_fd: int, index: str = DEFERRED_INDEX) -> None:
+        import _thread
+
+        self._fd = done_fd
+        self._index = index
+        self._names: frozenset[str] | None = None
+        self._lock = _thread.allocate_lock()
+        self._done = False
+        self.ok = False
+
+    def _deferred_names(self) -> frozenset[str]:
+        if self._names is None:
+            try:
+                with open(self._index) as handle:
+                    self._names = frozenset(handle.read().split())
+            except OSError:
+                self._names = frozenset()
+        return self._names
+
+    def wait_for_files(self, why: str = "a caller") -> bool:
+        """Block until the deferred files are unpacked (at once when they are); True if they were."""
+        if self._done:
+            return self.ok
+        with self._lock:
+            if self._done:
+                return self.ok
+            started = time.monotonic()
+            report = b""
+            while chunk := os.read(self._fd, 4096):
+                report += chunk
+            os.close(self._fd)
+            self.ok = report == b"ok"
+            for finder in sys.meta_path:  # directories listed before the files came are listed again
+                invalidate = getattr(finder, "invalidate_caches", None)
+                if invalidate is not None and finder is not self:
+                    invalidate()
+            self._done = True
+            waited = (time.monotonic() - started) * 1000
+            uptime = time.clock_gettime(time.CLOCK_BOOTTIME)
+            state = "unpacked" if self.ok else f"not unpacked ({report.decode(errors='replace') or 'no report'})"
+            print(
+                f"pykata init: deferred files {state} at uptime={uptime:.3f}; {why} waited {waited:.0f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+        return self.ok
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if self._done or name not in self._deferred_names():
+            return None
+        self.wait_for_files(f"import {name}")
+        for finder in sys.meta_path:
+            if finder is self:
+                continue
+            find_spec = getattr(finder, "find_spec", None)
+            spec: ModuleSpec | None = find_spec(name, path, target) if find_spec is not None else None
+            if spec is not None:
+                return spec
+        return None
+
+    def invalidate_caches(self) -> None:
+        pass
+
+
+def start_background_work(release: str | None, archive: str | None) -> DeferredFiles | None:
+    """Fork a child at nice 19 that unpacks ``archive`` (the deferred files) and then loads the guest's
+    other kernel modules (none without ``release``); returns the finder that waits for the files, which
+    is on ``sys.meta_path`` already (None without an archive).
+
+    On one busy vCPU the child runs when the agent waits, so what the agent does not need to answer
+    its first Check (the deferred files; 9p, virtiofs, overlay) stops delaying it. The modules the
+    agent loads itself come first in the child's lists too: the others depend on them, and a second
+    load of one just waits for the first. Called before any thread exists (the agent reaps the child as
+    an orphan).
     """
+    read_fd, write_fd = os.pipe() if archive else (-1, -1)
     pid = os.fork()
     if pid:
-        return pid
+        if archive is None:
+            return None
+        os.close(write_fd)
+        deferred = DeferredFiles(read_fd)
+        sys.meta_path.append(deferred)
+        return deferred
     status = 0
     try:
         os.nice(19)
-        _load_modules(release, BACKGROUND_MODULE_LISTS, keep_going=True)
+        if archive is not None:
+            os.close(read_fd)
+            try:
+                unpack_deferred(archive)
+                os.write(write_fd, b"ok")
+            except Exception as exc:
+                os.write(write_fd, f"{type(exc).__name__}: {exc}".encode()[:4000])
+                raise
+            finally:
+                os.close(write_fd)
+        if release is not None:
+            _load_modules(release, BACKGROUND_MODULE_LISTS, keep_going=True)
     except BaseException as exc:
-        print(f"pykata init: background kernel modules: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        print(f"pykata init: background work: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         status = 1
     os._exit(status)
 
@@ -147,6 +309,7 @@ def switch_root(options: dict[str, str]) -> None:
 def main() -> None:
     started = time.clock_gettime(time.CLOCK_BOOTTIME)  # the kernel's uptime, before /proc is mounted
     sys.path.insert(0, AGENT_LIB)
+    archive = DEFERRED_ARCHIVE if os.path.exists(DEFERRED_ARCHIVE) else None
     if os.getpid() == 1:
         try:
             _mount_api_filesystems()
@@ -157,11 +320,15 @@ def main() -> None:
             if BOOT_TIMES_OPTION in options:
                 print(f"pykata init: /init started at uptime={started:.3f}", file=sys.stderr, flush=True)
             if options.get("root"):
+                if archive is not None:
+                    unpack_deferred(archive)
                 _load_modules(os.uname().release)
                 switch_root(options)
-            start_background_modules(os.uname().release)
+            start_background_work(os.uname().release, archive)
         except Exception as exc:  # PID 1 must not exit: say why and power off
             _fail(f"{type(exc).__name__}: {exc}")
+    elif archive is not None:  # the initrd's tree run in a chroot: the agent needs its files now
+        unpack_deferred(archive)
     # The agent's entry point called directly: runpy (and what it imports) would only add start-up time.
     from agent.__main__ import main as agent_main
 
