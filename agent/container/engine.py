@@ -20,25 +20,37 @@ Public API (stable; the CLI and the agent's services code against it):
 
 from __future__ import annotations
 
+import _thread
 import json
-import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.container import hooks as hooks_mod
-from agent.container.forkserver import ForkServerClient, ProcessHandle
 from agent.container.spec import Spec, parse_process, parse_spec
 from agent.container.state import Status, require
 from agent.container.validate import validate_container_id, validate_spec
 from agent.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, ResourceError
 from agent.system.paths import HostPaths
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from agent.container.forkserver import ForkServerClient, ProcessHandle
+
+
+class _Log:
+    """This module's logger, imported when there is something to log: logging (with the threading,
+    traceback and regular-expression modules it loads) is not on the path of a container start."""
+
+    def warning(self, message: str, *args: Any) -> None:
+        import logging
+
+        logging.getLogger(__name__).warning(message, *args)
+
+
+log = _Log()
 
 
 class PipeIO:
@@ -172,7 +184,7 @@ class Container:
         # CPU hotplug widens the cpusets of containers that chose their CPUs (at create or update)
         self.asked_for_cpus = bool((spec.linux.resources.get("cpu") or {}).get("cpus"))
         self._status = Status.CREATING
-        self._lock = threading.RLock()
+        self._lock = _thread.RLock()
 
     # --- status
     @property
@@ -400,12 +412,16 @@ class Engine:
     ) -> None:
         """``no_pivot`` None: detect (pivot_root cannot leave an initramfs root, so use MS_MOVE there)."""
         self.paths = paths
-        self.forkserver = forkserver or ForkServerClient()
+        if forkserver is None:
+            from agent.container.forkserver import ForkServerClient
+
+            forkserver = ForkServerClient()
+        self.forkserver = forkserver
         self._cgroups = cgroups  # None: the host's cgroups (manager_for, the layout read once)
         self._cgroup_layout: Any = None
         self.no_pivot = no_pivot
         self._containers: dict[str, Container] = {}
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def create(
         self,

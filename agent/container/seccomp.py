@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import logging
 import os
 import struct
 from typing import Any
 
 from agent.errors import InvalidArgument, Unsupported
 from agent.system import libc
-
-log = logging.getLogger(__name__)
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -177,7 +174,9 @@ def compile_profile(profile: dict[str, Any]) -> bytes:
         for name in rule.get("names") or []:
             number = SYSCALLS_X86_64.get(name)
             if number is None:
-                log.debug("seccomp: syscall %s (rule %d) is unknown here; skipped", name, i)
+                import logging  # not at the top: logging is not on the path of a container start
+
+                logging.getLogger(__name__).debug("seccomp: syscall %s (rule %d) is unknown here; skipped", name, i)
                 continue
             program += _rule_block(number, action, list(rule.get("args") or []))
     program.append((BPF_RET_K, 0, 0, default))

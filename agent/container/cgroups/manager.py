@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -27,8 +26,6 @@ from .plan import Write
 
 if TYPE_CHECKING:
     from .stats import CgroupStats
-
-log = logging.getLogger(__name__)
 
 # v2 controllers enabled for containers when the parent offers them.
 V2_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "pids", "hugetlb")
@@ -60,7 +57,9 @@ def execute(writes: Iterable[Write], directory_of: Mapping[str, Path]) -> None:
         target = directory / write.file
         if not target.exists():
             if write.optional:
-                log.debug("skipping %s: the kernel has no %s", write, target)
+                import logging  # not at the top: logging is not on the path of a container start
+
+                logging.getLogger(__name__).debug("skipping %s: the kernel has no %s", write, target)
                 continue
             raise Unsupported(
                 f"cgroup controller {write.controller} has no file {write.file} in {directory} "
