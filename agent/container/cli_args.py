@@ -4,7 +4,7 @@ runc (urfave/cli) parses them, and the errors a user reads."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 PROGRAM = "pykata-runc"
 DEFAULT_ROOT = "/run/pykata-runc"
@@ -23,23 +23,39 @@ class UsageError(CliError):
 # its first argument so ``exec ID ls -l`` passes ``-l`` to ls, as runc does.
 
 
-# NamedTuples and plain classes rather than dataclasses: building a dataclass costs about a
-# millisecond at import, and this module's import is on the path of every short command.
-class Flag(NamedTuple):
-    names: tuple[str, ...]
-    dest: str
-    takes_value: bool = True
-    repeated: bool = False
-    help: str = ""
+# Plain classes rather than NamedTuples or dataclasses: building either costs a millisecond or two
+# at import (they generate code), and this module's import is on the path of every short command.
+class Flag:
+    __slots__ = ("dest", "help", "names", "repeated", "takes_value")
+
+    def __init__(
+        self, names: tuple[str, ...], dest: str, takes_value: bool = True, repeated: bool = False, help: str = ""
+    ) -> None:
+        self.names = names
+        self.dest = dest
+        self.takes_value = takes_value
+        self.repeated = repeated
+        self.help = help
 
 
-class Command(NamedTuple):
-    name: str
-    usage: str
-    flags: tuple[Flag, ...] = ()
-    min_args: int = 1
-    max_args: int | None = 1
-    flags_end_at_first_arg: bool = False
+class Command:
+    __slots__ = ("flags", "flags_end_at_first_arg", "max_args", "min_args", "name", "usage")
+
+    def __init__(
+        self,
+        name: str,
+        usage: str,
+        flags: tuple[Flag, ...] = (),
+        min_args: int = 1,
+        max_args: int | None = 1,
+        flags_end_at_first_arg: bool = False,
+    ) -> None:
+        self.name = name
+        self.usage = usage
+        self.flags = flags
+        self.min_args = min_args
+        self.max_args = max_args
+        self.flags_end_at_first_arg = flags_end_at_first_arg
 
 
 def _bool(names: str, dest: str, help: str = "") -> Flag:

@@ -3,8 +3,9 @@
 The engine (agent.container.engine) does the container work. Two things here fit it to a CLI:
 
 - ``LocalForkServer``: the CLI runs one thread, so it may fork the engine's shim itself instead of
-  starting a fork server process (a Python start-up saved on every ``create`` and ``exec``). When a
-  thread runs already, it falls back to the engine's fork server.
+  starting a fork server process (a Python start-up saved on every ``create`` and ``exec``), and
+  ``LocalProcessHandle`` reads the process's events from its status pipe when the engine asks for
+  them, with no reader thread. When a thread runs already, it falls back to the engine's fork server.
 - ``FoundProcess`` and ``Backend.open``: a later call finds the container again from what ``create``
   saved in ``<root>/<id>/state.json`` (the spec, the init's pid and start time, the shim's pid) and
   hands the engine a container it can start, signal, exec into, pause, update and destroy.
@@ -12,6 +13,10 @@ The engine (agent.container.engine) does the container work. Two things here fit
 ``create`` asks the engine for a start FIFO (``<root>/<id>/exec.fifo``): the init waits on it after
 setup, and ``start`` (another call) writes it, as runc's exec fifo works. startContainer hooks run
 in the container (runtime-spec), as processes exec'd into it just before the start.
+
+A short command's cost is mostly Python's start-up and imports, so this module and what it imports
+on the way to a ``run`` leave out the agent's machinery: no fork server module (socket, subprocess,
+logging, threading), no reader threads.
 """
 
 from __future__ import annotations
@@ -21,13 +26,13 @@ import os
 import select
 import signal
 import struct
-import threading
+import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agent.container.cli_state import process_start_time
 from agent.container.engine import Container, Engine, FdIO
-from agent.container.forkserver import ForkServerClient, ProcessHandle
 from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
 from agent.container.state import Status
 from agent.errors import ResourceError
@@ -35,23 +40,164 @@ from agent.system.paths import HostPaths
 
 if TYPE_CHECKING:
     from agent.container.cli_state import Record
+    from agent.container.forkserver import ForkServerClient, ProcessHandle
 
 EXEC_FIFO = "exec.fifo"
 TIOCSPTLCK = 0x40045431  # linux/tty ioctls Python's termios lacks
 TIOCGPTPEER = 0x5441
 
 
-class LocalForkServer(ForkServerClient):
-    """Forks the engine's shim from this (single-threaded) process; see the module docstring."""
+def _threads_run() -> bool:
+    if "threading" not in sys.modules:
+        return False  # no Python thread was ever started
+    import threading
+
+    return threading.active_count() > 1
+
+
+class LocalProcessHandle:
+    """The fork server's ProcessHandle without its reader thread, for a single-threaded caller: the
+    events on the status pipe are read when the engine waits for one or looks at the exit code."""
+
+    def __init__(self, status_fd: int, control_fd: int | None, description: str) -> None:
+        self.description = description
+        self.pid = 0
+        self.shim_pid = 0
+        self.created = False
+        self.mounted = False
+        self.started = False
+        self.error: str | None = None
+        self._exit_code: int | None = None
+        self._status_fd = status_fd
+        self._control_fd = control_fd
+        self._pending = b""
+        self._eof = False
+        self.timeline: dict[str, float] = {"spawn": time.monotonic()}
+
+    @property
+    def exit_code(self) -> int | None:
+        if self._exit_code is None:
+            self._read(0)
+        return self._exit_code
+
+    @exit_code.setter
+    def exit_code(self, value: int | None) -> None:
+        self._exit_code = value
+
+    def _read(self, timeout: float | None) -> None:
+        """Take what the status pipe has, waiting up to ``timeout`` seconds (None: forever) for it."""
+        if self._eof:
+            return
+        poller = select.poll()
+        poller.register(self._status_fd, select.POLLIN)
+        while True:
+            try:
+                if not poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999))):
+                    return
+                chunk = os.read(self._status_fd, 4096)
+            except InterruptedError:
+                continue
+            break
+        if not chunk:
+            self._closed()
+            return
+        self._pending += chunk
+        while b"\n" in self._pending:
+            line, self._pending = self._pending.split(b"\n", 1)
+            self._event(line)
+
+    def _event(self, line: bytes) -> None:
+        import json
+
+        event: dict[str, Any] = json.loads(line)
+        now = time.monotonic()
+        for key in event:
+            self.timeline.setdefault(key, now)
+        if "pid" in event:
+            self.pid = int(event["pid"])
+        if "shim" in event:
+            self.shim_pid = int(event["shim"])
+        if event.get("created"):
+            self.created = True
+        if event.get("mounted"):
+            self.mounted = True
+        if event.get("started"):
+            self.started = True
+        if "error" in event:
+            self.error = str(event["error"])
+        if "exit" in event:
+            self._exit_code = int(event["exit"])
+
+    def _closed(self) -> None:
+        self._eof = True
+        os.close(self._status_fd)
+        if self._exit_code is None:
+            self._exit_code = 255  # the shim died without reporting (killed): nothing more will come
+            if self.error is None and not self.created:
+                self.error = "the container's setup process ended before it reported"
+
+    def _ready(self, what: str) -> bool:
+        ended = self._exit_code is not None or self.error is not None
+        if what == "pid":
+            return self.pid > 0 or ended
+        if what in ("mounted", "started"):
+            return bool(getattr(self, what)) or ended
+        if what == "created":  # the shim's pid and the process's report, in either order
+            return (self.created and self.pid > 0) or ended
+        if what == "closed":
+            return self._eof
+        return self._exit_code is not None
+
+    def wait_for(self, what: str, timeout: float | None = None) -> bool:
+        """As ProcessHandle.wait_for: ``pid``, ``mounted``, ``created``, ``started`` or ``exit``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ready(what):
+            if self._eof:
+                return False
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._read(left)
+        return True
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self.wait_for("exit", timeout)
+        return self._exit_code
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until the shim and the process are gone (the status pipe's EOF)."""
+        return self.wait_for("closed", timeout)
+
+    def control(self, message: bytes) -> None:
+        if self._control_fd is None:
+            return
+        try:
+            os.write(self._control_fd, message)
+        except BrokenPipeError:
+            pass  # the process is gone; its exit event tells the rest
+
+    def close_control(self) -> None:
+        if self._control_fd is not None:
+            os.close(self._control_fd)
+            self._control_fd = None
+
+
+class LocalForkServer:
+    """Forks the engine's shim from this (single-threaded) process; see the module docstring. The
+    engine's fork server (a process of its own) does it when a thread runs here."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.shims: list[int] = []
+        self._server: ForkServerClient | None = None
 
     def spawn(self, payload: dict[str, Any], fds: list[int], description: str, control_fd: int | None,
-              status_fd: int) -> ProcessHandle:  # fmt: skip
-        if threading.active_count() > 1:
-            return super().spawn(payload, fds, description, control_fd, status_fd)
+              status_fd: int) -> Any:  # fmt: skip
+        if _threads_run():
+            if self._server is None:
+                from agent.container.forkserver import ForkServerClient
+
+                self._server = ForkServerClient()
+            return self._server.spawn(payload, fds, description, control_fd, status_fd)
         from agent.container import init  # the shim's code, loaded before the fork (the child changes root)
 
         shim = os.fork()
@@ -63,9 +209,18 @@ class LocalForkServer(ForkServerClient):
             finally:
                 os._exit(code)
         self.shims.append(shim)
-        handle = ProcessHandle(status_fd, control_fd, description)  # its reader thread starts after the fork
+        handle = LocalProcessHandle(status_fd, control_fd, description)
         handle.shim_pid = shim
         return handle
+
+    def release(self, handle: Any) -> None:
+        """Let a created container run its program."""
+        handle.control(b"s")
+        handle.close_control()
+
+    def forget_all(self, handles: Any) -> None:
+        for handle in handles:
+            handle.close_control()
 
     def close(self) -> None:
         """Reap the shims that ended; the others (detached containers) outlive this process."""
@@ -74,7 +229,9 @@ class LocalForkServer(ForkServerClient):
                 os.waitpid(shim, os.WNOHANG)
             except ChildProcessError:
                 pass
-        super().close()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
 
 def _close_all_but(keep: list[int]) -> None:
@@ -86,13 +243,14 @@ def _close_all_but(keep: list[int]) -> None:
     os.closerange(low, 1 << 20)
 
 
-class FoundProcess(ProcessHandle):
-    """A container process another call started, known by pid and start time (against pid reuse).
+class FoundProcess:
+    """A container process another call started, known by pid and start time (against pid reuse);
+    the engine uses it as it uses a ProcessHandle.
 
     Its exit code is not ours to collect: once it is gone it reads 255 ("ended, status unknown")."""
 
     def __init__(self, paths: HostPaths, pid: int, pid_start: int, shim_pid: int = 0, shim_start: int = 0) -> None:
-        # no reader thread: the status pipe belonged to the call that made the process
+        # no status pipe: it belonged to the call that made the process
         self.description = f"process {pid}"
         self.paths = paths
         self.pid = pid
@@ -100,10 +258,11 @@ class FoundProcess(ProcessHandle):
         self.shim_pid = shim_pid
         self.shim_start = shim_start
         self.created = True
-        self.error = None
+        self.mounted = True
+        self.started = False
+        self.error: str | None = None
         self._exit_code: int | None = None
-        self._control_fd = None
-        self.timeline = {}
+        self.timeline: dict[str, float] = {}
 
     def _alive(self, pid: int, start: int) -> bool:
         return pid > 0 and process_start_time(self.paths.proc_pid(pid)) == start
@@ -159,33 +318,8 @@ def _status_of(record: Record) -> Status:
     return Status.PAUSED if record.paused else Status.RUNNING
 
 
-class SharedForkServer(ForkServerClient):
-    """``pykata-runc serve``'s fork server, started once by the server and used by the workers it
-    forks: they share its socket (requests get no answer, so several writers are fine), and the
-    server's warm shim and container process spare each ``create`` its forks. Only the process that
-    started it stops it; in a worker ``close`` just lets go of the socket."""
-
-    def __init__(self) -> None:
-        # several workers share the socket: a pair offered to one that then ends would be lost
-        super().__init__(direct=False)
-        self._owner = os.getpid()
-
-    def _ensure(self) -> Any:
-        # a worker cannot wait for the server's child (Popen.poll would call it gone): use the socket
-        if os.getpid() != self._owner and self._sock is not None:
-            return self._sock
-        return super()._ensure()
-
-    def close(self) -> None:
-        if os.getpid() == self._owner:
-            super().close()
-        elif self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-
-# Set by ``pykata-runc serve`` for its workers (see SharedForkServer).
-SHARED_FORK_SERVER: SharedForkServer | None = None
+# Set by ``pykata-runc serve`` for its workers (cli_serve.SharedForkServer).
+SHARED_FORK_SERVER: Any = None
 
 
 class Backend:
@@ -193,7 +327,8 @@ class Backend:
 
     def __init__(self, paths: HostPaths, *, no_pivot: bool = False) -> None:
         self.paths = paths
-        self.forker: ForkServerClient = SHARED_FORK_SERVER if SHARED_FORK_SERVER is not None else LocalForkServer()
+        # LocalForkServer and its handles are duck-typed stand-ins for the fork server's classes
+        self.forker = cast("ForkServerClient", SHARED_FORK_SERVER or LocalForkServer())
         self.engine = Engine(paths, forkserver=self.forker, no_pivot=True if no_pivot else None)
 
     def create(self, record: Record, spec: dict[str, Any], state_dir: Path, io: FdIO) -> Container:
@@ -221,7 +356,7 @@ class Backend:
 
             record.engine["spec"] = json.loads((Path(record.bundle) / "config.json").read_text())
         return self.engine.restore(record.id, _engine_spec(record.engine["spec"]), bundle=Path(record.bundle),
-                                   init=init, status=_status_of(record),
+                                   init=cast("ProcessHandle", init), status=_status_of(record),
                                    start_fifo=fifo if not record.started else None)  # fmt: skip
 
     def start(self, container: Container, spec: dict[str, Any], state_dir: Path) -> None:

@@ -12,8 +12,35 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from agent.container.forkserver import ForkServerClient
+
 if TYPE_CHECKING:
     from agent.container.cli import Log
+
+
+class SharedForkServer(ForkServerClient):
+    """``pykata-runc serve``'s fork server, started once by the server and used by the workers it
+    forks: they share its socket (requests get no answer, so several writers are fine), and the
+    server's warm shim and container process spare each ``create`` its forks. Only the process that
+    started it stops it; in a worker ``close`` just lets go of the socket."""
+
+    def __init__(self) -> None:
+        # several workers share the socket: a pair offered to one that then ends would be lost
+        super().__init__(direct=False)
+        self._owner = os.getpid()
+
+    def _ensure(self) -> Any:
+        # a worker cannot wait for the server's child (Popen.poll would call it gone): use the socket
+        if os.getpid() != self._owner and self._sock is not None:
+            return self._sock
+        return super()._ensure()
+
+    def close(self) -> None:
+        if os.getpid() == self._owner:
+            super().close()
+        elif self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def serve(path: str, log: Log) -> None:
@@ -68,7 +95,7 @@ def serve(path: str, log: Log) -> None:
     # One fork server for every worker: its warm shim and container process take each create.
     from agent.container import cli_backend
 
-    cli_backend.SHARED_FORK_SERVER = cli_backend.SharedForkServer()
+    cli_backend.SHARED_FORK_SERVER = SharedForkServer()
     cli_backend.SHARED_FORK_SERVER.start()
     # Workers are short-lived: keep the collector away from the objects they share with us (each
     # one it touched would be copied), and off in the workers.
