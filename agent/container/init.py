@@ -3,15 +3,18 @@
 Both run in a process forked from the single-threaded fork server, so fork() is safe here, and
 every module they need is imported before the root changes (after pivot_root the host's Python
 tree is out of reach). Messages to the engine are JSON lines on the status pipe (fds[0]); the
-engine's orders arrive on the control pipe (fds[1]): ``g`` (its cgroup is ready: join it, when the
-request lists the files to join it by, and go on with setup) and, for a container's init, ``s``
-(start the user's program). EOF on the control pipe before ``s`` means the container was destroyed
-before it started: the process exits.
+engine's orders arrive on the control pipe (fds[1]): ``g`` (the engine has moved the process into
+its cgroup by pid: go on with setup), ``h`` (the runtime's hooks ran) and, for a container's init,
+``s`` (start the user's program). EOF on the control pipe before ``s`` means the container was
+destroyed before it started: the process exits.
 
-Joining the cgroup from inside (writing "0") rather than being moved by pid saves a round trip of
-the pid and, on cgroup v1, the kernel's global cgroup_threadgroup_rwsem: a single thread moving
-itself through ``tasks`` does not take it, and taking it cold waits for an RCU grace period
-(6-18 ms measured on a 2-core host, most of a container's start).
+When the request lists the files to join its cgroup by (``attach``), the cgroup exists already and
+the process joins it itself, first thing, without waiting for ``g``. Joining from inside (writing
+"0") rather than being moved by pid saves two process wake-ups (the pid's report and ``g``) and, on
+cgroup v1, the kernel's global cgroup_threadgroup_rwsem: a single thread moving itself through
+``tasks`` does not take it, and taking it cold waits for an RCU grace period (6-18 ms measured on a
+2-core host, most of a container's start). Only a process in a user namespace (which may not write
+the host's cgroup files) is moved by pid.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 from agent.container import capabilities, rootfs, seccomp, stdio
 from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
 from agent.container.namespaces import CLONE_FLAGS, JOIN_ORDER, PROC_NAMES
-from agent.system import libc
+from agent.system import libc, prefault
 
+PAGE_RUNS_PER_EVENT = 100  # [address, length] pairs: at most ~3.5 KB of JSON, below PIPE_BUF (4096)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
 
@@ -203,10 +208,12 @@ def warm_shim_prepare() -> None:
     libc.unshare(libc.CLONE_NEWPID)
 
 
-def prepare_warm_child() -> None:
+def prepare_warm_child(prefault_runs: Sequence[tuple[int, int]] = ()) -> None:
     """What a warm container process does while it waits for a request: every signal back to its
-    default (see container_main)."""
+    default (see container_main), and the pages a container's setup wrote last time faulted in."""
     libc.reset_all_signals()
+    if prefault_runs:
+        prefault.populate(prefault_runs)
 
 
 def warm_child_main(request: dict[str, Any], fds: list[int]) -> int:
@@ -241,10 +248,7 @@ def _plan_from(data: dict[str, Any]) -> rootfs.RootfsPlan:
     classes = (rootfs.Mkdir, rootfs.Mount, rootfs.Remount, rootfs.Propagate, rootfs.Mknod, rootfs.Symlink,
                rootfs.BindDevice)  # fmt: skip
     kinds = {cls.__name__: cls for cls in classes}
-    operations: list[rootfs.Operation] = []
-    for item in data["operations"]:
-        fields = dict(item)
-        operations.append(kinds[fields.pop("op")](**fields))
+    operations: list[rootfs.Operation] = [kinds[item[0]](*item[1:]) for item in data["operations"]]
     return rootfs.RootfsPlan(
         rootfs=data["rootfs"],
         operations=operations,
@@ -274,15 +278,18 @@ def container_main(
         libc.reset_all_signals()
     if request["op"] == "pause":
         return pause_main(status_fd, control_fd, io_fds)
-    if _read_order(control_fd) != b"g":
-        return 0
-    _attach_self(attach_fds, request.get("attach") or [])
+    if request.get("attach"):
+        _attach_self(attach_fds, request["attach"])  # first thing: the cgroup exists already
+    elif _read_order(control_fd) != b"g":
+        return 0  # the engine moves this process by pid, then says ``g``; EOF: the create was undone
     process = request["process"]
     if request["op"] == "exec":
         os.close(control_fd)
         _report(status_fd, {"created": True})  # in its cgroup and namespaces; execve is next
         _exec_process(request, process, io_fds, status_fd)
         return 127
+    plan = _plan_from(request["plan"])
+    learning = _open_page_maps(request["proc"]) if request.get("learn_pages") else None
     joins: dict[str, str] = request.get("join") or {}
     for kind in JOIN_ORDER:
         if kind in joins and kind not in ("user", "pid"):
@@ -301,7 +308,6 @@ def container_main(
     if process.get("oomScoreAdj") is not None:
         with open(f"{request['proc']}/self/oom_score_adj", "w") as f:
             f.write(str(process["oomScoreAdj"]))
-    plan = _plan_from(request["plan"])
     start_fd = None
     if request.get("start_fifo"):
         # opened read-write before the root changes: it never blocks, and while we hold a writer
@@ -333,6 +339,8 @@ def container_main(
             ready = _prepare(request, process, io_fds)
         except BaseException as exc:
             _fail(status_fd, exc)
+    if learning is not None:
+        _report_written_pages(status_fd, learning)
     _report(status_fd, {"created": True})
     if start_fd is not None:
         os.close(control_fd)  # our starter is another process; the engine that made us may be gone
@@ -360,6 +368,35 @@ def container_main(
         except BaseException as exc:
             _fail(status_fd, exc)
     return 127
+
+
+def _open_page_maps(proc: str) -> tuple[int, int] | None:
+    """/proc/self/maps and /proc/self/pagemap, opened while the runtime's /proc is in reach, for
+    _report_written_pages; None when they cannot be opened (the process then reports nothing)."""
+    try:
+        maps = os.open(f"{proc}/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return maps, os.open(f"{proc}/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(maps)
+        return None
+
+
+def _report_written_pages(status_fd: int, fds: tuple[int, int]) -> None:
+    """Tell the engine which pages this setup made its own (agent.system.prefault), so the warm
+    processes forked next fault them in while they wait. In events of under PIPE_BUF bytes: the
+    shim writes to the same pipe, and only such writes are atomic."""
+    try:
+        runs = prefault.written_pages(*fds)
+    except OSError:
+        return
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for index in range(0, len(runs), PAGE_RUNS_PER_EVENT):
+        _report(status_fd, {"pages": runs[index : index + PAGE_RUNS_PER_EVENT]})
 
 
 def _attach_self(root_fds: list[int], files: list[tuple[str, str]]) -> None:

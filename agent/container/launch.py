@@ -50,8 +50,8 @@ def with_default_devices(resources: dict[str, Any]) -> dict[str, Any]:
 def plan_to_json(plan: RootfsPlan) -> dict[str, Any]:
     return {
         "rootfs": plan.rootfs,
-        # the operations are flat records of str/int/bool fields
-        "operations": [{"op": type(op).__name__, **op.field_values()} for op in plan.operations],
+        # the operations are flat records of str/int/bool fields: [kind, field values in order]
+        "operations": [[type(op).__name__, *(getattr(op, name) for name in op._fields)] for op in plan.operations],
         "masked_paths": list(plan.masked_paths),
         "readonly_paths": list(plan.readonly_paths),
         "readonly_root": plan.readonly_root,
@@ -94,6 +94,17 @@ def make_io(io: PipeIO | FdIO, terminal: bool, console_size: tuple[int, int] | N
     return [stdin_r, stdout_w, stderr_w], ours
 
 
+_initramfs_roots: dict[Any, bool] = {}
+
+
+def _root_is_initramfs(paths: Any) -> bool:
+    """root_is_initramfs, once per host root: what "/" is does not change under a running engine."""
+    known = _initramfs_roots.get(paths)
+    if known is None:
+        known = _initramfs_roots[paths] = root_is_initramfs(paths)
+    return known
+
+
 def _close(fds: list[int]) -> None:
     for fd in fds:
         try:
@@ -116,16 +127,14 @@ def _spawn(engine: Engine, request: dict[str, Any], child_fds: list[int], descri
     return handle
 
 
-def _place_in_cgroup(handle: Any, cgroup: Any, self_attach: Any, description: str) -> None:
-    """Get the new process into its cgroup, then let it go on with its setup (``g``). With
-    ``self_attach`` files it moves itself, first thing after ``g``, without waiting for its pid to
-    come back here. A process in a user namespace cannot write the host's cgroup files: the engine
-    moves it by pid."""
-    if not self_attach:
-        handle.wait_for("pid", SETUP_TIMEOUT)
-        if handle.pid <= 0:
-            raise ResourceError(f"{description}: {handle.error or 'the fork server reported no pid'}")
-        cgroup.add_pid(handle.pid)
+def _move_into_cgroup(handle: Any, cgroup: Any, description: str) -> None:
+    """A process in a user namespace cannot write the host's cgroup files to join its cgroup: move it
+    by pid, then let it go on with its setup (``g``). (Every other process joins it itself, first
+    thing: its request lists the files, and the cgroup exists before the request is sent.)"""
+    handle.wait_for("pid", SETUP_TIMEOUT)
+    if handle.pid <= 0:
+        raise ResourceError(f"{description}: {handle.error or 'the fork server reported no pid'}")
+    cgroup.add_pid(handle.pid)
     handle.control(b"g")
 
 
@@ -172,7 +181,7 @@ def create_container(
     paths = engine.paths
     assert spec.process is not None
     root = resolve_root(spec, bundle)
-    no_pivot = engine.no_pivot if engine.no_pivot is not None else root_is_initramfs(paths)
+    no_pivot = engine.no_pivot if engine.no_pivot is not None else _root_is_initramfs(paths)
     plan = plan_rootfs(paths, spec, root, bundle, no_pivot=no_pivot)
     program = _seccomp_program(spec.linux.seccomp)
     joins = {ns.type: ns.path for ns in spec.linux.namespaces if ns.path}
@@ -213,12 +222,15 @@ def create_container(
     ours = None
     handle = None
     try:
+        if request["attach"]:
+            cgroup.create()  # the process joins it first thing; its limits follow while it sets up
         child_fds, ours = make_io(io, spec.process.terminal, spec.process.console_size)
-        # The fork server forks while we make the cgroup: the process waits for ``g`` before it joins.
         handle = _spawn(engine, request, child_fds, f"container {container_id}")
-        cgroup.create()
+        if not request["attach"]:
+            cgroup.create()  # while the fork server forks; then the process is moved by pid
         cgroup.apply(with_default_devices(spec.linux.resources))
-        _place_in_cgroup(handle, cgroup, request["attach"], f"container {container_id}")
+        if not request["attach"]:
+            _move_into_cgroup(handle, cgroup, f"container {container_id}")
         if request["wait_for_runtime_hooks"]:
             _run_runtime_hooks(handle, spec, state, container_id)
         if not handle.wait_for("created", SETUP_TIMEOUT):
@@ -263,7 +275,8 @@ def spawn_exec(engine: Engine, container: Container, exec_id: str, process: Proc
     handle = None
     try:
         handle = _spawn(engine, request, child_fds, f"exec {exec_id} in {container.id}")
-        _place_in_cgroup(handle, container.cgroup, request["attach"], f"exec {exec_id} in container {container.id}")
+        if not request["attach"]:
+            _move_into_cgroup(handle, container.cgroup, f"exec {exec_id} in container {container.id}")
         handle.close_control()
         # "created": in the container's cgroup and namespaces, about to execve
         handle.wait_for("created", SETUP_TIMEOUT)

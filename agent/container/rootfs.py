@@ -163,22 +163,51 @@ class RootfsPlan:
         return [op.describe() for op in self.operations]
 
 
-def _cgroup_mount_ops(paths: HostPaths, target: str, flags: int) -> list[Operation]:
-    root = paths.cgroup_root
+# The host's cgroup hierarchies as a container mounts them: (kind, name, link target) per entry,
+# kept per cgroup root and refreshed when the root directory changes (an entry added or removed).
+_cgroup_layouts: dict[str, tuple[tuple[int, int], tuple[tuple[str, str, str], ...]]] = {}
+
+
+def _cgroup_layout(root: Path) -> tuple[tuple[str, str, str], ...]:
+    """("v2", "", "") for a cgroup2 root; else ("link", name, target) and ("v1", name, "") entries."""
+    try:
+        st = os.stat(root)
+        key = (st.st_ino, st.st_mtime_ns)
+    except OSError:
+        key = (0, 0)
+    cached = _cgroup_layouts.get(str(root))
+    if cached is not None and cached[0] == key and key != (0, 0):
+        return cached[1]
+    entries: list[tuple[str, str, str]] = []
     if (root / "cgroup.controllers").exists():
+        entries.append(("v2", "", ""))
+    else:
+        try:
+            children = sorted(root.iterdir())
+        except OSError:
+            children = []
+        for entry in children:
+            if entry.is_symlink():
+                entries.append(("link", entry.name, os.readlink(entry)))
+            elif entry.is_dir() and entry.name != "unified" and (entry / "cgroup.procs").exists():
+                entries.append(("v1", entry.name, ""))
+    layout = tuple(entries)
+    _cgroup_layouts[str(root)] = (key, layout)
+    return layout
+
+
+def _cgroup_mount_ops(paths: HostPaths, target: str, flags: int) -> list[Operation]:
+    layout = _cgroup_layout(paths.cgroup_root)
+    if layout == (("v2", "", ""),):
         return [Mkdir(target), Mount("cgroup", target, "cgroup2", flags)]
     hardened = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
     ops: list[Operation] = [Mkdir(target), Mount("tmpfs", target, "tmpfs", hardened, "mode=755")]
-    try:
-        entries = sorted(root.iterdir())
-    except OSError:
-        entries = []
-    for entry in entries:
-        if entry.is_symlink():
-            ops.append(Symlink(f"{target}/{entry.name}", os.readlink(entry)))
-        elif entry.is_dir() and entry.name != "unified" and (entry / "cgroup.procs").exists():
-            sub = f"{target}/{entry.name}"
-            data = entry.name if entry.name != "systemd" else "none,name=systemd"
+    for kind, name, points_to in layout:
+        if kind == "link":
+            ops.append(Symlink(f"{target}/{name}", points_to))
+        else:
+            sub = f"{target}/{name}"
+            data = name if name != "systemd" else "none,name=systemd"
             ops += [Mkdir(sub), Mount("cgroup", sub, "cgroup", flags, data)]
     if flags & libc.MS_RDONLY:
         ops.append(Remount(target, libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC))
@@ -264,14 +293,68 @@ def secure_join(root: str, path: str, *, depth: int = 0) -> str:
     return current
 
 
+def _make_dirs(path: str) -> None:
+    """``mkdir -p``: one mkdir when the parent exists (the common case), makedirs otherwise."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
+
+
 def _make_target(target: str, like: str | None) -> None:
     """Create a mount point: a file when the source is a file, else a directory."""
     if like is not None and not stat.S_ISDIR(os.stat(like).st_mode):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _make_dirs(os.path.dirname(target))
         # an empty file to mount on (an existing one is kept; a symlink there is refused)
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
         return
-    os.makedirs(target, exist_ok=True)
+    _make_dirs(target)
+
+
+class _Resolver:
+    """secure_join for one plan's execution, remembering what it resolved: a path's parent is looked
+    up once for all its children. What a mount or a new link changes is forgotten (``changed``)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._known: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if not parts:
+            return self.root
+        if ".." in parts:
+            return secure_join(self.root, path)
+        key = "/".join(parts)
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        parent = self("/".join(parts[:-1])) if len(parts) > 1 else self.root
+        candidate = f"{parent}/{parts[-1]}"
+        if os.path.islink(candidate):
+            candidate = secure_join(self.root, path)  # the walk from the root follows the link
+        self._known[key] = candidate
+        return candidate
+
+    def changed(self, path: str) -> None:
+        """Something new sits at container path ``path`` (a mount, a link): forget every path that
+        resolved to it or below it, whatever the name it was looked up by."""
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if not parts or ".." in parts:
+            self._known.clear()
+            return
+        key = "/".join(parts)
+        host = self._known.get(key)
+        if host is None:  # where the path led before the change: its parent has not changed
+            host = f"{self('/'.join(parts[:-1])) if len(parts) > 1 else self.root}/{parts[-1]}"
+        key_below, host_below = key + "/", host + "/"
+        stale = [k for k, v in self._known.items()
+                 if k == key or k.startswith(key_below) or v == host or v.startswith(host_below)]  # fmt: skip
+        for known in stale:
+            del self._known[known]
 
 
 def execute(plan: RootfsPlan) -> None:
@@ -279,40 +362,44 @@ def execute(plan: RootfsPlan) -> None:
     rootfs = plan.rootfs
     libc.mount(None, "/", None, plan.propagation)
     libc.mount(rootfs, rootfs, None, libc.MS_BIND | libc.MS_REC)
+    resolve = _Resolver(rootfs)
     for op in plan.operations:
         if isinstance(op, Mkdir):
-            os.makedirs(secure_join(rootfs, op.path), exist_ok=True)
+            _make_dirs(resolve(op.path))
         elif isinstance(op, Mount):
-            target = secure_join(rootfs, op.target)
+            target = resolve(op.target)
             if op.host_source:
                 _make_target(target, op.source)
             elif not os.path.isdir(target):  # the plan's Mkdir made it, unless a mount hid it since
                 os.makedirs(target, exist_ok=True)
             libc.mount(op.source, target, op.fstype or None, op.flags, op.data or None)
+            resolve.changed(op.target)
         elif isinstance(op, Remount):
-            target = secure_join(rootfs, op.target)
-            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | op.flags)
+            libc.mount(None, resolve(op.target), None, libc.MS_BIND | libc.MS_REMOUNT | op.flags)
         elif isinstance(op, Propagate):
-            libc.mount(None, secure_join(rootfs, op.target), None, op.flags)
+            libc.mount(None, resolve(op.target), None, op.flags)
         elif isinstance(op, Symlink):
-            link = secure_join(rootfs, os.path.dirname(op.link)) + "/" + os.path.basename(op.link)
+            link = resolve(os.path.dirname(op.link)) + "/" + os.path.basename(op.link)
             if not os.path.lexists(link):
                 os.symlink(op.points_to, link)
+                resolve.changed(op.link)
         elif isinstance(op, Mknod):
-            target = secure_join(rootfs, op.target)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            target = resolve(op.target)
+            _make_dirs(os.path.dirname(target))
             if os.path.lexists(target):
                 os.unlink(target)
             kind = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[op.kind]
             os.mknod(target, kind | op.mode, os.makedev(op.major, op.minor))
             os.chmod(target, op.mode)  # mknod's mode passes through the umask
             os.chown(target, op.uid, op.gid)
+            resolve.changed(op.target)
         elif isinstance(op, BindDevice):
-            target = secure_join(rootfs, op.target)
+            target = resolve(op.target)
             if os.path.lexists(target) and not os.path.isfile(target):
                 os.unlink(target)
             _make_target(target, op.host_path)
             libc.mount(op.host_path, target, None, libc.MS_BIND)
+            resolve.changed(op.target)
 
 
 def bind_console(plan: RootfsPlan, slave_path: str) -> None:

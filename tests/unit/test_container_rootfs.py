@@ -14,6 +14,7 @@ from agent.container.rootfs import (
     Propagate,
     Remount,
     Symlink,
+    _Resolver,
     parse_options,
     plan_rootfs,
     root_is_initramfs,
@@ -115,6 +116,34 @@ def test_secure_join_keeps_symlinks_inside_the_root(tmp_path: Path) -> None:
     assert secure_join(r, "/escape/x") == f"{r}/outside/x"
     assert secure_join(r, "/rel/x") == f"{r}/etc/x"
     assert secure_join(r, "/../../x") == f"{r}/x"
+
+
+def test_resolver_agrees_with_secure_join_and_forgets_what_changed(tmp_path: Path) -> None:
+    """execute()'s resolver remembers lookups; it must give secure_join's answer for every path, and
+    a new link (or a mount) below a path it resolved before must change its later answers."""
+    root = tmp_path / "root"
+    (root / "etc" / "ssl").mkdir(parents=True)
+    (root / "usr" / "lib").mkdir(parents=True)
+    os.symlink("/etc", root / "abs")
+    os.symlink("../../../../outside", root / "escape")
+    os.symlink("usr/lib", root / "lib")
+    os.symlink("../etc/ssl", root / "usr" / "ssl")
+    r = str(root)
+    resolve = _Resolver(r)
+    paths = ["/abs/passwd", "/escape/x", "/lib/x", "/usr/ssl/certs", "/usr/lib/a/b", "/../../x", "/", "",
+             "/etc/./ssl//certs", "/lib/../etc", "/usr/ssl/../lib", "/missing/a/b"]  # fmt: skip
+    for _ in range(2):  # the second round comes from what the resolver remembered
+        assert [resolve(p) for p in paths] == [secure_join(r, p) for p in paths]
+    assert resolve("/data/x") == f"{r}/data/x"
+    os.symlink("/etc", root / "data")  # what execute() does for a Symlink step, then tells the resolver
+    resolve.changed("/data")
+    assert resolve("/data/x") == secure_join(r, "/data/x") == f"{r}/etc/x"
+    assert resolve("/usr/lib/a/b") == f"{r}/usr/lib/a/b"
+    os.rmdir(root / "usr" / "lib")
+    os.symlink("/etc", root / "usr" / "lib")  # stands in for a mount on /usr/lib hiding what was below
+    resolve.changed("usr/lib/")
+    assert resolve("/usr/lib/a/b") == secure_join(r, "/usr/lib/a/b") == f"{r}/etc/a/b"
+    assert resolve("/lib/x") == f"{r}/etc/x"  # through the link /lib -> usr/lib: forgotten too
 
 
 def test_initramfs_root_is_detected(tmp_path: Path) -> None:
