@@ -48,18 +48,6 @@ def json_name(proto_name: str) -> str:
     return proto_name[:1].lower() + proto_name[1:]
 
 
-def _value(field: Any, value: Any) -> Any:
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return message_to_dict(value)
-    return value
-
-
-def _unset(message_name: str, field_name: str, value: Any, zero_unset: bool) -> bool:
-    if zero_unset and value in (0, ""):
-        return True
-    return message_name == "LinuxDeviceCgroup" and field_name in ("Major", "Minor") and value == -1
-
-
 def _map_value(field: Any) -> Any:
     """The value field of a map field's entry message."""
     return field.message_type.fields_by_name["value"]
@@ -78,27 +66,62 @@ def _is_map(field: Any) -> bool:
     )
 
 
-def message_to_dict(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    descriptor = message.DESCRIPTOR
-    zero_unset = descriptor.name in _ZERO_IS_UNSET
+# What message_to_dict needs of each field, worked out once per message type:
+# (proto name, JSON name, kind, the map value's type is a message); kinds below.
+_SCALAR, _MESSAGE, _REPEATED, _REPEATED_MESSAGE, _MAP, _ONEOF = range(6)
+_layouts: dict[str, tuple[bool, bool, tuple[tuple[str, str, int, bool], ...]]] = {}
+
+
+def _layout(descriptor: Any) -> tuple[bool, bool, tuple[tuple[str, str, int, bool], ...]]:
+    """(zero means unset, is LinuxDeviceCgroup, fields) for a message type."""
+    known = _layouts.get(descriptor.full_name)
+    if known is not None:
+        return known
+    fields = []
     for field in descriptor.fields:
         if field.name in _SKIP:
             continue
-        name = json_name(field.name)
-        value = getattr(message, field.name)
+        is_message = field.type == FieldDescriptor.TYPE_MESSAGE
+        map_of_messages = False
         if _is_map(field):
-            out[name] = {k: _value(_map_value(field), v) for k, v in value.items()}
+            kind = _MAP
+            map_of_messages = _map_value(field).type == FieldDescriptor.TYPE_MESSAGE
         elif field.is_repeated:
-            out[name] = [_value(field, item) for item in value]
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            if message.HasField(field.name):
-                out[name] = message_to_dict(value)
+            kind = _REPEATED_MESSAGE if is_message else _REPEATED
+        elif is_message:
+            kind = _MESSAGE
         elif field.containing_oneof is not None:
-            if message.HasField(field.name):
-                out[name] = value
-        elif not _unset(descriptor.name, field.name, value, zero_unset):
-            out[name] = value
+            kind = _ONEOF
+        else:
+            kind = _SCALAR
+        fields.append((field.name, json_name(field.name), kind, map_of_messages))
+    layout = (descriptor.name in _ZERO_IS_UNSET, descriptor.name == "LinuxDeviceCgroup", tuple(fields))
+    _layouts[descriptor.full_name] = layout
+    return layout
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    zero_unset, device_rule, fields = _layout(message.DESCRIPTOR)
+    for name, key, kind, map_of_messages in fields:
+        value = getattr(message, name)
+        if kind == _SCALAR:
+            if zero_unset and value in (0, ""):
+                continue
+            if device_rule and value == -1 and name in ("Major", "Minor"):
+                continue  # -1: any
+            out[key] = value
+        elif kind == _MESSAGE:
+            if message.HasField(name):
+                out[key] = message_to_dict(value)
+        elif kind == _REPEATED:
+            out[key] = list(value)
+        elif kind == _REPEATED_MESSAGE:
+            out[key] = [message_to_dict(item) for item in value]
+        elif kind == _MAP:
+            out[key] = {k: message_to_dict(v) for k, v in value.items()} if map_of_messages else dict(value)
+        elif message.HasField(name):  # a oneof member
+            out[key] = value
     return out
 
 
