@@ -320,6 +320,9 @@ def _status_of(record: Record) -> Status:
 
 # Set by ``pykata-runc serve`` for its workers (cli_serve.SharedForkServer).
 SHARED_FORK_SERVER: Any = None
+# Set by ``pykata-runc serve``: the host's cgroup mounts, read once for all its workers (a short
+# command reads them once anyway).
+CGROUP_LAYOUT: Any = None
 
 
 class Backend:
@@ -329,7 +332,8 @@ class Backend:
         self.paths = paths
         # LocalForkServer and its handles are duck-typed stand-ins for the fork server's classes
         self.forker = cast("ForkServerClient", SHARED_FORK_SERVER or LocalForkServer())
-        self.engine = Engine(paths, forkserver=self.forker, no_pivot=True if no_pivot else None)
+        cgroups = _cgroups_of(CGROUP_LAYOUT) if CGROUP_LAYOUT is not None else None
+        self.engine = Engine(paths, forkserver=self.forker, cgroups=cgroups, no_pivot=True if no_pivot else None)
 
     def create(self, record: Record, spec: dict[str, Any], state_dir: Path, io: FdIO) -> Container:
         """Make the container (created, waiting on its exec fifo) and note in ``record`` what a later
@@ -368,6 +372,16 @@ class Backend:
 
     def close(self) -> None:
         self.forker.close()
+
+
+def _cgroups_of(layout: Any) -> Any:
+    """The engine's cgroup factory for a layout read before (the engine's own reads it once)."""
+    from agent.container.cgroups import manager_for
+
+    def make(paths: HostPaths, cgroups_path: str, container_id: str) -> Any:
+        return manager_for(paths, cgroups_path, container_id, layout=layout)
+
+    return make
 
 
 def _engine_spec(spec: dict[str, Any]) -> dict[str, Any]:

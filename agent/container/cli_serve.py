@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.container.forkserver import ForkServerClient
@@ -74,6 +75,8 @@ def serve(path: str, log: Log) -> None:
     import agent.container.syscalls_x86_64
     import agent.container.validate
     import agent.system.run
+    from agent.container.cgroups.layout import detect
+    from agent.system.paths import HostPaths
 
     for name in agent.container.cgroups.__all__:  # the package loads its modules on first use
         getattr(agent.container.cgroups, name)
@@ -97,6 +100,7 @@ def serve(path: str, log: Log) -> None:
 
     cli_backend.SHARED_FORK_SERVER = SharedForkServer()
     cli_backend.SHARED_FORK_SERVER.start()
+    cli_backend.CGROUP_LAYOUT = detect(HostPaths(Path("/")))
     # Workers are short-lived: keep the collector away from the objects they share with us (each
     # one it touched would be copied), and off in the workers.
     gc.freeze()
@@ -137,6 +141,7 @@ def serve(path: str, log: Log) -> None:
             os.waitpid(spare, 0)
         cli_backend.SHARED_FORK_SERVER.close()
         cli_backend.SHARED_FORK_SERVER = None
+        cli_backend.CGROUP_LAYOUT = None
         os.close(taken_r)
         os.close(taken_w)
         listener.close()
