@@ -71,7 +71,8 @@ def crun_way(bundle: Path, state: Path) -> Way:
 
 
 def pykata_runc_way(bundle: Path, state: Path, workdir: Path) -> Way:
-    """(b) cold, as a user runs it after scripts/setup.sh: its launcher, written for this checkout."""
+    """(b) cold, as a user runs it after scripts/setup.sh: its launcher, written for this checkout (and
+    used by the served way too)."""
     from agent.container.cli_client import install_launcher
 
     launcher = workdir / "pykata-runc"
@@ -95,8 +96,9 @@ def pykata_runc_site_way(bundle: Path, state: Path) -> Way:
 
 
 def pykata_runc_server_way(bundle: Path, state: Path, workdir: Path) -> Way:
-    """(b) through ``pykata-runc serve``: the client (python -S, a few C modules) hands the command
-    to a warm server that forks a worker for it, so nothing is imported per container."""
+    """(b) through ``pykata-runc serve``: the same launcher, with ``PYKATA_RUNC_SERVER`` set, hands the
+    command (python -S, a few C modules) to a warm server that forks a worker for it, so nothing is
+    imported per container."""
     socket_path = workdir / "pykata-runc.sock"
     env = {**no_site_env(), "PYKATA_RUNC_SERVER": str(socket_path)}
     server = subprocess.Popen(
@@ -108,8 +110,7 @@ def pykata_runc_server_way(bundle: Path, state: Path, workdir: Path) -> Way:
     deadline = time.monotonic() + 30
     while not socket_path.exists() and server.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    client = str(REPO / "agent" / "container" / "cli_client.py")
-    argv = [sys.executable, "-S", client, "--root", str(state / "pykata-server"), "run", "--bundle", str(bundle)]
+    argv = [str(workdir / "pykata-runc"), "--root", str(state / "pykata-server"), "run", "--bundle", str(bundle)]
 
     return Way("pykata-runc served", _timed_command(argv, REPO, env), lambda: _stop(server))
 
