@@ -26,12 +26,16 @@ GUEST_MODULES = (
     "virtiofs",
     "overlay",
 )
-# Loaded by the agent before it serves (modules.load): vsock, and the device drivers, since nothing in
-# the guest could load a driver on demand and Kata's runtime sets up the NIC as soon as the agent
-# answers (together about 90 ms under TCG). The filesystems (9p, virtiofs, overlay: about 400 ms) load
-# in a low-priority process while the agent starts, and a mount that finds its filesystem missing
-# loads it on demand (modules-root.load), so they cost the first Check nothing.
+# Loaded before the agent answers anything but its first Check: vsock, and the device drivers, since
+# nothing in the guest could load a driver on demand and Kata's runtime sets up the NIC as soon as the
+# agent answers. The agent loads SERVE_MODULES (vsock) itself before it serves (modules.load); the
+# drivers (modules-drivers.load, about 100 ms under TCG) are loaded by /init's low-priority child right
+# after it has unpacked the initrd's deferred files and before it says they are there: every other
+# call waits for the RPC handlers, whose imports wait for those files. The filesystems (9p, virtiofs,
+# overlay: about 400 ms) load after that, and a mount that finds its filesystem missing loads it on
+# demand (modules-root.load), so they cost the first Check nothing.
 BOOT_MODULES = ("virtio_pci", "vmw_vsock_virtio_transport", "virtio_net", "virtio_blk", "virtio_console")
+SERVE_MODULES = ("virtio_pci", "vmw_vsock_virtio_transport")
 # Extra modules for the image's "rootfs mode" initrd boot: mount root=/dev/vda1 (ext4) and switch to it.
 ROOT_MODULES = ("virtio_blk", "ext4", "crc32c_generic")
 # Kernel parameters per module, written after the path in modules.load.

@@ -199,17 +199,20 @@ def materialize(tree: GuestTree, staging: Path, kernel: GuestKernel | None, init
 def module_lists(kernel: GuestKernel) -> dict[str, list[str]]:
     """The initrd's kernel module lists (``relpath [params]`` lines, each in load order).
 
-    - modules.load: what the agent loads before it serves (vsock and the device drivers);
-    - modules-background.load: the rest of the guest's modules, which /init loads in a low-priority
-      process while the agent starts;
+    - modules.load: what the agent loads before it serves (vsock);
+    - modules-drivers.load: the device drivers, which /init's low-priority child loads once it has
+      unpacked the deferred files and before it says so (so before any handler runs);
+    - modules-background.load: the rest of the guest's modules, which that child loads after;
     - modules-root.load: every module not in modules.load, which a mount loads on demand when its
       filesystem is missing, and which the disk image boot loads before it switches root.
     """
+    serve = kernel.modules_before_serving()
     boot = set(kernel.boot_modules)
     return {
-        "modules.load": list(kernel.boot_modules),
+        "modules.load": list(serve),
+        "modules-drivers.load": [m for m in kernel.boot_modules if m not in serve],
         "modules-background.load": [m for m in kernel.guest_modules if m not in boot],
-        "modules-root.load": [m for m in kernel.root_modules if m not in boot],
+        "modules-root.load": [m for m in kernel.root_modules if m not in serve],
     }
 
 
@@ -248,7 +251,7 @@ def boot_files(staging: Path, start_modules: set[str], kernel: GuestKernel | Non
         tree.add(listing.relative_to(staging).as_posix())
     if kernel is not None:
         modules_dir = f"{tree.canonical('lib/modules')}/{kernel.release}"
-        for line in kernel.boot_modules:
+        for line in kernel.modules_before_serving():
             tree.add(f"{modules_dir}/{line.split(' ', 1)[0]}")
     tree.add_elf_closure()
     return set(tree.selection.files)

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 AGENT_LIB = "/usr/lib/pykata"
 MODULE_LISTS = ("/etc/pykata/modules.load", "/etc/pykata/modules-root.load")
 # Loaded while the agent starts, by a child at the lowest priority: the agent loads modules.load itself.
-BACKGROUND_MODULE_LISTS = ("/etc/pykata/modules.load", "/etc/pykata/modules-background.load")
+# The drivers come before the child says the deferred files are there, the rest after.
+DRIVER_MODULE_LISTS = ("/etc/pykata/modules.load", "/etc/pykata/modules-drivers.load")
+BACKGROUND_MODULE_LISTS = ("/etc/pykata/modules-background.load",)
 NEW_ROOT = "/sysroot"
 ROOT_WAIT_SECONDS = 30.0
 MS_MOVE = 0x2000
@@ -75,6 +77,11 @@ def _mount_api_filesystems() -> None:
             libc.mount(source, target, fstype, flags, None)
 
 
+def _module_name(relpath: str) -> str:
+    """``kernel/net/vmw_vsock/vsock.ko`` -> ``vsock``, as /sys/module names it."""
+    return relpath.rsplit("/", 1)[-1].split(".", 1)[0].replace("-", "_")
+
+
 def _load_modules(release: str, lists: tuple[str, ...] = MODULE_LISTS, keep_going: bool = False) -> None:
     """Load the listed modules in order; a failure raises, or with ``keep_going`` is printed and skipped."""
     from agent.system import libc
@@ -91,6 +98,8 @@ def _load_modules(release: str, lists: tuple[str, ...] = MODULE_LISTS, keep_goin
             if not rel or rel.startswith("#") or rel in seen:
                 continue
             seen.add(rel)
+            if os.path.isdir("/sys/module/" + _module_name(rel)):
+                continue  # loaded already (by the agent, or built in)
             path = f"/lib/modules/{release}/{rel}"
             try:
                 libc.load_module(path, params)
@@ -224,16 +233,20 @@ class DeferredFiles:
 
 
 def start_background_work(release: str | None, archive: str | None) -> DeferredFiles | None:
-    """Fork a child at nice 19 that unpacks ``archive`` (the deferred files) and then loads the guest's
-    other kernel modules (none without ``release``); returns the finder that waits for the files, which
-    is on ``sys.meta_path`` already (None without an archive).
+    """Fork a child at nice 19 that unpacks ``archive`` (the deferred files), loads the device drivers,
+    says the files are there, and then loads the guest's other kernel modules (no modules without
+    ``release``); returns the finder that waits for the files and drivers, which is on
+    ``sys.meta_path`` already (None without an archive).
 
     On one busy vCPU the child runs when the agent waits, so what the agent does not need to answer
-    its first Check (the deferred files; 9p, virtiofs, overlay) stops delaying it. The modules the
-    agent loads itself come first in the child's lists too: the others depend on them, and a second
-    load of one just waits for the first. Called before any thread exists (the agent reaps the child as
-    an orphan).
+    its first Check (the deferred files, the drivers; 9p, virtiofs, overlay) stops delaying it. Any
+    call but that Check waits for the RPC handlers, whose imports wait for the files, so the drivers
+    are there before a handler runs. The modules the agent loads itself (modules.load) come first in
+    the child's driver lists too: the drivers depend on them, and a second load of one just waits for
+    the first. Called before any thread exists (the agent reaps the child as an orphan).
     """
+    if archive is None and release is not None:  # nothing to announce: the drivers load before the agent
+        _load_modules(release, DRIVER_MODULE_LISTS)
     read_fd, write_fd = os.pipe() if archive else (-1, -1)
     pid = os.fork()
     if pid:
@@ -250,6 +263,8 @@ def start_background_work(release: str | None, archive: str | None) -> DeferredF
             os.close(read_fd)
             try:
                 unpack_deferred(archive)
+                if release is not None:
+                    _load_modules(release, DRIVER_MODULE_LISTS, keep_going=True)
                 os.write(write_fd, b"ok")
             except Exception as exc:
                 os.write(write_fd, f"{type(exc).__name__}: {exc}".encode()[:4000])

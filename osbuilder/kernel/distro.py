@@ -25,7 +25,11 @@ class GuestKernel:
     modules_root: Path  # holds lib/modules/<release>/<relpath>.ko, decompressed
     guest_modules: list[str]  # relpaths in load order
     root_modules: list[str]  # the guest's plus what mounting an ext4 root needs
-    boot_modules: list[str]  # what the agent needs before it serves (config.BOOT_MODULES), in load order
+    boot_modules: list[str]  # what the agent needs before its handlers serve (config.BOOT_MODULES), in load order
+    serve_modules: list[str] | None = None  # of those, what it loads before it serves (config.SERVE_MODULES)
+
+    def modules_before_serving(self) -> list[str]:
+        return self.boot_modules if self.serve_modules is None else self.serve_modules
 
     def modules_load(self, with_root: bool = False) -> str:
         listing = self.root_modules if with_root else self.guest_modules
@@ -106,6 +110,7 @@ def prepare(ctx: BuildContext, package: str | None = None) -> GuestKernel:
         builtin = builtin_modules(modules_dir)
         guest = index.closure(config.GUEST_MODULES, builtin)
         boot = index.closure(config.BOOT_MODULES, builtin)
+        serve = index.closure(config.SERVE_MODULES, builtin)
         rooted = index.closure(config.GUEST_MODULES + config.ROOT_MODULES, builtin)
         staged = tree / "staged/lib/modules" / release
         stage_modules(index, rooted, staged)
@@ -121,4 +126,5 @@ def prepare(ctx: BuildContext, package: str | None = None) -> GuestKernel:
         guest_modules=load_list(guest, config.MODULE_PARAMS).splitlines(),
         root_modules=load_list(rooted, config.MODULE_PARAMS).splitlines(),
         boot_modules=load_list(boot, config.MODULE_PARAMS).splitlines(),
+        serve_modules=load_list(serve, config.MODULE_PARAMS).splitlines(),
     )

@@ -52,3 +52,27 @@ def test_every_module_is_in_a_list_once() -> None:
     lists = module_lists(kernel())
     loaded = lists["modules.load"] + lists["modules-root.load"]
     assert sorted(loaded) == sorted(set(kernel().root_modules))
+
+
+def kernel_with_drivers() -> GuestKernel:
+    """The agent loads vsock before serving; the block driver loads with the deferred files."""
+    guest = VSOCK[:3] + OTHERS[:1] + VSOCK[3:] + OTHERS[1:]
+    return GuestKernel(
+        package="linux-image-test", package_version="1", release="6.1.0-test", vmlinuz=Path("/nonexistent"),
+        modules_root=Path("/nonexistent"), guest_modules=guest, root_modules=guest + ROOT_EXTRA,
+        boot_modules=VSOCK[:3] + OTHERS[:1] + VSOCK[3:], serve_modules=VSOCK,
+    )
+
+
+def test_drivers_load_with_the_deferred_files_not_before_serving() -> None:
+    lists = module_lists(kernel_with_drivers())
+    assert lists["modules.load"] == VSOCK
+    assert lists["modules-drivers.load"] == OTHERS[:1]
+    assert lists["modules-background.load"] == OTHERS[1:]
+    # the disk image boot loads modules.load and modules-root.load: the block driver is in the latter
+    assert lists["modules-root.load"] == OTHERS + ROOT_EXTRA
+
+
+def test_without_a_serve_list_the_drivers_load_before_serving() -> None:
+    lists = module_lists(kernel())
+    assert lists["modules.load"] == VSOCK and lists["modules-drivers.load"] == []

@@ -117,6 +117,12 @@ def test_check_and_guest_details(guest: vm.Guest) -> None:
         assert details.mem_block_size_bytes & (details.mem_block_size_bytes - 1) == 0
         assert details.agent_details.init_daemon is True
         assert "9p" in details.agent_details.storage_handlers
+    # /init unpacked the initrd's deferred files (what the first Check does not need) in the background,
+    # and loaded the device drivers with them (the virtio-net and virtio-blk tests use those)
+    console = guest.console_text()
+    assert "pykata init: deferred files unpacked at uptime=" in console, console[-3000:]
+    modules = guest.run_in_console("cat /proc/modules")
+    assert all(name in modules for name in ("virtio_net", "virtio_blk", "vmw_vsock_virtio_transport")), modules
 
 
 def test_sandbox(guest: vm.Guest) -> None:
