@@ -52,6 +52,7 @@ from typing import Any
 
 from agent.errors import ResourceError
 from agent.system import children, prefault
+from agent.system.reactor import default_reactor
 
 log = logging.getLogger(__name__)
 
@@ -120,44 +121,52 @@ class ProcessHandle:
         # the pages the process's setup wrote (agent.system.prefault), given to on_pages once it is created
         self.on_pages: Callable[[list[tuple[int, int]]], None] | None = None
         self._pages: list[tuple[int, int]] = []
-        self._thread: threading.Thread | None = None
+        self._buffered = b""
+        self._reading = False
+        self._handler = self._readable  # one bound method: the reactor knows its handlers by identity
         if start:
             self.start()
 
     def start(self) -> None:
-        """Start reading the status pipe, once (the first wait does it for a handle made with start=False)."""
+        """Start reading the status pipe (on the agent's reactor thread), once; the first wait does it
+        for a handle made with start=False."""
         with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._read_events, name=f"wait {self.description}", daemon=True)
-                self._thread.start()
+            if self._reading:
+                return
+            self._reading = True
+        os.set_blocking(self._status_fd, False)
+        default_reactor().add(self._status_fd, self._handler)
 
-    def _read_events(self) -> None:
-        buffered = b""
+    def _readable(self) -> bool:
+        """On the reactor's thread: the events the pipe has; at its end, what the end means."""
         try:
-            while True:
-                try:
-                    chunk = os.read(self._status_fd, 4096)
-                except InterruptedError:
-                    continue
-                if not chunk:
-                    break
-                buffered += chunk
-                while b"\n" in buffered:
-                    line, buffered = buffered.split(b"\n", 1)
-                    self._event(json.loads(line))
-        except (OSError, ValueError) as exc:
+            chunk = os.read(self._status_fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as exc:
             log.warning("%s: status pipe: %s", self.description, exc)
-        finally:
-            os.close(self._status_fd)
-            with self._cond:
-                self._eof = True
-                self._closed.set()
-                if self.exit_code is None:
-                    # the shim died without reporting (killed): nothing more will come
-                    self.exit_code = 255
-                    if self.error is None and not self.created:
-                        self.error = "the container's setup process ended before it reported"
-                self._cond.notify_all()
+            chunk = b""
+        if chunk:
+            self._buffered += chunk
+            try:
+                while b"\n" in self._buffered:
+                    line, self._buffered = self._buffered.split(b"\n", 1)
+                    self._event(json.loads(line))
+                return True
+            except ValueError as exc:
+                log.warning("%s: status pipe: %s", self.description, exc)
+        default_reactor().remove(self._status_fd, self._handler)
+        os.close(self._status_fd)
+        with self._cond:
+            self._eof = True
+            self._closed.set()
+            if self.exit_code is None:
+                # the shim died without reporting (killed): nothing more will come
+                self.exit_code = 255
+                if self.error is None and not self.created:
+                    self.error = "the container's setup process ended before it reported"
+            self._cond.notify_all()
+        return False
 
     def _event(self, event: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -321,8 +330,8 @@ class ForkServerClient:
         if payload.get("op") == "create" and not self._pages_known:
             payload = {**payload, "learn_pages": True}
             handle.on_pages = self._learned_pages
-        # The reader thread starts with the first wait for an event: starting a thread costs a
-        # fraction of a millisecond the engine spends better making the cgroup the process waits for.
+        # The status pipe is watched from the first wait for an event on: the engine makes the
+        # cgroup first, the process's setup does not wait for us.
         self.send(payload, fds)  # when it raises, the caller closes our ends (no thread reads them)
         return handle
 

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STREAM_CLOSE_TIMEOUT = 5.0
 MAX_READ = 4 * 1024 * 1024  # one ReadStdout never returns more (the ttrpc frame limit)
 
 
@@ -58,7 +57,7 @@ class ProcessStreams:
                 self.stdin = None
         for buffer in (self.stdout, self.stderr):
             if buffer is not None:
-                buffer.close(STREAM_CLOSE_TIMEOUT)
+                buffer.close()
 
 
 def _streams_for(process: Process, limit: int, name: str) -> ProcessStreams:
