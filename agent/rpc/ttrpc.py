@@ -22,6 +22,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import select
 import socket
 import struct
 import threading
@@ -362,6 +363,7 @@ class TtrpcConnection:
         self._budget = budget or ByteBudget(MESSAGE_LENGTH_MAX * 16)
         self._closed = False
         self._closing = False  # set by a frame after which the connection must end
+        self._reading_ended = threading.Event()
 
     def send_response(self, stream_id: int, code: int, message: str, payload: bytes) -> None:
         if len(payload) > MESSAGE_LENGTH_MAX - 1024:
@@ -392,50 +394,72 @@ class TtrpcConnection:
             pass
 
     def serve(self) -> None:
-        """Read frames until the peer closes or breaks the protocol. Never raises."""
+        """Read frames until the peer closes or breaks the protocol; returns when the reading has
+        ended (the socket is shut down then; calls still running answer into it in vain). Never raises.
+
+        A request runs on the thread that read it, once it has handed the reading on to a pool thread:
+        the call starts at once instead of after a pool thread's wake-up, and the next request is read
+        meanwhile. (While the pool is busy the reading waits for a thread, as a call would.)"""
+        self._read()
+        self._reading_ended.wait()
+
+    def _read(self) -> None:
+        call = None
         try:
-            while True:
+            while call is None:
                 header = self._reader.read_header()
-                if header is None:
-                    return
-                if not self._handle_frame(header):
-                    return
+                if header is None or self._closing:
+                    break
+                call = self._handle_frame(header)
+                if self._closing:
+                    break
+                if call is not None:
+                    try:
+                        self._pool.submit(self._read)
+                    except RuntimeError:  # the pool is shut down: the agent is stopping
+                        call.cancel("the agent is shutting down")
+                        call = None
+                        break
         except ProtocolError as exc:
             log.warning("ttrpc: closing connection: %s", exc)
         except OSError as exc:
             log.debug("ttrpc: connection ended: %s", exc)
         except Exception:
             log.exception("ttrpc: unexpected error; closing connection")
-        finally:
+        if call is None:
             self.close()
+            self._reading_ended.set()
+        else:
+            call.run()
 
-    def _handle_frame(self, header: FrameHeader) -> bool:
-        """Handle one frame; False ends the connection."""
+    def _handle_frame(self, header: FrameHeader) -> _Call | None:
+        """Handle one frame; a request comes back as the call to run."""
         if header.length > MESSAGE_LENGTH_MAX:
             message = f"message length {header.length} exceeds maximum message size of {MESSAGE_LENGTH_MAX}"
             log.warning("ttrpc: stream %d: %s", header.stream_id, message)
             self.send_response(header.stream_id, Code.RESOURCE_EXHAUSTED, message, b"")
             if header.length > DISCARD_LIMIT:
-                return False
+                self._closing = True
+                return None
             self._reader.discard(header.length)
-            return True
+            return None
         self._budget.acquire(header.length)
-        handed_off = False
+        call = None
         try:
-            handed_off = self._handle_payload(header)
+            call = self._handle_payload(header)
         finally:
-            if not handed_off:
+            if call is None:
                 self._budget.release(header.length)
-        return not self._closing
+        return call
 
-    def _handle_payload(self, header: FrameHeader) -> bool:
-        """Read the payload and start the call; True when a call now owns the frame's budget."""
+    def _handle_payload(self, header: FrameHeader) -> _Call | None:
+        """Read the payload; a request becomes a call that owns the frame's budget."""
         payload = self._reader.read_payload(header.length)
         if header.type != TYPE_REQUEST:
             # Data frames belong to streaming calls, which this agent does not serve; ignore them and
             # unknown types, as containerd does for forward compatibility.
             log.debug("ttrpc: ignoring frame of type %d on stream %d", header.type, header.stream_id)
-            return False
+            return None
         if header.stream_id % 2 == 0:
             self.send_response(
                 header.stream_id,
@@ -445,30 +469,23 @@ class TtrpcConnection:
             )
             log.warning("ttrpc: even stream id %d; closing connection", header.stream_id)
             self._closing = True
-            return False
+            return None
         try:
             request = Request.decode(payload)
         except wire.WireError as exc:
             self.send_response(header.stream_id, Code.INVALID_ARGUMENT, f"cannot decode ttrpc Request: {exc}", b"")
-            return False
+            return None
         label = f"{request.service}/{request.method}"
         if header.flags & FLAG_REMOTE_OPEN:
             self.send_response(header.stream_id, Code.UNIMPLEMENTED, f"{label}: streaming calls are not served", b"")
-            return False
+            return None
         deadline = time.monotonic() + request.timeout_nano / 1e9 if request.timeout_nano > 0 else None
         ctx = CallContext("ttrpc", deadline, request.metadata)
         responder = _Responder(self, header.stream_id, label)
         if deadline is not None:
             self._deadlines.add(deadline, responder)
         self._in_flight.acquire()  # backpressure: stop reading while too many calls run
-        try:
-            self._pool.submit(self._run, request, ctx, responder, header.length)
-        except RuntimeError:  # the pool is shut down: the agent is stopping
-            self._in_flight.release()
-            responder.send(Code.UNAVAILABLE, "the agent is shutting down", b"")
-            self._closing = True
-            return False
-        return True
+        return _Call(self, request, ctx, responder, header.length)
 
     def _run(self, request: Request, ctx: CallContext, responder: _Responder, size: int) -> None:
         try:
@@ -480,8 +497,30 @@ class TtrpcConnection:
             log.exception("ttrpc: call failed")
             responder.send(Code.INTERNAL, str(exc), b"")
         finally:
-            self._in_flight.release()
-            self._budget.release(size)
+            self._release(size)
+
+    def _release(self, size: int) -> None:
+        self._in_flight.release()
+        self._budget.release(size)
+
+
+class _Call:
+    """A request read off a connection, to be run (once) or refused."""
+
+    def __init__(self, connection: TtrpcConnection, request: Request, ctx: CallContext, responder: _Responder,
+                 size: int) -> None:  # fmt: skip
+        self._connection = connection
+        self._request = request
+        self._ctx = ctx
+        self._responder = responder
+        self._size = size
+
+    def run(self) -> None:
+        self._connection._run(self._request, self._ctx, self._responder, self._size)
+
+    def cancel(self, message: str) -> None:
+        self._connection._release(self._size)
+        self._responder.send(Code.UNAVAILABLE, message, b"")
 
 
 class TtrpcCallError(Exception):
@@ -493,7 +532,7 @@ class TtrpcCallError(Exception):
 
 class _PendingCall:
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = False  # under the connection's lock
         self.response: bytes | None = None
         self.error: BaseException | None = None
 
@@ -501,21 +540,23 @@ class _PendingCall:
 class TtrpcClientConnection:
     """A client connection; calls from several threads share it, each on its own odd stream id.
 
-    A reader thread (started with the connection) hands each response to the call waiting for its
-    stream id, so a long poll does not hold up other calls on the same connection.
+    There is no reader thread: a waiting call reads the socket for every call, hands each response
+    to the call it answers, and when its own has come lets another waiting call take the reading
+    over. A lone call so reads its own answer, without a thread's wake-up in between, and a long poll
+    does not hold up other calls on the same connection (they read past it).
     """
 
     def __init__(self, sock: socket.socket) -> None:
         sock.settimeout(None)
         self._sock = sock
-        self._reader = FrameReader(sock)
         self._write_lock = threading.Lock()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a response came, or the reader is free
         self._pending: dict[int, _PendingCall] = {}
         self._next_stream = 1
         self._broken: BaseException | None = None
-        self._thread = threading.Thread(target=self._read_responses, name="ttrpc-client", daemon=True)
-        self._thread.start()
+        self._reading = False  # a call reads the socket (the rest wait for _changed)
+        self._received = bytearray()  # bytes read and not yet a whole frame (only the reader touches it)
 
     def call(
         self,
@@ -540,7 +581,8 @@ class TtrpcClientConnection:
             with self._write_lock:
                 self._sock.sendall(frame)
             # The agent answers DEADLINE_EXCEEDED itself at the deadline; wait a little longer for it.
-            if not pending.done.wait(None if timeout is None else timeout + CLIENT_GRACE):
+            deadline = None if timeout is None else time.monotonic() + timeout + CLIENT_GRACE
+            if not self._wait(pending, deadline):
                 raise TimeoutError(f"ttrpc: no answer to {service}/{method} within {timeout} s")
         finally:
             with self._lock:
@@ -556,33 +598,94 @@ class TtrpcClientConnection:
             raise TtrpcCallError(code, message)
         return response_payload
 
-    def _read_responses(self) -> None:
-        error: BaseException
-        try:
-            while True:
-                header = self._reader.read_header()
-                if header is None:
-                    error = ConnectionError("the agent closed the connection")
-                    break
-                if header.length > MESSAGE_LENGTH_MAX:
-                    error = ProtocolError(f"response of {header.length} bytes exceeds the limit")
-                    break
-                body = self._reader.read_payload(header.length)
-                if header.type != TYPE_RESPONSE:
-                    continue
+    def _wait(self, pending: _PendingCall, deadline: float | None) -> bool:
+        """Until ``pending`` is answered (or failed): read when nobody else does. False at the deadline."""
+        while True:
+            with self._lock:
+                while not pending.done and self._reading:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._changed.wait(remaining)
+                if pending.done:
+                    return True
+                self._reading = True
+            try:
+                if not self._read_until(pending, deadline):
+                    return False
+            finally:
                 with self._lock:
-                    pending = self._pending.get(header.stream_id)
-                if pending is not None:  # else: the caller gave up waiting
-                    pending.response = body
-                    pending.done.set()
-        except (OSError, ProtocolError) as exc:
-            error = exc
+                    self._reading = False
+                    self._changed.notify_all()  # another waiting call takes the reading over
+
+    def _read_until(self, pending: _PendingCall, deadline: float | None) -> bool:
+        """As the reader: deliver responses until ``pending``'s has come (True) or the deadline (False).
+        A frame cut by the deadline stays in ``_received`` for the next reader."""
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        while True:
+            with self._lock:
+                if pending.done:
+                    return True
+            frame = self._take_frame()
+            if frame is not None:
+                self._deliver(*frame)
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                ready = poller.poll(None if remaining is None else max(1, int(remaining * 1000)))
+                if not ready:
+                    continue
+                chunk = self._sock.recv(_RECV_CHUNK)
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                self._fail_all(exc)
+                continue
+            if not chunk:
+                if self._received:
+                    self._fail_all(ProtocolError(f"connection closed inside a frame ({len(self._received)} bytes)"))
+                else:
+                    self._fail_all(ConnectionError("the agent closed the connection"))
+                continue
+            self._received += chunk
+
+    def _take_frame(self) -> tuple[FrameHeader, bytes] | None:
+        """A whole frame off ``_received``, or None while it is not all there."""
+        if len(self._received) < HEADER_LENGTH:
+            return None
+        header = FrameHeader(*HEADER.unpack_from(self._received))
+        if header.length > MESSAGE_LENGTH_MAX:
+            self._fail_all(ProtocolError(f"response of {header.length} bytes exceeds the limit"))
+            return None
+        if len(self._received) < HEADER_LENGTH + header.length:
+            return None
+        body = bytes(self._received[HEADER_LENGTH : HEADER_LENGTH + header.length])
+        del self._received[: HEADER_LENGTH + header.length]
+        return header, body
+
+    def _deliver(self, header: FrameHeader, body: bytes) -> None:
+        if header.type != TYPE_RESPONSE:
+            return
         with self._lock:
-            self._broken = error
-            waiting = list(self._pending.values())
-        for pending in waiting:
-            pending.error = error
-            pending.done.set()
+            pending = self._pending.get(header.stream_id)
+            if pending is not None:  # else: its caller gave up waiting
+                pending.response = body
+                pending.done = True
+                self._changed.notify_all()
+
+    def _fail_all(self, error: BaseException) -> None:
+        """The connection is broken: every waiting call (and every later one) fails with ``error``."""
+        with self._lock:
+            if self._broken is None:
+                self._broken = error
+            for pending in self._pending.values():
+                if not pending.done:
+                    pending.error = self._broken
+                    pending.done = True
+            self._changed.notify_all()
 
     def close(self) -> None:
         try:

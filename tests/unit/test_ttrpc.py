@@ -230,6 +230,47 @@ def test_client_connection_runs_calls_from_several_threads_concurrently(peer: Pe
     client.close()
 
 
+def test_when_the_reading_call_is_answered_a_waiting_call_reads_on() -> None:
+    """No reader thread: the first call reads for both; once its own answer is in, the other call
+    must take the reading over to get its own."""
+    ours, theirs = socket.socketpair()
+    client = ttrpc.TtrpcClientConnection(ours)
+    server = ttrpc.FrameReader(theirs)
+    answers: dict[str, bytes] = {}
+
+    def call(name: str) -> None:
+        answers[name] = client.call("test.Service", "Echo", name.encode(), timeout=10)
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    header = server.read_header()
+    assert header is not None and header.stream_id == 1
+    server.read_payload(header.length)
+    second = threading.Thread(target=call, args=("second",))
+    second.start()
+    header = server.read_header()
+    assert header is not None and header.stream_id == 3
+    server.read_payload(header.length)
+    theirs.sendall(ttrpc.encode_response(1, Code.OK, "", b"one"))
+    first.join(10)
+    assert answers == {"first": b"one"} and second.is_alive()
+    theirs.sendall(ttrpc.encode_response(3, Code.OK, "", b"three"))
+    second.join(10)
+    assert answers == {"first": b"one", "second": b"three"}
+    # a response split across two writes, with a call's deadline in between, is read whole later
+    with pytest.raises(TimeoutError):
+        client.call("test.Service", "Echo", b"", timeout=0.05)  # stream 5: answered in part only
+    frame = ttrpc.encode_response(7, Code.OK, "", b"seven")
+    theirs.sendall(frame[:6])
+    waiting = threading.Thread(target=call, args=("third",))
+    waiting.start()
+    theirs.sendall(frame[6:])
+    waiting.join(10)
+    assert answers["third"] == b"seven"
+    client.close()
+    theirs.close()
+
+
 def test_server_side_deadline_reaches_the_client_as_deadline_exceeded(peer: Peer) -> None:
     client = ttrpc.TtrpcClientConnection(peer.sock)
     with pytest.raises(ttrpc.TtrpcCallError) as failure:
