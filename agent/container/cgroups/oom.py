@@ -38,7 +38,6 @@ MAX_PENDING = 1024
 # v1 signals the eventfd when the OOM starts, before the kill is counted: re-read the count this often,
 # for at most this long, then report the OOM anyway (the OOM killer may be disabled for the cgroup).
 RECHECK_INTERVAL = 0.02
-RELEASE_WAIT = 2.0  # seconds remove() waits for the watcher thread to close a watch's descriptors
 RECHECK_FOR = 1.0
 
 
@@ -69,9 +68,6 @@ class OomWatcher:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._rechecks: dict[str, float] = {}  # container id -> deadline (watcher thread only)
-        # removed watches whose fds the thread closes, so it never polls a closed (or reused) fd
-        self._retired: list[_Watch] = []
-        self._released = threading.Condition(self._lock)
 
     # --- public API
 
@@ -91,20 +87,15 @@ class OomWatcher:
         self._wake()
 
     def remove(self, container_id: str) -> None:
-        """Stop watching; when this returns the watch's descriptors are closed (the watcher thread
-        closes them between two polls, so it never polls a closed or reused descriptor)."""
+        """Stop watching; when this returns the watch's descriptors are closed.
+
+        The watcher thread may still be polling them: a poll holds its own reference to each file,
+        and the thread reads a watch's eventfd only under the lock, after checking the watch is still
+        there, so a descriptor number reused meanwhile is never read as this watch's."""
         with self._lock:
             watch = self._watches.pop(container_id, None)
-            if watch is None:
-                return
-            thread = self._thread
-            if thread is not None and thread is not threading.current_thread() and thread.is_alive():
-                self._retired.append(watch)
-                self._wake()
-                if self._released.wait_for(lambda: watch not in self._retired, timeout=RELEASE_WAIT):
-                    return
-                self._retired.remove(watch)  # the thread did not answer: close them here
-        self._release(watch)
+            if watch is not None:
+                self._release(watch)
 
     def next_event(self, timeout: float | None = None) -> str | None:
         """The id of the next container with an OOM kill, or None after ``timeout`` seconds."""
@@ -123,11 +114,9 @@ class OomWatcher:
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
-            watches = [*self._watches.values(), *self._retired]
+            for watch in self._watches.values():
+                self._release(watch)
             self._watches.clear()
-            self._retired.clear()
-        for watch in watches:
-            self._release(watch)
         for fd in (self._inotify, self._wake_read, self._wake_write):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -191,11 +180,6 @@ class OomWatcher:
             poller = select.poll()
             poller.register(self._wake_read, select.POLLIN)
             with self._lock:
-                retired, self._retired = self._retired, []
-                for watch in retired:
-                    self._release(watch)
-                if retired:
-                    self._released.notify_all()
                 if self._inotify >= 0:
                     poller.register(self._inotify, select.POLLIN)
                 by_eventfd = {w.eventfd: w for w in self._watches.values() if w.eventfd >= 0}
@@ -236,13 +220,13 @@ class OomWatcher:
             self._check(watch)
 
     def _on_eventfd(self, watch: _Watch) -> None:
-        with self._lock:
+        with self._lock:  # remove() closes the eventfd under the lock: read it only while it is the watch's
             if self._watches.get(watch.container_id) is not watch:
                 return  # removed meanwhile
-        try:
-            os.eventfd_read(watch.eventfd)
-        except (BlockingIOError, OSError):
-            return
+            try:
+                os.eventfd_read(watch.eventfd)
+            except (BlockingIOError, OSError):
+                return
         if not watch.events_file.parent.is_dir():  # the cgroup was removed
             self.remove(watch.container_id)
             return
