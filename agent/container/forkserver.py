@@ -447,12 +447,15 @@ class _WarmPair:
                 child_ours.close()
                 libc.set_process_name(PARKED_NAME)
                 init.warm_shim_prepare()
+                keeper, keeper_child = init.namespace_keeper()
                 child = os.fork()
                 if child == 0:
-                    code = _warm_child(shim_theirs, child_theirs, prefault_runs)
+                    os.close(keeper)
+                    code = _warm_child(shim_theirs, child_theirs, prefault_runs, keeper_child)
                 else:
                     child_theirs.close()
-                    code = _warm_shim(shim_theirs, child)
+                    os.close(keeper_child)
+                    code = _warm_shim(shim_theirs, child, keeper)
             finally:
                 os._exit(code)
         shim_theirs.close()
@@ -508,20 +511,23 @@ def _parked(sock: socket.socket) -> bool:
     return not poller.poll(0)
 
 
-def _warm_shim(sock: socket.socket, child: int) -> int:
+def _warm_shim(sock: socket.socket, child: int, keeper: int) -> int:
     from agent.container import init
     from agent.system import libc
 
     message, fds = receive_message(sock)
     sock.close()
     if message is None or not fds:
+        os.close(keeper)
         os.waitpid(child, 0)  # unused: the process saw EOF too and ends
         return 0
     libc.set_process_name("pykata-shim")
-    return init.shim_wait(fds[0], child)
+    return init.shim_wait(fds[0], child, keeper)
 
 
-def _warm_child(shim_sock: socket.socket, sock: socket.socket, prefault_runs: list[tuple[int, int]]) -> int:
+def _warm_child(
+    shim_sock: socket.socket, sock: socket.socket, prefault_runs: list[tuple[int, int]], keeper: int
+) -> int:
     from agent.container import init
     from agent.system import libc
 
@@ -533,7 +539,7 @@ def _warm_child(shim_sock: socket.socket, sock: socket.socket, prefault_runs: li
         return 0
     libc.set_process_name("pykata-init")
     try:
-        return init.warm_child_main(request, fds)
+        return init.warm_child_main(request, fds, keeper)
     except BaseException as exc:
         init.report_error(fds[0], exc)
         return 1

@@ -157,7 +157,9 @@ def _run_runtime_hooks(handle: Any, spec: Spec, state: dict[str, Any], container
 
 
 def _abort(handle: Any) -> None:
-    handle.close_control()  # a process still waiting for ``g`` sees EOF and exits
+    """End a process whose setup failed or was abandoned; when this returns, its shim is gone too and
+    our end of its status pipe is closed."""
+    handle.close_control()  # a process waiting for an order sees EOF and exits
     handle.wait_for("pid", 5.0)
     if handle.pid > 0 and handle.exit_code is None:
         try:
@@ -165,6 +167,7 @@ def _abort(handle: Any) -> None:
         except ProcessLookupError:
             pass
     handle.wait(SETUP_TIMEOUT)
+    handle.wait_closed(SETUP_TIMEOUT)
 
 
 def _seccomp_program(spec_seccomp: dict[str, Any] | None) -> str | None:
