@@ -33,7 +33,7 @@ from agent.container import hooks as hooks_mod
 from agent.container.spec import Spec, parse_process, parse_spec
 from agent.container.state import Status, require
 from agent.container.validate import validate_container_id, validate_spec
-from agent.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, ResourceError
+from agent.errors import AgentError, AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, ResourceError
 from agent.system.paths import HostPaths
 
 if TYPE_CHECKING:
@@ -366,13 +366,21 @@ class Container:
             if proc.handle.wait(left) is None:
                 raise DeadlineExceeded(f"container {self.id}: process {proc.pid} did not end within {timeout} s")
         self.engine.forkserver.forget_all(p.handle for p in procs)
+        # The cgroup goes while the shims finish (a shim tears the container's mount namespace down
+        # after it reported the exit); if something still holds the cgroup, once the shims are gone.
+        try:
+            self.cgroup.destroy()
+            removed = True
+        except (OSError, AgentError):
+            removed = False
         for proc in procs:
             # the shim reports the exit, then reaps what is left and ends; its end closes our pipe
             if not proc.handle.wait_closed(SHIM_EXIT_TIMEOUT):
                 log.warning("container %s: the shim of process %d is still running", self.id, proc.pid)
         for proc in procs:
             proc.io.close()
-        self._remove_cgroup()
+        if not removed:
+            self._remove_cgroup()
         with self._lock:
             self._status = Status.STOPPED
         for hook in self.spec.hooks.poststop:

@@ -254,11 +254,13 @@ class Deadlines:
                 self._heap = [entry for entry in self._heap if not entry[2].done]
                 heapq.heapify(self._heap)
                 self._compact_at = max(self._COMPACT_FLOOR, 2 * len(self._heap))
-            heapq.heappush(self._heap, (deadline, next(self._counter), responder))
+            entry = (deadline, next(self._counter), responder)
+            heapq.heappush(self._heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ttrpc-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0] is entry:  # the thread sleeps until an earlier deadline: wake it only for this one
+                self._cond.notify()
 
     def pending(self) -> int:
         with self._cond:
@@ -405,32 +407,35 @@ class TtrpcConnection:
 
     def _read(self) -> None:
         call = None
+        handed_off = False
         try:
-            while call is None:
+            while True:
                 header = self._reader.read_header()
                 if header is None or self._closing:
                     break
                 call = self._handle_frame(header)
+                if call is not None:
+                    self._pool.submit(self._read)  # RuntimeError: the pool is shut down, the agent stops
+                    handed_off = True
+                    break
                 if self._closing:
                     break
-                if call is not None:
-                    try:
-                        self._pool.submit(self._read)
-                    except RuntimeError:  # the pool is shut down: the agent is stopping
-                        call.cancel("the agent is shutting down")
-                        call = None
-                        break
         except ProtocolError as exc:
             log.warning("ttrpc: closing connection: %s", exc)
         except OSError as exc:
             log.debug("ttrpc: connection ended: %s", exc)
+        except RuntimeError:
+            log.debug("ttrpc: the pool is shut down; closing connection")
         except Exception:
             log.exception("ttrpc: unexpected error; closing connection")
-        if call is None:
-            self.close()
-            self._reading_ended.set()
-        else:
+        if handed_off:
+            assert call is not None
             call.run()
+            return
+        if call is not None:
+            call.cancel("the agent is shutting down")
+        self.close()
+        self._reading_ended.set()
 
     def _handle_frame(self, header: FrameHeader) -> _Call | None:
         """Handle one frame; a request comes back as the call to run."""
