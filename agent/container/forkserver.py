@@ -257,6 +257,7 @@ class ForkServerClient:
         # agent.system.prefault): the server's warm processes fault those in while they wait.
         self._pages_known = False
         self.prefault_runs: list[tuple[int, int]] = []  # what the server's warm processes fault in
+        self.preunshare: tuple[str, ...] = ()  # the namespaces they make ahead (init.prepare_warm_child)
 
     def start(self) -> None:
         """Spawn the server now (the agent may do this before it starts serving)."""
@@ -314,6 +315,7 @@ class ForkServerClient:
             sock = self._ensure()
             try:
                 if self._direct and fds and fits_warm_pair(payload):
+                    self._follow_namespaces(sock, payload)
                     warm = self._take_warm(sock)
                     if warm is not None:
                         handed = hand_over(warm[0], warm[1], marshal.dumps(payload), fds)
@@ -324,6 +326,17 @@ class ForkServerClient:
             except OSError as exc:
                 self._drop()
                 raise ResourceError(f"fork server failed: {exc}; it will be restarted on the next request") from exc
+
+    def _follow_namespaces(self, sock: socket.socket, payload: dict[str, Any]) -> None:
+        """The namespaces a create asks to make, of those a warm process can make ahead: when they
+        change, the server's next warm processes make these (the pair at hand serves this one anyway)."""
+        from agent.container.init import PREUNSHARE_KINDS
+
+        joins = payload.get("join") or {}
+        wanted = tuple(k for k in PREUNSHARE_KINDS if k in (payload.get("unshare") or []) and k not in joins)
+        if wanted != self.preunshare:
+            send_message(sock, {"op": "preunshare", "kinds": list(wanted)})
+            self.preunshare = wanted
 
     def spawn(self, payload: dict[str, Any], fds: list[int], description: str, control_fd: int | None,
               status_fd: int) -> ProcessHandle:  # fmt: skip
@@ -359,6 +372,7 @@ class ForkServerClient:
     def _drop(self) -> None:
         self._drop_warm()
         self._pages_known = False  # a new server learns again
+        self.preunshare = ()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -435,7 +449,7 @@ class _WarmPair:
     Both are named ``pykata-parked`` in ps until they have work; when the server closes their sockets
     unused, they exit."""
 
-    def __init__(self, server_sock: socket.socket, prefault_runs: list[tuple[int, int]]) -> None:
+    def __init__(self, server_sock: socket.socket, settings: dict[str, Any]) -> None:
         from agent.container import init
         from agent.system import libc
 
@@ -454,7 +468,7 @@ class _WarmPair:
                 child = os.fork()
                 if child == 0:
                     os.close(keeper)
-                    code = _warm_child(shim_theirs, child_theirs, prefault_runs, keeper_child)
+                    code = _warm_child(shim_theirs, child_theirs, settings, keeper_child)
                 else:
                     child_theirs.close()
                     os.close(keeper_child)
@@ -529,20 +543,20 @@ def _warm_shim(sock: socket.socket, child: int, keeper: int) -> int:
 
 
 def _warm_child(
-    shim_sock: socket.socket, sock: socket.socket, prefault_runs: list[tuple[int, int]], keeper: int
+    shim_sock: socket.socket, sock: socket.socket, settings: dict[str, Any], keeper: int
 ) -> int:
     from agent.container import init
     from agent.system import libc
 
     shim_sock.close()
-    init.prepare_warm_child(prefault_runs)
+    preunshared = init.prepare_warm_child(settings["prefault"], settings["preunshare"])
     request, fds = receive_message(sock)
     sock.close()
     if request is None:
         return 0
     libc.set_process_name("pykata-init")
     try:
-        return init.warm_child_main(request, fds, keeper)
+        return init.warm_child_main(request, fds, keeper, preunshared)
     except BaseException as exc:
         init.report_error(fds[0], exc)
         return 1
@@ -575,13 +589,15 @@ def serve(sock: socket.socket) -> None:
     warm: _WarmPair | None = None
     direct = False  # the client takes warm pairs itself (ForkServerClient(direct=True))
     offered = False  # a pair is with the client and not used yet
-    prefault_runs: list[tuple[int, int]] = []  # pages a container's setup wrote (agent.system.prefault)
+    # what the next warm pairs do ahead: fault in the pages a container's setup wrote
+    # (agent.system.prefault), make the namespaces creates asked for (init.prepare_warm_child)
+    settings: dict[str, Any] = {"prefault": [], "preunshare": []}
     while True:
         # The next warm pair is forked once the server has been idle for a moment, not right after a
         # hand-over: the fork would compete for the CPU with the container being set up.
         if warm is None and not offered and not _readable(sock, WARM_DELAY):
             try:
-                warm = _WarmPair(sock, prefault_runs)
+                warm = _WarmPair(sock, settings)
             except OSError as exc:
                 log.warning("fork server: cannot fork a warm shim: %s", exc)
             if warm is not None and direct:
@@ -615,7 +631,12 @@ def serve(sock: socket.socket) -> None:
             offered = False
             continue
         if request.get("op") == "prefault":
-            prefault_runs = _prefault_runs(request.get("runs"))
+            settings["prefault"] = _prefault_runs(request.get("runs"))
+            continue
+        if request.get("op") == "preunshare":
+            kinds = request.get("kinds")
+            kinds = kinds if isinstance(kinds, list | tuple) else ()
+            settings["preunshare"] = [kind for kind in init.PREUNSHARE_KINDS if kind in kinds]
             continue
         handed = False
         if warm is not None and fds and fits_warm_pair(request):
