@@ -321,6 +321,7 @@ class _Resolver:
     def __init__(self, root: str) -> None:
         self.root = root
         self._known: dict[str, str] = {}
+        self.made: set[str] = set()  # directories made (or found) by this plan's Mkdir steps
 
     def __call__(self, path: str) -> str:
         parts = [p for p in path.split("/") if p not in ("", ".")]
@@ -345,6 +346,7 @@ class _Resolver:
         parts = [p for p in path.split("/") if p not in ("", ".")]
         if not parts or ".." in parts:
             self._known.clear()
+            self.made.clear()
             return
         key = "/".join(parts)
         host = self._known.get(key)
@@ -355,6 +357,7 @@ class _Resolver:
                  if k == key or k.startswith(key_below) or v == host or v.startswith(host_below)]  # fmt: skip
         for known in stale:
             del self._known[known]
+        self.made = {made for made in self.made if made != host and not made.startswith(host_below)}
 
 
 def execute(plan: RootfsPlan) -> None:
@@ -365,12 +368,14 @@ def execute(plan: RootfsPlan) -> None:
     resolve = _Resolver(rootfs)
     for op in plan.operations:
         if isinstance(op, Mkdir):
-            _make_dirs(resolve(op.path))
+            made = resolve(op.path)
+            _make_dirs(made)
+            resolve.made.add(made)
         elif isinstance(op, Mount):
             target = resolve(op.target)
             if op.host_source:
                 _make_target(target, op.source)
-            elif not os.path.isdir(target):  # the plan's Mkdir made it, unless a mount hid it since
+            elif target not in resolve.made and not os.path.isdir(target):  # unless a Mkdir made it
                 os.makedirs(target, exist_ok=True)
             libc.mount(op.source, target, op.fstype or None, op.flags, op.data or None)
             resolve.changed(op.target)
