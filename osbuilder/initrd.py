@@ -124,7 +124,9 @@ def select(tree: GuestTree, kernel: GuestKernel | None, modules: set[str]) -> li
     for name in list(wanted):  # every parent package too
         parts = name.split(".")
         wanted.update(".".join(parts[:i]) for i in range(1, len(parts)))
-    wanted -= set(config.EXCLUDE_MODULES)
+    excluded = set(config.EXCLUDE_MODULES)
+    # an excluded package goes with its submodules (sqlite3's dbapi2 would otherwise stay, orphaned)
+    wanted = {name for name in wanted if not any(name == x or name.startswith(x + ".") for x in excluded)}
     for name in sorted(wanted):
         top = name.split(".")[0]
         if top in config.WHOLE_PACKAGES:

@@ -64,6 +64,11 @@ def test_layout(unpacked: Path) -> None:
     assert names.index("vsock") < names.index("vmw_vsock_virtio_transport_common")
     # optional stdlib imports that would pull libssl and libcrypto are left out
     assert not list(unpacked.rglob("libcrypto.so*"))
+    # an excluded package leaves none of its modules behind, in either archive
+    deferred = gzip.decompress((unpacked / "etc/pykata/deferred.cpio.gz").read_bytes())
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=deferred, capture_output=True, check=True).stdout
+    every = listing.decode().split() + [str(p.relative_to(unpacked)) for p in unpacked.rglob("*")]
+    assert not [name for name in every if "/sqlite3/" in name or "_sqlite3" in name]
     # the agent serves gRPC with its own HTTP/2 code: no grpcio (nor click, for host tools only)
     site = unpacked / "usr/lib/pykata"
     assert not (site / "grpc").exists() and not list(site.glob("grpcio*")) and not (site / "click").exists()
