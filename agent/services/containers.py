@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -275,7 +276,14 @@ class ContainerService:
             written = 0
             view = memoryview(data)
             while written < len(data):
-                written += os.write(streams.stdin, view[written:])
+                try:
+                    written += os.write(streams.stdin, view[written:])
+                except BlockingIOError:
+                    # a pty's master is non-blocking (its reader is the agent's reactor, and stdin
+                    # is a second descriptor of it): wait until the process has read some
+                    poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
+                    poller.register(streams.stdin, select.POLLOUT)
+                    poller.poll()
             return written
 
     def close_stdin(self, container_id: str, exec_id: str) -> None:

@@ -208,6 +208,25 @@ def test_terminal_and_resize(client: AgentClient, busybox_rootfs: Path, cgroup_p
         _remove(client, cid)
 
 
+def test_terminal_stdin_beyond_the_tty_queue(client: AgentClient, busybox_rootfs: Path, cgroup_parent: str) -> None:
+    """WriteStdin of more than the terminal's input queue (4 KiB) to a process that reads it only
+    later waits for it to read, and loses nothing (the pty master is non-blocking for the reader)."""
+    cid = "rpc-tty-stdin"
+    _create_started(client, busybox_rootfs, cgroup_parent, cid, ["/bin/sleep", "300"])
+    try:
+        script = "stty raw -echo; sleep 1; head -c 20000 | wc -c; echo done"
+        process = oci_pb2.Process(Args=["/bin/sh", "-c", script], Cwd="/", Terminal=True)
+        _call(client, "ExecProcess", agent_pb2.ExecProcessRequest(container_id=cid, exec_id="t", process=process))
+        time.sleep(0.3)  # raw mode set: no line discipline limits, just the queue
+        request = agent_pb2.WriteStreamRequest(container_id=cid, exec_id="t", data=b"x" * 20000)
+        assert _call(client, "WriteStdin", request).len == 20000
+        out = read_all(client, cid, "t")
+        assert b"20000" in out and b"done" in out, out
+        assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="t")).status == 0
+    finally:
+        _remove(client, cid)
+
+
 def test_stats_pause_resume_update(client: AgentClient, busybox_rootfs: Path, cgroup_parent: str) -> None:
     cid = "rpc-stats"
     request = kata_create_request(busybox_rootfs, cgroup_parent, cid)
