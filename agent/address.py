@@ -5,20 +5,23 @@ Shared by the agent (listen) and agentctl (dial); pure parsing, no sockets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from agent.errors import InvalidArgument
+from agent.system.records import Record
 
 VMADDR_CID_ANY = 0xFFFFFFFF
 
 
-@dataclass(frozen=True)
-class Address:
+class Address(Record):
+    _fields = ("scheme", "path", "host", "cid", "port")
+    __slots__ = _fields
     scheme: str  # "vsock", "unix", "tcp", "hvsock"
-    path: str = ""  # unix socket path (unix, hvsock)
-    host: str = ""  # tcp host
-    cid: int = 0  # vsock CID
-    port: int = 0  # tcp or vsock port
+    path: str  # unix socket path (unix, hvsock)
+    host: str  # tcp host
+    cid: int  # vsock CID
+    port: int  # tcp or vsock port
+
+    def __init__(self, scheme: str, path: str = "", host: str = "", cid: int = 0, port: int = 0) -> None:
+        self._assign(scheme, path, host, cid, port)
 
     def __str__(self) -> str:
         if self.scheme == "unix":

@@ -10,13 +10,12 @@ the command line's ``agent.*`` options, then the environment (``KATA_AGENT_SERVE
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import InvalidArgument
+from agent.system.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +72,19 @@ def _parse_str(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(Record):
+    _fields = ("name", "parse", "default", "help", "aliases", "flag")
+    __slots__ = _fields
     name: str  # attribute name and the option after "agent."
     parse: Callable[[str], Any]
     default: Any
     help: str
-    aliases: tuple[str, ...] = ()  # other spellings accepted (Kata's TOML keys)
-    flag: bool = False  # a bare "agent.NAME" means true
+    aliases: tuple[str, ...]  # other spellings accepted (Kata's TOML keys)
+    flag: bool  # a bare "agent.NAME" means true
+
+    def __init__(self, name: str, parse: Callable[[str], Any], default: Any, help: str,
+                 aliases: tuple[str, ...] = (), flag: bool = False) -> None:  # fmt: skip
+        self._assign(name, parse, default, help, aliases, flag)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -188,28 +192,63 @@ ENV_OVERRIDES: Mapping[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class AgentConfig:
-    log: str = "info"
-    server_addr: str = DEFAULT_SERVER_ADDR
-    debug_console: bool = False
-    debug_console_vport: int = 0
-    log_vport: int = 0
-    hotplug_timeout: float = 3.0
-    config_file: str = ""
-    devmode: bool = False
-    cpu_online_timeout: float = 60.0
-    cpu_online_retries: int = 0
-    cpu_online_interval_ms: int = 100
-    mem_online_timeout: float = 60.0
-    mem_online_retries: int = 0
-    mem_online_interval_ms: int = 100
-    hotplug_uevents: bool = True
-    unified_cgroup_hierarchy: bool = True
-    container_pipe_size: int = 0
-    output_buffer_limit: int = 8 * 1024 * 1024
-    # Options we did not recognise, kept so they can be logged once the logger is up.
-    ignored: tuple[str, ...] = field(default=(), compare=False)
+# Every field of AgentConfig with its default (the settings' defaults, and ``ignored``).
+_CONFIG_DEFAULTS: dict[str, Any] = {
+    "log": "info",
+    "server_addr": DEFAULT_SERVER_ADDR,
+    "debug_console": False,
+    "debug_console_vport": 0,
+    "log_vport": 0,
+    "hotplug_timeout": 3.0,
+    "config_file": "",
+    "devmode": False,
+    "cpu_online_timeout": 60.0,
+    "cpu_online_retries": 0,
+    "cpu_online_interval_ms": 100,
+    "mem_online_timeout": 60.0,
+    "mem_online_retries": 0,
+    "mem_online_interval_ms": 100,
+    "hotplug_uevents": True,
+    "unified_cgroup_hierarchy": True,
+    "container_pipe_size": 0,
+    "output_buffer_limit": 8 * 1024 * 1024,
+    # Options we did not recognise, kept so they can be logged once the logger is up (not compared).
+    "ignored": (),
+}
+
+
+class AgentConfig(Record):
+    """The agent's settings (immutable; ``replace`` makes a changed copy). A plain record, not a
+    dataclass: importing dataclasses pulls inspect, ast and dis into the agent's start."""
+
+    _fields = tuple(_CONFIG_DEFAULTS)
+    __slots__ = _fields
+    _compared = tuple(name for name in _fields if name != "ignored")
+    log: str
+    server_addr: str
+    debug_console: bool
+    debug_console_vport: int
+    log_vport: int
+    hotplug_timeout: float
+    config_file: str
+    devmode: bool
+    cpu_online_timeout: float
+    cpu_online_retries: int
+    cpu_online_interval_ms: int
+    mem_online_timeout: float
+    mem_online_retries: int
+    mem_online_interval_ms: int
+    hotplug_uevents: bool
+    unified_cgroup_hierarchy: bool
+    container_pipe_size: int
+    output_buffer_limit: int
+    ignored: tuple[str, ...]
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(_CONFIG_DEFAULTS))
+        if unknown:
+            raise TypeError(f"AgentConfig has no setting {unknown[0]!r}")
+        self._assign(*(values.get(name, default) for name, default in _CONFIG_DEFAULTS.items()))
 
     @property
     def console_vport(self) -> int:
@@ -321,7 +360,7 @@ def build_config(
         values.update(from_cmdline)
     values.update(parse_env(env or {}))
     values.update(overrides or {})
-    return dataclasses.replace(AgentConfig(), **values)
+    return AgentConfig(**values)
 
 
 def config_file_from_cmdline(cmdline: str) -> str:

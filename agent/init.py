@@ -17,13 +17,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 from agent.config import AgentConfig
 from agent.system import children, libc, netdev
 from agent.system.paths import HostPaths
+from agent.system.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +38,33 @@ CGROUP2_OPTIONS = "nsdelegate,favordynmods"
 CGROUP2_FALLBACK_OPTIONS = "nsdelegate"
 
 
-@dataclass(frozen=True)
-class MountStep:
+class MountStep(Record):
+    _fields = ("source", "target", "fstype", "flags", "data", "mode", "fallback_data")
+    __slots__ = _fields
     source: str
     target: Path
     fstype: str
-    flags: int = 0
-    data: str = ""
-    mode: int = 0o755
-    fallback_data: str | None = None  # mount with this instead if the kernel refuses ``data`` with EINVAL
+    flags: int
+    data: str
+    mode: int
+    fallback_data: str | None  # mount with this instead if the kernel refuses ``data`` with EINVAL
+
+    def __init__(self, source: str, target: Path, fstype: str, flags: int = 0, data: str = "", mode: int = 0o755,
+                 fallback_data: str | None = None) -> None:  # fmt: skip
+        self._assign(source, target, fstype, flags, data, mode, fallback_data)
 
     def describe(self) -> str:
         return f"mount -t {self.fstype} {self.source} {self.target} flags={self.flags:#x} data={self.data!r}"
 
 
-@dataclass(frozen=True)
-class SymlinkStep:
+class SymlinkStep(Record):
+    _fields = ("target", "link")
+    __slots__ = _fields
     target: str
     link: Path
+
+    def __init__(self, target: str, link: Path) -> None:
+        self._assign(target, link)
 
     def describe(self) -> str:
         return f"ln -s {self.target} {self.link}"

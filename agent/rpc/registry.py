@@ -8,18 +8,25 @@ Request and response types come from the generated descriptors, so a handler onl
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from agent.system.records import Record
 
 if TYPE_CHECKING:
     from agent.services import Services
 
 
-@dataclass(frozen=True)
-class CallContext:
+class CallContext(Record):
+    _fields = ("protocol", "deadline", "metadata")
+    __slots__ = _fields
     protocol: str  # "ttrpc" or "grpc"
-    deadline: float | None = None  # time.monotonic() by which the call must end, if the client set one
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    deadline: float | None  # time.monotonic() by which the call must end, if the client set one
+    metadata: Mapping[str, str]
+
+    def __init__(
+        self, protocol: str, deadline: float | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        self._assign(protocol, deadline, {} if metadata is None else metadata)
 
 
 Handler = Callable[["Services", Any, CallContext], Any]

@@ -29,13 +29,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Protocol
 
 from agent.rpc import wire
 from agent.rpc.registry import CallContext
 from agent.rpc.status import Code
 from agent.system import libc
+from agent.system.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,16 @@ class ProtocolError(Exception):
     """The peer broke the framing; the connection cannot continue."""
 
 
-@dataclass(frozen=True)
-class FrameHeader:
+class FrameHeader(Record):
+    _fields = ("length", "stream_id", "type", "flags")
+    __slots__ = _fields
     length: int
     stream_id: int
     type: int
     flags: int
+
+    def __init__(self, length: int, stream_id: int, type: int, flags: int) -> None:
+        self._assign(length, stream_id, type, flags)
 
 
 def encode_frame(stream_id: int, frame_type: int, payload: bytes, flags: int = 0) -> bytes:

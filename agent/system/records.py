@@ -54,3 +54,8 @@ class Record:
     def field_values(self) -> dict[str, Any]:
         """The fields by name (all of them, in ``__init__``'s order)."""
         return {name: getattr(self, name) for name in self._fields}
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` (dataclasses.replace's counterpart; __init__ must take the fields
+        by name). An unknown field name is a TypeError, as there."""
+        return type(self)(**{**self.field_values(), **changes})

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import REPO, require_root
 
 SCRIPT = """
-import dataclasses, json, logging, sys
+import json, logging, sys
 from pathlib import Path
 from agent.init import boot_mounts, execute
 from agent.system.paths import HostPaths
@@ -27,7 +27,7 @@ root = Path(sys.argv[1]); layout = sys.argv[2]
 paths = HostPaths(root)
 steps = boot_mounts(paths, cgroup_v1=layout == "v1", v1_controllers=("cpuset", "memory", "pids"))
 if layout == "v2-refused":  # an option this kernel refuses (EINVAL) in place of favordynmods
-    steps[-1] = dataclasses.replace(steps[-1], data="nsdelegate,pykata_no_such_option")
+    steps[-1] = steps[-1].replace(data="nsdelegate,pykata_no_such_option")
 execute(steps)
 mounts = {}
 for line in open("/proc/self/mountinfo"):

@@ -125,3 +125,17 @@ def test_defaults_and_help_list_every_setting() -> None:
     for setting in SETTINGS:
         assert f"agent.{setting.name}=" in text
         assert getattr(config, setting.name) == setting.default
+
+
+def test_config_is_an_immutable_record_with_replace() -> None:
+    config = AgentConfig(log="debug", ignored=("agent.nope",))
+    assert config.log == "debug" and config.server_addr == AgentConfig().server_addr
+    changed = config.replace(hotplug_timeout=7.5)
+    assert (changed.hotplug_timeout, changed.log, config.hotplug_timeout) == (7.5, "debug", 3.0)
+    assert config == AgentConfig(log="debug")  # ``ignored`` is not compared
+    with pytest.raises(AttributeError):
+        config.log = "info"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="no setting 'nonsense'"):
+        AgentConfig(nonsense=1)
+    with pytest.raises(TypeError):
+        config.replace(nonsense=1)
