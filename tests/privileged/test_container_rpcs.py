@@ -214,13 +214,16 @@ def test_terminal_stdin_beyond_the_tty_queue(client: AgentClient, busybox_rootfs
     cid = "rpc-tty-stdin"
     _create_started(client, busybox_rootfs, cgroup_parent, cid, ["/bin/sleep", "300"])
     try:
-        script = "stty raw -echo; sleep 1; head -c 20000 | wc -c; echo done"
+        script = "stty raw -echo; echo raw; sleep 1; head -c 20000 | wc -c; echo done"
         process = oci_pb2.Process(Args=["/bin/sh", "-c", script], Cwd="/", Terminal=True)
         _call(client, "ExecProcess", agent_pb2.ExecProcessRequest(container_id=cid, exec_id="t", process=process))
-        time.sleep(0.3)  # raw mode set: no line discipline limits, just the queue
+        out = b""
+        while b"raw" not in out:  # raw mode is set: no line discipline limits, just the queue
+            reply = _call(client, "ReadStdout", agent_pb2.ReadStreamRequest(container_id=cid, exec_id="t", len=4096))
+            out += reply.data
         request = agent_pb2.WriteStreamRequest(container_id=cid, exec_id="t", data=b"x" * 20000)
         assert _call(client, "WriteStdin", request).len == 20000
-        out = read_all(client, cid, "t")
+        out += read_all(client, cid, "t")
         assert b"20000" in out and b"done" in out, out
         assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="t")).status == 0
     finally:
