@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from agent.container.cli_state import process_start_time
 from agent.container.engine import Container, Engine, FdIO
+from agent.container.events import ProcessEvents
 from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
 from agent.container.state import Status
 from agent.errors import ResourceError
@@ -55,34 +56,20 @@ def _threads_run() -> bool:
     return threading.active_count() > 1
 
 
-class LocalProcessHandle:
+class LocalProcessHandle(ProcessEvents):
     """The fork server's ProcessHandle without its reader thread, for a single-threaded caller: the
-    events on the status pipe are read when the engine waits for one or looks at the exit code."""
+    events on the status pipe (agent/container/events.py) are read when the engine waits for one or
+    looks at the exit code."""
 
     def __init__(self, status_fd: int, control_fd: int | None, description: str) -> None:
-        self.description = description
-        self.pid = 0
-        self.shim_pid = 0
-        self.created = False
-        self.mounted = False
-        self.started = False
-        self.error: str | None = None
-        self._exit_code: int | None = None
-        self._status_fd = status_fd
-        self._control_fd = control_fd
+        super().__init__(status_fd, control_fd, description)
         self._pending = b""
-        self._eof = False
-        self.timeline: dict[str, float] = {"spawn": time.monotonic()}
 
     @property
     def exit_code(self) -> int | None:
-        if self._exit_code is None:
+        if self._exit is None:
             self._read(0)
-        return self._exit_code
-
-    @exit_code.setter
-    def exit_code(self, value: int | None) -> None:
-        self._exit_code = value
+        return self._exit
 
     def _read(self, timeout: float | None) -> None:
         """Take what the status pipe has, waiting up to ``timeout`` seconds (None: forever) for it."""
@@ -99,57 +86,18 @@ class LocalProcessHandle:
                 continue
             break
         if not chunk:
-            self._closed()
+            os.close(self._status_fd)
+            self._ended()
             return
+        import json
+
         self._pending += chunk
         while b"\n" in self._pending:
             line, self._pending = self._pending.split(b"\n", 1)
-            self._event(line)
-
-    def _event(self, line: bytes) -> None:
-        import json
-
-        event: dict[str, Any] = json.loads(line)
-        now = time.monotonic()
-        for key in event:
-            self.timeline.setdefault(key, now)
-        if "pid" in event:
-            self.pid = int(event["pid"])
-        if "shim" in event:
-            self.shim_pid = int(event["shim"])
-        if event.get("created"):
-            self.created = True
-        if event.get("mounted"):
-            self.mounted = True
-        if event.get("started"):
-            self.started = True
-        if "error" in event:
-            self.error = str(event["error"])
-        if "exit" in event:
-            self._exit_code = int(event["exit"])
-
-    def _closed(self) -> None:
-        self._eof = True
-        os.close(self._status_fd)
-        if self._exit_code is None:
-            self._exit_code = 255  # the shim died without reporting (killed): nothing more will come
-            if self.error is None and not self.created:
-                self.error = "the container's setup process ended before it reported"
-
-    def _ready(self, what: str) -> bool:
-        ended = self._exit_code is not None or self.error is not None
-        if what == "pid":
-            return self.pid > 0 or ended
-        if what in ("mounted", "started"):
-            return bool(getattr(self, what)) or ended
-        if what == "created":  # the shim's pid and the process's report, in either order
-            return (self.created and self.pid > 0) or ended
-        if what == "closed":
-            return self._eof
-        return self._exit_code is not None
+            self._apply(json.loads(line))
 
     def wait_for(self, what: str, timeout: float | None = None) -> bool:
-        """As ProcessHandle.wait_for: ``pid``, ``mounted``, ``created``, ``started`` or ``exit``."""
+        """As ProcessHandle.wait_for: ``pid``, ``mounted``, ``created``, ``started``, ``exit`` or ``closed``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ready(what):
             if self._eof:
@@ -162,24 +110,11 @@ class LocalProcessHandle:
 
     def wait(self, timeout: float | None = None) -> int | None:
         self.wait_for("exit", timeout)
-        return self._exit_code
+        return self._exit
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Wait until the shim and the process are gone (the status pipe's EOF)."""
         return self.wait_for("closed", timeout)
-
-    def control(self, message: bytes) -> None:
-        if self._control_fd is None:
-            return
-        try:
-            os.write(self._control_fd, message)
-        except BrokenPipeError:
-            pass  # the process is gone; its exit event tells the rest
-
-    def close_control(self) -> None:
-        if self._control_fd is not None:
-            os.close(self._control_fd)
-            self._control_fd = None
 
 
 class LocalForkServer:

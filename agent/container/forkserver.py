@@ -49,10 +49,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from agent.container.events import ProcessEvents
 from agent.errors import ResourceError
 from agent.system import children, prefault
 from agent.system.reactor import default_reactor
@@ -103,24 +103,14 @@ def receive_raw(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
     return data, received
 
 
-class ProcessHandle:
-    """The engine's view of one forked process: its events, its exit code and its control pipe."""
+class ProcessHandle(ProcessEvents):
+    """The engine's view of one forked process (agent/container/events.py), its status pipe read on
+    the agent's reactor thread; waits are on a condition."""
 
     def __init__(self, status_fd: int, control_fd: int | None, description: str, *, start: bool = True) -> None:
-        self.description = description
-        self.pid = 0
-        self.shim_pid = 0
-        self.created = False
-        self.mounted = False  # the process made its mounts and waits for the runtime's hooks
-        self.started = False  # the process ran its startContainer hooks and is about to execve
-        self.error: str | None = None
-        self.exit_code: int | None = None
-        self._status_fd = status_fd
-        self._control_fd = control_fd
+        super().__init__(status_fd, control_fd, description)
         self._cond = threading.Condition()
-        self._eof = False
         self._closed = threading.Event()
-        self.timeline: dict[str, float] = {"spawn": time.monotonic()}  # when each event arrived
         # the pages the process's setup wrote (agent.system.prefault), given to on_pages once it is created
         self.on_pages: Callable[[list[tuple[int, int]]], None] | None = None
         self._pages: list[tuple[int, int]] = []
@@ -161,20 +151,12 @@ class ProcessHandle:
         default_reactor().remove(self._status_fd, self._handler)
         os.close(self._status_fd)
         with self._cond:
-            self._eof = True
+            self._ended()
             self._closed.set()
-            if self.exit_code is None:
-                # the shim died without reporting (killed): nothing more will come
-                self.exit_code = 255
-                if self.error is None and not self.created:
-                    self.error = "the container's setup process ended before it reported"
             self._cond.notify_all()
         return False
 
     def _event(self, event: dict[str, Any]) -> None:
-        now = time.monotonic()
-        for key in event:
-            self.timeline.setdefault(key, now)
         if "pages" in event:
             self._pages += [(int(address), int(length)) for address, length in event["pages"]]
         if event.get("created") and self._pages and self.on_pages is not None:
@@ -184,39 +166,14 @@ class ProcessHandle:
                 log.warning("%s: passing on its written pages: %s", self.description, exc)
             self._pages = []
         with self._cond:
-            if "pid" in event:
-                self.pid = int(event["pid"])
-            if "shim" in event:
-                self.shim_pid = int(event["shim"])
-            if event.get("created"):
-                self.created = True
-            if event.get("mounted"):
-                self.mounted = True
-            if event.get("started"):
-                self.started = True
-            if "error" in event:
-                self.error = str(event["error"])
-            if "exit" in event:
-                self.exit_code = int(event["exit"])
+            self._apply(event)
             self._cond.notify_all()
 
     def wait_for(self, what: str, timeout: float | None = None) -> bool:
         """Wait until ``pid``, ``mounted``, ``created``, ``started`` (or an error) or ``exit`` is known."""
-
-        def ready() -> bool:
-            if what == "pid":
-                return self.pid > 0 or self.exit_code is not None or self.error is not None
-            if what in ("mounted", "started"):
-                return bool(getattr(self, what)) or self.error is not None or self.exit_code is not None
-            if what == "created":
-                # the shim reports the pid and the process reports "created", on one pipe but from
-                # two processes, in either order: created means both have arrived
-                return (self.created and self.pid > 0) or self.error is not None or self.exit_code is not None
-            return self.exit_code is not None
-
         self.start()
         with self._cond:
-            return self._cond.wait_for(ready, timeout)
+            return self._cond.wait_for(lambda: self._ready(what), timeout)
 
     def wait(self, timeout: float | None = None) -> int | None:
         self.wait_for("exit", timeout)
@@ -226,19 +183,6 @@ class ProcessHandle:
         """Wait until the shim and the process are gone (the status pipe's EOF) and our end is closed."""
         self.start()
         return self._closed.wait(timeout)
-
-    def control(self, message: bytes) -> None:
-        if self._control_fd is None:
-            return
-        try:
-            os.write(self._control_fd, message)
-        except BrokenPipeError:
-            pass  # the process is gone; its exit event tells the rest
-
-    def close_control(self) -> None:
-        if self._control_fd is not None:
-            os.close(self._control_fd)
-            self._control_fd = None
 
 
 class ForkServerClient:
