@@ -44,6 +44,20 @@ def run(engine: Engine, container_id: str, spec: dict[str, Any]) -> tuple[int, b
         engine.remove(container_id, timeout=10)
 
 
+def processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, name) of every process now."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            found.append((int(entry.name), int(stat[stat.rindex(")") + 2 :].split()[1]), name))
+    return found
+
+
 def ns_inode(pid: int | str, kind: str) -> str:
     return os.readlink(f"/proc/{pid}/ns/{kind}")
 

@@ -15,7 +15,7 @@ from agent.container.forkserver import PARKED_NAME
 from agent.errors import AlreadyExists, InvalidArgument, ResourceError
 from agent.system.paths import HostPaths
 from tests.privileged.conftest import CGROUP_FS
-from tests.privileged.engine_helpers import read_to_end, run, spec_for, started
+from tests.privileged.engine_helpers import processes, read_to_end, run, spec_for, started
 
 
 @pytest.fixture
@@ -48,17 +48,7 @@ def mount_table() -> list[str]:
 
 def children_of(pid: int) -> list[int]:
     """The fork server's children, but for the shim it keeps parked for the next request."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid and comm != PARKED_NAME:
-                found.append(int(entry.name))
-    return found
+    return [child for child, parent, name in processes() if parent == pid and name != PARKED_NAME]
 
 
 def _bad(spec: Any, name: str, edit: Any) -> dict[str, Any]:
@@ -160,11 +150,7 @@ def test_the_parked_shim_goes_with_the_fork_server() -> None:
     deadline = time.monotonic() + 5
     parked: list[int] = []
     while not parked and time.monotonic() < deadline:
-        parked = [
-            int(entry.name)
-            for entry in Path("/proc").iterdir()
-            if entry.name.isdigit() and _parent_and_name(entry) == (server, PARKED_NAME)
-        ]
+        parked = [pid for pid, parent, name in processes() if (parent, name) == (server, PARKED_NAME)]
         time.sleep(0.01)
     assert len(parked) == 1, "no parked shim"
     engine.close()
@@ -172,14 +158,6 @@ def test_the_parked_shim_goes_with_the_fork_server() -> None:
     while Path(f"/proc/{parked[0]}").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not Path(f"/proc/{parked[0]}").exists(), "the parked shim outlived its fork server"
-
-
-def _parent_and_name(entry: Path) -> tuple[int, str]:
-    try:
-        stat = (entry / "stat").read_text()
-    except OSError:
-        return (0, "")
-    return int(stat[stat.rindex(")") + 2 :].split()[1]), stat[stat.index("(") + 1 : stat.rindex(")")]
 
 
 @pytest.mark.parametrize("program", ["/no/such/program", "no-such-program"])

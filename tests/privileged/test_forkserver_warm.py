@@ -14,30 +14,16 @@ from agent.container.engine import Engine
 from agent.container.forkserver import PARKED_NAME
 from agent.system import prefault
 from agent.system.paths import HostPaths
-from tests.privileged.engine_helpers import ns_inode, run, spec_for, started
+from tests.privileged.engine_helpers import ns_inode, processes, run, spec_for, started
 
 PAGE = prefault.PAGE_SIZE
 
 
-def _processes() -> list[tuple[int, int, str]]:
-    """(pid, parent pid, name) of every process."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            found.append((int(entry.name), int(stat[stat.rindex(")") + 2 :].split()[1]), name))
-    return found
-
-
 def _warm_process(server: int) -> int | None:
     """The parked container process: a parked child of the server's parked shim."""
-    processes = _processes()
-    shims = {pid for pid, parent, name in processes if parent == server and name == PARKED_NAME}
-    found = [pid for pid, parent, name in processes if parent in shims and name == PARKED_NAME]
+    now = processes()
+    shims = {pid for pid, parent, name in now if parent == server and name == PARKED_NAME}
+    found = [pid for pid, parent, name in now if parent in shims and name == PARKED_NAME]
     return found[0] if found else None
 
 
