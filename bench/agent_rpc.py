@@ -13,7 +13,6 @@ client (default 400).
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from agent.system.children import stop
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("PYKATA_BENCH_RUNS", "10"))
@@ -69,15 +70,6 @@ def _spawn(path: str) -> subprocess.Popen[bytes]:
         env=env,
         stderr=subprocess.DEVNULL,
     )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def spawn_to_exit(code: str) -> float:
@@ -138,7 +130,7 @@ def main() -> None:
             elapsed, process = time_to_first_check(path)
             starts.append(elapsed)
             if run < RUNS - 1:
-                _stop(process)
+                stop(process)
         assert process is not None
         time.sleep(1.0)
         idle_rss = _rss_mib(process.pid)
@@ -177,7 +169,7 @@ def main() -> None:
             client.close()
     finally:
         if process is not None and process.poll() is None:
-            _stop(process)
+            stop(process)
         for leftover in Path(workdir).glob("*"):
             leftover.unlink()
         os.rmdir(workdir)

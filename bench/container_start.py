@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.system.children import stop
+
 REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("PYKATA_BENCH_RUNS", "30"))
 GAP_MS = float(os.environ.get("PYKATA_BENCH_GAP_MS", "100"))  # settle time before every timed run
@@ -112,17 +114,7 @@ def pykata_runc_server_way(bundle: Path, state: Path, workdir: Path) -> Way:
         time.sleep(0.02)
     argv = [str(workdir / "pykata-runc"), "--root", str(state / "pykata-server"), "run", "--bundle", str(bundle)]
 
-    return Way("pykata-runc served", _timed_command(argv, REPO, env), lambda: _stop(server))
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM a process this benchmark started, SIGKILL it after 10 s; reap it."""
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return Way("pykata-runc served", _timed_command(argv, REPO, env), lambda: stop(server))
 
 
 def python_startup_way(*flags: str) -> Way:
@@ -295,7 +287,7 @@ def agent_way(bundle: Path, workdir: Path) -> Way:
 
     def close() -> None:
         client.close()
-        _stop(agent)
+        stop(agent)
         log.close()
 
     way = Way("agent (ttrpc)", cycle, close)

@@ -166,12 +166,7 @@ def _served_modules(code: str, sock: Path, checks: tuple[Callable[[str], int], .
         modules = _read_dump(out)
     finally:
         if agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(10)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
+            children.stop(agent)
         children.release(agent.pid)
     assert isinstance(modules, list)
     return set(modules)

@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +76,13 @@ def reap_orphans(proc: Path) -> list[tuple[int, int]]:
     for pid, status in reaped:
         log.debug("reaped orphan %d (status %d)", pid, os.waitstatus_to_exitcode(status))
     return reaped
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """End a process we started: SIGTERM, then SIGKILL after ``timeout`` seconds; reaped either way."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.rpc.pb import health_pb2
+from agent.system import children
 from agentctl.client import connect
 from osbuilder import cpio, initrd, probe, rootfs
 from osbuilder.context import BuildContext
@@ -103,12 +103,7 @@ def chrooted_agent(unpacked: Path) -> Iterator[Path]:
         print(f"agent in chroot listening after {time.monotonic() - deadline + READY_TIMEOUT:.2f} s")
         yield sock
     finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(10)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        children.stop(agent)
         sock.unlink(missing_ok=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,3 +135,18 @@ def test_reaper_reaps_orphans_but_not_owned_children() -> None:
     assert mine.wait() == 7  # the owner still gets the real status
     children.release(mine.pid)
     orphan.returncode = 0  # reaped by the reaper; keep Popen from waiting again
+
+
+def test_stop_ends_a_process_with_sigterm_or_sigkill() -> None:
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    children.stop(polite)
+    assert polite.returncode == -signal.SIGTERM
+    deaf = subprocess.Popen(
+        [sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+         "print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert deaf.stdout is not None and deaf.stdout.readline() == b"ready\n"
+    children.stop(deaf, timeout=0.2)
+    assert deaf.returncode == -signal.SIGKILL
+    deaf.stdout.close()
