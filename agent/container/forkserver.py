@@ -105,9 +105,9 @@ def receive_raw(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
 
 class ProcessHandle(ProcessEvents):
     """The engine's view of one forked process (agent/container/events.py), its status pipe read on
-    the agent's reactor thread; waits are on a condition."""
+    the agent's reactor thread from the first wait on (``start``); waits are on a condition."""
 
-    def __init__(self, status_fd: int, control_fd: int | None, description: str, *, start: bool = True) -> None:
+    def __init__(self, status_fd: int, control_fd: int | None, description: str) -> None:
         super().__init__(status_fd, control_fd, description)
         self._cond = threading.Condition()
         self._closed = threading.Event()
@@ -117,12 +117,9 @@ class ProcessHandle(ProcessEvents):
         self._buffered = b""
         self._reading = False
         self._handler = self._readable  # one bound method: the reactor knows its handlers by identity
-        if start:
-            self.start()
 
     def start(self) -> None:
-        """Start reading the status pipe (on the agent's reactor thread), once; the first wait does it
-        for a handle made with start=False."""
+        """Start reading the status pipe (on the agent's reactor thread), once; every wait does it."""
         with self._cond:
             if self._reading:
                 return
@@ -286,7 +283,7 @@ class ForkServerClient:
               status_fd: int) -> ProcessHandle:  # fmt: skip
         """Send a request whose fds[0] is the status pipe's write end; our ends are given. Returns at
         once: the pid (or the failure) arrives on the status pipe."""
-        handle = ProcessHandle(status_fd, control_fd, description, start=False)
+        handle = ProcessHandle(status_fd, control_fd, description)
         if payload.get("op") == "create" and not self._pages_known:
             payload = {**payload, "learn_pages": True}
             handle.on_pages = self._learned_pages
