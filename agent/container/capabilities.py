@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import prctl
 
 from agent.system import libc
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 PR_SET_KEEPCAPS = 8
 PR_SET_NO_NEW_PRIVS = 38

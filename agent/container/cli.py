@@ -17,13 +17,11 @@ by the commands that need it, and ``pykata-runc serve`` (cli_serve.py) with its 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent.container.cli_args import (
     COMMANDS,
@@ -47,8 +45,12 @@ from agent.container.cli_state import (
     process_start_time,
     validate_id,
 )
+from agent.system import jsonlite
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
     from agent.container.cli_backend import Backend
     from agent.container.engine import Container, Process
     from agent.container.state import Status
@@ -73,9 +75,9 @@ class Log:
             return
         now = format_time(time.time_ns())
         if self.json:
-            line = json.dumps({"level": level, "msg": message, "time": now})
+            line = jsonlite.dumps({"level": level, "msg": message, "time": now})
         else:
-            line = f"time={json.dumps(now)} level={level} msg={json.dumps(message)}"
+            line = f"time={jsonlite.dumps(now)} level={level} msg={jsonlite.dumps(message)}"
         try:
             with open(self.path, "a", encoding="utf-8") as stream:
                 stream.write(line + "\n")
@@ -279,13 +281,13 @@ def cmd_spec(ctx: Context) -> int:
     target = bundle / "config.json"
     if target.exists():
         raise CliError(f"file {target} exists. Remove it first")
-    target.write_text(json.dumps(default_spec(), indent="\t"))
+    target.write_text(jsonlite.dumps(default_spec(), indent="\t"))
     return 0
 
 
 def cmd_state(ctx: Context) -> int:
     record = ctx.store.load(ctx.args[0])
-    print(json.dumps(ctx.state_json(record), indent=2))
+    print(jsonlite.dumps(ctx.state_json(record), indent=2))
     return 0
 
 
@@ -315,7 +317,7 @@ def cmd_list(ctx: Context) -> int:
         for state in states:
             print(state["id"])
     elif fmt == "json":
-        print(json.dumps(states, separators=(",", ":")))
+        print(jsonlite.dumps(states, separators=(",", ":")))
     elif fmt == "table":
         header = ("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")
         rows = [header] + [(s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"]) for s in states]
@@ -363,7 +365,7 @@ def resources_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
         source = flags["resources"]
         text = sys.stdin.read() if source == "-" else Path(source).read_text()
         try:
-            loaded = json.loads(text)
+            loaded = jsonlite.loads(text)
         except ValueError as exc:
             raise CliError(f"invalid resources JSON in {source}: {exc}") from None
         if not isinstance(loaded, dict):
@@ -390,7 +392,7 @@ def load_bundle(bundle_flag: str | None) -> tuple[Path, dict[str, Any], Path]:
     bundle = Path(bundle_flag or ".").absolute()
     config_path = bundle / "config.json"
     try:
-        spec = json.loads(config_path.read_text())
+        spec = jsonlite.loads(config_path.read_text())
     except FileNotFoundError:
         raise CliError(f"{config_path} not found: pass --bundle DIR or run from the bundle") from None
     except ValueError as exc:
@@ -616,7 +618,7 @@ def _exec_process(ctx: Context, record: Record) -> dict[str, Any]:
     flags = ctx.flags
     if flags["process"]:
         try:
-            process: dict[str, Any] = json.loads(Path(flags["process"]).read_text())
+            process: dict[str, Any] = jsonlite.loads(Path(flags["process"]).read_text())
         except (OSError, ValueError) as exc:
             raise CliError(f"cannot read process {flags['process']}: {exc}") from None
     else:
@@ -700,7 +702,7 @@ def cmd_ps(ctx: Context) -> int:
     pids = container.pids()
     fmt = ctx.flags["format"] or "table"
     if fmt == "json":
-        print(json.dumps(pids))
+        print(jsonlite.dumps(pids))
         return 0
     if fmt != "table":
         raise CliError(f"invalid format option {fmt!r}: use table or json")

@@ -4,7 +4,10 @@ runc (urfave/cli) parses them, and the errors a user reads."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 PROGRAM = "pykata-runc"
 DEFAULT_ROOT = "/run/pykata-runc"

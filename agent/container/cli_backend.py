@@ -29,7 +29,6 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
 
 from agent.container.cli_state import process_start_time
 from agent.container.engine import Container, Engine, FdIO
@@ -37,9 +36,13 @@ from agent.container.events import ProcessEvents
 from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
 from agent.container.state import Status
 from agent.errors import ResourceError
+from agent.system import jsonlite
 from agent.system.paths import HostPaths
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from typing import Any
+
     from agent.container.cli_state import Record
     from agent.container.forkserver import ForkServerClient, ProcessHandle
 
@@ -89,12 +92,11 @@ class LocalProcessHandle(ProcessEvents):
             os.close(self._status_fd)
             self._ended()
             return
-        import json
 
         self._pending += chunk
         while b"\n" in self._pending:
             line, self._pending = self._pending.split(b"\n", 1)
-            self._apply(json.loads(line))
+            self._apply(jsonlite.loads(line))
 
     def wait_for(self, what: str, timeout: float | None = None) -> bool:
         """As ProcessHandle.wait_for: ``pid``, ``mounted``, ``created``, ``started``, ``exit`` or ``closed``."""
@@ -266,7 +268,7 @@ class Backend:
     def __init__(self, paths: HostPaths, *, no_pivot: bool = False) -> None:
         self.paths = paths
         # LocalForkServer and its handles are duck-typed stand-ins for the fork server's classes
-        self.forker = cast("ForkServerClient", SHARED_FORK_SERVER or LocalForkServer())
+        self.forker: ForkServerClient = SHARED_FORK_SERVER or LocalForkServer()  # type: ignore[assignment]
         cgroups = _cgroups_of(CGROUP_LAYOUT) if CGROUP_LAYOUT is not None else None
         self.engine = Engine(paths, forkserver=self.forker, cgroups=cgroups, no_pivot=True if no_pivot else None)
 
@@ -287,15 +289,14 @@ class Backend:
 
     def open(self, record: Record, state_dir: Path) -> Container:
         """The container ``record`` describes, as the engine's Container."""
-        init = FoundProcess(self.paths, record.pid, record.pid_start, int(record.engine.get("shim_pid") or 0),
-                            int(record.engine.get("shim_start") or 0))  # fmt: skip
+        found = FoundProcess(self.paths, record.pid, record.pid_start, int(record.engine.get("shim_pid") or 0),
+                             int(record.engine.get("shim_start") or 0))  # fmt: skip
+        init: ProcessHandle = found  # type: ignore[assignment]  # duck-typed, as LocalProcessHandle
         fifo = state_dir / EXEC_FIFO
         if "spec" not in record.engine:  # saved by an older pykata-runc: the bundle's config is what it ran
-            import json
-
-            record.engine["spec"] = json.loads((Path(record.bundle) / "config.json").read_text())
+            record.engine["spec"] = jsonlite.loads((Path(record.bundle) / "config.json").read_text())
         return self.engine.restore(record.id, _engine_spec(record.engine["spec"]), bundle=Path(record.bundle),
-                                   init=cast("ProcessHandle", init), status=_status_of(record),
+                                   init=init, status=_status_of(record),
                                    start_fifo=fifo if not record.started else None)  # fmt: skip
 
     def start(self, container: Container, spec: dict[str, Any], state_dir: Path) -> None:
@@ -330,7 +331,6 @@ def _engine_spec(spec: dict[str, Any]) -> dict[str, Any]:
 def run_in_container(container: Container, exec_id: str, hook: dict[str, Any]) -> None:
     """Run one hook as a process exec'd into the container, with its state JSON on stdin;
     ResourceError when it fails or outlives its timeout (the container is then not started)."""
-    import json
 
     from agent.container.launch import spawn_exec
     from agent.container.spec import parse_process
@@ -339,7 +339,7 @@ def run_in_container(container: Container, exec_id: str, hook: dict[str, Any]) -
                              "env": list(hook.get("env") or []), "cwd": "/"})  # fmt: skip
     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
     try:
-        os.write(stdin_w, json.dumps(container.state()).encode())  # a pipe holds it: a state is small
+        os.write(stdin_w, jsonlite.dumps(container.state()).encode())  # a pipe holds it: a state is small
         os.close(stdin_w)
         stdin_w = -1
         proc = spawn_exec(container.engine, container, exec_id, process, FdIO(stdin_r, 2, 2))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from agent.container.cli_args import CliError
+from agent.system import jsonlite
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 OCI_VERSION = "1.0.2-dev"  # the runtime-spec version runc 1.1 reports; tools compare it
 STATE_FILE = "state.json"
@@ -100,7 +103,7 @@ class Store:
     def load(self, container_id: str) -> Record:
         path = self.dir(container_id) / STATE_FILE
         try:
-            data = json.loads(path.read_text())
+            data = jsonlite.loads(path.read_text())
         except FileNotFoundError:
             raise CliError(f"container {container_id!r} does not exist") from None
         except (OSError, ValueError) as exc:
@@ -110,7 +113,7 @@ class Store:
     def save(self, record: Record) -> None:
         directory = self.dir(record.id)
         temporary = directory / f".{STATE_FILE}.{os.getpid()}"
-        temporary.write_text(json.dumps(record.to_json()))
+        temporary.write_text(jsonlite.dumps(record.to_json()))
         os.replace(temporary, directory / STATE_FILE)
 
     def remove(self, container_id: str) -> None:

@@ -21,22 +21,24 @@ Public API (stable; the CLI and the agent's services code against it):
 from __future__ import annotations
 
 import _thread
-import json
 import os
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from agent.container import hooks as hooks_mod
 from agent.container.spec import Spec, parse_process, parse_spec
 from agent.container.state import Status, require
 from agent.container.validate import validate_container_id, validate_spec
 from agent.errors import AgentError, AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, ResourceError
+from agent.system import jsonlite
 from agent.system.paths import HostPaths
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from typing import Any
+
     from agent.container.forkserver import ForkServerClient, ProcessHandle
 
 
@@ -158,7 +160,8 @@ class Process:
 
 
 SHIM_EXIT_TIMEOUT = 5.0
-CgroupFactory = Callable[[HostPaths, str, str], Any]
+if TYPE_CHECKING:
+    CgroupFactory = Callable[[HostPaths, str, str], Any]
 
 
 class Container:
@@ -573,4 +576,4 @@ def start_detached(start_fifo: Path) -> None:
 
 
 def state_json(container: Container) -> str:
-    return json.dumps(container.state())
+    return jsonlite.dumps(container.state())

@@ -9,14 +9,16 @@ or start; poststart/poststop failures are logged.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from agent.errors import ResourceError
+from agent.system import jsonlite
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from typing import Any
+
     from agent.container.spec import Hook
 
 DEFAULT_HOOK_TIMEOUT = 60.0
@@ -32,7 +34,7 @@ def run_hook(hook: Hook, state: dict[str, Any], kind: str) -> None:
         run(
             argv,
             executable=hook.path,
-            input=json.dumps(state).encode(),
+            input=jsonlite.dumps(state).encode(),
             env=env,
             timeout=float(hook.timeout) if hook.timeout else DEFAULT_HOOK_TIMEOUT,
         )

@@ -22,19 +22,21 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import json
 import os
 import resource
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from agent.container import capabilities, rootfs, seccomp, stdio
 from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
 from agent.container.namespaces import CLONE_FLAGS, JOIN_ORDER, PROC_NAMES
-from agent.system import libc, prefault
+from agent.system import jsonlite, libc, prefault
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 PAGE_RUNS_PER_EVENT = 100  # [address, length] pairs: at most ~3.5 KB of JSON, below PIPE_BUF (4096)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -47,7 +49,7 @@ class SetupError(Exception):
 
 def _report(fd: int, event: dict[str, Any]) -> None:
     try:
-        os.write(fd, json.dumps(event).encode() + b"\n")
+        os.write(fd, jsonlite.dumps(event).encode() + b"\n")
     except OSError:
         pass
 
@@ -521,7 +523,7 @@ def _runtime_pid(proc: str) -> int:
 def run_hooks(hooks: list[dict[str, Any]], state: dict[str, Any], kind: str) -> None:
     """Run OCI hooks from this (single-threaded) process: each gets ``state`` as JSON on its stdin and
     must exit 0 within its timeout (default 60 s), or SetupError names it."""
-    payload = json.dumps(state).encode()
+    payload = jsonlite.dumps(state).encode()
     for hook in hooks:
         path = str(hook["path"])
         argv = [str(a) for a in hook.get("args") or []] or [path]

@@ -9,7 +9,6 @@ import fcntl
 import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from agent.container import hooks as hooks_mod
 from agent.container import seccomp
@@ -21,7 +20,10 @@ from agent.container.stdio import open_pty, set_winsize
 from agent.container.validate import resolve_root
 from agent.errors import AgentError, ResourceError
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from typing import Any
+
     from agent.container.engine import Container, Engine, FdIO, PipeIO, Process
 
 SETUP_TIMEOUT = 60.0

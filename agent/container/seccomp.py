@@ -25,10 +25,13 @@ import ctypes
 import errno
 import os
 import struct
-from typing import Any
 
 from agent.errors import InvalidArgument, Unsupported
 from agent.system import libc
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2

@@ -12,10 +12,12 @@ set once by ``__init__``, compared, hashed and shown by value.
 
 from __future__ import annotations
 
-from typing import Any
-
 from agent.errors import InvalidArgument
 from agent.system.records import Record
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 

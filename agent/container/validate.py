@@ -8,10 +8,13 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from agent.container.spec import NAMESPACE_TYPES, Spec
 from agent.errors import InvalidArgument
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_ID_LENGTH = 1024
 _ID_CHARS = r"^[A-Za-z0-9_+\-.]+$"  # patterns are compiled at first use (re caches them), not at import

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import NoReturn
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 # By soname: ctypes.util.find_library would run ldconfig or gcc in a subprocess, at guest boot.
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)

@@ -10,7 +10,9 @@ instead. A record behaves as a frozen dataclass would: fields set once by ``__in
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Record:

@@ -40,9 +40,10 @@ Not done: v2 disableOOMKiller (no such knob), kernel memory limits (deprecated; 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from typing import Any
+
     from .cpuset import propagate_cpuset
     from .layout import Layout, container_cgroup, detect
     from .manager import CgroupManager, V1Manager, V2Manager, execute, manager_for

@@ -18,10 +18,13 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from agent.errors import ResourceError
 from agent.system import libc
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 # bpf(2) commands, program and attach types (include/uapi/linux/bpf.h)
 BPF_PROG_LOAD = 5

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
 
 from agent.errors import InvalidArgument, Unsupported
 from agent.system.paths import HostPaths
+from agent.system.records import Record
 
 # Controllers a v1 "cgroup" mount can carry (its super options name them); named hierarchies such as
 # name=systemd carry none and are left alone.
@@ -30,17 +30,22 @@ V1_CONTROLLERS = frozenset(
 )
 
 
-class Layout(NamedTuple):
+class Layout(Record):
     """``version`` 2: one unified hierarchy at ``root``. ``version`` 1: ``controllers`` maps each v1
     controller to its mount point (read only; the default is shared). ``hybrid`` is v1 plus a cgroup2
-    at ``unified`` (treated as v1). A NamedTuple, not a dataclass, which would cost about a millisecond
-    to define on every container start."""
+    at ``unified`` (treated as v1). A Record, not a dataclass or NamedTuple, which would cost a
+    millisecond or more (typing's import) on every container start."""
 
+    __slots__ = _fields = ("version", "root", "controllers", "hybrid", "unified")
     version: int
     root: Path
-    controllers: dict[str, Path] = {}
-    hybrid: bool = False
-    unified: Path | None = None
+    controllers: dict[str, Path]
+    hybrid: bool
+    unified: Path | None
+
+    def __init__(self, version: int, root: Path, controllers: dict[str, Path] | None = None, hybrid: bool = False,
+                 unified: Path | None = None) -> None:  # fmt: skip
+        self._assign(version, root, {} if controllers is None else controllers, hybrid, unified)
 
     def controller_root(self, controller: str) -> Path | None:
         if self.version == 2:

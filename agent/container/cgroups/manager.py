@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
 
 from agent.errors import IncorrectState, InvalidArgument, NotFound, ResourceError, Unsupported
 from agent.hotplug.cpuset import parse_cpuset
@@ -24,7 +23,10 @@ from . import plan as planner
 from .layout import Layout, container_cgroup, detect
 from .plan import Write
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from typing import Any
+
     from .stats import CgroupStats
 
 # v2 controllers enabled for containers when the parent offers them.

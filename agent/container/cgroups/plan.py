@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
 
 from agent.errors import InvalidArgument
 from agent.hotplug.cpuset import parse_cpuset
+from agent.system.records import Record
 
-Resources = Mapping[str, Any]
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from typing import Any
+
+    Resources = Mapping[str, Any]
 
 # v2 cpu.max when only a period is given (and the kernel's default period)
 DEFAULT_CPU_PERIOD = 100000
@@ -32,18 +36,23 @@ PAGE_SIZE = r"^[0-9]+[KMG]B$"  # compiled at first use (re caches it), not at im
 DEVICE_TYPES = ("a", "b", "c")
 
 
-class Write(NamedTuple):
+class Write(Record):
     """Write ``value`` to ``file`` in the container's directory of ``controller``.
 
     ``optional`` writes are skipped when the kernel has no such file (memory.memsw.* without swap
     accounting, memory.swap.max when asking for no swap limit); a missing file is an error otherwise.
-    (A NamedTuple: a dataclass costs about a millisecond to define, on every container start.)
+    (A Record: a dataclass costs about a millisecond to define, and a NamedTuple imports typing, on
+    every container start.)
     """
 
+    __slots__ = _fields = ("controller", "file", "value", "optional")
     controller: str
     file: str
     value: str
-    optional: bool = False
+    optional: bool
+
+    def __init__(self, controller: str, file: str, value: str, optional: bool = False) -> None:
+        self._assign(controller, file, value, optional)
 
     def __str__(self) -> str:
         return f"{self.file} <- {self.value!r}"
