@@ -1,4 +1,4 @@
-"""Container start benchmark: create + start + wait + delete of /bin/true, four ways, alternating.
+"""Container start benchmark: create + start + wait + delete of /bin/true, four ways and a floor, alternating.
 
 (a) the agent's RPCs over a unix socket (ttrpc: CreateContainer, StartContainer, WaitProcess,
     RemoveContainer) against ``python3 -m agent --server-addr unix://...``;
@@ -6,6 +6,17 @@
     ``python -S``; then as pip's console script would run, with site's start-up), and handed to a
     warm ``pykata-runc serve`` by its small client; (c) Debian's ``runc run``; (d) ``crun run`` on
     the same bundle.
+
+The python floor (bench/python_floor.py) is the least any cold Python process pays to run that container:
+a ``python -S`` started as the pykata-runc launcher is (its code from a .pyc), the C modules it needs
+(``_ctypes`` for mount, unshare and pivot_root, which os lacks in 3.11; ``_json``'s scanner) and, straight
+-line, only the kernel work runc does for this bundle: the cgroups in every hierarchy, fork, join,
+unshare, a second fork for the pid namespace, the mount tree, pivot_root, the process's limits,
+capabilities and exec, then wait and rmdir. It is there to say whether a Python runtime can match runc
+at all on this host, and what is left for pykata-runc to cut. Its phases (from its PYKATA_FLOOR_TRACE
+marks; ``python start`` runs from the spawn to its first line, ``python exit`` from its last mark until
+the process is gone) are printed under it. ``python -c pass``, ``python -S -c pass`` and
+``python -S -c 'import ctypes'`` are not containers: the interpreter's own start, and with ctypes.
 
 crun refuses this host's hybrid cgroup layout, so it runs in a private mount namespace with the
 cgroup2 mount hidden (the wrapper's cost is part of its figure, and measured separately).
@@ -117,14 +128,67 @@ def pykata_runc_server_way(bundle: Path, state: Path, workdir: Path) -> Way:
     return Way("pykata-runc served", _timed_command(argv, REPO, env), lambda: stop(server))
 
 
-def python_startup_way(*flags: str) -> Way:
-    """Not a container: the interpreter's own start-up, to show what part of (b) it is."""
-    argv = [sys.executable, *flags, "-c", "pass"]
+def python_startup_way(*flags: str, program: str = "pass") -> Way:
+    """Not a container: the interpreter's own start-up (running ``program``), to show what part of (b) it is."""
+    argv = [sys.executable, *flags, "-c", program]
 
     def cycle(container_id: str) -> None:
         subprocess.run(argv, check=True)
 
-    return Way(" ".join(["python", *flags, "-c pass"]), cycle)
+    shown = program if program == "pass" else f"'{program}'"
+    return Way(" ".join(["python", *flags, "-c", shown]), cycle)
+
+
+# the floor's marks (bench/python_floor.py, PYKATA_FLOOR_TRACE) in the order they happen, each the end of
+# the phase named after it; "start" is the first line of the module, "end" is when the process is gone
+FLOOR_PHASES = (("start", "python start"), ("imports", "imports"), ("config", "config.json"),
+                ("cgroups", "cgroups mkdir"), ("joined", "fork, join"), ("unshared", "unshare"),
+                ("init", "fork pid 1"), ("mounts", "mounts"), ("pivot_root", "pivot_root"),
+                ("paths", "masks, ro paths"), ("process", "caps, rlimits"), ("waited", "exec, exit"),
+                ("removed", "rmdir"), ("end", "python exit"))  # fmt: skip
+
+
+def floor_marks(stderr: str) -> dict[str, float]:
+    """The absolute times (time.perf_counter) of the marks in the floor's trace lines."""
+    marks: dict[str, float] = {}
+    for line in stderr.splitlines():
+        if not line.startswith("python_floor "):
+            continue
+        fields = dict(field.split("=", 1) for field in line.split()[2:] if "=" in field)
+        t0 = float(fields.pop("t0"))
+        marks["start"] = t0
+        marks.update((name, t0 + float(value) / 1000) for name, value in fields.items() if name != "pid")
+    return marks
+
+
+def python_floor_way(bundle: Path) -> Way:
+    """The floor: bench/python_floor.py, cold, imported from its .pyc by ``python -S -c`` as the launcher
+    imports pykata (compiling the script at every start would add about 9 ms)."""
+    import py_compile
+
+    script = REPO / "bench" / "python_floor.py"
+    py_compile.compile(str(script), doraise=True)  # its .pyc, as for agent/ (PYTHONDONTWRITEBYTECODE)
+    program = (f"import sys; sys.path[0:1] = [{str(script.parent)!r}]; import python_floor; "
+               "python_floor.floor(sys.argv[1:])")  # fmt: skip
+    argv = [sys.executable, "-S", "-c", program, str(bundle)]
+
+    def cycle(container_id: str) -> None:
+        spawned = time.perf_counter()
+        env = {**os.environ, "PYKATA_FLOOR_TRACE": "1", "PYKATA_FLOOR_SPAWNED": repr(spawned)}
+        done = subprocess.run(argv, cwd=bundle, stdin=subprocess.DEVNULL, capture_output=True, env=env)
+        ended = time.perf_counter()
+        stderr = done.stderr.decode(errors="replace")
+        if done.returncode != 0:
+            raise RuntimeError(f"python floor: exit {done.returncode}: {stderr[-400:]}")
+        marks = {**floor_marks(stderr), "end": ended}
+        previous = spawned
+        for mark, phase in FLOOR_PHASES:
+            if mark in marks:
+                way.phases.setdefault(phase, []).append(marks[mark] - previous)
+                previous = marks[mark]
+
+    way = Way("python floor", cycle)
+    return way
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -137,10 +201,11 @@ def report(ways: list[Way]) -> None:
     medians = {w.name: statistics.median(w.samples) for w in ways if w.samples}
     print(f"create+start+wait+delete of /bin/true, {RUNS} runs each, alternating, {GAP_MS:g} ms settle gap "
           "before each (ms)")  # fmt: skip
-    print(f"{'way':<18}{'median':>9}{'p90':>9}{'/crun':>8}{'/runc':>8}   measured before (median/p90)")
+    width = max(18, *(len(way.name) + 1 for way in ways))
+    print(f"{'way':<{width}}{'median':>9}{'p90':>9}{'/crun':>8}{'/runc':>8}   measured before (median/p90)")
     for way in ways:
         if not way.samples:
-            print(f"{way.name:<18}  unavailable: {way.failure}")
+            print(f"{way.name:<{width}}  unavailable: {way.failure}")
             continue
         median = medians[way.name] * 1000
         p90 = percentile(way.samples, 0.9) * 1000
@@ -150,9 +215,10 @@ def report(ways: list[Way]) -> None:
         )
         before = BASELINE_MS.get(way.name)
         before_text = f"   {before[0]:.0f}/{before[1]:.0f}" if before else ""
-        print(f"{way.name:<18}{median:>9.1f}{p90:>9.1f}{ratios}{before_text}")
+        print(f"{way.name:<{width}}{median:>9.1f}{p90:>9.1f}{ratios}{before_text}")
         for phase, samples in way.phases.items():
-            print(f"  {phase:<16}{statistics.median(samples) * 1000:>9.1f}{percentile(samples, 0.9) * 1000:>9.1f}")
+            median_text = f"{statistics.median(samples) * 1000:>9.1f}{percentile(samples, 0.9) * 1000:>9.1f}"
+            print(f"  {phase:<{width - 2}}{median_text}")
 
 
 def measure(ways: list[Way], runs: int) -> None:
@@ -189,8 +255,8 @@ def main() -> None:
         state = workdir / "state"
         ways = [agent_way(bundle, workdir), pykata_runc_way(bundle, state, workdir),
                 pykata_runc_site_way(bundle, state), pykata_runc_server_way(bundle, state, workdir),
-                runc_way(bundle, state), crun_way(bundle, state), python_startup_way(),
-                python_startup_way("-S")]  # fmt: skip
+                runc_way(bundle, state), crun_way(bundle, state), python_floor_way(bundle), python_startup_way(),
+                python_startup_way("-S"), python_startup_way("-S", program="import ctypes")]  # fmt: skip
         try:
             measure(ways, 2)  # warm caches (page cache, .pyc files); not counted
             for way in ways:
