@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import select
 import signal
 import struct
 import sys
@@ -49,6 +48,30 @@ if TYPE_CHECKING:
 EXEC_FIFO = "exec.fifo"
 TIOCSPTLCK = 0x40045431  # linux/tty ioctls Python's termios lacks
 TIOCGPTPEER = 0x5441
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` has something to read within ``timeout`` seconds."""
+    import select  # here: a `run` that waits with no deadline never loads it (a cold start pays per import)
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        try:
+            return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
+        except InterruptedError:
+            continue
+
+
+def _read_now(fd: int) -> bytes | None:
+    """What ``fd`` has now (b"" at its end), or None when it has nothing yet."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 4096)
+    except BlockingIOError:
+        return None
+    finally:
+        os.set_blocking(fd, True)
 
 
 def _threads_run() -> bool:
@@ -78,13 +101,16 @@ class LocalProcessHandle(ProcessEvents):
         """Take what the status pipe has, waiting up to ``timeout`` seconds (None: forever) for it."""
         if self._eof:
             return
-        poller = select.poll()
-        poller.register(self._status_fd, select.POLLIN)
         while True:
             try:
-                if not poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999))):
+                if timeout == 0:
+                    chunk = _read_now(self._status_fd)
+                    if chunk is None:
+                        return
+                elif timeout is not None and not _readable(self._status_fd, timeout):
                     return
-                chunk = os.read(self._status_fd, 4096)
+                else:
+                    chunk = os.read(self._status_fd, 4096)  # blocks until the shim writes
             except InterruptedError:
                 continue
             break
@@ -92,7 +118,6 @@ class LocalProcessHandle(ProcessEvents):
             os.close(self._status_fd)
             self._ended()
             return
-
         self._pending += chunk
         while b"\n" in self._pending:
             line, self._pending = self._pending.split(b"\n", 1)
@@ -224,6 +249,8 @@ class FoundProcess:
         try:
             if not self._alive(pid, start):  # the pid was reused before the open
                 return True
+            import select
+
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
             return bool(poller.poll(None if timeout is None else int(timeout * 1000)))

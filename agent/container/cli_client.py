@@ -10,19 +10,18 @@ state files and the exit codes are the same.
 The server's socket is ``$PYKATA_RUNC_SERVER``; when it is unset or nobody answers there, the command
 runs in this process instead. This module imports only what the hand-over needs, on purpose: the C
 modules ``_socket`` and ``_signal`` rather than ``socket`` and ``signal`` (which import enum and
-selectors), no typing at run time. Run it as a script or console entry, not with ``-m`` (runpy's
-imports cost more than the whole hand-over).
+selectors), and those only when a server is named; no typing at run time. Run it as a script or
+console entry, not with ``-m`` (runpy's imports cost more than the whole hand-over).
 """
 
 from __future__ import annotations
 
-import _signal
-import _socket
 import os
 import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import _socket
     from typing import NoReturn
 
 SERVER_ENV = "PYKATA_RUNC_SERVER"
@@ -101,6 +100,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
     path = os.environ.get(SERVER_ENV)
     if not path:
         _run_here(args)
+    import _signal
+    import _socket
+
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         connection.connect(path)

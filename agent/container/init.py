@@ -19,8 +19,6 @@ the host's cgroup files) is moved by pid.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import fcntl
 import os
 import resource
@@ -536,8 +534,10 @@ def run_hooks(hooks: list[dict[str, Any]], state: dict[str, Any], kind: str) -> 
                 os.dup2(stdin_r, 0)
                 os.execve(path, argv, env)
             except BaseException as exc:
-                with contextlib.suppress(OSError):
+                try:
                     os.write(2, f"pykata: {kind} hook {path}: {_describe(exc)}\n".encode())
+                except OSError:
+                    pass
             finally:
                 os._exit(127)
         os.close(stdin_r)
@@ -644,7 +644,7 @@ def _prepare(request: dict[str, Any], process: dict[str, Any], io_fds: list[int]
     args = list(process["args"])
     os.chdir(process.get("cwd") or "/")
     program = _find_program(args[0], env.get("PATH", DEFAULT_PATH))
-    bpf = base64.b64decode(request["seccomp"]) if request.get("seccomp") else None
+    bpf: bytes | None = request.get("seccomp") or None
     no_new_privs = bool(process.get("noNewPrivileges"))
     if bpf and not no_new_privs:
         seccomp.load(bpf)  # needs CAP_SYS_ADMIN without no_new_privs: before the drop

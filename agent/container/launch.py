@@ -4,7 +4,6 @@ a step fails (the cgroup, the process, our pipe ends)."""
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import os
 import signal
@@ -172,10 +171,10 @@ def _abort(handle: Any) -> None:
     handle.wait_closed(SETUP_TIMEOUT)
 
 
-def _seccomp_program(spec_seccomp: dict[str, Any] | None) -> str | None:
+def _seccomp_program(spec_seccomp: dict[str, Any] | None) -> bytes | None:
     if not spec_seccomp:
         return None
-    return base64.b64encode(seccomp.compile_profile(spec_seccomp)).decode()
+    return seccomp.compile_profile(spec_seccomp)  # the request travels in marshal form: bytes as they are
 
 
 def create_container(
