@@ -316,9 +316,9 @@ def _describe(exc: BaseException) -> str:
         return f"{exc.strerror}: {exc.filename}"
     if isinstance(exc, SetupError | OSError):
         return str(exc)
-    import traceback  # only on failures: it pulls linecache, tokenize and textwrap
-
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    # No import here (traceback's format would pull linecache, tokenize...): after the root changed
+    # there is no Python library to import from, and a failing report would lose the error itself.
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _plan_from(data: dict[str, Any]) -> rootfs.RootfsPlan:
@@ -669,7 +669,7 @@ def _fail(status_fd: int, exc: BaseException) -> None:
         import traceback
 
         os.write(2, "".join(traceback.format_exception(exc)).encode())
-    except OSError:
+    except (OSError, ImportError):  # ImportError: after the root changed there is no library to import
         pass
     sys.stderr.flush()
     os._exit(127)
