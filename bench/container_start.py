@@ -216,6 +216,8 @@ def report(ways: list[Way]) -> None:
         before = BASELINE_MS.get(way.name)
         before_text = f"   {before[0]:.0f}/{before[1]:.0f}" if before else ""
         print(f"{way.name:<{width}}{median:>9.1f}{p90:>9.1f}{ratios}{before_text}")
+        if way.failure:
+            print(f"  stopped after {len(way.samples)} runs: {way.failure[-300:]}")
         for phase, samples in way.phases.items():
             median_text = f"{statistics.median(samples) * 1000:>9.1f}{percentile(samples, 0.9) * 1000:>9.1f}"
             print(f"  {phase:<{width - 2}}{median_text}")
