@@ -7,7 +7,7 @@
     warm ``pykata-runc serve`` by its small client; (c) Debian's ``runc run``; (d) ``crun run`` on
     the same bundle.
 
-The python floor (bench/python_floor.py) is the least any cold Python process pays to run that container:
+The python floor (bench/_python_floor.py) is the least any cold Python process pays to run that container:
 a ``python -S`` started as the pykata-runc launcher is (its code from a .pyc), the C modules it needs
 (``_ctypes`` for mount, unshare and pivot_root, which os lacks in 3.11; ``_json``'s scanner) and, straight
 -line, only the kernel work runc does for this bundle: the cgroups in every hierarchy, fork, join,
@@ -139,7 +139,7 @@ def python_startup_way(*flags: str, program: str = "pass") -> Way:
     return Way(" ".join(["python", *flags, "-c", shown]), cycle)
 
 
-# the floor's marks (bench/python_floor.py, PYKATA_FLOOR_TRACE) in the order they happen, each the end of
+# the floor's marks (bench/_python_floor.py, PYKATA_FLOOR_TRACE) in the order they happen, each the end of
 # the phase named after it; "start" is the first line of the module, "end" is when the process is gone
 FLOOR_PHASES = (("start", "python start"), ("imports", "imports"), ("config", "config.json"),
                 ("cgroups", "cgroups mkdir"), ("joined", "fork, join"), ("unshared", "unshare"),
@@ -162,14 +162,14 @@ def floor_marks(stderr: str) -> dict[str, float]:
 
 
 def python_floor_way(bundle: Path) -> Way:
-    """The floor: bench/python_floor.py, cold, imported from its .pyc by ``python -S -c`` as the launcher
+    """The floor: bench/_python_floor.py, cold, imported from its .pyc by ``python -S -c`` as the launcher
     imports pykata (compiling the script at every start would add about 9 ms)."""
     import py_compile
 
-    script = REPO / "bench" / "python_floor.py"
+    script = REPO / "bench" / "_python_floor.py"
     py_compile.compile(str(script), doraise=True)  # its .pyc, as for agent/ (PYTHONDONTWRITEBYTECODE)
-    program = (f"import sys; sys.path[0:1] = [{str(script.parent)!r}]; import python_floor; "
-               "python_floor.floor(sys.argv[1:])")  # fmt: skip
+    program = (f"import sys; sys.path[0:1] = [{str(script.parent)!r}]; import _python_floor; "
+               "_python_floor.floor(sys.argv[1:])")  # fmt: skip
     argv = [sys.executable, "-S", "-c", program, str(bundle)]
 
     def cycle(container_id: str) -> None:

@@ -1,9 +1,10 @@
 """The floor of a cold Python container run: the kernel work of ``runc run`` for one bundle, and nothing else.
 
-bench/container_start.py runs this as its "python floor" way, cold, like the pykata-runc launcher (a
+bench/container_start.py runs this as its "python floor" way (the leading underscore keeps ``python3 -m bench``
+from running it as a benchmark of its own), cold, like the pykata-runc launcher (a
 ``python -S`` that imports its code from the .pyc files): ``python -S -c "import sys; sys.path[0:1] =
-['.../bench']; import python_floor; python_floor.floor(sys.argv[1:])" BUNDLE``. (Run as a script,
-``python -S bench/python_floor.py BUNDLE``, it works the same but the interpreter compiles it first: about
+['.../bench']; import _python_floor; _python_floor.floor(sys.argv[1:])" BUNDLE``. (Run as a script,
+``python -S bench/_python_floor.py BUNDLE``, it works the same but the interpreter compiles it first: about
 9 ms here.) It is what any runtime written in Python pays at the least: the interpreter's start, loading
 the C modules it needs, and the system calls of the run.
 It is straight-line, imports nothing of pykata and nothing from the standard library that is not built
@@ -407,7 +408,7 @@ def run(bundle: str) -> int:
 
 
 def floor(argv: list[str]) -> None:
-    """``python -S -c "import python_floor; python_floor.floor(sys.argv[1:])" BUNDLE``: exits with the
+    """``python -S -c "import _python_floor; _python_floor.floor(sys.argv[1:])" BUNDLE``: exits with the
     container's status."""
     if _TRACE:
         _MARKS.append(("imports", _T_IMPORTS))
@@ -421,11 +422,6 @@ def floor(argv: list[str]) -> None:
         code = 125
     _trace("parent")
     posix._exit(code)
-
-
-def main() -> None:
-    print("bench/python_floor.py is the 'python floor' way of bench/container_start.py (python3 -m bench "
-          "container_start); alone: python -S bench/python_floor.py BUNDLE")  # fmt: skip
 
 
 if __name__ == "__main__":
