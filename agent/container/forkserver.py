@@ -42,6 +42,7 @@ import array
 import json
 import logging
 import marshal
+import math
 import os
 import select
 import signal
@@ -49,6 +50,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -105,7 +107,12 @@ def receive_raw(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
 
 class ProcessHandle(ProcessEvents):
     """The engine's view of one forked process (agent/container/events.py), its status pipe read on
-    the agent's reactor thread from the first wait on (``start``); waits are on a condition."""
+    the agent's reactor thread from the first wait on (``start``).
+
+    A thread that waits for an event reads the pipe itself meanwhile, the reactor letting go of it
+    (other waiters wait on a condition): the shim's write then wakes the waiting thread, where
+    through the reactor it would wake the reactor's thread, which would have to wake the waiting
+    one in turn (each wake-up of a thread on an idle CPU is about 0.1 ms on a virtual machine)."""
 
     def __init__(self, status_fd: int, control_fd: int | None, description: str) -> None:
         super().__init__(status_fd, control_fd, description)
@@ -116,6 +123,7 @@ class ProcessHandle(ProcessEvents):
         self._pages: list[tuple[int, int]] = []
         self._buffered = b""
         self._reading = False
+        self._direct = False  # a waiting thread reads the pipe, not the reactor
         self._handler = self._readable  # one bound method: the reactor knows its handlers by identity
 
     def start(self) -> None:
@@ -129,6 +137,11 @@ class ProcessHandle(ProcessEvents):
 
     def _readable(self) -> bool:
         """On the reactor's thread: the events the pipe has; at its end, what the end means."""
+        return self._read_events(on_reactor=True)
+
+    def _read_events(self, on_reactor: bool) -> bool:
+        """As the pipe's reader (the reactor, or a waiting thread): take its events in; False at its
+        end, when it is closed."""
         try:
             chunk = os.read(self._status_fd, 65536)
         except (BlockingIOError, InterruptedError):
@@ -145,7 +158,8 @@ class ProcessHandle(ProcessEvents):
                 return True
             except ValueError as exc:
                 log.warning("%s: status pipe: %s", self.description, exc)
-        default_reactor().remove(self._status_fd, self._handler)
+        if on_reactor:
+            default_reactor().remove(self._status_fd, self._handler)
         os.close(self._status_fd)
         with self._cond:
             self._ended()
@@ -166,11 +180,57 @@ class ProcessHandle(ProcessEvents):
             self._apply(event)
             self._cond.notify_all()
 
+    def _wait(self, ready: Callable[[], bool], timeout: float | None) -> bool:
+        """Until ``ready()`` (True) or ``timeout`` (False): read the pipe while nobody else waits on it
+        so, else wait for the thread that does."""
+        self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                while True:
+                    if ready():
+                        return True
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    if not self._direct and not self._closed.is_set():
+                        break
+                    self._cond.wait(remaining)
+                self._direct = True
+            try:
+                self._read_while_waiting(ready, deadline)
+            finally:
+                with self._cond:
+                    self._direct = False
+                    self._cond.notify_all()  # another waiter reads on
+
+    def _read_while_waiting(self, ready: Callable[[], bool], deadline: float | None) -> None:
+        """Take the pipe from the reactor, read it on this thread until ``ready()``, the pipe's end or
+        the deadline, then give it back."""
+        reactor = default_reactor()
+        reactor.remove(self._status_fd, self._handler)  # when it returns, the reactor's handler has finished
+        if self._closed.is_set():
+            return  # the reactor read the end (and closed the pipe) just before
+        poller = select.poll()
+        poller.register(self._status_fd, select.POLLIN)
+        try:
+            while True:
+                with self._cond:
+                    if ready():
+                        return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                wait_ms = None if remaining is None else max(1, math.ceil(remaining * 1000))
+                if poller.poll(wait_ms) and not self._read_events(on_reactor=False):
+                    return
+        finally:
+            if not self._closed.is_set():
+                reactor.add(self._status_fd, self._handler)
+
     def wait_for(self, what: str, timeout: float | None = None) -> bool:
         """Wait until ``pid``, ``mounted``, ``created``, ``started`` (or an error) or ``exit`` is known."""
-        self.start()
-        with self._cond:
-            return self._cond.wait_for(lambda: self._ready(what), timeout)
+        return self._wait(lambda: self._ready(what), timeout)
 
     def wait(self, timeout: float | None = None) -> int | None:
         self.wait_for("exit", timeout)
@@ -178,8 +238,7 @@ class ProcessHandle(ProcessEvents):
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Wait until the shim and the process are gone (the status pipe's EOF) and our end is closed."""
-        self.start()
-        return self._closed.wait(timeout)
+        return self._wait(self._closed.is_set, timeout)
 
 
 class ForkServerClient:
@@ -483,9 +542,7 @@ def _warm_shim(sock: socket.socket, child: int, keeper: int) -> int:
     return init.shim_wait(fds[0], child, keeper)
 
 
-def _warm_child(
-    shim_sock: socket.socket, sock: socket.socket, settings: dict[str, Any], keeper: int
-) -> int:
+def _warm_child(shim_sock: socket.socket, sock: socket.socket, settings: dict[str, Any], keeper: int) -> int:
     from agent.container import init
     from agent.system import libc
 
