@@ -378,3 +378,34 @@ def test_a_client_that_stops_reading_gets_its_connection_closed() -> None:
         assert not thread.is_alive()
     client.close()
     server.close()
+
+
+def test_requests_sent_back_to_back_are_all_answered(peer: Peer) -> None:
+    frames = b"".join(ttrpc_frame(stream, request_bytes(payload=bytes([stream]))) for stream in range(1, 40, 2))
+    peer.send(frames)  # several frames per read: the reader takes them from its buffer, not the socket
+    answers = dict(peer.response() for _ in range(20))
+    assert {stream: response.payload for stream, response in answers.items()} == {
+        stream: bytes([stream]) for stream in range(1, 40, 2)
+    }
+
+
+def test_sequential_calls_reuse_the_waiting_threads() -> None:
+    client, server = socket.socketpair()
+    client.settimeout(10)
+    pool = ThreadPoolExecutor(max_workers=16)
+    connection = ttrpc.TtrpcConnection(server, ScriptedDispatch(), pool, ttrpc.Deadlines())
+    thread = threading.Thread(target=connection.serve, daemon=True)
+    thread.start()
+    reader = ttrpc.FrameReader(client)
+    for stream in range(1, 200, 2):
+        client.sendall(ttrpc_frame(stream, request_bytes()))
+        header = reader.read_header()
+        assert header is not None and header.stream_id == stream
+        reader.read_payload(header.length)
+    # a thread reads and runs a call while others wait for the next request: a few threads for 100 calls
+    assert len(pool._threads) <= 2 * (ttrpc.TtrpcConnection.SPARE_READERS + 1)
+    client.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    pool.shutdown(wait=True)  # the waiting threads left when the connection ended
+    server.close()
