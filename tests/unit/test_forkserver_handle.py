@@ -66,3 +66,14 @@ def test_a_wait_after_the_end_returns_at_once() -> None:
     assert handle.wait_closed(10)
     assert handle.wait(0) == 0
     assert handle.wait_for("created", 0)  # the process ended: nothing more will come
+
+
+def test_mounted_waits_for_the_pid_the_shim_reports_after_it() -> None:
+    read_end, write_end = os.pipe()
+    handle = ProcessHandle(read_end, None, "test process")
+    _write(write_end, mounted=True)  # the process's line first, the shim's later
+    threading.Timer(0.1, _write, (write_end,), {"pid": 42, "shim": 41}).start()
+    assert handle.wait_for("mounted", 10)
+    assert handle.mounted and handle.pid == 42
+    os.close(write_end)
+    assert handle.wait_closed(10)
