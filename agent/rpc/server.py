@@ -33,9 +33,7 @@ log = logging.getLogger(__name__)
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Calls run on a pool of up to ``max_workers`` threads (created as needed): Kata keeps long polls open
 # (WaitProcess, ReadStdout and ReadStderr for every process), which must not starve other calls. The
-# request bytes held by calls in flight are bounded across connections. An idle ttrpc connection keeps
-# TtrpcConnection.SPARE_READERS of the pool's threads waiting for its next request; the pool has room
-# for those on top of the calls.
+# request bytes held by calls in flight are bounded across connections.
 REQUEST_BYTES_IN_FLIGHT = 16 * MESSAGE_LENGTH_MAX
 
 
@@ -108,9 +106,7 @@ class AgentServer:
         self.servicer = servicer
         self._run_dir = run_dir
         self._sniff_timeout = sniff_timeout
-        self._pool = ThreadPoolExecutor(
-            max_workers=max_workers + TtrpcConnection.SPARE_READERS * max_connections, thread_name_prefix="rpc"
-        )
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc")
         self._deadlines = Deadlines()
         self._budget = ByteBudget(REQUEST_BYTES_IN_FLIGHT)
         self._connection_slots = threading.BoundedSemaphore(max_connections)

@@ -22,7 +22,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import os
 import select
 import socket
 import struct
@@ -207,11 +206,6 @@ class FrameReader:
         del self._buffer[:HEADER_LENGTH]
         return FrameHeader(length, stream_id, frame_type, flags)
 
-    @property
-    def buffered(self) -> int:
-        """Bytes read off the socket and not yet taken (the sniffed prefix, or frames sent back to back)."""
-        return len(self._buffer)
-
     def read_payload(self, length: int) -> bytes:
         if length > MESSAGE_LENGTH_MAX:
             raise ValueError("caller must discard oversized payloads")
@@ -349,18 +343,7 @@ class TtrpcConnection:
     Calls may block for long (WaitProcess and ReadStdout are long polls), so the bounds are on calls
     in flight per connection (``max_in_flight``) and on their request bytes (``budget``, shared by
     all connections), and the pool must be large enough for the long polls a client keeps open.
-
-    A request runs on the pool thread that read it, and that thread lets the next request go to
-    another one first (leader and followers): the connection's idle threads wait in one epoll on
-    the socket, registered one-shot, so the kernel wakes exactly one of them when a request comes
-    and the others sleep on in the kernel. The reader re-arms the socket once it has read its frame,
-    then runs the call while another thread waits for the next request. So a call starts without a
-    thread's wake-up before it and without one competing with it for the interpreter; a thread is
-    only started when none is left waiting (concurrent calls). After its call a thread waits again,
-    unless ``SPARE_READERS`` threads wait already (then it goes back to the pool).
     """
-
-    SPARE_READERS = 2
 
     def __init__(
         self,
@@ -387,17 +370,6 @@ class TtrpcConnection:
         self._closed = False
         self._closing = False  # set by a frame after which the connection must end
         self._reading_ended = threading.Event()
-        # The waiting threads: the socket (one-shot, armed while nobody reads it) and an eventfd
-        # written when the reading ends, in one epoll; ``_lock`` guards the counts and ``_ended``.
-        self._epoll = select.epoll()
-        self._ended_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._epoll.register(self._ended_fd, select.EPOLLIN)
-        self._sock_fd = sock.fileno()
-        self._registered = False  # the socket is in the epoll (armed once, then re-armed)
-        self._lock = threading.Lock()
-        self._waiting = 0  # threads in the epoll
-        self._workers = 0  # threads serving this connection (or handed to the pool to)
-        self._ended = False
 
     def send_response(self, stream_id: int, code: int, message: str, payload: bytes) -> None:
         if len(payload) > MESSAGE_LENGTH_MAX - 1024:
@@ -430,139 +402,44 @@ class TtrpcConnection:
     def serve(self) -> None:
         """Read frames until the peer closes or breaks the protocol; returns when the reading has
         ended (the socket is shut down then; calls still running answer into it in vain). Never raises.
-        The reading and the calls run on the pool."""
-        try:
-            self._spawn(reader=True)
-        except RuntimeError:
-            log.debug("ttrpc: the pool is shut down; closing connection")
-            self._end_reading(None)
+
+        A request runs on the thread that read it, once it has handed the reading on to a pool thread:
+        the call starts at once instead of after a pool thread's wake-up, and the next request is read
+        meanwhile. (While the pool is busy the reading waits for a thread, as a call would.)"""
+        self._read()
         self._reading_ended.wait()
 
-    def _spawn(self, reader: bool) -> None:
-        """A pool thread for this connection: the reader (``reader``, with the bytes buffered so far)
-        or one more waiting thread. RuntimeError: the pool is shut down (the agent stops)."""
-        with self._lock:
-            self._workers += 1
-        try:
-            self._pool.submit(self._work, reader)
-        except BaseException:
-            self._leave()
-            raise
-
-    def _work(self, reader: bool) -> None:
+    def _read(self) -> None:
+        call = None
+        handed_off = False
         try:
             while True:
-                if not reader and not self._wait_for_request():
-                    return
-                reader = False
-                call, ended = self._read_frame()
-                if ended:
-                    self._end_reading(call)
-                    return
-                if self._reader.buffered:
-                    # The next frame has begun already: it is this thread's or another's to read
-                    # from the buffer; the socket's readiness does not tell of it.
-                    if call is None:
-                        reader = True
-                        continue
-                    try:
-                        self._spawn(reader=True)
-                    except RuntimeError:
-                        log.debug("ttrpc: the pool is shut down; closing connection")
-                        self._end_reading(call)
-                        return
-                else:
-                    self._arm()
-                    if call is not None:
-                        self._keep_one_waiting()
-                if call is None:
-                    continue
-                call.run()
-                with self._lock:
-                    if self._ended or self._waiting >= self.SPARE_READERS:
-                        return
-        finally:
-            self._leave()
-
-    def _wait_for_request(self) -> bool:
-        """Wait in the epoll; True when this thread is to read the socket, False when the reading ended."""
-        with self._lock:
-            if self._ended:
-                return False
-            self._waiting += 1
-        try:
-            while True:
-                events = self._epoll.poll()
-                for fd, _mask in events:
-                    if fd != self._sock_fd:  # the eventfd: the reading ended
-                        # one waiter is woken per write: wake the next one (the fd stays open while we wait)
-                        os.eventfd_write(self._ended_fd, 1)
-                        return False
-                if events:
-                    return True
-        finally:
-            with self._lock:
-                self._waiting -= 1
-
-    def _arm(self) -> None:
-        """Let the next waiting thread read the socket (the caller read its frame whole)."""
-        try:
-            if self._registered:
-                self._epoll.modify(self._sock_fd, select.EPOLLIN | select.EPOLLONESHOT)
-            else:
-                self._epoll.register(self._sock_fd, select.EPOLLIN | select.EPOLLONESHOT)
-                self._registered = True
-        except (OSError, ValueError) as exc:  # the socket was closed under us: the agent stops
-            log.debug("ttrpc: cannot wait for the next request: %s", exc)
-            self._end_reading(None)
-
-    def _keep_one_waiting(self) -> None:
-        """The caller runs a call: make sure a thread waits for the next request meanwhile."""
-        with self._lock:
-            if self._waiting or self._ended:
-                return
-        try:
-            self._spawn(reader=False)
-        except RuntimeError:
-            pass  # the pool is shut down: this thread waits again after its call, if the agent lasts
-
-    def _read_frame(self) -> tuple[_Call | None, bool]:
-        """As the socket's reader: handle one frame. (the call to run, if a request; whether the
-        reading has ended)."""
-        try:
-            header = self._reader.read_header()
-            if header is None or self._closing:
-                return None, True
-            call = self._handle_frame(header)
-            return call, call is None and self._closing
+                header = self._reader.read_header()
+                if header is None or self._closing:
+                    break
+                call = self._handle_frame(header)
+                if call is not None:
+                    self._pool.submit(self._read)  # RuntimeError: the pool is shut down, the agent stops
+                    handed_off = True
+                    break
+                if self._closing:
+                    break
         except ProtocolError as exc:
             log.warning("ttrpc: closing connection: %s", exc)
         except OSError as exc:
             log.debug("ttrpc: connection ended: %s", exc)
+        except RuntimeError:
+            log.debug("ttrpc: the pool is shut down; closing connection")
         except Exception:
             log.exception("ttrpc: unexpected error; closing connection")
-        return None, True
-
-    def _end_reading(self, call: _Call | None) -> None:
+        if handed_off:
+            assert call is not None
+            call.run()
+            return
         if call is not None:
             call.cancel("the agent is shutting down")
         self.close()
-        with self._lock:
-            self._ended = True
-            os.eventfd_write(self._ended_fd, 1)  # the waiting threads leave
         self._reading_ended.set()
-        self._leave(0)
-
-    def _leave(self, count: int = 1) -> None:
-        """``count`` threads stop serving this connection; once the reading has ended and the last
-        one has gone, the epoll and the eventfd are closed."""
-        with self._lock:
-            self._workers -= count
-            if not self._ended or self._workers or self._ended_fd < 0:
-                return
-            self._epoll.close()
-            os.close(self._ended_fd)
-            self._ended_fd = -1
 
     def _handle_frame(self, header: FrameHeader) -> _Call | None:
         """Handle one frame; a request comes back as the call to run."""
