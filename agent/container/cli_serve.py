@@ -23,12 +23,48 @@ class SharedForkServer(ForkServerClient):
     """``pykata-runc serve``'s fork server, started once by the server and used by the workers it
     forks: they share its socket (requests get no answer, so several writers are fine), and the
     server's warm shim and container process spare each ``create`` its forks. Only the process that
-    started it stops it; in a worker ``close`` just lets go of the socket."""
+    started it stops it; in a worker ``close`` just lets go of the socket.
+
+    What one worker's create taught the fork server (the pages a setup writes, which namespaces
+    creates make) must not be learned again by every later worker, each a fresh fork of the server:
+    the two facts live in a page shared by the server and all its workers (an anonymous shared
+    mapping made before the first fork), not in a worker's copy of this object."""
 
     def __init__(self) -> None:
+        import mmap
+
+        from agent.container.init import PREUNSHARE_KINDS
+
+        self._kinds = PREUNSHARE_KINDS
+        # byte 0: the pages are known; byte 1: a bit per PREUNSHARE_KINDS entry the warm processes make
+        self._shared = mmap.mmap(-1, 2, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         # several workers share the socket: a pair offered to one that then ends would be lost
         super().__init__(direct=False)
         self._owner = os.getpid()
+
+    @property
+    def _pages_known(self) -> bool:
+        return bool(self._shared[0])
+
+    @_pages_known.setter
+    def _pages_known(self, known: bool) -> None:
+        self._shared[0] = int(known)
+
+    @property
+    def preunshare(self) -> tuple[str, ...]:
+        return tuple(kind for bit, kind in enumerate(self._kinds) if self._shared[1] & (1 << bit))
+
+    @preunshare.setter
+    def preunshare(self, kinds: tuple[str, ...]) -> None:
+        self._shared[1] = sum(1 << bit for bit, kind in enumerate(self._kinds) if kind in kinds)
+
+    def send(self, payload: dict[str, Any], fds: list[int]) -> None:
+        if payload.get("op") == "create" and fds:
+            with self._lock:
+                # the server hands the request to its warm pair itself (direct=False): tell it which
+                # namespaces its next warm processes should make, as a direct client does
+                self._follow_namespaces(self._ensure(), payload)
+        super().send(payload, fds)
 
     def _ensure(self) -> Any:
         # a worker cannot wait for the server's child (Popen.poll would call it gone): use the socket
