@@ -531,9 +531,11 @@ def do_delete(ctx: Context, record: Record, container: Container, *, force: bool
     if status in (Status.RUNNING, Status.PAUSED) and not force:
         raise CliError(f"cannot delete container {record.id}: it is {status.value}; stop it first or use --force")
     # The engine waits for the processes it knows; a later call knows only the init, so wait for
-    # the cgroup to empty (processes that earlier calls exec'd) before the engine removes it.
-    container.signal(signal.SIGKILL, all_processes=True)
-    _wait_empty(container, record)
+    # the cgroup to empty (processes that earlier calls exec'd) before the engine removes it. An empty
+    # cgroup (a `run` whose init ended with its pid namespace) needs neither.
+    if container.pids():
+        container.signal(signal.SIGKILL, all_processes=True)
+        _wait_empty(container, record)
     container.destroy(timeout=10)
     ctx.store.remove(record.id)
 
