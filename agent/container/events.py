@@ -75,12 +75,13 @@ class ProcessEvents:
         ended = self._exit is not None or self.error is not None
         if what == "pid":
             return self.pid > 0 or ended
-        if what in ("mounted", "started"):
-            return bool(getattr(self, what)) or ended
-        if what == "created":
-            # the shim reports the pid and the process reports "created", on one pipe but from two
-            # processes, in either order: created means both have arrived
-            return (self.created and self.pid > 0) or ended
+        if what == "started":
+            return self.started or ended
+        if what in ("mounted", "created"):
+            # the shim reports the pid and the process reports "mounted" and "created", on one pipe
+            # but from two processes, in either order: each means the pid has arrived too (the
+            # runtime's hooks at "mounted" get a state with the pid)
+            return (bool(getattr(self, what)) and self.pid > 0) or ended
         if what == "closed":
             return self._eof
         return self._exit is not None

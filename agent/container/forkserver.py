@@ -229,14 +229,8 @@ class ProcessHandle(ProcessEvents):
                 reactor.add(self._status_fd, self._handler)
 
     def wait_for(self, what: str, timeout: float | None = None) -> bool:
-        """Wait until ``pid``, ``mounted``, ``created``, ``started`` (or an error) or ``exit`` is known.
-
-        ``mounted`` waits for the pid as well: the process reports the one and the shim the other, on
-        one pipe but from two processes, in either order, and the state the runtime's hooks then get
-        carries the pid. (A waiter that reads the pipe itself sees the first line as soon as it is
-        written.)"""
-        if what == "mounted":
-            return self._wait(lambda: self._ready("mounted") and self._ready("pid"), timeout)
+        """Wait until ``pid``, ``mounted``, ``created``, ``started`` (or an error) or ``exit`` is known
+        (agent/container/events.py: ``mounted`` and ``created`` include the shim's pid)."""
         return self._wait(lambda: self._ready(what), timeout)
 
     def wait(self, timeout: float | None = None) -> int | None:

@@ -77,3 +77,17 @@ def test_mounted_waits_for_the_pid_the_shim_reports_after_it() -> None:
     assert handle.mounted and handle.pid == 42
     os.close(write_end)
     assert handle.wait_closed(10)
+
+
+def test_pykata_runcs_handle_waits_for_the_pid_with_mounted_too() -> None:
+    from agent.container.cli_backend import LocalProcessHandle
+
+    read_end, write_end = os.pipe()
+    handle = LocalProcessHandle(read_end, None, "test process")
+    _write(write_end, mounted=True)  # the process's line first, the shim's later
+    assert not handle.wait_for("mounted", 0.05)  # no pid yet: not mounted as the hooks need it
+    _write(write_end, pid=42, shim=41)
+    assert handle.wait_for("mounted", 10)
+    assert handle.mounted and handle.pid == 42
+    os.close(write_end)
+    assert handle.wait_closed(10)
