@@ -356,8 +356,9 @@ class Container:
                 return
             status = self.status
             self._thaw_quietly() if status is Status.PAUSED else None
-            self.signal(signal.SIGKILL, all_processes=True)
             procs = self.processes()
+            if not self._pid_namespace_ended(procs):
+                self.signal(signal.SIGKILL, all_processes=True)
         deadline = None if not timeout else time.monotonic() + timeout
         for proc in procs:
             if proc.handle.exit_code is None and proc.handle.pid > 0:
@@ -391,6 +392,18 @@ class Container:
                 hooks_mod.run_hook(hook, self.state(), "poststop")
             except Exception as exc:
                 log.warning("container %s: %s", self.id, exc)
+
+    def _pid_namespace_ended(self, procs: list[Process]) -> bool:
+        """Whether every process of the container is gone already, without reading its cgroup: its
+        init, pid 1 of a pid namespace of its own, has exited (the kernel kills the namespace's other
+        processes and reaps them before it reports that exit) and no exec'd process is left."""
+        own_pid_namespace = any(ns.type == "pid" and not ns.path for ns in self.spec.linux.namespaces)
+        return (
+            own_pid_namespace
+            and self.init is not None
+            and all(proc.handle.exit_code is not None for proc in procs)
+            and self.init in procs
+        )
 
     def _thaw_quietly(self) -> None:
         try:

@@ -202,6 +202,26 @@ def test_destroy_before_start_ends_the_process(engine: Engine, spec: Any) -> Non
     assert not Path(f"/proc/{pid}").exists()
 
 
+@pytest.mark.parametrize("own_pid_namespace", [True, False])
+def test_remove_after_the_init_exited_leaves_no_process(engine: Engine, spec: Any, own_pid_namespace: bool) -> None:
+    # a process the init left behind: gone with the init's pid namespace, or still in the cgroup
+    # (sharing the runtime's pid namespace) until the removal kills it
+    name = "iso-left-pidns" if own_pid_namespace else "iso-left-hostpid"
+    config = spec(name, ["/bin/sh", "-c", "sleep 300 & exit 0"])
+    if not own_pid_namespace:
+        config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "pid"]
+    container = started(engine, name, config)
+    assert container.wait(timeout=20) == 0
+    left = container.pids()
+    assert (left == []) is own_pid_namespace
+    engine.remove(name, timeout=10)
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in left) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in left)
+    assert name not in [c.id for c in engine.list()]
+
+
 @pytest.fixture
 def open_rootfs() -> Iterator[Path]:
     """A busybox rootfs whose parents any uid may traverse (the mapped root is no host root)."""
