@@ -630,7 +630,7 @@ def serve(sock: socket.socket) -> None:
             offered = False
             continue
         if request.get("op") == "prefault":
-            settings["prefault"] = _prefault_runs(request.get("runs"))
+            settings["prefault"] = prefault.checked_runs(request.get("runs"))
             continue
         if request.get("op") == "preunshare":
             kinds = request.get("kinds")
@@ -645,15 +645,6 @@ def serve(sock: socket.socket) -> None:
             _fork_shim(sock, init.run_shim, request, fds)
         for fd in fds:
             os.close(fd)
-
-
-def _prefault_runs(value: Any) -> list[tuple[int, int]]:
-    """The client's [address, length] pairs, checked (they come from a container's setup process)."""
-    runs = []
-    for item in value if isinstance(value, list | tuple) else []:
-        if isinstance(item, list | tuple) and len(item) == 2 and all(type(x) is int and x > 0 for x in item):
-            runs.append((item[0], item[1]))
-    return runs[: prefault.MAX_RANGES]
 
 
 def _readable(sock: socket.socket, timeout: float) -> bool:

@@ -64,6 +64,16 @@ def written_pages(maps_fd: int, pagemap_fd: int) -> list[tuple[int, int]]:
     return runs[:MAX_RANGES]
 
 
+def checked_runs(value: object) -> list[tuple[int, int]]:
+    """``value``'s [address, length] pairs, checked (they come from another process): positive
+    integers only, at most MAX_RANGES of them."""
+    runs = []
+    for item in value if isinstance(value, list | tuple) else []:
+        if isinstance(item, list | tuple) and len(item) == 2 and all(type(x) is int and x > 0 for x in item):
+            runs.append((item[0], item[1]))
+    return runs[:MAX_RANGES]
+
+
 def populate(runs: Sequence[tuple[int, int]]) -> int:
     """Fault in, writable, each (address, length) run of this process's memory; runs that are not
     mapped here, or a kernel without MADV_POPULATE_WRITE, are skipped. Returns the bytes populated."""

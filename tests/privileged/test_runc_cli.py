@@ -584,11 +584,16 @@ def served(runtime: Runtime) -> Iterator[Runtime]:
     """The same runtime, its commands handed by agent/container/cli_client.py to ``pykata-runc serve``."""
     socket_path = runtime.workdir / "server.sock"
     env = {**os.environ, "PYKATA_RUNC_SERVER": str(socket_path)}
+    server_log = runtime.workdir / "server.log"
     server = subprocess.Popen(
-        [*CLI, "serve", "--socket", str(socket_path)], cwd=REPO, env=env, stdin=subprocess.DEVNULL
+        [*CLI, "--debug", "--log", str(server_log), "serve", "--socket", str(socket_path)],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
     _wait_for(socket_path.exists, "the server's socket", timeout=30)
     client = Runtime(runtime.root, runtime.workdir, runtime.spec)
+    client.server_log = server_log  # type: ignore[attr-defined]
     client.ids = runtime.ids  # the runtime fixture deletes them all at the end
     client.pids = runtime.pids
     client.command = [sys.executable, str(REPO / "agent" / "container" / "cli_client.py")]
@@ -619,6 +624,24 @@ def test_served_commands_behave_like_the_cli(served: Runtime) -> None:
     assert (done.returncode, done.stdout) == (4, "/\n")
     served("delete", "--force", cid)
     assert served("list", "-q").stdout == ""
+
+
+def test_served_workers_learn_the_pages_a_run_writes(served: Runtime) -> None:
+    # a worker that ran a container reports the pages it wrote; the later spare workers fault them
+    # in while they wait (agent/container/cli_serve.py); a command served after that runs the same
+    log: Path = served.server_log  # type: ignore[attr-defined]
+    bundle = served.bundle("served-learn", ["/bin/sh", "-c", "echo $0", "learned"])
+    done = served("state", "nothing-here", check=False)  # not a container command: teaches nothing
+    assert done.returncode == 1
+    assert served("run", "-b", str(bundle), served.new_id("served-learn")).stdout == "learned\n"
+    _wait_for(lambda: "KiB of pages a command writes" in log.read_text(), "the server's learning", timeout=10)
+    learned = [line for line in log.read_text().splitlines() if "KiB of pages a command writes" in line]
+    assert len(learned) == 1 and int(learned[0].split(" learned ")[1].split()[0]) > 0
+    time.sleep(0.2)  # the spare worker is idle: it faults the pages in
+    for index in range(2):
+        done = served("run", "-b", str(bundle), served.new_id(f"served-learn-{index}"))
+        assert done.stdout == "learned\n"
+    assert len([line for line in log.read_text().splitlines() if "KiB of pages" in line]) == 1  # learned once
 
 
 def test_served_run_forwards_signals(served: Runtime) -> None:
