@@ -52,7 +52,7 @@ TIOCGPTPEER = 0x5441
 
 def _readable(fd: int, timeout: float) -> bool:
     """Whether ``fd`` has something to read within ``timeout`` seconds."""
-    import select  # here: a `run` that waits with no deadline never loads it (a cold start pays per import)
+    import select  # at the first wait with a deadline (a look, or a wait without one, reads directly)
 
     poller = select.poll()
     poller.register(fd, select.POLLIN)
