@@ -50,19 +50,6 @@ TIOCSPTLCK = 0x40045431  # linux/tty ioctls Python's termios lacks
 TIOCGPTPEER = 0x5441
 
 
-def _readable(fd: int, timeout: float) -> bool:
-    """Whether ``fd`` has something to read within ``timeout`` seconds."""
-    import select  # at the first wait with a deadline (a look, or a wait without one, reads directly)
-
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    while True:
-        try:
-            return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
-        except InterruptedError:
-            continue
-
-
 def _read_now(fd: int) -> bytes | None:
     """What ``fd`` has now (b"" at its end), or None when it has nothing yet."""
     os.set_blocking(fd, False)
@@ -89,7 +76,6 @@ class LocalProcessHandle(ProcessEvents):
 
     def __init__(self, status_fd: int, control_fd: int | None, description: str) -> None:
         super().__init__(status_fd, control_fd, description)
-        self._pending = b""
 
     @property
     def exit_code(self) -> int | None:
@@ -107,9 +93,14 @@ class LocalProcessHandle(ProcessEvents):
                     chunk = _read_now(self._status_fd)
                     if chunk is None:
                         return
-                elif timeout is not None and not _readable(self._status_fd, timeout):
-                    return
                 else:
+                    if timeout is not None:
+                        # select: loaded at the first wait with a deadline (a look, or a wait without
+                        # one, reads directly)
+                        from agent.system.polling import readable
+
+                        if not readable(self._status_fd, timeout):
+                            return
                     chunk = os.read(self._status_fd, 4096)  # blocks until the shim writes
             except InterruptedError:
                 continue
@@ -118,10 +109,8 @@ class LocalProcessHandle(ProcessEvents):
             os.close(self._status_fd)
             self._ended()
             return
-        self._pending += chunk
-        while b"\n" in self._pending:
-            line, self._pending = self._pending.split(b"\n", 1)
-            self._apply(jsonlite.loads(line))
+        for event in self._events(chunk):
+            self._apply(event)
 
     def wait_for(self, what: str, timeout: float | None = None) -> bool:
         """As ProcessHandle.wait_for: ``pid``, ``mounted``, ``created``, ``started``, ``exit`` or ``closed``."""
@@ -249,11 +238,9 @@ class FoundProcess:
         try:
             if not self._alive(pid, start):  # the pid was reused before the open
                 return True
-            import select
+            from agent.system.polling import readable
 
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
+            return readable(pidfd, timeout)
         finally:
             os.close(pidfd)
 

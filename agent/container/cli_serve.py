@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.container.forkserver import ForkServerClient
 from agent.system import prefault
+from agent.system.polling import readable
 
 if TYPE_CHECKING:
     from agent.container.cli import Log
@@ -226,7 +227,7 @@ def _accept_one(listener: Any, taken_w: int, log: Log, prefault_runs: list[tuple
     """In the spare worker: wait for one client (faulting in ``prefault_runs`` once idle), tell the
     server (which forks the next spare), serve it; then, given a ``report`` socket, report the pages
     a container command wrote."""
-    if prefault_runs and not _readable(listener.fileno(), SPARE_IDLE):
+    if prefault_runs and not readable(listener, SPARE_IDLE):
         prefault.populate(prefault_runs)
     while True:
         try:
@@ -244,35 +245,20 @@ def _accept_one(listener: Any, taken_w: int, log: Log, prefault_runs: list[tuple
     return code
 
 
-def _readable(fd: int, timeout: float) -> bool:
-    import select
-
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    while True:
-        try:
-            return bool(poller.poll(int(timeout * 1000)))
-        except InterruptedError:
-            continue
-
-
 def _report_pages(report: Any) -> None:
     """Send the server the pages this worker wrote (its client has its answer already)."""
     import marshal
 
+    fds = prefault.open_page_maps()
+    if fds is None:
+        return  # no report: the next workers learn instead
     try:
-        maps = os.open("/proc/self/maps", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                runs = prefault.written_pages(maps, pagemap)
-            finally:
-                os.close(pagemap)
-        finally:
-            os.close(maps)
-        report.send(marshal.dumps(runs))
+        report.send(marshal.dumps(prefault.written_pages(*fds)))
     except (OSError, ValueError):
-        pass  # no report: the next workers learn instead
+        pass
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _learned(pages: Any) -> list[tuple[int, int]]:

@@ -398,12 +398,8 @@ class Container:
         init, pid 1 of a pid namespace of its own, has exited (the kernel kills the namespace's other
         processes and reaps them before it reports that exit) and no exec'd process is left."""
         own_pid_namespace = any(ns.type == "pid" and not ns.path for ns in self.spec.linux.namespaces)
-        return (
-            own_pid_namespace
-            and self.init is not None
-            and all(proc.handle.exit_code is not None for proc in procs)
-            and self.init in procs
-        )
+        # procs is self.processes(): the init (when there is one) and the exec'd processes
+        return own_pid_namespace and self.init is not None and all(p.handle.exit_code is not None for p in procs)
 
     def _thaw_quietly(self) -> None:
         try:

@@ -14,8 +14,11 @@ from __future__ import annotations
 import os
 import time
 
+from agent.system import jsonlite
+
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 ENDED_UNREPORTED = "the container's setup process ended before it reported"
@@ -34,11 +37,20 @@ class ProcessEvents:
         self._status_fd = status_fd
         self._control_fd = control_fd
         self._eof = False
+        self._partial = b""  # the start of a line the pipe has not finished yet
         self.timeline: dict[str, float] = {"spawn": time.monotonic()}  # when each event arrived
 
     @property
     def exit_code(self) -> int | None:
         return self._exit
+
+    def _events(self, chunk: bytes) -> Iterator[dict[str, Any]]:
+        """The events whose lines ``chunk`` completes, in order; ValueError at a line that is not JSON
+        (the events before it have been given)."""
+        self._partial += chunk
+        while b"\n" in self._partial:
+            line, self._partial = self._partial.split(b"\n", 1)
+            yield jsonlite.loads(line)
 
     def _apply(self, event: dict[str, Any]) -> None:
         """Take one event in (the caller holds whatever guards this state)."""

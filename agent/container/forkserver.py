@@ -57,6 +57,7 @@ from typing import Any
 from agent.container.events import ProcessEvents
 from agent.errors import ResourceError
 from agent.system import children, prefault
+from agent.system.polling import readable
 from agent.system.reactor import default_reactor
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,6 @@ class ProcessHandle(ProcessEvents):
         # the pages the process's setup wrote (agent.system.prefault), given to on_pages once it is created
         self.on_pages: Callable[[list[tuple[int, int]]], None] | None = None
         self._pages: list[tuple[int, int]] = []
-        self._buffered = b""
         self._reading = False
         self._direct = False  # a waiting thread reads the pipe, not the reactor
         self._handler = self._readable  # one bound method: the reactor knows its handlers by identity
@@ -150,11 +150,9 @@ class ProcessHandle(ProcessEvents):
             log.warning("%s: status pipe: %s", self.description, exc)
             chunk = b""
         if chunk:
-            self._buffered += chunk
             try:
-                while b"\n" in self._buffered:
-                    line, self._buffered = self._buffered.split(b"\n", 1)
-                    self._event(json.loads(line))
+                for event in self._events(chunk):
+                    self._event(event)
                 return True
             except ValueError as exc:
                 log.warning("%s: status pipe: %s", self.description, exc)
@@ -500,7 +498,7 @@ class _WarmPair:
 
 
 def hand_over(shim: socket.socket, child: socket.socket, request: bytes, fds: list[int]) -> bool:
-    """Give a request (JSON bytes; fds[0] is its status pipe) to a warm pair, and close the pair's
+    """Give a request (marshal'd bytes; fds[0] is its status pipe) to a warm pair, and close the pair's
     sockets. False when the pair is gone (nothing was handed over: fork a shim instead).
 
     The process gets its request first: it has the setup to do, and a shim woken first can take the
@@ -524,9 +522,7 @@ def hand_over(shim: socket.socket, child: socket.socket, request: bytes, fds: li
 
 def _parked(sock: socket.socket) -> bool:
     """Whether a parked process is still there: it never writes, so anything readable is its end."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return not poller.poll(0)
+    return not readable(sock, 0)
 
 
 def _warm_shim(sock: socket.socket, child: int, keeper: int) -> int:
@@ -594,7 +590,7 @@ def serve(sock: socket.socket) -> None:
     while True:
         # The next warm pair is forked once the server has been idle for a moment, not right after a
         # hand-over: the fork would compete for the CPU with the container being set up.
-        if warm is None and not offered and not _readable(sock, WARM_DELAY):
+        if warm is None and not offered and not readable(sock, WARM_DELAY):
             try:
                 warm = _WarmPair(sock, settings)
             except OSError as exc:
@@ -645,15 +641,6 @@ def serve(sock: socket.socket) -> None:
             _fork_shim(sock, init.run_shim, request, fds)
         for fd in fds:
             os.close(fd)
-
-
-def _readable(sock: socket.socket, timeout: float) -> bool:
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    try:
-        return bool(poller.poll(timeout * 1000))
-    except InterruptedError:
-        return True
 
 
 def main() -> None:

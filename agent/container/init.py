@@ -368,7 +368,7 @@ def container_main(
         _exec_process(request, process, io_fds, status_fd)
         return 127
     plan = _plan_from(request["plan"])
-    learning = _open_page_maps(request["proc"]) if request.get("learn_pages") else None
+    learning = prefault.open_page_maps(request["proc"]) if request.get("learn_pages") else None
     joins: dict[str, str] = request.get("join") or {}
     unshare: list[str] = request.get("unshare") or []
     made = preunshared or {}
@@ -460,22 +460,9 @@ def container_main(
     return 127
 
 
-def _open_page_maps(proc: str) -> tuple[int, int] | None:
-    """/proc/self/maps and /proc/self/pagemap, opened while the runtime's /proc is in reach, for
-    _report_written_pages; None when they cannot be opened (the process then reports nothing)."""
-    try:
-        maps = os.open(f"{proc}/self/maps", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return maps, os.open(f"{proc}/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        os.close(maps)
-        return None
-
-
 def _report_written_pages(status_fd: int, fds: tuple[int, int]) -> None:
-    """Tell the engine which pages this setup made its own (agent.system.prefault), so the warm
+    """Tell the engine which pages this setup made its own (agent.system.prefault; ``fds`` are
+    prefault.open_page_maps', opened before the root changed), so the warm
     processes forked next fault them in while they wait. In events of under PIPE_BUF bytes: the
     shim writes to the same pipe, and only such writes are atomic."""
     try:

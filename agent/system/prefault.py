@@ -39,6 +39,20 @@ def _private_writable(maps: bytes) -> list[tuple[int, int]]:
     return found
 
 
+def open_page_maps(proc: str = "/proc") -> tuple[int, int] | None:
+    """This process's ``maps`` and ``pagemap`` under ``proc`` (a process about to change its root
+    opens them while /proc is in reach), for written_pages; None when they cannot be opened."""
+    try:
+        maps = os.open(f"{proc}/self/maps", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return maps, os.open(f"{proc}/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(maps)
+        return None
+
+
 def written_pages(maps_fd: int, pagemap_fd: int) -> list[tuple[int, int]]:
     """The private writable pages this process holds as its own (written since the fork, or new),
     as (address, length) runs. ``maps_fd`` and ``pagemap_fd`` are /proc/self/maps and
