@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
 
 from agent.system.libc import raise_errno
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from os import PathLike
 
-def read_text(path: Path) -> str:
-    return path.read_text().strip()
+    StrPath = str | PathLike[str]
 
 
-def read_int(path: Path) -> int:
+def read_text(path: StrPath) -> str:
+    with open(path, encoding="utf-8") as stream:
+        return stream.read().strip()
+
+
+def read_int(path: StrPath) -> int:
     return int(read_text(path), 0)
 
 
-def write(path: Path, value: str | int | bytes) -> None:
+def write(path: StrPath, value: str | int | bytes) -> None:
     """Write one attribute value, as ``echo value > path`` would, without O_CREAT.
 
     O_TRUNC as the shell uses it: kernel attribute files ignore it, and a regular file standing in for
@@ -27,10 +33,10 @@ def write(path: Path, value: str | int | bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     except OSError as exc:
-        raise_errno(exc.errno or errno.EIO, str(path))
+        raise_errno(exc.errno or errno.EIO, os.fspath(path))
     try:
         os.write(fd, data)
     except OSError as exc:
-        raise_errno(exc.errno or errno.EIO, str(path))
+        raise_errno(exc.errno or errno.EIO, os.fspath(path))
     finally:
         os.close(fd)
