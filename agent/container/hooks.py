@@ -10,7 +10,6 @@ or start; poststart/poststop failures are logged.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from agent.errors import ResourceError
 from agent.system import jsonlite
@@ -45,18 +44,20 @@ def run_hook(hook: Hook, state: dict[str, Any], kind: str) -> None:
 GUEST_HOOK_KINDS = ("prestart", "poststart", "poststop")
 
 
-def add_guest_hooks(spec: dict[str, Any], hook_dir: Path) -> dict[str, Any]:
+def add_guest_hooks(spec: dict[str, Any], hook_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """``spec`` with the guest's own hooks appended: every executable file in
     ``hook_dir/{prestart,poststart,poststop}/`` (CreateSandbox's guest_hook_path), sorted by name,
     run with its own name as argv[0], as Kata's agent does."""
+    root = os.fspath(hook_dir)
     added: dict[str, list[dict[str, Any]]] = {kind: [] for kind in GUEST_HOOK_KINDS}
     for kind in GUEST_HOOK_KINDS:
-        directory = hook_dir / kind
-        if not directory.is_dir():
+        directory = os.path.join(root, kind)
+        if not os.path.isdir(directory):
             continue
-        for entry in sorted(directory.iterdir()):
-            if entry.is_file() and os.access(entry, os.X_OK):
-                added[kind].append({"path": str(entry), "args": [entry.name]})
+        for name in sorted(os.listdir(directory)):
+            entry = os.path.join(directory, name)
+            if os.path.isfile(entry) and os.access(entry, os.X_OK):
+                added[kind].append({"path": entry, "args": [name]})
     if not any(added.values()):
         return spec
     hooks = dict(spec.get("hooks") or {})
