@@ -4,10 +4,9 @@ a step fails (the cgroup, the process, our pipe ends)."""
 
 from __future__ import annotations
 
+import _signal  # the C module: ``signal`` imports enum, on every cold container start
 import fcntl
 import os
-import signal
-from pathlib import Path
 
 from agent.container import hooks as hooks_mod
 from agent.container import seccomp
@@ -164,7 +163,7 @@ def _abort(handle: Any) -> None:
     handle.wait_for("pid", 5.0)
     if handle.pid > 0 and handle.exit_code is None:
         try:
-            os.kill(handle.pid, signal.SIGKILL)
+            os.kill(handle.pid, _signal.SIGKILL)
         except ProcessLookupError:
             pass
     handle.wait(SETUP_TIMEOUT)
@@ -178,7 +177,7 @@ def _seccomp_program(spec_seccomp: dict[str, Any] | None) -> bytes | None:
 
 
 def create_container(
-    engine: Engine, container_id: str, spec: Spec, bundle: Path, io: PipeIO | FdIO, start_fifo: Path | None = None
+    engine: Engine, container_id: str, spec: Spec, bundle: str, io: PipeIO | FdIO, start_fifo: str | None = None
 ) -> Container:
     from agent.container.engine import Container, Process
 
