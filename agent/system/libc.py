@@ -1,4 +1,11 @@
-"""Thin ctypes wrappers for the syscalls Python's os module lacks.
+"""Thin wrappers for the syscalls Python's os module lacks, called through ``_ctypes``.
+
+``_ctypes`` is the C core of ctypes. The ctypes package's Python layer (and ``struct``, which it loads)
+costs a few milliseconds at a process's start, on the path of every container start, so this module
+declares the few C types it passes itself. Functions are called as ctypes' ``CDLL(use_errno=True)``
+calls them: cdecl, an ``int`` result, errno kept for ``_ctypes.get_errno``; without argument types,
+a Python int goes as a C int, bytes and None as a pointer and NULL, and the typed values below (or an
+array made ``from_buffer``) as what they are.
 
 Every wrapper raises ``OSError(errno, strerror, path)`` through ``raise_errno`` so a failure names
 what it was acting on. Constants keep the kernel's names.
@@ -6,15 +13,66 @@ what it was acting on. Constants keep the kernel's names.
 
 from __future__ import annotations
 
-import ctypes
+import _ctypes
+import _struct
+import errno
 import os
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from typing import NoReturn
 
-# By soname: ctypes.util.find_library would run ldconfig or gcc in a subprocess, at guest boot.
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+
+# The C types the wrappers pass (ctypes' c_int, c_uint, c_long, c_ulong, c_char). On Linux, size_t is
+# an unsigned long and uint32_t an unsigned int, on 64-bit and 32-bit machines alike.
+class _Int(_ctypes._SimpleCData):
+    _type_ = "i"
+
+
+class _UInt(_ctypes._SimpleCData):
+    _type_ = "I"
+
+
+class _Long(_ctypes._SimpleCData):
+    _type_ = "l"
+
+
+class _ULong(_ctypes._SimpleCData):
+    _type_ = "L"
+
+
+class _Char(_ctypes._SimpleCData):
+    _type_ = "c"
+
+
+_SizeT = _ULong
+_UInt32 = _UInt
+
+
+class _Function(_ctypes.CFuncPtr):
+    """A libc function, called as a CDLL(use_errno=True) function: cdecl, an int result, errno saved."""
+
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _Int
+
+
+class _Library:
+    """libc's functions as attributes, each looked up (dlsym) on its first use and kept."""
+
+    # By soname: ctypes.util.find_library would run ldconfig or gcc in a subprocess, at guest boot.
+    # Mode 0 is CDLL's default (RTLD_LOCAL); _ctypes.dlopen adds RTLD_NOW.
+    _handle = _ctypes.dlopen("libc.so.6", 0)
+
+    def __getattr__(self, name: str) -> _Function:
+        if name.startswith("__"):  # no libc function has such a name; copy and pickle ask for these
+            raise AttributeError(name)
+        # CFuncPtr reads the library's handle from the object's _handle, as it does from a CDLL
+        function = _Function((name, self))  # type: ignore[arg-type]
+        setattr(self, name, function)
+        return function
+
+
+_libc = _Library()
 
 # mount(2) flags
 MS_RDONLY = 0x1
@@ -84,7 +142,7 @@ def raise_errno(err: int, path: str | None = None) -> NoReturn:
 
 def _check(result: int, path: str | None = None) -> int:
     if result < 0:
-        raise_errno(ctypes.get_errno(), path)
+        raise_errno(_ctypes.get_errno(), path)
     return result
 
 
@@ -94,12 +152,18 @@ def _b(value: str | bytes | None) -> bytes | None:
     return value if isinstance(value, bytes) else os.fsencode(value)
 
 
+def buffer_address(buffer: bytearray) -> int:
+    """The address of ``buffer``'s bytes, for a structure that points at them (the kernel's pointer
+    fields). It stays valid while ``buffer`` lives and keeps its length."""
+    return _ctypes.addressof((_Char * len(buffer)).from_buffer(buffer))
+
+
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
-    _check(_libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)), target)
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), _ULong(flags), _b(data)), target)
 
 
 def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), target)
+    _check(_libc.umount2(_b(target), _Int(flags)), target)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
@@ -107,15 +171,15 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)))
+    _check(_libc.unshare(_Int(flags)))
 
 
 def setns(fd: int, nstype: int = 0, path: str | None = None) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), path)
+    _check(_libc.setns(_Int(fd), _Int(nstype)), path)
 
 
 def finit_module(fd: int, params: str = "", flags: int = 0, path: str | None = None) -> None:
-    _check(_libc.syscall(SYS_finit_module, ctypes.c_int(fd), _b(params), ctypes.c_int(flags)), path)
+    _check(_libc.syscall(SYS_finit_module, _Int(fd), _b(params), _Int(flags)), path)
 
 
 def load_module(path: str, params: str = "") -> bool:
@@ -132,41 +196,38 @@ def load_module(path: str, params: str = "") -> bool:
 
 
 def reboot(cmd: int) -> None:
-    _check(_libc.reboot(ctypes.c_int(cmd)))
+    _check(_libc.reboot(_Int(cmd)))
 
 
 def sethostname(name: str) -> None:
     raw = name.encode()
-    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))))
+    _check(_libc.sethostname(raw, _SizeT(len(raw))))
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(
-        _libc.prctl(
-            ctypes.c_int(option),
-            ctypes.c_ulong(arg2),
-            ctypes.c_ulong(arg3),
-            ctypes.c_ulong(arg4),
-            ctypes.c_ulong(arg5),
-        )
-    )
+    """prctl(2); a pointer argument goes as its address (``buffer_address``)."""
+    return _check(_libc.prctl(_Int(option), _ULong(arg2), _ULong(arg3), _ULong(arg4), _ULong(arg5)))
 
 
 def set_process_name(name: str) -> None:
     """The thread's name in /proc/<pid>/comm and ps (at most 15 bytes are kept)."""
-    buffer = ctypes.create_string_buffer(name.encode()[:15])
-    _check(_libc.prctl(ctypes.c_int(PR_SET_NAME), buffer, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)))
+    # a bytes object's buffer ends with a NUL byte: the kernel reads a C string from it
+    _check(_libc.prctl(_Int(PR_SET_NAME), name.encode()[:15], _ULong(0), _ULong(0), _ULong(0)))
 
 
-def set_child_subreaper() -> None:
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
+_LONG_LIMIT = 1 << (8 * _struct.calcsize("@l") - 1)
+
+
+def _timeval(sec: int, usec: int) -> bytes:
+    """struct timeval { time_t tv_sec; suseconds_t tv_usec; } (two longs on Linux); EINVAL when a
+    value does not fit, as the kernel answers for a time it cannot take."""
+    if not (-_LONG_LIMIT <= sec < _LONG_LIMIT and -_LONG_LIMIT <= usec < _LONG_LIMIT):
+        raise_errno(errno.EINVAL)
+    return _struct.pack("@ll", sec, usec)
 
 
 def settimeofday(sec: int, usec: int) -> None:
-    class Timeval(ctypes.Structure):
-        _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
-
-    _check(_libc.settimeofday(ctypes.byref(Timeval(sec, usec)), None))
+    _check(_libc.settimeofday(_timeval(sec, usec), None))
 
 
 # random(4) ioctls: _IOW('R', 0x03, int[2])
@@ -176,9 +237,8 @@ RNDADDENTROPY = 0x40085203
 def add_entropy(fd: int, data: bytes, path: str | None = None) -> None:
     """Mix ``data`` into the kernel's pool and credit it as entropy (RNDADDENTROPY; needs CAP_SYS_ADMIN)."""
     # struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
-    header = (ctypes.c_int * 2)(len(data) * 8, len(data))
-    info = ctypes.create_string_buffer(bytes(header) + data)
-    _check(_libc.ioctl(ctypes.c_int(fd), ctypes.c_ulong(RNDADDENTROPY), info), path)
+    info = _struct.pack("@ii", len(data) * 8, len(data)) + data
+    _check(_libc.ioctl(_Int(fd), _ULong(RNDADDENTROPY), info), path)
 
 
 # inotify(7): cgroup v2 signals changes of files such as memory.events as IN_MODIFY
@@ -189,16 +249,16 @@ IN_CLOEXEC = os.O_CLOEXEC
 
 
 def inotify_init1(flags: int = IN_NONBLOCK | IN_CLOEXEC) -> int:
-    return _check(_libc.inotify_init1(ctypes.c_int(flags)))
+    return _check(_libc.inotify_init1(_Int(flags)))
 
 
 def inotify_add_watch(fd: int, path: str, mask: int) -> int:
     """The watch descriptor for ``path``; adding the same inode twice returns the same one."""
-    return _check(_libc.inotify_add_watch(ctypes.c_int(fd), _b(path), ctypes.c_uint32(mask)), path)
+    return _check(_libc.inotify_add_watch(_Int(fd), _b(path), _UInt32(mask)), path)
 
 
 def inotify_rm_watch(fd: int, wd: int) -> None:
-    _check(_libc.inotify_rm_watch(ctypes.c_int(fd), ctypes.c_int(wd)))
+    _check(_libc.inotify_rm_watch(_Int(fd), _Int(wd)))
 
 
 SYS_bpf = 321
@@ -206,8 +266,13 @@ SYS_bpf = 321
 
 def bpf(cmd: int, attr: bytearray, path: str | None = None) -> int:
     """bpf(2) with ``attr`` (a union bpf_attr laid out by the caller; the kernel may write into it)."""
-    buffer = (ctypes.c_char * len(attr)).from_buffer(attr)
-    return _check(_libc.syscall(ctypes.c_long(SYS_bpf), ctypes.c_int(cmd), buffer, ctypes.c_uint(len(attr))), path)
+    buffer = (_Char * len(attr)).from_buffer(attr)
+    return _check(_libc.syscall(_Long(SYS_bpf), _Int(cmd), buffer, _UInt(len(attr))), path)
+
+
+def madvise(address: int, length: int, advice: int) -> None:
+    """madvise(2) on this process's memory at ``address`` (page-aligned) for ``length`` bytes."""
+    _check(_libc.madvise(_ULong(address), _SizeT(length), _Int(advice)))
 
 
 SOL_SOCKET = 1
@@ -217,44 +282,33 @@ SO_SNDTIMEO = 21
 def set_send_timeout(fd: int, seconds: float) -> None:
     """SO_SNDTIMEO on any socket family. Python's socket.setsockopt takes only integers on AF_VSOCK
     sockets, so a struct timeval cannot be passed there."""
-
-    class Timeval(ctypes.Structure):
-        _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
-
-    value = Timeval(int(seconds), int((seconds - int(seconds)) * 1_000_000))
-    _check(_libc.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, ctypes.byref(value), ctypes.sizeof(value)))
+    value = _timeval(int(seconds), int((seconds - int(seconds)) * 1_000_000))
+    _check(_libc.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, value, len(value)))
 
 
 SYS_rt_sigaction = 13
 SIGKILL = 9
 SIGSTOP = 19
 NSIG = 65
+# struct kernel_sigaction { void *handler; unsigned long flags; void *restorer; u64 mask; }, all zero:
+# SIG_DFL, no flags, no restorer, nothing blocked during a handler
+_DEFAULT_SIGACTION = bytes(_struct.calcsize("@PLPQ"))
 
 
 def reset_all_signals() -> None:
     """Every signal back to SIG_DFL, including the two glibc keeps for itself (32 and 33) that
     signal.signal refuses: an ignored signal stays ignored across execve, and a container's program
     must start with the defaults whatever its launcher inherited (runc does the same)."""
-
-    class KernelSigaction(ctypes.Structure):
-        _fields_ = [
-            ("handler", ctypes.c_void_p),
-            ("flags", ctypes.c_ulong),
-            ("restorer", ctypes.c_void_p),
-            ("mask", ctypes.c_uint64),
-        ]
-
-    default = KernelSigaction(None, 0, None, 0)
     for signum in range(1, NSIG):
         if signum in (SIGKILL, SIGSTOP):
             continue
-        _libc.syscall(SYS_rt_sigaction, signum, ctypes.byref(default), None, ctypes.c_size_t(8))
+        _libc.syscall(SYS_rt_sigaction, signum, _DEFAULT_SIGACTION, None, _SizeT(8))
 
 
 def resolve_ahead(names: tuple[str, ...] = ("unshare", "setns", "mount", "umount2", "sethostname", "syscall",
                                             "prctl", "madvise")) -> None:  # fmt: skip
-    """Look the container setup's libc functions up now. ctypes resolves a function on its first use
-    (about a quarter of a millisecond each in a freshly forked process); a process that forks the
-    setup processes resolves them once, and its children inherit them resolved."""
+    """Look the container setup's libc functions up now. A function is looked up on its first use
+    (dlsym and its Python object: in a freshly forked process, mostly page faults); a process that
+    forks the setup processes looks them up once, and its children inherit them resolved."""
     for name in names:
         getattr(_libc, name)
