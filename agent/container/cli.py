@@ -17,11 +17,10 @@ by the commands that need it, and ``pykata-runc serve`` (cli_serve.py) with its 
 
 from __future__ import annotations
 
+import _signal  # the C module: ``signal`` imports enum, which a short command cannot afford
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from agent.container.cli_args import (
     COMMANDS,
@@ -49,6 +48,7 @@ from agent.system import jsonlite
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import Any, NoReturn
 
     from agent.container.cli_backend import Backend
@@ -173,32 +173,47 @@ def default_spec() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Small pieces runc's callers rely on: pid files, signal names, the console socket.
+# Small pieces runc's callers rely on: paths, pid files, signal names, the console socket.
+
+
+def _clean(path: str) -> str:
+    """``path`` as pathlib writes it: no empty or ``.`` components, no trailing slash (``.`` when
+    nothing is left); ``..`` stays."""
+    parts = [part for part in path.split("/") if part and part != "."]
+    if path.startswith("/"):
+        return "/" + "/".join(parts)
+    return "/".join(parts) or "."
+
+
+def _absolute(path: str) -> str:
+    """``path`` made absolute against the working directory, as pathlib's ``absolute()``."""
+    return _clean(path if path.startswith("/") else f"{os.getcwd()}/{path}")
 
 
 def write_pid_file(path: str, pid: int) -> None:
     """Write ``pid`` atomically (a reader never sees an empty file), as runc does."""
-    target = Path(path).absolute()
-    temporary = target.with_name(f".{target.name}.{os.getpid()}")
-    temporary.write_text(str(pid))
+    target = _absolute(path)
+    directory, name = target.rsplit("/", 1)
+    temporary = f"{directory}/.{name}.{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as stream:
+        stream.write(str(pid))
     os.replace(temporary, target)
 
 
 def parse_signal(text: str) -> int:
     """``KILL``, ``SIGKILL`` and ``9`` all mean SIGKILL."""
-    import signal
-
     if text.isdigit():
         number = int(text)
-        if not 0 < number < signal.NSIG:
+        if not 0 < number < _signal.NSIG:
             raise CliError(f"invalid signal number {number}")
         return number
     name = text.upper()
     name = name if name.startswith("SIG") else f"SIG{name}"
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise CliError(f"unknown signal {text!r}") from None
+    # the names signal.Signals has: the C module's SIG* constants (SIG_DFL and the like are not signals)
+    found = getattr(_signal, name, None) if not name.startswith("SIG_") else None
+    if not isinstance(found, int):
+        raise CliError(f"unknown signal {text!r}")
+    return found
 
 
 def send_console(socket_path: str, master_fd: int, name: str) -> None:
@@ -230,8 +245,8 @@ class Context:
         self.flags = invocation.flags
         self.args = invocation.args
         self.log = log
-        self.paths = HostPaths(Path("/"))
-        self.store = Store(Path(invocation.options.get("root") or DEFAULT_ROOT))
+        self.paths = HostPaths("/")
+        self.store = Store(invocation.options.get("root") or DEFAULT_ROOT)
         self._backend: Backend | None = None
 
     def backend(self) -> Backend:
@@ -275,13 +290,14 @@ class Context:
 
 
 def cmd_spec(ctx: Context) -> int:
-    bundle = Path(ctx.flags["bundle"] or ".")
+    bundle = ctx.flags["bundle"] or "."
     if ctx.flags["rootless"]:
         raise CliError("spec --rootless is not supported: pykata-runc runs containers as root only")
-    target = bundle / "config.json"
-    if target.exists():
+    target = _clean(f"{bundle}/config.json")
+    if os.path.exists(target):
         raise CliError(f"file {target} exists. Remove it first")
-    target.write_text(jsonlite.dumps(default_spec(), indent="\t"))
+    with open(target, "w", encoding="utf-8") as stream:
+        stream.write(jsonlite.dumps(default_spec(), indent="\t"))
     return 0
 
 
@@ -291,11 +307,11 @@ def cmd_state(ctx: Context) -> int:
     return 0
 
 
-def _owner(path: Path) -> str:
+def _owner(path: str) -> str:
     import pwd
 
     try:
-        uid = path.stat().st_uid
+        uid = os.stat(path).st_uid
     except OSError:
         return ""
     try:
@@ -363,7 +379,7 @@ def resources_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
     resources: dict[str, Any] = {}
     if flags.get("resources"):
         source = flags["resources"]
-        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        text = sys.stdin.read() if source == "-" else _read_text(source)
         try:
             loaded = jsonlite.loads(text)
         except ValueError as exc:
@@ -387,12 +403,17 @@ def resources_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in resources.items() if value}
 
 
-def load_bundle(bundle_flag: str | None) -> tuple[Path, dict[str, Any], Path]:
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as stream:
+        return stream.read()
+
+
+def load_bundle(bundle_flag: str | None) -> tuple[str, dict[str, Any], str]:
     """The bundle's absolute path, its parsed config.json and its absolute rootfs."""
-    bundle = Path(bundle_flag or ".").absolute()
-    config_path = bundle / "config.json"
+    bundle = _absolute(bundle_flag or ".")
+    config_path = _clean(f"{bundle}/config.json")
     try:
-        spec = jsonlite.loads(config_path.read_text())
+        spec = jsonlite.loads(_read_text(config_path))
     except FileNotFoundError:
         raise CliError(f"{config_path} not found: pass --bundle DIR or run from the bundle") from None
     except ValueError as exc:
@@ -402,7 +423,7 @@ def load_bundle(bundle_flag: str | None) -> tuple[Path, dict[str, Any], Path]:
     root = (spec.get("root") or {}).get("path")
     if not root:
         raise CliError(f"{config_path}: root.path is missing")
-    rootfs = Path(root) if Path(root).is_absolute() else bundle / root
+    rootfs = _clean(root if root.startswith("/") else f"{bundle}/{root}")
     return bundle, spec, rootfs
 
 
@@ -419,13 +440,13 @@ def _check_terminal(process: dict[str, Any], console_socket: str | None) -> None
 
 def _hand_over_terminal(ctx: Context, master: int | None) -> None:
     """Send a pty master to --console-socket, then drop ours."""
-    import fcntl
-    import struct
-
     if master is None:
         return
+    import _struct
+    import fcntl
+
     try:
-        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+        number = _struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
         send_console(ctx.flags["console_socket"], master, f"/dev/pts/{number}")
     finally:
         os.close(master)
@@ -504,12 +525,10 @@ def cmd_start(ctx: Context) -> int:
 
 
 def cmd_kill(ctx: Context) -> int:
-    import signal
-
     from agent.container.state import Status
 
     record, container = ctx.open(ctx.args[0])
-    number = parse_signal(ctx.args[1]) if len(ctx.args) > 1 else int(signal.SIGTERM)
+    number = parse_signal(ctx.args[1]) if len(ctx.args) > 1 else _signal.SIGTERM
     status = container.status
     if ctx.flags["all"]:
         if status is Status.STOPPED and not container.pids():
@@ -523,8 +542,6 @@ def cmd_kill(ctx: Context) -> int:
 
 
 def do_delete(ctx: Context, record: Record, container: Container, *, force: bool) -> None:
-    import signal
-
     from agent.container.state import Status
 
     status = container.status
@@ -534,7 +551,7 @@ def do_delete(ctx: Context, record: Record, container: Container, *, force: bool
     # the cgroup to empty (processes that earlier calls exec'd) before the engine removes it. An empty
     # cgroup (a `run` whose init ended with its pid namespace) needs neither.
     if container.pids():
-        container.signal(signal.SIGKILL, all_processes=True)
+        container.signal(_signal.SIGKILL, all_processes=True)
         _wait_empty(container, record)
     container.destroy(timeout=10)
     ctx.store.remove(record.id)
@@ -553,7 +570,7 @@ def cmd_delete(ctx: Context) -> int:
     try:
         record, container = ctx.open(ctx.args[0])
     except CliError:
-        if force and not ctx.store.dir(ctx.args[0]).exists():
+        if force and not os.path.exists(ctx.store.dir(ctx.args[0])):
             return 0  # as runc: forcing the delete of what is gone already succeeds
         raise
     do_delete(ctx, record, container, force=force)
@@ -566,18 +583,14 @@ class _Forwarder:
     SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
 
     def __init__(self, process: Process) -> None:
-        import signal
-
         self.previous: dict[int, Any] = {}
         for name in self.SIGNALS:
-            number = int(signal.Signals[name])
-            self.previous[number] = signal.signal(number, lambda n, _f: process.signal(n))
+            number = getattr(_signal, name)
+            self.previous[number] = _signal.signal(number, lambda n, _f: process.signal(n))
 
     def restore(self) -> None:
-        import signal
-
         for number, handler in self.previous.items():
-            signal.signal(number, handler)
+            _signal.signal(number, handler)
 
 
 def wait_process(process: Process) -> int:
@@ -620,7 +633,7 @@ def _exec_process(ctx: Context, record: Record) -> dict[str, Any]:
     flags = ctx.flags
     if flags["process"]:
         try:
-            process: dict[str, Any] = jsonlite.loads(Path(flags["process"]).read_text())
+            process: dict[str, Any] = jsonlite.loads(_read_text(flags["process"]))
         except (OSError, ValueError) as exc:
             raise CliError(f"cannot read process {flags['process']}: {exc}") from None
     else:

@@ -3,10 +3,9 @@ runc (urfave/cli) parses them, and the errors a user reads."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 PROGRAM = "pykata-runc"

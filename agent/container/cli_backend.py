@@ -21,13 +21,12 @@ logging, threading), no reader threads.
 
 from __future__ import annotations
 
+import _signal  # the C modules: ``signal`` imports enum, ``struct`` is one more import
+import _struct
 import fcntl
 import os
-import signal
-import struct
 import sys
 import time
-from pathlib import Path
 
 from agent.container.cli_state import process_start_time
 from agent.container.engine import Container, Engine, FdIO
@@ -286,12 +285,12 @@ class Backend:
         cgroups = _cgroups_of(CGROUP_LAYOUT) if CGROUP_LAYOUT is not None else None
         self.engine = Engine(paths, forkserver=self.forker, cgroups=cgroups, no_pivot=True if no_pivot else None)
 
-    def create(self, record: Record, spec: dict[str, Any], state_dir: Path, io: FdIO) -> Container:
+    def create(self, record: Record, spec: dict[str, Any], state_dir: str, io: FdIO) -> Container:
         """Make the container (created, waiting on its exec fifo) and note in ``record`` what a later
         call needs to find it again."""
-        fifo = state_dir / EXEC_FIFO
+        fifo = f"{state_dir}/{EXEC_FIFO}"
         os.mkfifo(fifo, 0o600)
-        container = self.engine.create(record.id, _engine_spec(spec), bundle=Path(record.bundle), io=io,
+        container = self.engine.create(record.id, _engine_spec(spec), bundle=record.bundle, io=io,
                                        start_fifo=fifo)  # fmt: skip
         assert container.init is not None
         record.pid = container.init.pid
@@ -301,24 +300,28 @@ class Backend:
                          "shim_start": process_start_time(self.paths.proc_pid(shim)) or 0}  # fmt: skip
         return container
 
-    def open(self, record: Record, state_dir: Path) -> Container:
+    def open(self, record: Record, state_dir: str) -> Container:
         """The container ``record`` describes, as the engine's Container."""
         found = FoundProcess(self.paths, record.pid, record.pid_start, int(record.engine.get("shim_pid") or 0),
                              int(record.engine.get("shim_start") or 0))  # fmt: skip
         init: ProcessHandle = found  # type: ignore[assignment]  # duck-typed, as LocalProcessHandle
-        fifo = state_dir / EXEC_FIFO
+        fifo = f"{state_dir}/{EXEC_FIFO}"
         if "spec" not in record.engine:  # saved by an older pykata-runc: the bundle's config is what it ran
-            record.engine["spec"] = jsonlite.loads((Path(record.bundle) / "config.json").read_text())
-        return self.engine.restore(record.id, _engine_spec(record.engine["spec"]), bundle=Path(record.bundle),
+            with open(f"{record.bundle}/config.json", encoding="utf-8") as stream:
+                record.engine["spec"] = jsonlite.loads(stream.read())
+        return self.engine.restore(record.id, _engine_spec(record.engine["spec"]), bundle=record.bundle,
                                    init=init, status=_status_of(record),
                                    start_fifo=fifo if not record.started else None)  # fmt: skip
 
-    def start(self, container: Container, spec: dict[str, Any], state_dir: Path) -> None:
+    def start(self, container: Container, spec: dict[str, Any], state_dir: str) -> None:
         """startContainer hooks in the container, then the user's program."""
         for index, hook in enumerate((spec.get("hooks") or {}).get("startContainer") or []):
             run_in_container(container, f"startContainer-{index}", hook)
         container.start()
-        (state_dir / EXEC_FIFO).unlink(missing_ok=True)
+        try:
+            os.unlink(f"{state_dir}/{EXEC_FIFO}")
+        except FileNotFoundError:
+            pass
 
     def close(self) -> None:
         self.forker.close()
@@ -364,7 +367,7 @@ def run_in_container(container: Container, exec_id: str, hook: dict[str, Any]) -
     timeout = float(hook.get("timeout") or DEFAULT_HOOK_TIMEOUT)
     code = proc.handle.wait(timeout)
     if code is None:
-        proc.signal(signal.SIGKILL)
+        proc.signal(_signal.SIGKILL)
         proc.handle.wait()
         raise ResourceError(f"startContainer hook {hook['path']} did not end within {timeout:.0f} s")
     if code != 0:
@@ -375,11 +378,11 @@ def open_container_pty(paths: HostPaths, pid: int) -> tuple[int, int] | None:
     """A pty pair (master, slave) from the devpts of the container whose process is ``pid``, so the
     terminal's name resolves inside the container (as runc's do); None when it has no /dev/ptmx."""
     try:
-        master = os.open(paths.proc_pid(pid) / "root" / "dev" / "ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        master = os.open(f"{paths.proc_pid(pid)}/root/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
-        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        fcntl.ioctl(master, TIOCSPTLCK, _struct.pack("i", 0))
         slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except BaseException:
         os.close(master)

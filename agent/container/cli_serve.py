@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from agent.container.forkserver import ForkServerClient
 from agent.system import prefault
 from agent.system.polling import readable
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from typing import Any
+
     from agent.container.cli import Log
 
 
@@ -148,7 +149,7 @@ def serve(path: str, log: Log) -> None:
 
     cli_backend.SHARED_FORK_SERVER = SharedForkServer()
     cli_backend.SHARED_FORK_SERVER.start()
-    cli_backend.CGROUP_LAYOUT = detect(HostPaths(Path("/")))
+    cli_backend.CGROUP_LAYOUT = detect(HostPaths("/"))
     # Workers are short-lived: keep the collector away from the objects they share with us (each
     # one it touched would be copied), and off in the workers.
     gc.freeze()

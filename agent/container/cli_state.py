@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from agent.container.cli_args import CliError
 from agent.system import jsonlite
@@ -83,27 +82,29 @@ def validate_id(container_id: str) -> None:
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        root = os.fspath(root)
+        self.root = root.rstrip("/") or root  # as a Path names it: no trailing slash unless it is "/"
 
-    def dir(self, container_id: str) -> Path:
+    def dir(self, container_id: str) -> str:
         validate_id(container_id)
-        return self.root / container_id
+        return os.path.join(self.root, container_id)
 
-    def reserve(self, container_id: str) -> Path:
+    def reserve(self, container_id: str) -> str:
         """Make the container's state directory; an existing one means a duplicate id."""
         path = self.dir(container_id)
-        self.root.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
         try:
-            path.mkdir(mode=0o711)
+            os.mkdir(path, 0o711)
         except FileExistsError:
             raise CliError(f"container with id {container_id!r} already exists") from None
         return path
 
     def load(self, container_id: str) -> Record:
-        path = self.dir(container_id) / STATE_FILE
+        path = f"{self.dir(container_id)}/{STATE_FILE}"
         try:
-            data = jsonlite.loads(path.read_text())
+            with open(path, encoding="utf-8") as stream:
+                data = jsonlite.loads(stream.read())
         except FileNotFoundError:
             raise CliError(f"container {container_id!r} does not exist") from None
         except (OSError, ValueError) as exc:
@@ -112,9 +113,10 @@ class Store:
 
     def save(self, record: Record) -> None:
         directory = self.dir(record.id)
-        temporary = directory / f".{STATE_FILE}.{os.getpid()}"
-        temporary.write_text(jsonlite.dumps(record.to_json()))
-        os.replace(temporary, directory / STATE_FILE)
+        temporary = f"{directory}/.{STATE_FILE}.{os.getpid()}"
+        with open(temporary, "w", encoding="utf-8") as stream:
+            stream.write(jsonlite.dumps(record.to_json()))
+        os.replace(temporary, f"{directory}/{STATE_FILE}")
 
     def remove(self, container_id: str) -> None:
         """Remove the state directory (flat: state.json, the exec fifo, temporary files)."""
@@ -132,18 +134,19 @@ class Store:
 
     def ids(self) -> list[str]:
         try:
-            return sorted(e.name for e in os.scandir(self.root) if (Path(e.path) / STATE_FILE).exists())
+            return sorted(e.name for e in os.scandir(self.root) if os.path.exists(f"{e.path}/{STATE_FILE}"))
         except FileNotFoundError:
             return []
 
 
-def process_start_time(proc_pid: Path) -> int | None:
+def process_start_time(proc_pid: str) -> int | None:
     """Field 22 of /proc/<pid>/stat, or None when the process is gone or a zombie."""
     try:
-        stat = (proc_pid / "stat").read_text()
+        with open(f"{proc_pid}/stat", "rb") as stream:
+            stat = stream.read()  # bytes: the command name in it may be any bytes
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
         return None
     return int(fields[19])

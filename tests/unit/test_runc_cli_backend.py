@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from agent.system.paths import HostPaths
 
 def _write_stat(paths: HostPaths, pid: int, start: int, state: str = "S") -> None:
     directory = paths.proc_pid(pid)
-    directory.mkdir(parents=True, exist_ok=True)
+    os.makedirs(directory, exist_ok=True)
     fields = [state, *["0"] * 18, str(start), "0", "0"]  # field 22 of /proc/<pid>/stat: the start time
-    (directory / "stat").write_text(f"{pid} (sleep 300) {' '.join(fields)}\n")
+    with open(os.path.join(directory, "stat"), "w", encoding="utf-8") as stream:
+        stream.write(f"{pid} (sleep 300) {' '.join(fields)}\n")
 
 
 class FakeCgroup:
@@ -80,12 +82,12 @@ def test_found_process_has_ended_when_it_is_a_zombie_or_gone(paths: HostPaths) -
 
 def test_restored_container_keeps_the_saved_status_and_state(engine: Engine, paths: HostPaths) -> None:
     _write_stat(paths, 4242, start=777)
-    bundle = Path("/bundles/c1")
+    bundle = "/bundles/c1"
     container = engine.restore("c1", SPEC, bundle=bundle, init=FoundProcess(paths, 4242, 777), status=Status.CREATED,
-                               start_fifo=Path("/state/c1/exec.fifo"))  # fmt: skip
+                               start_fifo="/state/c1/exec.fifo")  # fmt: skip
     assert container.status is Status.CREATED
     assert container.state() == {"ociVersion": "1.0.2", "id": "c1", "status": "created", "pid": 4242,
-                                 "bundle": str(bundle), "annotations": {}}  # fmt: skip
+                                 "bundle": "/bundles/c1", "annotations": {}}  # fmt: skip
     assert engine.get("c1") is container
     with pytest.raises(IncorrectState, match="created; pause needs running"):
         container.pause()
@@ -93,7 +95,7 @@ def test_restored_container_keeps_the_saved_status_and_state(engine: Engine, pat
 
 def test_restored_container_is_stopped_once_its_init_is_gone(engine: Engine, paths: HostPaths) -> None:
     _write_stat(paths, 4242, start=777)
-    container = engine.restore("c1", SPEC, bundle=Path("/b"), init=FoundProcess(paths, 4242, 777),
+    container = engine.restore("c1", SPEC, bundle="/b", init=FoundProcess(paths, 4242, 777),
                                status=Status.RUNNING)  # fmt: skip
     container.pause()
     assert container.status is Status.PAUSED and container.cgroup.frozen
@@ -107,9 +109,9 @@ def test_restored_container_is_stopped_once_its_init_is_gone(engine: Engine, pat
 
 
 def test_restore_refuses_an_id_the_engine_has(engine: Engine, paths: HostPaths) -> None:
-    engine.restore("c1", SPEC, bundle=Path("/b"), init=FoundProcess(paths, 1, 1), status=Status.CREATED)
+    engine.restore("c1", SPEC, bundle="/b", init=FoundProcess(paths, 1, 1), status=Status.CREATED)
     with pytest.raises(AlreadyExists, match="c1"):
-        engine.restore("c1", SPEC, bundle=Path("/b"), init=FoundProcess(paths, 1, 1), status=Status.CREATED)
+        engine.restore("c1", SPEC, bundle="/b", init=FoundProcess(paths, 1, 1), status=Status.CREATED)
 
 
 def test_engine_spec_leaves_start_container_hooks_to_the_cli() -> None:
