@@ -21,10 +21,9 @@ Names this kernel's table lacks are skipped, as libseccomp does for unknown name
 
 from __future__ import annotations
 
-import ctypes
+import _struct
 import errno
 import os
-import struct
 
 from agent.errors import InvalidArgument, Unsupported
 from agent.system import libc
@@ -56,7 +55,7 @@ X32_SYSCALL_BIT = 0x40000000
 OFFSET_NR = 0
 OFFSET_ARCH = 4
 MAX_JUMP = 255
-INSTRUCTION = struct.Struct("<HBBI")
+INSTRUCTION = _struct.Struct("<HBBI")
 
 
 def action_value(action: str, errno_ret: int | None) -> int:
@@ -188,13 +187,15 @@ def compile_profile(profile: dict[str, Any]) -> bytes:
     return b"".join(INSTRUCTION.pack(*insn) for insn in program)
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+# struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+SOCK_FPROG = _struct.Struct("@HP")
 
 
 def load(program: bytes) -> None:
     """Install a compiled filter for this process (inherited by its children and kept across exec)."""
-    buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = _SockFprog(len(program) // INSTRUCTION.size, ctypes.cast(buffer, ctypes.c_void_p))
-    if libc._libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
-        libc.raise_errno(ctypes.get_errno(), "seccomp filter")
+    instructions = bytearray(program)  # alive, and unresized, until the kernel has copied it
+    fprog = bytearray(SOCK_FPROG.pack(len(program) // INSTRUCTION.size, libc.buffer_address(instructions)))
+    try:
+        libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, libc.buffer_address(fprog))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, "seccomp filter") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from agent.container import seccomp
 from agent.container.syscalls_x86_64 import AUDIT_ARCH_X86_64, SYSCALLS_X86_64
 from agent.errors import InvalidArgument
+from agent.system import libc
 
 
 def run_bpf(program: bytes, nr: int, args: tuple[int, ...] = (0,) * 6, arch: int = AUDIT_ARCH_X86_64) -> int:
@@ -36,6 +38,7 @@ def run_bpf(program: bytes, nr: int, args: tuple[int, ...] = (0,) * 6, arch: int
 
 
 NR = SYSCALLS_X86_64
+PR_SET_NO_NEW_PRIVS = 38
 EPERM = seccomp.SECCOMP_RET_ERRNO | errno.EPERM
 
 
@@ -118,3 +121,49 @@ def test_several_args_must_all_match_and_later_rules_still_apply() -> None:
 def test_bad_profiles(profile_dict: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         seccomp.compile_profile(profile_dict)
+
+
+def _in_child(work: Any) -> int:
+    """Run ``work`` in a forked child (a filter stays with the process that loads it); its exit status."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = work()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_load_installs_the_filter_in_the_kernel() -> None:
+    program = seccomp.compile_profile(
+        {
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EXDEV}],
+        }
+    )
+
+    def work() -> int:
+        os.getcwd()  # allowed before the filter
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1)  # what lets a process without CAP_SYS_ADMIN load a filter
+        seccomp.load(program)
+        try:
+            os.getcwd()
+        except OSError as exc:
+            return 0 if exc.errno == errno.EXDEV else 2
+        return 3  # the filter did not answer
+
+    assert _in_child(work) == 0
+
+
+def test_a_refused_filter_names_it() -> None:
+    def work() -> int:
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
+        try:
+            seccomp.load(b"")  # no instructions: the kernel refuses the program
+        except OSError as exc:
+            return 0 if (exc.errno, exc.filename) == (errno.EINVAL, "seccomp filter") else 2
+        return 3
+
+    assert _in_child(work) == 0
