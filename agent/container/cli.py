@@ -221,16 +221,18 @@ def send_console(socket_path: str, master_fd: int, name: str) -> None:
 
     The message body is the terminal's name, as runc sends it; the receiver owns the fd from then on.
     """
-    import array
-    import socket
+    import _socket  # the C module: ``socket`` imports enum and selectors
 
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+    connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
         try:
             connection.connect(socket_path)
         except OSError as exc:
             raise CliError(f"cannot connect to console socket {socket_path}: {exc.strerror}") from None
-        fds = array.array("i", [master_fd])
-        connection.sendmsg([name.encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+        fds = master_fd.to_bytes(4, sys.byteorder, signed=True)  # one C int, as SCM_RIGHTS carries it
+        connection.sendmsg([name.encode()], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+    finally:
+        connection.close()
 
 
 # ---------------------------------------------------------------------------------------------
