@@ -9,7 +9,7 @@ shell (128+N when signal N killed it), as Kata's WaitProcess reports it.
 Public API (stable; the CLI and the agent's services code against it):
 
     engine = Engine(HostPaths())
-    c = engine.create("c1", spec_dict, bundle=Path(...), io=PipeIO())
+    c = engine.create("c1", spec_dict, bundle="/path/to/bundle", io=PipeIO())
     c.start()
     p = c.exec("e1", process_dict, io=PipeIO())
     c.signal(signal.SIGTERM, exec_id="", all_processes=False)
@@ -20,23 +20,22 @@ Public API (stable; the CLI and the agent's services code against it):
 
 from __future__ import annotations
 
+import _signal
 import _thread
 import os
-import signal
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 from agent.container import hooks as hooks_mod
 from agent.container.spec import Spec, parse_process, parse_spec
 from agent.container.state import Status, require
-from agent.container.validate import validate_container_id, validate_spec
+from agent.container.validate import pure_path, validate_container_id, validate_spec
 from agent.errors import AgentError, AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, ResourceError
 from agent.system import jsonlite
 from agent.system.paths import HostPaths
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from agent.container.forkserver import ForkServerClient, ProcessHandle
@@ -172,7 +171,7 @@ class Container:
         engine: Engine,
         container_id: str,
         spec: Spec,
-        bundle: Path,
+        bundle: str,
         cgroup: Any,
     ) -> None:
         self.engine = engine
@@ -183,7 +182,7 @@ class Container:
         self.init: Process | None = None
         self.execs: dict[str, Process] = {}
         self.created_at = time.time()
-        self.start_fifo: Path | None = None
+        self.start_fifo: str | None = None
         # CPU hotplug widens the cpusets of containers that chose their CPUs (at create or update)
         self.asked_for_cpus = bool((spec.linux.resources.get("cpu") or {}).get("cpus"))
         self._status = Status.CREATING
@@ -248,7 +247,7 @@ class Container:
                 handle = self.init.handle
                 handle.wait_for("started", SHIM_EXIT_TIMEOUT + max(_hook_timeouts(self.spec.hooks.start_container)))
                 if not handle.started:
-                    self.signal(signal.SIGKILL, all_processes=True)
+                    self.signal(_signal.SIGKILL, all_processes=True)
                     raise ResourceError(f"container {self.id}: {handle.error or 'startContainer hooks did not finish'}")
             self._status = Status.RUNNING
         for hook in self.spec.hooks.poststart:
@@ -288,7 +287,7 @@ class Container:
                         os.kill(pid, signum)
                     except ProcessLookupError:
                         pass
-                if status is Status.PAUSED and signum == signal.SIGKILL:
+                if status is Status.PAUSED and signum == _signal.SIGKILL:
                     self._thaw_quietly()
                 return
             self.process(exec_id).signal(signum)
@@ -342,11 +341,11 @@ class Container:
         except OSError:
             return []
 
-    def cpuset_dir(self) -> Path | None:
+    def cpuset_dir(self) -> str | None:
         """The cgroup dir holding cpuset.cpus, when the spec set linux.resources.cpu.cpus."""
         if not self.asked_for_cpus:
             return None
-        return Path(self.cgroup.cpuset_dir())
+        return os.fspath(self.cgroup.cpuset_dir())
 
     def destroy(self, timeout: float | None = None) -> None:
         """Kill every process, wait for the init (``timeout`` seconds; None or 0 waits forever),
@@ -358,12 +357,12 @@ class Container:
             self._thaw_quietly() if status is Status.PAUSED else None
             procs = self.processes()
             if not self._pid_namespace_ended(procs):
-                self.signal(signal.SIGKILL, all_processes=True)
+                self.signal(_signal.SIGKILL, all_processes=True)
         deadline = None if not timeout else time.monotonic() + timeout
         for proc in procs:
             if proc.handle.exit_code is None and proc.handle.pid > 0:
                 try:
-                    proc.signal(signal.SIGKILL)
+                    proc.signal(_signal.SIGKILL)
                 except OSError:
                     pass
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -448,26 +447,29 @@ class Engine:
         container_id: str,
         spec: dict[str, Any],
         *,
-        bundle: Path | None = None,
+        bundle: str | os.PathLike[str] | None = None,
         io: PipeIO | FdIO | None = None,
-        start_fifo: Path | None = None,
+        start_fifo: str | os.PathLike[str] | None = None,
     ) -> Container:
         """Validate, then make the container up to the point where only exec of the user's program
         is left (status created). Any failure undoes every step taken and raises.
 
         ``start_fifo`` (a FIFO the caller made with mkfifo) is for callers that start the container
         from another process, as a runtime CLI does: the container waits for a byte on the FIFO
-        instead of the engine's order, and ``start_detached(fifo)`` sends it."""
+        instead of the engine's order, and ``start_detached(fifo)`` sends it. Without ``bundle``, the
+        directory holding root.path is the bundle."""
+        bundle_dir = None if bundle is None else os.fspath(bundle)
+        fifo = None if start_fifo is None else os.fspath(start_fifo)
         validate_container_id(container_id)
         parsed = parse_spec(spec)
-        validate_spec(parsed, bundle)
+        validate_spec(parsed, bundle_dir)
         with self._lock:
             if container_id in self._containers:
                 raise AlreadyExists(f"container {container_id} already exists")
             self._containers[container_id] = None  # type: ignore[assignment]  # reserve the id
         try:
             container = self._create(
-                container_id, parsed, bundle or Path(parsed.root_path).parent, io or PipeIO(), start_fifo
+                container_id, parsed, bundle_dir or os.path.dirname(pure_path(parsed.root_path)), io or PipeIO(), fifo
             )
         except BaseException:
             with self._lock:
@@ -482,10 +484,10 @@ class Engine:
         container_id: str,
         spec: dict[str, Any],
         *,
-        bundle: Path,
+        bundle: str | os.PathLike[str],
         init: ProcessHandle,
         status: Status,
-        start_fifo: Path | None = None,
+        start_fifo: str | os.PathLike[str] | None = None,
     ) -> Container:
         """A container that another process made (an earlier call of a runtime CLI), found again from
         what that call saved: its spec, bundle, status and a handle on its init. The init is not this
@@ -494,10 +496,10 @@ class Engine:
         validate_container_id(container_id)
         parsed = parse_spec(spec)
         cgroup = self.make_cgroup(parsed.linux.cgroups_path, container_id)
-        container = Container(self, container_id, parsed, bundle, cgroup)
+        container = Container(self, container_id, parsed, os.fspath(bundle), cgroup)
         terminal = parsed.process.terminal if parsed.process is not None else False
         container.init = Process(container_id, "", init, ProcessIO(), terminal)
-        container.start_fifo = start_fifo
+        container.start_fifo = None if start_fifo is None else os.fspath(start_fifo)
         container._status = status
         with self._lock:
             if container_id in self._containers:
@@ -534,7 +536,7 @@ class Engine:
 
     # --- internals (filled in by engine_impl helpers below)
     def _create(
-        self, container_id: str, spec: Spec, bundle: Path, io: PipeIO | FdIO, start_fifo: Path | None
+        self, container_id: str, spec: Spec, bundle: str, io: PipeIO | FdIO, start_fifo: str | None
     ) -> Container:
         from agent.container.launch import create_container
 
@@ -567,7 +569,7 @@ def _hook_timeouts(hooks: Any) -> list[float]:
     return [float(hook.timeout or hooks_mod.DEFAULT_HOOK_TIMEOUT) for hook in hooks]
 
 
-def start_detached(start_fifo: Path) -> None:
+def start_detached(start_fifo: str | os.PathLike[str]) -> None:
     """Start a container created with ``start_fifo`` (from any process). NotFound when no
     container waits on that FIFO any more (it was started already, or it ended)."""
     import errno

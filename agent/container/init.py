@@ -19,13 +19,12 @@ the host's cgroup files) is moved by pid.
 
 from __future__ import annotations
 
+import _signal
 import fcntl
 import os
 import resource
-import signal
 import sys
 import time
-from collections.abc import Sequence
 
 from agent.container import capabilities, rootfs, seccomp, stdio
 from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
@@ -34,6 +33,7 @@ from agent.system import jsonlite, libc, prefault
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 PAGE_RUNS_PER_EVENT = 100  # [address, length] pairs: at most ~3.5 KB of JSON, below PIPE_BUF (4096)
@@ -152,9 +152,9 @@ def run_shim(request: dict[str, Any], fds: list[int]) -> int:
     """Fork the container process, report its pid and exit status, reap orphans. Returns the
     shim's own exit code."""
     status_fd, control_fd, io_fds = fds[0], fds[1], fds[2:]
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     os.setsid()
-    libc.set_child_subreaper()
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the container come to this shim
     try:
         # opened here, before the namespaces and the root change: an exec's process starts inside
         # the container's root, where the host's cgroup files are out of reach
@@ -245,9 +245,9 @@ def shim_wait(status_fd: int, child: int, keeper: int = -1) -> int:
 def warm_shim_prepare() -> None:
     """A warm shim, before any request: the shim's own setup and a new pid namespace for the
     container process it forks next (what most containers ask for)."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     os.setsid()
-    libc.set_child_subreaper()
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the container come to this shim
     libc.unshare(libc.CLONE_NEWPID)
 
 
@@ -259,9 +259,7 @@ def warm_shim_prepare() -> None:
 PREUNSHARE_KINDS = ("network", "ipc", "uts")
 
 
-def prepare_warm_child(
-    prefault_runs: Sequence[tuple[int, int]] = (), preunshare: Sequence[str] = ()
-) -> dict[str, int]:
+def prepare_warm_child(prefault_runs: Sequence[tuple[int, int]] = (), preunshare: Sequence[str] = ()) -> dict[str, int]:
     """What a warm container process does while it waits for a request: every signal back to its
     default (see container_main), the pages a container's setup wrote last time faulted in, and the
     namespaces the last creates asked for made (``preunshare``, of PREUNSHARE_KINDS; a network
@@ -540,7 +538,7 @@ def run_hooks(hooks: list[dict[str, Any]], state: dict[str, Any], kind: str) -> 
             if done:
                 break
             if time.monotonic() >= deadline:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, _signal.SIGKILL)
                 os.waitpid(pid, 0)
                 raise SetupError(f"{kind} hook {path} did not end within {timeout:g} s")
             time.sleep(0.002)
@@ -554,16 +552,16 @@ def pause_main(status_fd: int, control_fd: int, io_fds: list[int]) -> int:
     until SIGKILL (which ends the namespace and everything in it)."""
     for fd in (control_fd, *io_fds):
         os.close(fd)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes pause() below
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
+    _signal.signal(_signal.SIGCHLD, lambda signum, frame: None)  # wakes pause() below
+    for signum in (_signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(signum, _signal.SIG_IGN)
     _report(status_fd, {"created": True})
     os.close(status_fd)
     while True:
         try:
             os.waitpid(-1, 0)
         except ChildProcessError:
-            signal.pause()
+            _signal.pause()
         except InterruptedError:
             continue
 

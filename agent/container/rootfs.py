@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 from agent.container.spec import Spec
+from agent.container.validate import pure_path
 from agent.system import libc
 from agent.system.mountopts import PROPAGATION_WORDS, parse_mount_options
 from agent.system.paths import HostPaths
@@ -168,36 +168,37 @@ class RootfsPlan:
 _cgroup_layouts: dict[str, tuple[tuple[int, int], tuple[tuple[str, str, str], ...]]] = {}
 
 
-def _cgroup_layout(root: Path) -> tuple[tuple[str, str, str], ...]:
+def _cgroup_layout(root: str) -> tuple[tuple[str, str, str], ...]:
     """("v2", "", "") for a cgroup2 root; else ("link", name, target) and ("v1", name, "") entries."""
     try:
         st = os.stat(root)
         key = (st.st_ino, st.st_mtime_ns)
     except OSError:
         key = (0, 0)
-    cached = _cgroup_layouts.get(str(root))
+    cached = _cgroup_layouts.get(root)
     if cached is not None and cached[0] == key and key != (0, 0):
         return cached[1]
     entries: list[tuple[str, str, str]] = []
-    if (root / "cgroup.controllers").exists():
+    if os.path.exists(f"{root}/cgroup.controllers"):
         entries.append(("v2", "", ""))
     else:
         try:
-            children = sorted(root.iterdir())
+            with os.scandir(root) as listing:
+                children = sorted(listing, key=lambda entry: entry.name)
         except OSError:
             children = []
         for entry in children:
             if entry.is_symlink():
-                entries.append(("link", entry.name, os.readlink(entry)))
-            elif entry.is_dir() and entry.name != "unified" and (entry / "cgroup.procs").exists():
+                entries.append(("link", entry.name, os.readlink(entry.path)))
+            elif entry.is_dir() and entry.name != "unified" and os.path.exists(f"{entry.path}/cgroup.procs"):
                 entries.append(("v1", entry.name, ""))
     layout = tuple(entries)
-    _cgroup_layouts[str(root)] = (key, layout)
+    _cgroup_layouts[root] = (key, layout)
     return layout
 
 
 def _cgroup_mount_ops(paths: HostPaths, target: str, flags: int) -> list[Operation]:
-    layout = _cgroup_layout(paths.cgroup_root)
+    layout = _cgroup_layout(os.fspath(paths.cgroup_root))
     if layout == (("v2", "", ""),):
         return [Mkdir(target), Mount("cgroup", target, "cgroup2", flags)]
     hardened = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
@@ -214,8 +215,17 @@ def _cgroup_mount_ops(paths: HostPaths, target: str, flags: int) -> list[Operati
     return ops
 
 
-def plan_rootfs(paths: HostPaths, spec: Spec, rootfs: Path, bundle: Path | None, *, no_pivot: bool) -> RootfsPlan:
-    """Every mount step for ``spec``, in order: the spec's mounts, then default devices and /dev links."""
+def plan_rootfs(
+    paths: HostPaths,
+    spec: Spec,
+    rootfs: str | os.PathLike[str],
+    bundle: str | os.PathLike[str] | None,
+    *,
+    no_pivot: bool,
+) -> RootfsPlan:
+    """Every mount step for ``spec``, in order: the spec's mounts, then default devices and /dev links.
+    A relative bind source is taken under ``bundle``."""
+    bundle_dir = None if bundle is None else os.fspath(bundle)
     ops: list[Operation] = []
     dev_mounted = False
     for mount in spec.mounts:
@@ -226,8 +236,8 @@ def plan_rootfs(paths: HostPaths, spec: Spec, rootfs: Path, bundle: Path | None,
             continue
         if flags & libc.MS_BIND or mount.type == "bind":
             source = mount.source
-            if not source.startswith("/") and bundle is not None:
-                source = str(bundle / source)
+            if not source.startswith("/") and bundle_dir is not None:
+                source = pure_path(os.path.join(bundle_dir, source))
             ops.append(Mount(source, target, "", (flags & libc.MS_REC) | libc.MS_BIND, "", host_source=True))
             if flags & _BIND_REMOUNT_FLAGS:
                 ops.append(Remount(target, flags & _BIND_REMOUNT_FLAGS))
@@ -240,7 +250,7 @@ def plan_rootfs(paths: HostPaths, spec: Spec, rootfs: Path, bundle: Path | None,
             dev_mounted = True
     if dev_mounted:
         for name in DEFAULT_DEVICES:
-            ops.append(BindDevice(str(paths.dev / name), f"/dev/{name}"))
+            ops.append(BindDevice(f"{paths.dev}/{name}", f"/dev/{name}"))
         for name, points_to in DEV_SYMLINKS:
             ops.append(Symlink(f"/dev/{name}", points_to))
         ops.append(Symlink("/dev/core", "/proc/kcore"))
@@ -258,7 +268,7 @@ def plan_rootfs(paths: HostPaths, spec: Spec, rootfs: Path, bundle: Path | None,
         )
     propagation = PROPAGATION_WORDS.get(spec.linux.rootfs_propagation, libc.MS_SLAVE | libc.MS_REC)
     return RootfsPlan(
-        rootfs=str(rootfs),
+        rootfs=os.fspath(rootfs),
         operations=ops,
         masked_paths=spec.linux.masked_paths,
         readonly_paths=spec.linux.readonly_paths,
@@ -451,7 +461,8 @@ def finish(plan: RootfsPlan) -> None:
 def root_is_initramfs(paths: HostPaths) -> bool:
     """True when "/" is the kernel's rootfs (ramfs/tmpfs initramfs): pivot_root cannot work there."""
     try:
-        text = paths.mountinfo.read_text()
+        with open(paths.mountinfo) as stream:
+            text = stream.read()
     except OSError:
         return False
     for line in text.splitlines():

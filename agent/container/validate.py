@@ -5,19 +5,18 @@ exercises and the order stays readable (the shape of runc's validator)."""
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Callable
-from pathlib import Path
 
 from agent.container.spec import NAMESPACE_TYPES, Spec
 from agent.errors import InvalidArgument
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 MAX_ID_LENGTH = 1024
-_ID_CHARS = r"^[A-Za-z0-9_+\-.]+$"  # patterns are compiled at first use (re caches them), not at import
+# What an id may hold (no regular expressions: ``re`` costs milliseconds at import, on every container start)
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+-.")
 MOUNT_TYPES_NEEDING_NO_SOURCE = ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2")
 
 
@@ -28,23 +27,36 @@ def validate_container_id(container_id: str) -> None:
         raise InvalidArgument(f"container id is {len(container_id)} characters long; the limit is {MAX_ID_LENGTH}")
     if "/" in container_id or container_id in (".", "..") or ".." in container_id:
         raise InvalidArgument(f"container id {container_id!r} contains '/' or '..'")
-    if not re.match(_ID_CHARS, container_id):
+    if not _ID_CHARS.issuperset(container_id):
         raise InvalidArgument(f"container id {container_id!r} has characters outside [A-Za-z0-9_+-.]")
 
 
-def check_root(spec: Spec, bundle: Path | None) -> None:
+def pure_path(path: str) -> str:
+    """``path`` as pathlib spells it: repeated slashes and "." components dropped, no trailing slash
+    ("" becomes "."; a leading "//", and only exactly two, is kept, as POSIX allows)."""
+    parts = [part for part in path.split("/") if part and part != "."]
+    if not path.startswith("/"):
+        anchor = ""
+    elif path.startswith("//") and not path.startswith("///"):
+        anchor = "//"
+    else:
+        anchor = "/"
+    return anchor + "/".join(parts) if anchor or parts else "."
+
+
+def check_root(spec: Spec, bundle: str | None) -> None:
     if not spec.root_path:
         raise InvalidArgument("root.path is missing: the spec names no root filesystem")
-    root = Path(spec.root_path)
-    if not root.is_absolute():
+    root = spec.root_path
+    if not root.startswith("/"):
         if bundle is None:
             raise InvalidArgument(f"root.path {spec.root_path!r} is relative and there is no bundle to resolve it")
-        root = bundle / root
-    if not root.is_dir():
-        raise InvalidArgument(f"root.path {str(root)!r} is not a directory")
+        root = os.path.join(bundle, root)
+    if not os.path.isdir(root):
+        raise InvalidArgument(f"root.path {pure_path(root)!r} is not a directory")
 
 
-def check_process(spec: Spec, bundle: Path | None) -> None:
+def check_process(spec: Spec, bundle: str | None) -> None:
     proc = spec.process
     if proc is None:
         raise InvalidArgument("process is missing: the spec names nothing to run")
@@ -57,7 +69,7 @@ def check_process(spec: Spec, bundle: Path | None) -> None:
             raise InvalidArgument(f"process.env[{i}] {item!r} is not NAME=value")
 
 
-def check_namespaces(spec: Spec, bundle: Path | None) -> None:
+def check_namespaces(spec: Spec, bundle: str | None) -> None:
     seen: set[str] = set()
     for i, ns in enumerate(spec.linux.namespaces):
         if ns.type not in NAMESPACE_TYPES:
@@ -79,11 +91,11 @@ def check_namespaces(spec: Spec, bundle: Path | None) -> None:
                 raise InvalidArgument(f"linux.sysctl {key!r} needs its namespace (network or ipc) in the spec")
 
 
-def check_mounts(spec: Spec, bundle: Path | None) -> None:
+def check_mounts(spec: Spec, bundle: str | None) -> None:
     for i, mount in enumerate(spec.mounts):
         if not mount.destination.startswith("/"):
             raise InvalidArgument(f"mounts[{i}].destination {mount.destination!r} must be an absolute path")
-        if ".." in Path(mount.destination).parts:
+        if ".." in mount.destination.split("/"):
             raise InvalidArgument(f"mounts[{i}].destination {mount.destination!r} contains '..'")
         is_bind = mount.type in ("bind", "") or "bind" in mount.options or "rbind" in mount.options
         if is_bind and mount.type not in MOUNT_TYPES_NEEDING_NO_SOURCE:
@@ -93,7 +105,7 @@ def check_mounts(spec: Spec, bundle: Path | None) -> None:
                 raise InvalidArgument(f"mounts[{i}].source {mount.source!r} must be an absolute path")
 
 
-def check_paths(spec: Spec, bundle: Path | None) -> None:
+def check_paths(spec: Spec, bundle: str | None) -> None:
     for where, items in (("linux.maskedPaths", spec.linux.masked_paths),
                          ("linux.readonlyPaths", spec.linux.readonly_paths)):  # fmt: skip
         for i, path in enumerate(items):
@@ -111,7 +123,7 @@ def check_paths(spec: Spec, bundle: Path | None) -> None:
         )
 
 
-def check_devices(spec: Spec, bundle: Path | None) -> None:
+def check_devices(spec: Spec, bundle: str | None) -> None:
     for i, device in enumerate(spec.linux.devices):
         where = f"linux.devices[{i}]"
         path = device.get("path")
@@ -123,7 +135,7 @@ def check_devices(spec: Spec, bundle: Path | None) -> None:
             _number(device.get(key), f"{where}.{key}", minimum=0)
 
 
-def check_hooks(spec: Spec, bundle: Path | None) -> None:
+def check_hooks(spec: Spec, bundle: str | None) -> None:
     h = spec.hooks
     for kind, items in (("prestart", h.prestart), ("createRuntime", h.create_runtime),
                         ("createContainer", h.create_container), ("startContainer", h.start_container),
@@ -144,7 +156,15 @@ def _number(value: Any, where: str, *, minimum: int | None = None) -> None:
         raise InvalidArgument(f"{where} is {value}; it must be >= {minimum}")
 
 
-_CPUSET = r"^\s*\d+(-\d+)?(\s*,\s*\d+(-\d+)?)*\s*$"
+def is_cpu_list(text: str) -> bool:
+    """Whether ``text`` is a list like "0-3,7": numbers and ranges split by commas, with white space
+    allowed around the commas and at the ends (not inside a range). Digits and white space are
+    Unicode's, as str.isdecimal and str.strip see them."""
+    for item in text.split(","):
+        first, dash, last = item.strip().partition("-")
+        if not first.isdecimal() or (dash and not last.isdecimal()):
+            return False
+    return True
 
 
 def check_resources(resources: dict[str, Any], where: str = "linux.resources") -> None:
@@ -166,24 +186,24 @@ def check_resources(resources: dict[str, Any], where: str = "linux.resources") -
         raise InvalidArgument(f"{where}.cpu.period {cpu['period']} is outside 1000..1000000 microseconds")
     for key in ("cpus", "mems"):
         value = cpu.get(key)
-        if value not in (None, "") and (not isinstance(value, str) or not re.match(_CPUSET, value)):
+        if value not in (None, "") and (not isinstance(value, str) or not is_cpu_list(value)):
             raise InvalidArgument(f"{where}.cpu.{key} {value!r} is not a list like 0-3,7")
     pids = resources.get("pids") or {}
     _number(pids.get("limit"), f"{where}.pids.limit", minimum=-1)
 
 
-def check_spec_resources(spec: Spec, bundle: Path | None) -> None:
+def check_spec_resources(spec: Spec, bundle: str | None) -> None:
     check_resources(spec.linux.resources)
 
 
-def check_mappings(spec: Spec, bundle: Path | None) -> None:
+def check_mappings(spec: Spec, bundle: str | None) -> None:
     for where, maps in (("linux.uidMappings", spec.linux.uid_mappings), ("linux.gidMappings", spec.linux.gid_mappings)):
         for i, m in enumerate(maps):
             if m.size <= 0 or m.container_id < 0 or m.host_id < 0:
                 raise InvalidArgument(f"{where}[{i}] needs containerID, hostID >= 0 and size > 0")
 
 
-CHECKS: list[Callable[[Spec, Path | None], None]] = [
+CHECKS: list[Callable[[Spec, str | None], None]] = [
     check_root,
     check_process,
     check_namespaces,
@@ -196,14 +216,16 @@ CHECKS: list[Callable[[Spec, Path | None], None]] = [
 ]
 
 
-def validate_spec(spec: Spec, bundle: Path | None = None) -> None:
+def validate_spec(spec: Spec, bundle: str | os.PathLike[str] | None = None) -> None:
     """Run every check in order; raise InvalidArgument at the first problem."""
+    where = None if bundle is None else os.fspath(bundle)
     for check in CHECKS:
-        check(spec, bundle)
+        check(spec, where)
 
 
-def resolve_root(spec: Spec, bundle: Path | None) -> Path:
-    root = Path(spec.root_path)
-    if not root.is_absolute() and bundle is not None:
-        root = bundle / root
-    return Path(os.path.realpath(root))
+def resolve_root(spec: Spec, bundle: str | os.PathLike[str] | None) -> str:
+    """The rootfs's real path: root.path, under ``bundle`` when relative, every link resolved."""
+    root = spec.root_path
+    if not root.startswith("/") and bundle is not None:
+        root = os.path.join(bundle, root)
+    return os.path.realpath(root)

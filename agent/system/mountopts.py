@@ -3,10 +3,12 @@ flags, propagation flags and filesystem data. The one table for the container en
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from agent.system import libc
 from agent.system.records import Record
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # word -> (flags to clear, flags to set)
 _FLAG_WORDS: dict[str, tuple[int, int]] = {

@@ -39,12 +39,13 @@ SPEC: dict[str, Any] = {
 
 def fake_v1(root: Path) -> HostPaths:
     paths = HostPaths(root)
+    cgroup_root = Path(paths.cgroup_root)
     for name in ("cpu,cpuacct", "memory", "pids"):
-        (paths.cgroup_root / name).mkdir(parents=True)
-        (paths.cgroup_root / name / "cgroup.procs").write_text("")
-    (paths.cgroup_root / "cpu").symlink_to("cpu,cpuacct")
-    (paths.cgroup_root / "unified").mkdir()
-    (paths.cgroup_root / "unified" / "cgroup.procs").write_text("")
+        (cgroup_root / name).mkdir(parents=True)
+        (cgroup_root / name / "cgroup.procs").write_text("")
+    (cgroup_root / "cpu").symlink_to("cpu,cpuacct")
+    (cgroup_root / "unified").mkdir()
+    (cgroup_root / "unified" / "cgroup.procs").write_text("")
     return paths
 
 
@@ -58,6 +59,7 @@ def test_options_split_into_flags_propagation_and_data() -> None:
 def test_plan_for_v1_host(tmp_path: Path) -> None:
     paths = fake_v1(tmp_path)
     plan = plan_rootfs(paths, parse_spec(SPEC), Path("/r"), None, no_pivot=False)
+    assert plan.rootfs == "/r"
     ops = plan.operations
     assert ops[:2] == [Mkdir("/proc"), Mount("proc", "/proc", "proc", 0, "")]
     assert Mount("tmpfs", "/dev", "tmpfs", libc.MS_NOSUID | libc.MS_STRICTATIME, "mode=755") in ops
@@ -73,7 +75,7 @@ def test_plan_for_v1_host(tmp_path: Path) -> None:
     assert Symlink("/sys/fs/cgroup/cpu", "cpu,cpuacct") in ops
     assert not [op for op in ops if isinstance(op, Mount) and "unified" in op.target]
     # /dev was mounted: default devices and links follow
-    assert BindDevice(str(paths.dev / "null"), "/dev/null") in ops
+    assert BindDevice(str(tmp_path / "dev" / "null"), "/dev/null") in ops
     assert Symlink("/dev/ptmx", "pts/ptmx") in ops
     assert Symlink("/dev/fd", "/proc/self/fd") in ops
     assert plan.propagation == libc.MS_PRIVATE | libc.MS_REC
@@ -85,9 +87,9 @@ def test_plan_for_v1_host(tmp_path: Path) -> None:
 
 def test_plan_for_v2_host(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    paths.cgroup_root.mkdir(parents=True)
-    (paths.cgroup_root / "cgroup.controllers").write_text("cpu memory pids\n")
-    plan = plan_rootfs(paths, parse_spec(SPEC), Path("/r"), None, no_pivot=True)
+    os.makedirs(paths.cgroup_root)
+    Path(paths.cgroup_root, "cgroup.controllers").write_text("cpu memory pids\n")
+    plan = plan_rootfs(paths, parse_spec(SPEC), "/r", None, no_pivot=True)
     cgroup_mounts = [op for op in plan.operations if isinstance(op, Mount) and op.target.startswith("/sys/fs/cgroup")]
     assert cgroup_mounts == [Mount("cgroup", "/sys/fs/cgroup", "cgroup2", libc.MS_RDONLY | libc.MS_NOSUID)]
     assert plan.no_pivot
@@ -103,6 +105,16 @@ def test_relative_bind_source_is_under_the_bundle(tmp_path: Path) -> None:
     spec = dict(SPEC, mounts=[{"destination": "/d", "type": "bind", "source": "data", "options": ["bind"]}])
     plan = plan_rootfs(HostPaths(tmp_path), parse_spec(spec), Path("/r"), Path("/bundle"), no_pivot=False)
     assert plan.operations[0] == Mount("/bundle/data", "/d", "", libc.MS_BIND, "", host_source=True)
+    # a str bundle gives the same plan; the source is spelt plainly however the spec spelt it
+    for source, bundle in (
+        ("data", "/bundle"),
+        ("./data/", "/bundle/"),
+        ("data//", "/bundle//"),
+        (".//data", "/bundle"),
+    ):
+        spec["mounts"][0]["source"] = source
+        plan = plan_rootfs(HostPaths(tmp_path), parse_spec(spec), "/r", bundle, no_pivot=False)
+        assert plan.operations[0] == Mount("/bundle/data", "/d", "", libc.MS_BIND, "", host_source=True), source
 
 
 def test_secure_join_keeps_symlinks_inside_the_root(tmp_path: Path) -> None:
@@ -148,10 +160,13 @@ def test_resolver_agrees_with_secure_join_and_forgets_what_changed(tmp_path: Pat
 
 def test_initramfs_root_is_detected(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    paths.mountinfo.parent.mkdir(parents=True)
-    paths.mountinfo.write_text("1 1 0:2 / / rw - rootfs rootfs rw,size=1000k\n22 1 0:20 / /proc rw - proc proc rw\n")
+    mountinfo = tmp_path / "proc" / "self" / "mountinfo"
+    assert paths.mountinfo == str(mountinfo)
+    assert not root_is_initramfs(paths)  # no mountinfo to read
+    mountinfo.parent.mkdir(parents=True)
+    mountinfo.write_text("1 1 0:2 / / rw - rootfs rootfs rw,size=1000k\n22 1 0:20 / /proc rw - proc proc rw\n")
     assert root_is_initramfs(paths)
-    paths.mountinfo.write_text("25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n")
+    mountinfo.write_text("25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n")
     assert not root_is_initramfs(paths)
 
 

@@ -10,7 +10,15 @@ import pytest
 
 from agent.container.spec import parse_spec
 from agent.container.state import Status, require
-from agent.container.validate import CHECKS, validate_container_id, validate_spec
+from agent.container.validate import (
+    CHECKS,
+    check_resources,
+    is_cpu_list,
+    pure_path,
+    resolve_root,
+    validate_container_id,
+    validate_spec,
+)
 from agent.errors import IncorrectState, InvalidArgument
 
 BASE: dict[str, Any] = {
@@ -114,15 +122,119 @@ def test_checks_run_in_order(bundle: Path) -> None:
     assert [c.__name__ for c in CHECKS][:2] == ["check_root", "check_process"]
 
 
-@pytest.mark.parametrize("bad", ["", "/", "a/b", "..", "a..b", ".", "x" * 1025, "has space", "tab\t"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "/", "a/b", "..", "a..b", ".", "x" * 1025, "has space", "tab\t", "c1\n", "\n", "c\n1", "é", "c1\x00",
+     "a*b", "a:b", "a@b", "a\\b", "a,b", "٣", "\uff431"],  # the last: a fullwidth c
+)  # fmt: skip
 def test_bad_container_ids(bad: str) -> None:
     with pytest.raises(InvalidArgument, match="container id"):
         validate_container_id(bad)
 
 
-@pytest.mark.parametrize("good", ["c1", "kataprobe-16088", "a.b_c+d", "x" * 1024])
+@pytest.mark.parametrize("good", ["c1", "kataprobe-16088", "a.b_c+d", "x" * 1024, "-", "+", "_", ".a", "a.",
+                                  "ABCXYZabcxyz0189_+-.", "a.b.c"])  # fmt: skip
 def test_good_container_ids(good: str) -> None:
     validate_container_id(good)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("", "container id is empty"),
+        ("x" * 1025, "container id is 1025 characters long; the limit is 1024"),
+        ("a/b", "container id 'a/b' contains '/' or '..'"),
+        ("a..b", "container id 'a..b' contains '/' or '..'"),
+        ("has space", r"container id 'has space' has characters outside \[A-Za-z0-9_\+-\.\]"),
+        ("c1\n", r"container id 'c1\\n' has characters outside"),
+    ],
+)
+def test_container_id_messages(bad: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"^{message}"):
+        validate_container_id(bad)
+
+
+@pytest.mark.parametrize(
+    "good",
+    ["0", "0-3", "0-3,7", "0,1,2", " 0-3 , 7 ", "\t1\n", "10-20,30", "0-0", "007", "1,2\n", "\u00a01\u2003", "٣"],
+)
+def test_good_cpu_lists(good: str) -> None:
+    # digits and white space are Unicode's (str.isdecimal, str.isspace), as a regular expression's \d and \s
+    assert is_cpu_list(good)
+    check_resources({"cpu": {"cpus": good, "mems": good}})
+
+
+@pytest.mark.parametrize(
+    "bad", [" ", "-", "0-", "-3", "0 -3", "0- 3", "0--3", "1-2-3", "1,", ",1", "1,,2", "a", "1a", "0x1", "1.5", "+1",
+            "1;2", "½", "²"],
+)  # fmt: skip
+def test_bad_cpu_lists(bad: str) -> None:
+    assert not is_cpu_list(bad)
+    with pytest.raises(InvalidArgument, match=r"^linux.resources.cpu.mems .* is not a list like 0-3,7$"):
+        check_resources({"cpu": {"mems": bad}})
+
+
+def test_cpu_list_must_be_text() -> None:
+    with pytest.raises(InvalidArgument, match=r"^resources\.cpu\.cpus 3 is not a list like 0-3,7$"):
+        check_resources({"cpu": {"cpus": 3}}, "resources")
+    check_resources({"cpu": {"cpus": "", "mems": None}})  # empty or unset: no cpuset asked for
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["/..", "/a/..", "/../a", "/a/../b", "//a/..//b", "/a/./../b", "/a/../"],
+)
+def test_mount_destination_with_dotdot(bundle: Path, destination: str) -> None:
+    spec = edited(lambda s: s["mounts"].append({"destination": destination, "type": "tmpfs"}))
+    with pytest.raises(InvalidArgument, match=r"^mounts\[1\].destination .* contains '\.\.'$"):
+        validate_spec(parse_spec(spec), bundle)
+
+
+@pytest.mark.parametrize("destination", ["/a..b", "/...", "/a/..b", "/.../x", "/a/.", "/a//b/"])
+def test_mount_destination_with_dots_in_names(bundle: Path, destination: str) -> None:
+    validate_spec(parse_spec(edited(lambda s: s["mounts"].append({"destination": destination, "type": "tmpfs"}))),
+                  bundle)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "spelt"),
+    [("", "."), (".", "."), ("./", "."), ("a", "a"), ("a/", "a"), ("./a/./b//", "a/b"), ("a/../b", "a/../b"),
+     ("/", "/"), ("//", "//"), ("///", "/"), ("//a//b/", "//a/b"), ("///a", "/a"), ("/./a/.", "/a")],
+)  # fmt: skip
+def test_pure_path_spells_paths_as_pathlib(path: str, spelt: str) -> None:
+    assert pure_path(path) == spelt == str(Path(path))
+
+
+def test_root_not_a_directory_message(bundle: Path) -> None:
+    """The message shows the root as one plain path, however the spec and the bundle spell it."""
+    for root in ("nothing-here", "./nothing-here/", ".//nothing-here"):
+        spec = parse_spec(edited(lambda s, root=root: s["root"].update(path=root)))
+        expected = f"^root.path '{bundle}/nothing-here' is not a directory$"
+        with pytest.raises(InvalidArgument, match=expected):
+            validate_spec(spec, bundle)
+        with pytest.raises(InvalidArgument, match=expected):
+            validate_spec(spec, f"{bundle}/")
+    spec = parse_spec(edited(lambda s: s["root"].update(path=f"{bundle}//nothing-here/")))
+    with pytest.raises(InvalidArgument, match=f"^root.path '{bundle}/nothing-here' is not a directory$"):
+        validate_spec(spec, None)
+    (bundle / "file").write_text("")
+    spec = parse_spec(edited(lambda s: s["root"].update(path="file")))
+    with pytest.raises(InvalidArgument, match="is not a directory"):
+        validate_spec(spec, str(bundle))
+    spec = parse_spec(edited(lambda s: s["root"].update(path="rootfs")))
+    with pytest.raises(
+        InvalidArgument, match=r"^root\.path 'rootfs' is relative and there is no bundle to resolve it$"
+    ):
+        validate_spec(spec, None)
+
+
+def test_root_is_resolved_under_the_bundle(bundle: Path) -> None:
+    (bundle / "link").symlink_to("rootfs")
+    for root in ("rootfs", "./rootfs/", "link", str(bundle / "link")):
+        spec = parse_spec(edited(lambda s, root=root: s["root"].update(path=root)))
+        validate_spec(spec, bundle)
+        validate_spec(spec, str(bundle))
+        assert resolve_root(spec, bundle) == resolve_root(spec, str(bundle)) == str(bundle / "rootfs")
 
 
 def test_status_rules() -> None:
