@@ -215,6 +215,10 @@ def set_process_name(name: str) -> None:
     _check(_libc.prctl(_Int(PR_SET_NAME), name.encode()[:15], _ULong(0), _ULong(0), _ULong(0)))
 
 
+def set_child_subreaper() -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
 _LONG_LIMIT = 1 << (8 * _struct.calcsize("@l") - 1)
 
 
