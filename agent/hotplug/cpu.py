@@ -14,13 +14,16 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from agent.errors import InvalidArgument, ResourceError
 from agent.hotplug.budget import Budget
-from agent.hotplug.cpuset import AttributeWriter, format_cpuset, parse_cpuset
+from agent.hotplug.cpuset import format_cpuset, parse_cpuset
 from agent.system import sysfs
 from agent.system.paths import HostPaths
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from agent.hotplug.cpuset import AttributeWriter
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class CpuState:
 def online_mask(paths: HostPaths) -> frozenset[int] | None:
     """The kernel's own list of online CPUs (``cpu/online``), or None when it is missing."""
     try:
-        return parse_cpuset(sysfs.read_text(paths.cpu_dir / "online"), what="cpu/online")
+        return parse_cpuset(sysfs.read_text(f"{paths.cpu_dir}/online"), what="cpu/online")
     except (OSError, InvalidArgument):
         return None
 
@@ -99,7 +102,7 @@ def online_cpus(paths: HostPaths) -> frozenset[int]:
 def possible_cpus(paths: HostPaths) -> frozenset[int] | None:
     """The CPUs this guest can ever have (``cpu/possible``), or None when the kernel does not say."""
     try:
-        return parse_cpuset(sysfs.read_text(paths.cpu_dir / "possible"), what="cpu/possible")
+        return parse_cpuset(sysfs.read_text(f"{paths.cpu_dir}/possible"), what="cpu/possible")
     except (OSError, InvalidArgument):
         return None
 
@@ -114,7 +117,7 @@ def check_request(paths: HostPaths, nb_cpus: int) -> None:
         )
 
 
-def _default_writer(path: Path, value: str) -> None:
+def _default_writer(path: str, value: str) -> None:
     sysfs.write(path, value)
 
 
@@ -154,7 +157,7 @@ class CpuOnlining:
         return missing == 0
 
     def _bring_online(self, number: int) -> bool:
-        path = self.paths.cpu_dir / f"cpu{number}" / "online"
+        path = f"{self.paths.cpu_dir}/cpu{number}/online"
         try:
             self.writer(path, "1")
         except OSError as exc:

@@ -10,18 +10,22 @@ same signature; hotplug uses that one when it exists and this one otherwise.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterable
-from pathlib import Path
+import os
 
 from agent.errors import InvalidArgument, ResourceError
 from agent.system import sysfs
 from agent.system.paths import HostPaths
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    # Writes one attribute: (path, value). Importers take it under TYPE_CHECKING too.
+    AttributeWriter = Callable[[str, str], None]
+
 # The kernel's limit is NR_CPUS (at most 8192 in distribution kernels); refusing larger numbers keeps a
 # request like "0-4294967295" from building a huge set.
 MAX_CPU = 8191
-
-AttributeWriter = Callable[[Path, str], None]
 
 
 def parse_cpuset(text: str, *, what: str = "cpu list") -> frozenset[int]:
@@ -70,27 +74,52 @@ def format_cpuset(numbers: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def hierarchy_root(paths: HostPaths, leaf: Path) -> Path:
+def normal_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as pathlib spells it: no empty or "." components, no trailing slash ("a//b/./c/" ->
+    "a/b/c"); ".." is kept, as pathlib keeps it."""
+    text = os.fspath(path)
+    if "//" not in text and "/." not in text and not text.endswith("/") and not text.startswith("./"):
+        return text
+    parts = [part for part in text.split("/") if part and part != "."]
+    if text.startswith("/"):
+        return "/" + "/".join(parts)
+    return "/".join(parts) or "."
+
+
+def is_below(path: str, root: str) -> bool:
+    """Whether ``path`` is strictly below ``root`` (both in ``normal_path`` form)."""
+    return path.startswith(root if root.endswith("/") else root + "/") and path != root
+
+
+def ancestors_below(root: str, path: str) -> list[str]:
+    """The directories strictly between ``root`` and ``path`` (which is below it), from the top down."""
+    parts = path[len(root) :].strip("/").split("/")
+    return [f"{root.rstrip('/')}/{'/'.join(parts[:count])}" for count in range(1, len(parts))]
+
+
+def hierarchy_root(paths: HostPaths, leaf: str | os.PathLike[str]) -> str:
     """The root of the cgroup hierarchy that holds ``leaf``: the v1 cpuset mount when the leaf is under
     it, else the cgroup root (v2)."""
-    v1 = paths.cgroup_root / "cpuset"
-    if leaf == v1 or v1 in leaf.parents:
+    where = normal_path(leaf)
+    v1 = f"{paths.cgroup_root}/cpuset"
+    if where == v1 or is_below(where, v1):
         return v1
-    if leaf == paths.cgroup_root or paths.cgroup_root in leaf.parents:
+    if where == paths.cgroup_root or is_below(where, paths.cgroup_root):
         return paths.cgroup_root
-    raise InvalidArgument(f"cgroup {leaf} is not under the cgroup root {paths.cgroup_root}")
+    raise InvalidArgument(f"cgroup {where} is not under the cgroup root {paths.cgroup_root}")
 
 
-def propagation_plan(paths: HostPaths, leaf_dirs: Iterable[Path]) -> list[Path]:
+def propagation_plan(paths: HostPaths, leaf_dirs: Iterable[str | os.PathLike[str]]) -> list[str]:
     """The directories to write, in order: each leaf's ancestors below its hierarchy root from the top
     down (each once), then the leaves. The roots themselves are left out: the kernel owns their
     cpusets (v1 keeps the root equal to the online CPUs; v2's root has no cpuset.cpus)."""
-    ancestors: list[Path] = []
-    leaves: list[Path] = []
-    seen: set[Path] = set()
-    for leaf in leaf_dirs:
+    ancestors: list[str] = []
+    leaves: list[str] = []
+    seen: set[str] = set()
+    for leaf_dir in leaf_dirs:
+        leaf = normal_path(leaf_dir)
         root = hierarchy_root(paths, leaf)
-        chain = [p for p in reversed(leaf.parents) if root in p.parents]
+        chain = ancestors_below(root, leaf) if leaf != root else []
         for directory in chain:
             if directory not in seen:
                 seen.add(directory)
@@ -104,10 +133,10 @@ def propagate_cpuset(
     paths: HostPaths,
     cpus: str,
     mems: str | None,
-    leaf_dirs: list[Path],
+    leaf_dirs: Iterable[str | os.PathLike[str]],
     *,
     writer: AttributeWriter | None = None,
-) -> list[Path]:
+) -> list[str]:
     """Write ``cpus`` (and ``mems`` when given) to every directory of ``propagation_plan`` that has a
     ``cpuset.cpus`` file (on v2 only cgroups with the cpuset controller enabled have one). Returns the
     directories written. A failed write raises ResourceError naming the file and the value."""
@@ -115,23 +144,23 @@ def propagate_cpuset(
     if mems is not None:
         parse_cpuset(mems, what="memory node list")
     write = writer or _sysfs_write
-    written: list[Path] = []
+    written: list[str] = []
     for directory in propagation_plan(paths, leaf_dirs):
-        cpus_file = directory / "cpuset.cpus"
-        if not cpus_file.exists():
+        cpus_file = f"{directory}/cpuset.cpus"
+        if not os.path.exists(cpus_file):
             continue
         _write(write, cpus_file, cpus)
-        if mems is not None and (directory / "cpuset.mems").exists():
-            _write(write, directory / "cpuset.mems", mems)
+        if mems is not None and os.path.exists(f"{directory}/cpuset.mems"):
+            _write(write, f"{directory}/cpuset.mems", mems)
         written.append(directory)
     return written
 
 
-def _sysfs_write(path: Path, value: str) -> None:
+def _sysfs_write(path: str, value: str) -> None:
     sysfs.write(path, value)
 
 
-def _write(write: AttributeWriter, path: Path, value: str) -> None:
+def _write(write: AttributeWriter, path: str, value: str) -> None:
     try:
         write(path, value)
     except OSError as exc:

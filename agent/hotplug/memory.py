@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from agent.errors import InvalidArgument, ResourceError, Unsupported
 from agent.hotplug.budget import Budget
 from agent.hotplug.cpu import FATAL, TRANSIENT
-from agent.hotplug.cpuset import AttributeWriter
 from agent.system import sysfs
 from agent.system.paths import HostPaths
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from agent.hotplug.cpuset import AttributeWriter
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +40,20 @@ class BlockState:
 def scan_blocks(paths: HostPaths) -> dict[int, BlockState]:
     found: dict[int, BlockState] = {}
     try:
-        entries = list(paths.memory_dir.iterdir())
+        names = os.listdir(paths.memory_dir)
     except FileNotFoundError:
         return found
-    for entry in entries:
-        matched = _BLOCK_DIR.fullmatch(entry.name)
+    for name in names:
+        matched = _BLOCK_DIR.fullmatch(name)
         if matched is None:
             continue
+        entry = f"{paths.memory_dir}/{name}"
         try:
-            state = sysfs.read_text(entry / "state")
+            state = sysfs.read_text(f"{entry}/state")
         except OSError:
             continue
         try:
-            zones = tuple(sysfs.read_text(entry / "valid_zones").split())
+            zones = tuple(sysfs.read_text(f"{entry}/valid_zones").split())
         except OSError:
             zones = ()
         number = int(matched.group(1))
@@ -66,14 +70,14 @@ def block_size(paths: HostPaths) -> int:
 
 
 def probe_supported(paths: HostPaths) -> bool:
-    return paths.memory_probe.exists()
+    return os.path.exists(paths.memory_probe)
 
 
 def online_value(block: BlockState) -> str:
     return "online_movable" if "Movable" in block.zones else "online"
 
 
-def _default_writer(path: Path, value: str) -> None:
+def _default_writer(path: str, value: str) -> None:
     sysfs.write(path, value)
 
 
@@ -136,7 +140,7 @@ class MemoryOnlining:
         return not self.offline and not self.missing
 
     def _bring_online(self, block: BlockState) -> bool:
-        path = self.paths.memory_dir / f"memory{block.number}" / "state"
+        path = f"{self.paths.memory_dir}/memory{block.number}/state"
         value = online_value(block)
         try:
             try:

@@ -15,16 +15,18 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from agent.errors import AgentError, DeadlineExceeded, ResourceError
 from agent.hotplug.budget import Budget, BudgetTracker, Clock, RealClock
 from agent.hotplug.cpu import CpuOnlining, online_cpus
-from agent.hotplug.cpuset import AttributeWriter
 from agent.hotplug.memory import MemoryOnlining
 from agent.system import sysfs
 from agent.system.paths import HostPaths
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from agent.hotplug.cpuset import AttributeWriter
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class OnlineRun:
     blocks_online: list[int] = field(default_factory=list)
 
 
-def _write(path: Path, value: str) -> None:
+def _write(path: str, value: str) -> None:
     sysfs.write(path, value)
 
 

@@ -10,7 +10,6 @@ import itertools
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from agent.hotplug.cpuset import format_cpuset
 from agent.hotplug.uevent import Uevent
@@ -67,40 +66,40 @@ class FakeSysfs:
     ``fail(path, errno, times)`` makes the next writes to ``path`` fail like the kernel's EBUSY.
     """
 
-    def __init__(self, root: Path, *, cpu_mask: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, cpu_mask: bool = True) -> None:
         self.paths = HostPaths(root)
         # cpu/online, the kernel's list of online CPUs; without it (cpu_mask=False) the per-CPU online
         # files alone say which CPUs are online, so plain file writes (sysfs.write) are enough.
         self.cpu_mask = cpu_mask
-        self.paths.cpu_dir.mkdir(parents=True, exist_ok=True)
-        self.paths.memory_dir.mkdir(parents=True, exist_ok=True)
-        self._failures: dict[Path, list[int]] = {}
+        os.makedirs(self.paths.cpu_dir, exist_ok=True)
+        os.makedirs(self.paths.memory_dir, exist_ok=True)
+        self._failures: dict[str, list[int]] = {}
         self._lock = threading.Lock()
-        self.writes: list[tuple[Path, str]] = []
-        self.on_write: Callable[[Path, str], None] | None = None
+        self.writes: list[tuple[str, str]] = []
+        self.on_write: Callable[[str, str], None] | None = None
         self.cpus_online: set[int] = set()  # mirrored in cpu/online, as the kernel keeps it
         self._write_mask()
 
     def _write_mask(self) -> None:
         if not self.cpu_mask:
             return
-        mask = self.paths.cpu_dir / "online"
-        mask.write_text(format_cpuset(self.cpus_online) + "\n")
+        _create(f"{self.paths.cpu_dir}/online", format_cpuset(self.cpus_online) + "\n")
 
     # --- building the tree
 
-    def _publish(self, final: Path, files: dict[str, str]) -> Path:
-        staging = final.with_name(f".new-{final.name}")
-        staging.mkdir()
-        for name, content in files.items():
-            (staging / name).write_text(content + "\n")
+    def _publish(self, final: str, files: dict[str, str]) -> str:
+        parent, name = os.path.split(final)
+        staging = f"{parent}/.new-{name}"
+        os.mkdir(staging)
+        for file, content in files.items():
+            _create(f"{staging}/{file}", content + "\n")
         os.rename(staging, final)
         return final
 
-    def add_cpu(self, number: int, online: bool | None = False) -> Path:
+    def add_cpu(self, number: int, online: bool | None = False) -> str:
         """A CPU directory; ``online=None`` gives one without an online file (like cpu0)."""
         files = {} if online is None else {"online": "1" if online else "0"}
-        directory = self._publish(self.paths.cpu_dir / f"cpu{number}", files)
+        directory = self._publish(f"{self.paths.cpu_dir}/cpu{number}", files)
         if online is not False:
             with self._lock:
                 self.cpus_online.add(number)
@@ -108,21 +107,21 @@ class FakeSysfs:
         return directory
 
     def set_possible(self, spec: str) -> None:
-        (self.paths.cpu_dir / "possible").write_text(spec + "\n")
+        _create(f"{self.paths.cpu_dir}/possible", spec + "\n")
 
-    def add_memory_block(self, number: int, state: str = "offline", zones: str = "Normal Movable") -> Path:
+    def add_memory_block(self, number: int, state: str = "offline", zones: str = "Normal Movable") -> str:
         files = {"state": state, "valid_zones": zones, "online": "1" if state == "online" else "0"}
-        return self._publish(self.paths.memory_dir / f"memory{number}", files)
+        return self._publish(f"{self.paths.memory_dir}/memory{number}", files)
 
     def set_block_size(self, size: int) -> None:
-        self.paths.memory_block_size.write_text(f"{size:x}\n")
+        _create(self.paths.memory_block_size, f"{size:x}\n")
 
     def enable_probe(self) -> None:
-        self.paths.memory_probe.write_text("")
+        _create(self.paths.memory_probe, "")
 
-    def fail(self, path: Path, error: int, times: int = 1) -> None:
+    def fail(self, path: str | os.PathLike[str], error: int, times: int = 1) -> None:
         with self._lock:
-            self._failures.setdefault(path, []).extend([error] * times)
+            self._failures.setdefault(os.fspath(path), []).extend([error] * times)
 
     # --- uevents as the kernel would send them
 
@@ -137,7 +136,8 @@ class FakeSysfs:
 
     # --- the writer the onlining code is given
 
-    def write(self, path: Path, value: str) -> None:
+    def write(self, target: str | os.PathLike[str], value: str) -> None:
+        path = os.fspath(target)
         with self._lock:
             pending = self._failures.get(path)
             error = pending.pop(0) if pending else None
@@ -150,22 +150,28 @@ class FakeSysfs:
             size = int(sysfs.read_text(self.paths.memory_block_size), 16)
             self.add_memory_block(int(value, 16) // size)
             return
-        if path.name == "online" and path.parent.parent == self.paths.cpu_dir and value in ("0", "1"):
+        directory, name = os.path.split(path)
+        if name == "online" and os.path.dirname(directory) == self.paths.cpu_dir and value in ("0", "1"):
             _replace(path, value)
             with self._lock:
-                number = int(path.parent.name[len("cpu") :])
+                number = int(os.path.basename(directory)[len("cpu") :])
                 (self.cpus_online.add if value == "1" else self.cpus_online.discard)(number)
                 self._write_mask()
             return
-        if path.name == "state" and value in ("online", "online_movable", "online_kernel"):
+        if name == "state" and value in ("online", "online_movable", "online_kernel"):
             _replace(path, "online")
-            _replace(path.with_name("online"), "1")
+            _replace(f"{directory}/online", "1")
             return
         _replace(path, value)
 
 
-def _replace(path: Path, value: str) -> None:
+def _create(path: str, text: str) -> None:
+    with open(path, "w") as stream:
+        stream.write(text)
+
+
+def _replace(path: str, value: str) -> None:
     """An attribute shows the new value alone (a plain file would keep the tail of a longer old one);
     like sysfs, never create the file."""
     sysfs.write(path, b"")  # raises ENOENT for a missing attribute
-    path.write_text(value + "\n")
+    _create(path, value + "\n")

@@ -7,7 +7,6 @@ the wait still wakes it; it also re-checks at a short interval, so a missed even
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from agent.hotplug.uevent import Subscription, UeventListener, match, shared_listener
 from agent.system.paths import HostPaths
@@ -30,6 +29,6 @@ class UeventWaker:
 def waker_factory(paths: HostPaths, subsystem: str) -> Callable[[], Waker | None]:
     """Wakers on the agent's uevent listener; None (plain polling) for a test tree, whose devices the
     kernel does not announce."""
-    if paths.root != Path("/"):
+    if paths.root != "/":
         return lambda: None
     return lambda: UeventWaker(shared_listener(), subsystem)

@@ -9,26 +9,27 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig
 from agent.hotplug import cpu, cpuset, memory
 from agent.hotplug.budget import Budget, Clock
-from agent.hotplug.cpuset import AttributeWriter
 from agent.hotplug.online import OnlineCoordinator, OnlineRequest, OnlineRun
 from agent.hotplug.uevent import Subscription, Uevent, UeventListener, shared_listener
 from agent.system.paths import HostPaths
 
 if TYPE_CHECKING:
+    from agent.hotplug.cpuset import AttributeWriter
     from agent.services import Services
 
 log = logging.getLogger(__name__)
 
-Propagate = Callable[[HostPaths, str, str | None, list[Path]], Any]
+# (paths, cpus, mems, leaf cgroup directories) -> the directories written
+Propagate = Callable[[HostPaths, str, str | None, list[str]], Any]
 
 
 def is_hotplug_add(event: Uevent) -> bool:
@@ -44,7 +45,7 @@ class ResourceService:
         listener: UeventListener | None = None,
         clock: Clock | None = None,
         writer: AttributeWriter | None = None,
-        cpuset_targets: Callable[[], Sequence[Path]] | None = None,
+        cpuset_targets: Callable[[], Sequence[str | os.PathLike[str]]] | None = None,
         propagate: Propagate | None = None,
         spawn: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
@@ -73,10 +74,10 @@ class ResourceService:
     def from_services(cls, services: Services) -> ResourceService:
         # Kernel uevents describe the real /sys; a service on a test tree gets none, and
         # agent.hotplug_uevents=false leaves the loop to its sysfs re-scans.
-        wanted = services.config.hotplug_uevents and services.paths.root == Path("/")
+        wanted = services.config.hotplug_uevents and services.paths.root == "/"
         listener = shared_listener() if wanted else None
 
-        def targets() -> list[Path]:
+        def targets() -> list[str | os.PathLike[str]]:
             containers = services.built().get("containers")
             find = getattr(containers, "cpuset_targets", None)
             return list(find()) if find is not None else []
@@ -126,7 +127,7 @@ class ResourceService:
     # --- cpusets
 
     def _update_cpusets(self, online: frozenset[int]) -> None:
-        leaves = list(self._cpuset_targets())
+        leaves = [os.fspath(leaf) for leaf in self._cpuset_targets()]
         if not leaves:
             return
         cpus = cpuset.format_cpuset(online)

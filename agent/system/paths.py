@@ -1,12 +1,13 @@
 """Every filesystem location the agent touches on the host, derived from one root.
 
-Production uses ``HostPaths(Path("/"))``; tests pass a temporary directory holding a fake tree.
-No other module spells /sys, /proc, /dev or /run literally.
+Production uses ``HostPaths()`` (root "/"); tests pass a temporary directory holding a fake tree.
+No other module spells /sys, /proc, /dev or /run literally. Every location is a ``str`` (the root
+joined with a relative path): the container engine's start path imports no pathlib.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 # Where Kata's runtime puts container bundles shared from the host.
 KATA_SHARED_SUBDIR = "run/kata-containers/shared/containers"
@@ -16,11 +17,16 @@ class HostPaths:
     """Immutable, compared and hashed by ``root`` (a plain class: this module is imported by every
     container start, and a dataclass costs about a millisecond to define)."""
 
-    __slots__ = ("root",)
-    root: Path
+    __slots__ = ("_prefix", "root")
+    root: str
+    _prefix: str  # root with exactly one trailing slash, what every location starts with
 
-    def __init__(self, root: Path = Path("/")) -> None:
-        object.__setattr__(self, "root", root)
+    def __init__(self, root: str | os.PathLike[str] = "/") -> None:
+        given = os.fspath(root)
+        # "/" (or "//") stays "/"; "" means the current directory, as pathlib's Path("") does
+        text = given.rstrip("/") or ("/" if given else ".")
+        object.__setattr__(self, "root", text)
+        object.__setattr__(self, "_prefix", text if text.endswith("/") else text + "/")
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"HostPaths is immutable: cannot set {name!r}")
@@ -34,149 +40,149 @@ class HostPaths:
     def __repr__(self) -> str:
         return f"HostPaths(root={self.root!r})"
 
-    def __reduce__(self) -> tuple[type[HostPaths], tuple[Path]]:  # copy and pickle go through __init__
+    def __reduce__(self) -> tuple[type[HostPaths], tuple[str]]:  # copy and pickle go through __init__
         return HostPaths, (self.root,)
 
-    def _at(self, relative: str) -> Path:
-        return self.root / relative
+    def _at(self, relative: str) -> str:
+        return self._prefix + relative
 
     # --- procfs
     @property
-    def proc(self) -> Path:
+    def proc(self) -> str:
         return self._at("proc")
 
     @property
-    def cmdline(self) -> Path:
+    def cmdline(self) -> str:
         return self._at("proc/cmdline")
 
     @property
-    def meminfo(self) -> Path:
+    def meminfo(self) -> str:
         return self._at("proc/meminfo")
 
     @property
-    def loadavg(self) -> Path:
+    def loadavg(self) -> str:
         return self._at("proc/loadavg")
 
     @property
-    def mountinfo(self) -> Path:
+    def mountinfo(self) -> str:
         return self._at("proc/self/mountinfo")
 
-    def proc_pid(self, pid: int) -> Path:
+    def proc_pid(self, pid: int) -> str:
         return self._at(f"proc/{pid}")
 
     # --- sysfs
     @property
-    def sys(self) -> Path:
+    def sys(self) -> str:
         return self._at("sys")
 
     @property
-    def cpu_dir(self) -> Path:
+    def cpu_dir(self) -> str:
         return self._at("sys/devices/system/cpu")
 
     @property
-    def memory_dir(self) -> Path:
+    def memory_dir(self) -> str:
         return self._at("sys/devices/system/memory")
 
     @property
-    def memory_block_size(self) -> Path:
-        return self.memory_dir / "block_size_bytes"
+    def memory_block_size(self) -> str:
+        return self._at("sys/devices/system/memory/block_size_bytes")
 
     @property
-    def memory_probe(self) -> Path:
-        return self.memory_dir / "probe"
+    def memory_probe(self) -> str:
+        return self._at("sys/devices/system/memory/probe")
 
     @property
-    def cgroup_root(self) -> Path:
+    def cgroup_root(self) -> str:
         return self._at("sys/fs/cgroup")
 
     @property
-    def net_class(self) -> Path:
+    def net_class(self) -> str:
         return self._at("sys/class/net")
 
     @property
-    def pci_devices(self) -> Path:
+    def pci_devices(self) -> str:
         return self._at("sys/bus/pci/devices")
 
     @property
-    def block_class(self) -> Path:
+    def block_class(self) -> str:
         return self._at("sys/class/block")
 
     @property
-    def scsi_devices(self) -> Path:
+    def scsi_devices(self) -> str:
         return self._at("sys/bus/scsi/devices")
 
     @property
-    def scsi_host_class(self) -> Path:
+    def scsi_host_class(self) -> str:
         return self._at("sys/class/scsi_host")
 
     # --- devices
     @property
-    def dev(self) -> Path:
+    def dev(self) -> str:
         return self._at("dev")
 
     @property
-    def random_device(self) -> Path:
+    def random_device(self) -> str:
         return self._at("dev/random")
 
     # --- run and configuration
     @property
-    def run(self) -> Path:
+    def run(self) -> str:
         return self._at("run")
 
     @property
-    def agent_run(self) -> Path:
+    def agent_run(self) -> str:
         """Agent-private runtime state (container state, sockets)."""
         return self._at("run/pykata")
 
     @property
-    def shared_containers(self) -> Path:
+    def shared_containers(self) -> str:
         """Where CopyFile may write: Kata's shared containers directory."""
         return self._at(KATA_SHARED_SUBDIR)
 
     @property
-    def sandbox_dir(self) -> Path:
+    def sandbox_dir(self) -> str:
         return self._at("run/kata-containers/sandbox")
 
     @property
-    def modules_dir(self) -> Path:
+    def modules_dir(self) -> str:
         return self._at("lib/modules")
 
     @property
-    def modules_load_list(self) -> Path:
+    def modules_load_list(self) -> str:
         """The initrd's list of kernel modules to load at boot, in dependency order."""
         return self._at("etc/pykata/modules.load")
 
     @property
-    def modules_root_load_list(self) -> Path:
+    def modules_root_load_list(self) -> str:
         """The initrd's further modules (an ext4 root's), loaded on demand, in dependency order."""
         return self._at("etc/pykata/modules-root.load")
 
     @property
-    def proc_filesystems(self) -> Path:
+    def proc_filesystems(self) -> str:
         return self._at("proc/filesystems")
 
     @property
-    def hostname_file(self) -> Path:
+    def hostname_file(self) -> str:
         return self._at("proc/sys/kernel/hostname")
 
     @property
-    def thread_netns(self) -> Path:
+    def thread_netns(self) -> str:
         """The calling thread's network namespace (setns back to it after working in another)."""
         return self._at("proc/thread-self/ns/net")
 
-    def thread_ns(self, kind: str) -> Path:
+    def thread_ns(self, kind: str) -> str:
         """The calling thread's namespace of ``kind`` ("ipc", "uts", "pid", ...)."""
         return self._at(f"proc/thread-self/ns/{kind}")
 
-    def named_netns(self, name: str) -> Path:
+    def named_netns(self, name: str) -> str:
         """A namespace made by ``ip netns add NAME``."""
         return self._at(f"run/netns/{name}")
 
     @property
-    def tun_device(self) -> Path:
+    def tun_device(self) -> str:
         return self._at("dev/net/tun")
 
-    def inside(self, absolute: str | Path) -> Path:
+    def inside(self, absolute: str | os.PathLike[str]) -> str:
         """Map an absolute guest path (as a client names it) under this root."""
-        text = str(absolute)
-        return self.root / text.lstrip("/")
+        relative = os.fspath(absolute).lstrip("/")
+        return self._at(relative) if relative else self.root

@@ -82,13 +82,13 @@ class Cgroups:
         process.wait(timeout=30)
 
     def parent_dirs(self) -> list[Path]:
-        return sorted({root / self.parent for root in self.layout.controllers.values()})
+        return sorted({Path(root) / self.parent for root in self.layout.controllers.values()})
 
     def cleanup(self) -> None:
         for process in self.processes:
-            if (self.layout.controllers["freezer"] / self.parent).is_dir():
+            if (Path(self.layout.controllers["freezer"]) / self.parent).is_dir():
                 # a frozen process cannot die: thaw everything of ours first
-                for state in (self.layout.controllers["freezer"] / self.parent).rglob("freezer.state"):
+                for state in (Path(self.layout.controllers["freezer"]) / self.parent).rglob("freezer.state"):
                     state.write_text("THAWED")
             self.stop(process)
         for directory in self.parent_dirs():
@@ -119,7 +119,7 @@ def read(path: Path) -> str:
 
 
 def cpu_ticks(pid: int) -> int:
-    fields = read(PATHS.proc_pid(pid) / "stat").rsplit(")", 1)[1].split()
+    fields = read(Path(PATHS.proc_pid(pid)) / "stat").rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
@@ -134,7 +134,7 @@ def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
 def test_create_apply_read_back(cgroups: Cgroups) -> None:
     manager = cgroups.manager()
     manager.create()
-    dirs = manager.directories()
+    dirs = {name: Path(directory) for name, directory in manager.directories().items()}
     assert all(d.is_dir() for d in dirs.values())
     assert read(dirs["cpuset"] / "cpuset.cpus") == read(dirs["cpuset"].parent / "cpuset.cpus") != ""
     manager.apply(
@@ -169,10 +169,10 @@ def test_create_apply_read_back(cgroups: Cgroups) -> None:
 def test_bad_values_are_refused_before_any_write(cgroups: Cgroups) -> None:
     manager = cgroups.manager()
     manager.create()
-    before = read(manager.directories()["cpu"] / "cpu.shares")
+    before = read(Path(manager.directories()["cpu"]) / "cpu.shares")
     with pytest.raises(InvalidArgument, match=r"linux\.resources\.cpu\.cpus"):
         manager.apply({"cpu": {"shares": 256, "cpus": "0-"}})
-    assert read(manager.directories()["cpu"] / "cpu.shares") == before
+    assert read(Path(manager.directories()["cpu"]) / "cpu.shares") == before
     manager.destroy()
 
 
@@ -189,7 +189,7 @@ def test_process_stats_pids_freeze_thaw_destroy(cgroups: Cgroups) -> None:
     wait_for(lambda: cpu_ticks(busy.pid) > 0, "the busy loop to use cpu time")
 
     manager.freeze()
-    assert read(manager.directories()["freezer"] / "freezer.state") == "FROZEN"
+    assert read(Path(manager.directories()["freezer"]) / "freezer.state") == "FROZEN"
     frozen_at = cpu_ticks(busy.pid)
     time.sleep(0.3)
     assert cpu_ticks(busy.pid) == frozen_at, "a frozen process kept running"
@@ -203,7 +203,7 @@ def test_process_stats_pids_freeze_thaw_destroy(cgroups: Cgroups) -> None:
     wait_for(lambda: not manager.pids(), "the killed process to leave the cgroup")
     manager.destroy()
     assert not manager.exists()
-    assert not any(d.exists() for d in manager.directories().values())
+    assert not any(os.path.exists(d) for d in manager.directories().values())
 
 
 def test_memory_limit_below_usage_is_refused(cgroups: Cgroups) -> None:
@@ -216,7 +216,7 @@ def test_memory_limit_below_usage_is_refused(cgroups: Cgroups) -> None:
     assert holder.stdout.readline() == b"ok\n"
     with pytest.raises(InvalidArgument, match=r"memory\.limit"):
         manager.update({"memory": {"limit": 8 << 20}})
-    assert read(manager.directories()["memory"] / "memory.limit_in_bytes") != str(8 << 20)
+    assert read(Path(manager.directories()["memory"]) / "memory.limit_in_bytes") != str(8 << 20)
 
 
 def test_memory_hog_is_oom_killed_and_reported(cgroups: Cgroups) -> None:
@@ -255,9 +255,9 @@ def test_set_cpuset_and_propagate(cgroups: Cgroups) -> None:
     manager = cgroups.manager()
     manager.create()
     manager.set_cpuset("0", "0")
-    assert read(manager.cpuset_dir() / "cpuset.cpus") == "0"
-    online = read(cgroups.layout.controllers["cpuset"] / "cpuset.cpus")
+    assert read(Path(manager.cpuset_dir()) / "cpuset.cpus") == "0"
+    online = read(Path(cgroups.layout.controllers["cpuset"]) / "cpuset.cpus")
     written = propagate_cpuset(PATHS, online, None, [manager.cpuset_dir()])
-    assert written == [manager.cpuset_dir().parent, manager.cpuset_dir()]
-    assert read(manager.cpuset_dir() / "cpuset.cpus") == online
+    assert written == [os.path.dirname(manager.cpuset_dir()), manager.cpuset_dir()]
+    assert read(Path(manager.cpuset_dir()) / "cpuset.cpus") == online
     manager.destroy()

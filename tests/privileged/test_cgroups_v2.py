@@ -95,12 +95,12 @@ try:
     wait_for(lambda: manager.stats().cpu_stats.cpu_usage.total_usage > 0 and ticks(busy.pid) > 0)
     out["cpu_usage"] = manager.stats().cpu_stats.cpu_usage.total_usage
     manager.freeze()
-    out["frozen_event"] = flat_keyed(manager.path / "cgroup.events").get("frozen")
+    out["frozen_event"] = flat_keyed(f"{manager.path}/cgroup.events").get("frozen")
     before = ticks(busy.pid)
     time.sleep(0.3)
     out["ran_while_frozen"] = ticks(busy.pid) != before
     manager.thaw()
-    out["thawed_event"] = flat_keyed(manager.path / "cgroup.events").get("frozen")
+    out["thawed_event"] = flat_keyed(f"{manager.path}/cgroup.events").get("frozen")
     wait_for(lambda: ticks(busy.pid) > before)
     try:
         manager.apply({"pids": {"limit": 5}})

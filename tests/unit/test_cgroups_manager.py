@@ -67,10 +67,10 @@ def write_files(directory: Path, files: dict[str, str]) -> None:
 
 def v1_tree(root: Path, relative: str = "pykata/c1") -> HostPaths:
     paths = HostPaths(root)
-    paths.mountinfo.parent.mkdir(parents=True)
-    paths.mountinfo.write_text(V1_MOUNTINFO)
+    Path(paths.mountinfo).parent.mkdir(parents=True)
+    Path(paths.mountinfo).write_text(V1_MOUNTINFO)
     for controller, files in V1_FILES.items():
-        base = paths.cgroup_root / controller
+        base = Path(paths.cgroup_root) / controller
         write_files(base, files)
         if controller == "cpuset":
             (base / "cpuset.cpus").write_text("0-3\n")
@@ -79,8 +79,8 @@ def v1_tree(root: Path, relative: str = "pykata/c1") -> HostPaths:
         for part in PurePosixPath(relative).parts:
             node = node / part
             write_files(node, files)
-    (paths.cgroup_root / "systemd").mkdir()
-    (paths.cgroup_root / "unified").mkdir()
+    (Path(paths.cgroup_root) / "systemd").mkdir()
+    (Path(paths.cgroup_root) / "unified").mkdir()
     return paths
 
 
@@ -102,9 +102,9 @@ V2_FILES = {
 
 def v2_tree(root: Path, relative: str = "pykata/c1") -> HostPaths:
     paths = HostPaths(root)
-    paths.mountinfo.parent.mkdir(parents=True)
-    paths.mountinfo.write_text(V2_MOUNTINFO)
-    node = paths.cgroup_root
+    Path(paths.mountinfo).parent.mkdir(parents=True)
+    Path(paths.mountinfo).write_text(V2_MOUNTINFO)
+    node = Path(paths.cgroup_root)
     write_files(node, {"cgroup.controllers": "cpuset cpu io memory pids hugetlb", "cgroup.subtree_control": ""})
     for part in PurePosixPath(relative).parts:
         node = node / part
@@ -120,8 +120,8 @@ def test_detect_hybrid_host_is_v1(tmp_path: Path) -> None:
     layout = detect(paths)
     assert layout.version == 1
     assert layout.hybrid
-    assert layout.unified == paths.cgroup_root / "unified"
-    assert layout.controllers["memory"] == paths.cgroup_root / "memory"
+    assert layout.unified == str(tmp_path / "sys/fs/cgroup/unified")
+    assert layout.controllers["memory"] == str(tmp_path / "sys/fs/cgroup/memory")
     assert set(layout.controllers) == {"cpu", "cpuacct", "cpuset", "memory", "freezer", "pids"}
 
 
@@ -129,37 +129,37 @@ def test_detect_v2(tmp_path: Path) -> None:
     paths = v2_tree(tmp_path)
     layout = detect(paths)
     assert layout.version == 2
-    assert layout.root == paths.cgroup_root
+    assert layout.root == paths.cgroup_root == str(tmp_path / "sys/fs/cgroup")
 
 
 def test_detect_combined_v1_mount(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    paths.mountinfo.parent.mkdir(parents=True)
-    paths.mountinfo.write_text(
+    Path(paths.mountinfo).parent.mkdir(parents=True)
+    Path(paths.mountinfo).write_text(
         "31 25 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
         "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:1 - cgroup cgroup rw,cpu,cpuacct\n"
     )
     layout = detect(paths)
     assert layout.controllers == {
-        "cpu": paths.cgroup_root / "cpu,cpuacct",
-        "cpuacct": paths.cgroup_root / "cpu,cpuacct",
+        "cpu": str(tmp_path / "sys/fs/cgroup/cpu,cpuacct"),
+        "cpuacct": str(tmp_path / "sys/fs/cgroup/cpu,cpuacct"),
     }
     assert not layout.hybrid
 
 
 def test_detect_nothing_mounted(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    paths.mountinfo.parent.mkdir(parents=True)
-    paths.mountinfo.write_text("25 30 0:23 / /sys rw - sysfs sysfs rw\n")
+    Path(paths.mountinfo).parent.mkdir(parents=True)
+    Path(paths.mountinfo).write_text("25 30 0:23 / /sys rw - sysfs sysfs rw\n")
     with pytest.raises(Unsupported, match="no cgroup filesystem"):
         detect(paths)
 
 
 def test_detect_unescapes_mount_points(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path / "a b")
-    paths.mountinfo.parent.mkdir(parents=True)
-    paths.mountinfo.write_text("31 25 0:28 / /sys/fs/cgroup/my\\040pids rw - cgroup cgroup rw,pids\n")
-    assert detect(paths).controllers["pids"] == paths.cgroup_root / "my pids"
+    Path(paths.mountinfo).parent.mkdir(parents=True)
+    Path(paths.mountinfo).write_text("31 25 0:28 / /sys/fs/cgroup/my\\040pids rw - cgroup cgroup rw,pids\n")
+    assert detect(paths).controllers["pids"] == str(tmp_path / "a b/sys/fs/cgroup/my pids")
 
 
 @pytest.mark.parametrize(
@@ -175,7 +175,7 @@ def test_detect_unescapes_mount_points(tmp_path: Path) -> None:
     ],
 )
 def test_container_cgroup_paths(cgroups_path: str, expected: str) -> None:
-    assert str(container_cgroup(cgroups_path, "c1")) == expected
+    assert container_cgroup(cgroups_path, "c1") == expected
 
 
 @pytest.mark.parametrize(("cgroups_path", "cid"), [("/a/../b", "c1"), ("", "../x"), ("", "a/b"), ("/", "c1")])
@@ -193,9 +193,9 @@ def test_v1_create_copies_cpuset_down(tmp_path: Path) -> None:
     assert isinstance(manager, V1Manager)
     manager.create()
     for level in ("pykata", "pykata/c1"):
-        assert (paths.cgroup_root / "cpuset" / level / "cpuset.cpus").read_text() == "0-3"
-        assert (paths.cgroup_root / "cpuset" / level / "cpuset.mems").read_text() == "0"
-    assert manager.cpuset_dir() == paths.cgroup_root / "cpuset/pykata/c1"
+        assert (Path(paths.cgroup_root) / "cpuset" / level / "cpuset.cpus").read_text() == "0-3"
+        assert (Path(paths.cgroup_root) / "cpuset" / level / "cpuset.mems").read_text() == "0"
+    assert manager.cpuset_dir() == str(tmp_path / "sys/fs/cgroup/cpuset/pykata/c1")
 
 
 def test_v1_apply_writes_each_controller_dir(tmp_path: Path) -> None:
@@ -204,7 +204,7 @@ def test_v1_apply_writes_each_controller_dir(tmp_path: Path) -> None:
     manager.apply(
         {"cpu": {"shares": 512, "quota": 20000}, "memory": {"limit": 32 << 20, "swap": 64 << 20}, "pids": {"limit": 5}}
     )
-    base = paths.cgroup_root
+    base = Path(paths.cgroup_root)
     assert (base / "cpu/pykata/c1/cpu.shares").read_text() == "512"
     assert (base / "cpu/pykata/c1/cpu.cfs_quota_us").read_text() == "20000"
     assert (base / "memory/pykata/c1/memory.limit_in_bytes").read_text() == str(32 << 20)
@@ -224,7 +224,7 @@ def test_missing_file_names_controller_and_file(tmp_path: Path) -> None:
     manager = manager_for(paths, "/pykata/c1", "c1")
     with pytest.raises(Unsupported, match=r"cpu .*cpu\.rt_runtime_us"):
         manager.apply({"cpu": {"realtimeRuntime": 1000}})
-    assert not (paths.cgroup_root / "cpu/pykata/c1/cpu.rt_runtime_us").exists()
+    assert not (Path(paths.cgroup_root) / "cpu/pykata/c1/cpu.rt_runtime_us").exists()
 
 
 def test_missing_controller_is_unsupported(tmp_path: Path) -> None:
@@ -234,20 +234,20 @@ def test_missing_controller_is_unsupported(tmp_path: Path) -> None:
 
 def test_memory_limit_below_usage_is_refused(tmp_path: Path) -> None:
     paths = v1_tree(tmp_path)
-    (paths.cgroup_root / "memory/pykata/c1/memory.usage_in_bytes").write_text(str(40 << 20))
+    (Path(paths.cgroup_root) / "memory/pykata/c1/memory.usage_in_bytes").write_text(str(40 << 20))
     manager = manager_for(paths, "/pykata/c1", "c1")
     with pytest.raises(InvalidArgument, match=r"memory\.limit .* below"):
         manager.update({"memory": {"limit": 32 << 20}})
-    assert (paths.cgroup_root / "memory/pykata/c1/memory.limit_in_bytes").read_text() == "9223372036854771712"
+    assert (Path(paths.cgroup_root) / "memory/pykata/c1/memory.limit_in_bytes").read_text() == "9223372036854771712"
 
 
 def test_v1_freeze_and_thaw_write_freezer_state(tmp_path: Path) -> None:
     paths = v1_tree(tmp_path)
     manager = manager_for(paths, "/pykata/c1", "c1")
     manager.freeze()
-    assert (paths.cgroup_root / "freezer/pykata/c1/freezer.state").read_text() == "FROZEN"
+    assert (Path(paths.cgroup_root) / "freezer/pykata/c1/freezer.state").read_text() == "FROZEN"
     manager.thaw()
-    assert (paths.cgroup_root / "freezer/pykata/c1/freezer.state").read_text() == "THAWED"
+    assert (Path(paths.cgroup_root) / "freezer/pykata/c1/freezer.state").read_text() == "THAWED"
 
 
 def test_update_of_missing_cgroup_is_not_found(tmp_path: Path) -> None:
@@ -259,24 +259,24 @@ def test_update_of_missing_cgroup_is_not_found(tmp_path: Path) -> None:
 def test_destroy_refuses_with_processes_and_names_them(tmp_path: Path) -> None:
     paths = v1_tree(tmp_path)
     manager = manager_for(paths, "/pykata/c1", "c1")
-    (paths.cgroup_root / "freezer/pykata/c1/cgroup.procs").write_text("4242\n4343\n")
+    (Path(paths.cgroup_root) / "freezer/pykata/c1/cgroup.procs").write_text("4242\n4343\n")
     with pytest.raises(ResourceError, match=r"\[4242, 4343\]"):
         manager.destroy()
-    assert (paths.cgroup_root / "cpu/pykata/c1").is_dir()
+    assert (Path(paths.cgroup_root) / "cpu/pykata/c1").is_dir()
 
 
 def test_pids_are_recursive(tmp_path: Path) -> None:
     paths = v1_tree(tmp_path)
     manager = manager_for(paths, "/pykata/c1", "c1")
-    write_files(paths.cgroup_root / "freezer/pykata/c1/sub", {})
-    (paths.cgroup_root / "freezer/pykata/c1/cgroup.procs").write_text("10\n")
-    (paths.cgroup_root / "freezer/pykata/c1/sub/cgroup.procs").write_text("7\n")
+    write_files(Path(paths.cgroup_root) / "freezer/pykata/c1/sub", {})
+    (Path(paths.cgroup_root) / "freezer/pykata/c1/cgroup.procs").write_text("10\n")
+    (Path(paths.cgroup_root) / "freezer/pykata/c1/sub/cgroup.procs").write_text("7\n")
     assert manager.pids() == [7, 10]
 
 
 def test_v1_stats_from_files(tmp_path: Path) -> None:
     paths = v1_tree(tmp_path)
-    base = paths.cgroup_root
+    base = Path(paths.cgroup_root)
     (base / "cpuacct/pykata/c1/cpuacct.usage").write_text("5000")
     (base / "cpuacct/pykata/c1/cpuacct.usage_percpu").write_text("2000 3000 \n")
     (base / "cpu/pykata/c1/cpu.stat").write_text("nr_periods 4\nnr_throttled 2\nthrottled_time 900\n")
@@ -302,9 +302,9 @@ def test_v2_create_enables_controllers_from_the_root(tmp_path: Path) -> None:
     assert isinstance(manager, V2Manager)
     manager.create()
     # a regular file takes the last write; the kernel would accumulate "+x" writes
-    assert (paths.cgroup_root / "cgroup.subtree_control").read_text() == "+hugetlb"
-    assert (paths.cgroup_root / "pykata/cgroup.subtree_control").read_text() == "+pids"
-    assert (paths.cgroup_root / "pykata/c1/cgroup.subtree_control").read_text() == ""
+    assert (Path(paths.cgroup_root) / "cgroup.subtree_control").read_text() == "+hugetlb"
+    assert (Path(paths.cgroup_root) / "pykata/cgroup.subtree_control").read_text() == "+pids"
+    assert (Path(paths.cgroup_root) / "pykata/c1/cgroup.subtree_control").read_text() == ""
 
 
 def test_v2_enable_controllers_writes_only_missing_offered_ones(tmp_path: Path) -> None:
@@ -317,7 +317,7 @@ def test_v2_enable_controllers_writes_only_missing_offered_ones(tmp_path: Path) 
 def test_v2_manage_root_off_leaves_root_alone(tmp_path: Path) -> None:
     paths = v2_tree(tmp_path)
     manager_for(paths, "/pykata/c1", "c1", manage_root=False).create()
-    assert (paths.cgroup_root / "cgroup.subtree_control").read_text() == ""
+    assert (Path(paths.cgroup_root) / "cgroup.subtree_control").read_text() == ""
 
 
 def test_v2_apply_conversions_land_in_files(tmp_path: Path) -> None:
@@ -330,7 +330,7 @@ def test_v2_apply_conversions_land_in_files(tmp_path: Path) -> None:
             "pids": {"limit": -1},
         }
     )
-    leaf = paths.cgroup_root / "pykata/c1"
+    leaf = Path(paths.cgroup_root) / "pykata/c1"
     assert (leaf / "cpu.weight").read_text() == "79"
     assert (leaf / "cpu.max").read_text() == "150000 100000"
     assert (leaf / "cpuset.cpus").read_text() == "1"
@@ -348,7 +348,7 @@ def test_v2_real_swap_limit_without_swap_file_fails(tmp_path: Path) -> None:
 
 def test_v2_freeze_waits_for_frozen_event(tmp_path: Path) -> None:
     paths = v2_tree(tmp_path)
-    leaf = paths.cgroup_root / "pykata/c1"
+    leaf = Path(paths.cgroup_root) / "pykata/c1"
     manager = manager_for(paths, "", "c1")
 
     def kernel() -> None:  # the kernel reports "frozen 1" a little after the write
@@ -365,7 +365,7 @@ def test_v2_freeze_waits_for_frozen_event(tmp_path: Path) -> None:
 
 def test_v2_thaw_times_out_with_a_clear_error(tmp_path: Path) -> None:
     paths = v2_tree(tmp_path)
-    leaf = paths.cgroup_root / "pykata/c1"
+    leaf = Path(paths.cgroup_root) / "pykata/c1"
     (leaf / "cgroup.events").write_text("populated 1\nfrozen 1\n")
     with pytest.raises(ResourceError, match="did not thaw"):
         manager_for(paths, "", "c1").thaw(timeout=0.05)
@@ -373,7 +373,7 @@ def test_v2_thaw_times_out_with_a_clear_error(tmp_path: Path) -> None:
 
 def test_v2_stats(tmp_path: Path) -> None:
     paths = v2_tree(tmp_path)
-    leaf = paths.cgroup_root / "pykata/c1"
+    leaf = Path(paths.cgroup_root) / "pykata/c1"
     (leaf / "cpu.stat").write_text("usage_usec 10\nuser_usec 6\nsystem_usec 4\nnr_periods 2\nthrottled_usec 3\n")
     (leaf / "memory.stat").write_text("anon 4096\nfile 8192\n")
     (leaf / "memory.events").write_text("low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n")
@@ -395,14 +395,14 @@ def test_v2_stats(tmp_path: Path) -> None:
 
 def test_v2_destroy_removes_tree_bottom_up(tmp_path: Path) -> None:
     paths = v2_tree(tmp_path)
-    leaf = paths.cgroup_root / "pykata/c1"
+    leaf = Path(paths.cgroup_root) / "pykata/c1"
     # a fake cgroup directory holds regular files, which rmdir refuses: use empty dirs here
     for child in leaf.iterdir():
         child.unlink()
     (leaf / "nested").mkdir()
     manager_for(paths, "", "c1").destroy()
     assert not leaf.exists()
-    assert (paths.cgroup_root / "pykata").is_dir()  # the shared parent stays
+    assert (Path(paths.cgroup_root) / "pykata").is_dir()  # the shared parent stays
 
 
 # --- cpuset propagation
@@ -410,25 +410,26 @@ def test_v2_destroy_removes_tree_bottom_up(tmp_path: Path) -> None:
 
 def test_propagate_cpuset_v1_top_down_then_leaves(tmp_path: Path) -> None:
     paths = v1_tree(tmp_path, "pykata/c1")
-    write_files(paths.cgroup_root / "cpuset/pykata/c2", V1_FILES["cpuset"])
-    base = paths.cgroup_root / "cpuset"
+    write_files(Path(paths.cgroup_root) / "cpuset/pykata/c2", V1_FILES["cpuset"])
+    base = Path(paths.cgroup_root) / "cpuset"
     written = propagate_cpuset(paths, "0-5", "0", [base / "pykata/c1", base / "pykata/c2"])
-    assert written == [base / "pykata", base / "pykata/c1", base / "pykata/c2"]
+    assert written == [str(base / "pykata"), str(base / "pykata/c1"), str(base / "pykata/c2")]
     assert (base / "pykata/c2/cpuset.cpus").read_text() == "0-5"
     assert (base / "cpuset.cpus").read_text() == "0-3\n"  # the root is the kernel's
 
 
 def test_propagate_cpuset_v2_skips_levels_without_cpuset(tmp_path: Path) -> None:
     paths = v2_tree(tmp_path)
-    (paths.cgroup_root / "pykata/cpuset.cpus").unlink()
-    leaf = paths.cgroup_root / "pykata/c1"
-    assert propagate_cpuset(paths, "0-7", None, [leaf]) == [leaf]
+    (Path(paths.cgroup_root) / "pykata/cpuset.cpus").unlink()
+    leaf = Path(paths.cgroup_root) / "pykata/c1"
+    assert propagate_cpuset(paths, "0-7", None, [leaf]) == [str(leaf)]
+    assert propagate_cpuset(paths, "0-7", None, [str(leaf)]) == [str(leaf)]
     assert (leaf / "cpuset.cpus").read_text() == "0-7"
 
 
 def test_propagate_cpuset_validates_first(tmp_path: Path) -> None:
     paths = v2_tree(tmp_path)
-    leaf = paths.cgroup_root / "pykata/c1"
+    leaf = Path(paths.cgroup_root) / "pykata/c1"
     with pytest.raises(InvalidArgument):
         propagate_cpuset(paths, "0-", None, [leaf])
     with pytest.raises(InvalidArgument, match="not in the cpuset hierarchy"):
@@ -442,5 +443,5 @@ def test_set_cpuset_validates(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument):
         manager.set_cpuset("a-b")
     manager.set_cpuset("2-3", "0")
-    assert (paths.cgroup_root / "pykata/c1/cpuset.cpus").read_text() == "2-3"
-    assert (paths.cgroup_root / "pykata/c1/cpuset.mems").read_text() == "0"
+    assert (Path(paths.cgroup_root) / "pykata/c1/cpuset.cpus").read_text() == "2-3"
+    assert (Path(paths.cgroup_root) / "pykata/c1/cpuset.mems").read_text() == "0"

@@ -28,13 +28,13 @@ def watcher() -> Iterator[OomWatcher]:
 
 def v2_with_events(tmp_path: Path, name: str) -> HostPaths:
     paths = v2_tree(tmp_path, f"pykata/{name}")
-    (paths.cgroup_root / f"pykata/{name}/memory.events").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+    (Path(paths.cgroup_root) / f"pykata/{name}/memory.events").write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
     return paths
 
 
 def test_v2_oom_kill_increase_is_reported(tmp_path: Path, watcher: OomWatcher) -> None:
     paths = v2_with_events(tmp_path, "c1")
-    events = paths.cgroup_root / "pykata/c1/memory.events"
+    events = Path(paths.cgroup_root) / "pykata/c1/memory.events"
     watcher.add("c1", manager_for(paths, "", "c1"))
     assert watcher.watched() == ["c1"]
     events.write_text("low 0\nhigh 0\nmax 3\noom 0\noom_kill 0\n")  # a change, but no kill
@@ -46,7 +46,7 @@ def test_v2_oom_kill_increase_is_reported(tmp_path: Path, watcher: OomWatcher) -
 
 def test_v2_counts_before_add_are_not_events(tmp_path: Path, watcher: OomWatcher) -> None:
     paths = v2_with_events(tmp_path, "c1")
-    events = paths.cgroup_root / "pykata/c1/memory.events"
+    events = Path(paths.cgroup_root) / "pykata/c1/memory.events"
     events.write_text("oom 2\noom_kill 2\n")
     watcher.add("c1", manager_for(paths, "", "c1"))
     events.write_text("oom 2\noom_kill 2\n")
@@ -57,8 +57,8 @@ def test_v2_counts_before_add_are_not_events(tmp_path: Path, watcher: OomWatcher
 
 def test_two_containers_and_remove(tmp_path: Path, watcher: OomWatcher) -> None:
     paths = v2_with_events(tmp_path, "a")
-    leaf_b = paths.cgroup_root / "pykata/b"
-    shutil.copytree(paths.cgroup_root / "pykata/a", leaf_b)
+    leaf_b = Path(paths.cgroup_root) / "pykata/b"
+    shutil.copytree(Path(paths.cgroup_root) / "pykata/a", leaf_b)
     watcher.add("a", manager_for(paths, "", "a"))
     watcher.add("b", manager_for(paths, "", "b"))
     with pytest.raises(AlreadyExists):
@@ -69,13 +69,13 @@ def test_two_containers_and_remove(tmp_path: Path, watcher: OomWatcher) -> None:
     assert watcher.watched() == ["a"]
     (leaf_b / "memory.events").write_text("oom_kill 2\n")
     assert watcher.next_event(0.3) is None
-    (paths.cgroup_root / "pykata/a/memory.events").write_text("oom_kill 1\n")
+    (Path(paths.cgroup_root) / "pykata/a/memory.events").write_text("oom_kill 1\n")
     assert watcher.next_event(10) == "a"
 
 
 def test_v1_eventfd_registration_and_event(tmp_path: Path, watcher: OomWatcher) -> None:
     paths = v1_tree(tmp_path)
-    memory = paths.cgroup_root / "memory/pykata/c1"
+    memory = Path(paths.cgroup_root) / "memory/pykata/c1"
     (memory / "cgroup.event_control").write_text("")
     watcher.add("c1", manager_for(paths, "", "c1"))
     efd, cfd = (int(v) for v in (memory / "cgroup.event_control").read_text().split())
@@ -88,7 +88,7 @@ def test_v1_eventfd_registration_and_event(tmp_path: Path, watcher: OomWatcher) 
 
 def test_v1_signal_after_removal_is_not_an_oom(tmp_path: Path, watcher: OomWatcher) -> None:
     paths = v1_tree(tmp_path)
-    memory = paths.cgroup_root / "memory/pykata/c1"
+    memory = Path(paths.cgroup_root) / "memory/pykata/c1"
     (memory / "cgroup.event_control").write_text("")
     watcher.add("c1", manager_for(paths, "", "c1"))
     efd = int((memory / "cgroup.event_control").read_text().split()[0])
@@ -104,7 +104,7 @@ def test_v1_signal_after_removal_is_not_an_oom(tmp_path: Path, watcher: OomWatch
 
 def test_v1_kill_counted_after_the_signal_is_reported_once(tmp_path: Path, watcher: OomWatcher) -> None:
     paths = v1_tree(tmp_path)
-    memory = paths.cgroup_root / "memory/pykata/c1"
+    memory = Path(paths.cgroup_root) / "memory/pykata/c1"
     (memory / "cgroup.event_control").write_text("")
     watcher.add("c1", manager_for(paths, "", "c1"))
     efd = int((memory / "cgroup.event_control").read_text().split()[0])
@@ -117,7 +117,7 @@ def test_v1_kill_counted_after_the_signal_is_reported_once(tmp_path: Path, watch
 
 def test_v1_oom_without_a_kill_is_still_reported(tmp_path: Path, watcher: OomWatcher) -> None:
     paths = v1_tree(tmp_path)
-    memory = paths.cgroup_root / "memory/pykata/c1"
+    memory = Path(paths.cgroup_root) / "memory/pykata/c1"
     (memory / "cgroup.event_control").write_text("")
     watcher.add("c1", manager_for(paths, "", "c1"))
     efd = int((memory / "cgroup.event_control").read_text().split()[0])
@@ -128,7 +128,7 @@ def test_v1_oom_without_a_kill_is_still_reported(tmp_path: Path, watcher: OomWat
 
 def test_v1_remove_closes_the_descriptors_before_it_returns(tmp_path: Path, watcher: OomWatcher) -> None:
     paths = v1_tree(tmp_path)
-    memory = paths.cgroup_root / "memory/pykata/c1"
+    memory = Path(paths.cgroup_root) / "memory/pykata/c1"
     (memory / "cgroup.event_control").write_text("")
     watcher.add("c1", manager_for(paths, "", "c1"))
     efd, cfd = (int(v) for v in (memory / "cgroup.event_control").read_text().split())

@@ -70,40 +70,42 @@ def _cgroup(directory: Path, cpus: str = "0") -> Path:
 
 def test_plan_v1_writes_each_ancestor_once_from_the_top(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    base = paths.cgroup_root / "cpuset"
+    base = Path(paths.cgroup_root) / "cpuset"
     leaves = [base / "kata" / "sandbox" / "c1", base / "kata" / "sandbox" / "c2", base / "other"]
-    assert propagation_plan(paths, leaves) == [
+    expected = [
         base / "kata",
         base / "kata" / "sandbox",
         base / "kata" / "sandbox" / "c1",
         base / "kata" / "sandbox" / "c2",
         base / "other",
     ]
+    assert propagation_plan(paths, leaves) == [str(path) for path in expected]
+    assert propagation_plan(paths, [str(leaf) for leaf in leaves]) == [str(path) for path in expected]
 
 
 def test_plan_v2_and_a_leaf_outside_the_root(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    leaf = paths.cgroup_root / "kata" / "c1"
-    assert propagation_plan(paths, [leaf]) == [paths.cgroup_root / "kata", leaf]
+    leaf = Path(paths.cgroup_root) / "kata" / "c1"
+    assert propagation_plan(paths, [leaf]) == [f"{paths.cgroup_root}/kata", str(leaf)]
     with pytest.raises(InvalidArgument, match="is not under the cgroup root"):
         propagation_plan(paths, [tmp_path / "elsewhere"])
 
 
 def test_propagate_v1_widens_parents_before_children(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    base = paths.cgroup_root / "cpuset"
+    base = Path(paths.cgroup_root) / "cpuset"
     _cgroup(base, "0-3")  # the root: the kernel's, never written
     kata = _cgroup(base / "kata")
     c1 = _cgroup(kata / "c1")
     c2 = _cgroup(kata / "c2")
     order: list[tuple[str, str]] = []
 
-    def writer(path: Path, value: str) -> None:
-        order.append((str(path.relative_to(base)), value))
-        path.write_text(value)
+    def writer(path: str, value: str) -> None:
+        order.append((os.path.relpath(path, base), value))
+        Path(path).write_text(value)
 
     written = propagate_cpuset(paths, "0-3", "0", [c1, c2], writer=writer)
-    assert written == [kata, c1, c2]
+    assert written == [str(kata), str(c1), str(c2)]
     assert order == [
         ("kata/cpuset.cpus", "0-3"),
         ("kata/cpuset.mems", "0"),
@@ -117,10 +119,10 @@ def test_propagate_v1_widens_parents_before_children(tmp_path: Path) -> None:
 
 def test_propagate_v2_skips_cgroups_without_a_cpuset_file(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    middle = paths.cgroup_root / "kata"
+    middle = Path(paths.cgroup_root) / "kata"
     middle.mkdir(parents=True)  # cpuset controller not enabled here
     leaf = _cgroup(middle / "c1")
-    assert propagate_cpuset(paths, "0-1", None, [leaf]) == [leaf]
+    assert propagate_cpuset(paths, "0-1", None, [leaf]) == [str(leaf)]
     assert (leaf / "cpuset.cpus").read_text() == "0-1"
     assert (leaf / "cpuset.mems").read_text() == "0\n"  # mems None: untouched
     assert not (middle / "cpuset.cpus").exists()
@@ -128,7 +130,7 @@ def test_propagate_v2_skips_cgroups_without_a_cpuset_file(tmp_path: Path) -> Non
 
 def test_propagate_validates_before_writing(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    leaf = _cgroup(paths.cgroup_root / "cpuset" / "c1")
+    leaf = _cgroup(Path(paths.cgroup_root) / "cpuset" / "c1")
     with pytest.raises(InvalidArgument, match="'0-x'"):
         propagate_cpuset(paths, "0-x", None, [leaf])
     assert (leaf / "cpuset.cpus").read_text() == "0\n"
@@ -136,9 +138,9 @@ def test_propagate_validates_before_writing(tmp_path: Path) -> None:
 
 def test_propagate_failure_names_file_and_value(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    leaf = _cgroup(paths.cgroup_root / "cpuset" / "c1")
+    leaf = _cgroup(Path(paths.cgroup_root) / "cpuset" / "c1")
 
-    def writer(path: Path, value: str) -> None:
+    def writer(path: str, value: str) -> None:
         raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), str(path))
 
     with pytest.raises(ResourceError) as caught:

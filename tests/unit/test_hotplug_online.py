@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,16 +76,17 @@ def make_guest(
     )
     guest = Guest(fake, clock, listener, service)
 
-    def record(path: Path, value: str) -> None:
-        guest.writes.append((path.parent.name, value, clock.now()))
-        guest.onlined_at.setdefault(path.parent.name, clock.now())
+    def record(path: str, value: str) -> None:
+        name = os.path.basename(os.path.dirname(path))
+        guest.writes.append((name, value, clock.now()))
+        guest.onlined_at.setdefault(name, clock.now())
 
     fake.on_write = record
     return guest
 
 
 def online_state(guest: Guest, number: int) -> str:
-    return (guest.fake.paths.cpu_dir / f"cpu{number}" / "online").read_text().strip()
+    return (Path(guest.fake.paths.cpu_dir) / f"cpu{number}" / "online").read_text().strip()
 
 
 def test_cpus_appearing_over_18_s_are_onlined_as_each_appears(tmp_path: Path) -> None:
@@ -115,8 +117,8 @@ def test_ebusy_is_retried_until_the_kernel_accepts(tmp_path: Path) -> None:
     guest = make_guest(tmp_path, cpu_online_interval_ms=100)
     guest.fake.add_cpu(2)
     guest.fake.add_cpu(3)
-    guest.fake.fail(guest.fake.paths.cpu_dir / "cpu2" / "online", errno.EBUSY, times=3)
-    guest.fake.fail(guest.fake.paths.cpu_dir / "cpu3" / "online", errno.EAGAIN, times=1)
+    guest.fake.fail(Path(guest.fake.paths.cpu_dir) / "cpu2" / "online", errno.EBUSY, times=3)
+    guest.fake.fail(Path(guest.fake.paths.cpu_dir) / "cpu3" / "online", errno.EAGAIN, times=1)
     guest.service.online_cpu_mem(4, wait=True, cpu_only=True)
     assert [online_state(guest, n) for n in (2, 3)] == ["1", "1"]
     cpu2_attempts = [at for name, _, at in guest.writes if name == "cpu2"]
@@ -158,7 +160,7 @@ def test_timeout_budget_runs_out_with_a_message_that_says_what_to_do(tmp_path: P
 def test_a_cpu_that_stays_busy_is_named(tmp_path: Path) -> None:
     guest = make_guest(tmp_path, cpu_online_timeout=2, cpu_online_interval_ms=1000)
     guest.fake.add_cpu(2)
-    guest.fake.fail(guest.fake.paths.cpu_dir / "cpu2" / "online", errno.EBUSY, times=100)
+    guest.fake.fail(Path(guest.fake.paths.cpu_dir) / "cpu2" / "online", errno.EBUSY, times=100)
     with pytest.raises(ResourceError) as caught:
         guest.service.online_cpu_mem(4, wait=True, cpu_only=True)
     assert str(caught.value) == (
@@ -206,7 +208,7 @@ def test_a_request_above_the_possible_cpus_fails_at_once(tmp_path: Path) -> None
 def test_permission_errors_fail_at_once(tmp_path: Path) -> None:
     guest = make_guest(tmp_path)
     guest.fake.add_cpu(2)
-    path = guest.fake.paths.cpu_dir / "cpu2" / "online"
+    path = Path(guest.fake.paths.cpu_dir) / "cpu2" / "online"
     guest.fake.fail(path, errno.EACCES, times=1)
     with pytest.raises(ResourceError) as caught:
         guest.service.online_cpu_mem(3, wait=True, cpu_only=True)
@@ -218,16 +220,16 @@ def test_the_kernels_online_list_decides_over_a_missing_online_file(tmp_path: Pa
     """The kernel makes a new CPU's directory a moment before its online file: such a CPU is not
     one that cannot go offline, and must not count towards nb_cpus."""
     guest = make_guest(tmp_path, cpu_online_timeout=1, cpu_online_interval_ms=500)
-    (guest.fake.paths.cpu_dir / "cpu2").mkdir()  # no online file yet, not in cpu/online
-    assert (guest.fake.paths.cpu_dir / "online").read_text() == "0-1\n"
+    (Path(guest.fake.paths.cpu_dir) / "cpu2").mkdir()  # no online file yet, not in cpu/online
+    assert (Path(guest.fake.paths.cpu_dir) / "online").read_text() == "0-1\n"
 
     def online_file_appears() -> None:
-        (guest.fake.paths.cpu_dir / "cpu2" / "online").write_text("0\n")
+        (Path(guest.fake.paths.cpu_dir) / "cpu2" / "online").write_text("0\n")
 
     guest.clock.at(0.5, online_file_appears)
     guest.service.online_cpu_mem(3, wait=True, cpu_only=True)
     assert guest.onlined_at == {"cpu2": 0.5}
-    assert (guest.fake.paths.cpu_dir / "online").read_text() == "0-2\n"
+    assert (Path(guest.fake.paths.cpu_dir) / "online").read_text() == "0-2\n"
 
 
 def test_without_the_kernels_list_a_cpu_without_online_file_is_online(tmp_path: Path) -> None:
@@ -238,14 +240,14 @@ def test_without_the_kernels_list_a_cpu_without_online_file_is_online(tmp_path: 
     service.online_cpu_mem(1, wait=True, cpu_only=True)
     assert fake.writes == []
     service.online_cpu_mem(2, wait=True, cpu_only=True)
-    assert fake.writes == [(fake.paths.cpu_dir / "cpu1" / "online", "1")]
+    assert fake.writes == [(f"{fake.paths.cpu_dir}/cpu1/online", "1")]
 
 
 # --- memory
 
 
 def block_state(guest: Guest, number: int) -> str:
-    return (guest.fake.paths.memory_dir / f"memory{number}" / "state").read_text().strip()
+    return (Path(guest.fake.paths.memory_dir) / f"memory{number}" / "state").read_text().strip()
 
 
 def test_memory_blocks_online_movable_where_allowed(tmp_path: Path) -> None:
@@ -273,8 +275,8 @@ def test_memory_ebusy_and_movable_refused(tmp_path: Path) -> None:
     guest = make_guest(tmp_path, mem_online_interval_ms=200)
     guest.fake.add_memory_block(8)
     guest.fake.add_memory_block(9)
-    guest.fake.fail(guest.fake.paths.memory_dir / "memory8" / "state", errno.EBUSY, times=2)
-    guest.fake.fail(guest.fake.paths.memory_dir / "memory9" / "state", errno.EINVAL, times=1)
+    guest.fake.fail(Path(guest.fake.paths.memory_dir) / "memory8" / "state", errno.EBUSY, times=2)
+    guest.fake.fail(Path(guest.fake.paths.memory_dir) / "memory9" / "state", errno.EINVAL, times=1)
     guest.service.online_cpu_mem(0, wait=True, cpu_only=False)
     assert [block_state(guest, n) for n in (8, 9)] == ["online", "online"]
     memory9 = [value for name, value, _ in guest.writes if name == "memory9"]
@@ -297,7 +299,7 @@ def test_late_memory_and_cpus_together(tmp_path: Path) -> None:
 def test_memory_budget_message(tmp_path: Path) -> None:
     guest = make_guest(tmp_path, mem_online_timeout=1, mem_online_interval_ms=500)
     guest.fake.add_memory_block(3)
-    guest.fake.fail(guest.fake.paths.memory_dir / "memory3" / "state", errno.EBUSY, times=100)
+    guest.fake.fail(Path(guest.fake.paths.memory_dir) / "memory3" / "state", errno.EBUSY, times=100)
     with pytest.raises(ResourceError) as caught:
         guest.service.online_cpu_mem(0, wait=True, cpu_only=False)
     assert str(caught.value) == (

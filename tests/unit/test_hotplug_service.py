@@ -4,6 +4,7 @@ and OnlineCPUMem / MemHotplugByProbe through the RPC dispatch."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import threading
 import time
@@ -37,7 +38,7 @@ class GatedWriter:
         self.active = 0
         self.most_active = 0
 
-    def __call__(self, path: Path, value: str) -> None:
+    def __call__(self, path: str, value: str) -> None:
         with self._lock:
             self.active += 1
             self.most_active = max(self.most_active, self.active)
@@ -85,7 +86,7 @@ def test_a_second_request_joins_the_running_loop(fake: FakeSysfs, services_to_cl
     assert service.coordinator.runs == 1
     writer.gate.set()
     assert service.coordinator.wait_idle(30)
-    assert [(fake.paths.cpu_dir / f"cpu{n}" / "online").read_text().strip() for n in (2, 3, 4)] == ["1", "1", "0"]
+    assert [(Path(fake.paths.cpu_dir) / f"cpu{n}" / "online").read_text().strip() for n in (2, 3, 4)] == ["1", "1", "0"]
     assert writer.most_active == 1
     service.online_cpu_mem(4, wait=True, cpu_only=True)  # nothing kept: the merged loop succeeded
 
@@ -209,7 +210,7 @@ def test_a_uevent_wakes_a_loop_that_would_otherwise_sleep_a_minute(
     adder.start()
     service.online_cpu_mem(3, wait=True, cpu_only=True)
     adder.join(30)
-    assert (fake.paths.cpu_dir / "cpu2" / "online").read_text().strip() == "1"
+    assert (Path(fake.paths.cpu_dir) / "cpu2" / "online").read_text().strip() == "1"
     assert clock.woken >= 1
     service.close()
     assert listener.subscribe(lambda event: True) is not None  # the listener itself lives on
@@ -237,7 +238,7 @@ def test_rpc_online_cpu_mem(servicer: Servicer, fake: FakeSysfs) -> None:
     fake.add_cpu(3)
     request = agent_pb2.OnlineCPUMemRequest(wait=True, nb_cpus=4, cpu_only=True)
     assert call(servicer, "OnlineCPUMem", request) == (Code.OK, "")
-    assert [(fake.paths.cpu_dir / f"cpu{n}" / "online").read_text().strip() for n in (2, 3)] == ["1", "1"]
+    assert [(Path(fake.paths.cpu_dir) / f"cpu{n}" / "online").read_text().strip() for n in (2, 3)] == ["1", "1"]
 
 
 def test_rpc_budget_error_and_wait_false(servicer: Servicer, fake: FakeSysfs) -> None:
@@ -269,8 +270,8 @@ def test_rpc_invalid_request_and_missing_probe(servicer: Servicer, fake: FakeSys
 def test_rpc_probe_write_failure(servicer: Servicer, fake: FakeSysfs) -> None:
     fake.set_block_size(0x8000000)
     fake.enable_probe()
-    fake.paths.memory_probe.unlink()
-    fake.paths.memory_probe.mkdir()  # writing to a directory fails like a refused probe
+    os.unlink(fake.paths.memory_probe)
+    os.mkdir(fake.paths.memory_probe)  # writing to a directory fails like a refused probe
     code, text = call(servicer, "MemHotplugByProbe", agent_pb2.MemHotplugByProbeRequest(memHotplugProbeAddr=[1 << 32]))
     assert code == Code.RESOURCE_EXHAUSTED
     assert text.startswith(f"writing 0x100000000 to {fake.paths.memory_probe} failed: {errno.errorcode[errno.EISDIR]}")
@@ -303,15 +304,15 @@ def test_from_services_finds_container_targets_only_when_containers_exist(
     import sys
     import types
 
-    calls: list[tuple[str, str | None, list[Path]]] = []
+    calls: list[tuple[str, str | None, list[str]]] = []
     engine = types.ModuleType("agent.container.cgroups")
 
-    def propagate_cpuset(paths: Any, cpus: str, mems: str | None, leaf_dirs: list[Path]) -> None:
+    def propagate_cpuset(paths: Any, cpus: str, mems: str | None, leaf_dirs: list[str]) -> None:
         calls.append((cpus, mems, leaf_dirs))
 
     engine.propagate_cpuset = propagate_cpuset  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "agent.container.cgroups", engine)
-    leaf = fake.paths.cgroup_root / "cpuset" / "kata" / "c1"
+    leaf = Path(fake.paths.cgroup_root) / "cpuset" / "kata" / "c1"
 
     without = ResourceService.from_services(StubServices(fake, {}))  # type: ignore[arg-type]
     services_to_close.append(without)
@@ -325,4 +326,4 @@ def test_from_services_finds_container_targets_only_when_containers_exist(
     services_to_close.append(with_containers)
     fake.add_cpu(3)
     with_containers.online_cpu_mem(4, wait=True, cpu_only=True)
-    assert calls == [("0-3", None, [leaf])]
+    assert calls == [("0-3", None, [str(leaf)])]

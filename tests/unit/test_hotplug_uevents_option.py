@@ -77,7 +77,7 @@ def test_off_still_onlines_by_rescanning(tmp_path: Path) -> None:
     adder.start()
     try:
         service.online_cpu_mem(2, wait=True, cpu_only=True)
-        assert (fake.paths.cpu_dir / "cpu1" / "online").read_text().strip() == "1"
+        assert (Path(fake.paths.cpu_dir) / "cpu1" / "online").read_text().strip() == "1"
     finally:
         adder.join()
         service.close()

@@ -40,6 +40,8 @@ Not done: v2 disableOOMKiller (no such knob), kernel memory limits (deprecated; 
 
 from __future__ import annotations
 
+import sys
+
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from typing import Any
@@ -93,8 +95,7 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f"{__name__}.{home}"), name)
+    __import__(f"{__name__}.{home}")  # importlib.import_module, without importing importlib
+    value = getattr(sys.modules[f"{__name__}.{home}"], name)
     globals()[name] = value
     return value

@@ -8,18 +8,21 @@ equal to the online CPUs, and a v2 root has no cpuset.cpus.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from agent.errors import InvalidArgument, Unsupported
-from agent.hotplug.cpuset import parse_cpuset
+from agent.hotplug.cpuset import ancestors_below, is_below, normal_path, parse_cpuset
 from agent.system.paths import HostPaths
 
 from .layout import Layout, detect
 from .manager import execute
 from .plan import Write
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
-def _hierarchy_root(layout: Layout) -> Path:
+
+def _hierarchy_root(layout: Layout) -> str:
     if layout.version == 2:
         return layout.root
     root = layout.controllers.get("cpuset")
@@ -28,25 +31,32 @@ def _hierarchy_root(layout: Layout) -> Path:
     return root
 
 
-def propagation_order(root: Path, leaf_dirs: list[Path]) -> list[Path]:
+def propagation_order(root: str, leaf_dirs: Iterable[str | os.PathLike[str]]) -> list[str]:
     """Ancestors strictly below ``root`` from the top down (each once), then the leaves."""
-    order: list[Path] = []
-    for leaf in leaf_dirs:
-        if leaf != root and root not in leaf.parents:
+    order: list[str] = []
+    leaves = [normal_path(leaf) for leaf in leaf_dirs]
+    for leaf in leaves:
+        if leaf == root:
+            continue
+        if not is_below(leaf, root):
             raise InvalidArgument(f"cgroup {leaf} is not in the cpuset hierarchy at {root}")
-        chain = [p for p in reversed(leaf.parents) if root in p.parents]
-        for directory in chain:
+        for directory in ancestors_below(root, leaf):
             if directory not in order:
                 order.append(directory)
-    for leaf in leaf_dirs:
+    for leaf in leaves:
         if leaf != root and leaf not in order:
             order.append(leaf)
     return order
 
 
 def propagate_cpuset(
-    paths: HostPaths, cpus: str, mems: str | None, leaf_dirs: list[Path], *, layout: Layout | None = None
-) -> list[Path]:
+    paths: HostPaths,
+    cpus: str,
+    mems: str | None,
+    leaf_dirs: Iterable[str | os.PathLike[str]],
+    *,
+    layout: Layout | None = None,
+) -> list[str]:
     """Write ``cpus`` (and ``mems`` when given) to the ancestors of ``leaf_dirs`` and then to them.
     On v2 only cgroups with a writable cpuset.cpus (the cpuset controller enabled) are written; on v1
     every level is. Cgroups that vanished meanwhile are skipped. Returns the directories written."""
@@ -55,12 +65,12 @@ def propagate_cpuset(
         parse_cpuset(mems, what="cpuset mems")
     found = layout or detect(paths)
     root = _hierarchy_root(found)
-    written: list[Path] = []
+    written: list[str] = []
     for directory in propagation_order(root, leaf_dirs):
-        cpus_file = directory / "cpuset.cpus"
-        if not directory.is_dir():
+        cpus_file = f"{directory}/cpuset.cpus"
+        if not os.path.isdir(directory):
             continue
-        if found.version == 2 and not (cpus_file.exists() and os.access(cpus_file, os.W_OK)):
+        if found.version == 2 and not (os.path.exists(cpus_file) and os.access(cpus_file, os.W_OK)):
             continue
         writes = [Write("cpuset", "cpuset.cpus", cpus)]
         if mems is not None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
-
 from agent.errors import InvalidArgument, Unsupported
 from agent.system.paths import HostPaths
 from agent.system.records import Record
@@ -38,16 +36,16 @@ class Layout(Record):
 
     __slots__ = _fields = ("version", "root", "controllers", "hybrid", "unified")
     version: int
-    root: Path
-    controllers: dict[str, Path]
+    root: str
+    controllers: dict[str, str]
     hybrid: bool
-    unified: Path | None
+    unified: str | None
 
-    def __init__(self, version: int, root: Path, controllers: dict[str, Path] | None = None, hybrid: bool = False,
-                 unified: Path | None = None) -> None:  # fmt: skip
+    def __init__(self, version: int, root: str, controllers: dict[str, str] | None = None, hybrid: bool = False,
+                 unified: str | None = None) -> None:  # fmt: skip
         self._assign(version, root, {} if controllers is None else controllers, hybrid, unified)
 
-    def controller_root(self, controller: str) -> Path | None:
+    def controller_root(self, controller: str) -> str | None:
         if self.version == 2:
             return self.root
         return self.controllers.get(controller)
@@ -82,23 +80,34 @@ def parse_mountinfo(text: str) -> list[tuple[str, str, str]]:
     return mounts
 
 
+def _normal(path: str) -> str:
+    """``path`` without empty or "." components, as pathlib would spell it ("a//b/./c/" -> "a/b/c");
+    ".." is kept (a mount point never has one)."""
+    if "//" not in path and "/." not in path and not path.endswith("/"):
+        return path
+    parts = [part for part in path.split("/") if part and part != "."]
+    return ("/" if path.startswith("/") else "") + "/".join(parts)
+
+
 def detect(paths: HostPaths) -> Layout:
     """The cgroup layout under ``paths.cgroup_root``, from ``paths.mountinfo``. Mount points in that
     file are read as paths inside ``paths.root`` (a later mount on the same point hides an earlier)."""
     try:
-        text = paths.mountinfo.read_text()
+        with open(paths.mountinfo) as stream:
+            text = stream.read()
     except OSError as exc:
         raise Unsupported(f"cannot read {paths.mountinfo} to find the cgroup mounts: {exc.strerror}") from exc
     root = paths.cgroup_root
-    by_point: dict[Path, tuple[str, str]] = {}
+    below = root + "/"
+    by_point: dict[str, tuple[str, str]] = {}
     for point, fstype, options in parse_mountinfo(text):
-        where = paths.inside(point)
-        if where == root or root in where.parents:
+        where = _normal(paths.inside(point))
+        if where == root or where.startswith(below):
             by_point[where] = (fstype, options)
     if by_point.get(root, ("", ""))[0] == "cgroup2":
         return Layout(version=2, root=root)
-    controllers: dict[str, Path] = {}
-    unified: Path | None = None
+    controllers: dict[str, str] = {}
+    unified: str | None = None
     for where, (fstype, options) in by_point.items():
         if fstype == "cgroup2":
             unified = where
@@ -114,8 +123,8 @@ def detect(paths: HostPaths) -> Layout:
     raise Unsupported(f"no cgroup filesystem is mounted at or under {root} (see {paths.mountinfo})")
 
 
-def container_cgroup(cgroups_path: str, container_id: str) -> PurePosixPath:
-    """The relative cgroup path for OCI ``linux.cgroupsPath``.
+def container_cgroup(cgroups_path: str, container_id: str) -> str:
+    """The relative cgroup path for OCI ``linux.cgroupsPath``, without a leading slash.
 
     - empty: ``pykata/<container_id>``;
     - ``/a/b`` or ``a/b``: ``a/b`` (both are taken from the hierarchy root: the agent runs at the root);
@@ -128,7 +137,7 @@ def container_cgroup(cgroups_path: str, container_id: str) -> PurePosixPath:
     if not cgroups_path:
         if not container_id or "/" in container_id or container_id in (".", ".."):
             raise InvalidArgument(f"container id {container_id!r} cannot name a cgroup")
-        return PurePosixPath("pykata", container_id)
+        return f"pykata/{container_id}"
     if "/" not in cgroups_path and cgroups_path.count(":") == 2:
         slice_name, prefix, name = cgroups_path.split(":")
         if not name:
@@ -141,4 +150,4 @@ def container_cgroup(cgroups_path: str, container_id: str) -> PurePosixPath:
         raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r} must not contain '..'")
     if not parts:
         raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r} names the cgroup root; give a cgroup below it")
-    return PurePosixPath(*parts)
+    return "/".join(part for part in parts if part != ".")  # a "." slice names no level

@@ -7,11 +7,8 @@ agent restart, or from another command of the runtime CLI) can update, freeze an
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import time
-from collections.abc import Iterable, Mapping
-from pathlib import Path, PurePosixPath
 
 from agent.errors import IncorrectState, InvalidArgument, NotFound, ResourceError, Unsupported
 from agent.hotplug.cpuset import parse_cpuset
@@ -25,6 +22,7 @@ from .plan import Write
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
     from .stats import CgroupStats
@@ -35,9 +33,17 @@ FREEZE_TIMEOUT = 5.0
 RMDIR_TIMEOUT = 2.0
 
 
-@functools.lru_cache(maxsize=64)
-def _real_path(path: Path) -> Path:
-    return path.resolve()
+_REAL_PATHS: dict[str, str] = {}
+
+
+def _real_path(path: str) -> str:
+    """os.path.realpath of ``path``, remembered (hierarchy roots do not move while the agent runs)."""
+    real = _REAL_PATHS.get(path)
+    if real is None:
+        if len(_REAL_PATHS) >= 64:
+            _REAL_PATHS.clear()
+        real = _REAL_PATHS[path] = os.path.realpath(path)
+    return real
 
 
 def _errno_name(exc: OSError) -> str:
@@ -48,7 +54,7 @@ def _pause(attempt: int) -> None:
     time.sleep(min(0.001 * (2**attempt), 0.05))
 
 
-def execute(writes: Iterable[Write], directory_of: Mapping[str, Path]) -> None:
+def execute(writes: Iterable[Write], directory_of: Mapping[str, str | os.PathLike[str]]) -> None:
     """Carry out ``writes`` through sysfs.write, each in its controller's directory. Never creates a
     file: a missing one is Unsupported naming the controller and the file (unless the write is
     optional); a refused write is ResourceError naming the file, the value and the errno."""
@@ -56,8 +62,8 @@ def execute(writes: Iterable[Write], directory_of: Mapping[str, Path]) -> None:
         directory = directory_of.get(write.controller)
         if directory is None:
             raise Unsupported(f"no {write.controller} cgroup controller is available here, needed for {write.file}")
-        target = directory / write.file
-        if not target.exists():
+        target = os.path.join(directory, write.file)
+        if not os.path.exists(target):
             if write.optional:
                 import logging  # not at the top: logging is not on the path of a container start
 
@@ -76,24 +82,25 @@ def execute(writes: Iterable[Write], directory_of: Mapping[str, Path]) -> None:
             ) from exc
 
 
-def _procs(directory: Path) -> list[int]:
+def _procs(directory: str) -> list[int]:
     """PIDs in ``directory`` and every cgroup below it."""
     found: list[int] = []
-    if not directory.is_dir():
+    if not os.path.isdir(directory):
         return found
     for current, _dirs, _files in os.walk(directory):
         try:
-            text = (Path(current) / "cgroup.procs").read_text()
+            with open(os.path.join(current, "cgroup.procs")) as stream:
+                text = stream.read()
         except FileNotFoundError:
             continue
         found.extend(int(line) for line in text.split())
     return sorted(set(found))
 
 
-def _remove_tree(directory: Path) -> None:
+def _remove_tree(directory: str) -> None:
     """rmdir ``directory`` and the cgroups below it, bottom-up. A cgroup whose last process has just
     exited can be busy for a moment, so EBUSY is retried for up to RMDIR_TIMEOUT."""
-    if not directory.exists():
+    if not os.path.exists(directory):
         return
     for current, _dirs, _files in os.walk(directory, topdown=False):
         deadline = time.monotonic() + RMDIR_TIMEOUT
@@ -112,17 +119,18 @@ def _remove_tree(directory: Path) -> None:
 
 
 class CgroupManager:
-    """The common part of the v1 and v2 managers. ``relative`` is the cgroup path below each root."""
+    """The common part of the v1 and v2 managers. ``relative`` is the cgroup path below each root
+    ("pykata/c1": no leading slash)."""
 
     version = 0
 
-    def __init__(self, paths: HostPaths, layout: Layout, relative: PurePosixPath) -> None:
+    def __init__(self, paths: HostPaths, layout: Layout, relative: str) -> None:
         self.paths = paths
         self.layout = layout
         self.relative = relative
 
     # --- to be provided by each version
-    def directories(self) -> dict[str, Path]:
+    def directories(self) -> dict[str, str]:
         """controller -> the container's directory for it."""
         raise NotImplementedError
 
@@ -132,7 +140,7 @@ class CgroupManager:
     def plan(self, resources: Mapping[str, Any]) -> list[Write]:
         raise NotImplementedError
 
-    def _usage_file(self) -> Path | None:
+    def _usage_file(self) -> str | None:
         raise NotImplementedError
 
     def stats(self) -> CgroupStats:
@@ -141,10 +149,10 @@ class CgroupManager:
     def _set_frozen(self, frozen: bool, timeout: float) -> None:
         raise NotImplementedError
 
-    def _procs_dir(self) -> Path:
+    def _procs_dir(self) -> str:
         raise NotImplementedError
 
-    def memory_dir(self) -> Path | None:
+    def memory_dir(self) -> str | None:
         raise NotImplementedError
 
     # --- shared
@@ -160,13 +168,13 @@ class CgroupManager:
         self.apply(resources)
 
     def _require_exists(self) -> None:
-        if not self._procs_dir().is_dir():
+        if not os.path.isdir(self._procs_dir()):
             raise NotFound(f"cgroup {self.relative} does not exist (was it created?)")
 
     def _check_memory_usage(self, resources: Mapping[str, Any]) -> None:
         limit = planner.memory_limit(resources)
         usage_file = self._usage_file()
-        if limit is None or usage_file is None or not usage_file.exists():
+        if limit is None or usage_file is None or not os.path.exists(usage_file):
             return
         usage = sysfs.read_int(usage_file)
         if limit < usage:
@@ -176,13 +184,13 @@ class CgroupManager:
 
     def add_pid(self, pid: int) -> None:
         """Move ``pid`` (a process, with all its threads) into the cgroup, in every hierarchy."""
-        seen: set[Path] = set()
+        seen: set[str] = set()
         for controller, directory in self.directories().items():
             if directory in seen:
                 continue
             seen.add(directory)
             try:
-                sysfs.write(directory / "cgroup.procs", str(pid))
+                sysfs.write(f"{directory}/cgroup.procs", str(pid))
             except OSError as exc:
                 if exc.errno == errno.ESRCH:
                     raise NotFound(f"process {pid} does not exist; cannot add it to cgroup {self.relative}") from exc
@@ -209,7 +217,7 @@ class CgroupManager:
         self._set_frozen(False, timeout)
 
     def exists(self) -> bool:
-        return self._procs_dir().is_dir()
+        return os.path.isdir(self._procs_dir())
 
     def destroy(self) -> None:
         """Remove the cgroup (and any below it) in every hierarchy. Processes are not killed: if any
@@ -217,10 +225,10 @@ class CgroupManager:
         remaining = self.pids()
         if remaining:
             raise ResourceError(f"cgroup {self.relative} still has processes {remaining}; stop them before removing it")
-        for directory in sorted(set(self.directories().values()), key=str):
+        for directory in sorted(set(self.directories().values())):
             _remove_tree(directory)
 
-    def cpuset_dir(self) -> Path:
+    def cpuset_dir(self) -> str:
         directory = self.directories().get("cpuset")
         if directory is None:
             raise Unsupported("no cpuset cgroup controller is available here")
@@ -239,8 +247,8 @@ class CgroupManager:
 class V1Manager(CgroupManager):
     version = 1
 
-    def directories(self) -> dict[str, Path]:
-        return {name: root / self.relative for name, root in sorted(self.layout.controllers.items())}
+    def directories(self) -> dict[str, str]:
+        return {name: f"{root}/{self.relative}" for name, root in sorted(self.layout.controllers.items())}
 
     def self_attach_files(self) -> list[tuple[str, str]]:
         """Each hierarchy's ``tasks`` file. A single-threaded process that writes "0" there moves itself
@@ -248,51 +256,51 @@ class V1Manager(CgroupManager):
         period (~10 ms on an idle host) each time a cgroup.procs write finds it cold; container
         processes are single-threaded until they exec, so this moves the whole process."""
         files: list[tuple[str, str]] = []
-        seen: set[Path] = set()
+        seen: set[str] = set()
         for _name, root in sorted(self.layout.controllers.items()):
             real = _real_path(root)  # cpu and cpuacct are often one hierarchy under two names
             if real not in seen:
                 seen.add(real)
-                files.append((str(root), str(self.relative / "tasks")))
+                files.append((root, f"{self.relative}/tasks"))
         return files
 
-    def memory_dir(self) -> Path | None:
+    def memory_dir(self) -> str | None:
         return self.directories().get("memory")
 
-    def _procs_dir(self) -> Path:
+    def _procs_dir(self) -> str:
         dirs = self.directories()
         for name in ("freezer", "pids", "memory", "cpu"):
             if name in dirs:
                 return dirs[name]
         return next(iter(dirs.values()))
 
-    def _usage_file(self) -> Path | None:
+    def _usage_file(self) -> str | None:
         memory = self.memory_dir()
-        return None if memory is None else memory / "memory.usage_in_bytes"
+        return None if memory is None else f"{memory}/memory.usage_in_bytes"
 
     def create(self) -> None:
         """mkdir the path in every hierarchy. A new v1 cpuset cgroup has no cpus and no mems (no task
         could join it), so each empty level gets its parent's values, from the top down."""
         for directory in dict.fromkeys(self.directories().values()):
             try:
-                directory.mkdir(parents=True, exist_ok=True)
+                os.makedirs(directory, exist_ok=True)
             except OSError as exc:
                 raise ResourceError(f"cannot create cgroup {directory}: {_errno_name(exc)} ({exc.strerror})") from exc
         cpuset_root = self.layout.controllers.get("cpuset")
         if cpuset_root is not None:
             parent = cpuset_root
-            for part in self.relative.parts:
-                child = parent / part
+            for part in self.relative.split("/"):
+                child = f"{parent}/{part}"
                 for name in ("cpuset.cpus", "cpuset.mems"):
-                    if not sysfs.read_text(child / name):
-                        execute([Write("cpuset", name, sysfs.read_text(parent / name))], {"cpuset": child})
+                    if not sysfs.read_text(f"{child}/{name}"):
+                        execute([Write("cpuset", name, sysfs.read_text(f"{parent}/{name}"))], {"cpuset": child})
                 parent = child
 
     def plan(self, resources: Mapping[str, Any]) -> list[Write]:
         current: int | None = None
         memory = self.memory_dir()
-        if memory is not None and (memory / "memory.limit_in_bytes").exists():
-            value = sysfs.read_int(memory / "memory.limit_in_bytes")
+        if memory is not None and os.path.exists(f"{memory}/memory.limit_in_bytes"):
+            value = sysfs.read_int(f"{memory}/memory.limit_in_bytes")
             current = value if value < 2**62 else None  # the kernel's "unlimited" is near 2**63
         writes = planner.plan_v1(resources, current_memory_limit=current)
         if "devices" not in self.layout.controllers:
@@ -315,7 +323,7 @@ class V1Manager(CgroupManager):
         while True:
             # FREEZING can stall on a task in an uninterruptible sleep; writing again retries it
             execute([Write("freezer", "freezer.state", wanted)], {"freezer": directory})
-            state = sysfs.read_text(directory / "freezer.state")
+            state = sysfs.read_text(f"{directory}/freezer.state")
             if state == wanted:
                 return
             if time.monotonic() >= deadline:
@@ -327,30 +335,30 @@ class V1Manager(CgroupManager):
 class V2Manager(CgroupManager):
     version = 2
 
-    def __init__(self, paths: HostPaths, layout: Layout, relative: PurePosixPath, *, manage_root: bool = True) -> None:
+    def __init__(self, paths: HostPaths, layout: Layout, relative: str, *, manage_root: bool = True) -> None:
         super().__init__(paths, layout, relative)
         self.manage_root = manage_root
 
     @property
-    def path(self) -> Path:
-        return self.layout.root / self.relative
+    def path(self) -> str:
+        return f"{self.layout.root}/{self.relative}"
 
-    def directories(self) -> dict[str, Path]:
+    def directories(self) -> dict[str, str]:
         return {name: self.path for name in ("cgroup", *V2_CONTROLLERS)}
 
     def self_attach_files(self) -> list[tuple[str, str]]:
         """cgroup.procs: "0" moves the writer. This takes cgroup_threadgroup_rwsem like any move (the
         guest mounts cgroup2 with favordynmods, so that is cheap), but needs no round trip of the pid."""
-        return [(str(self.layout.root), str(self.relative / "cgroup.procs"))]
+        return [(self.layout.root, f"{self.relative}/cgroup.procs")]
 
-    def memory_dir(self) -> Path | None:
+    def memory_dir(self) -> str | None:
         return self.path
 
-    def _procs_dir(self) -> Path:
+    def _procs_dir(self) -> str:
         return self.path
 
-    def _usage_file(self) -> Path | None:
-        return self.path / "memory.current"
+    def _usage_file(self) -> str | None:
+        return f"{self.path}/memory.current"
 
     def create(self) -> None:
         """mkdir the path, then enable the controllers containers use in each level's
@@ -358,11 +366,11 @@ class V2Manager(CgroupManager):
         guest's init owns it) and every level below it down to the container's parent."""
         directory = self.layout.root
         levels = [directory]
-        for part in self.relative.parts:
-            directory = directory / part
-            if not directory.is_dir():
+        for part in self.relative.split("/"):
+            directory = f"{directory}/{part}"
+            if not os.path.isdir(directory):
                 try:
-                    directory.mkdir()
+                    os.mkdir(directory)
                 except FileExistsError:
                     pass
                 except OSError as exc:
@@ -376,19 +384,19 @@ class V2Manager(CgroupManager):
             self.enable_controllers(level, V2_CONTROLLERS)
 
     @staticmethod
-    def enable_controllers(directory: Path, wanted: Iterable[str]) -> list[str]:
+    def enable_controllers(directory: str | os.PathLike[str], wanted: Iterable[str]) -> list[str]:
         """Enable those of ``wanted`` that ``directory`` offers (cgroup.controllers) and has not
         enabled yet; returns the ones written."""
-        offered = set(sysfs.read_text(directory / "cgroup.controllers").split())
-        enabled = set(sysfs.read_text(directory / "cgroup.subtree_control").split())
+        control = os.path.join(directory, "cgroup.subtree_control")
+        offered = set(sysfs.read_text(os.path.join(directory, "cgroup.controllers")).split())
+        enabled = set(sysfs.read_text(control).split())
         missing = [name for name in wanted if name in offered and name not in enabled]
         for name in missing:
             try:
-                sysfs.write(directory / "cgroup.subtree_control", f"+{name}")
+                sysfs.write(control, f"+{name}")
             except OSError as exc:
                 raise ResourceError(
-                    f"cannot enable the {name} controller in {directory / 'cgroup.subtree_control'}: "
-                    f"{_errno_name(exc)} ({exc.strerror})"
+                    f"cannot enable the {name} controller in {control}: {_errno_name(exc)} ({exc.strerror})"
                 ) from exc
         return missing
 
@@ -409,7 +417,7 @@ class V2Manager(CgroupManager):
         return reader.read_v2(self.path)
 
     def _set_frozen(self, frozen: bool, timeout: float) -> None:
-        if not (self.path / "cgroup.freeze").exists():
+        if not os.path.exists(f"{self.path}/cgroup.freeze"):
             raise Unsupported(f"{self.path} has no cgroup.freeze (the kernel is older than 5.2)")
         execute([Write("cgroup", "cgroup.freeze", "1" if frozen else "0")], {"cgroup": self.path})
         wanted = 1 if frozen else 0
@@ -417,7 +425,7 @@ class V2Manager(CgroupManager):
         attempt = 0
         from .stats import flat_keyed
 
-        while flat_keyed(self.path / "cgroup.events").get("frozen", -1) != wanted:
+        while flat_keyed(f"{self.path}/cgroup.events").get("frozen", -1) != wanted:
             if time.monotonic() >= deadline:
                 what = "freeze" if frozen else "thaw"
                 raise ResourceError(f"cgroup {self.path} did not {what} within {timeout} s (see cgroup.events)")

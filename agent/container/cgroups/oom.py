@@ -11,17 +11,16 @@ Events go to the optional callback (on the watcher's thread) and to a queue read
 
 from __future__ import annotations
 
+import _struct
 import contextlib
 import logging
 import os
 import queue
 import select
-import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from agent.errors import AlreadyExists, ResourceError, Unsupported
 from agent.system import libc, sysfs
@@ -32,7 +31,7 @@ from .stats import flat_keyed
 
 log = logging.getLogger(__name__)
 
-INOTIFY_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
+INOTIFY_EVENT = _struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
 # The queue of unread events is bounded: GetOOMEvent readers that stop reading cost at most this many ids.
 MAX_PENDING = 1024
 # v1 signals the eventfd when the OOM starts, before the kill is counted: re-read the count this often,
@@ -44,14 +43,14 @@ RECHECK_FOR = 1.0
 @dataclass
 class _Watch:
     container_id: str
-    events_file: Path  # memory.events (v2) or memory.oom_control (v1)
+    events_file: str  # memory.events (v2) or memory.oom_control (v1)
     count: int
     wd: int = -1  # v2 inotify watch
     eventfd: int = -1  # v1
     control_fd: int = -1  # v1 memory.oom_control, kept open while registered
 
 
-def _oom_kills(path: Path) -> int:
+def _oom_kills(path: str) -> int:
     return flat_keyed(path).get("oom_kill", 0)
 
 
@@ -125,17 +124,17 @@ class OomWatcher:
 
     # --- registration
 
-    def _watch_v2(self, container_id: str, memory: Path) -> _Watch:
-        events = memory / "memory.events"
-        if not events.exists():
+    def _watch_v2(self, container_id: str, memory: str) -> _Watch:
+        events = f"{memory}/memory.events"
+        if not os.path.exists(events):
             raise Unsupported(f"container {container_id}: {events} is missing (memory controller not enabled?)")
         if self._inotify < 0:
             self._inotify = libc.inotify_init1()
-        wd = libc.inotify_add_watch(self._inotify, str(events), libc.IN_MODIFY)
+        wd = libc.inotify_add_watch(self._inotify, events, libc.IN_MODIFY)
         return _Watch(container_id, events, _oom_kills(events), wd=wd)
 
-    def _watch_v1(self, container_id: str, memory: Path) -> _Watch:
-        control = memory / "memory.oom_control"
+    def _watch_v1(self, container_id: str, memory: str) -> _Watch:
+        control = f"{memory}/memory.oom_control"
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         try:
             cfd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
@@ -143,12 +142,12 @@ class OomWatcher:
             os.close(efd)
             raise Unsupported(f"container {container_id}: cannot open {control}: {exc.strerror}") from exc
         try:
-            sysfs.write(memory / "cgroup.event_control", f"{efd} {cfd}")
+            sysfs.write(f"{memory}/cgroup.event_control", f"{efd} {cfd}")
         except OSError as exc:
             os.close(efd)
             os.close(cfd)
             raise ResourceError(
-                f"container {container_id}: cannot register for OOM events in {memory / 'cgroup.event_control'}: "
+                f"container {container_id}: cannot register for OOM events in {memory}/cgroup.event_control: "
                 f"{exc.strerror}"
             ) from exc
         return _Watch(container_id, control, _oom_kills(control), eventfd=efd, control_fd=cfd)
@@ -227,10 +226,14 @@ class OomWatcher:
                 os.eventfd_read(watch.eventfd)
             except (BlockingIOError, OSError):
                 return
-        if not watch.events_file.parent.is_dir():  # the cgroup was removed
+        if not os.path.isdir(os.path.dirname(watch.events_file)):  # the cgroup was removed
             self.remove(watch.container_id)
             return
-        text = watch.events_file.read_text() if watch.events_file.exists() else ""
+        try:
+            with open(watch.events_file) as stream:
+                text = stream.read()
+        except FileNotFoundError:
+            text = ""
         if "oom_kill " not in text:  # kernels before 4.13 have no count: the eventfd is the event
             self._report(watch.container_id)
             return

@@ -11,8 +11,7 @@ Conventions taken from the runtime spec and runc: a zero or missing value means 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
+from _collections_abc import Mapping  # collections.abc's Mapping, without importing collections
 
 from agent.errors import InvalidArgument
 from agent.hotplug.cpuset import parse_cpuset
@@ -20,6 +19,7 @@ from agent.system.records import Record
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     Resources = Mapping[str, Any]
@@ -32,7 +32,7 @@ MAX_SHARES = 262144
 # blkio.weight bounds (v1); io.weight is 1..10000
 MIN_BLKIO_WEIGHT = 10
 MAX_BLKIO_WEIGHT = 1000
-PAGE_SIZE = r"^[0-9]+[KMG]B$"  # compiled at first use (re caches it), not at import
+PAGE_SIZE_UNITS = ("KB", "MB", "GB")
 DEVICE_TYPES = ("a", "b", "c")
 
 
@@ -179,11 +179,20 @@ def _check_block_io(resources: Resources) -> None:
                 raise InvalidArgument(f"{field} needs a rate")
 
 
+def _is_page_size(text: str) -> bool:
+    """Whether ``text`` reads like "2MB": ASCII digits, then KB, MB or GB (a final newline is let through,
+    as the regular expression ^[0-9]+[KMG]B$ this replaces did)."""
+    if text.endswith("\n"):
+        text = text[:-1]
+    number, unit = text[:-2], text[-2:]
+    return unit in PAGE_SIZE_UNITS and number.isascii() and number.isdigit()
+
+
 def _check_hugepages(resources: Resources) -> None:
     for index, entry in enumerate(_list(resources, "hugepageLimits")):
         field = f"linux.resources.hugepageLimits[{index}]"
         size = entry.get("pageSize")
-        if not isinstance(size, str) or not re.match(PAGE_SIZE, size):
+        if not isinstance(size, str) or not _is_page_size(size):
             raise InvalidArgument(f"{field}.pageSize must look like '2MB' or '1GB', got {size!r}")
         if _non_negative(entry, "limit", f"{field}.limit") is None:
             raise InvalidArgument(f"{field} needs a limit")

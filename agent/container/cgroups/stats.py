@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 # What Kata reports for "no limit" (runc's math.MaxUint64).
 UNLIMITED = 2**64 - 1
@@ -98,14 +101,26 @@ class CgroupStats:
 # --- reading helpers
 
 
-def _text(path: Path) -> str | None:
+def _text(path: str) -> str | None:
     try:
-        return path.read_text()
+        with open(path) as stream:
+            return stream.read()
     except OSError:
         return None
 
 
-def _int(path: Path, *, maximum: int = UNLIMITED) -> int:
+def _matching(directory: str, prefix: str, suffix: str) -> list[str]:
+    """The files of ``directory`` named ``prefix*suffix``, sorted (none when it cannot be listed)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    least = len(prefix) + len(suffix)
+    found = [name for name in names if len(name) >= least and name.startswith(prefix) and name.endswith(suffix)]
+    return sorted(f"{directory}/{name}" for name in found)
+
+
+def _int(path: str, *, maximum: int = UNLIMITED) -> int:
     """An integer file; "max" (v2) and v1's huge "unlimited" numbers read as ``maximum``."""
     text = _text(path)
     if text is None:
@@ -119,10 +134,10 @@ def _int(path: Path, *, maximum: int = UNLIMITED) -> int:
         return 0
 
 
-def flat_keyed(path: Path) -> dict[str, int]:
+def flat_keyed(path: str | os.PathLike[str]) -> dict[str, int]:
     """A "key value" per line file (cpu.stat, memory.stat, memory.events)."""
     result: dict[str, int] = {}
-    for line in (_text(path) or "").splitlines():
+    for line in (_text(os.fspath(path)) or "").splitlines():
         key, _, value = line.partition(" ")
         try:
             result[key] = int(value)
@@ -145,54 +160,54 @@ def _ticks_to_ns(ticks: int) -> int:
     return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
-def cpu_v1(cpuacct: Path | None, cpu: Path | None) -> CpuStats:
+def cpu_v1(cpuacct: str | None, cpu: str | None) -> CpuStats:
     stats = CpuStats()
     if cpuacct is not None:
         usage = stats.cpu_usage
-        usage.total_usage = _int(cpuacct / "cpuacct.usage")
-        usage.percpu_usage = [int(v) for v in (_text(cpuacct / "cpuacct.usage_percpu") or "").split()]
-        ticks = flat_keyed(cpuacct / "cpuacct.stat")
+        usage.total_usage = _int(f"{cpuacct}/cpuacct.usage")
+        usage.percpu_usage = [int(v) for v in (_text(f"{cpuacct}/cpuacct.usage_percpu") or "").split()]
+        ticks = flat_keyed(f"{cpuacct}/cpuacct.stat")
         usage.usage_in_usermode = _ticks_to_ns(ticks.get("user", 0))
         usage.usage_in_kernelmode = _ticks_to_ns(ticks.get("system", 0))
     if cpu is not None:
-        throttle = flat_keyed(cpu / "cpu.stat")
+        throttle = flat_keyed(f"{cpu}/cpu.stat")
         stats.throttling_data = ThrottlingData(
             throttle.get("nr_periods", 0), throttle.get("nr_throttled", 0), throttle.get("throttled_time", 0)
         )
     return stats
 
 
-def _memory_data_v1(directory: Path, prefix: str) -> MemoryData:
+def _memory_data_v1(directory: str, prefix: str) -> MemoryData:
     return MemoryData(
-        usage=_int(directory / f"{prefix}.usage_in_bytes"),
-        max_usage=_int(directory / f"{prefix}.max_usage_in_bytes"),
-        failcnt=_int(directory / f"{prefix}.failcnt"),
-        limit=_int(directory / f"{prefix}.limit_in_bytes"),
+        usage=_int(f"{directory}/{prefix}.usage_in_bytes"),
+        max_usage=_int(f"{directory}/{prefix}.max_usage_in_bytes"),
+        failcnt=_int(f"{directory}/{prefix}.failcnt"),
+        limit=_int(f"{directory}/{prefix}.limit_in_bytes"),
     )
 
 
-def memory_v1(directory: Path | None) -> MemoryStats:
+def memory_v1(directory: str | None) -> MemoryStats:
     if directory is None:
         return MemoryStats()
-    stats = flat_keyed(directory / "memory.stat")
+    stats = flat_keyed(f"{directory}/memory.stat")
     return MemoryStats(
         cache=stats.get("cache", 0),
         usage=_memory_data_v1(directory, "memory"),
         swap_usage=_memory_data_v1(directory, "memory.memsw"),
         kernel_usage=_memory_data_v1(directory, "memory.kmem"),
-        use_hierarchy=(_text(directory / "memory.use_hierarchy") or "").strip() == "1",
+        use_hierarchy=(_text(f"{directory}/memory.use_hierarchy") or "").strip() == "1",
         stats=stats,
     )
 
 
-def pids_stats(directory: Path | None) -> PidsStats:
+def pids_stats(directory: str | None) -> PidsStats:
     """Same files on v1 and v2; a "max" limit reads as 0, as runc reports it."""
     if directory is None:
         return PidsStats()
-    return PidsStats(current=_int(directory / "pids.current"), limit=_int(directory / "pids.max", maximum=0))
+    return PidsStats(current=_int(f"{directory}/pids.current"), limit=_int(f"{directory}/pids.max", maximum=0))
 
 
-def _blkio_v1_file(path: Path) -> list[BlkioStatsEntry]:
+def _blkio_v1_file(path: str) -> list[BlkioStatsEntry]:
     entries: list[BlkioStatsEntry] = []
     for line in (_text(path) or "").splitlines():
         fields = line.split()
@@ -206,7 +221,7 @@ def _blkio_v1_file(path: Path) -> list[BlkioStatsEntry]:
     return entries
 
 
-def blkio_v1(directory: Path | None) -> BlkioStats:
+def blkio_v1(directory: str | None) -> BlkioStats:
     stats = BlkioStats()
     if directory is None:
         return stats
@@ -214,31 +229,31 @@ def blkio_v1(directory: Path | None) -> BlkioStats:
     def pick(name: str) -> list[BlkioStatsEntry]:
         # the proportional (CFQ/BFQ) files when the scheduler has them, else the throttle layer's
         for candidate in (f"blkio.{name}", f"blkio.bfq.{name}", f"blkio.throttle.{name}"):
-            if (directory / candidate).exists():
-                return _blkio_v1_file(directory / candidate)
+            if os.path.exists(f"{directory}/{candidate}"):
+                return _blkio_v1_file(f"{directory}/{candidate}")
         return []
 
     stats.io_service_bytes_recursive = pick("io_service_bytes_recursive")
     stats.io_serviced_recursive = pick("io_serviced_recursive")
-    stats.io_queued_recursive = _blkio_v1_file(directory / "blkio.io_queued_recursive")
-    stats.io_service_time_recursive = _blkio_v1_file(directory / "blkio.io_service_time_recursive")
-    stats.io_wait_time_recursive = _blkio_v1_file(directory / "blkio.io_wait_time_recursive")
-    stats.io_merged_recursive = _blkio_v1_file(directory / "blkio.io_merged_recursive")
-    stats.io_time_recursive = _blkio_v1_file(directory / "blkio.time_recursive")
-    stats.sectors_recursive = _blkio_v1_file(directory / "blkio.sectors_recursive")
+    stats.io_queued_recursive = _blkio_v1_file(f"{directory}/blkio.io_queued_recursive")
+    stats.io_service_time_recursive = _blkio_v1_file(f"{directory}/blkio.io_service_time_recursive")
+    stats.io_wait_time_recursive = _blkio_v1_file(f"{directory}/blkio.io_wait_time_recursive")
+    stats.io_merged_recursive = _blkio_v1_file(f"{directory}/blkio.io_merged_recursive")
+    stats.io_time_recursive = _blkio_v1_file(f"{directory}/blkio.time_recursive")
+    stats.sectors_recursive = _blkio_v1_file(f"{directory}/blkio.sectors_recursive")
     return stats
 
 
-def hugetlb_v1(directory: Path | None) -> dict[str, HugetlbStats]:
+def hugetlb_v1(directory: str | None) -> dict[str, HugetlbStats]:
     result: dict[str, HugetlbStats] = {}
-    if directory is None or not directory.is_dir():
+    if directory is None or not os.path.isdir(directory):
         return result
-    for entry in sorted(directory.glob("hugetlb.*.usage_in_bytes")):
-        size = entry.name.split(".")[1]
+    for entry in _matching(directory, "hugetlb.", ".usage_in_bytes"):
+        size = os.path.basename(entry).split(".")[1]
         result[size] = HugetlbStats(
             usage=_int(entry),
-            max_usage=_int(directory / f"hugetlb.{size}.max_usage_in_bytes"),
-            failcnt=_int(directory / f"hugetlb.{size}.failcnt"),
+            max_usage=_int(f"{directory}/hugetlb.{size}.max_usage_in_bytes"),
+            failcnt=_int(f"{directory}/hugetlb.{size}.failcnt"),
         )
     return result
 
@@ -246,8 +261,8 @@ def hugetlb_v1(directory: Path | None) -> dict[str, HugetlbStats]:
 # --- v2
 
 
-def cpu_v2(directory: Path) -> CpuStats:
-    stat = flat_keyed(directory / "cpu.stat")
+def cpu_v2(directory: str) -> CpuStats:
+    stat = flat_keyed(f"{directory}/cpu.stat")
     return CpuStats(
         cpu_usage=CpuUsage(
             total_usage=stat.get("usage_usec", 0) * 1000,
@@ -260,23 +275,23 @@ def cpu_v2(directory: Path) -> CpuStats:
     )
 
 
-def memory_v2(directory: Path) -> MemoryStats:
-    stats = flat_keyed(directory / "memory.stat")
-    events = flat_keyed(directory / "memory.events")
-    swap_events = flat_keyed(directory / "memory.swap.events")
+def memory_v2(directory: str) -> MemoryStats:
+    stats = flat_keyed(f"{directory}/memory.stat")
+    events = flat_keyed(f"{directory}/memory.events")
+    swap_events = flat_keyed(f"{directory}/memory.swap.events")
     return MemoryStats(
         cache=stats.get("file", 0),
         usage=MemoryData(
-            usage=_int(directory / "memory.current"),
-            max_usage=_int(directory / "memory.peak"),
+            usage=_int(f"{directory}/memory.current"),
+            max_usage=_int(f"{directory}/memory.peak"),
             failcnt=events.get("max", 0),
-            limit=_int(directory / "memory.max"),
+            limit=_int(f"{directory}/memory.max"),
         ),
         swap_usage=MemoryData(
-            usage=_int(directory / "memory.swap.current"),
-            max_usage=_int(directory / "memory.swap.peak"),
+            usage=_int(f"{directory}/memory.swap.current"),
+            max_usage=_int(f"{directory}/memory.swap.peak"),
             failcnt=swap_events.get("max", 0),
-            limit=_int(directory / "memory.swap.max"),
+            limit=_int(f"{directory}/memory.swap.max"),
         ),
         use_hierarchy=True,
         stats=stats,
@@ -287,9 +302,9 @@ IO_V2_BYTES = {"rbytes": "Read", "wbytes": "Write", "dbytes": "Discard"}
 IO_V2_IOS = {"rios": "Read", "wios": "Write", "dios": "Discard"}
 
 
-def io_v2(directory: Path) -> BlkioStats:
+def io_v2(directory: str) -> BlkioStats:
     stats = BlkioStats()
-    for line in (_text(directory / "io.stat") or "").splitlines():
+    for line in (_text(f"{directory}/io.stat") or "").splitlines():
         fields = line.split()
         device = _device(fields[0]) if fields else None
         if device is None:
@@ -305,19 +320,20 @@ def io_v2(directory: Path) -> BlkioStats:
     return stats
 
 
-def hugetlb_v2(directory: Path) -> dict[str, HugetlbStats]:
+def hugetlb_v2(directory: str) -> dict[str, HugetlbStats]:
     result: dict[str, HugetlbStats] = {}
-    for entry in sorted(directory.glob("hugetlb.*.current")):
-        size = entry.name.split(".")[1]
+    for entry in _matching(directory, "hugetlb.", ".current"):
+        size = os.path.basename(entry).split(".")[1]
         result[size] = HugetlbStats(
             usage=_int(entry),
-            max_usage=_int(directory / f"hugetlb.{size}.max_usage_in_bytes"),
-            failcnt=flat_keyed(directory / f"hugetlb.{size}.events").get("max", 0),
+            max_usage=_int(f"{directory}/hugetlb.{size}.max_usage_in_bytes"),
+            failcnt=flat_keyed(f"{directory}/hugetlb.{size}.events").get("max", 0),
         )
     return result
 
 
-def read_v2(directory: Path) -> CgroupStats:
+def read_v2(cgroup: str | os.PathLike[str]) -> CgroupStats:
+    directory = os.fspath(cgroup)
     return CgroupStats(
         cpu_stats=cpu_v2(directory),
         memory_stats=memory_v2(directory),
@@ -327,7 +343,8 @@ def read_v2(directory: Path) -> CgroupStats:
     )
 
 
-def read_v1(directories: dict[str, Path]) -> CgroupStats:
+def read_v1(directories_of: Mapping[str, str | os.PathLike[str]]) -> CgroupStats:
+    directories = {name: os.fspath(directory) for name, directory in directories_of.items()}
     return CgroupStats(
         cpu_stats=cpu_v1(directories.get("cpuacct"), directories.get("cpu")),
         memory_stats=memory_v1(directories.get("memory")),
