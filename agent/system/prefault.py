@@ -13,12 +13,13 @@ the faults, for the price of those pages' copies while it waits.
 
 from __future__ import annotations
 
-import array
-import ctypes
 import os
-from collections.abc import Sequence
 
 from agent.system import libc
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 MADV_POPULATE_WRITE = 23
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -63,8 +64,8 @@ def written_pages(maps_fd: int, pagemap_fd: int) -> list[tuple[int, int]]:
     runs: list[tuple[int, int]] = []
     for start, end in _private_writable(maps):
         first = start // PAGE_SIZE
-        entries = array.array("Q")
-        entries.frombytes(os.pread(pagemap_fd, (end - start) // PAGE_SIZE * 8, first * 8))
+        # one native 64-bit entry per page (memoryview's cast: the array module would load collections)
+        entries = memoryview(os.pread(pagemap_fd, (end - start) // PAGE_SIZE * 8, first * 8)).cast("Q")
         run_start = -1
         for index, entry in enumerate(entries):
             own = entry & _PRESENT and entry & _EXCLUSIVE
@@ -91,12 +92,13 @@ def checked_runs(value: object) -> list[tuple[int, int]]:
 def populate(runs: Sequence[tuple[int, int]]) -> int:
     """Fault in, writable, each (address, length) run of this process's memory; runs that are not
     mapped here, or a kernel without MADV_POPULATE_WRITE, are skipped. Returns the bytes populated."""
-    madvise = libc._libc.madvise
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     done = 0
     for address, length in runs[:MAX_RANGES]:
         if address % PAGE_SIZE or length <= 0 or length % PAGE_SIZE:
             continue
-        if madvise(address, length, MADV_POPULATE_WRITE) == 0:
-            done += length
+        try:
+            libc.madvise(address, length, MADV_POPULATE_WRITE)
+        except OSError:
+            continue
+        done += length
     return done
