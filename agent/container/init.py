@@ -29,7 +29,7 @@ import time
 from agent.container import capabilities, rootfs, seccomp, stdio
 from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
 from agent.container.namespaces import CLONE_FLAGS, JOIN_ORDER, PROC_NAMES
-from agent.system import jsonlite, libc, prefault
+from agent.system import jsonlite, libc
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -267,6 +267,8 @@ def prepare_warm_child(prefault_runs: Sequence[tuple[int, int]] = (), preunshare
     for a request that wants those after all (container_main goes back into them)."""
     libc.reset_all_signals()
     if prefault_runs:
+        from agent.system import prefault
+
         prefault.populate(prefault_runs)
     kinds = [kind for kind in preunshare if kind in PREUNSHARE_KINDS]
     origins: dict[str, int] = {}
@@ -366,7 +368,13 @@ def container_main(
         _exec_process(request, process, io_fds, status_fd)
         return 127
     plan = _plan_from(request["plan"])
-    learning = prefault.open_page_maps(request["proc"]) if request.get("learn_pages") else None
+    learning = None
+    if request.get("learn_pages"):
+        # imported only for a create that reports its pages (the fork server's), and here, before the
+        # root changes: _report_written_pages finds the module loaded
+        from agent.system import prefault
+
+        learning = prefault.open_page_maps(request["proc"])
     joins: dict[str, str] = request.get("join") or {}
     unshare: list[str] = request.get("unshare") or []
     made = preunshared or {}
@@ -463,6 +471,8 @@ def _report_written_pages(status_fd: int, fds: tuple[int, int]) -> None:
     prefault.open_page_maps', opened before the root changed), so the warm
     processes forked next fault them in while they wait. In events of under PIPE_BUF bytes: the
     shim writes to the same pipe, and only such writes are atomic."""
+    from agent.system import prefault  # loaded already, by container_main before the root changed
+
     try:
         runs = prefault.written_pages(*fds)
     except OSError:

@@ -335,9 +335,9 @@ def test_stats_update_pause(engine: Engine, spec: Any) -> None:
         assert container.status is Status.PAUSED
         dirs = container.cgroup.directories()
         if "freezer" in dirs:
-            assert (dirs["freezer"] / "freezer.state").read_text().strip() == "FROZEN"
+            assert Path(dirs["freezer"], "freezer.state").read_text().strip() == "FROZEN"
         else:
-            assert (next(iter(dirs.values())) / "cgroup.freeze").read_text().strip() == "1"
+            assert Path(next(iter(dirs.values())), "cgroup.freeze").read_text().strip() == "1"
         container.resume()
         assert container.status is Status.RUNNING
     finally:
