@@ -13,17 +13,15 @@ program)`` loads and attaches them to a cgroup directory, replacing a program at
 
 from __future__ import annotations
 
-import ctypes
+import _struct
 import os
-import struct
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from agent.errors import ResourceError
 from agent.system import libc
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
 # bpf(2) commands, program and attach types (include/uapi/linux/bpf.h)
@@ -50,7 +48,7 @@ JNE_REG = 0x5D  # if dst != src goto +off
 MOV64_IMM = 0xB7  # dst = imm
 EXIT = 0x95
 
-INSTRUCTION = struct.Struct("<BBhi")
+INSTRUCTION = _struct.Struct("<BBhi")
 # registers: r1 context, then r2 type, r3 access, r4 major, r5 minor; r1 is scratch after the loads
 R0, R1, R2, R3, R4, R5 = range(6)
 
@@ -109,20 +107,20 @@ def load(program: bytes) -> int:
     license_text = bytearray(b"Apache-2.0\0")
     log = bytearray(65536)
     attr = bytearray(128)
-    struct.pack_into(
+    _struct.pack_into(
         "<IIQQIIQ",
         attr,
         0,
         BPF_PROG_TYPE_CGROUP_DEVICE,
         len(program) // INSTRUCTION.size,
-        _address(insns),
-        _address(license_text),
+        libc.buffer_address(insns),
+        libc.buffer_address(license_text),
         1,
         len(log),
-        _address(log),
+        libc.buffer_address(log),
     )
-    struct.pack_into("<16s", attr, 48, b"pykata_devices")
-    struct.pack_into("<I", attr, 68, BPF_CGROUP_DEVICE)  # expected_attach_type
+    _struct.pack_into("<16s", attr, 48, b"pykata_devices")
+    _struct.pack_into("<I", attr, 68, BPF_CGROUP_DEVICE)  # expected_attach_type
     try:
         return libc.bpf(BPF_PROG_LOAD, attr)
     except OSError as exc:
@@ -130,13 +128,10 @@ def load(program: bytes) -> int:
         raise ResourceError(f"the kernel refused the device-access program: {exc.strerror}: {text[-1000:]}") from exc
 
 
-def _address(buffer: bytearray) -> int:
-    return ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer))
-
-
-def attach(directory: Path, program: bytes) -> None:
+def attach(directory: str | os.PathLike[str], program: bytes) -> None:
     """Load ``program`` and attach it to the cgroup ``directory`` (single-program mode: it replaces a
     program attached there before, so an update swaps the rules in one step)."""
+    directory = os.fspath(directory)
     prog_fd = load(program)
     try:
         cgroup_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -144,8 +139,8 @@ def attach(directory: Path, program: bytes) -> None:
         os.close(prog_fd)
         raise ResourceError(f"cannot open cgroup {directory}: {exc.strerror}") from exc
     try:
-        attr = bytearray(struct.pack("<IIII", cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, 0) + bytes(112))
-        libc.bpf(BPF_PROG_ATTACH, attr, str(directory))
+        attr = bytearray(_struct.pack("<IIII", cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, 0) + bytes(112))
+        libc.bpf(BPF_PROG_ATTACH, attr, directory)
     except OSError as exc:
         raise ResourceError(f"cannot attach the device-access program to {directory}: {exc.strerror}") from exc
     finally:
