@@ -154,7 +154,7 @@ def run_shim(request: dict[str, Any], fds: list[int]) -> int:
     status_fd, control_fd, io_fds = fds[0], fds[1], fds[2:]
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     os.setsid()
-    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the container come to this shim
+    libc.set_child_subreaper()
     try:
         # opened here, before the namespaces and the root change: an exec's process starts inside
         # the container's root, where the host's cgroup files are out of reach
@@ -247,7 +247,7 @@ def warm_shim_prepare() -> None:
     container process it forks next (what most containers ask for)."""
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     os.setsid()
-    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # orphans of the container come to this shim
+    libc.set_child_subreaper()
     libc.unshare(libc.CLONE_NEWPID)
 
 
