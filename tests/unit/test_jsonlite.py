@@ -65,7 +65,7 @@ def test_utf8_bytes_with_a_byte_order_mark() -> None:
 
 VALUES = [
     {"id": "c1", "pid": 42, "status": "running", "annotations": {"k": "v"}, "bundle": "/tmp/b"},
-    [1, 2.5, -3, True, False, None, "é\n\"\\", [], {}],
+    [1, 2.5, -3, True, False, None, 'é\n"\\', [], {}],
     {"nested": [{"a": [1, {"b": None}]}], "float": 1e-7, "big": 2**70},
     "plain",
     0,
@@ -79,19 +79,51 @@ def test_dumps_matches_json(value: object, separators: tuple[str, str] | None) -
     assert jsonlite.dumps(value, separators=separators) == json.dumps(value, separators=separators)
 
 
+INDENTED = [
+    *VALUES,
+    {},
+    [],
+    [(1, (2, 3)), float("nan"), float("-inf"), -0.0, 1e300, "\u2603\U0001f600", {"k": {}}],
+    {7: "int", 2.5: "float", True: "true", False: "false", None: "null", float("inf"): "inf"},
+]
+
+
+@pytest.mark.parametrize("value", INDENTED)
+@pytest.mark.parametrize("indent", [0, 2, "\t", "", " . "])
+@pytest.mark.parametrize("separators", [None, (",", ":"), (" ,", " = ")])
+def test_dumps_indented_matches_json(value: object, indent: int | str, separators: tuple[str, str] | None) -> None:
+    assert repr(jsonlite.dumps(value, indent=indent, separators=separators)) == repr(
+        json.dumps(value, indent=indent, separators=separators)
+    )
+
+
 def test_dumps_indented_and_refusals_match_json() -> None:
     value = {"a": [1, {"b": 2}]}
     assert jsonlite.dumps(value, indent="\t") == json.dumps(value, indent="\t")
-    with pytest.raises(TypeError, match="Object of type set is not JSON serializable"):
-        jsonlite.dumps({"a": {1}})
-    loop: list[object] = []
-    loop.append(loop)
-    with pytest.raises(ValueError, match="Circular reference"):
-        jsonlite.dumps(loop)
+    shared = [1]
+    assert jsonlite.dumps([shared, {"x": shared}], indent=1) == json.dumps([shared, {"x": shared}], indent=1)
+    for indent in (None, 2):
+        with pytest.raises(TypeError, match=r"^Object of type set is not JSON serializable$"):
+            jsonlite.dumps({"a": {1}}, indent=indent)
+        loop: list[object] = []
+        loop.append(loop)
+        with pytest.raises(ValueError, match="Circular reference"):
+            jsonlite.dumps(loop, indent=indent)
+        cycle: dict[str, object] = {}
+        cycle["x"] = [cycle]
+        with pytest.raises(ValueError, match="Circular reference"):
+            jsonlite.dumps(cycle, indent=indent)
+    with pytest.raises(TypeError, match=r"^keys must be str, int, float, bool or None, not tuple$"):
+        jsonlite.dumps({(1,): 2}, indent=2)
+    with pytest.raises(TypeError, match=r"^keys must be str, int, float, bool or None, not tuple$"):
+        json.dumps({(1,): 2}, indent=2)
 
 
 def test_importing_it_does_not_import_the_json_package() -> None:
-    code = "import sys, agent.system.jsonlite as j; j.loads('[1]'); j.dumps({}); print(*sys.modules, sep=chr(10))"
+    code = (
+        "import sys, agent.system.jsonlite as j; j.loads('[1]'); j.dumps({}); j.dumps({'a': [1]}, indent=2); "
+        "print(*sys.modules, sep=chr(10))"
+    )
     root = Path(__file__).resolve().parents[2]
     loaded = subprocess.run([sys.executable, "-S", "-c", code], cwd=root, capture_output=True, text=True, check=True)
     modules = loaded.stdout.split()
