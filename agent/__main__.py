@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_config(args: Options, paths: HostPaths) -> AgentConfig:
     """Read /proc/cmdline and the TOML file, then let agent.config combine them with the options."""
-    cmdline = paths.cmdline.read_text() if paths.cmdline.exists() else ""
+    cmdline_file = Path(paths.cmdline)
+    cmdline = cmdline_file.read_text() if cmdline_file.exists() else ""
     config_file = args.config or config_file_from_cmdline(cmdline)
     toml_text = None
     if config_file:
@@ -169,7 +170,7 @@ def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
 def _uptime(paths: HostPaths) -> float | None:
     """Seconds since the kernel started (the boot benchmark compares it with a busybox /init's)."""
     try:
-        return float((paths.proc / "uptime").read_text().split()[0])
+        return float((Path(paths.proc) / "uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
 

@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import NoReturn
 
 from agent.config import AgentConfig
@@ -42,14 +41,14 @@ class MountStep(Record):
     _fields = ("source", "target", "fstype", "flags", "data", "mode", "fallback_data")
     __slots__ = _fields
     source: str
-    target: Path
+    target: str
     fstype: str
     flags: int
     data: str
     mode: int
     fallback_data: str | None  # mount with this instead if the kernel refuses ``data`` with EINVAL
 
-    def __init__(self, source: str, target: Path, fstype: str, flags: int = 0, data: str = "", mode: int = 0o755,
+    def __init__(self, source: str, target: str, fstype: str, flags: int = 0, data: str = "", mode: int = 0o755,
                  fallback_data: str | None = None) -> None:  # fmt: skip
         self._assign(source, target, fstype, flags, data, mode, fallback_data)
 
@@ -61,9 +60,9 @@ class SymlinkStep(Record):
     _fields = ("target", "link")
     __slots__ = _fields
     target: str
-    link: Path
+    link: str
 
-    def __init__(self, target: str, link: Path) -> None:
+    def __init__(self, target: str, link: str) -> None:
         self._assign(target, link)
 
     def describe(self) -> str:
@@ -86,16 +85,16 @@ def boot_mounts(paths: HostPaths, cgroup_v1: bool, v1_controllers: tuple[str, ..
         MountStep("sysfs", paths.sys, "sysfs", NOSUID_NODEV_NOEXEC),
         MountStep("devtmpfs", dev, "devtmpfs", libc.MS_NOSUID, "mode=0755"),
         MountStep(
-            "devpts", dev / "pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"
+            "devpts", f"{dev}/pts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"
         ),
-        SymlinkStep("pts/ptmx", dev / "ptmx"),
-        MountStep("shm", dev / "shm", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=1777", 0o1777),
+        SymlinkStep("pts/ptmx", f"{dev}/ptmx"),
+        MountStep("shm", f"{dev}/shm", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=1777", 0o1777),
         MountStep("tmpfs", paths.run, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0755"),
     ]
     if cgroup_v1:
         steps.append(MountStep("tmpfs", paths.cgroup_root, "tmpfs", NOSUID_NODEV_NOEXEC, "mode=0755"))
         steps += [
-            MountStep("cgroup", paths.cgroup_root / name, "cgroup", NOSUID_NODEV_NOEXEC, name)
+            MountStep("cgroup", f"{paths.cgroup_root}/{name}", "cgroup", NOSUID_NODEV_NOEXEC, name)
             for name in v1_controllers
         ]
     else:
@@ -112,7 +111,7 @@ def boot_mounts(paths: HostPaths, cgroup_v1: bool, v1_controllers: tuple[str, ..
     return steps
 
 
-def _is_mountpoint(path: Path) -> bool:
+def _is_mountpoint(path: str) -> bool:
     try:
         return os.path.ismount(path)
     except OSError:
@@ -122,14 +121,14 @@ def _is_mountpoint(path: Path) -> bool:
 def execute(steps: list[Step]) -> None:
     for step in steps:
         if isinstance(step, SymlinkStep):
-            if not step.link.is_symlink():
+            if not os.path.islink(step.link):
                 try:
-                    step.link.unlink()
+                    os.unlink(step.link)
                 except FileNotFoundError:
                     pass
                 os.symlink(step.target, step.link)
             continue
-        step.target.mkdir(parents=True, exist_ok=True, mode=step.mode)
+        os.makedirs(step.target, mode=step.mode, exist_ok=True)
         if _is_mountpoint(step.target) and step.fstype in ("proc", "sysfs", "devtmpfs"):
             continue  # the kernel (devtmpfs.mount=1) or a previous stage mounted it already
         try:
@@ -138,41 +137,42 @@ def execute(steps: list[Step]) -> None:
             # A missing v1 controller (not built into this kernel) is not fatal; anything else is.
             if step.fstype == "cgroup":
                 log.warning("cgroup v1 controller %s not mounted: %s", step.data, exc)
-                step.target.rmdir()
+                os.rmdir(step.target)
                 continue
             raise
 
 
 def _mount(step: MountStep) -> None:
     try:
-        libc.mount(step.source, str(step.target), step.fstype, step.flags, step.data or None)
+        libc.mount(step.source, step.target, step.fstype, step.flags, step.data or None)
     except OSError as exc:
         if exc.errno != errno.EINVAL or step.fallback_data is None:
             raise
         log.info(
             "%s refused options %r (%s); mounting with %r", step.fstype, step.data, exc.strerror, step.fallback_data
         )
-        libc.mount(step.source, str(step.target), step.fstype, step.flags, step.fallback_data or None)
+        libc.mount(step.source, step.target, step.fstype, step.flags, step.fallback_data or None)
 
 
 def _kernel_release() -> str:
     return os.uname().release
 
 
-def modules_to_load(paths: HostPaths) -> list[tuple[Path, str]]:
+def modules_to_load(paths: HostPaths) -> list[tuple[str, str]]:
     """The image's module list: one "relative/path.ko [params]" per line, in load order."""
     try:
-        text = paths.modules_load_list.read_text()
+        with open(paths.modules_load_list) as stream:
+            text = stream.read()
     except FileNotFoundError:
         return []
-    base = paths.modules_dir / _kernel_release()
+    base = f"{paths.modules_dir}/{_kernel_release()}"
     modules = []
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         rel, _, params = line.partition(" ")
-        modules.append((base / rel, params.strip()))
+        modules.append((f"{base}/{rel}", params.strip()))
     return modules
 
 
@@ -180,11 +180,19 @@ def load_modules(paths: HostPaths) -> int:
     loaded = 0
     for module, params in modules_to_load(paths):
         try:
-            if libc.load_module(str(module), params):
+            if libc.load_module(module, params):
                 loaded += 1
         except OSError as exc:
             log.error("loading kernel module %s failed: %s", module, exc)
     return loaded
+
+
+def _read_if_present(path: str) -> str:
+    try:
+        with open(path) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        return ""
 
 
 def boot(config: AgentConfig, paths: HostPaths) -> None:
@@ -193,7 +201,7 @@ def boot(config: AgentConfig, paths: HostPaths) -> None:
     os.umask(0o022)
     # proc first: the cgroup decision reads the command line
     execute(boot_mounts(paths, cgroup_v1=False)[:1])
-    cmdline = paths.cmdline.read_text() if paths.cmdline.exists() else ""
+    cmdline = _read_if_present(paths.cmdline)
     execute(boot_mounts(paths, cgroup_v1_requested(cmdline, config))[1:])
     loaded = load_modules(paths)
     hostname = DEFAULT_HOSTNAME
@@ -251,11 +259,11 @@ class Reaper:
                 log.exception("reaping orphans failed")
 
 
-def _kill_everything(proc: Path, timeout: float = 3.0) -> None:
+def _kill_everything(proc: str, timeout: float = 3.0) -> None:
     me = os.getpid()
 
     def others() -> list[int]:
-        return [int(p.name) for p in proc.iterdir() if p.name.isdigit() and int(p.name) != me]
+        return [int(name) for name in os.listdir(proc) if name.isdigit() and int(name) != me]
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in others():
@@ -272,10 +280,11 @@ def _kill_everything(proc: Path, timeout: float = 3.0) -> None:
             time.sleep(0.05)
 
 
-def _is_user_process(proc: Path, pid: int) -> bool:
+def _is_user_process(proc: str, pid: int) -> bool:
     """Kernel threads have an empty cmdline and cannot be signalled; ignore them."""
     try:
-        return bool((proc / str(pid) / "cmdline").read_bytes())
+        with open(f"{proc}/{pid}/cmdline", "rb") as stream:
+            return bool(stream.read())
     except OSError:
         return False
 

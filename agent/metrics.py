@@ -63,15 +63,20 @@ def _kib(value: str) -> int:
     return int(number) * 1024 if unit.strip().lower() == "kb" else int(number)
 
 
+def _read(path: str) -> str:
+    with open(path) as stream:
+        return stream.read()
+
+
 def agent_metrics(paths: HostPaths) -> list[Metric]:
-    me = paths.proc / "self"
-    status = _status_fields((me / "status").read_text())
-    stat = (me / "stat").read_text()
+    me = f"{paths.proc}/self"
+    status = _status_fields(_read(f"{me}/status"))
+    stat = _read(f"{me}/stat")
     # fields after "(comm)": state is field 3; utime and stime are fields 14 and 15 (man 5 proc)
     after_comm = stat[stat.rfind(")") + 2 :].split()
     ticks = os.sysconf("SC_CLK_TCK")
     utime, stime = int(after_comm[11]) / ticks, int(after_comm[12]) / ticks
-    open_fds = sum(1 for _ in (me / "fd").iterdir())
+    open_fds = len(os.listdir(f"{me}/fd"))
     return [
         Metric(
             "kata_agent_process_resident_memory_bytes",
@@ -101,8 +106,8 @@ def agent_metrics(paths: HostPaths) -> list[Metric]:
 
 
 def guest_metrics(paths: HostPaths) -> list[Metric]:
-    load = paths.loadavg.read_text().split()
-    meminfo = _status_fields(paths.meminfo.read_text())
+    load = _read(paths.loadavg).split()
+    meminfo = _status_fields(_read(paths.meminfo))
     return [
         Metric(
             "kata_guest_load",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from pathlib import Path
 
 from agent.errors import InvalidArgument
 
@@ -37,10 +36,11 @@ def format_resolv_conf(dns: list[str]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def write_resolv_conf(path: Path, dns: list[str]) -> Path:
+def write_resolv_conf(target: str | os.PathLike[str], dns: list[str]) -> str:
     """Write in place (not by rename), so bind mounts of the file into containers see the content."""
+    path = os.fspath(target)
     content = format_resolv_conf(dns).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, content)

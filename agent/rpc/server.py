@@ -97,7 +97,7 @@ class AgentServer:
         address: Address,
         servicer: Servicer,
         *,
-        run_dir: Path | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
         max_workers: int = 256,
         max_connections: int = 128,
         sniff_timeout: float = 30.0,

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig
@@ -187,7 +186,7 @@ class ContainerService:
             raise IncorrectState("the container asks for the sandbox's pid namespace, but the sandbox has none")
         linux = dict(spec.get("linux") or {})
         others = [ns for ns in linux.get("namespaces") or [] if ns.get("type") != "pid"]
-        linux["namespaces"] = [*others, {"type": "pid", "path": str(self.paths.proc_pid(handle.pid) / "ns" / "pid")}]
+        linux["namespaces"] = [*others, {"type": "pid", "path": f"{self.paths.proc_pid(handle.pid)}/ns/pid"}]
         return {**spec, "linux": linux}
 
     def create_container(
@@ -364,7 +363,7 @@ class ContainerService:
             raise DeadlineExceeded("no OOM event before the deadline")
         return container_id
 
-    def cpuset_targets(self) -> list[Path]:
+    def cpuset_targets(self) -> list[str]:
         """cpuset dirs of the containers whose spec set linux.resources.cpu.cpus."""
         targets = []
         for container in self.engine.list():

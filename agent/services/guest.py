@@ -102,7 +102,7 @@ class GuestService:
                 block_size = 0  # no memory hotplug support in this kernel
             except (OSError, ValueError) as exc:
                 raise ResourceError(f"reading {self.paths.memory_block_size}: {exc}") from exc
-        probe = want_probe and self.paths.memory_probe.exists()
+        probe = want_probe and os.path.exists(self.paths.memory_probe)
         return GuestDetails(block_size, probe, self.agent_details())
 
     def agent_details(self) -> AgentDetails:
@@ -116,7 +116,7 @@ class GuestService:
 
     def supports_seccomp(self) -> bool:
         try:
-            status = (self.paths.proc / "self" / "status").read_text()
+            status = (Path(self.paths.proc) / "self" / "status").read_text()
         except OSError:
             return False
         return any(line.startswith("Seccomp:") for line in status.splitlines())
@@ -143,7 +143,7 @@ class GuestService:
         try:
             os.write(fd, data)
             if os.geteuid() == 0 and stat.S_ISCHR(os.fstat(fd).st_mode):
-                libc.add_entropy(fd, data, str(device))
+                libc.add_entropy(fd, data, device)
         except OSError as exc:
             raise ResourceError(f"reseeding {device}: {exc.strerror}") from exc
         finally:
@@ -201,15 +201,16 @@ class GuestService:
             raise InvalidArgument(f"CopyFile {name}: only paths below {base}/ may be written") from None
         if not relative.parts or relative.parts == (".",):
             raise InvalidArgument(f"CopyFile {name}: names the shared directory itself")
-        target = self.paths.shared_containers.joinpath(*relative.parts)
+        target = Path(self.paths.shared_containers).joinpath(*relative.parts)
         self._check_no_escape(target.parent, name)
         return target
 
     def _check_no_escape(self, directory: Path, name: str) -> None:
         """The deepest existing ancestor of ``directory``, with symlinks resolved, stays in the share."""
         shared = Path(os.path.realpath(self.paths.shared_containers))
+        top = Path(self.paths.shared_containers)
         existing = directory
-        while not os.path.lexists(existing) and existing != self.paths.shared_containers:
+        while not os.path.lexists(existing) and existing != top:
             existing = existing.parent
         resolved = Path(os.path.realpath(existing))
         if resolved != shared and shared not in resolved.parents:

@@ -7,9 +7,9 @@ container engine bind-mounts ``resolv_conf_path`` into containers.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentConfig
@@ -64,7 +64,7 @@ class NetworkService:
             if device is None:
                 return None
             names = device_children(device, "net")
-            return names[0].name if names else None
+            return os.path.basename(names[0]) if names else None
 
         waker = self.waker_factory()
         try:
@@ -103,10 +103,10 @@ class NetworkService:
     # --- sandbox DNS and hostname
 
     @property
-    def resolv_conf_path(self) -> Path:
-        return self.paths.sandbox_dir / "resolv.conf"
+    def resolv_conf_path(self) -> str:
+        return f"{self.paths.sandbox_dir}/resolv.conf"
 
-    def write_resolv_conf(self, dns: list[str]) -> Path:
+    def write_resolv_conf(self, dns: list[str]) -> str:
         return resolv.write_resolv_conf(self.resolv_conf_path, dns)
 
     def set_hostname(self, name: str) -> None:

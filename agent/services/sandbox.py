@@ -15,7 +15,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import AlreadyExists, IncorrectState
@@ -39,7 +38,7 @@ class SandboxInfo:
     sandbox_pidns: bool = False
     storages: list[str] = field(default_factory=list)  # mount points
     shared_namespaces: SharedNamespaces | None = None
-    resolv_conf: Path | None = None
+    resolv_conf: str | None = None
 
 
 def sandbox_spec(spec: dict[str, Any], sandbox: SandboxInfo) -> dict[str, Any]:
@@ -50,9 +49,7 @@ def sandbox_spec(spec: dict[str, Any], sandbox: SandboxInfo) -> dict[str, Any]:
     shared = sandbox.shared_namespaces
     if shared is not None:
         linux["namespaces"] = [
-            {**ns, "path": str(shared.path(ns["type"]))}
-            if ns.get("type") in shared.kinds and not ns.get("path")
-            else ns
+            {**ns, "path": shared.path(ns["type"])} if ns.get("type") in shared.kinds and not ns.get("path") else ns
             for ns in linux.get("namespaces") or []
         ]
     mounts = list(spec.get("mounts") or [])
@@ -61,7 +58,7 @@ def sandbox_spec(spec: dict[str, Any], sandbox: SandboxInfo) -> dict[str, Any]:
             {
                 "destination": "/etc/resolv.conf",
                 "type": "bind",
-                "source": str(sandbox.resolv_conf),
+                "source": sandbox.resolv_conf,
                 "options": ["rbind", "ro", "nosuid", "nodev", "noexec"],
             }
         )

@@ -7,7 +7,7 @@ up to the hotplug timeout, re-checking whenever the waker says the device tree c
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import os
 
 from agent.errors import InvalidArgument, NotFound
 from agent.system import sysfs
@@ -17,9 +17,19 @@ from agent.system.pcipath import Waker, device_children, parse_pci_path, pci_dev
 log = logging.getLogger(__name__)
 
 
-def _dev_node(paths: HostPaths, block_dir: Path) -> str | None:
-    node = paths.dev / block_dir.name
-    return str(node) if node.exists() else None
+def _dev_node(paths: HostPaths, block_dir: str) -> str | None:
+    node = f"{paths.dev}/{os.path.basename(block_dir)}"
+    return node if os.path.exists(node) else None
+
+
+def _entries(directory: str, suffix: str = "") -> list[str]:
+    """The sorted paths of the entries of ``directory`` whose names end with ``suffix`` (hidden ones
+    too); none when it cannot be listed."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(f"{directory}/{name}" for name in names if name.endswith(suffix))
 
 
 def find_virtio_blk(paths: HostPaths, pci_path: str) -> str | None:
@@ -45,22 +55,22 @@ def parse_scsi_address(address: str) -> tuple[int, int]:
 def scan_scsi(paths: HostPaths, target: int, lun: int) -> None:
     """Ask every SCSI host to look for the device (a hot-added LUN is not always announced)."""
     hosts = paths.scsi_host_class
-    if not hosts.is_dir():
+    if not os.path.isdir(hosts):
         return
-    for host in sorted(hosts.iterdir()):
+    for host in _entries(hosts):
         try:
-            sysfs.write(host / "scan", f"0 {target} {lun}")
+            sysfs.write(f"{host}/scan", f"0 {target} {lun}")
         except OSError as exc:
-            log.debug("scsi scan on %s: %s", host.name, exc)
+            log.debug("scsi scan on %s: %s", os.path.basename(host), exc)
 
 
 def find_scsi(paths: HostPaths, target: int, lun: int) -> str | None:
     """/dev/sdX for channel 0, ``target``, ``lun`` on any SCSI host, or None while it is missing."""
     root = paths.scsi_devices
-    if not root.is_dir():
+    if not os.path.isdir(root):
         return None
-    for device in sorted(root.glob(f"*:0:{target}:{lun}")):
-        for block in sorted((device / "block").glob("*")):
+    for device in _entries(root, f":0:{target}:{lun}"):
+        for block in _entries(f"{device}/block"):
             node = _dev_node(paths, block)
             if node is not None:
                 return node
@@ -71,9 +81,9 @@ def resolve_blk(paths: HostPaths, source: str, timeout: float, waker: Waker | No
     """The device node for a blk storage: a /dev path as given, or the device at a PCI path."""
     if source.startswith("/dev/"):
         node = paths.inside(source)
-        if not node.exists():
+        if not os.path.exists(node):
             raise NotFound(f"blk storage: device {source} does not exist")
-        return str(node)
+        return node
     parse_pci_path(source)
     return wait_for(lambda: find_virtio_blk(paths, source), timeout, f"virtio-blk device at PCI path {source}", waker)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 
 from agent.system import libc
 from agent.system.paths import HostPaths
@@ -24,10 +23,15 @@ _lock = threading.Lock()
 def registered_filesystems(paths: HostPaths) -> set[str]:
     """Filesystem types the running kernel knows (/proc/filesystems)."""
     try:
-        text = paths.proc_filesystems.read_text()
+        text = _read(paths.proc_filesystems)
     except OSError:
         return set()
     return {line.split()[-1] for line in text.splitlines() if line.split()}
+
+
+def _read(path: str) -> str:
+    with open(path) as stream:
+        return stream.read()
 
 
 def module_name(relpath: str) -> str:
@@ -61,17 +65,17 @@ def load_filesystem(paths: HostPaths, fstype: str) -> bool:
     from agent.init import wait_for_deferred_files
 
     wait_for_deferred_files(f"the {fstype} kernel module")  # the initrd unpacks most modules after boot
-    base = paths.modules_dir / os.uname().release
+    base = f"{paths.modules_dir}/{os.uname().release}"
     with _lock:
         for listing_path in (paths.modules_load_list, paths.modules_root_load_list):
             try:
-                listing = listing_path.read_text()
+                listing = _read(listing_path)
             except OSError:
                 continue
             plan = modules_for(fstype, listing)
             if plan:
                 for rel, params in plan:
-                    _load(base / rel, params)
+                    _load(f"{base}/{rel}", params)
                 break
     known = fstype in registered_filesystems(paths)
     if known:
@@ -79,8 +83,8 @@ def load_filesystem(paths: HostPaths, fstype: str) -> bool:
     return known
 
 
-def _load(module: Path, params: str) -> None:
+def _load(module: str, params: str) -> None:
     try:
-        libc.load_module(str(module), params)
+        libc.load_module(module, params)
     except OSError as exc:
         log.warning("loading kernel module %s failed: %s", module, exc)

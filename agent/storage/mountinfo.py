@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -33,5 +33,6 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
     return mounts
 
 
-def read_mountinfo(path: Path) -> list[MountInfo]:
-    return parse_mountinfo(path.read_text())
+def read_mountinfo(path: str | os.PathLike[str]) -> list[MountInfo]:
+    with open(path) as stream:
+        return parse_mountinfo(stream.read())

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -43,24 +42,26 @@ def owned() -> frozenset[int]:
         return frozenset(_owned)
 
 
-def zombie_children(proc: Path, parent: int) -> list[int]:
-    """Pids of the zombies whose parent is ``parent``."""
+def zombie_children(proc: str | os.PathLike[str], parent: int) -> list[int]:
+    """Pids of the zombies whose parent is ``parent`` (``proc``: where procfs is mounted)."""
+    base = os.fspath(proc)
     found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
+    for name in os.listdir(base):
+        if not name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            with open(f"{base}/{name}/stat") as stream:
+                stat = stream.read()
         except OSError:
             continue
         # "pid (comm) S ppid ...": comm may contain spaces and parentheses
         fields = stat[stat.rfind(")") + 2 :].split()
         if len(fields) >= 2 and fields[0] == "Z" and int(fields[1]) == parent:
-            found.append(int(entry.name))
+            found.append(int(name))
     return found
 
 
-def reap_orphans(proc: Path) -> list[tuple[int, int]]:
+def reap_orphans(proc: str | os.PathLike[str]) -> list[tuple[int, int]]:
     """Reap every zombie child that no agent code owns; return (pid, status) of each."""
     reaped = []
     with _lock:

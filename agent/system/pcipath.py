@@ -8,9 +8,9 @@ hot-plugs single-function devices.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 from agent.errors import InvalidArgument, NotFound
@@ -40,19 +40,27 @@ def parse_pci_path(text: str) -> tuple[int, ...]:
     return tuple(slots)
 
 
-def _secondary_bus(bridge_dir: Path) -> str | None:
-    buses = sorted(p.name for p in (bridge_dir / "pci_bus").glob("*:*"))
+def _names(directory: str) -> list[str]:
+    """The entries of ``directory`` (hidden ones too), sorted; none when it cannot be listed."""
+    try:
+        return sorted(os.listdir(directory))
+    except OSError:
+        return []
+
+
+def _secondary_bus(bridge_dir: str) -> str | None:
+    buses = [name for name in _names(f"{bridge_dir}/pci_bus") if ":" in name]
     return buses[0] if buses else None
 
 
-def pci_device_dir(paths: HostPaths, pci_path: str) -> Path | None:
+def pci_device_dir(paths: HostPaths, pci_path: str) -> str | None:
     """The sysfs directory of the device at ``pci_path``, or None while it (or a bridge) is missing."""
     slots = parse_pci_path(pci_path)
     bus = ROOT_BUS
     device = paths.pci_devices
     for depth, slot in enumerate(slots):
-        device = paths.pci_devices / f"{bus}:{slot:02x}.0"
-        if not device.exists():
+        device = f"{paths.pci_devices}/{bus}:{slot:02x}.0"
+        if not os.path.exists(device):
             return None
         if depth < len(slots) - 1:
             next_bus = _secondary_bus(device)
@@ -62,11 +70,15 @@ def pci_device_dir(paths: HostPaths, pci_path: str) -> Path | None:
     return device
 
 
-def device_children(device_dir: Path, subsystem: str) -> list[Path]:
+def device_children(device_dir: str | os.PathLike[str], subsystem: str) -> list[str]:
     """Entries of ``subsystem`` (``block``, ``net``) below a device: directly, or one level down
-    (virtio devices put them under ``virtioN/``)."""
-    found = sorted((device_dir / subsystem).glob("*")) + sorted(device_dir.glob(f"*/{subsystem}/*"))
-    return [p for p in found if p.name and not p.name.startswith(".")]
+    (virtio devices put them under ``virtioN/``). Hidden entries are left out."""
+    base = os.fspath(device_dir)
+    found = [f"{base}/{subsystem}/{name}" for name in _names(f"{base}/{subsystem}")]
+    for child in _names(base):
+        if os.path.isdir(f"{base}/{child}/{subsystem}"):
+            found += [f"{base}/{child}/{subsystem}/{name}" for name in _names(f"{base}/{child}/{subsystem}")]
+    return [path for path in found if not os.path.basename(path).startswith(".")]
 
 
 class Waker(Protocol):

@@ -14,7 +14,6 @@ import contextlib
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from agent.system import libc
 from agent.system.paths import HostPaths
@@ -24,22 +23,24 @@ KINDS = {"ipc": libc.CLONE_NEWIPC, "uts": libc.CLONE_NEWUTS}
 
 @dataclass(frozen=True)
 class SharedNamespaces:
-    directory: Path
+    directory: str
     kinds: tuple[str, ...] = field(default=tuple(KINDS))
 
-    def path(self, kind: str) -> Path:
+    def path(self, kind: str) -> str:
         """The file a container opens and passes to setns(2) to join the sandbox's ``kind`` namespace."""
-        return self.directory / kind
+        return os.path.join(self.directory, kind)
 
     def clone_flag(self, kind: str) -> int:
         return KINDS[kind]
 
 
-def create_shared_namespaces(paths: HostPaths, hostname: str = "", directory: Path | None = None) -> SharedNamespaces:
+def create_shared_namespaces(
+    paths: HostPaths, hostname: str = "", directory: str | os.PathLike[str] | None = None
+) -> SharedNamespaces:
     """New IPC and UTS namespaces pinned under ``directory`` (default: the sandbox dir's ``ns/``),
     with ``hostname`` set in the UTS one. Raises OSError naming the step that failed; nothing is left
     behind then."""
-    target = directory or paths.sandbox_dir / "ns"
+    target = f"{paths.sandbox_dir}/ns" if directory is None else os.fspath(directory)
     shared = SharedNamespaces(target)
     failure: list[BaseException] = []
 
@@ -48,11 +49,11 @@ def create_shared_namespaces(paths: HostPaths, hostname: str = "", directory: Pa
             libc.unshare(libc.CLONE_NEWIPC | libc.CLONE_NEWUTS)
             if hostname:
                 libc.sethostname(hostname)
-            target.mkdir(parents=True, exist_ok=True)
+            os.makedirs(target, exist_ok=True)
             for kind in shared.kinds:
                 holder = shared.path(kind)
-                holder.touch(exist_ok=True)
-                libc.mount(str(paths.thread_ns(kind)), str(holder), None, libc.MS_BIND)
+                _touch(holder)
+                libc.mount(paths.thread_ns(kind), holder, None, libc.MS_BIND)
         except BaseException as exc:
             failure.append(exc)
 
@@ -66,13 +67,23 @@ def create_shared_namespaces(paths: HostPaths, hostname: str = "", directory: Pa
     return shared
 
 
+def _touch(path: str) -> None:
+    """Make ``path`` exist as a file (a bind mount's target), as ``touch`` does."""
+    try:
+        os.utime(path)
+        return
+    except OSError:
+        pass
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+
+
 def release_shared_namespaces(shared: SharedNamespaces) -> None:
     """Unpin the namespaces (they end when the last container in them exits) and remove the files."""
     for kind in shared.kinds:
         holder = shared.path(kind)
         with contextlib.suppress(OSError):
-            libc.umount2(str(holder), libc.MNT_DETACH)
+            libc.umount2(holder, libc.MNT_DETACH)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(holder)
     with contextlib.suppress(OSError):
-        shared.directory.rmdir()
+        os.rmdir(shared.directory)

@@ -33,20 +33,20 @@ STAT = "42 (python3 (agent)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 7 
 
 def fake_guest_tree(root: Path) -> HostPaths:
     paths = HostPaths(root)
-    paths.memory_dir.mkdir(parents=True)
-    paths.memory_block_size.write_text(BLOCK_SIZE_HEX + "\n")
-    paths.memory_probe.write_text("")
-    self_dir = paths.proc / "self"
+    Path(paths.memory_dir).mkdir(parents=True)
+    Path(paths.memory_block_size).write_text(BLOCK_SIZE_HEX + "\n")
+    Path(paths.memory_probe).write_text("")
+    self_dir = Path(paths.proc) / "self"
     (self_dir / "fd").mkdir(parents=True)
     for fd in range(5):
         (self_dir / "fd" / str(fd)).write_text("")
     (self_dir / "status").write_text(STATUS)
     (self_dir / "stat").write_text(STAT)
-    paths.meminfo.write_text(MEMINFO)
-    paths.loadavg.write_text(LOADAVG)
-    paths.dev.mkdir(parents=True)
-    paths.random_device.write_bytes(b"")
-    paths.shared_containers.mkdir(parents=True)
+    Path(paths.meminfo).write_text(MEMINFO)
+    Path(paths.loadavg).write_text(LOADAVG)
+    Path(paths.dev).mkdir(parents=True)
+    Path(paths.random_device).write_bytes(b"")
+    Path(paths.shared_containers).mkdir(parents=True)
     return paths
 
 

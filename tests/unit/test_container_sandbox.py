@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ class Recorder:
 
     def pin(self, paths: Any, hostname: str) -> SharedNamespaces:
         self.calls.append(("pin", hostname))
-        return SharedNamespaces(Path("/run/kata-containers/sandbox/ns"))
+        return SharedNamespaces("/run/kata-containers/sandbox/ns")
 
     def unpin(self, shared: SharedNamespaces) -> None:
         self.calls.append(("unpin", str(shared.directory)))
@@ -135,8 +134,8 @@ def test_a_failed_storage_mount_unpins_the_namespaces() -> None:
 
 
 def test_containers_join_the_sandbox_ipc_and_uts_and_get_its_resolv_conf() -> None:
-    shared = SharedNamespaces(Path("/run/sb/ns"))
-    info = SandboxInfo("sb", "pod", shared_namespaces=shared, resolv_conf=Path("/run/sb/resolv.conf"))
+    shared = SharedNamespaces("/run/sb/ns")
+    info = SandboxInfo("sb", "pod", shared_namespaces=shared, resolv_conf="/run/sb/resolv.conf")
     spec = {
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
         "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "net", "path": "/x"}]},

@@ -25,14 +25,14 @@ def request(path: str, data: bytes = b"hello", **changes: int) -> CopyFileReques
 @pytest.fixture
 def guest(tmp_path: Path) -> GuestService:
     paths = HostPaths(tmp_path)
-    paths.shared_containers.mkdir(parents=True)
+    Path(paths.shared_containers).mkdir(parents=True)
     outside = tmp_path / "outside"
     outside.mkdir()
     # existing symlinks inside the share: one escapes, one stays inside
-    (paths.shared_containers / "escape").symlink_to(outside)
-    (paths.shared_containers / "absolute-escape").symlink_to("/etc")
-    (paths.shared_containers / "real").mkdir()
-    (paths.shared_containers / "inside").symlink_to(paths.shared_containers / "real")
+    (Path(paths.shared_containers) / "escape").symlink_to(outside)
+    (Path(paths.shared_containers) / "absolute-escape").symlink_to("/etc")
+    (Path(paths.shared_containers) / "real").mkdir()
+    (Path(paths.shared_containers) / "inside").symlink_to(Path(paths.shared_containers) / "real")
     return GuestService(paths)
 
 
@@ -69,13 +69,13 @@ def test_rejected(guest: GuestService, tmp_path: Path, case: str, bad: CopyFileR
 
 def test_symlink_that_stays_inside_the_share_is_followed(guest: GuestService) -> None:
     guest.copy_file(request(f"{SHARED}/inside/file", b"data"))
-    assert (guest.paths.shared_containers / "real" / "file").read_bytes() == b"data"
+    assert (Path(guest.paths.shared_containers) / "real" / "file").read_bytes() == b"data"
 
 
 def test_chunks_assemble_under_a_hidden_name_and_appear_whole(guest: GuestService) -> None:
     data = os.urandom(10_000)
     path = f"{SHARED}/c1/rootfs/etc/hosts"
-    destination = guest.paths.inside(path)
+    destination = Path(guest.paths.inside(path))
     chunks = [(0, data[:3000]), (3000, data[3000:7000]), (7000, data[7000:])]
     for offset, chunk in chunks[:-1]:
         guest.copy_file(request(path, chunk, offset=offset, file_size=len(data)))
@@ -91,39 +91,39 @@ def test_resending_offset_zero_restarts_the_file(guest: GuestService) -> None:
     guest.copy_file(request(path, b"old-old-", file_size=16))
     guest.copy_file(request(path, b"new", file_size=6))
     guest.copy_file(request(path, b"new", offset=3, file_size=6))
-    assert guest.paths.inside(path).read_bytes() == b"newnew"
+    assert Path(guest.paths.inside(path)).read_bytes() == b"newnew"
 
 
 def test_replacing_an_existing_file_keeps_the_old_one_until_complete(guest: GuestService) -> None:
     path = f"{SHARED}/c1/config"
     guest.copy_file(request(path, b"version 1"))
     guest.copy_file(request(path, b"version", file_size=9 + 2))
-    assert guest.paths.inside(path).read_bytes() == b"version 1"
+    assert Path(guest.paths.inside(path)).read_bytes() == b"version 1"
     guest.copy_file(request(path, b" 2", offset=7, file_size=9))
-    assert guest.paths.inside(path).read_bytes() == b"version 2"
+    assert Path(guest.paths.inside(path)).read_bytes() == b"version 2"
 
 
 def test_empty_file(guest: GuestService) -> None:
     guest.copy_file(request(f"{SHARED}/empty", b""))
-    assert guest.paths.inside(f"{SHARED}/empty").read_bytes() == b""
+    assert Path(guest.paths.inside(f"{SHARED}/empty")).read_bytes() == b""
 
 
 def test_mode_owner_and_parent_dir_mode(guest: GuestService) -> None:
     owner = 0 if os.geteuid() != 0 else 1234  # only root may give files away
     path = f"{SHARED}/c2/sub/file"
     guest.copy_file(request(path, b"x", file_mode=stat.S_IFREG | 0o600, dir_mode=0o711, uid=owner, gid=owner))
-    info = guest.paths.inside(path).stat()
+    info = Path(guest.paths.inside(path)).stat()
     assert stat.S_IMODE(info.st_mode) == 0o600
     if os.geteuid() == 0:
         assert (info.st_uid, info.st_gid) == (1234, 1234)
-    for directory in (guest.paths.inside(f"{SHARED}/c2"), guest.paths.inside(f"{SHARED}/c2/sub")):
+    for directory in (Path(guest.paths.inside(f"{SHARED}/c2")), Path(guest.paths.inside(f"{SHARED}/c2/sub"))):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o711 & ~_umask()
 
 
 def test_directory(guest: GuestService) -> None:
     path = f"{SHARED}/c3/volume"
     guest.copy_file(request(path, b"", file_mode=stat.S_IFDIR | 0o750))
-    target = guest.paths.inside(path)
+    target = Path(guest.paths.inside(path))
     assert target.is_dir() and stat.S_IMODE(target.stat().st_mode) == 0o750
     guest.copy_file(request(path, b"", file_mode=stat.S_IFDIR | 0o700))  # again: mode updated
     assert stat.S_IMODE(target.stat().st_mode) == 0o700

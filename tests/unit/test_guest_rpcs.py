@@ -78,7 +78,7 @@ def test_set_guest_date_time(client: AgentClient, monkeypatch: pytest.MonkeyPatc
 
 
 def test_reseed_random_dev_writes_the_data(client: AgentClient, agent: RunningAgent) -> None:
-    device = agent.paths.random_device
+    device = Path(agent.paths.random_device)
     device.write_bytes(b"")
     client.call("ReseedRandomDev", agent_pb2.ReseedRandomDevRequest(data=b"\x01\x02entropy"))
     assert device.read_bytes() == b"\x01\x02entropy"
@@ -89,7 +89,7 @@ def test_reseed_random_dev_writes_the_data(client: AgentClient, agent: RunningAg
 def test_copy_file_in_chunks(client: AgentClient, agent: RunningAgent) -> None:
     data = bytes(range(256)) * 40
     path = f"{SHARED}/sandbox-1/config-{id(client)}.json"
-    destination = agent.paths.inside(path)
+    destination = Path(agent.paths.inside(path))
     common = {"path": path, "file_size": len(data), "file_mode": stat.S_IFREG | 0o640, "dir_mode": 0o750}
     common.update(uid=-1, gid=-1)
     client.call("CopyFile", agent_pb2.CopyFileRequest(offset=0, data=data[:4000], **common))

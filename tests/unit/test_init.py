@@ -23,7 +23,7 @@ def test_unified_plan_mounts_api_filesystems_then_cgroup2(tmp_path: Path) -> Non
     paths = HostPaths(tmp_path)
     steps = boot_mounts(paths, cgroup_v1=False)
     mounts = [s for s in steps if isinstance(s, MountStep)]
-    assert [(m.fstype, m.target.relative_to(tmp_path).as_posix()) for m in mounts] == [
+    assert [(m.fstype, os.path.relpath(m.target, tmp_path)) for m in mounts] == [
         ("proc", "proc"),
         ("sysfs", "sys"),
         ("devtmpfs", "dev"),
@@ -33,7 +33,8 @@ def test_unified_plan_mounts_api_filesystems_then_cgroup2(tmp_path: Path) -> Non
         ("cgroup2", "sys/fs/cgroup"),
     ]
     links = [s for s in steps if isinstance(s, SymlinkStep)]
-    assert links == [SymlinkStep("pts/ptmx", tmp_path / "dev/ptmx")]
+    assert links == [SymlinkStep("pts/ptmx", str(tmp_path / "dev/ptmx"))]
+    assert all(type(m.target) is str for m in mounts)
     devpts = next(m for m in mounts if m.fstype == "devpts")
     assert "newinstance" in devpts.data and "ptmxmode=0666" in devpts.data
     cgroup2 = mounts[-1]
@@ -78,13 +79,13 @@ def test_other_mount_errors_are_not_retried(tmp_path: Path, monkeypatch: pytest.
 def test_a_step_without_fallback_raises_einval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _recording_mount(monkeypatch, {"mode=0755": errno.EINVAL})
     with pytest.raises(OSError):
-        execute([MountStep("tmpfs", tmp_path / "run", "tmpfs", 0, "mode=0755")])
+        execute([MountStep("tmpfs", str(tmp_path / "run"), "tmpfs", 0, "mode=0755")])
     assert calls == [("tmpfs", "mode=0755")]
 
 
 def test_v1_plan_mounts_each_controller_on_a_tmpfs(tmp_path: Path) -> None:
     steps = boot_mounts(HostPaths(tmp_path), cgroup_v1=True, v1_controllers=("cpuset", "memory"))
-    tail = [(s.fstype, s.data, s.target.name) for s in steps[-3:] if isinstance(s, MountStep)]
+    tail = [(s.fstype, s.data, os.path.basename(s.target)) for s in steps[-3:] if isinstance(s, MountStep)]
     assert tail == [("tmpfs", "mode=0755", "cgroup"), ("cgroup", "cpuset", "cpuset"), ("cgroup", "memory", "memory")]
 
 
@@ -96,15 +97,15 @@ def test_v1_is_chosen_by_config_or_systemd_option() -> None:
 
 def test_module_list_in_order_with_params(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    paths.modules_load_list.parent.mkdir(parents=True)
-    paths.modules_load_list.write_text(
+    (tmp_path / "etc/pykata").mkdir(parents=True)
+    (tmp_path / "etc/pykata/modules.load").write_text(
         "# load order\nkernel/drivers/virtio/virtio.ko\n\nkernel/net/vmw_vsock/vsock.ko\nkernel/fs/9p/9p.ko debug=1\n"
     )
-    base = paths.modules_dir / os.uname().release
+    base = tmp_path / "lib/modules" / os.uname().release
     assert modules_to_load(paths) == [
-        (base / "kernel/drivers/virtio/virtio.ko", ""),
-        (base / "kernel/net/vmw_vsock/vsock.ko", ""),
-        (base / "kernel/fs/9p/9p.ko", "debug=1"),
+        (str(base / "kernel/drivers/virtio/virtio.ko"), ""),
+        (str(base / "kernel/net/vmw_vsock/vsock.ko"), ""),
+        (str(base / "kernel/fs/9p/9p.ko"), "debug=1"),
     ]
 
 

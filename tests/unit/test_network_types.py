@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import subprocess
 import sys
@@ -111,11 +112,11 @@ def test_resolv_conf_lines() -> None:
 def test_write_resolv_conf_keeps_the_inode(tmp_path: Path) -> None:
     service = NetworkService(AgentConfig(), HostPaths(tmp_path))
     path = service.write_resolv_conf(["nameserver 10.0.0.1"])
-    assert path == tmp_path / "run/kata-containers/sandbox/resolv.conf"
-    inode = path.stat().st_ino
+    assert path == str(tmp_path / "run/kata-containers/sandbox/resolv.conf")
+    inode = os.stat(path).st_ino
     service.write_resolv_conf(["nameserver 10.0.0.2"])
-    assert path.read_text() == "nameserver 10.0.0.2\n"
-    assert path.stat().st_ino == inode
+    assert Path(path).read_text() == "nameserver 10.0.0.2\n"
+    assert os.stat(path).st_ino == inode
 
 
 def test_hostname_is_validated_before_the_syscall(tmp_path: Path) -> None:

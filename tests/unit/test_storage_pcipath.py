@@ -21,20 +21,20 @@ def test_parse_pci_path() -> None:
 
 def test_root_bus_device(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    (paths.pci_devices / "0000:00:05.0/net/eth1").mkdir(parents=True)
+    (Path(paths.pci_devices) / "0000:00:05.0/net/eth1").mkdir(parents=True)
     device = pci_device_dir(paths, "05")
-    assert device == paths.pci_devices / "0000:00:05.0"
-    assert [p.name for p in device_children(device, "net")] == ["eth1"]
+    assert device == str(tmp_path / "sys/bus/pci/devices/0000:00:05.0")
+    assert device_children(device, "net") == [f"{device}/net/eth1"]
 
 
 def test_device_behind_two_bridges(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
-    (paths.pci_devices / "0000:00:02.0/pci_bus/0000:01").mkdir(parents=True)
-    (paths.pci_devices / "0000:01:03.0/pci_bus/0000:07").mkdir(parents=True)
-    (paths.pci_devices / "0000:07:01.0/virtio4/block/vdc").mkdir(parents=True)
+    (Path(paths.pci_devices) / "0000:00:02.0/pci_bus/0000:01").mkdir(parents=True)
+    (Path(paths.pci_devices) / "0000:01:03.0/pci_bus/0000:07").mkdir(parents=True)
+    (Path(paths.pci_devices) / "0000:07:01.0/virtio4/block/vdc").mkdir(parents=True)
     device = pci_device_dir(paths, "02/03/01")
-    assert device == paths.pci_devices / "0000:07:01.0"
-    assert [p.name for p in device_children(device, "block")] == ["vdc"]
+    assert device == str(tmp_path / "sys/bus/pci/devices/0000:07:01.0")
+    assert device_children(device, "block") == [f"{device}/virtio4/block/vdc"]
     assert pci_device_dir(paths, "02/04/01") is None
     assert pci_device_dir(paths, "03/01") is None
 
