@@ -7,10 +7,10 @@ so callers never have to format that themselves.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from agent.system import children
 
@@ -44,12 +44,12 @@ class CommandNotFound(RuntimeError):
 
 
 def run(
-    argv: Sequence[str | Path],
+    argv: Sequence[str | os.PathLike[str]],
     *,
     input: bytes | None = None,
     capture: bool = True,
     check: bool = True,
-    cwd: str | Path | None = None,
+    cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     package: str | None = None,

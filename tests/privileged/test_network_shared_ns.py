@@ -36,8 +36,8 @@ def test_shared_ipc_and_uts_namespaces(tmp_path: Path) -> None:
         assert socket.gethostname() == host_name
         ipc_inode = os.stat(shared.path("ipc")).st_ino
         uts_inode = os.stat(shared.path("uts")).st_ino
-        assert ipc_inode != os.stat(PATHS.proc / "self/ns/ipc").st_ino
-        assert uts_inode != os.stat(PATHS.proc / "self/ns/uts").st_ino
+        assert ipc_inode != os.stat(f"{PATHS.proc}/self/ns/ipc").st_ino
+        assert uts_inode != os.stat(f"{PATHS.proc}/self/ns/uts").st_ino
 
         # Two "containers" joining see the sandbox hostname and the same namespaces.
         for _ in range(2):

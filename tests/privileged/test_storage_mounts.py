@@ -34,7 +34,7 @@ CAP_SYS_RESOURCE = 24
 
 
 def has_cap_sys_resource() -> bool:
-    status = (PATHS.proc / "self/status").read_text()
+    status = (Path(PATHS.proc) / "self/status").read_text()
     effective = next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:"))
     return bool(int(effective, 16) >> CAP_SYS_RESOURCE & 1)
 

@@ -172,6 +172,8 @@ def test_detect_unescapes_mount_points(tmp_path: Path) -> None:
         ("system.slice:docker:abc", "system.slice/docker-abc.scope"),
         (":crio:abc", "system.slice/crio-abc.scope"),
         ("machine.slice::abc", "machine.slice/abc.scope"),
+        (".:crio:abc", "crio-abc.scope"),
+        ("/a/./b", "a/b"),
     ],
 )
 def test_container_cgroup_paths(cgroups_path: str, expected: str) -> None:
@@ -196,6 +198,12 @@ def test_v1_create_copies_cpuset_down(tmp_path: Path) -> None:
         assert (Path(paths.cgroup_root) / "cpuset" / level / "cpuset.cpus").read_text() == "0-3"
         assert (Path(paths.cgroup_root) / "cpuset" / level / "cpuset.mems").read_text() == "0"
     assert manager.cpuset_dir() == str(tmp_path / "sys/fs/cgroup/cpuset/pykata/c1")
+    assert manager.directories()["memory"] == str(tmp_path / "sys/fs/cgroup/memory/pykata/c1")
+    assert manager.relative == "pykata/c1"
+    # cpu and cpuacct are separate hierarchies in this tree: each gets its own tasks file
+    attach = manager.self_attach_files()
+    assert (str(tmp_path / "sys/fs/cgroup/cpu"), "pykata/c1/tasks") in attach
+    assert len(attach) == len(V1_FILES)
 
 
 def test_v1_apply_writes_each_controller_dir(tmp_path: Path) -> None:
@@ -305,6 +313,8 @@ def test_v2_create_enables_controllers_from_the_root(tmp_path: Path) -> None:
     assert (Path(paths.cgroup_root) / "cgroup.subtree_control").read_text() == "+hugetlb"
     assert (Path(paths.cgroup_root) / "pykata/cgroup.subtree_control").read_text() == "+pids"
     assert (Path(paths.cgroup_root) / "pykata/c1/cgroup.subtree_control").read_text() == ""
+    assert manager.path == str(tmp_path / "sys/fs/cgroup/pykata/c1")
+    assert manager.self_attach_files() == [(str(tmp_path / "sys/fs/cgroup"), "pykata/c1/cgroup.procs")]
 
 
 def test_v2_enable_controllers_writes_only_missing_offered_ones(tmp_path: Path) -> None:

@@ -171,6 +171,19 @@ def test_hugepages() -> None:
     assert files(plan_v2(resources)) == [("hugetlb.2MB.max", str(4 << 20))]
 
 
+@pytest.mark.parametrize("size", ["2MB", "64KB", "1GB", "1048576KB", "2MB\n"])
+def test_page_sizes_accepted(size: str) -> None:
+    validate_resources({"hugepageLimits": [{"pageSize": size, "limit": 1}]})
+
+
+@pytest.mark.parametrize(
+    "size", ["", "MB", "2", "2M", "2mb", "2TB", "2 MB", " 2MB", "2MB ", "2MB\n\n", "x2MB", "\u00b2MB", 2]
+)
+def test_page_sizes_refused_with_the_value(size: object) -> None:
+    with pytest.raises(InvalidArgument, match=r"hugepageLimits\[0\]\.pageSize must look like '2MB' or '1GB', got "):
+        validate_resources({"hugepageLimits": [{"pageSize": size, "limit": 1}]})
+
+
 def test_zero_values_change_nothing() -> None:
     resources = {"cpu": {"shares": 0, "quota": 0, "period": 0}, "memory": {"limit": 0, "reservation": 0}}
     assert plan_v1(resources) == []

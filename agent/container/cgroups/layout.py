@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent.errors import InvalidArgument, Unsupported
+from agent.hotplug.cpuset import normal_path
 from agent.system.paths import HostPaths
 from agent.system.records import Record
 
@@ -80,15 +81,6 @@ def parse_mountinfo(text: str) -> list[tuple[str, str, str]]:
     return mounts
 
 
-def _normal(path: str) -> str:
-    """``path`` without empty or "." components, as pathlib would spell it ("a//b/./c/" -> "a/b/c");
-    ".." is kept (a mount point never has one)."""
-    if "//" not in path and "/." not in path and not path.endswith("/"):
-        return path
-    parts = [part for part in path.split("/") if part and part != "."]
-    return ("/" if path.startswith("/") else "") + "/".join(parts)
-
-
 def detect(paths: HostPaths) -> Layout:
     """The cgroup layout under ``paths.cgroup_root``, from ``paths.mountinfo``. Mount points in that
     file are read as paths inside ``paths.root`` (a later mount on the same point hides an earlier)."""
@@ -101,7 +93,7 @@ def detect(paths: HostPaths) -> Layout:
     below = root + "/"
     by_point: dict[str, tuple[str, str]] = {}
     for point, fstype, options in parse_mountinfo(text):
-        where = _normal(paths.inside(point))
+        where = normal_path(paths.inside(point))
         if where == root or where.startswith(below):
             by_point[where] = (fstype, options)
     if by_point.get(root, ("", ""))[0] == "cgroup2":
