@@ -107,7 +107,7 @@ def attach_tap(netns: str, tap: str = DEFAULT_TAP, peer: str = DEFAULT_PEER) -> 
 
     The namespace and its ``peer`` device must exist. On failure, what was set up is removed again.
     """
-    if not HostPaths().named_netns(netns).exists():
+    if not os.path.exists(HostPaths().named_netns(netns)):
         raise NetnsError(f"network namespace {netns!r} does not exist (ip netns add {netns})")
     info = _link_info(netns, peer)
     mac = str(info.get("address", ""))
@@ -134,7 +134,7 @@ def attach_tap(netns: str, tap: str = DEFAULT_TAP, peer: str = DEFAULT_PEER) -> 
 def detach_tap(netns: str, tap: str = DEFAULT_TAP, peer: str = DEFAULT_PEER) -> None:
     """Undo ``attach_tap``: remove the peer's ingress qdisc (and its filter) and the tap. Missing
     pieces are fine, so this is safe to call after a partial attach or twice."""
-    if not HostPaths().named_netns(netns).exists():
+    if not os.path.exists(HostPaths().named_netns(netns)):
         return
     with contextlib.suppress(CommandError):
         _tc(netns, "qdisc", "del", "dev", peer, "ingress")

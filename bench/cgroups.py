@@ -128,7 +128,7 @@ def main() -> None:
     if layout.version != 1:
         print(f"cgroup v{layout.version}: this benchmark's floor is written for the v1 layout; skipped")
         return
-    roots = dict(layout.controllers)
+    roots = {name: Path(root) for name, root in layout.controllers.items()}
     for root in dict.fromkeys(roots.values()):
         (root / parent).mkdir()
     cpuset = roots["cpuset"] / parent

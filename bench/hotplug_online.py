@@ -80,8 +80,8 @@ class Way:
             self.fake.paths, build_config(overrides=options), listener=self.listener, writer=self.fake.write
         )
 
-    def _record(self, path: Path, value: str) -> None:
-        self._written.setdefault(path.parent.name, time.perf_counter())
+    def _record(self, path: str, value: str) -> None:
+        self._written.setdefault(os.path.basename(os.path.dirname(path)), time.perf_counter())
 
     def sample(self) -> None:
         number = self.next_cpu

@@ -29,9 +29,10 @@ echo "setup: installing pykata and its Python dependencies with $("$PYTHON" --ve
 "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[dev]'
 # pip's pykata-runc runs python's site start-up (every .pth hook in site-packages) on each call, a
 # large part of a short container command: put a launcher that runs python -S in its place
-# (agent/container/cli_client.py, launcher_text).
+# (agent/container/cli_client.py, launcher_text), under the system's python of the same version when
+# it loads the installed packages (it starts faster: cli_client.launcher_python).
 scripts=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-"$PYTHON" -c 'import sys; from agent.container.cli_client import install_launcher; install_launcher(sys.argv[1])' \
-  "$scripts/pykata-runc"
-echo "setup: $scripts/pykata-runc runs python -S"
+launcher_python=$("$PYTHON" -c 'import sys; from agent.container.cli_client import install_launcher; print(install_launcher(sys.argv[1]))' \
+  "$scripts/pykata-runc")
+echo "setup: $scripts/pykata-runc runs $launcher_python -S"
 echo "setup: done"

@@ -57,8 +57,40 @@ def launcher_text(python: str, module_path: list[str]) -> str:
     )
 
 
-def install_launcher(target: str) -> None:
-    """Write the launcher for this interpreter and this pykata to ``target`` (atomically, mode 755)."""
+# What a command needs to load in the launcher's interpreter: the CLI and the C modules it uses.
+LAUNCHER_CHECK = "import _ctypes, _json, _prctl, _struct, agent.container.cli"
+
+
+def launcher_python(module_path: list[str], candidates: list[str] | None = None) -> str:
+    """The interpreter the launcher runs: the system's ``/usr/bin/pythonX.Y`` of this very version when
+    it can load what a command needs from ``module_path``, else this one.
+
+    A command is mostly interpreter start-up and imports, and a distribution's python does both
+    faster than a locally built one with a shared libpython (pyenv's, for one): Debian's is linked
+    statically and built with profile-guided and link-time optimisation. Measured on Debian 12:
+    ``python -S -c pass`` 9.7 against 12.0 ms, a cold ``pykata-runc run`` about 5 ms less. The same
+    X.Y means the same bytecode cache (``cpython-3Y``) and the same extension ABI, so the installed
+    packages load unchanged; a candidate that fails to load them is not used.
+    """
+    import subprocess
+
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for candidate in candidates if candidates is not None else [f"/usr/bin/python{version}"]:
+        if not os.access(candidate, os.X_OK) or os.path.realpath(candidate) == os.path.realpath(sys.executable):
+            continue
+        probe = (
+            f"import sys; sys.path[0:0] = {module_path!r}; "
+            f"assert sys.implementation.cache_tag == {sys.implementation.cache_tag!r}; {LAUNCHER_CHECK}"
+        )
+        done = subprocess.run([candidate, "-S", "-c", probe], capture_output=True, stdin=subprocess.DEVNULL)
+        if done.returncode == 0:
+            return candidate
+    return sys.executable
+
+
+def install_launcher(target: str, python: str | None = None) -> str:
+    """Write the launcher for this pykata to ``target`` (atomically, mode 755) and return the
+    interpreter it runs: ``python`` if given, else ``launcher_python``'s choice."""
     import sysconfig
 
     import agent
@@ -68,11 +100,13 @@ def install_launcher(target: str) -> None:
     for entry in (source, sysconfig.get_path("purelib"), sysconfig.get_path("platlib")):
         if entry not in module_path:
             module_path.append(entry)
+    interpreter = python or launcher_python(module_path)
     temporary = f"{target}.{os.getpid()}"
     with open(temporary, "w", encoding="utf-8") as stream:
-        stream.write(launcher_text(sys.executable, module_path))
+        stream.write(launcher_text(interpreter, module_path))
     os.chmod(temporary, 0o755)
     os.replace(temporary, target)
+    return interpreter
 
 
 def _run_here(argv: list[str]) -> NoReturn:

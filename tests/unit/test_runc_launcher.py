@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.container.cli_client import install_launcher, launcher_text
+from agent.container.cli_client import install_launcher, launcher_python, launcher_text
 
 
 def test_launcher_runs_python_without_site_and_sets_its_own_path() -> None:
@@ -19,9 +19,9 @@ def test_launcher_runs_python_without_site_and_sets_its_own_path() -> None:
 
 def test_installed_launcher_runs_the_cli(tmp_path: Path) -> None:
     target = tmp_path / "pykata-runc"
-    install_launcher(str(target))
+    python = install_launcher(str(target))
     assert os.stat(target).st_mode & 0o777 == 0o755
-    assert target.read_text().startswith(f"#!{sys.executable} -S\n")
+    assert target.read_text().startswith(f"#!{python} -S\n")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYKATA_RUNC_SERVER")}
     done = subprocess.run([str(target), "--version"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -39,3 +39,38 @@ def test_launcher_does_not_run_site(tmp_path: Path) -> None:
     probe.chmod(0o755)
     done = subprocess.run([str(probe)], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "1"]
+
+
+def _wrapper(path: Path, body: str) -> str:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def _module_path() -> list[str]:
+    import sysconfig
+
+    import agent
+
+    return [str(Path(agent.__file__).resolve().parent.parent), sysconfig.get_path("purelib")]
+
+
+def test_launcher_python_takes_a_candidate_that_loads_the_command(tmp_path: Path) -> None:
+    """Another interpreter of this version that loads the CLI and its C modules is chosen."""
+    works = _wrapper(tmp_path / "python-works", f'exec {sys.executable} "$@"')
+    assert launcher_python(_module_path(), [str(tmp_path / "missing"), works]) == works
+
+
+def test_launcher_python_keeps_this_one_when_no_candidate_loads_the_command(tmp_path: Path) -> None:
+    fails = _wrapper(tmp_path / "python-fails", "exit 1")
+    assert launcher_python(_module_path(), [fails]) == sys.executable
+    # This interpreter again, but without site-packages on its path (-S): _prctl is not found.
+    no_site = _wrapper(tmp_path / "python-no-site", f'exec {sys.executable} "$@"')
+    assert launcher_python(_module_path()[:1], [no_site]) == sys.executable
+    assert launcher_python(_module_path(), [sys.executable]) == sys.executable
+
+
+def test_install_launcher_writes_the_interpreter_it_was_given(tmp_path: Path) -> None:
+    target = tmp_path / "pykata-runc"
+    assert install_launcher(str(target), python="/opt/python") == "/opt/python"
+    assert target.read_text().startswith("#!/opt/python -S\n")
