@@ -231,6 +231,10 @@ def test_deadline_and_metadata_reach_the_handler(
     (ctx,) = seen
     assert ctx.protocol == protocol
     after = time.monotonic()
-    assert ctx.deadline is not None and after < ctx.deadline <= after + 30  # from the 30 s timeout
+    # From the 30 s timeout. gRPC's client sends what is left of it as a grpc-timeout header, which it
+    # rounds up to a coarser unit when the exact value needs too many digits ("30S" for 29.9998 s), so
+    # over gRPC the deadline may be a little past the client's own: allow it a second.
+    slack = 1.0 if protocol == "grpc" else 0.0
+    assert ctx.deadline is not None and after < ctx.deadline <= after + 30 + slack
     assert ctx.deadline > before
     assert ctx.metadata["trace-id"] == "abc"
