@@ -18,8 +18,8 @@ The container process itself reports ``{"created": true}`` (and ``mounted``/``st
 hooks) or ``{"error": "..."}`` on the same pipe; its copy is close-on-exec, so the pipe's EOF means
 the shim and the process are both gone.
 
-Warm pairs (_WarmPair): once idle for WARM_DELAY the server forks a shim that has done its setup and
-unshared a pid namespace, with its container process already forked (pid 1 there) and waiting. A
+Warm pairs (agent/container/warm.py): once idle for WARM_DELAY the server forks a shim that has done
+its setup and unshared a pid namespace, with its container process already forked (pid 1 there) and waiting. A
 create that wants exactly that (a new pid namespace, no user namespace) is handed to the pair
 instead of forking: by the server, or, when the client asked for ``direct`` (the agent does), by the
 client itself, to which the server offers the pair's two sockets (the only message the server ever
@@ -38,8 +38,6 @@ createRuntime hooks ran, and ``s`` to start the user's program (see agent/contai
 
 from __future__ import annotations
 
-import array
-import json
 import logging
 import marshal
 import math
@@ -55,6 +53,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agent.container.events import ProcessEvents
+from agent.container.warm import PARKED_NAME as PARKED_NAME  # the name tests and tools look for
+from agent.container.warm import (
+    WarmPair,
+    fits_warm_pair,
+    hand_over,
+    receive_raw,
+    receive_raw_nowait,
+    report_failure,
+    send_message,
+)
 from agent.errors import ResourceError
 from agent.system import children, prefault
 from agent.system.polling import readable
@@ -62,48 +70,7 @@ from agent.system.reactor import default_reactor
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE = 1 << 20
 WARM_DELAY = 0.01  # seconds of idleness before the server forks the next warm pair
-PARKED_NAME = "pykata-parked"  # a parked shim's name in ps and /proc/<pid>/comm until it has work
-MAX_FDS = 16
-
-
-def send_message(sock: socket.socket, payload: dict[str, Any], fds: Iterable[int] = ()) -> None:
-    send_raw(sock, marshal.dumps(payload), fds)
-
-
-def send_raw(sock: socket.socket, data: bytes, fds: Iterable[int] = ()) -> None:
-    if len(data) > MAX_MESSAGE:
-        raise ResourceError(f"fork server request is {len(data)} bytes; the limit is {MAX_MESSAGE}")
-    fd_list = list(fds)
-    ancillary = []
-    if fd_list:
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fd_list).tobytes())]
-    sock.sendmsg([data], ancillary)
-
-
-def receive_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message and its descriptors; (None, []) at EOF."""
-    data, fds = receive_raw(sock)
-    return (marshal.loads(data) if data else None), fds
-
-
-def receive_raw_nowait(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """receive_raw, or BlockingIOError when no message waits."""
-    return receive_raw(sock, socket.MSG_DONTWAIT)
-
-
-def receive_raw(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
-    """One message's bytes (empty at EOF) and its descriptors (close-on-exec)."""
-    fds = array.array("i")
-    data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize), flags)
-    for level, kind, raw in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(raw[: len(raw) - (len(raw) % fds.itemsize)])
-    received = list(fds)
-    for fd in received:
-        os.set_inheritable(fd, False)
-    return data, received
 
 
 class ProcessHandle(ProcessEvents):
@@ -419,150 +386,12 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def _report_failure(status_fd: int, message: str) -> None:
-    try:
-        os.write(status_fd, json.dumps({"error": message, "exit": 255}).encode() + b"\n")
-    except OSError:
-        pass
-
-
-def fits_warm_pair(request: dict[str, Any]) -> bool:
-    """Whether a warm pair (new pid namespace, the runtime's user namespace) can serve ``request``."""
-    joins = request.get("join") or {}
-    unshare = request.get("unshare") or []
-    return (
-        request.get("op") == "create"
-        and "pid" in unshare
-        and "pid" not in joins
-        and not ("user" in unshare or "user" in joins)
-    )
-
-
-class _WarmPair:
-    """A shim and its container process, forked ahead of the request they will serve.
-
-    The shim has done its own setup and unshared a pid namespace; the process (pid 1 there) waits on
-    its own socket. A request that wants a new pid namespace in the runtime's user namespace (most
-    creates) then costs the server two sendmsg calls instead of two forks: the status pipe to the
-    shim (which reports the pid, later the exit), the request and its descriptors to the process.
-    Both are named ``pykata-parked`` in ps until they have work; when the server closes their sockets
-    unused, they exit."""
-
-    def __init__(self, server_sock: socket.socket, settings: dict[str, Any]) -> None:
-        from agent.container import init
-        from agent.system import libc
-
-        shim_ours, shim_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        child_ours, child_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                server_sock.close()
-                shim_ours.close()
-                child_ours.close()
-                libc.set_process_name(PARKED_NAME)
-                init.warm_shim_prepare()
-                keeper, keeper_child = init.namespace_keeper()
-                child = os.fork()
-                if child == 0:
-                    os.close(keeper)
-                    code = _warm_child(shim_theirs, child_theirs, settings, keeper_child)
-                else:
-                    child_theirs.close()
-                    os.close(keeper_child)
-                    code = _warm_shim(shim_theirs, child, keeper)
-            finally:
-                os._exit(code)
-        shim_theirs.close()
-        child_theirs.close()
-        self.pid = pid
-        self._shim = shim_ours
-        self._child = child_ours
-
-    def hand_over(self, request: bytes, fds: list[int]) -> bool:
-        """Give the request (as received) to the pair; False when the shim is gone (the caller forks
-        one instead)."""
-        return hand_over(self._shim, self._child, request, fds)
-
-    def offer(self, sock: socket.socket) -> None:
-        """Give the pair's sockets to the client (which asked for ``direct``), and let go of ours."""
-        try:
-            send_message(sock, {"warm": self.pid}, [self._shim.fileno(), self._child.fileno()])
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._shim.close()
-        self._child.close()
-
-
-def hand_over(shim: socket.socket, child: socket.socket, request: bytes, fds: list[int]) -> bool:
-    """Give a request (marshal'd bytes; fds[0] is its status pipe) to a warm pair, and close the pair's
-    sockets. False when the pair is gone (nothing was handed over: fork a shim instead).
-
-    The process gets its request first: it has the setup to do, and a shim woken first can take the
-    CPU the sender needs to wake the process."""
-    try:
-        if not (_parked(shim) and _parked(child)):
-            return False
-        try:
-            send_raw(child, request, fds)
-        except OSError:
-            return False
-        try:
-            send_message(shim, {"go": True}, fds[:1])
-        except OSError as exc:  # the engine sees the failure and closes the control pipe: the process ends
-            _report_failure(fds[0], f"fork server: the container process's shim is gone: {exc}")
-        return True
-    finally:
-        shim.close()
-        child.close()
-
-
-def _parked(sock: socket.socket) -> bool:
-    """Whether a parked process is still there: it never writes, so anything readable is its end."""
-    return not readable(sock, 0)
-
-
-def _warm_shim(sock: socket.socket, child: int, keeper: int) -> int:
-    from agent.container import init
-    from agent.system import libc
-
-    message, fds = receive_message(sock)
-    sock.close()
-    if message is None or not fds:
-        os.close(keeper)
-        os.waitpid(child, 0)  # unused: the process saw EOF too and ends
-        return 0
-    libc.set_process_name("pykata-shim")
-    return init.shim_wait(fds[0], child, keeper)
-
-
-def _warm_child(shim_sock: socket.socket, sock: socket.socket, settings: dict[str, Any], keeper: int) -> int:
-    from agent.container import init
-    from agent.system import libc
-
-    shim_sock.close()
-    preunshared = init.prepare_warm_child(settings["prefault"], settings["preunshare"])
-    request, fds = receive_message(sock)
-    sock.close()
-    if request is None:
-        return 0
-    libc.set_process_name("pykata-init")
-    try:
-        return init.warm_child_main(request, fds, keeper, preunshared)
-    except BaseException as exc:
-        init.report_error(fds[0], exc)
-        return 1
-
-
 def _fork_shim(sock: socket.socket, run: Any, request: dict[str, Any], fds: list[int]) -> None:
     try:
         pid = os.fork()
     except OSError as exc:
         if fds:  # fds[0] is the status pipe: the engine learns of the failure there
-            _report_failure(fds[0], f"fork server: fork failed: {exc}")
+            report_failure(fds[0], f"fork server: fork failed: {exc}")
         return
     if pid == 0:
         code = 1
@@ -581,7 +410,7 @@ def serve(sock: socket.socket) -> None:
     libc.resolve_ahead()
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # shims report through pipes; the kernel reaps them
-    warm: _WarmPair | None = None
+    warm: WarmPair | None = None
     direct = False  # the client takes warm pairs itself (ForkServerClient(direct=True))
     offered = False  # a pair is with the client and not used yet
     # what the next warm pairs do ahead: fault in the pages a container's setup wrote
@@ -592,7 +421,7 @@ def serve(sock: socket.socket) -> None:
         # hand-over: the fork would compete for the CPU with the container being set up.
         if warm is None and not offered and not readable(sock, WARM_DELAY):
             try:
-                warm = _WarmPair(sock, settings)
+                warm = WarmPair(settings, [sock])
             except OSError as exc:
                 log.warning("fork server: cannot fork a warm shim: %s", exc)
             if warm is not None and direct:

@@ -29,6 +29,7 @@ import time
 from agent.container import capabilities, rootfs, seccomp, stdio
 from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
 from agent.container.namespaces import CLONE_FLAGS, JOIN_ORDER, PROC_NAMES
+from agent.container.warm import PREUNSHARE_KINDS  # what a warm process may make ahead (see there)
 from agent.system import jsonlite, libc
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
@@ -249,14 +250,6 @@ def warm_shim_prepare() -> None:
     os.setsid()
     libc.set_child_subreaper()
     libc.unshare(libc.CLONE_NEWPID)
-
-
-# Namespaces a warm process may make before its request: nothing in them depends on the request
-# or on anything the agent does meanwhile. (Not mount: a copy of the agent's mounts made now would
-# miss what the agent mounts for the container later. Not cgroup: its root is the cgroup the
-# process is in when it unshares. Not pid or user: the shim's business.) Their kernel objects are
-# charged to the fork server's cgroup rather than the container's, a few pages.
-PREUNSHARE_KINDS = ("network", "ipc", "uts")
 
 
 def prepare_warm_child(prefault_runs: Sequence[tuple[int, int]] = (), preunshare: Sequence[str] = ()) -> dict[str, int]:
