@@ -17,6 +17,9 @@ at all on this host, and what is left for pykata-runc to cut. Its phases (from i
 marks; ``python start`` runs from the spawn to its first line, ``python exit`` from its last mark until
 the process is gone) are printed under it. ``python -c pass``, ``python -S -c pass`` and
 ``python -S -c 'import ctypes'`` are not containers: the interpreter's own start, and with ctypes.
+The floor and the ``python -S`` lines run the launcher's interpreter (cli_client.launcher_python);
+``python -c pass`` (site's start-up) and the "pykata-runc site" way run the one pykata was installed
+with, as pip's console script would.
 
 crun refuses this host's hybrid cgroup layout, so it runs in a private mount namespace with the
 cgroup2 mount hidden (the wrapper's cost is part of its figure, and measured separately).
@@ -83,13 +86,17 @@ def crun_way(bundle: Path, state: Path) -> Way:
     return Way("crun", _timed_command(argv, bundle))
 
 
-def pykata_runc_way(bundle: Path, state: Path, workdir: Path) -> Way:
-    """(b) cold, as a user runs it after scripts/setup.sh: its launcher, written for this checkout (and
-    used by the served way too)."""
+def install_bench_launcher(workdir: Path) -> tuple[Path, str]:
+    """The launcher scripts/setup.sh would install, written for this checkout, and the interpreter it
+    runs (cli_client.launcher_python: the system's python of this version when it loads pykata)."""
     from agent.container.cli_client import install_launcher
 
     launcher = workdir / "pykata-runc"
-    install_launcher(str(launcher))
+    return launcher, install_launcher(str(launcher))
+
+
+def pykata_runc_way(bundle: Path, state: Path, launcher: Path) -> Way:
+    """(b) cold, as a user runs it after scripts/setup.sh: its launcher."""
     argv = [str(launcher), "--root", str(state / "pykata"), "run", "--bundle", str(bundle)]
     return Way("pykata-runc", _timed_command(argv, REPO))
 
@@ -108,14 +115,14 @@ def pykata_runc_site_way(bundle: Path, state: Path) -> Way:
     return Way("pykata-runc site", _timed_command(argv, REPO, {**os.environ, "PYTHONPATH": str(REPO)}))
 
 
-def pykata_runc_server_way(bundle: Path, state: Path, workdir: Path) -> Way:
-    """(b) through ``pykata-runc serve``: the same launcher, with ``PYKATA_RUNC_SERVER`` set, hands the
-    command (python -S, a few C modules) to a warm server that forks a worker for it, so nothing is
-    imported per container."""
+def pykata_runc_server_way(bundle: Path, state: Path, workdir: Path, launcher: Path) -> Way:
+    """(b) through ``pykata-runc serve`` (started by the launcher, as a user starts it): the same
+    launcher, with ``PYKATA_RUNC_SERVER`` set, hands the command (python -S, a few C modules) to the
+    warm server, which forks a worker for it, so nothing is imported per container."""
     socket_path = workdir / "pykata-runc.sock"
     env = {**no_site_env(), "PYKATA_RUNC_SERVER": str(socket_path)}
     server = subprocess.Popen(
-        [sys.executable, "-S", "-m", "agent.container.cli", "serve", "--socket", str(socket_path)],
+        [str(launcher), "serve", "--socket", str(socket_path)],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -123,14 +130,14 @@ def pykata_runc_server_way(bundle: Path, state: Path, workdir: Path) -> Way:
     deadline = time.monotonic() + 30
     while not socket_path.exists() and server.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    argv = [str(workdir / "pykata-runc"), "--root", str(state / "pykata-server"), "run", "--bundle", str(bundle)]
+    argv = [str(launcher), "--root", str(state / "pykata-server"), "run", "--bundle", str(bundle)]
 
     return Way("pykata-runc served", _timed_command(argv, REPO, env), lambda: stop(server))
 
 
-def python_startup_way(*flags: str, program: str = "pass") -> Way:
+def python_startup_way(python: str, *flags: str, program: str = "pass") -> Way:
     """Not a container: the interpreter's own start-up (running ``program``), to show what part of (b) it is."""
-    argv = [sys.executable, *flags, "-c", program]
+    argv = [python, *flags, "-c", program]
 
     def cycle(container_id: str) -> None:
         subprocess.run(argv, check=True)
@@ -161,16 +168,16 @@ def floor_marks(stderr: str) -> dict[str, float]:
     return marks
 
 
-def python_floor_way(bundle: Path) -> Way:
-    """The floor: bench/_python_floor.py, cold, imported from its .pyc by ``python -S -c`` as the launcher
-    imports pykata (compiling the script at every start would add about 9 ms)."""
+def python_floor_way(bundle: Path, python: str) -> Way:
+    """The floor: bench/_python_floor.py, cold, imported from its .pyc by ``python -S -c`` (the launcher's
+    interpreter) as the launcher imports pykata (compiling the script at every start would add about 9 ms)."""
     import py_compile
 
     script = REPO / "bench" / "_python_floor.py"
     py_compile.compile(str(script), doraise=True)  # its .pyc, as for agent/ (PYTHONDONTWRITEBYTECODE)
     program = (f"import sys; sys.path[0:1] = [{str(script.parent)!r}]; import _python_floor; "
                "_python_floor.floor(sys.argv[1:])")  # fmt: skip
-    argv = [sys.executable, "-S", "-c", program, str(bundle)]
+    argv = [python, "-S", "-c", program, str(bundle)]
 
     def cycle(container_id: str) -> None:
         spawned = time.perf_counter()
@@ -255,10 +262,13 @@ def main() -> None:
         bundle = make_bundle(workdir / "bundle", ["/bin/true"],
                              edit=lambda c: c["linux"].update(cgroupsPath=f"{CGROUP_PARENT}/c"))  # fmt: skip
         state = workdir / "state"
-        ways = [agent_way(bundle, workdir), pykata_runc_way(bundle, state, workdir),
-                pykata_runc_site_way(bundle, state), pykata_runc_server_way(bundle, state, workdir),
-                runc_way(bundle, state), crun_way(bundle, state), python_floor_way(bundle), python_startup_way(),
-                python_startup_way("-S"), python_startup_way("-S", program="import ctypes")]  # fmt: skip
+        launcher, python = install_bench_launcher(workdir)
+        print(f"pykata-runc's launcher runs {python} -S (the floor and the python -S lines too)")
+        ways = [agent_way(bundle, workdir), pykata_runc_way(bundle, state, launcher),
+                pykata_runc_site_way(bundle, state), pykata_runc_server_way(bundle, state, workdir, launcher),
+                runc_way(bundle, state), crun_way(bundle, state), python_floor_way(bundle, python),
+                python_startup_way(sys.executable), python_startup_way(python, "-S"),
+                python_startup_way(python, "-S", program="import ctypes")]  # fmt: skip
         try:
             measure(ways, 2)  # warm caches (page cache, .pyc files); not counted
             for way in ways:
