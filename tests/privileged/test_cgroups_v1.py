@@ -166,6 +166,18 @@ def test_create_apply_read_back(cgroups: Cgroups) -> None:
     assert not any(d.exists() for d in dirs.values())
 
 
+def test_destroy_removes_cgroups_made_below_the_container_one(cgroups: Cgroups) -> None:
+    """A workload may make cgroups of its own below its cgroup: the kernel refuses the first rmdir
+    (EBUSY) and destroy removes the tree bottom-up."""
+    manager = cgroups.manager()
+    manager.create()
+    dirs = {name: Path(d) for name, d in manager.directories().items()}
+    for directory in dirs.values():
+        (directory / "inner" / "deeper").mkdir(parents=True, exist_ok=True)  # cpu and cpuacct may be one
+    manager.destroy()
+    assert not any(d.exists() for d in dirs.values())
+
+
 def test_bad_values_are_refused_before_any_write(cgroups: Cgroups) -> None:
     manager = cgroups.manager()
     manager.create()

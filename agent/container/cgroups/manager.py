@@ -99,9 +99,18 @@ def _procs(directory: str) -> list[int]:
 
 def _remove_tree(directory: str) -> None:
     """rmdir ``directory`` and the cgroups below it, bottom-up. A cgroup whose last process has just
-    exited can be busy for a moment, so EBUSY is retried for up to RMDIR_TIMEOUT."""
-    if not os.path.exists(directory):
+    exited can be busy for a moment, so EBUSY is retried for up to RMDIR_TIMEOUT.
+
+    A container's cgroup is usually a leaf with no process left: one rmdir does it, with no walk."""
+    try:
+        os.rmdir(directory)
         return
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        # cgroupfs answers EBUSY for child cgroups and for processes; a plain directory, ENOTEMPTY
+        if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+            raise ResourceError(f"cannot remove cgroup {directory}: {_errno_name(exc)} ({exc.strerror})") from exc
     for current, _dirs, _files in os.walk(directory, topdown=False):
         deadline = time.monotonic() + RMDIR_TIMEOUT
         attempt = 0
