@@ -13,6 +13,13 @@ process, and finding a container again from its state). This module holds the co
 imports little at start (python start-up is most of a short command's cost); the engine is imported
 by the commands that need it, and ``pykata-runc serve`` (cli_serve.py) with its client
 (cli_client.py) pays that once for many commands.
+
+A cold ``create`` (or ``run``) is serial: start-up, imports, the spec's checks and the rootfs plan,
+the cgroup, then the fork of the shim, its pid namespace, the fork of the container process and its
+setup. So once the bundle's spec is read, and before the engine is imported, ``create`` forks a
+warm pair (agent/container/warm.py) when the spec fits one: the shim and the container process
+import their code, make their namespaces and wait, on the other core, while this process does the
+rest; the engine's request is then handed to them instead of forked (cli_backend.LocalForkServer).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ if TYPE_CHECKING:
     from agent.container.cli_backend import Backend
     from agent.container.engine import Container, Process
     from agent.container.state import Status
+    from agent.container.warm import WarmPair
 
 # ---------------------------------------------------------------------------------------------
 # Logging as runc does it (logrus text or JSON lines), so containerd can read our --log file.
@@ -250,13 +258,44 @@ class Context:
         self.paths = HostPaths("/")
         self.store = Store(invocation.options.get("root") or DEFAULT_ROOT)
         self._backend: Backend | None = None
+        self._warm: WarmPair | None = None  # forked for this call's create, until the backend has it
 
     def backend(self) -> Backend:
         if self._backend is None:
             from agent.container.cli_backend import Backend
 
-            self._backend = Backend(self.paths, no_pivot=bool(self.flags.get("no_pivot")))
+            self._backend = Backend(self.paths, no_pivot=bool(self.flags.get("no_pivot")), warm=self._warm)
+            self._warm = None
         return self._backend
+
+    def fork_warm_pair(self, spec: dict[str, Any]) -> None:
+        """Fork a warm pair for this call's create, when ``spec`` fits one (warm.fits_warm_pair: a new
+        pid namespace, no user namespace, no pid namespace joined), making ahead the namespaces of
+        warm.PREUNSHARE_KINDS it unshares. Not before a backend exists already, nor where a fork is
+        unsafe (a thread runs), nor in ``pykata-runc serve``'s workers (its fork server has pairs of
+        its own). A pair that cannot be forked is no error: the create forks its shim as ever."""
+        request = _namespace_request(spec)
+        if request is None or self._backend is not None or self._warm is not None:
+            return
+        import gc
+
+        from agent.container import warm
+
+        if not warm.fits_warm_pair(request) or warm.threads_run():
+            return
+        backend = sys.modules.get("agent.container.cli_backend")
+        if backend is not None and backend.SHARED_FORK_SERVER is not None:
+            return
+        kinds = [kind for kind in warm.PREUNSHARE_KINDS if kind in request["unshare"]]
+        # After the fork each first write to a page the pair shares is a copy-on-write fault (several
+        # microseconds on a virtual machine, some hundreds of them): the collector, once it has frozen
+        # what exists, never walks those objects again, so neither process writes their headers.
+        gc.freeze()
+        try:
+            self._warm = warm.WarmPair({"prefault": [], "preunshare": kinds}, keep_stdio=True)
+        except OSError:
+            return
+        self.log.debug(f"create: warm pair {self._warm.pid} forked")
 
     def open(self, container_id: str) -> tuple[Record, Container]:
         """The saved record and the engine's container, found again from ``<root>/<id>/state.json``."""
@@ -264,6 +303,9 @@ class Context:
         return record, self.backend().open(record, self.store.dir(container_id))
 
     def close(self) -> None:
+        if self._warm is not None:  # forked, but the create failed before the engine was loaded
+            self._warm.discard()
+            self._warm = None
         if self._backend is not None:
             self._backend.close()
 
@@ -429,6 +471,26 @@ def load_bundle(bundle_flag: str | None) -> tuple[str, dict[str, Any], str]:
     return bundle, spec, rootfs
 
 
+def _namespace_request(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The namespaces part of the engine's create request for ``spec`` (what it unshares, what it
+    joins), as agent.container.launch makes it; None when the spec's namespaces are malformed (the
+    engine's checks say how, later)."""
+    linux = spec.get("linux")
+    namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
+    if not isinstance(namespaces, list):
+        return None
+    unshare: list[str] = []
+    join: dict[str, str] = {}
+    for namespace in namespaces:
+        if not isinstance(namespace, dict) or not isinstance(namespace.get("type"), str):
+            return None
+        if namespace.get("path"):
+            join[namespace["type"]] = namespace["path"]
+        else:
+            unshare.append(namespace["type"])
+    return {"op": "create", "unshare": unshare, "join": join}
+
+
 TIOCGPTN = 0x80045430  # the pty number of a master (linux/tty ioctls; Python's termios lacks it)
 
 
@@ -459,13 +521,14 @@ def _refuse(record: Record, status: Status, action: str, needs: str) -> NoReturn
 
 
 def do_create(ctx: Context, container_id: str) -> tuple[Record, Container]:
-    from agent.container.engine import FdIO
-
     bundle, spec, rootfs = load_bundle(ctx.flags.get("bundle"))
     validate_id(container_id)
     if _integer(ctx.flags.get("preserve_fds") or "0", "--preserve-fds"):
         raise CliError("--preserve-fds is not supported: the engine passes stdio only")
     _check_terminal(spec["process"], ctx.flags.get("console_socket"))
+    ctx.fork_warm_pair(spec)  # before the engine's imports, which the pair's preparation overlaps
+    from agent.container.engine import FdIO
+
     backend = ctx.backend()
     ctx.log.debug("create: bundle read, engine loaded")
     state_dir = ctx.store.reserve(container_id)

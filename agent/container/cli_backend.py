@@ -6,6 +6,8 @@ The engine (agent.container.engine) does the container work. Two things here fit
   starting a fork server process (a Python start-up saved on every ``create`` and ``exec``), and
   ``LocalProcessHandle`` reads the process's events from its status pipe when the engine asks for
   them, with no reader thread. When a thread runs already, it falls back to the engine's fork server.
+  A cold ``create`` forks a warm pair (agent/container/warm.py) before it imports the engine: the
+  pair prepares while the engine plans, and LocalForkServer hands it the create instead of forking.
 - ``FoundProcess`` and ``Backend.open``: a later call finds the container again from what ``create``
   saved in ``<root>/<id>/state.json`` (the spec, the init's pid and start time, the shim's pid) and
   hands the engine a container it can start, signal, exec into, pause, update and destroy.
@@ -24,8 +26,8 @@ from __future__ import annotations
 import _signal  # the C modules: ``signal`` imports enum, ``struct`` is one more import
 import _struct
 import fcntl
+import marshal
 import os
-import sys
 import time
 
 from agent.container.cli_state import process_start_time
@@ -33,6 +35,7 @@ from agent.container.engine import Container, Engine, FdIO
 from agent.container.events import ProcessEvents
 from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
 from agent.container.state import Status
+from agent.container.warm import WarmPair, close_all_but, fits_warm_pair, threads_run
 from agent.errors import ResourceError
 from agent.system import jsonlite
 from agent.system.paths import HostPaths
@@ -58,14 +61,6 @@ def _read_now(fd: int) -> bytes | None:
         return None
     finally:
         os.set_blocking(fd, True)
-
-
-def _threads_run() -> bool:
-    if "threading" not in sys.modules:
-        return False  # no Python thread was ever started
-    import threading
-
-    return threading.active_count() > 1
 
 
 class LocalProcessHandle(ProcessEvents):
@@ -134,15 +129,30 @@ class LocalProcessHandle(ProcessEvents):
 
 class LocalForkServer:
     """Forks the engine's shim from this (single-threaded) process; see the module docstring. The
-    engine's fork server (a process of its own) does it when a thread runs here."""
+    engine's fork server (a process of its own) does it when a thread runs here.
 
-    def __init__(self) -> None:
+    ``warm`` is a pair the command forked ahead (cli.Context.fork_warm_pair): the first request it
+    fits is handed to it, marshal'd as the fork server's pairs get theirs. A request it does not fit,
+    or a pair that is gone, is forked as ever; an unused pair is let go of and reaped."""
+
+    def __init__(self, warm: WarmPair | None = None) -> None:
         self.shims: list[int] = []
         self._server: ForkServerClient | None = None
+        self._warm = warm
+        self._unused: list[WarmPair] = []  # pairs let go of, reaped at close
 
     def spawn(self, payload: dict[str, Any], fds: list[int], description: str, control_fd: int | None,
               status_fd: int) -> Any:  # fmt: skip
-        if _threads_run():
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            if fds and fits_warm_pair(payload) and warm.hand_over(marshal.dumps(payload), fds):
+                self.shims.append(warm.pid)
+                handle = LocalProcessHandle(status_fd, control_fd, description)
+                handle.shim_pid = warm.pid
+                return handle
+            warm.close()  # unused or gone: it exits (reaped at close, not waited for now)
+            self._unused.append(warm)
+        if threads_run():
             if self._server is None:
                 from agent.container.forkserver import ForkServerClient
 
@@ -154,7 +164,7 @@ class LocalForkServer:
         if shim == 0:
             code = 1
             try:
-                _close_all_but([0, 1, 2, *fds])
+                close_all_but([0, 1, 2, *fds])
                 code = init.run_shim(payload, list(fds))
             finally:
                 os._exit(code)
@@ -173,7 +183,14 @@ class LocalForkServer:
             handle.close_control()
 
     def close(self) -> None:
-        """Reap the shims that ended; the others (detached containers) outlive this process."""
+        """Reap the shims that ended, and the warm pair that was not used (it exits on our closing
+        its sockets); the other shims (detached containers) outlive this process."""
+        if self._warm is not None:
+            self._unused.append(self._warm)
+            self._warm = None
+        for pair in self._unused:
+            pair.discard()
+        self._unused = []
         for shim in self.shims:
             try:
                 os.waitpid(shim, os.WNOHANG)
@@ -182,15 +199,6 @@ class LocalForkServer:
         if self._server is not None:
             self._server.close()
             self._server = None
-
-
-def _close_all_but(keep: list[int]) -> None:
-    low = 0
-    for fd in sorted(set(keep)):
-        if fd > low:
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 1 << 20)
 
 
 class FoundProcess:
@@ -278,10 +286,13 @@ CGROUP_LAYOUT: Any = None
 class Backend:
     """The engine, set up for one CLI call."""
 
-    def __init__(self, paths: HostPaths, *, no_pivot: bool = False) -> None:
+    def __init__(self, paths: HostPaths, *, no_pivot: bool = False, warm: WarmPair | None = None) -> None:
+        """``warm``: a pair forked ahead for this call's create (not with the shared fork server)."""
         self.paths = paths
         # LocalForkServer and its handles are duck-typed stand-ins for the fork server's classes
-        self.forker: ForkServerClient = SHARED_FORK_SERVER or LocalForkServer()  # type: ignore[assignment]
+        self.forker: ForkServerClient = SHARED_FORK_SERVER or LocalForkServer(warm)  # type: ignore[assignment]
+        if SHARED_FORK_SERVER is not None and warm is not None:
+            warm.discard()  # the shared server serves creates with warm pairs of its own
         cgroups = _cgroups_of(CGROUP_LAYOUT) if CGROUP_LAYOUT is not None else None
         self.engine = Engine(paths, forkserver=self.forker, cgroups=cgroups, no_pivot=True if no_pivot else None)
 
