@@ -13,6 +13,7 @@ from agent.container import seccomp
 from agent.container.syscalls_x86_64 import AUDIT_ARCH_X86_64, SYSCALLS_X86_64
 from agent.errors import InvalidArgument
 from agent.system import libc
+from tests.helpers.processes import exit_code_in_child
 
 
 def run_bpf(program: bytes, nr: int, args: tuple[int, ...] = (0,) * 6, arch: int = AUDIT_ARCH_X86_64) -> int:
@@ -123,19 +124,6 @@ def test_bad_profiles(profile_dict: dict[str, Any], message: str) -> None:
         seccomp.compile_profile(profile_dict)
 
 
-def _in_child(work: Any) -> int:
-    """Run ``work`` in a forked child (a filter stays with the process that loads it); its exit status."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = work()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def test_load_installs_the_filter_in_the_kernel() -> None:
     program = seccomp.compile_profile(
         {
@@ -154,7 +142,7 @@ def test_load_installs_the_filter_in_the_kernel() -> None:
             return 0 if exc.errno == errno.EXDEV else 2
         return 3  # the filter did not answer
 
-    assert _in_child(work) == 0
+    assert exit_code_in_child(work) == 0
 
 
 def test_a_refused_filter_names_it() -> None:
@@ -166,4 +154,4 @@ def test_a_refused_filter_names_it() -> None:
             return 0 if (exc.errno, exc.filename) == (errno.EINVAL, "seccomp filter") else 2
         return 3
 
-    assert _in_child(work) == 0
+    assert exit_code_in_child(work) == 0

@@ -11,26 +11,13 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent.system import libc
 from tests.conftest import REPO
-
-
-def _in_child(work: Callable[[], int]) -> int:
-    """Run ``work`` in a forked child (what it changes stays there); its exit status."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = work()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+from tests.helpers.processes import exit_code_in_child
 
 
 @pytest.mark.parametrize("family", [socket.AF_UNIX, socket.AF_VSOCK])
@@ -70,7 +57,7 @@ def test_process_name_reaches_the_kernel() -> None:
             second = comm.read()
         return 0 if (first, second) == ("pykata-name-lon\n", "by-address\n") else 2
 
-    assert _in_child(work) == 0
+    assert exit_code_in_child(work) == 0
 
 
 def test_prctl_returns_what_the_kernel_answers() -> None:
@@ -84,7 +71,7 @@ def test_prctl_returns_what_the_kernel_answers() -> None:
         libc.prctl(pr_get_child_subreaper, libc.buffer_address(flag))
         return 0 if (before, struct.unpack("i", flag)[0]) == (0, 1) else 2
 
-    assert _in_child(work) == 0
+    assert exit_code_in_child(work) == 0
 
 
 def test_errno_and_path_of_a_failed_call(tmp_path: Path) -> None:
@@ -139,7 +126,7 @@ def test_reset_all_signals_reaches_every_signal() -> None:
         # caught any more, the signals glibc keeps for itself (32, 33) included
         return 0 if before[0] and before[1] and _signal_masks() == (0, 0) else 2
 
-    assert _in_child(work) == 0
+    assert exit_code_in_child(work) == 0
 
 
 def _signal_masks() -> tuple[int, int]:
