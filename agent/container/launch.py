@@ -1,6 +1,9 @@
 """The engine's side of making a container or an exec process: build the request, make the stdio,
 ask the fork server, put the new process in its cgroup, wait for its report; undo everything when
-a step fails (the cgroup, the process, our pipe ends)."""
+a step fails (the cgroup, the process, our pipe ends).
+
+The seccomp compiler and the pty helpers (termios) are imported when a spec asks for them: a cold
+``pykata-runc create`` imports this module, and most containers have neither."""
 
 from __future__ import annotations
 
@@ -9,12 +12,10 @@ import fcntl
 import os
 
 from agent.container import hooks as hooks_mod
-from agent.container import seccomp
 from agent.container.rootfs import RootfsPlan, plan_rootfs, root_is_initramfs
 from agent.container.spec import Process as ProcessSpec
 from agent.container.spec import Spec
 from agent.container.state import Status
-from agent.container.stdio import open_pty, set_winsize
 from agent.container.validate import resolve_root
 from agent.errors import AgentError, ResourceError
 
@@ -65,6 +66,8 @@ def make_io(io: PipeIO | FdIO, terminal: bool, console_size: tuple[int, int] | N
     from agent.container.engine import FdIO, ProcessIO
 
     ours = ProcessIO()
+    if terminal:
+        from agent.container.stdio import open_pty, set_winsize
     if isinstance(io, FdIO):
         if terminal:
             if io.console is not None:
@@ -173,6 +176,8 @@ def _abort(handle: Any) -> None:
 def _seccomp_program(spec_seccomp: dict[str, Any] | None) -> bytes | None:
     if not spec_seccomp:
         return None
+    from agent.container import seccomp
+
     return seccomp.compile_profile(spec_seccomp)  # the request travels in marshal form: bytes as they are
 
 
