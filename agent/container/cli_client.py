@@ -44,14 +44,18 @@ def launcher_text(python: str, module_path: list[str]) -> str:
     pip's script runs under a plain ``python``, whose site start-up runs every ``.pth`` hook in
     site-packages (setuptools' editable-install finder, distutils shims...): 20 to 50 ms before the
     first line of ours, on a command that should take about that in all. This one runs ``python -S``
-    and puts pykata's own directory and the site-packages directories (found at install time) on
-    sys.path itself, which is all the command needs from site.
+    and puts on sys.path itself what the command needs from site: ``module_path``'s first entry,
+    pykata's own directory, in place of the script's, and the others (the site-packages directories
+    found at install time) after the standard library, where site puts them (a package installed
+    there never shadows a standard module; a cold ``run`` imports nothing from there).
     """
+    source, *site_dirs = module_path
     return (
         f"#!{python} -S\n"
         "# pykata-runc, installed by scripts/setup.sh: see agent/container/cli_client.py launcher_text\n"
         "import sys\n"
-        f"sys.path[0:1] = {module_path!r}  # in place of the script's own directory\n"
+        f"sys.path[0:1] = [{source!r}]  # in place of the script's own directory\n"
+        f"sys.path += {site_dirs!r}\n"
         "from agent.container.cli_client import main\n"
         "main()\n"
     )
@@ -79,7 +83,7 @@ def launcher_python(module_path: list[str], candidates: list[str] | None = None)
         if not os.access(candidate, os.X_OK) or os.path.realpath(candidate) == os.path.realpath(sys.executable):
             continue
         probe = (
-            f"import sys; sys.path[0:0] = {module_path!r}; "
+            f"import sys; sys.path[0:0] = {module_path[:1]!r}; sys.path += {module_path[1:]!r}; "
             f"assert sys.implementation.cache_tag == {sys.implementation.cache_tag!r}; {LAUNCHER_CHECK}"
         )
         done = subprocess.run([candidate, "-S", "-c", probe], capture_output=True, stdin=subprocess.DEVNULL)

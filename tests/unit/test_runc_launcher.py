@@ -14,7 +14,9 @@ def test_launcher_runs_python_without_site_and_sets_its_own_path() -> None:
     text = launcher_text("/usr/bin/python3", ["/src", "/site"])
     first, *rest = text.splitlines()
     assert first == "#!/usr/bin/python3 -S"
-    assert "sys.path[0:1] = ['/src', '/site']" in "\n".join(rest)
+    # pykata's directory first, site-packages after the standard library (as site orders them)
+    source = next(i for i, line in enumerate(rest) if line.startswith("sys.path[0:1] = ['/src']"))
+    assert rest[source + 1] == "sys.path += ['/site']"
 
 
 def test_installed_launcher_runs_the_cli(tmp_path: Path) -> None:
@@ -29,16 +31,27 @@ def test_installed_launcher_runs_the_cli(tmp_path: Path) -> None:
 
 
 def test_launcher_does_not_run_site(tmp_path: Path) -> None:
-    """The interpreter it starts has not imported site (so no .pth hook ran)."""
+    """The interpreter it starts has not imported site (so no .pth hook ran), and its path has the
+    standard library before site-packages, as site would have it."""
     target = tmp_path / "pykata-runc"
     install_launcher(str(target))
     probe = tmp_path / "probe"
     lines = target.read_text().splitlines()
-    lines[-2:] = ["print('site' in sys.modules, sys.flags.no_site)"]
+    lines[-2:] = [
+        "print('site' in sys.modules, sys.flags.no_site)",
+        "import sysconfig",
+        "print(sysconfig.get_path('stdlib'))",
+        "print(*sys.path, sep='\\n')",
+    ]
     probe.write_text("\n".join(lines) + "\n")
     probe.chmod(0o755)
     done = subprocess.run([str(probe)], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["False", "1"]
+    flags, stdlib, *path = done.stdout.splitlines()
+    assert flags.split() == ["False", "1"]
+    # the standard library comes before site-packages, as site orders them
+    import sysconfig
+
+    assert path.index(stdlib) < path.index(sysconfig.get_path("purelib"))
 
 
 def _wrapper(path: Path, body: str) -> str:
