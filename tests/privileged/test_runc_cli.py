@@ -25,81 +25,10 @@ import pytest
 
 from tests.conftest import REPO, require_root
 from tests.helpers.bundle import make_bundle, runc_default_spec
+from tests.privileged.runc_helpers import CGROUP_FS, CLI, Runtime, alive, remove_cgroups_of, wait_for
 
 RUN_TAG = f"pykata-test-runc-cli-{os.getpid()}"
 CGROUP_PARENT = f"/{RUN_TAG}"
-CGROUP_FS = Path("/sys/fs/cgroup")
-CLI = [sys.executable, "-m", "agent.container.cli"]
-
-
-class Runtime:
-    """One --root for a test; remembers the ids it created so teardown can delete them."""
-
-    def __init__(self, root: Path, workdir: Path, spec: dict[str, Any]) -> None:
-        self.root = root
-        self.workdir = workdir
-        self.spec = spec
-        self.ids: list[str] = []
-        self.pids: list[int] = []
-        self.command = CLI
-        self.env: dict[str, str] | None = None
-
-    def __call__(
-        self, *args: str, check: bool = True, timeout: float = 60, **kw: Any
-    ) -> subprocess.CompletedProcess[str]:
-        # Output goes to files, not pipes: a created container inherits our stdio and keeps it open,
-        # so reading pipes to their end would wait for the container (as with runc).
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            returncode = subprocess.run(
-                [*self.command, "--root", str(self.root), *args],
-                cwd=REPO,
-                env=self.env,
-                stdout=out,
-                stderr=err,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-                **kw,
-            ).returncode
-            out.seek(0)
-            err.seek(0)
-            done = subprocess.CompletedProcess(args, returncode, out.read().decode(), err.read().decode())
-        if check and done.returncode != 0:
-            raise AssertionError(f"pykata-runc {' '.join(args)}: exit {done.returncode}: {done.stderr}")
-        return done
-
-    def bundle(self, name: str, args: list[str], **spec_edits: Any) -> Path:
-        def edit(config: dict[str, Any]) -> None:
-            config["linux"]["cgroupsPath"] = f"{CGROUP_PARENT}/{name}"
-            for key, value in spec_edits.items():
-                config["process"][key] = value
-
-        return make_bundle(self.workdir / name, args, spec=self.spec, edit=edit)
-
-    def new_id(self, name: str) -> str:
-        container_id = f"{RUN_TAG}-{name}"
-        self.ids.append(container_id)
-        return container_id
-
-    def state(self, container_id: str) -> dict[str, Any]:
-        state: dict[str, Any] = json.loads(self("state", container_id).stdout)
-        return state
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
-
-
-def _wait_for(predicate: Any, what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -114,12 +43,12 @@ def default_spec() -> dict[str, Any]:
 
 @pytest.fixture
 def runtime(tmp_path: Path, default_spec: dict[str, Any]) -> Iterator[Runtime]:
-    rt = Runtime(tmp_path / "state", tmp_path, default_spec)
+    rt = Runtime(tmp_path / "state", tmp_path, default_spec, RUN_TAG)
     yield rt
     for container_id in rt.ids:
         rt("delete", "--force", container_id, check=False)
     for pid in rt.pids:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
     leftovers = [cid for cid in rt.ids if (rt.root / cid).exists()]
     assert not leftovers, f"state left behind for {leftovers}"
@@ -129,13 +58,7 @@ def runtime(tmp_path: Path, default_spec: dict[str, Any]) -> Iterator[Runtime]:
 @pytest.fixture(scope="module", autouse=True)
 def no_cgroups_left() -> Iterator[None]:
     yield
-    parents = [p for p in CGROUP_FS.glob(f"*/{RUN_TAG}") if not p.parent.is_symlink()]
-    containers = [child for parent in parents for child in parent.iterdir() if child.is_dir()]
-    for path in [*containers, *parents]:  # ours to remove either way, leaves first
-        try:
-            path.rmdir()
-        except OSError:
-            pass
+    containers = remove_cgroups_of(RUN_TAG)
     assert not containers, f"container cgroups left behind: {containers}"
 
 
@@ -153,7 +76,7 @@ def test_lifecycle_of_runc_spec_bundle(runtime: Runtime) -> None:
     assert state["ociVersion"]
     assert state["created"].endswith("Z")
     pid = state["pid"]
-    assert pid > 0 and _alive(pid)
+    assert pid > 0 and alive(pid)
     assert int(pid_file.read_text()) == pid
     # The process waits before the user's program: it has not exec'd sleep yet.
     assert b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -162,14 +85,14 @@ def test_lifecycle_of_runc_spec_bundle(runtime: Runtime) -> None:
     state = runtime.state(cid)
     assert state["status"] == "running"
     assert state["pid"] == pid
-    _wait_for(lambda: Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/bin/sleep"), "sleep to run")
+    wait_for(lambda: Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/bin/sleep"), "sleep to run")
     # It runs in its own namespaces, as the spec asks.
     for ns in ("pid", "net", "ipc", "uts", "mnt"):
         assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
 
     runtime("kill", cid, "KILL")
-    _wait_for(lambda: runtime.state(cid)["status"] == "stopped", "the container to stop")
-    assert not _alive(pid)
+    wait_for(lambda: runtime.state(cid)["status"] == "stopped", "the container to stop")
+    assert not alive(pid)
     assert runtime.state(cid)["pid"] == 0
 
     runtime("delete", cid)
@@ -201,8 +124,8 @@ def test_run_reports_signal_as_128_plus_n(runtime: Runtime) -> None:
             stderr=out,
         )
         runtime.pids.append(foreground.pid)
-        _wait_for(lambda: (runtime.root / cid / "state.json").exists(), "the container to exist")
-        _wait_for(lambda: runtime.state(cid)["status"] == "running", "the container to run")
+        wait_for(lambda: (runtime.root / cid / "state.json").exists(), "the container to exist")
+        wait_for(lambda: runtime.state(cid)["status"] == "running", "the container to run")
         runtime("kill", cid, "SIGKILL")
         assert foreground.wait(timeout=30) == 128 + signal.SIGKILL
     assert runtime("list", "-q").stdout == ""
@@ -234,7 +157,7 @@ def test_run_detached_then_exec(runtime: Runtime) -> None:
     assert done.stdout == "runc\n"  # the spec's hostname, in the container's uts namespace
 
     runtime("delete", "--force", cid)
-    _wait_for(lambda: not _alive(state["pid"]), "the container to die")
+    wait_for(lambda: not alive(state["pid"]), "the container to die")
 
 
 def test_exec_into_a_created_container_as_runc_allows(runtime: Runtime) -> None:
@@ -245,7 +168,7 @@ def test_exec_into_a_created_container_as_runc_allows(runtime: Runtime) -> None:
     assert done.stdout == "runc\n"  # in the container's uts namespace before its program runs
     assert runtime.state(cid)["status"] == "created"
     runtime("kill", cid, "KILL")
-    _wait_for(lambda: runtime.state(cid)["status"] == "stopped", "the container to stop")
+    wait_for(lambda: runtime.state(cid)["status"] == "stopped", "the container to stop")
     done = runtime("exec", cid, "/bin/true", check=False)
     assert done.returncode == 1 and "it is stopped" in done.stderr, done.stderr
 
@@ -258,14 +181,14 @@ def test_exec_detached_writes_pid_file(runtime: Runtime) -> None:
     runtime("exec", "--detach", "--pid-file", str(pid_file), cid, "/bin/sleep", "200")
     pid = int(pid_file.read_text())
     runtime.pids.append(pid)
-    assert _alive(pid)
+    assert alive(pid)
     init = runtime.state(cid)["pid"]
     assert os.readlink(f"/proc/{pid}/ns/pid") == os.readlink(f"/proc/{init}/ns/pid")
     assert os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink(f"/proc/{init}/ns/mnt")
     ps = json.loads(runtime("ps", "--format", "json", cid).stdout)
     assert sorted(ps) == sorted([init, pid])
     runtime("kill", "--all", cid, "KILL")
-    _wait_for(lambda: not _alive(pid) and not _alive(init), "every process to die")
+    wait_for(lambda: not alive(pid) and not alive(init), "every process to die")
 
 
 def test_force_delete_kills_what_earlier_calls_exec_d(runtime: Runtime) -> None:
@@ -286,7 +209,7 @@ def test_force_delete_kills_what_earlier_calls_exec_d(runtime: Runtime) -> None:
     runtime.pids.extend(pids)
     init = runtime.state(cid)["pid"]
     runtime("delete", "--force", cid)  # at once: the engine knows only the init, the cgroup knows them all
-    assert not [pid for pid in [init, *pids] if _alive(pid)]
+    assert not [pid for pid in [init, *pids] if alive(pid)]
     assert not (runtime.root / cid).exists()
     assert not [p for p in CGROUP_FS.glob(f"*/{RUN_TAG}/execdel") if not p.parent.parent.is_symlink()]
 
@@ -299,7 +222,7 @@ def test_pause_resume_and_ps(runtime: Runtime) -> None:
 
     runtime("pause", cid)
     assert runtime.state(cid)["status"] == "paused"
-    _wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "DS", "the shell to freeze")
+    wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "DS", "the shell to freeze")
     table = runtime("ps", cid).stdout.splitlines()
     assert table[0].split()[:2] == ["UID", "PID"]
     assert any(line.split()[1] == str(pid) for line in table[1:])
@@ -431,7 +354,7 @@ def test_created_container_deletes_without_force(runtime: Runtime) -> None:
     runtime("create", "-b", str(bundle), cid)
     pid = runtime.state(cid)["pid"]
     runtime("delete", cid)
-    assert not _alive(pid)
+    assert not alive(pid)
     assert runtime("list", "-q").stdout == ""
 
 
@@ -533,7 +456,7 @@ def test_foreground_run_forwards_signals(runtime: Runtime) -> None:
             out.seek(0)
             return b"ready" in out.read()
 
-        _wait_for(ready, "the container's shell to set its trap")
+        wait_for(ready, "the container's shell to set its trap")
         foreground.send_signal(signal.SIGTERM)  # to pykata-runc, which passes it on
         assert foreground.wait(timeout=30) == 42
 
@@ -547,7 +470,7 @@ def test_force_delete_of_a_paused_container(runtime: Runtime) -> None:
     done = runtime("delete", cid, check=False)
     assert done.returncode == 1 and "paused" in done.stderr
     runtime("delete", "--force", cid)
-    assert not _alive(pid)
+    assert not alive(pid)
     assert not (runtime.root / cid).exists()
 
 
@@ -591,8 +514,8 @@ def served(runtime: Runtime) -> Iterator[Runtime]:
         env=env,
         stdin=subprocess.DEVNULL,
     )
-    _wait_for(socket_path.exists, "the server's socket", timeout=30)
-    client = Runtime(runtime.root, runtime.workdir, runtime.spec)
+    wait_for(socket_path.exists, "the server's socket", timeout=30)
+    client = Runtime(runtime.root, runtime.workdir, runtime.spec, RUN_TAG)
     client.server_log = server_log  # type: ignore[attr-defined]
     client.ids = runtime.ids  # the runtime fixture deletes them all at the end
     client.pids = runtime.pids
@@ -634,7 +557,7 @@ def test_served_workers_learn_the_pages_a_run_writes(served: Runtime) -> None:
     done = served("state", "nothing-here", check=False)  # not a container command: teaches nothing
     assert done.returncode == 1
     assert served("run", "-b", str(bundle), served.new_id("served-learn")).stdout == "learned\n"
-    _wait_for(lambda: "KiB of pages a command writes" in log.read_text(), "the server's learning", timeout=10)
+    wait_for(lambda: "KiB of pages a command writes" in log.read_text(), "the server's learning", timeout=10)
     learned = [line for line in log.read_text().splitlines() if "KiB of pages a command writes" in line]
     assert len(learned) == 1 and int(learned[0].split(" learned ")[1].split()[0]) > 0
     time.sleep(0.2)  # the spare worker is idle: it faults the pages in
@@ -663,7 +586,7 @@ def test_served_run_forwards_signals(served: Runtime) -> None:
             out.seek(0)
             return b"ready" in out.read()
 
-        _wait_for(ready, "the container's shell to set its trap")
+        wait_for(ready, "the container's shell to set its trap")
         foreground.send_signal(signal.SIGTERM)
         assert foreground.wait(timeout=30) == 43
 
@@ -693,7 +616,7 @@ def test_seccomp_profile_applies_to_init_and_exec(runtime: Runtime) -> None:
     with open(log, "w") as out:
         subprocess.run([*CLI, "--root", str(runtime.root), "run", "-d", "-b", str(bundle), cid], cwd=REPO,
                        stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=True, timeout=60)  # fmt: skip
-    _wait_for(lambda: "touched" in log.read_text(), "the container's script")
+    wait_for(lambda: "touched" in log.read_text(), "the container's script")
     assert "Operation not permitted" in log.read_text()
     done = runtime("exec", cid, "/bin/mkdir", "/dev/shm/e", check=False)
     assert done.returncode != 0 and "Operation not permitted" in done.stderr

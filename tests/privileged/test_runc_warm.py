@@ -18,9 +18,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,85 +28,18 @@ from agent.container.cli_backend import LocalForkServer
 from agent.container.engine import Engine
 from agent.container.warm import WarmPair, threads_run
 from agent.system.paths import HostPaths
-from tests.conftest import REPO, require_root
-from tests.helpers.bundle import make_bundle, runc_default_spec
+from tests.conftest import require_root
+from tests.helpers.bundle import runc_default_spec
 from tests.privileged.engine_helpers import ns_inode, run, spec_for
+from tests.privileged.runc_helpers import CGROUP_FS, Runtime, alive, remove_cgroups_of, wait_for
 
 RUN_TAG = f"pykata-test-runc-warm-{os.getpid()}"
-CGROUP_PARENT = f"/{RUN_TAG}"
-CGROUP_FS = Path("/sys/fs/cgroup")
-CLI = [sys.executable, "-m", "agent.container.cli"]
 WARM_LINE = re.compile(r"create: warm pair (\d+) forked")
-
-
-class Cli:
-    """pykata-runc with a --root of the test's own; remembers the ids it created for teardown."""
-
-    def __init__(self, root: Path, workdir: Path, spec: dict[str, Any]) -> None:
-        self.root = root
-        self.workdir = workdir
-        self.spec = spec
-        self.ids: list[str] = []
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        # to files: a created container keeps the stdio it inherited open
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            code = subprocess.run([*CLI, "--debug", "--root", str(self.root), *args], cwd=REPO, stdout=out,
-                                  stderr=err, stdin=subprocess.DEVNULL, timeout=60).returncode  # fmt: skip
-            out.seek(0)
-            err.seek(0)
-            done = subprocess.CompletedProcess(args, code, out.read().decode(), err.read().decode())
-        if check and done.returncode != 0:
-            raise AssertionError(f"pykata-runc {' '.join(args)}: exit {done.returncode}: {done.stderr}")
-        return done
-
-    def bundle(self, name: str, args: list[str], edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
-        def edited(config: dict[str, Any]) -> None:
-            config["linux"]["cgroupsPath"] = f"{CGROUP_PARENT}/{name}"
-            if edit is not None:
-                edit(config)
-
-        return make_bundle(self.workdir / name, args, spec=self.spec, edit=edited)
-
-    def new_id(self, name: str) -> str:
-        self.ids.append(f"{RUN_TAG}-{name}")
-        return self.ids[-1]
-
-    def saved(self, container_id: str) -> dict[str, Any]:
-        record: dict[str, Any] = json.loads((self.root / container_id / "state.json").read_text())
-        return record
-
-    def processes(self) -> list[int]:
-        """Live processes forked from our commands: their command line names our --root."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and str(self.root).encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-        return found
 
 
 def _warm_pair(done: subprocess.CompletedProcess[str]) -> int | None:
     found = WARM_LINE.search(done.stderr)
     return int(found.group(1)) if found else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
-
-
-def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _mount_count() -> int:
@@ -127,28 +57,22 @@ def default_spec() -> dict[str, Any]:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, default_spec: dict[str, Any]) -> Iterator[Cli]:
-    runtime = Cli(tmp_path / "state", tmp_path, default_spec)
+def cli(tmp_path: Path, default_spec: dict[str, Any]) -> Iterator[Runtime]:
+    runtime = Runtime(tmp_path / "state", tmp_path, default_spec, RUN_TAG, flags=("--debug",))
     yield runtime
     for container_id in runtime.ids:
         runtime("delete", "--force", container_id, check=False)
-    _wait_for(lambda: not runtime.processes(), "the test's processes to end")
+    wait_for(lambda: not runtime.processes(), "the test's processes to end")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def no_cgroups_left() -> Iterator[None]:
     yield
-    parents = [p for p in CGROUP_FS.glob(f"*/{RUN_TAG}") if not p.parent.is_symlink()]
-    containers = [child for parent in parents for child in parent.iterdir() if child.is_dir()]
-    for path in [*containers, *parents]:
-        try:
-            path.rmdir()
-        except OSError:
-            pass
+    containers = remove_cgroups_of(RUN_TAG)
     assert not containers, f"container cgroups left behind: {containers}"
 
 
-def test_a_cold_create_hands_its_container_to_the_pair_it_forked(cli: Cli) -> None:
+def test_a_cold_create_hands_its_container_to_the_pair_it_forked(cli: Runtime) -> None:
     bundle = cli.bundle("paired", ["/bin/sleep", "300"])
     cid = cli.new_id("paired")
     pair = _warm_pair(cli("create", "-b", str(bundle), cid))
@@ -166,14 +90,14 @@ def test_a_cold_create_hands_its_container_to_the_pair_it_forked(cli: Cli) -> No
     cli("start", cid)
     assert json.loads(cli("state", cid).stdout)["status"] == "running"
     cli("kill", cid, "KILL")
-    _wait_for(lambda: json.loads(cli("state", cid).stdout)["status"] == "stopped", "the container to stop")
+    wait_for(lambda: json.loads(cli("state", cid).stdout)["status"] == "stopped", "the container to stop")
     cli("delete", cid)
-    _wait_for(lambda: not _alive(pair), "the pair's shim to end")
+    wait_for(lambda: not alive(pair), "the pair's shim to end")
     assert not (cli.root / cid).exists()
     assert not _cgroups("paired")
 
 
-def test_the_namespaces_made_ahead_are_the_ones_the_spec_asks_for(cli: Cli) -> None:
+def test_the_namespaces_made_ahead_are_the_ones_the_spec_asks_for(cli: Runtime) -> None:
     """A spec without a network namespace: the pair makes IPC and UTS ahead, not the network."""
 
     def shared_network(config: dict[str, Any]) -> None:
@@ -189,7 +113,7 @@ def test_the_namespaces_made_ahead_are_the_ones_the_spec_asks_for(cli: Cli) -> N
     assert ipc != ns_inode("self", "ipc")
 
 
-def test_specs_a_pair_cannot_serve_run_through_the_ordinary_fork(cli: Cli) -> None:
+def test_specs_a_pair_cannot_serve_run_through_the_ordinary_fork(cli: Runtime) -> None:
     holder_bundle = cli.bundle("holder", ["/bin/sleep", "300"])
     holder = cli.new_id("holder")
     cli("create", "-b", str(holder_bundle), holder)
@@ -249,7 +173,7 @@ def _hostname_without_uts(config: dict[str, Any]) -> None:
     ids=["bad-mount", "bad-cpu-quota", "refused-spec"],
 )
 def test_a_create_that_fails_once_the_pair_exists_leaves_nothing_behind(
-    cli: Cli, edit: Callable[[dict[str, Any]], None], message: str
+    cli: Runtime, edit: Callable[[dict[str, Any]], None], message: str
 ) -> None:
     bundle = cli.bundle("broken", ["/bin/true"], edit)
     cid = cli.new_id("broken")
@@ -259,14 +183,14 @@ def test_a_create_that_fails_once_the_pair_exists_leaves_nothing_behind(
     assert message in done.stderr, done.stderr
     pair = _warm_pair(done)
     assert pair is not None, "the create failed before it forked its pair: not the case under test"
-    _wait_for(lambda: not cli.processes(), "the pair to end")
-    assert not _alive(pair)
+    wait_for(lambda: not cli.processes(), "the pair to end")
+    assert not alive(pair)
     assert _mount_count() == mounts
     assert not _cgroups("broken")
     assert not (cli.root / cid).exists()
 
 
-def test_a_duplicate_id_lets_its_pair_go(cli: Cli) -> None:
+def test_a_duplicate_id_lets_its_pair_go(cli: Runtime) -> None:
     bundle = cli.bundle("twice", ["/bin/sleep", "300"])
     cid = cli.new_id("twice")
     cli("create", "-b", str(bundle), cid)
@@ -274,7 +198,7 @@ def test_a_duplicate_id_lets_its_pair_go(cli: Cli) -> None:
     done = cli("create", "-b", str(bundle), cid, check=False)
     assert done.returncode == 1 and "exists" in done.stderr, done.stderr
     pair = _warm_pair(done)
-    assert pair is not None and not _alive(pair)
+    assert pair is not None and not alive(pair)
     assert sorted(cli.processes()) == sorted(first)  # the first container's shim and init only
 
 
