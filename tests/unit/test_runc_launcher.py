@@ -87,3 +87,24 @@ def test_install_launcher_writes_the_interpreter_it_was_given(tmp_path: Path) ->
     target = tmp_path / "pykata-runc"
     assert install_launcher(str(target), python="/opt/python") == "/opt/python"
     assert target.read_text().startswith("#!/opt/python -S\n")
+
+
+def test_the_client_hands_over_without_importing_os() -> None:
+    """A served command's client loads neither os nor what os brings (_collections_abc: ~1.8 ms)."""
+    probe = (
+        f"import sys; sys.path[0:1] = [{str(Path(__file__).resolve().parents[2])!r}]; "
+        "import agent.container.cli_client; print(sorted({'os', '_collections_abc'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_request_round_trip_keeps_undecodable_names() -> None:
+    """The working directory and the arguments travel as the kernel's bytes, as os.fsencode has them."""
+    from agent.container.cli_client import decode_request, encode_request
+
+    odd = os.fsdecode(b"bundle-\xff")  # not UTF-8: a surrogate escape
+    data = encode_request(b"/work/\xfe", ["run", "--bundle", odd, "id"])
+    assert data == b"\0".join([b"/work/\xfe", b"run", b"--bundle", b"bundle-\xff", b"id"])
+    assert decode_request(data) == (os.fsdecode(b"/work/\xfe"), ["run", "--bundle", odd, "id"])
+    assert encode_request("/w", ["x"]) == b"/w\0x"
