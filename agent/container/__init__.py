@@ -12,10 +12,13 @@ How a container comes to be (create, then start):
    pid, and later its exit status (128+N for a signal), reaping every orphan as a child subreaper;
    it holds the container's mount namespace until it has reported the exit (init.namespace_keeper).
    Most creates skip both forks: a warm shim and container process (new pid namespace) wait for
-   them (forkserver.py's _WarmPair), and while it waits the container process faults in the pages
-   the last set-ups wrote (agent/system/prefault.py) and makes the network, IPC and UTS namespaces
-   the last creates asked for (init.prepare_warm_child). The engine makes the cgroup before it sends
-   the request and applies the resources (cgroups/) while the process sets up.
+   them (warm.py's WarmPair), and while it waits the container process faults in the pages the last
+   set-ups wrote (agent/system/prefault.py) and makes the network, IPC and UTS namespaces the last
+   creates asked for (init.prepare_warm_child). ``pykata-runc`` is single-threaded and forks the
+   shim itself (cli_backend.LocalForkServer); a cold ``create`` forks a warm pair as soon as it has
+   read the spec, so the pair's imports and namespaces overlap the engine's work. The engine makes
+   the cgroup before it sends the request and applies the resources (cgroups/) while the process
+   sets up.
 4. The container process (init.py) joins its cgroup by itself, first thing (cgroup v1's ``tasks``
    or v2's ``cgroup.procs``, "0": no pid round trip, and on v1 no wait for the kernel's global
    cgroup lock; in a user namespace the engine moves it by pid and then says ``g``), unshares or
