@@ -52,6 +52,7 @@ from agent.container.cli_state import (
     validate_id,
 )
 from agent.system import jsonlite
+from agent.system.paths import normal_path
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -184,18 +185,9 @@ def default_spec() -> dict[str, Any]:
 # Small pieces runc's callers rely on: paths, pid files, signal names, the console socket.
 
 
-def _clean(path: str) -> str:
-    """``path`` as pathlib writes it: no empty or ``.`` components, no trailing slash (``.`` when
-    nothing is left); ``..`` stays."""
-    parts = [part for part in path.split("/") if part and part != "."]
-    if path.startswith("/"):
-        return "/" + "/".join(parts)
-    return "/".join(parts) or "."
-
-
 def _absolute(path: str) -> str:
     """``path`` made absolute against the working directory, as pathlib's ``absolute()``."""
-    return _clean(path if path.startswith("/") else f"{os.getcwd()}/{path}")
+    return normal_path(path if path.startswith("/") else f"{os.getcwd()}/{path}")
 
 
 def write_pid_file(path: str, pid: int) -> None:
@@ -337,7 +329,7 @@ def cmd_spec(ctx: Context) -> int:
     bundle = ctx.flags["bundle"] or "."
     if ctx.flags["rootless"]:
         raise CliError("spec --rootless is not supported: pykata-runc runs containers as root only")
-    target = _clean(f"{bundle}/config.json")
+    target = normal_path(f"{bundle}/config.json")
     if os.path.exists(target):
         raise CliError(f"file {target} exists. Remove it first")
     with open(target, "w", encoding="utf-8") as stream:
@@ -455,7 +447,7 @@ def _read_text(path: str) -> str:
 def load_bundle(bundle_flag: str | None) -> tuple[str, dict[str, Any], str]:
     """The bundle's absolute path, its parsed config.json and its absolute rootfs."""
     bundle = _absolute(bundle_flag or ".")
-    config_path = _clean(f"{bundle}/config.json")
+    config_path = normal_path(f"{bundle}/config.json")
     try:
         spec = jsonlite.loads(_read_text(config_path))
     except FileNotFoundError:
@@ -467,7 +459,7 @@ def load_bundle(bundle_flag: str | None) -> tuple[str, dict[str, Any], str]:
     root = (spec.get("root") or {}).get("path")
     if not root:
         raise CliError(f"{config_path}: root.path is missing")
-    rootfs = _clean(root if root.startswith("/") else f"{bundle}/{root}")
+    rootfs = normal_path(root if root.startswith("/") else f"{bundle}/{root}")
     return bundle, spec, rootfs
 
 

@@ -28,10 +28,10 @@ import time
 from agent.container import hooks as hooks_mod
 from agent.container.spec import Spec, parse_process, parse_spec
 from agent.container.state import Status, require
-from agent.container.validate import pure_path, validate_container_id, validate_spec
+from agent.container.validate import validate_container_id, validate_spec
 from agent.errors import AgentError, AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, ResourceError
 from agent.system import jsonlite
-from agent.system.paths import HostPaths
+from agent.system.paths import HostPaths, normal_path
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -469,7 +469,7 @@ class Engine:
             self._containers[container_id] = None  # type: ignore[assignment]  # reserve the id
         try:
             container = self._create(
-                container_id, parsed, bundle_dir or os.path.dirname(pure_path(parsed.root_path)), io or PipeIO(), fifo
+                container_id, parsed, bundle_dir or os.path.dirname(normal_path(parsed.root_path)), io or PipeIO(), fifo
             )
         except BaseException:
             with self._lock:

@@ -13,10 +13,9 @@ import os
 import stat
 
 from agent.container.spec import Spec
-from agent.container.validate import pure_path
 from agent.system import libc
 from agent.system.mountopts import PROPAGATION_WORDS, parse_mount_options
-from agent.system.paths import HostPaths
+from agent.system.paths import HostPaths, normal_path
 from agent.system.records import Record
 
 DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -237,7 +236,7 @@ def plan_rootfs(
         if flags & libc.MS_BIND or mount.type == "bind":
             source = mount.source
             if not source.startswith("/") and bundle_dir is not None:
-                source = pure_path(os.path.join(bundle_dir, source))
+                source = normal_path(os.path.join(bundle_dir, source))
             ops.append(Mount(source, target, "", (flags & libc.MS_REC) | libc.MS_BIND, "", host_source=True))
             if flags & _BIND_REMOUNT_FLAGS:
                 ops.append(Remount(target, flags & _BIND_REMOUNT_FLAGS))

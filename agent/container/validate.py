@@ -8,6 +8,7 @@ import os
 
 from agent.container.spec import NAMESPACE_TYPES, Spec
 from agent.errors import InvalidArgument
+from agent.system.paths import normal_path
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -31,19 +32,6 @@ def validate_container_id(container_id: str) -> None:
         raise InvalidArgument(f"container id {container_id!r} has characters outside [A-Za-z0-9_+-.]")
 
 
-def pure_path(path: str) -> str:
-    """``path`` as pathlib spells it: repeated slashes and "." components dropped, no trailing slash
-    ("" becomes "."; a leading "//", and only exactly two, is kept, as POSIX allows)."""
-    parts = [part for part in path.split("/") if part and part != "."]
-    if not path.startswith("/"):
-        anchor = ""
-    elif path.startswith("//") and not path.startswith("///"):
-        anchor = "//"
-    else:
-        anchor = "/"
-    return anchor + "/".join(parts) if anchor or parts else "."
-
-
 def check_root(spec: Spec, bundle: str | None) -> None:
     if not spec.root_path:
         raise InvalidArgument("root.path is missing: the spec names no root filesystem")
@@ -53,7 +41,7 @@ def check_root(spec: Spec, bundle: str | None) -> None:
             raise InvalidArgument(f"root.path {spec.root_path!r} is relative and there is no bundle to resolve it")
         root = os.path.join(bundle, root)
     if not os.path.isdir(root):
-        raise InvalidArgument(f"root.path {pure_path(root)!r} is not a directory")
+        raise InvalidArgument(f"root.path {normal_path(root)!r} is not a directory")
 
 
 def check_process(spec: Spec, bundle: str | None) -> None:

@@ -14,7 +14,7 @@ import os
 
 from agent.errors import InvalidArgument, ResourceError
 from agent.system import sysfs
-from agent.system.paths import HostPaths
+from agent.system.paths import HostPaths, normal_path
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -72,18 +72,6 @@ def format_cpuset(numbers: Iterable[int]) -> str:
         parts.append(str(start) if start == end else f"{start}-{end}")
         index += 1
     return ",".join(parts)
-
-
-def normal_path(path: str | os.PathLike[str]) -> str:
-    """``path`` as pathlib spells it: no empty or "." components, no trailing slash ("a//b/./c/" ->
-    "a/b/c"); ".." is kept, as pathlib keeps it."""
-    text = os.fspath(path)
-    if "//" not in text and "/." not in text and not text.endswith("/") and not text.startswith("./"):
-        return text
-    parts = [part for part in text.split("/") if part and part != "."]
-    if text.startswith("/"):
-        return "/" + "/".join(parts)
-    return "/".join(parts) or "."
 
 
 def is_below(path: str, root: str) -> bool:

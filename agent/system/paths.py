@@ -13,6 +13,23 @@ import os
 KATA_SHARED_SUBDIR = "run/kata-containers/shared/containers"
 
 
+def normal_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as pathlib spells it (``str(PurePosixPath(path))``), without pathlib: repeated slashes
+    and "." components dropped, no trailing slash, ".." kept, "" as "."; a leading "//", and only
+    exactly two, is kept, as POSIX allows."""
+    text = os.fspath(path)
+    if text and "//" not in text and "/." not in text and not text.endswith("/") and not text.startswith("./"):
+        return text  # already plain: the common case, with no list built
+    parts = [part for part in text.split("/") if part and part != "."]
+    if not text.startswith("/"):
+        anchor = ""
+    elif text.startswith("//") and not text.startswith("///"):
+        anchor = "//"
+    else:
+        anchor = "/"
+    return anchor + "/".join(parts) if anchor or parts else "."
+
+
 class HostPaths:
     """Immutable, compared and hashed by ``root`` (a plain class: this module is imported by every
     container start, and a dataclass costs about a millisecond to define)."""

@@ -14,7 +14,6 @@ from agent.container.validate import (
     CHECKS,
     check_resources,
     is_cpu_list,
-    pure_path,
     resolve_root,
     validate_container_id,
     validate_spec,
@@ -194,15 +193,6 @@ def test_mount_destination_with_dotdot(bundle: Path, destination: str) -> None:
 def test_mount_destination_with_dots_in_names(bundle: Path, destination: str) -> None:
     validate_spec(parse_spec(edited(lambda s: s["mounts"].append({"destination": destination, "type": "tmpfs"}))),
                   bundle)  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("path", "spelt"),
-    [("", "."), (".", "."), ("./", "."), ("a", "a"), ("a/", "a"), ("./a/./b//", "a/b"), ("a/../b", "a/../b"),
-     ("/", "/"), ("//", "//"), ("///", "/"), ("//a//b/", "//a/b"), ("///a", "/a"), ("/./a/.", "/a")],
-)  # fmt: skip
-def test_pure_path_spells_paths_as_pathlib(path: str, spelt: str) -> None:
-    assert pure_path(path) == spelt == str(Path(path))
 
 
 def test_root_not_a_directory_message(bundle: Path) -> None:

@@ -6,11 +6,11 @@ import copy
 import pickle
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
-from agent.system.paths import HostPaths
+from agent.system.paths import HostPaths, normal_path
 from tests.conftest import REPO
 
 
@@ -81,3 +81,14 @@ def test_importing_paths_loads_no_pathlib() -> None:
     done = subprocess.run([sys.executable, "-S", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("path", "spelt"),
+    [("", "."), (".", "."), ("./", "."), ("a", "a"), ("a/", "a"), ("./a/./b//", "a/b"), ("a/../b", "a/../b"),
+     ("/", "/"), ("//", "//"), ("///", "/"), ("//a//b/", "//a/b"), ("///a", "/a"), ("/./a/.", "/a"),
+     ("a/.", "a"), ("a/.b", "a/.b"), (".a/b", ".a/b")],
+)  # fmt: skip
+def test_normal_path_spells_paths_as_pathlib(path: str, spelt: str) -> None:
+    assert normal_path(path) == spelt == str(PurePosixPath(path))
+    assert normal_path(PurePosixPath(path)) == spelt  # a path-like too

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 from agent.errors import InvalidArgument, Unsupported
-from agent.hotplug.cpuset import ancestors_below, is_below, normal_path, parse_cpuset
-from agent.system.paths import HostPaths
+from agent.hotplug.cpuset import ancestors_below, is_below, parse_cpuset
+from agent.system.paths import HostPaths, normal_path
 
 from .layout import Layout, detect
 from .manager import execute

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from agent.errors import InvalidArgument, Unsupported
-from agent.hotplug.cpuset import normal_path
-from agent.system.paths import HostPaths
+from agent.system.paths import HostPaths, normal_path
 from agent.system.records import Record
 
 # Controllers a v1 "cgroup" mount can carry (its super options name them); named hierarchies such as
