@@ -97,24 +97,31 @@ def hierarchy_root(paths: HostPaths, leaf: str | os.PathLike[str]) -> str:
     raise InvalidArgument(f"cgroup {where} is not under the cgroup root {paths.cgroup_root}")
 
 
+def ancestors_then_leaves(rooted_leaves: Iterable[tuple[str, str]]) -> list[str]:
+    """For (hierarchy root, leaf) pairs in ``normal_path`` form: every leaf's ancestors strictly below
+    its root from the top down, each once, then the leaves (a leaf that is a root, or another leaf's
+    ancestor, is not repeated). The order a cpuset widening writes in."""
+    ancestors: list[str] = []
+    leaves: list[str] = []
+    seen: set[str] = set()
+    for root, leaf in rooted_leaves:
+        if leaf == root:
+            continue
+        for directory in ancestors_below(root, leaf):
+            if directory not in seen:
+                seen.add(directory)
+                ancestors.append(directory)
+        if leaf not in leaves:
+            leaves.append(leaf)
+    return ancestors + [leaf for leaf in leaves if leaf not in seen]
+
+
 def propagation_plan(paths: HostPaths, leaf_dirs: Iterable[str | os.PathLike[str]]) -> list[str]:
     """The directories to write, in order: each leaf's ancestors below its hierarchy root from the top
     down (each once), then the leaves. The roots themselves are left out: the kernel owns their
     cpusets (v1 keeps the root equal to the online CPUs; v2's root has no cpuset.cpus)."""
-    ancestors: list[str] = []
-    leaves: list[str] = []
-    seen: set[str] = set()
-    for leaf_dir in leaf_dirs:
-        leaf = normal_path(leaf_dir)
-        root = hierarchy_root(paths, leaf)
-        chain = ancestors_below(root, leaf) if leaf != root else []
-        for directory in chain:
-            if directory not in seen:
-                seen.add(directory)
-                ancestors.append(directory)
-        if leaf != root and leaf not in leaves:
-            leaves.append(leaf)
-    return ancestors + [leaf for leaf in leaves if leaf not in seen]
+    leaves = [normal_path(leaf) for leaf in leaf_dirs]
+    return ancestors_then_leaves([(hierarchy_root(paths, leaf), leaf) for leaf in leaves])
 
 
 def propagate_cpuset(

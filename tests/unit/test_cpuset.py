@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from agent.errors import InvalidArgument, ResourceError
-from agent.hotplug.cpuset import format_cpuset, parse_cpuset, propagate_cpuset, propagation_plan
+from agent.hotplug.cpuset import (
+    ancestors_then_leaves,
+    format_cpuset,
+    parse_cpuset,
+    propagate_cpuset,
+    propagation_plan,
+)
 from agent.system.paths import HostPaths
 
 
@@ -81,6 +87,14 @@ def test_plan_v1_writes_each_ancestor_once_from_the_top(tmp_path: Path) -> None:
     ]
     assert propagation_plan(paths, leaves) == [str(path) for path in expected]
     assert propagation_plan(paths, [str(leaf) for leaf in leaves]) == [str(path) for path in expected]
+
+
+def test_ancestors_then_leaves_names_each_directory_once() -> None:
+    """A root given as a leaf is left out; a leaf given twice, or that is another leaf's ancestor,
+    comes once, in its place among the ancestors."""
+    rooted = [("/r", "/r"), ("/r", "/r/a/b"), ("/r", "/r/a"), ("/r", "/r/a/b"), ("/s", "/s/x")]
+    assert ancestors_then_leaves(rooted) == ["/r/a", "/r/a/b", "/s/x"]
+    assert ancestors_then_leaves([]) == []
 
 
 def test_plan_v2_and_a_leaf_outside_the_root(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from agent.errors import InvalidArgument, Unsupported
-from agent.hotplug.cpuset import ancestors_below, is_below, parse_cpuset
+from agent.hotplug.cpuset import ancestors_then_leaves, is_below, parse_cpuset
 from agent.system.paths import HostPaths, normal_path
 
 from .layout import Layout, detect
@@ -33,20 +33,11 @@ def _hierarchy_root(layout: Layout) -> str:
 
 def propagation_order(root: str, leaf_dirs: Iterable[str | os.PathLike[str]]) -> list[str]:
     """Ancestors strictly below ``root`` from the top down (each once), then the leaves."""
-    order: list[str] = []
     leaves = [normal_path(leaf) for leaf in leaf_dirs]
     for leaf in leaves:
-        if leaf == root:
-            continue
-        if not is_below(leaf, root):
+        if leaf != root and not is_below(leaf, root):
             raise InvalidArgument(f"cgroup {leaf} is not in the cpuset hierarchy at {root}")
-        for directory in ancestors_below(root, leaf):
-            if directory not in order:
-                order.append(directory)
-    for leaf in leaves:
-        if leaf != root and leaf not in order:
-            order.append(leaf)
-    return order
+    return ancestors_then_leaves([(root, leaf) for leaf in leaves])
 
 
 def propagate_cpuset(
