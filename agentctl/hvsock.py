@@ -429,7 +429,7 @@ class HybridVsock:
                     return
             conn = endpoint.conn
             if conn is not None and conn.inbox:
-                sent = sock.send(conn.inbox[:READ_CHUNK * 4])
+                sent = sock.send(conn.inbox[: READ_CHUNK * 4])
                 self.mux.consumed(conn, sent)
         except BlockingIOError:
             return

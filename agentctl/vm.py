@@ -138,9 +138,7 @@ def root_port_args(count: int) -> list[str]:
     return argv
 
 
-def qemu_argv(
-    config: GuestConfig, paths: dict[str, Path], accel: str, net_args: list[str] | None = None
-) -> list[str]:
+def qemu_argv(config: GuestConfig, paths: dict[str, Path], accel: str, net_args: list[str] | None = None) -> list[str]:
     if config.kernel is None and config.image is None:
         raise BootError("nothing to boot: give a kernel (with an initrd or an image)")
     argv = [QEMU, "-name", f"pykata-{config.name}", "-nodefaults", "-nographic", "-no-reboot"]

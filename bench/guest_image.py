@@ -49,8 +49,15 @@ def unpack_seconds(kernel: Path, image: Path, run_dir: Path) -> tuple[float, str
     """Boot ``image`` until the kernel has unpacked it; the kernel's own time for the unpacking, and
     the accelerator QEMU used."""
     config = vm.GuestConfig(
-        kernel=kernel, initrd=image, cmdline="", name="bench-unpack", run_dir=run_dir,
-        ready_marker=UNPACK_END, ready_port=None, ready_timeout=240.0, accel="auto",
+        kernel=kernel,
+        initrd=image,
+        cmdline="",
+        name="bench-unpack",
+        run_dir=run_dir,
+        ready_marker=UNPACK_END,
+        ready_port=None,
+        ready_timeout=240.0,
+        accel="auto",
     )
     with vm.Guest(config, _quiet) as guest:
         guest.start()
@@ -84,8 +91,10 @@ def main() -> None:
                 seconds, accel = unpack_seconds(kernel.vmlinuz, images[method], Path(out) / f"vm-{method}{index}")
                 times[method].append(seconds)
                 accels.add(accel)
-        print(f"kernel unpacking the initrd under {'/'.join(sorted(accels))}, median of {BOOTS} boots each "
-              "(the kernel's timestamps)")
+        print(
+            f"kernel unpacking the initrd under {'/'.join(sorted(accels))}, median of {BOOTS} boots each "
+            "(the kernel's timestamps)"
+        )
         for method in METHODS:
             runs = " ".join(f"{t:.2f}" for t in times[method])
             print(f"  {method:5} {statistics.median(times[method]):5.2f} s  (runs: {runs})")

@@ -39,9 +39,25 @@ def build(ctx: BuildContext, tree: Path, output: Path) -> Path:
     fs_file = ctx.workdir / "rootfs.ext4"
     fs_file.unlink(missing_ok=True)
     with ctx.progress.step("image", f"mkfs.ext4 -d from {tree} ({size_mib} MiB)"):
-        run(["mkfs.ext4", "-q", "-F", "-L", "pykata-root", "-U", EXT4_UUID, "-E",
-             f"root_owner=0:0,hash_seed={EXT4_UUID}", "-d", tree, fs_file, f"{size_mib}M"],
-            env=ctx.env(), package="e2fsprogs")
+        run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "pykata-root",
+                "-U",
+                EXT4_UUID,
+                "-E",
+                f"root_owner=0:0,hash_seed={EXT4_UUID}",
+                "-d",
+                tree,
+                fs_file,
+                f"{size_mib}M",
+            ],
+            env=ctx.env(),
+            package="e2fsprogs",
+        )
     total_mib = PARTITION_START_MIB + size_mib + 1
     output.parent.mkdir(parents=True, exist_ok=True)
     output.unlink(missing_ok=True)
@@ -50,8 +66,18 @@ def build(ctx: BuildContext, tree: Path, output: Path) -> Path:
     with ctx.progress.step("image", "writing the partition table (sfdisk) and the filesystem (dd)"):
         table = f"label: dos\nlabel-id: 0x706b6174\nstart={PARTITION_START_MIB}MiB, size={size_mib}MiB, type=83\n"
         run(["sfdisk", "-q", output], input=table.encode(), package="fdisk")
-        run(["dd", f"if={fs_file}", f"of={output}", "bs=1M", f"seek={PARTITION_START_MIB}", "conv=notrunc,sparse",
-             "status=none"], package="coreutils")
+        run(
+            [
+                "dd",
+                f"if={fs_file}",
+                f"of={output}",
+                "bs=1M",
+                f"seek={PARTITION_START_MIB}",
+                "conv=notrunc,sparse",
+                "status=none",
+            ],
+            package="coreutils",
+        )
     fs_file.unlink()
     ctx.progress.say("image", f"{output}: {total_mib} MiB, boot with: {config.IMAGE_CMDLINE}")
     return output

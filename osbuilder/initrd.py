@@ -170,7 +170,10 @@ def materialize(tree: GuestTree, staging: Path, kernel: GuestKernel | None, init
         dest.parent.mkdir(parents=True, exist_ok=True)
         if guest.endswith(".py"):
             py_compile.compile(
-                str(source), cfile=str(dest) + "c", dfile="/" + guest, doraise=True,
+                str(source),
+                cfile=str(dest) + "c",
+                dfile="/" + guest,
+                doraise=True,
                 invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
             )
             (dest.parent / (dest.name + "c")).chmod(0o644)
@@ -347,14 +350,21 @@ def cache_key(rootfs: Rootfs, kernel: GuestKernel | None, ctx: BuildContext, com
 
 
 def build(
-    ctx: BuildContext, rootfs: Rootfs, kernel: GuestKernel | None, compression: str = DEFAULT_COMPRESSION,
-    output_name: str = "initrd.img", use_cache: bool = True, measure: bool = False,
+    ctx: BuildContext,
+    rootfs: Rootfs,
+    kernel: GuestKernel | None,
+    compression: str = DEFAULT_COMPRESSION,
+    output_name: str = "initrd.img",
+    use_cache: bool = True,
+    measure: bool = False,
 ) -> InitrdResult:
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")
     if sys.version_info[:2] != tuple(int(x) for x in config.PYTHON_VERSION.split(".")):
-        raise InitrdError(f"bytecode must be compiled by Python {config.PYTHON_VERSION} (the guest's); "
-                          f"this is {sys.version.split()[0]}")
+        raise InitrdError(
+            f"bytecode must be compiled by Python {config.PYTHON_VERSION} (the guest's); "
+            f"this is {sys.version.split()[0]}"
+        )
     progress = ctx.progress
     work = ctx.initrd_work
     work.mkdir(parents=True, exist_ok=True)
@@ -367,10 +377,18 @@ def build(
         progress.say("initrd", f"cached: {cached}")
         shutil.copyfile(cached, output)
         info = json.loads(cached_info.read_text())
-        return InitrdResult(output, compression, output.stat().st_size, info["raw_size"],
-                            {k: (v[0], v[1]) for k, v in info["parts"].items()}, info["modules_imported"],
-                            info["modules_builtin"], info["agent_import_failures"],
-                            info.get("deferred_raw_size", 0), info.get("deferred_size", 0))
+        return InitrdResult(
+            output,
+            compression,
+            output.stat().st_size,
+            info["raw_size"],
+            {k: (v[0], v[1]) for k, v in info["parts"].items()},
+            info["modules_imported"],
+            info["modules_builtin"],
+            info["agent_import_failures"],
+            info.get("deferred_raw_size", 0),
+            info.get("deferred_size", 0),
+        )
     with progress.step("initrd", "tracing the agent's imports (import every module; serve Check over ttrpc and gRPC)"):
         modules, failures = tracing.trace(ctx.source)
     with progress.step("initrd", "tracing what the agent imports to answer its first Check"):
@@ -389,15 +407,34 @@ def build(
         output.write_bytes(packed)
     with progress.step("initrd", "measuring the size by part"):
         parts = measure_parts(staging, compression if measure else None)
-    result = InitrdResult(output, compression, len(packed), len(raw) - len(deferred) + deferred_raw, parts,
-                          len(modules), sorted(builtin), failures, deferred_raw, len(deferred))
+    result = InitrdResult(
+        output,
+        compression,
+        len(packed),
+        len(raw) - len(deferred) + deferred_raw,
+        parts,
+        len(modules),
+        sorted(builtin),
+        failures,
+        deferred_raw,
+        len(deferred),
+    )
     progress.say("initrd", f"not files (built into the interpreter or frozen): {' '.join(result.modules_builtin)}")
     shutil.copyfile(output, cached)
-    cached_info.write_text(json.dumps({
-        "raw_size": result.raw_size, "parts": result.parts, "modules_imported": result.modules_imported,
-        "modules_builtin": result.modules_builtin, "agent_import_failures": result.agent_import_failures,
-        "deferred_raw_size": result.deferred_raw_size, "deferred_size": result.deferred_size,
-    }, sort_keys=True))
+    cached_info.write_text(
+        json.dumps(
+            {
+                "raw_size": result.raw_size,
+                "parts": result.parts,
+                "modules_imported": result.modules_imported,
+                "modules_builtin": result.modules_builtin,
+                "agent_import_failures": result.agent_import_failures,
+                "deferred_raw_size": result.deferred_raw_size,
+                "deferred_size": result.deferred_size,
+            },
+            sort_keys=True,
+        )
+    )
     for old in work.glob("initrd-*.img"):
         if old != cached:
             old.unlink()
@@ -407,15 +444,19 @@ def build(
 
 def report(result: InitrdResult) -> list[str]:
     mib = 1024 * 1024
-    lines = [f"{result.image}: {result.size / mib:.2f} MiB {result.compression} "
-             f"({result.raw_size / mib:.2f} MiB uncompressed), target 12 MiB"]
+    lines = [
+        f"{result.image}: {result.size / mib:.2f} MiB {result.compression} "
+        f"({result.raw_size / mib:.2f} MiB uncompressed), target 12 MiB"
+    ]
     for part in PARTS:
         raw, packed = result.parts.get(part, (0, 0))
         packed_text = f"  {packed / mib:6.2f} MiB {result.compression}" if packed else ""
         lines.append(f"  {part:<17} {raw / mib:7.2f} MiB raw{packed_text}")
     if result.deferred_size:
         boot = result.raw_size - result.deferred_raw_size
-        lines.append(f"  the kernel unpacks {boot / mib:.2f} MiB before /init; /init unpacks the other "
-                     f"{result.deferred_raw_size / mib:.2f} MiB ({result.deferred_size / mib:.2f} MiB gzip) "
-                     "once the agent serves")
+        lines.append(
+            f"  the kernel unpacks {boot / mib:.2f} MiB before /init; /init unpacks the other "
+            f"{result.deferred_raw_size / mib:.2f} MiB ({result.deferred_size / mib:.2f} MiB gzip) "
+            "once the agent serves"
+        )
     return lines

@@ -62,9 +62,17 @@ def fetch_wheels(ctx: BuildContext, requirements: list[str]) -> list[Path]:
                 with ctx.progress.step("wheels", f"downloading {requirement}"):
                     run(
                         _pip(
-                            "download", "--no-deps", "--only-binary=:all:", *platform_args,
-                            "--python-version", config.PYTHON_VERSION, "--implementation", "cp",
-                            "-d", target, requirement,
+                            "download",
+                            "--no-deps",
+                            "--only-binary=:all:",
+                            *platform_args,
+                            "--python-version",
+                            config.PYTHON_VERSION,
+                            "--implementation",
+                            "cp",
+                            "-d",
+                            target,
+                            requirement,
                         ),
                         env=ctx.env(),
                         hint="PyPI must be reachable",
@@ -78,9 +86,15 @@ def fetch_wheels(ctx: BuildContext, requirements: list[str]) -> list[Path]:
 
 # PEP 508 environment of the guest's interpreter.
 GUEST_MARKERS = {
-    "python_version": config.PYTHON_VERSION, "python_full_version": config.PYTHON_VERSION + ".2",
-    "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "platform_machine": "x86_64",
-    "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": "",
+    "python_version": config.PYTHON_VERSION,
+    "python_full_version": config.PYTHON_VERSION + ".2",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "os_name": "posix",
+    "platform_machine": "x86_64",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "extra": "",
 }
 
 
@@ -140,8 +154,16 @@ def install(wheels: list[Path], target: Path, ctx: BuildContext) -> None:
     """Unpack the wheels into ``target`` (one flat directory on the guest's sys.path)."""
     target.mkdir(parents=True, exist_ok=True)
     run(
-        _pip("install", "--no-deps", "--no-index", "--no-compile", "--no-warn-script-location",
-             "--target", target, *wheels),
+        _pip(
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--no-compile",
+            "--no-warn-script-location",
+            "--target",
+            target,
+            *wheels,
+        ),
         env=ctx.env(),
     )
     bin_dir = target / "bin"  # console scripts with host paths in their shebangs: not for the guest

@@ -40,8 +40,14 @@ WantedBy=multi-user.target
 """
 
 # Trimmed from the image: documentation, translations and package caches.
-REMOVE_FILES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*",
-                "/var/cache/apt/*", "/var/lib/apt/lists/*")
+REMOVE_FILES = (
+    "/usr/share/doc/*",
+    "/usr/share/man/*",
+    "/usr/share/locale/*",
+    "/usr/share/info/*",
+    "/var/cache/apt/*",
+    "/var/lib/apt/lists/*",
+)
 
 
 # Marks a finished tree: a build that died half way is not reused.
@@ -104,9 +110,24 @@ def tree_digest(root: Path) -> str:
 
 def mkosi_argv(output: Path, cache: Path) -> list[str | Path]:
     argv: list[str | Path] = [
-        "mkosi", "--force", "--distribution", "debian", "--release", config.DEBIAN_RELEASE,
-        "--mirror", config.DEBIAN_MIRROR, "--format", "directory", "--output", output,
-        "--cache", cache, "--nspawn-keep-unit", "yes", "--hostname", "pykata",
+        "mkosi",
+        "--force",
+        "--distribution",
+        "debian",
+        "--release",
+        config.DEBIAN_RELEASE,
+        "--mirror",
+        config.DEBIAN_MIRROR,
+        "--format",
+        "directory",
+        "--output",
+        output,
+        "--cache",
+        cache,
+        "--nspawn-keep-unit",
+        "yes",
+        "--hostname",
+        "pykata",
     ]
     for package in config.ROOTFS_PACKAGES:
         argv += ["--package", package]
@@ -134,8 +155,13 @@ def build_base(ctx: BuildContext) -> tuple[Path, dict[str, object]]:
     empty = work / "mkosi-cwd"  # mkosi reads mkosi.* files from its cwd: give it an empty one
     empty.mkdir(parents=True, exist_ok=True)
     with ctx.progress.step("rootfs", f"mkosi: Debian {config.DEBIAN_RELEASE} with {', '.join(config.ROOTFS_PACKAGES)}"):
-        run(mkosi_argv(base.resolve(), ctx.mkosi_cache.resolve()), cwd=empty, env=ctx.env(),
-            package="mkosi systemd-container", hint="mkosi failed building the Debian base tree")
+        run(
+            mkosi_argv(base.resolve(), ctx.mkosi_cache.resolve()),
+            cwd=empty,
+            env=ctx.env(),
+            package="mkosi systemd-container",
+            hint="mkosi failed building the Debian base tree",
+        )
     (base / COMPLETE).write_text(json.dumps(inputs, sort_keys=True) + "\n")
     return base, inputs
 
@@ -173,6 +199,9 @@ def compile_tree(directory: Path, guest_path: str) -> None:
     import py_compile
 
     compileall.compile_dir(
-        directory, quiet=1, ddir=guest_path, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        directory,
+        quiet=1,
+        ddir=guest_path,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
         workers=1,
     )

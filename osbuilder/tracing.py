@@ -40,7 +40,9 @@ import sys
 sys.path[:0] = {paths!r}
 """
 
-IMPORT_ALL = PRELUDE + """
+IMPORT_ALL = (
+    PRELUDE
+    + """
 failed = []
 for name in {names!r}:
     try:
@@ -50,8 +52,11 @@ for name in {names!r}:
 with open({out!r}, "w") as out:
     out.write(repr((sorted(sys.modules), failed)))
 """
+)
 
-SERVE = PRELUDE + """
+SERVE = (
+    PRELUDE
+    + """
 import signal
 
 def dump(signum, frame):
@@ -65,11 +70,14 @@ sys.argv = ["agent", "--server-addr", {address!r}]
 import runpy
 runpy.run_module("agent", run_name="__main__", alter_sys=True)
 """
+)
 
 
 # The handlers start loading once the first call has been answered (agent/rpc/servicer.py): the
 # modules present at that moment are the ones serving the first Check needed.
-START = PRELUDE + """
+START = (
+    PRELUDE
+    + """
 import os
 import agent.rpc.servicer
 
@@ -89,6 +97,7 @@ sys.argv = ["agent"]
 from agent.__main__ import main
 main()
 """
+)
 
 
 class TraceError(RuntimeError):
@@ -125,8 +134,9 @@ def trace_import_all(source: Path) -> tuple[set[str], list[str]]:
         out = Path(tmp) / "modules"
         names = agent_modules(source) + [name for name in config.LAZY_IMPORTS if name != "agent"]
         code = IMPORT_ALL.format(paths=_sys_path(source), names=names, out=str(out))
-        proc = subprocess.run([sys.executable, "-S", "-E", "-c", code], capture_output=True, text=True,
-                              cwd=tmp, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-S", "-E", "-c", code], capture_output=True, text=True, cwd=tmp, timeout=300
+        )
         if proc.returncode != 0 or not out.exists():
             raise TraceError(f"importing the agent's modules failed: {proc.stderr[-2000:]}")
         dump = _read_dump(out)
@@ -135,14 +145,21 @@ def trace_import_all(source: Path) -> tuple[set[str], list[str]]:
     return set(modules), list(failed)
 
 
-def _served_modules(code: str, sock: Path, checks: tuple[Callable[[str], int], ...], out: Path,
-                    env: dict[str, str] | None = None, signal_dump: bool = True) -> set[str]:
+def _served_modules(
+    code: str,
+    sock: Path,
+    checks: tuple[Callable[[str], int], ...],
+    out: Path,
+    env: dict[str, str] | None = None,
+    signal_dump: bool = True,
+) -> set[str]:
     """Run ``code`` (an agent serving on ``sock``), ask ``checks`` in order, and read the module dump
     it writes to ``out`` (asked for with SIGUSR2 when ``signal_dump``); the agent is stopped after."""
     log_path = out.with_name("stderr")
     with log_path.open("w") as log, children.spawning() as own:
-        agent = subprocess.Popen([sys.executable, "-S", "-E", "-c", code], cwd=out.parent,
-                                 stdout=subprocess.DEVNULL, stderr=log, env=env)
+        agent = subprocess.Popen(
+            [sys.executable, "-S", "-E", "-c", code], cwd=out.parent, stdout=subprocess.DEVNULL, stderr=log, env=env
+        )
         own(agent.pid)
     try:
         deadline = time.monotonic() + READY_TIMEOUT

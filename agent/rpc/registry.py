@@ -23,9 +23,7 @@ class CallContext(Record):
     deadline: float | None  # time.monotonic() by which the call must end, if the client set one
     metadata: Mapping[str, str]
 
-    def __init__(
-        self, protocol: str, deadline: float | None = None, metadata: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, protocol: str, deadline: float | None = None, metadata: Mapping[str, str] | None = None) -> None:
         self._assign(protocol, deadline, {} if metadata is None else metadata)
 
 

@@ -114,8 +114,11 @@ def prepare(ctx: BuildContext, package: str | None = None) -> GuestKernel:
         rooted = index.closure(config.GUEST_MODULES + config.ROOT_MODULES, builtin)
         staged = tree / "staged/lib/modules" / release
         stage_modules(index, rooted, staged)
-    progress.say("kernel", f"{release}: {len(guest)} guest modules ({len(boot)} before the agent serves), "
-                 f"{len(rooted)} with the ext4 root")
+    progress.say(
+        "kernel",
+        f"{release}: {len(guest)} guest modules ({len(boot)} before the agent serves), "
+        f"{len(rooted)} with the ext4 root",
+    )
     progress.say("kernel", "load order: " + " ".join(m.name for m in guest))
     return GuestKernel(
         package=package,

@@ -97,4 +97,3 @@ def set_args(bundle: Path, args: Sequence[str], **process: Any) -> None:
     config["process"]["args"] = list(args)
     config["process"].update(process)
     path.write_text(json.dumps(config, indent=2))
-

@@ -40,8 +40,9 @@ def built_initrd(tmp_path_factory: pytest.TempPathFactory) -> initrd.InitrdResul
 @pytest.fixture(scope="session")
 def unpacked(built_initrd: initrd.InitrdResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("initrd-root")
-    subprocess.run(["cpio", "-idm", "--quiet"], input=gzip.decompress(built_initrd.image.read_bytes()),
-                   cwd=target, check=True)
+    subprocess.run(
+        ["cpio", "-idm", "--quiet"], input=gzip.decompress(built_initrd.image.read_bytes()), cwd=target, check=True
+    )
     return target
 
 
@@ -90,8 +91,20 @@ def chrooted_agent(unpacked: Path) -> Iterator[Path]:
         'root=$1; shift; mount -t devtmpfs devtmpfs "$root/dev" && mount -t proc proc "$root/proc" '
         '&& exec chroot "$root" "$@"'
     )
-    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(unpacked),
-            "/init", "--server-addr", "unix:///run/test-agent.sock"]
+    argv = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        str(unpacked),
+        "/init",
+        "--server-addr",
+        "unix:///run/test-agent.sock",
+    ]
     with log.open("w") as out:
         agent = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -41,14 +41,16 @@ def elf_bytes(sections: list[FakeSection], elf_class: int = 2) -> bytes:
     shoff = HEADER_SIZE + len(body)
     count = len(blobs) + 1
     ident = b"\x7fELF" + bytes([elf_class, 1, 1]) + b"\0" * 9
-    header = ident + struct.pack("<HHIQQQIHHHHHH", 1, 62, 1, 0, 0, shoff, 0, HEADER_SIZE, 0, 0,
-                                 SECTION_HEADER_SIZE, count, count - 1)
+    header = ident + struct.pack(
+        "<HHIQQQIHHHHHH", 1, 62, 1, 0, 0, shoff, 0, HEADER_SIZE, 0, 0, SECTION_HEADER_SIZE, count, count - 1
+    )
     table = b"\0" * SECTION_HEADER_SIZE
     types = [section.type for section in sections] + [SHT_STRTAB]
     links = [section.link for section in sections] + [0]
     for index, blob in enumerate(blobs):
-        table += struct.pack("<IIQQQQIIQQ", name_offsets[index], types[index], 0, 0, offsets[index], len(blob),
-                             links[index], 0, 1, 0)
+        table += struct.pack(
+            "<IIQQQQIIQQ", name_offsets[index], types[index], 0, 0, offsets[index], len(blob), links[index], 0, 1, 0
+        )
     return header + body + table
 
 

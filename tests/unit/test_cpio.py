@@ -38,8 +38,18 @@ def test_gnu_cpio_extracts_the_same_tree(tmp_path: Path) -> None:
     make_tree(source)
     data = archive(source)
     listing = subprocess.run(["cpio", "-t", "--quiet"], input=data, capture_output=True, check=True).stdout.decode()
-    assert listing.split() == ["bin", "empty", "etc", "etc/pykata", "etc/pykata/modules.load", "odd", "usr",
-                               "usr/bin", "usr/bin/sh", "usr/bin/tool"]
+    assert listing.split() == [
+        "bin",
+        "empty",
+        "etc",
+        "etc/pykata",
+        "etc/pykata/modules.load",
+        "odd",
+        "usr",
+        "usr/bin",
+        "usr/bin/sh",
+        "usr/bin/tool",
+    ]
     target = tmp_path / "out"
     target.mkdir()
     subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=data, cwd=target, check=True)

@@ -172,7 +172,7 @@ def rig(tmp_path: Path) -> Iterator[tuple[HybridVsock, FakeFrontend, FakeGuest, 
 
 
 def _accept_request(guest: FakeGuest, port: int) -> Header:
-    (request, _), = guest.receive()
+    ((request, _),) = guest.receive()
     assert request.op == VIRTIO_VSOCK_OP_REQUEST and request.dst_port == port and request.dst_cid == CID
     guest.send(guest_header(VIRTIO_VSOCK_OP_RESPONSE, port, request.src_port))
     return request
@@ -221,7 +221,7 @@ def test_refused_connect_closes_the_client(rig: tuple[HybridVsock, FakeFrontend,
         client.settimeout(10)
         client.connect(str(uds))
         client.sendall(b"CONNECT 999\n")
-        (request, _), = guest.receive()
+        ((request, _),) = guest.receive()
         guest.send(guest_header(VIRTIO_VSOCK_OP_RST, 999, request.src_port))
         assert client.recv(100) == b""
 
@@ -239,7 +239,7 @@ def test_guest_connects_to_host_listener(rig: tuple[HybridVsock, FakeFrontend, F
     _, _, guest, uds = rig
     # Nothing listens on UDS_6000: RST.
     guest.send(guest_header(VIRTIO_VSOCK_OP_REQUEST, 50000, 6000))
-    (rst, _), = guest.receive()
+    ((rst, _),) = guest.receive()
     assert (rst.op, rst.dst_port, rst.src_port) == (VIRTIO_VSOCK_OP_RST, 50000, 6000)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with listener:
@@ -247,7 +247,7 @@ def test_guest_connects_to_host_listener(rig: tuple[HybridVsock, FakeFrontend, F
         listener.listen(1)
         listener.settimeout(10)
         guest.send(guest_header(VIRTIO_VSOCK_OP_REQUEST, 50001, 6000))
-        (response, _), = guest.receive()
+        ((response, _),) = guest.receive()
         assert response.op == VIRTIO_VSOCK_OP_RESPONSE and response.dst_port == 50001
         conn, _ = listener.accept()
         with conn:
@@ -359,10 +359,10 @@ def test_connect_to_a_silent_guest_times_out(
         client.settimeout(10)
         client.connect(str(uds))
         client.sendall(b"CONNECT 4000\n")
-        (request, _), = guest.receive()  # the guest sees the REQUEST and never answers
+        ((request, _),) = guest.receive()  # the guest sees the REQUEST and never answers
         assert request.op == VIRTIO_VSOCK_OP_REQUEST
         assert client.recv(100) == b""
-        (rst, _), = guest.receive()
+        ((rst, _),) = guest.receive()
         assert rst.op == VIRTIO_VSOCK_OP_RST and rst.src_port == request.src_port
 
 

@@ -56,7 +56,7 @@ def events(mux: VsockMux) -> list[tuple[Event, Connection]]:
 
 def established(mux: VsockMux, guest_port: int = 1024, buf_alloc: int = 65536) -> Connection:
     conn = mux.connect(guest_port)
-    (request, _), = drain(mux)
+    ((request, _),) = drain(mux)
     assert request.op == VIRTIO_VSOCK_OP_REQUEST
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_RESPONSE, guest_port, conn.host_port, buf_alloc=buf_alloc))
     assert events(mux) == [(Event.CONNECTED, conn)]
@@ -87,9 +87,14 @@ def test_host_connect_sends_request_and_response_establishes() -> None:
     mux = VsockMux(GUEST)
     conn = mux.connect(1024)
     assert conn.state is State.CONNECTING and conn.host_port == EPHEMERAL_PORT_FIRST
-    (header, payload), = drain(mux)
+    ((header, payload),) = drain(mux)
     assert (header.op, header.src_cid, header.dst_cid, header.src_port, header.dst_port) == (
-        VIRTIO_VSOCK_OP_REQUEST, HOST, GUEST, conn.host_port, 1024)
+        VIRTIO_VSOCK_OP_REQUEST,
+        HOST,
+        GUEST,
+        conn.host_port,
+        1024,
+    )
     assert header.buf_alloc == mux.buf_alloc and payload == b""
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_RESPONSE, 1024, conn.host_port))
     assert conn.state is State.ESTABLISHED
@@ -139,7 +144,7 @@ def test_guest_data_is_delivered_and_credit_returned() -> None:
     assert bytes(conn.inbox) == b"a" * 3000 + b"b" * 3000
     # The guest thinks 2192 bytes are free: under half of buf_alloc, so any progress is announced.
     mux.consumed(conn, 1000)
-    (update, _), = drain(mux)
+    ((update, _),) = drain(mux)
     assert update.op == VIRTIO_VSOCK_OP_CREDIT_UPDATE and update.fwd_cnt == 1000 and update.buf_alloc == 8192
     assert bytes(conn.inbox) == b"a" * 2000 + b"b" * 3000
 
@@ -151,12 +156,12 @@ def test_no_credit_update_while_the_guest_has_room() -> None:
     mux.consumed(conn, 4096)
     assert drain(mux) == []  # plenty of credit left in the guest's view
     mux.send(conn, b"reply")
-    (rw, _), = drain(mux)
+    ((rw, _),) = drain(mux)
     assert rw.op == VIRTIO_VSOCK_OP_RW and rw.fwd_cnt == 4096  # the credit rides along
     for _ in range(250):
         mux.receive(*from_guest(VIRTIO_VSOCK_OP_RW, 1024, conn.host_port, b"y" * 4096))
     mux.consumed(conn, 250 * 4096)
-    (update, _), = drain(mux)
+    ((update, _),) = drain(mux)
     assert update.op == VIRTIO_VSOCK_OP_CREDIT_UPDATE and update.fwd_cnt == 251 * 4096
 
 
@@ -164,7 +169,7 @@ def test_guest_that_ignores_credit_is_reset() -> None:
     mux = VsockMux(GUEST, buf_alloc=4096)
     conn = established(mux)
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_RW, 1024, conn.host_port, b"z" * 5000))
-    (rst, _), = drain(mux)
+    ((rst, _),) = drain(mux)
     assert rst.op == VIRTIO_VSOCK_OP_RST
     assert conn.state is State.CLOSED and not conn.inbox
 
@@ -173,14 +178,14 @@ def test_credit_request_is_answered() -> None:
     mux = VsockMux(GUEST)
     conn = established(mux)
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_CREDIT_REQUEST, 1024, conn.host_port))
-    (update, _), = drain(mux)
+    ((update, _),) = drain(mux)
     assert update.op == VIRTIO_VSOCK_OP_CREDIT_UPDATE
 
 
 def test_packets_for_unknown_connections_get_rst() -> None:
     mux = VsockMux(GUEST)
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_RW, 5555, 6666, b"data"))
-    (rst, _), = drain(mux)
+    ((rst, _),) = drain(mux)
     assert (rst.op, rst.src_port, rst.dst_port, rst.dst_cid) == (VIRTIO_VSOCK_OP_RST, 6666, 5555, GUEST)
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_RST, 5555, 6666))
     assert drain(mux) == []  # never answer RST with RST
@@ -189,7 +194,7 @@ def test_packets_for_unknown_connections_get_rst() -> None:
 def test_seqpacket_is_refused() -> None:
     mux = VsockMux(GUEST, accept=lambda conn: True)
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_REQUEST, 5555, 80, type=VIRTIO_VSOCK_TYPE_SEQPACKET))
-    (rst, _), = drain(mux)
+    ((rst, _),) = drain(mux)
     assert rst.op == VIRTIO_VSOCK_OP_RST and rst.type == VIRTIO_VSOCK_TYPE_SEQPACKET
 
 
@@ -203,7 +208,7 @@ def test_packets_from_other_cids_are_dropped() -> None:
 def test_guest_request_to_a_closed_port_gets_rst() -> None:
     mux = VsockMux(GUEST, accept=lambda conn: False)
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_REQUEST, 40000, 5000))
-    (rst, _), = drain(mux)
+    ((rst, _),) = drain(mux)
     assert (rst.op, rst.src_port, rst.dst_port) == (VIRTIO_VSOCK_OP_RST, 5000, 40000)
     assert not mux.connections
 
@@ -217,9 +222,9 @@ def test_guest_request_to_a_listener_gets_response() -> None:
 
     mux = VsockMux(GUEST, accept=accept)
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_REQUEST, 40000, 5000, buf_alloc=4096))
-    (response, _), = drain(mux)
+    ((response, _),) = drain(mux)
     assert response.op == VIRTIO_VSOCK_OP_RESPONSE and response.dst_port == 40000
-    conn, = accepted
+    (conn,) = accepted
     assert conn.key == (5000, 40000) and conn.peer_buf_alloc == 4096 and conn.state is State.ESTABLISHED
 
 
@@ -240,7 +245,7 @@ def test_guest_shutdown_both_is_answered_with_rst_and_closes() -> None:
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_RW, 1024, conn.host_port, b"tail"))
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_SHUTDOWN, 1024, conn.host_port, flags=SHUTDOWN_BOTH))
     assert [e for e, _ in events(mux)] == [Event.DATA, Event.PEER_EOF]
-    (rst, _), = drain(mux)
+    ((rst, _),) = drain(mux)
     assert rst.op == VIRTIO_VSOCK_OP_RST
     assert [e for e, _ in events(mux)] == [Event.CLOSED]
     assert bytes(conn.inbox) == b"tail"  # still there for the host side to flush
@@ -260,7 +265,7 @@ def test_host_reset_sends_rst_and_forgets() -> None:
     conn = established(mux)
     mux.send(conn, b"dropped")
     mux.reset(conn)
-    (rst, _), = drain(mux)
+    ((rst, _),) = drain(mux)
     assert rst.op == VIRTIO_VSOCK_OP_RST and not mux.connections
 
 
@@ -281,6 +286,6 @@ def test_counters_wrap_at_32_bits() -> None:
     conn.peer_fwd_cnt = 0xFFFFFF00
     mux.receive(*from_guest(VIRTIO_VSOCK_OP_CREDIT_UPDATE, 1024, conn.host_port, buf_alloc=4096, fwd_cnt=0xFFFFFF00))
     mux.send(conn, b"w" * 1024)
-    (rw, _), = drain(mux)
+    ((rw, _),) = drain(mux)
     assert rw.len == 1024 and conn.tx_cnt == 0x300
     assert conn.peer_credit() == 4096 - 1024

@@ -55,8 +55,13 @@ def staging(tmp_path: Path) -> Path:
     return root
 
 
-BOOT = {"init", f"{STDLIB}/os.pyc", f"{STDLIB}/json/__init__.pyc", f"{SITE}/agent/__init__.pyc",
-        f"{STDLIB}/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so"}
+BOOT = {
+    "init",
+    f"{STDLIB}/os.pyc",
+    f"{STDLIB}/json/__init__.pyc",
+    f"{SITE}/agent/__init__.pyc",
+    f"{STDLIB}/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so",
+}
 
 
 def test_compiled_module_paths_find_pyc_packages_and_extensions(staging: Path) -> None:
@@ -70,15 +75,17 @@ def test_compiled_module_paths_find_pyc_packages_and_extensions(staging: Path) -
 
 
 def test_module_names_of_files_and_directories() -> None:
-    names = initrd.module_names([
-        f"{STDLIB}/json/tool.pyc",
-        f"{STDLIB}/lib-dynload/_ctypes.cpython-311-x86_64-linux-gnu.so",
-        f"{SITE}/agent/container",
-        f"{SITE}/agent/container/__init__.pyc",
-        f"{SITE}/google",
-        f"{SITE}/google/protobuf/py.typed",
-        "usr/bin/busybox",
-    ])
+    names = initrd.module_names(
+        [
+            f"{STDLIB}/json/tool.pyc",
+            f"{STDLIB}/lib-dynload/_ctypes.cpython-311-x86_64-linux-gnu.so",
+            f"{SITE}/agent/container",
+            f"{SITE}/agent/container/__init__.pyc",
+            f"{SITE}/google",
+            f"{SITE}/google/protobuf/py.typed",
+            "usr/bin/busybox",
+        ]
+    )
     assert names == ["_ctypes", "agent.container", "google", "json.tool"]
 
 
@@ -94,13 +101,17 @@ def test_split_keeps_boot_files_and_stores_the_rest_as_one_gzip_member(staging: 
     assert all(empty in first for empty in initrd.EMPTY_DIRS)
     deferred = {path: data for path, _mode, data in cpio.read_archive(gzip.decompress(packed))}
     assert deferred_raw == len(gzip.decompress(packed))
-    assert set(deferred) >= {f"{SITE}/agent/container", f"{SITE}/agent/container/engine.pyc", "usr/bin/busybox",
-                             f"{STDLIB}/json/tool.pyc", f"{SITE}/google/protobuf/py.typed"}
+    assert set(deferred) >= {
+        f"{SITE}/agent/container",
+        f"{SITE}/agent/container/engine.pyc",
+        "usr/bin/busybox",
+        f"{STDLIB}/json/tool.pyc",
+        f"{SITE}/google/protobuf/py.typed",
+    }
     assert deferred["usr/bin/busybox"] == b"usr/bin/busybox"
     assert not set(deferred) & BOOT
     index = first[initrd.DEFERRED_INDEX][1].decode().split()
-    assert index == ["_ctypes", "agent.container", "agent.container.engine", "google", "google.protobuf",
-                     "json.tool"]
+    assert index == ["_ctypes", "agent.container", "agent.container.engine", "google", "google.protobuf", "json.tool"]
     # reproducible
     assert initrd.split_archives(staging, 1767225600, BOOT) == (raw, packed, deferred_raw)
 

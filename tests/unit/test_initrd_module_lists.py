@@ -28,8 +28,14 @@ ROOT_EXTRA = ["kernel/crypto/crc32c_generic.ko", "kernel/fs/ext4/ext4.ko"]
 def kernel() -> GuestKernel:
     guest = VSOCK[:3] + OTHERS[:1] + VSOCK[3:] + OTHERS[1:]  # closure order interleaves them
     return GuestKernel(
-        package="linux-image-test", package_version="1", release="6.1.0-test", vmlinuz=Path("/nonexistent"),
-        modules_root=Path("/nonexistent"), guest_modules=guest, root_modules=guest + ROOT_EXTRA, boot_modules=VSOCK,
+        package="linux-image-test",
+        package_version="1",
+        release="6.1.0-test",
+        vmlinuz=Path("/nonexistent"),
+        modules_root=Path("/nonexistent"),
+        guest_modules=guest,
+        root_modules=guest + ROOT_EXTRA,
+        boot_modules=VSOCK,
     )
 
 
@@ -58,9 +64,15 @@ def kernel_with_drivers() -> GuestKernel:
     """The agent loads vsock before serving; the block driver loads with the deferred files."""
     guest = VSOCK[:3] + OTHERS[:1] + VSOCK[3:] + OTHERS[1:]
     return GuestKernel(
-        package="linux-image-test", package_version="1", release="6.1.0-test", vmlinuz=Path("/nonexistent"),
-        modules_root=Path("/nonexistent"), guest_modules=guest, root_modules=guest + ROOT_EXTRA,
-        boot_modules=VSOCK[:3] + OTHERS[:1] + VSOCK[3:], serve_modules=VSOCK,
+        package="linux-image-test",
+        package_version="1",
+        release="6.1.0-test",
+        vmlinuz=Path("/nonexistent"),
+        modules_root=Path("/nonexistent"),
+        guest_modules=guest,
+        root_modules=guest + ROOT_EXTRA,
+        boot_modules=VSOCK[:3] + OTHERS[:1] + VSOCK[3:],
+        serve_modules=VSOCK,
     )
 
 

@@ -17,7 +17,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_parse_assignments_and_not_set(tmp_path: Path) -> None:
-    settings = fragments.parse_config_text("CONFIG_A=y\n# comment\n# CONFIG_B is not set\nCONFIG_C=\"x y\"\n", "f")
+    settings = fragments.parse_config_text('CONFIG_A=y\n# comment\n# CONFIG_B is not set\nCONFIG_C="x y"\n', "f")
     assert [(s.symbol, s.value) for s in settings] == [("CONFIG_A", "y"), ("CONFIG_B", "n"), ("CONFIG_C", '"x y"')]
     assert settings[1].origin == "f:3"
 
@@ -90,7 +90,18 @@ def test_repository_fragments_merge_without_conflict() -> None:
     config_dir = REPO / "kernel-config"
     chosen = fragments.select_fragments(config_dir / "fragments", "x86_64")
     names = {p.stem for p in chosen}
-    assert {"base", "virtio", "vsock", "hotplug", "cgroup", "namespaces", "fs", "network", "9p", "seccomp",
-            "debug"} <= names
+    assert {
+        "base",
+        "virtio",
+        "vsock",
+        "hotplug",
+        "cgroup",
+        "namespaces",
+        "fs",
+        "network",
+        "9p",
+        "seccomp",
+        "debug",
+    } <= names
     merged = fragments.merge(chosen, relative_to=config_dir)
     assert merged["CONFIG_VIRTIO_VSOCKETS"].value == "y"

@@ -27,12 +27,16 @@ def vsock_tree(root: Path) -> Path:
     write_module(kernel / "drivers/virtio/virtio.ko", depends="virtio_ring")
     write_module(kernel / "drivers/virtio/virtio_pci_modern_dev.ko", depends="")
     write_module(kernel / "drivers/virtio/virtio_pci_legacy_dev.ko", depends="")
-    write_module(kernel / "drivers/virtio/virtio_pci.ko",
-                 depends="virtio_pci_modern_dev,virtio_ring,virtio,virtio_pci_legacy_dev")
+    write_module(
+        kernel / "drivers/virtio/virtio_pci.ko",
+        depends="virtio_pci_modern_dev,virtio_ring,virtio,virtio_pci_legacy_dev",
+    )
     write_module(kernel / "net/vmw_vsock/vsock.ko", depends="")
     write_module(kernel / "net/vmw_vsock/vmw_vsock_virtio_transport_common.ko", depends="vsock,virtio_ring")
-    write_module(kernel / "net/vmw_vsock/vmw_vsock_virtio_transport.ko",
-                 depends="vmw_vsock_virtio_transport_common,virtio,virtio_ring,vsock")
+    write_module(
+        kernel / "net/vmw_vsock/vmw_vsock_virtio_transport.ko",
+        depends="vmw_vsock_virtio_transport_common,virtio,virtio_ring,vsock",
+    )
     return root
 
 
@@ -49,10 +53,18 @@ def assert_dependency_order(tree: ModuleTree, ordered: list[str]) -> None:
 def test_vsock_closure_puts_every_dependency_first(tmp_path: Path) -> None:
     tree = ModuleTree(vsock_tree(tmp_path / "lib"), tmp_path / "plain")
     ordered = names(tree.closure(["virtio_pci", "vmw_vsock_virtio_transport"]))
-    assert sorted(ordered) == sorted([
-        "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "vsock",
-        "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
-    ])
+    assert sorted(ordered) == sorted(
+        [
+            "virtio_ring",
+            "virtio",
+            "virtio_pci_modern_dev",
+            "virtio_pci_legacy_dev",
+            "virtio_pci",
+            "vsock",
+            "vmw_vsock_virtio_transport_common",
+            "vmw_vsock_virtio_transport",
+        ]
+    )
     assert len(ordered) == len(set(ordered))  # shared dependencies once
     assert_dependency_order(tree, ordered)
 

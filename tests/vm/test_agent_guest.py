@@ -279,5 +279,3 @@ def test_rootfs_image_under_systemd(guest_files: Path, tmp_path: Path) -> None:
         status = client(booted, "grpc").call("grpc.Health/Check", health_pb2.CheckRequest())
         assert isinstance(status, health_pb2.HealthCheckResponse)
         assert status.status == health_pb2.HealthCheckResponse.SERVING
-
-
