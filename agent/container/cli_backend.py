@@ -35,7 +35,6 @@ from agent.container.engine import Container, Engine, FdIO
 from agent.container.events import ProcessEvents
 from agent.container.hooks import DEFAULT_HOOK_TIMEOUT
 from agent.container.state import Status
-from agent.container.warm import WarmPair, close_all_but, fits_warm_pair, threads_run
 from agent.errors import ResourceError
 from agent.system import jsonlite
 from agent.system.paths import HostPaths
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
 
     from agent.container.cli_state import Record
     from agent.container.forkserver import ForkServerClient, ProcessHandle
+    from agent.container.warm import WarmPair
 
 EXEC_FIFO = "exec.fifo"
 TIOCSPTLCK = 0x40045431  # linux/tty ioctls Python's termios lacks
@@ -143,6 +143,9 @@ class LocalForkServer:
 
     def spawn(self, payload: dict[str, Any], fds: list[int], description: str, control_fd: int | None,
               status_fd: int) -> Any:  # fmt: skip
+        # here, not at the top: only a create or an exec spawns (a start, kill or delete never loads it)
+        from agent.container.warm import close_all_but, fits_warm_pair, threads_run
+
         warm, self._warm = self._warm, None
         if warm is not None:
             if fds and fits_warm_pair(payload) and warm.hand_over(marshal.dumps(payload), fds):

@@ -178,7 +178,7 @@ class Container:
         self.id = container_id
         self.spec = spec
         self.bundle = bundle
-        self.cgroup = cgroup
+        self._cgroup = cgroup
         self.init: Process | None = None
         self.execs: dict[str, Process] = {}
         self.created_at = time.time()
@@ -187,6 +187,15 @@ class Container:
         self.asked_for_cpus = bool((spec.linux.resources.get("cpu") or {}).get("cpus"))
         self._status = Status.CREATING
         self._lock = _thread.RLock()
+
+    @property
+    def cgroup(self) -> Any:
+        """The container's cgroup manager. A restored container makes it on first use: a later call
+        of a runtime CLI that starts the container, or signals its init, needs none (and the managers'
+        imports and the read of the host's cgroup mounts are milliseconds of such a call)."""
+        if self._cgroup is None:
+            self._cgroup = self.engine.make_cgroup(self.spec.linux.cgroups_path, self.id)
+        return self._cgroup
 
     # --- status
     @property
@@ -495,8 +504,7 @@ class Engine:
         update, destroy) works as for a container this engine created."""
         validate_container_id(container_id)
         parsed = parse_spec(spec)
-        cgroup = self.make_cgroup(parsed.linux.cgroups_path, container_id)
-        container = Container(self, container_id, parsed, os.fspath(bundle), cgroup)
+        container = Container(self, container_id, parsed, os.fspath(bundle), None)  # its cgroup: on first use
         terminal = parsed.process.terminal if parsed.process is not None else False
         container.init = Process(container_id, "", init, ProcessIO(), terminal)
         container.start_fifo = None if start_fifo is None else os.fspath(start_fifo)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import os
 
-from agent.system.libc import raise_errno
-
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from os import PathLike
@@ -33,10 +31,17 @@ def write(path: StrPath, value: str | int | bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     except OSError as exc:
-        raise_errno(exc.errno or errno.EIO, os.fspath(path))
+        raise _naming(exc, path) from None
     try:
         os.write(fd, data)
     except OSError as exc:
-        raise_errno(exc.errno or errno.EIO, os.fspath(path))
+        raise _naming(exc, path) from None
     finally:
         os.close(fd)
+
+
+def _naming(exc: OSError, path: StrPath) -> OSError:
+    """``exc`` as an OSError naming ``path`` (as a str), the way os functions raise it. (Not through
+    agent.system.libc's raise_errno: sysfs is on paths that load no libc, a ``pykata-runc delete``.)"""
+    code = exc.errno or errno.EIO
+    return OSError(code, os.strerror(code), os.fspath(path))

@@ -21,6 +21,7 @@ from typing import Any
 
 from tests.conftest import REPO
 from tests.privileged.conftest import make_spec
+from tests.privileged.runc_helpers import Runtime, alive, remove_cgroups_of, wait_for
 
 # Each of these costs milliseconds at import (or brings ones that do); none is needed to run a container.
 AVOIDED = (
@@ -104,3 +105,42 @@ def test_a_cold_run_imports_none_of_the_costly_modules(
     loaded = sorted({name for name in modules if name.split(".")[0] in AVOIDED})
     assert loaded == [], f"a cold run imported {loaded}"
     assert not (state / container_id).exists(), "run leaves no state behind"
+
+
+# What a call after the create needs is the saved record and the engine's view of the container: no
+# spawning (the warm pair, the launch and rootfs code, libc's bindings) and, to start the container or
+# signal its init, no cgroup either (the managers, the read of the host's cgroup mounts).
+SPAWNING = ("agent.container.warm", "agent.container.launch", "agent.container.rootfs", "agent.system.libc", "_ctypes")
+CGROUPS = ("agent.container.cgroups.manager", "agent.container.cgroups.layout", "agent.container.cgroups.plan")
+
+
+def test_start_kill_and_delete_load_only_what_they_use(tmp_path: Path, runc_spec: dict[str, Any]) -> None:
+    tag = f"pykata-cold-calls-{os.getpid()}"
+    runtime = Runtime(tmp_path / "state", tmp_path, runc_spec, tag)
+    bundle = runtime.bundle("sleeper", ["/bin/sleep", "30"])
+    container_id = runtime.new_id("sleeper")
+    base = ["--root", str(runtime.root)]
+    try:
+        runtime("create", "--bundle", str(bundle), container_id)
+        pid = runtime.saved(container_id)["pid"]
+
+        code, started = _modules_after(tmp_path, [*base, "start", container_id])
+        assert code == 0
+        assert runtime.state(container_id)["status"] == "running"
+        assert "agent.container.engine" in started  # the engine started it
+        assert sorted(set(started) & {*SPAWNING, *CGROUPS}) == []
+
+        code, killed = _modules_after(tmp_path, [*base, "kill", container_id, "KILL"])
+        assert code == 0
+        assert sorted(set(killed) & {*SPAWNING, *CGROUPS}) == []
+        wait_for(lambda: not alive(pid), f"container {container_id} to end after SIGKILL")
+
+        code, deleted = _modules_after(tmp_path, [*base, "delete", container_id])
+        assert code == 0
+        assert "agent.container.cgroups.manager" in deleted  # it removed the container's cgroup
+        assert sorted(set(deleted) & set(SPAWNING)) == []
+        assert not (runtime.root / container_id).exists()
+        assert remove_cgroups_of(tag) == []
+    finally:
+        runtime("delete", "--force", container_id, check=False)
+        remove_cgroups_of(tag)

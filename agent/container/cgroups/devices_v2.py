@@ -17,7 +17,6 @@ import _struct
 import os
 
 from agent.errors import ResourceError
-from agent.system import libc
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -103,6 +102,8 @@ def device_program(rules: Sequence[Mapping[str, Any]]) -> bytes:
 
 def load(program: bytes) -> int:
     """BPF_PROG_LOAD; returns the program fd. The verifier's log is in the error when it refuses."""
+    from agent.system import libc  # here: the cgroup manager imports this module on every path, a delete's too
+
     insns = bytearray(program)
     license_text = bytearray(b"Apache-2.0\0")
     log = bytearray(65536)
@@ -131,6 +132,8 @@ def load(program: bytes) -> int:
 def attach(directory: str | os.PathLike[str], program: bytes) -> None:
     """Load ``program`` and attach it to the cgroup ``directory`` (single-program mode: it replaces a
     program attached there before, so an update swaps the rules in one step)."""
+    from agent.system import libc
+
     directory = os.fspath(directory)
     prog_fd = load(program)
     try:
