@@ -5,7 +5,8 @@
 (b) ``pykata-runc run``: started cold (the launcher scripts/setup.sh installs, which runs
     ``python -S``; then as pip's console script would run, with site's start-up), and handed to a
     warm ``pykata-runc serve`` by its small client; (c) Debian's ``runc run``; (d) ``crun run`` on
-    the same bundle.
+    the same bundle. Then pykata-runc and runc again, driven as containerd's shim drives a runtime: a
+    command per step (create, start, state, delete), each step's time under the way's line.
 
 The python floor (bench/_python_floor.py) is the least any cold Python process pays to run that container:
 a ``python -S`` started as the pykata-runc launcher is (its code from a .pyc), the C modules it needs
@@ -106,6 +107,31 @@ def no_site_env() -> dict[str, str]:
     import sysconfig
 
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])}
+
+
+def lifecycle_way(name: str, argv: list[str], bundle: Path) -> Way:
+    """The same container driven the way containerd's shim drives a runtime, one command per step:
+    ``create``, ``start``, ``state``, ``delete --force`` (the program has ended by then, or is killed);
+    each command's time is a phase. A Python command pays the interpreter's start at every step."""
+    steps = (("create", ["create", "--bundle", str(bundle)]), ("start", ["start"]), ("state", ["state"]),
+             ("delete", ["delete", "--force"]))  # fmt: skip
+
+    def cycle(container_id: str) -> None:
+        # output to a file: a created container holds its stdio until it ends, so a pipe's reader
+        # (waiting for the end) would wait for the start that comes after
+        with tempfile.TemporaryFile() as errors:
+            for step, args in steps:
+                started = time.perf_counter()
+                done = subprocess.run([*argv, *args, container_id], cwd=REPO, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=errors)  # fmt: skip
+                way.phases.setdefault(step, []).append(time.perf_counter() - started)
+                if done.returncode != 0:
+                    errors.seek(0)
+                    tail = errors.read().decode(errors="replace")[-400:]
+                    raise RuntimeError(f"{' '.join(argv)} {step} {container_id}: exit {done.returncode}: {tail}")
+
+    way = Way(name, cycle)
+    return way
 
 
 def pykata_runc_site_way(bundle: Path, state: Path) -> Way:
@@ -230,6 +256,21 @@ def report(ways: list[Way]) -> None:
             print(f"  {phase:<{width - 2}}{median_text}")
 
 
+def report_steps(ways: list[Way], ours: str = "pykata-runc by step", theirs: str = "runc by step") -> None:
+    """pykata-runc against runc, driven a command per step: the whole and each step's ratio of medians."""
+    found = {way.name: way for way in ways if way.name in (ours, theirs) and way.samples}
+    if len(found) < 2:
+        return
+    mine, base = found[ours], found[theirs]
+    steps = ", ".join(
+        f"{step} {statistics.median(samples) / statistics.median(base.phases[step]):.2f}x"
+        for step, samples in mine.phases.items()
+        if base.phases.get(step)
+    )
+    whole = statistics.median(mine.samples) / statistics.median(base.samples)
+    print(f"{ours} / {theirs}: {whole:.2f}x ({steps})")
+
+
 def measure(ways: list[Way], runs: int) -> None:
     for run in range(runs):
         for way in ways:
@@ -266,7 +307,10 @@ def main() -> None:
         print(f"pykata-runc's launcher runs {python} -S (the floor and the python -S lines too)")
         ways = [agent_way(bundle, workdir), pykata_runc_way(bundle, state, launcher),
                 pykata_runc_site_way(bundle, state), pykata_runc_server_way(bundle, state, workdir, launcher),
-                runc_way(bundle, state), crun_way(bundle, state), python_floor_way(bundle, python),
+                runc_way(bundle, state), crun_way(bundle, state),
+                lifecycle_way("pykata-runc by step", [str(launcher), "--root", str(state / "steps")], bundle),
+                lifecycle_way("runc by step", ["runc", "--root", str(state / "runc-steps")], bundle),
+                python_floor_way(bundle, python),
                 python_startup_way(sys.executable), python_startup_way(python, "-S"),
                 python_startup_way(python, "-S", program="import ctypes")]  # fmt: skip
         try:
@@ -280,6 +324,7 @@ def main() -> None:
                 way.close()
             remove_cgroups()
         report(ways)
+        report_steps(ways)
 
 
 def remove_cgroups() -> None:
