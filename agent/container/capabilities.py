@@ -26,6 +26,12 @@ PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 
+def capability_names() -> list[str]:
+    """Every capability this build knows by name (``CAP_CHOWN``...), in the kernel's order."""
+    named = {getattr(_prctl, name): name for name in dir(_prctl) if name.startswith("CAP_") and name not in FLAGS}
+    return [named[number] for number in sorted(n for n in named if isinstance(n, int))]
+
+
 def cap_numbers(names: list[str] | None) -> list[int]:
     """Numbers of the named capabilities; names this kernel or library lacks are skipped, as runc does."""
     found = []

@@ -325,6 +325,14 @@ class Context:
         return state
 
 
+def cmd_features(ctx: Context) -> int:
+    """The runtime-spec features document of this engine (agent/container/features.py), as runc prints its own."""
+    from agent.container.features import features
+
+    print(jsonlite.dumps(features(), indent=4))
+    return 0
+
+
 def cmd_spec(ctx: Context) -> int:
     bundle = ctx.flags["bundle"] or "."
     if ctx.flags["rootless"]:
@@ -848,6 +856,7 @@ HANDLERS: dict[str, Callable[[Context], int]] = {
     "update": cmd_update,
     "spec": cmd_spec,
     "list": cmd_list,
+    "features": cmd_features,
     "serve": cmd_serve,
 }
 

@@ -172,6 +172,7 @@ COMMANDS = {
             0,
             0,
         ),
+        Command("features", "features", (), 0, 0),
         Command(
             "serve",
             "serve --socket PATH",

@@ -315,8 +315,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _plan_from(data: dict[str, Any]) -> rootfs.RootfsPlan:
-    classes = (rootfs.Mkdir, rootfs.Mount, rootfs.Remount, rootfs.Propagate, rootfs.Mknod, rootfs.Symlink,
-               rootfs.BindDevice)  # fmt: skip
+    classes = (rootfs.Mkdir, rootfs.Mount, rootfs.Remount, rootfs.SetAttr, rootfs.Propagate, rootfs.Mknod,
+               rootfs.Symlink, rootfs.BindDevice)  # fmt: skip
     kinds = {cls.__name__: cls for cls in classes}
     operations: list[rootfs.Operation] = [kinds[item[0]](*item[1:]) for item in data["operations"]]
     return rootfs.RootfsPlan(

@@ -9,6 +9,7 @@ root changes.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -22,13 +23,8 @@ DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_SYMLINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                 ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))  # fmt: skip
 # flags that only a bind remount can apply
-_BIND_REMOUNT_FLAGS = libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC | libc.MS_NOATIME
-
-
-def parse_options(options: tuple[str, ...] | list[str]) -> tuple[int, int, str]:
-    """(mount flags, propagation flags, data string) from an OCI mount's options."""
-    parsed = parse_mount_options(options)
-    return parsed.flags, parsed.propagation, parsed.data_text
+_BIND_REMOUNT_FLAGS = (libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC | libc.MS_NOATIME
+                       | libc.MS_NOSYMFOLLOW)  # fmt: skip
 
 
 class Mkdir(Record):
@@ -44,7 +40,7 @@ class Mkdir(Record):
 
 
 class Mount(Record):
-    _fields = ("source", "target", "fstype", "flags", "data", "host_source")
+    _fields = ("source", "target", "fstype", "flags", "data", "host_source", "copy_up")
     __slots__ = _fields
     source: str
     target: str  # container path
@@ -52,14 +48,24 @@ class Mount(Record):
     flags: int
     data: str
     host_source: bool  # source is a host path that must exist (bind mounts)
+    copy_up: bool  # tmpcopyup: the new (tmpfs) mount starts with a copy of what the target held
 
     def __init__(
-        self, source: str, target: str, fstype: str, flags: int = 0, data: str = "", host_source: bool = False
+        self,
+        source: str,
+        target: str,
+        fstype: str,
+        flags: int = 0,
+        data: str = "",
+        host_source: bool = False,
+        copy_up: bool = False,
     ) -> None:
-        self._assign(source, target, fstype, flags, data, host_source)
+        self._assign(source, target, fstype, flags, data, host_source, copy_up)
 
     def describe(self) -> str:
-        return f"mount -t {self.fstype or 'none'} {self.source} {self.target} flags={self.flags:#x} data={self.data!r}"
+        copy_up = " (copy up)" if self.copy_up else ""
+        return (f"mount -t {self.fstype or 'none'} {self.source} {self.target} flags={self.flags:#x} "
+                f"data={self.data!r}{copy_up}")  # fmt: skip
 
 
 class Remount(Record):
@@ -73,6 +79,22 @@ class Remount(Record):
 
     def describe(self) -> str:
         return f"mount -o remount,bind {self.target} flags={self.flags:#x}"
+
+
+class SetAttr(Record):
+    """mount_setattr(2) with AT_RECURSIVE: the recursive mount options (rro, rnosuid...)."""
+
+    _fields = ("target", "attr_set", "attr_clr")
+    __slots__ = _fields
+    target: str
+    attr_set: int
+    attr_clr: int
+
+    def __init__(self, target: str, attr_set: int, attr_clr: int) -> None:
+        self._assign(target, attr_set, attr_clr)
+
+    def describe(self) -> str:
+        return f"mount_setattr -R {self.target} set={self.attr_set:#x} clear={self.attr_clr:#x}"
 
 
 class Propagate(Record):
@@ -134,7 +156,7 @@ class Mknod(Record):
         return f"mknod -m {self.mode:o} {self.target} {self.kind} {self.major} {self.minor} ({self.uid}:{self.gid})"
 
 
-Operation = Mkdir | Mount | Remount | Propagate | Symlink | BindDevice | Mknod
+Operation = Mkdir | Mount | Remount | SetAttr | Propagate | Symlink | BindDevice | Mknod
 
 
 class RootfsPlan:
@@ -228,12 +250,12 @@ def plan_rootfs(
     ops: list[Operation] = []
     dev_mounted = False
     for mount in spec.mounts:
-        flags, propagation, data = parse_options(mount.options)
+        options = parse_mount_options(mount.options)
+        flags, propagation = options.flags, options.propagation
         target = mount.destination
         if mount.type == "cgroup" or mount.type == "cgroup2":
             ops += _cgroup_mount_ops(paths, target, flags)
-            continue
-        if flags & libc.MS_BIND or mount.type == "bind":
+        elif flags & libc.MS_BIND or mount.type == "bind":
             source = mount.source
             if not source.startswith("/") and bundle_dir is not None:
                 source = normal_path(os.path.join(bundle_dir, source))
@@ -242,8 +264,12 @@ def plan_rootfs(
                 ops.append(Remount(target, flags & _BIND_REMOUNT_FLAGS))
         else:
             ops.append(Mkdir(target))
-            ops.append(Mount(mount.source or mount.type, target, mount.type, flags, data))
-        if propagation:
+            # tmpcopyup is for a tmpfs (as runc has it); on another filesystem it is dropped
+            copy_up = options.copy_up and mount.type == "tmpfs"
+            ops.append(Mount(mount.source or mount.type, target, mount.type, flags, options.data_text, copy_up=copy_up))
+        if options.attr_set or options.attr_clr:
+            ops.append(SetAttr(target, options.attr_set, options.attr_clr))
+        if propagation and mount.type not in ("cgroup", "cgroup2"):
             ops.append(Propagate(target, propagation))
         if target == "/dev":
             dev_mounted = True
@@ -386,10 +412,22 @@ def execute(plan: RootfsPlan) -> None:
                 _make_target(target, op.source)
             elif target not in resolve.made and not os.path.isdir(target):  # unless a Mkdir made it
                 os.makedirs(target, exist_ok=True)
-            libc.mount(op.source, target, op.fstype or None, op.flags, op.data or None)
+            if op.copy_up:
+                _mount_copied_up(op, target)
+            else:
+                libc.mount(op.source, target, op.fstype or None, op.flags, op.data or None)
             resolve.changed(op.target)
         elif isinstance(op, Remount):
             libc.mount(None, resolve(op.target), None, libc.MS_BIND | libc.MS_REMOUNT | op.flags)
+        elif isinstance(op, SetAttr):
+            target = resolve(op.target)
+            try:
+                libc.mount_setattr(target, op.attr_set, op.attr_clr)
+            except OSError as exc:
+                if exc.errno == errno.ENOSYS:
+                    raise OSError(exc.errno, "recursive mount options (rro, rnosuid...) need mount_setattr(2), "
+                                  "Linux 5.12 or later", op.target) from None  # fmt: skip
+                raise
         elif isinstance(op, Propagate):
             libc.mount(None, resolve(op.target), None, op.flags)
         elif isinstance(op, Symlink):
@@ -414,6 +452,65 @@ def execute(plan: RootfsPlan) -> None:
             _make_target(target, op.host_path)
             libc.mount(op.host_path, target, None, libc.MS_BIND)
             resolve.changed(op.target)
+
+
+def _mount_copied_up(op: Mount, target: str) -> None:
+    """tmpcopyup: mount the tmpfs on ``target`` with a copy of what ``target`` held (its files, links,
+    device nodes and subdirectories, with their modes, owners and times), as runc does. The directory
+    stays reachable through a descriptor opened before the mount covers it. A read-only tmpfs (``ro``)
+    cannot take the copy: the mount is then made writable for it and remounted read-only after."""
+    below = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        libc.mount(op.source, target, op.fstype or None, op.flags & ~libc.MS_RDONLY, op.data or None)
+        _copy_tree(below, target)  # into the tmpfs, whose own mode is its options' (mode=...)
+        if op.flags & libc.MS_RDONLY:
+            libc.mount(None, target, None, libc.MS_REMOUNT | op.flags, op.data or None)
+    finally:
+        os.close(below)
+
+
+def _copy_tree(source_dir: int, destination: str) -> None:
+    """Copy the entries of the directory open as ``source_dir`` into the directory ``destination``."""
+    with os.scandir(source_dir) as entries:
+        listed = list(entries)
+    for entry in listed:
+        info = entry.stat(follow_symlinks=False)
+        mode = info.st_mode
+        target = f"{destination}/{entry.name}"
+        if stat.S_ISDIR(mode):
+            os.mkdir(target, 0o700)
+            inner = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=source_dir)
+            try:
+                _copy_tree(inner, target)
+            finally:
+                os.close(inner)
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(entry.name, dir_fd=source_dir), target)
+        elif stat.S_ISREG(mode):
+            _copy_file(source_dir, entry.name, target, info.st_size)
+        else:  # device nodes, fifos, sockets
+            os.mknod(target, mode, info.st_rdev)
+        os.chown(target, info.st_uid, info.st_gid, follow_symlinks=False)
+        if not stat.S_ISLNK(mode):
+            os.chmod(target, stat.S_IMODE(mode))
+        os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+
+
+def _copy_file(source_dir: int, name: str, target: str, size: int) -> None:
+    reader = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=source_dir)
+    try:
+        writer = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            left = size
+            while left > 0:
+                copied = os.sendfile(writer, reader, None, left)
+                if copied == 0:  # the file shrank meanwhile
+                    break
+                left -= copied
+        finally:
+            os.close(writer)
+    finally:
+        os.close(reader)
 
 
 def bind_console(plan: RootfsPlan, slave_path: str) -> None:

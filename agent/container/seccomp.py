@@ -58,22 +58,32 @@ MAX_JUMP = 255
 INSTRUCTION = _struct.Struct("<HBBI")
 
 
+# The profile's actions this compiler knows (SCMP_ACT_NOTIFY is not one: it needs a listener), as the
+# SECCOMP_RET_* value they return; ERRNO and TRACE carry errnoRet (EPERM when absent) in the low 16 bits.
+ACTIONS: dict[str, int] = {
+    "SCMP_ACT_KILL": SECCOMP_RET_KILL_THREAD,
+    "SCMP_ACT_KILL_THREAD": SECCOMP_RET_KILL_THREAD,
+    "SCMP_ACT_KILL_PROCESS": SECCOMP_RET_KILL_PROCESS,
+    "SCMP_ACT_TRAP": SECCOMP_RET_TRAP,
+    "SCMP_ACT_ERRNO": SECCOMP_RET_ERRNO,
+    "SCMP_ACT_TRACE": SECCOMP_RET_TRACE,
+    "SCMP_ACT_LOG": SECCOMP_RET_LOG,
+    "SCMP_ACT_ALLOW": SECCOMP_RET_ALLOW,
+}
+_WITH_ERRNO = ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE")
+# The argument comparisons _arg_check compiles, and the one architecture the filters are for.
+OPERATORS = ("SCMP_CMP_EQ", "SCMP_CMP_NE", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_GT", "SCMP_CMP_GE", "SCMP_CMP_LT",
+             "SCMP_CMP_LE")  # fmt: skip
+ARCHITECTURES = ("SCMP_ARCH_X86_64",)
+
+
 def action_value(action: str, errno_ret: int | None) -> int:
-    if action in ("SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD"):
-        return SECCOMP_RET_KILL_THREAD
-    if action == "SCMP_ACT_KILL_PROCESS":
-        return SECCOMP_RET_KILL_PROCESS
-    if action == "SCMP_ACT_TRAP":
-        return SECCOMP_RET_TRAP
-    if action == "SCMP_ACT_ERRNO":
-        return SECCOMP_RET_ERRNO | ((errno.EPERM if errno_ret is None else errno_ret) & 0xFFFF)
-    if action == "SCMP_ACT_TRACE":
-        return SECCOMP_RET_TRACE | ((errno.EPERM if errno_ret is None else errno_ret) & 0xFFFF)
-    if action == "SCMP_ACT_LOG":
-        return SECCOMP_RET_LOG
-    if action == "SCMP_ACT_ALLOW":
-        return SECCOMP_RET_ALLOW
-    raise InvalidArgument(f"linux.seccomp: action {action!r} is not supported")
+    value = ACTIONS.get(action)
+    if value is None:
+        raise InvalidArgument(f"linux.seccomp: action {action!r} is not supported")
+    if action in _WITH_ERRNO:
+        return value | ((errno.EPERM if errno_ret is None else errno_ret) & 0xFFFF)
+    return value
 
 
 # An instruction before its jumps are resolved: jumps name labels ("next" = the rule's end,

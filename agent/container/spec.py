@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
+HOOK_NAMES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 
 
 class Mount(Record):

@@ -97,6 +97,24 @@ MS_SHARED = 1 << 20
 MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 MS_LAZYTIME = 1 << 25
+MS_POSIXACL = 1 << 16
+MS_I_VERSION = 1 << 23
+
+# mount_setattr(2): struct mount_attr's attr_set/attr_clr bits. The atime ones are a 3-bit field
+# (MOUNT_ATTR__ATIME), not bits: to change it, attr_clr holds the whole field and attr_set the value.
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR__ATIME = 0x70
+MOUNT_ATTR_RELATIME = 0x0
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_STRICTATIME = 0x20
+MOUNT_ATTR_NODIRATIME = 0x80
+MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+SYS_mount_setattr = 442  # the same number on every architecture (a syscall added after the tables merged)
 
 # umount2(2) flags
 MNT_FORCE = 1
@@ -160,6 +178,16 @@ def buffer_address(buffer: bytearray) -> int:
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
     _check(_libc.mount(_b(source), _b(target), _b(fstype), _ULong(flags), _b(data)), target)
+
+
+def mount_setattr(target: str, attr_set: int, attr_clr: int, *, recursive: bool = True) -> None:
+    """mount_setattr(2) on the mount at ``target`` (and, ``recursive``, every mount below it): set the
+    MOUNT_ATTR_* bits in ``attr_set``, clear those in ``attr_clr``. Linux 5.12 or later (ENOSYS before)."""
+    attr = bytearray(_struct.pack("=QQQQ", attr_set, attr_clr, 0, 0))  # struct mount_attr, version 0
+    buffer = (_Char * len(attr)).from_buffer(attr)
+    flags = AT_RECURSIVE if recursive else 0
+    _check(_libc.syscall(_Long(SYS_mount_setattr), _Int(AT_FDCWD), _b(target), _UInt(flags), buffer,
+                         _SizeT(len(attr))), target)  # fmt: skip
 
 
 def umount2(target: str, flags: int = 0) -> None:

@@ -1,5 +1,10 @@
 """Mount options as mount(8) words (an OCI mount's options, a storage's options), split into mount(2)
-flags, propagation flags and filesystem data. The one table for the container engine and the storage drivers."""
+flags, propagation flags and filesystem data. The one table for the container engine and the storage drivers.
+
+Besides mount(8)'s words, runtime-spec's (config.md, "mounts"): the recursive attributes ``rro``,
+``rnosuid``, ``rnoatime``... (mount_setattr(2) with AT_RECURSIVE: the mount and every mount below
+it, where ``ro`` on a recursive bind leaves the mounts below writable), and ``tmpcopyup`` (a tmpfs
+starts with a copy of what the directory it covers held). Any other word is filesystem data."""
 
 from __future__ import annotations
 
@@ -41,7 +46,41 @@ _FLAG_WORDS: dict[str, tuple[int, int]] = {
     "nolazytime": (libc.MS_LAZYTIME, 0),
     "silent": (0, libc.MS_SILENT),
     "loud": (libc.MS_SILENT, 0),
+    "nosymfollow": (0, libc.MS_NOSYMFOLLOW),
+    "symfollow": (libc.MS_NOSYMFOLLOW, 0),
+    "iversion": (0, libc.MS_I_VERSION),
+    "noiversion": (libc.MS_I_VERSION, 0),
+    "acl": (0, libc.MS_POSIXACL),
+    "noacl": (libc.MS_POSIXACL, 0),
 }
+
+# recursive attribute word -> (MOUNT_ATTR_* bit, set it?)
+RECURSIVE_WORDS: dict[str, tuple[int, bool]] = {
+    "rro": (libc.MOUNT_ATTR_RDONLY, True),
+    "rrw": (libc.MOUNT_ATTR_RDONLY, False),
+    "rnosuid": (libc.MOUNT_ATTR_NOSUID, True),
+    "rsuid": (libc.MOUNT_ATTR_NOSUID, False),
+    "rnodev": (libc.MOUNT_ATTR_NODEV, True),
+    "rdev": (libc.MOUNT_ATTR_NODEV, False),
+    "rnoexec": (libc.MOUNT_ATTR_NOEXEC, True),
+    "rexec": (libc.MOUNT_ATTR_NOEXEC, False),
+    "rnodiratime": (libc.MOUNT_ATTR_NODIRATIME, True),
+    "rdiratime": (libc.MOUNT_ATTR_NODIRATIME, False),
+    "rnosymfollow": (libc.MOUNT_ATTR_NOSYMFOLLOW, True),
+    "rsymfollow": (libc.MOUNT_ATTR_NOSYMFOLLOW, False),
+}
+# recursive atime word -> the atime mode it sets (one field: relatime, noatime or strictatime). As
+# their non-recursive words: "atime" and "nostrictatime" are the kernel's default, relatime;
+# "norelatime" updates every access, strictatime.
+RECURSIVE_ATIME_WORDS: dict[str, int] = {
+    "rnoatime": libc.MOUNT_ATTR_NOATIME,
+    "ratime": libc.MOUNT_ATTR_RELATIME,
+    "rrelatime": libc.MOUNT_ATTR_RELATIME,
+    "rnorelatime": libc.MOUNT_ATTR_STRICTATIME,
+    "rstrictatime": libc.MOUNT_ATTR_STRICTATIME,
+    "rnostrictatime": libc.MOUNT_ATTR_RELATIME,
+}
+TMPCOPYUP = "tmpcopyup"
 
 PROPAGATION_WORDS: dict[str, int] = {
     "private": libc.MS_PRIVATE,
@@ -55,15 +94,35 @@ PROPAGATION_WORDS: dict[str, int] = {
 }
 
 
+def recognized_words() -> list[str]:
+    """The words parse_mount_options takes as flags, propagation, recursive attributes or tmpcopyup
+    (the rest are filesystem data)."""
+    return sorted((*_FLAG_WORDS, *PROPAGATION_WORDS, *RECURSIVE_WORDS, *RECURSIVE_ATIME_WORDS, TMPCOPYUP))
+
+
 class MountOptions(Record):
-    _fields = ("flags", "propagation", "data")
+    """``flags`` and ``propagation`` for mount(2); ``attr_set``/``attr_clr`` for mount_setattr(2) with
+    AT_RECURSIVE (both 0: none asked for); ``copy_up``: tmpcopyup was given."""
+
+    _fields = ("flags", "propagation", "data", "attr_set", "attr_clr", "copy_up")
     __slots__ = _fields
     flags: int
     propagation: int
     data: tuple[str, ...]
+    attr_set: int
+    attr_clr: int
+    copy_up: bool
 
-    def __init__(self, flags: int = 0, propagation: int = 0, data: tuple[str, ...] = ()) -> None:
-        self._assign(flags, propagation, data)
+    def __init__(
+        self,
+        flags: int = 0,
+        propagation: int = 0,
+        data: tuple[str, ...] = (),
+        attr_set: int = 0,
+        attr_clr: int = 0,
+        copy_up: bool = False,
+    ) -> None:
+        self._assign(flags, propagation, data, attr_set, attr_clr, copy_up)
 
     @property
     def data_text(self) -> str:
@@ -73,7 +132,8 @@ class MountOptions(Record):
         return any(word == key or word.startswith(key + "=") for word in self.data)
 
     def with_data(self, *words: str) -> MountOptions:
-        return MountOptions(self.flags, self.propagation, (*self.data, *words))
+        return MountOptions(self.flags, self.propagation, (*self.data, *words), self.attr_set, self.attr_clr,
+                            self.copy_up)  # fmt: skip
 
 
 def parse_mount_options(options: Iterable[str]) -> MountOptions:
@@ -83,6 +143,8 @@ def parse_mount_options(options: Iterable[str]) -> MountOptions:
     """
     flags = 0
     propagation = 0
+    attr_set = attr_clr = 0
+    copy_up = False
     data: list[str] = []
     for option in options:
         for word in option.split(","):
@@ -94,9 +156,17 @@ def parse_mount_options(options: Iterable[str]) -> MountOptions:
                 flags = (flags & ~clear) | set_
             elif word in PROPAGATION_WORDS:
                 propagation |= PROPAGATION_WORDS[word]
+            elif word in RECURSIVE_WORDS:
+                bit, on = RECURSIVE_WORDS[word]
+                attr_set, attr_clr = (attr_set | bit, attr_clr & ~bit) if on else (attr_set & ~bit, attr_clr | bit)
+            elif word in RECURSIVE_ATIME_WORDS:
+                attr_set = (attr_set & ~libc.MOUNT_ATTR__ATIME) | RECURSIVE_ATIME_WORDS[word]
+                attr_clr |= libc.MOUNT_ATTR__ATIME
+            elif word == TMPCOPYUP:
+                copy_up = True
             else:
                 data.append(word)
-    return MountOptions(flags, propagation, tuple(data))
+    return MountOptions(flags, propagation, tuple(data), attr_set, attr_clr, copy_up)
 
 
 def option_values(options: Iterable[str]) -> dict[str, str]:

@@ -121,6 +121,70 @@ def test_read_only_root_refuses_writes(engine: Engine, spec: Any) -> None:
     assert b"Read-only file system" in err
 
 
+@pytest.fixture
+def tree_with_a_submount(tmp_path: Path) -> Iterator[Path]:
+    """A host directory with a tmpfs mounted on a subdirectory (removed after the test)."""
+    top = tmp_path / "shared"
+    (top / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(top / "sub")], check=True)
+    try:
+        yield top
+    finally:
+        subprocess.run(["umount", str(top / "sub")], check=True)
+
+
+@pytest.mark.parametrize(("options", "top_writable", "sub_writable"), [
+    (["rbind", "ro"], False, True),  # ro remounts the bind's top mount only
+    (["rbind", "rro"], False, False),  # rro: the mount and every mount below it (mount_setattr)
+    (["rbind", "rro", "rrw"], True, True),  # a later word undoes an earlier one
+])  # fmt: skip
+def test_recursive_read_only_bind(
+    engine: Engine, spec: Any, tree_with_a_submount: Path, options: list[str], top_writable: bool, sub_writable: bool
+) -> None:
+    name = f"iso-rro-{len(options)}{options[1]}"
+    config = spec(name, ["/bin/sh", "-c", "touch /mnt/shared/top; echo top=$?; touch /mnt/shared/sub/x; echo sub=$?"])
+    config["mounts"].append(
+        {"destination": "/mnt/shared", "type": "bind", "source": str(tree_with_a_submount), "options": options}
+    )
+    code, out, _ = run(engine, name, config)
+    assert code == 0
+    assert out.decode().split() == [f"top={0 if top_writable else 1}", f"sub={0 if sub_writable else 1}"]
+    assert (tree_with_a_submount / "top").exists() is top_writable
+    assert (tree_with_a_submount / "sub" / "x").exists() is sub_writable
+
+
+def test_tmpcopyup_tmpfs_starts_with_what_the_directory_held(engine: Engine, spec: Any, busybox_rootfs: Path) -> None:
+    image = busybox_rootfs / "copyup"
+    shutil.rmtree(image, ignore_errors=True)
+    (image / "dir").mkdir(parents=True)
+    (image / "file").write_text("from the image\n")
+    (image / "file").chmod(0o604)  # others may read: the container has no CAP_DAC_OVERRIDE
+    os.chown(image / "file", 1000, 1000)
+    (image / "dir" / "inner").write_text("inner\n")
+    (image / "link").symlink_to("file")
+    os.mkfifo(image / "fifo", 0o600)
+    script = ("cat /copyup/file /copyup/dir/inner; stat -c '%a %u %g' /copyup/file; readlink /copyup/link; "
+              "stat -c %F /copyup/fifo; grep ' /copyup ' /proc/mounts | cut -d' ' -f3; "
+              "echo new > /copyup/added; echo added=$?")  # fmt: skip
+    config = spec("iso-copyup", ["/bin/sh", "-c", script])
+    config["mounts"].append(
+        {"destination": "/copyup", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup", "mode=755", "ro"]}
+    )
+    try:
+        code, out, err = run(engine, "iso-copyup", config)
+        copied = ["from the image", "inner", "604 1000 1000", "file", "fifo", "tmpfs"]
+        # ro: the copy went in before the remount made it read-only
+        assert (code, out.decode().splitlines()) == (0, [*copied, "added=1"])
+        assert b"Read-only file system" in err
+
+        config["mounts"][-1]["options"] = ["tmpcopyup"]
+        code, out, err = run(engine, "iso-copyup", config)
+        assert (code, out.decode().splitlines()) == (0, [*copied, "added=0"]), err
+        assert not (image / "added").exists()  # the write went to the tmpfs, not the image
+    finally:
+        shutil.rmtree(image)
+
+
 def test_masked_and_readonly_paths(engine: Engine, spec: Any) -> None:
     script = "wc -c < /proc/keys; ls /sys/firmware | wc -l; echo 1 > /proc/sys/kernel/domainname; echo rc=$?"
     _, out, err = run(engine, "iso-mask", spec("iso-mask", ["/bin/sh", "-c", script]))

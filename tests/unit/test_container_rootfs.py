@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.container.rootfs import (
     BindDevice,
     Mkdir,
@@ -13,15 +15,16 @@ from agent.container.rootfs import (
     Mount,
     Propagate,
     Remount,
+    SetAttr,
     Symlink,
     _Resolver,
-    parse_options,
     plan_rootfs,
     root_is_initramfs,
     secure_join,
 )
 from agent.container.spec import parse_spec
 from agent.system import libc
+from agent.system.mountopts import parse_mount_options
 from agent.system.paths import HostPaths
 
 SPEC: dict[str, Any] = {
@@ -50,10 +53,68 @@ def fake_v1(root: Path) -> HostPaths:
 
 
 def test_options_split_into_flags_propagation_and_data() -> None:
-    flags, propagation, data = parse_options(["nosuid", "ro", "rw", "rslave", "mode=755", "size=64k", "noexec"])
-    assert flags == libc.MS_NOSUID | libc.MS_NOEXEC  # rw cancels ro
-    assert propagation == libc.MS_SLAVE | libc.MS_REC
-    assert data == "mode=755,size=64k"
+    options = parse_mount_options(["nosuid", "ro", "rw", "rslave", "mode=755", "size=64k", "noexec"])
+    assert options.flags == libc.MS_NOSUID | libc.MS_NOEXEC  # rw cancels ro
+    assert options.propagation == libc.MS_SLAVE | libc.MS_REC
+    assert options.data_text == "mode=755,size=64k"
+    assert (options.attr_set, options.attr_clr, options.copy_up) == (0, 0, False)
+
+
+def _spec_with_mounts(*mounts: dict[str, Any]) -> Any:
+    return parse_spec({**SPEC, "mounts": list(mounts)})
+
+
+def test_recursive_options_add_a_mount_setattr_after_the_mount(tmp_path: Path) -> None:
+    spec = _spec_with_mounts(
+        {"destination": "/data", "type": "bind", "source": "/host/data", "options": ["rbind", "rro", "rnosuid"]},
+        {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["rnoexec", "rslave"]},
+    )
+    ops = plan_rootfs(fake_v1(tmp_path), spec, Path("/r"), None, no_pivot=False).operations
+    bind = ops.index(Mount("/host/data", "/data", "", libc.MS_BIND | libc.MS_REC, "", host_source=True))
+    # rro is not ro: no bind remount (which would leave the mounts below writable), one setattr for all
+    assert ops[bind + 1] == SetAttr("/data", libc.MOUNT_ATTR_RDONLY | libc.MOUNT_ATTR_NOSUID, 0)
+    tmpfs = ops.index(Mount("tmpfs", "/run", "tmpfs", 0, ""))  # no recursive word reaches the filesystem
+    assert ops[tmpfs + 1] == SetAttr("/run", libc.MOUNT_ATTR_NOEXEC, 0)
+    assert ops[tmpfs + 2] == Propagate("/run", libc.MS_SLAVE | libc.MS_REC)
+
+
+@pytest.mark.parametrize(
+    ("words", "attr_set", "attr_clr"),
+    [
+        (["rro", "rrw"], 0, libc.MOUNT_ATTR_RDONLY),  # the later word wins
+        (["rrw", "rro"], libc.MOUNT_ATTR_RDONLY, 0),
+        (["rnodev", "rdev", "rnoexec"], libc.MOUNT_ATTR_NOEXEC, libc.MOUNT_ATTR_NODEV),
+        (["rnosymfollow", "rnodiratime"], libc.MOUNT_ATTR_NOSYMFOLLOW | libc.MOUNT_ATTR_NODIRATIME, 0),
+        # atime is one field: the whole field is cleared and the last word's mode set
+        (["rnoatime"], libc.MOUNT_ATTR_NOATIME, libc.MOUNT_ATTR__ATIME),
+        (["rnoatime", "rstrictatime"], libc.MOUNT_ATTR_STRICTATIME, libc.MOUNT_ATTR__ATIME),
+        (["rnoatime", "rrelatime"], libc.MOUNT_ATTR_RELATIME, libc.MOUNT_ATTR__ATIME),
+        (["rro", "rnorelatime"], libc.MOUNT_ATTR_RDONLY | libc.MOUNT_ATTR_STRICTATIME, libc.MOUNT_ATTR__ATIME),
+    ],
+)
+def test_recursive_words_set_and_clear_mount_attributes(words: list[str], attr_set: int, attr_clr: int) -> None:
+    options = parse_mount_options(words)
+    assert (options.attr_set, options.attr_clr) == (attr_set, attr_clr)
+    assert options.flags == 0 and options.data == ()
+
+
+def test_tmpcopyup_is_a_runtime_option_for_a_tmpfs(tmp_path: Path) -> None:
+    spec = _spec_with_mounts(
+        {"destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup", "mode=755"]},
+        {"destination": "/mnt", "type": "bind", "source": "/host/mnt", "options": ["bind", "tmpcopyup"]},
+    )
+    ops = plan_rootfs(fake_v1(tmp_path), spec, Path("/r"), None, no_pivot=False).operations
+    # never passed to the filesystem (tmpfs refuses words it does not know)
+    assert Mount("tmpfs", "/etc", "tmpfs", 0, "mode=755", copy_up=True) in ops
+    # and dropped where it means nothing, as runc does
+    assert Mount("/host/mnt", "/mnt", "", libc.MS_BIND, "", host_source=True) in ops
+
+
+def test_new_flag_words() -> None:
+    assert parse_mount_options(["nosymfollow", "iversion", "acl"]).flags == (
+        libc.MS_NOSYMFOLLOW | libc.MS_I_VERSION | libc.MS_POSIXACL
+    )
+    assert parse_mount_options(["nosymfollow", "symfollow", "acl", "noacl"]).flags == 0
 
 
 def test_plan_for_v1_host(tmp_path: Path) -> None:
