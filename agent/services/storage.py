@@ -20,7 +20,7 @@ from agent.storage.table import MountedStorage, MountTable
 from agent.storage.types import DRIVER_EPHEMERAL, Storage
 from agent.storage.volume import VolumeStats, resize_volume, volume_stats
 from agent.system import libc
-from agent.system.mountopts import parse_mount_options
+from agent.system.mountopts import parse_plain_mount_options
 from agent.system.paths import HostPaths
 from agent.system.pcipath import Waker
 
@@ -75,7 +75,7 @@ class StorageService:
                 continue
             if self.table.get(storage.mount_point) is None:
                 raise NotFound(f"UpdateEphemeralMounts: no ephemeral storage is mounted at {storage.mount_point}")
-            options = parse_mount_options(storage.options)
+            options = parse_plain_mount_options(storage.options, f"ephemeral storage {storage.mount_point}")
             remount = p.Remount(storage.mount_point, libc.MS_REMOUNT | options.flags, options.data_text)
             try:
                 remount.apply(self.sys)

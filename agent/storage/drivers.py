@@ -21,7 +21,7 @@ from agent.storage.types import (
     Storage,
 )
 from agent.system import libc
-from agent.system.mountopts import MountOptions, option_values, parse_mount_options
+from agent.system.mountopts import MountOptions, option_values, parse_plain_mount_options
 
 # Kata's options: a group for the directory, and its mode in octal.
 OPTION_FSGID = "fsgid"
@@ -62,10 +62,14 @@ def _mount_device(storage: Storage, source: str, fstype: str, options: MountOpti
     ]
 
 
+def _what(storage: Storage) -> str:
+    return f"{storage.driver} storage {storage.mount_point}"
+
+
 def plan_9p(storage: Storage, source: str) -> list[p.Op]:
     if not source:
         raise InvalidArgument("9p storage: the source (the mount tag) is empty")
-    options = parse_mount_options(storage.options)
+    options = parse_plain_mount_options(storage.options, _what(storage))
     for default in NINEP_DEFAULTS:
         if not options.has_data(default.split("=")[0]):
             options = options.with_data(default)
@@ -75,13 +79,13 @@ def plan_9p(storage: Storage, source: str) -> list[p.Op]:
 def plan_virtiofs(storage: Storage, source: str) -> list[p.Op]:
     if not source:
         raise InvalidArgument("virtio-fs storage: the source (the mount tag) is empty")
-    return _mount_device(storage, source, "virtiofs", parse_mount_options(storage.options))
+    return _mount_device(storage, source, "virtiofs", parse_plain_mount_options(storage.options, _what(storage)))
 
 
 def plan_block(storage: Storage, source: str) -> list[p.Op]:
     if not storage.fstype:
         raise InvalidArgument(f"{storage.driver} storage {storage.source}: fstype is empty (e.g. ext4, xfs)")
-    return _mount_device(storage, source, storage.fstype, parse_mount_options(storage.options))
+    return _mount_device(storage, source, storage.fstype, parse_plain_mount_options(storage.options, _what(storage)))
 
 
 def _without(options: tuple[str, ...], keys: tuple[str, ...]) -> list[str]:
@@ -112,7 +116,7 @@ def _gid(storage: Storage, text: str) -> int:
 def plan_ephemeral(storage: Storage, source: str) -> list[p.Op]:
     """A tmpfs. ``fsgid=`` is ours, not tmpfs's: the directory gets that group and setgid."""
     values = option_values(storage.options)
-    options = parse_mount_options(_without(storage.options, (OPTION_FSGID,)))
+    options = parse_plain_mount_options(_without(storage.options, (OPTION_FSGID,)), _what(storage))
     ops = _mount_device(storage, source or "tmpfs", storage.fstype or "tmpfs", options)
     if OPTION_FSGID in values:
         target = check_mount_point(storage)
@@ -148,7 +152,7 @@ def plan_overlayfs(storage: Storage, source: str) -> list[p.Op]:
     for key in ("upperdir", "workdir"):
         if values.get(key):
             ops.append(p.MakeDir(values[key]))
-    options = parse_mount_options(storage.options)
+    options = parse_plain_mount_options(storage.options, _what(storage))
     ops += [p.MakeDir(target), p.Mount(source or "overlay", target, "overlay", options.flags, options.data_text)]
     return ops + _propagation_ops(options, target)
 
@@ -157,7 +161,7 @@ def plan_bind(storage: Storage, source: str, source_is_dir: bool = True) -> list
     target = check_mount_point(storage)
     if not source.startswith("/"):
         raise InvalidArgument(f"bind storage: source {source!r} is not an absolute path")
-    options = parse_mount_options(storage.options)
+    options = parse_plain_mount_options(storage.options, _what(storage))
     bind_flags = libc.MS_BIND | (options.flags & libc.MS_REC)
     rest = options.flags & ~(libc.MS_BIND | libc.MS_REC | libc.MS_REMOUNT)
     make_target: p.Op = p.MakeDir(target) if source_is_dir else p.MakeFile(target)

@@ -8,6 +8,7 @@ starts with a copy of what the directory it covers held). Any other word is file
 
 from __future__ import annotations
 
+from agent.errors import InvalidArgument
 from agent.system import libc
 from agent.system.records import Record
 
@@ -167,6 +168,18 @@ def parse_mount_options(options: Iterable[str]) -> MountOptions:
             else:
                 data.append(word)
     return MountOptions(flags, propagation, tuple(data), attr_set, attr_clr, copy_up)
+
+
+def parse_plain_mount_options(options: Iterable[str], what: str) -> MountOptions:
+    """parse_mount_options for mounts made with mount(2) alone (the agent's storages): the container
+    options a runtime carries out itself (recursive attributes, tmpcopyup) are refused, naming ``what``,
+    rather than dropped."""
+    parsed = parse_mount_options(options)
+    if parsed.attr_set or parsed.attr_clr or parsed.copy_up:
+        runtime_words = sorted({*RECURSIVE_WORDS, *RECURSIVE_ATIME_WORDS, TMPCOPYUP})
+        given = [w.strip() for o in options for w in o.split(",") if w.strip() in runtime_words]
+        raise InvalidArgument(f"{what}: options {', '.join(given)} are a container mount's, not a storage's")
+    return parsed
 
 
 def option_values(options: Iterable[str]) -> dict[str, str]:

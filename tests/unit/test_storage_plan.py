@@ -29,6 +29,17 @@ def test_option_values() -> None:
     assert option_values(["mode=0777,fsgid=10", "bare"]) == {"mode": "0777", "fsgid": "10", "bare": ""}
 
 
+@pytest.mark.parametrize("driver", ["9p", "virtio-fs", "blk", "ephemeral", "bind", "overlayfs"])
+def test_a_container_mount_option_is_refused_for_a_storage(driver: str) -> None:
+    # rro and tmpcopyup are carried out by a runtime, not by mount(2): a storage that asks for one
+    # fails, naming it, rather than being mounted without it
+    source = {"blk": "/dev/vda", "bind": "/src"}.get(driver, "src")
+    first = "lowerdir=/l,upperdir=/u,workdir=/w" if driver == "overlayfs" else "nodev"
+    storage = Storage(driver, source, "/m", fstype="ext4", options=(first, "rro,tmpcopyup"))
+    with pytest.raises(InvalidArgument, match=r"/m: options rro, tmpcopyup are a container mount's"):
+        plan_storage(storage)
+
+
 def test_9p_adds_virtio_transport_and_version() -> None:
     storage = Storage("9p", "kataShared", "/run/kata-containers/shared/containers", options=("nodev", "msize=8192"))
     plan = plan_storage(storage)
