@@ -325,6 +325,12 @@ class Context:
         return state
 
 
+def cmd_events(ctx: Context) -> int:
+    from agent.container.cli_events import cmd_events as events
+
+    return events(ctx)
+
+
 def cmd_features(ctx: Context) -> int:
     """The runtime-spec features document of this engine (agent/container/features.py), as runc prints its own."""
     from agent.container.features import features
@@ -856,6 +862,7 @@ HANDLERS: dict[str, Callable[[Context], int]] = {
     "update": cmd_update,
     "spec": cmd_spec,
     "list": cmd_list,
+    "events": cmd_events,
     "features": cmd_features,
     "serve": cmd_serve,
 }

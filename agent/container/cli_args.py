@@ -172,6 +172,14 @@ COMMANDS = {
             0,
             0,
         ),
+        Command(
+            "events",
+            "events [--stats] [--interval DURATION] ID",
+            (
+                _bool("stats", "stats", "print the container's stats once and exit"),
+                _value("interval", "interval", "time between stats events (Go duration, default 5s)"),
+            ),
+        ),
         Command("features", "features", (), 0, 0),
         Command(
             "serve",

@@ -648,3 +648,81 @@ def _stat_fields(proc_dir: Path) -> list[str]:
     except OSError:
         return []
     return stat[stat.rindex(")") + 2 :].split()
+
+
+def _key_paths(value: Any, prefix: str = "") -> set[str]:
+    """Every key of a JSON object, nested, as dotted paths (lists are not descended)."""
+    if not isinstance(value, dict):
+        return set()
+    paths = set()
+    for key, inner in value.items():
+        paths.add(prefix + key)
+        paths |= _key_paths(inner, f"{prefix}{key}.")
+    return paths
+
+
+def test_events_stats_are_laid_out_as_runcs(runtime: Runtime) -> None:
+    ours_id, runcs_id = runtime.new_id("events"), f"{RUN_TAG}-events-runc"
+    runtime("run", "-d", "-b", str(runtime.bundle("events", ["/bin/sleep", "300"])), ours_id)
+    runc_root = runtime.workdir / "runc-state"
+    runc = ["runc", "--root", str(runc_root)]
+    subprocess.run([*runc, "run", "-d", "-b", str(runtime.bundle("events-runc", ["/bin/sleep", "300"])), runcs_id],
+                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=60)  # fmt: skip
+    try:
+        ours = json.loads(runtime("events", "--stats", ours_id).stdout)
+        theirs = json.loads(subprocess.run([*runc, "events", "--stats", runcs_id], check=True, capture_output=True,
+                                           text=True, timeout=60).stdout)  # fmt: skip
+    finally:
+        subprocess.run([*runc, "delete", "--force", runcs_id], capture_output=True, timeout=60)
+    assert (ours["type"], ours["id"]) == ("stats", ours_id)
+    # no key runc does not have (the cgroup's own counters under memory.raw aside), and runc's main ones
+    mine = {path for path in _key_paths(ours) if not path.startswith("data.memory.raw.")}
+    runcs = {path for path in _key_paths(theirs) if not path.startswith("data.memory.raw.")}
+    assert sorted(mine - runcs) == []
+    assert {"data.cpu.usage.total", "data.cpu.usage.kernel", "data.memory.usage.limit", "data.memory.swap.failcnt",
+            "data.pids.current", "data.cpuset.cpus", "data.memory.raw"} <= mine  # fmt: skip
+    data = ours["data"]
+    assert data["pids"]["current"] == 1  # the sleep
+    assert data["memory"]["usage"]["usage"] > 0 and data["cpu"]["usage"]["total"] > 0
+    assert data["cpuset"]["cpus"] == theirs["data"]["cpuset"]["cpus"]
+    assert data["memory"]["raw"].keys() == theirs["data"]["memory"]["raw"].keys()
+
+
+def test_events_stream_reports_an_oom_kill_and_ends_with_the_container(runtime: Runtime) -> None:
+    def limited(config: dict[str, Any]) -> None:
+        config["linux"].setdefault("resources", {})["memory"] = {"limit": 32 << 20, "swap": 32 << 20}
+
+    # a shell variable that doubles until the 32 MiB limit stops it
+    bundle = runtime.bundle("oom", ["/bin/sh", "-c", "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done"], limited)
+    cid = runtime.new_id("oom")
+    runtime("create", "-b", str(bundle), cid)
+    events = subprocess.Popen([*runtime.command, "--root", str(runtime.root), "events", "--interval", "200ms", cid],
+                              cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    runtime.pids.append(events.pid)
+    try:
+        assert events.stdout is not None
+        first = json.loads(events.stdout.readline())
+        assert (first["type"], first["id"]) == ("stats", cid)  # one at once, before the container runs
+        runtime("start", cid)
+        kinds = []
+        for line in events.stdout:  # to its end: the command stops when the container has ended
+            kinds.append(json.loads(line)["type"])
+        assert events.wait(timeout=30) == 0
+        assert "oom" in kinds, kinds
+        assert runtime.state(cid)["status"] == "stopped"
+    finally:
+        if events.poll() is None:
+            events.kill()
+            events.wait()
+
+
+def test_events_refuses_a_bad_interval_and_a_stopped_container(runtime: Runtime) -> None:
+    bundle = runtime.bundle("events-bad", ["/bin/true"])
+    cid = runtime.new_id("events-bad")
+    runtime("create", "-b", str(bundle), cid)
+    done = runtime("events", "--interval", "5 parsecs", cid, check=False)
+    assert done.returncode == 1 and "'5 parsecs' is not a duration" in done.stderr
+    runtime("start", cid)
+    wait_for(lambda: runtime.state(cid)["status"] == "stopped", "/bin/true to end")
+    done = runtime("events", "--stats", cid, check=False)
+    assert done.returncode == 1 and "is not running" in done.stderr
