@@ -441,8 +441,12 @@ def resources_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
     for flag, key in (("memory", "limit"), ("memory_reservation", "reservation"), ("memory_swap", "swap")):
         if flags.get(flag) is not None:
             memory[key] = _size(flags[flag], f"--{flag.replace('_', '-')}")
+    for flag in ("l3_cache_schema", "mem_bw_schema"):
+        if flags.get(flag) is not None:
+            raise CliError(f"--{flag.replace('_', '-')}: Intel RDT is not supported by this runtime")
     cpu = resources.setdefault("cpu", {})
-    for flag, key in (("cpu_quota", "quota"), ("cpu_period", "period"), ("cpu_shares", "shares")):
+    for flag, key in (("cpu_quota", "quota"), ("cpu_period", "period"), ("cpu_shares", "shares"),
+                      ("cpu_rt_period", "realtimePeriod"), ("cpu_rt_runtime", "realtimeRuntime")):  # fmt: skip
         if flags.get(flag) is not None:
             cpu[key] = _integer(flags[flag], f"--{flag.replace('_', '-')}")
     for flag, key in (("cpuset_cpus", "cpus"), ("cpuset_mems", "mems")):
@@ -450,6 +454,8 @@ def resources_from_flags(flags: dict[str, Any]) -> dict[str, Any]:
             cpu[key] = flags[flag]
     if flags.get("pids_limit") is not None:
         resources.setdefault("pids", {})["limit"] = _integer(flags["pids_limit"], "--pids-limit")
+    if flags.get("blkio_weight") is not None:
+        resources.setdefault("blockIO", {})["weight"] = _integer(flags["blkio_weight"], "--blkio-weight")
     return {key: value for key, value in resources.items() if value}
 
 

@@ -163,6 +163,11 @@ COMMANDS = {
                 _value("cpuset-cpus", "cpuset_cpus", "CPUs to run on (0-3,7)"),
                 _value("cpuset-mems", "cpuset_mems", "memory nodes to use"),
                 _value("pids-limit", "pids_limit", "maximum number of tasks"),
+                _value("blkio-weight", "blkio_weight", "block IO weight (10..1000)"),
+                _value("cpu-rt-period", "cpu_rt_period", "realtime period in microseconds"),
+                _value("cpu-rt-runtime", "cpu_rt_runtime", "realtime runtime in microseconds"),
+                _value("l3-cache-schema", "l3_cache_schema", "Intel RDT: not supported"),
+                _value("mem-bw-schema", "mem_bw_schema", "Intel RDT: not supported"),
             ),
         ),
         Command(

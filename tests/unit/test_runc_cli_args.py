@@ -133,6 +133,18 @@ def test_update_flags_become_oci_resources(tmp_path: Path) -> None:
         cli.resources_from_flags(cli_args.parse_args(["update", "--pids-limit", "lots", "c1"]).flags)
 
 
+def test_every_runc_update_flag_is_taken() -> None:
+    argv = ["update", "--blkio-weight", "300", "--cpu-rt-period", "1000000", "--cpu-rt-runtime", "9500", "c1"]
+    assert cli.resources_from_flags(cli_args.parse_args(argv).flags) == {
+        "cpu": {"realtimePeriod": 1000000, "realtimeRuntime": 9500},
+        "blockIO": {"weight": 300},
+    }
+    for flag in ("--l3-cache-schema", "--mem-bw-schema"):
+        flags = cli_args.parse_args(["update", flag, "L3:0=ff", "c1"]).flags
+        with pytest.raises(cli_args.CliError, match=f"{flag}: Intel RDT is not supported"):
+            cli.resources_from_flags(flags)
+
+
 @pytest.mark.parametrize(("text", "number"), [("KILL", 9), ("SIGKILL", 9), ("9", 9), ("term", 15)])
 def test_signal_names(text: str, number: int) -> None:
     assert cli.parse_signal(text) == number
