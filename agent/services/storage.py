@@ -6,18 +6,19 @@ container id) or the sandbox (owner: ``SANDBOX_OWNER``), and ``release(owner)`` 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agent.config import AgentConfig
-from agent.errors import NotFound
+from agent.errors import InvalidArgument, NotFound, ResourceError
 from agent.storage import plan as p
 from agent.storage.fsmodules import load_filesystem
 from agent.storage.mountinfo import read_mountinfo
 from agent.storage.table import MountedStorage, MountTable
-from agent.storage.types import DRIVER_EPHEMERAL, Storage
+from agent.storage.types import DRIVER_BLK, DRIVER_EPHEMERAL, Storage
 from agent.storage.volume import VolumeStats, resize_volume, volume_stats
 from agent.system import libc
 from agent.system.mountopts import parse_plain_mount_options
@@ -66,6 +67,20 @@ class StorageService:
 
     def mounted(self, mount_point: str) -> MountedStorage | None:
         return self.table.get(mount_point)
+
+    def add_swap(self, pci_path: str) -> str:
+        """AddSwap: swap to the virtio-blk device at ``pci_path``, which the runtime hot-plugged and
+        formatted with mkswap; waits for it up to agent.hotplug_timeout. Returns its device node."""
+        if not pci_path:
+            raise InvalidArgument("AddSwap: the PCI path is empty")
+        device = self.table.block_device(DRIVER_BLK, pci_path)
+        try:
+            self.sys.swapon(device)
+        except OSError as exc:
+            hint = ": it holds no swap area (the runtime makes one with mkswap)" if exc.errno == errno.EINVAL else ""
+            raise ResourceError(f"AddSwap: swapon {device} (PCI path {pci_path}): {exc.strerror}{hint}") from exc
+        log.info("swapping to %s (PCI path %s)", device, pci_path)
+        return device
 
     def update_ephemeral_mounts(self, storages: list[Storage]) -> None:
         """Remount ephemeral (tmpfs) storages with new options, e.g. a new size limit."""

@@ -29,12 +29,16 @@ class Syscalls(Protocol):
     def chown_tree(self, path: str, gid: int, only_if_root_differs: bool) -> None: ...
     def chmod(self, path: str, mode: int) -> None: ...
     def chgrp(self, path: str, gid: int) -> None: ...
+    def swapon(self, device: str) -> None: ...
 
 
 class HostSyscalls:
     def __init__(self, load_filesystem: Callable[[str], bool] | None = None) -> None:
         # Called when the kernel lacks a filesystem (ENODEV): loads its module, True if it then knows it.
         self.load_filesystem = load_filesystem
+
+    def swapon(self, device: str) -> None:
+        libc.swapon(device)
 
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
         try:

@@ -55,17 +55,22 @@ class MountTable:
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}  # by mount point, in mount order
 
+    def block_device(self, driver: str, source: str) -> str:
+        """The device node of a blk source (a PCI path, or a /dev path) or a scsi one ("target:lun"),
+        waiting up to the device timeout for it to appear."""
+        resolve = resolve_blk if driver == DRIVER_BLK else resolve_scsi
+        # Made before the first look at sysfs, so no event between the look and the wait is lost.
+        waker = self._waker_factory()
+        try:
+            return resolve(self.paths, source, self.device_timeout, waker)
+        finally:
+            close = getattr(waker, "close", None)
+            if close is not None:
+                close()
+
     def _resolve(self, storage: Storage) -> tuple[str, bool]:
         if storage.driver in (DRIVER_BLK, DRIVER_SCSI):
-            resolve = resolve_blk if storage.driver == DRIVER_BLK else resolve_scsi
-            # Made before the first look at sysfs, so no event between the look and the wait is lost.
-            waker = self._waker_factory()
-            try:
-                return resolve(self.paths, storage.source, self.device_timeout, waker), True
-            finally:
-                close = getattr(waker, "close", None)
-                if close is not None:
-                    close()
+            return self.block_device(storage.driver, storage.source), True
         if storage.driver == DRIVER_BIND:
             return storage.source, not os.path.exists(storage.source) or os.path.isdir(storage.source)
         return storage.source, True

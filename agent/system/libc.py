@@ -190,6 +190,15 @@ def mount_setattr(target: str, attr_set: int, attr_clr: int, *, recursive: bool 
                          _SizeT(len(attr))), target)  # fmt: skip
 
 
+def swapon(path: str, flags: int = 0) -> None:
+    """swapon(2): start swapping to the swap area (made by mkswap) at ``path``."""
+    _check(_libc.swapon(_b(path), _Int(flags)), path)
+
+
+def swapoff(path: str) -> None:
+    _check(_libc.swapoff(_b(path)), path)
+
+
 def umount2(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(_b(target), _Int(flags)), target)
 

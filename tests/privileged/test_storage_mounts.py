@@ -195,3 +195,38 @@ def test_storage_round_trips_through_protobuf(tmp_path: Path) -> None:
 
     storage = Storage("9p", "kataShared", "/m", options=("nodev",), fs_group=FSGroup(9, "OnRootMismatch"))
     assert storage_from_pb(storage_to_pb(storage)) == storage
+
+
+def _swaps() -> list[str]:
+    """The swap areas in use (/proc/swaps' first column)."""
+    return [line.split()[0] for line in Path("/proc/swaps").read_text().splitlines()[1:]]
+
+
+def test_add_swap_swaps_to_the_device_at_the_pci_path(tmp_path: Path) -> None:
+    require_root()
+    area, not_swap = tmp_path / "swap-area", tmp_path / "plain-file"
+    for path in (area, not_swap):
+        path.write_bytes(bytes(8 << 20))
+        path.chmod(0o600)
+    subprocess.run(["mkswap", str(area)], check=True, capture_output=True)
+    # a guest's sysfs: the disk at PCI path 02/01 (bridge in slot 2, the disk in its slot 1) is vdz,
+    # and its device node is the swap area
+    guest = tmp_path / "guest"
+    devices = guest / "sys/bus/pci/devices"
+    (devices / "0000:00:02.0/pci_bus/0000:01").mkdir(parents=True)
+    (devices / "0000:01:01.0/virtio3/block/vdz").mkdir(parents=True)
+    (devices / "0000:01:02.0/virtio4/block/vdy").mkdir(parents=True)
+    (guest / "dev").mkdir()
+    (guest / "dev/vdz").symlink_to(area)
+    (guest / "dev/vdy").symlink_to(not_swap)
+    service = StorageService(AgentConfig(hotplug_timeout=1.0), HostPaths(guest))
+    try:
+        assert service.add_swap("02/01") == str(guest / "dev/vdz")
+        assert str(area) in _swaps()
+        with pytest.raises(ResourceError, match=r"vdy \(PCI path 02/02\): .*no swap area"):
+            service.add_swap("02/02")
+        assert str(not_swap) not in _swaps()
+    finally:
+        if str(area) in _swaps():
+            libc.swapoff(str(area))
+    assert str(area) not in _swaps()

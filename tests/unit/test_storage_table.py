@@ -60,6 +60,11 @@ class RecordingSyscalls:
     def chgrp(self, path: str, gid: int) -> None:
         self.calls.append(f"chgrp {path} {gid}")
 
+    def swapon(self, device: str) -> None:
+        self.calls.append(f"swapon {device}")
+        if device == self.fail_on:
+            raise OSError(errno.EINVAL, "Invalid argument", device)
+
 
 def tmpfs(mount_point: str, size: str = "1m") -> Storage:
     return Storage("ephemeral", "tmpfs", mount_point, options=(f"size={size}",))
@@ -258,3 +263,47 @@ def test_uevent_waker_takes_only_its_subsystem() -> None:
     assert got is not None and got.name == "vdb"
     assert waker._subscription.get(timeout=0) is None
     waker.close()
+
+
+def test_add_swap_waits_for_the_device_then_swaps_to_it(tmp_path: Path) -> None:
+    sys = RecordingSyscalls()
+    service = StorageService(AgentConfig(hotplug_timeout=5.0), HostPaths(tmp_path), sys)
+    timer = threading.Timer(0.2, pci_tree, (tmp_path, 2, 1, "vdc"))
+    timer.start()
+    try:
+        assert service.add_swap("02/01") == str(tmp_path / "dev/vdc")
+    finally:
+        timer.join()
+    assert sys.calls == [f"swapon {tmp_path / 'dev/vdc'}"]
+
+
+def test_add_swap_errors_name_the_device_and_what_to_do(tmp_path: Path) -> None:
+    pci_tree(tmp_path, 2, 1, "vdc")
+    device = str(tmp_path / "dev/vdc")
+    service = StorageService(AgentConfig(hotplug_timeout=0.0), HostPaths(tmp_path), RecordingSyscalls(fail_on=device))
+    with pytest.raises(ResourceError, match=r"swapon .*/dev/vdc \(PCI path 02/01\): .*no swap area.*mkswap"):
+        service.add_swap("02/01")
+    with pytest.raises(NotFound, match=r"PCI path 03/01 did not appear"):
+        service.add_swap("03/01")
+    with pytest.raises(InvalidArgument, match="PCI path is empty"):
+        service.add_swap("")
+
+
+def test_add_swap_rpc_spells_kata_pci_paths() -> None:
+    from agent.rpc.methods.storage import add_swap
+    from agent.rpc.pb import agent_pb2
+    from agent.rpc.registry import CallContext
+
+    asked: list[str] = []
+
+    class Storage_:
+        def add_swap(self, pci_path: str) -> str:
+            asked.append(pci_path)
+            return "/dev/vdb"
+
+    class Services_:
+        storage = Storage_()
+
+    add_swap(Services_(), agent_pb2.AddSwapRequest(PCIPath=[2, 0x1F]), CallContext("ttrpc"))  # type: ignore[arg-type]
+    add_swap(Services_(), agent_pb2.AddSwapRequest(), CallContext("ttrpc"))  # type: ignore[arg-type]
+    assert asked == ["02/1f", ""]

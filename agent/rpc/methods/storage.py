@@ -67,6 +67,15 @@ def update_ephemeral_mounts(
     return empty_pb2.Empty()
 
 
+@rpc(AGENT, "AddSwap")
+def add_swap(services: Services, request: agent_pb2.AddSwapRequest, ctx: CallContext) -> empty_pb2.Empty:
+    # Kata's PCI path: the slot of each bridge on the way, then the device's, as "02/01"
+    pci_path = "/".join(f"{slot:02x}" for slot in request.PCIPath)
+    log.info("AddSwap: PCI path %s", pci_path or "(empty)")
+    services.storage.add_swap(pci_path)
+    return empty_pb2.Empty()
+
+
 @rpc(AGENT, "GetVolumeStats")
 def get_volume_stats(
     services: Services, request: agent_pb2.VolumeStatsRequest, ctx: CallContext
