@@ -10,7 +10,8 @@ The tests run in order on the one guest:
 2. UpdateInterface (by MAC) and UpdateRoutes configure the guest's eth0; ListInterfaces and ListRoutes
    show it; a container (busybox from the 9p share) reaches the server in the peer namespace;
 3. an ext4 disk image hot-added through QMP (virtio-blk on a PCIe root port) is mounted by
-   CreateContainer's storage (driver "blk", source the PCI path) and a container reads a file from it.
+   CreateContainer's storage (driver "blk", source the PCI path) and a container reads a file from it;
+4. a swap area hot-added the same way is given to AddSwap by PCI path, and the guest swaps to it.
 Each phase prints its time.
 """
 
@@ -31,8 +32,9 @@ import pytest
 
 from agent.rpc.convert_oci import dict_to_spec
 from agent.rpc.pb import agent_pb2, types_pb2
+from agent.rpc.status import Code
 from agentctl import vm
-from agentctl.client import AgentClient, connect
+from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import REPO
 from tests.helpers.bundle import make_bundle
 
@@ -133,7 +135,7 @@ def guest(
         run_dir=tmp_path_factory.mktemp("vm"),
         ready_timeout=240.0,
         netns=wiring.guest_ns,
-        pcie_root_ports=1,
+        pcie_root_ports=3,  # one hot-added disk each: the ext4 volume, the swap area, the disk without one
     )
     booted = vm.Guest(config, phase)
     try:
@@ -290,16 +292,10 @@ def test_guest_nic_configured_and_reaches_server_in_peer_namespace(
     assert (status, out) == (0, f"{wiring.token} to {wiring.guest_address}\n".encode()), server.stderr.read()  # type: ignore[union-attr]
 
 
-def test_hot_added_virtio_blk_mounted_by_container_storage(guest: vm.Guest, share: Path, tmp_path: Path) -> None:
-    content = tmp_path / "content"
-    content.mkdir()
-    token = f"on the disk {secrets.token_hex(4)}"
-    (content / "hello.txt").write_text(token + "\n")
-    image = tmp_path / "disk.img"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(image), "8M"], check=True)
-    # through the command line, as a developer would: agentctl finds the guest by its state file
-    run_base = tmp_path / "run"
-    (run_base / "netstore").mkdir(parents=True)
+def _hotplug_disk(guest: vm.Guest, image: Path, run_base: Path, *, read_only: bool) -> tuple[str, str]:
+    """Hot-add ``image`` as a virtio-blk disk through agentctl's command line, as a developer would
+    (agentctl finds the guest by its state file); (the disk's PCI path, its QEMU device id)."""
+    (run_base / "netstore").mkdir(parents=True, exist_ok=True)
     assert guest.qemu is not None and guest.backend is not None
     vm.GuestState(
         name="netstore",
@@ -311,13 +307,22 @@ def test_hot_added_virtio_blk_mounted_by_container_storage(guest: vm.Guest, shar
         console_log=str(guest.console_log),
         accel=guest.accel,
     ).save()
+    argv = [sys.executable, "-m", "agentctl.cli", "hotplug", "blk", str(image), "--name", "netstore",
+            "--run-dir", str(run_base), *(["--read-only"] if read_only else [])]  # fmt: skip
     with timed("agentctl hotplug blk (QMP blockdev-add + device_add virtio-blk-pci)"):
-        plugged = subprocess.run(
-            [sys.executable, "-m", "agentctl.cli", "hotplug", "blk", str(image), "--read-only",
-             "--name", "netstore", "--run-dir", str(run_base)],
-            cwd=REPO, check=True, capture_output=True, text=True,
-        ).stdout.split()  # fmt: skip
+        plugged = subprocess.run(argv, cwd=REPO, check=True, capture_output=True, text=True).stdout.split()
     pci_path, device_id = plugged
+    return pci_path, device_id
+
+
+def test_hot_added_virtio_blk_mounted_by_container_storage(guest: vm.Guest, share: Path, tmp_path: Path) -> None:
+    content = tmp_path / "content"
+    content.mkdir()
+    token = f"on the disk {secrets.token_hex(4)}"
+    (content / "hello.txt").write_text(token + "\n")
+    image = tmp_path / "disk.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(image), "8M"], check=True)
+    pci_path, device_id = _hotplug_disk(guest, image, tmp_path / "run", read_only=True)
     with guest.qmp() as monitor:
         root_bus = next(bus for bus in monitor.execute("query-pci") if bus["bus"] == 0)["devices"]
     ports = [d for d in root_bus if device_id in {c["qdev_id"] for c in d.get("pci_bridge", {}).get("devices", [])}]
@@ -336,3 +341,25 @@ def test_hot_added_virtio_blk_mounted_by_container_storage(guest: vm.Guest, shar
     # the container was the storage's only user: removing it unmounted the disk
     seen = guest.run_in_console(f"grep -q ' {mount_point} ' /proc/mounts && echo STILL''MOUNTED || echo NOT''MOUNTED")
     assert "NOTMOUNTED" in seen and "STILLMOUNTED" not in seen
+
+
+def test_add_swap_swaps_to_a_hot_added_disk(guest: vm.Guest, tmp_path: Path) -> None:
+    image = tmp_path / "swap.img"
+    image.write_bytes(bytes(16 << 20))
+    subprocess.run(["mkswap", str(image)], check=True, capture_output=True)  # the runtime makes the area
+    pci_path, device_id = _hotplug_disk(guest, image, tmp_path / "run", read_only=False)
+    phase(f"swap disk {device_id}: PCI path {pci_path}")
+    slots = [int(slot, 16) for slot in pci_path.split("/")]
+    with timed("AddSwap"):
+        rpc(agent(guest), "AddSwap", agent_pb2.AddSwapRequest(PCIPath=slots))
+    swaps = guest.run_in_console("cat /proc/swaps")
+    devices = [line.split()[0] for line in swaps.splitlines() if line.startswith("/dev/")]
+    assert len(devices) == 1 and devices[0].startswith("/dev/vd"), swaps
+    # a disk that holds no swap area is refused by name, and the agent goes on serving
+    plain = tmp_path / "plain.img"
+    plain.write_bytes(bytes(4 << 20))
+    plain_path, _ = _hotplug_disk(guest, plain, tmp_path / "run", read_only=False)
+    with pytest.raises(AgentCallError, match="no swap area") as refused:
+        rpc(agent(guest), "AddSwap", agent_pb2.AddSwapRequest(PCIPath=[int(s, 16) for s in plain_path.split("/")]))
+    assert refused.value.code == Code.RESOURCE_EXHAUSTED
+    assert rpc(agent(guest), "GetGuestDetails", agent_pb2.GuestDetailsRequest()) is not None
