@@ -748,6 +748,21 @@ def _exec_process(ctx: Context, record: Record) -> dict[str, Any]:
     return process
 
 
+def parse_sub_cgroups(values: list[str]) -> dict[str, str]:
+    """exec's ``--cgroup`` values, as runc takes them: ``PATH`` (every controller) or
+    ``CONTROLLER[,CONTROLLER...]:PATH``; controller ("" for every one) -> path."""
+    sub: dict[str, str] = {}
+    for value in values:
+        controllers, separator, path = value.partition(":")
+        if not separator:
+            controllers, path = "", value
+        for controller in controllers.split(","):
+            if controller in sub:
+                raise CliError(f"--cgroup {value}: {controller or 'the path for every controller'} is given twice")
+            sub[controller] = path
+    return sub
+
+
 def cmd_exec(ctx: Context) -> int:
     from agent.container.cli_backend import open_container_pty
     from agent.container.engine import FdIO
@@ -767,11 +782,12 @@ def cmd_exec(ctx: Context) -> int:
     pty = open_container_pty(ctx.paths, record.pid) if process.get("terminal") else None
     if pty is not None:
         io.console = pty[1]
+    sub_cgroups = parse_sub_cgroups(ctx.flags["cgroup"] or [])
     try:
         if status is Status.RUNNING:
-            proc = container.exec(exec_id, process, io=io)
+            proc = container.exec(exec_id, process, io=io, sub_cgroups=sub_cgroups)
         else:  # created, or paused with --ignore-paused (it waits in the freezer): past the engine's check
-            proc = spawn_exec(container.engine, container, exec_id, parse_process(process), io)
+            proc = spawn_exec(container.engine, container, exec_id, parse_process(process), io, sub_cgroups)
     except BaseException:
         if pty is not None:
             os.close(pty[0])

@@ -134,6 +134,7 @@ COMMANDS = {
                 _value("apparmor", "apparmor", "accepted for compatibility"),
                 _PRESERVE_FDS,
                 _bool("ignore-paused", "ignore_paused", "exec even if the container is paused"),
+                _value("cgroup", "cgroup", "[CONTROLLER,...:]PATH: run in this sub-cgroup", repeated=True),
             ),
             1,
             None,

@@ -265,8 +265,16 @@ class Container:
             except Exception as exc:  # poststart failures are logged, not fatal (runtime-spec)
                 log.warning("container %s: %s", self.id, exc)
 
-    def exec(self, exec_id: str, process: dict[str, Any], *, io: PipeIO | FdIO | None = None) -> Process:
-        """Start ``process`` (config.json's process object) in the container's namespaces and cgroup."""
+    def exec(
+        self,
+        exec_id: str,
+        process: dict[str, Any],
+        *,
+        io: PipeIO | FdIO | None = None,
+        sub_cgroups: dict[str, str] | None = None,
+    ) -> Process:
+        """Start ``process`` (config.json's process object) in the container's namespaces and cgroup, or
+        in sub-cgroups of it that exist (``sub_cgroups``: controller, or "" for all, -> relative path)."""
         with self._lock:
             status = self.status
             require(self.id, status, status.can_exec(), "exec", "running")
@@ -278,7 +286,7 @@ class Container:
             if not parsed.args:
                 raise InvalidArgument("process.args is empty: there is nothing to exec")
             assert self.init is not None
-            proc = self.engine._spawn_exec(self, exec_id, parsed, io or PipeIO())
+            proc = self.engine._spawn_exec(self, exec_id, parsed, io or PipeIO(), sub_cgroups)
             self.execs[exec_id] = proc
             return proc
 
@@ -550,10 +558,12 @@ class Engine:
 
         return create_container(self, container_id, spec, bundle, io, start_fifo)
 
-    def _spawn_exec(self, container: Container, exec_id: str, process: Any, io: PipeIO | FdIO) -> Process:
+    def _spawn_exec(
+        self, container: Container, exec_id: str, process: Any, io: PipeIO | FdIO, sub_cgroups: dict[str, str] | None
+    ) -> Process:
         from agent.container.launch import spawn_exec
 
-        return spawn_exec(self, container, exec_id, process, io)
+        return spawn_exec(self, container, exec_id, process, io, sub_cgroups)
 
     def start_pause(self, description: str = "sandbox pid namespace") -> ProcessHandle:
         """A waiting pid 1 of a new pid namespace that containers can join by path."""

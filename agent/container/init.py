@@ -20,6 +20,7 @@ the host's cgroup files) is moved by pid.
 from __future__ import annotations
 
 import _signal
+import errno
 import fcntl
 import os
 import resource
@@ -488,7 +489,11 @@ def _attach_self(root_fds: list[int], files: list[tuple[str, str]]) -> None:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise SetupError(f"cannot join cgroup {os.path.join(root, os.path.dirname(name))}: {exc.strerror}") from exc
+            # ENOSPC: a v1 cpuset without cpus or mems (a sub-cgroup someone made) takes no process
+            hint = "; a cgroup v1 cpuset needs its cpuset.cpus and cpuset.mems set first"
+            hint = hint if exc.errno == errno.ENOSPC else ""
+            where = os.path.join(root, os.path.dirname(name))
+            raise SetupError(f"cannot join cgroup {where}: {exc.strerror}{hint}") from exc
         finally:
             os.close(root_fd)
 

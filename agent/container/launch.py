@@ -130,14 +130,14 @@ def _spawn(engine: Engine, request: dict[str, Any], child_fds: list[int], descri
     return handle
 
 
-def _move_into_cgroup(handle: Any, cgroup: Any, description: str) -> None:
+def _move_into_cgroup(handle: Any, cgroup: Any, description: str, sub: dict[str, str] | None = None) -> None:
     """A process in a user namespace cannot write the host's cgroup files to join its cgroup: move it
     by pid, then let it go on with its setup (``g``). (Every other process joins it itself, first
     thing: its request lists the files, and the cgroup exists before the request is sent.)"""
     handle.wait_for("pid", SETUP_TIMEOUT)
     if handle.pid <= 0:
         raise ResourceError(f"{description}: {handle.error or 'the fork server reported no pid'}")
-    cgroup.add_pid(handle.pid)
+    cgroup.add_pid(handle.pid, sub)
     handle.control(b"g")
 
 
@@ -262,7 +262,16 @@ def create_container(
         raise
 
 
-def spawn_exec(engine: Engine, container: Container, exec_id: str, process: ProcessSpec, io: PipeIO | FdIO) -> Process:
+def spawn_exec(
+    engine: Engine,
+    container: Container,
+    exec_id: str,
+    process: ProcessSpec,
+    io: PipeIO | FdIO,
+    sub_cgroups: dict[str, str] | None = None,
+) -> Process:
+    """``process`` in the container's namespaces and cgroup (or its ``sub_cgroups``: see
+    CgroupManager.directories_below)."""
     from agent.container.engine import Process
 
     assert container.init is not None
@@ -278,13 +287,15 @@ def spawn_exec(engine: Engine, container: Container, exec_id: str, process: Proc
     # write the host's cgroup files, and from inside a cgroup namespace (v2) it may not move itself
     # from the fork server's cgroup, outside that namespace. The engine moves those by pid.
     self_attach = not container.in_namespace("user") and not container.in_namespace("cgroup")
-    request["attach"] = container.cgroup.self_attach_files() if self_attach else []
+    request["attach"] = container.cgroup.self_attach_files(sub_cgroups) if self_attach else []
+    if not self_attach:
+        container.cgroup.directories_below(sub_cgroups)  # checked before anything is forked
     child_fds, ours = make_io(io, process.terminal, process.console_size)
     handle = None
     try:
         handle = _spawn(engine, request, child_fds, f"exec {exec_id} in {container.id}")
         if not request["attach"]:
-            _move_into_cgroup(handle, container.cgroup, f"exec {exec_id} in container {container.id}")
+            _move_into_cgroup(handle, container.cgroup, f"exec {exec_id} in container {container.id}", sub_cgroups)
         handle.close_control()
         # "created": in the container's cgroup and namespaces, about to execve
         handle.wait_for("created", SETUP_TIMEOUT)

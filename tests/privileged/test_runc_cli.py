@@ -726,3 +726,35 @@ def test_events_refuses_a_bad_interval_and_a_stopped_container(runtime: Runtime)
     wait_for(lambda: runtime.state(cid)["status"] == "stopped", "/bin/true to end")
     done = runtime("events", "--stats", cid, check=False)
     assert done.returncode == 1 and "is not running" in done.stderr
+
+
+def test_exec_into_a_sub_cgroup(runtime: Runtime) -> None:
+    bundle = runtime.bundle("subcg", ["/bin/sleep", "300"])
+    cid = runtime.new_id("subcg")
+    runtime("run", "-d", "-b", str(bundle), cid)
+    hierarchies = [h for h in CGROUP_FS.iterdir() if not h.is_symlink() and (h / RUN_TAG / "subcg").is_dir()]
+    for hierarchy in hierarchies:
+        (hierarchy / RUN_TAG / "subcg" / "work").mkdir()
+    cpuset = CGROUP_FS / "cpuset" / RUN_TAG / "subcg"
+    if cpuset.is_dir():  # cgroup v1: a new cpuset takes no process until it has cpus and mems
+        done = runtime("exec", "--cgroup", "cpuset:work", cid, "true", check=False)
+        assert done.returncode == 1 and "needs its cpuset.cpus and cpuset.mems set first" in done.stderr
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            (cpuset / "work" / name).write_text((cpuset / name).read_text())
+
+    def cgroups_of_an_exec(*flags: str) -> dict[str, str]:
+        out = runtime("exec", *flags, cid, "cat", "/proc/self/cgroup").stdout
+        # "4:memory:/path" -> {"memory": "/path"}, one entry per controller of a hierarchy
+        return {c: line.split(":", 2)[2] for line in out.splitlines() for c in line.split(":", 2)[1].split(",")}
+
+    container_path = f"/{RUN_TAG}/subcg"
+    everywhere = cgroups_of_an_exec("--cgroup", "work")
+    assert everywhere["memory"] == everywhere["pids"] == f"{container_path}/work"
+    only_memory = cgroups_of_an_exec("--cgroup", "memory:work")
+    assert (only_memory["memory"], only_memory["pids"]) == (f"{container_path}/work", container_path)
+    done = runtime("exec", "--cgroup", "nope", cid, "true", check=False)
+    assert done.returncode == 1 and "sub-cgroup" in done.stderr and "nope does not exist" in done.stderr
+    done = runtime("exec", "--cgroup", "../escape", cid, "true", check=False)
+    assert done.returncode == 1 and "relative path below the container's cgroup" in done.stderr
+    runtime("delete", "--force", cid)  # the sub-cgroups go with the container's
+    assert not any((hierarchy / RUN_TAG / "subcg").exists() for hierarchy in hierarchies)

@@ -455,3 +455,61 @@ def test_set_cpuset_validates(tmp_path: Path) -> None:
     manager.set_cpuset("2-3", "0")
     assert (Path(paths.cgroup_root) / "pykata/c1/cpuset.cpus").read_text() == "2-3"
     assert (Path(paths.cgroup_root) / "pykata/c1/cpuset.mems").read_text() == "0"
+
+
+# --- sub-cgroups (pykata-runc exec --cgroup)
+
+
+def test_v1_sub_cgroups_for_every_or_one_controller(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    root = Path(paths.cgroup_root)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    for controller in V1_FILES:
+        (root / controller / "pykata/c1/work").mkdir()
+    (root / "memory/pykata/c1/hog").mkdir()
+    everywhere = manager.self_attach_files({"": "work"})
+    assert (str(root / "cpu"), "pykata/c1/work/tasks") in everywhere and len(everywhere) == len(V1_FILES)
+    # memory to its own sub-cgroup, the rest to another
+    mixed = dict(manager.self_attach_files({"memory": "hog", "": "work"}))
+    assert mixed[str(root / "memory")] == "pykata/c1/hog/tasks"
+    assert mixed[str(root / "pids")] == "pykata/c1/work/tasks"
+    # only memory moves; the other controllers keep the container's cgroup
+    only = dict(manager.self_attach_files({"memory": "hog"}))
+    assert only[str(root / "memory")] == "pykata/c1/hog/tasks" and only[str(root / "pids")] == "pykata/c1/tasks"
+    assert manager.self_attach_files({}) == manager.self_attach_files()
+
+
+def test_v1_add_pid_to_a_sub_cgroup(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    root = Path(paths.cgroup_root)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    (root / "memory/pykata/c1/hog").mkdir()
+    (root / "memory/pykata/c1/hog/cgroup.procs").write_text("")
+    manager.add_pid(4242, {"memory": "hog"})
+    assert (root / "memory/pykata/c1/hog/cgroup.procs").read_text() == "4242"
+    assert (root / "pids/pykata/c1/cgroup.procs").read_text() == "4242"
+
+
+@pytest.mark.parametrize(
+    ("sub", "error", "message"),
+    [
+        ({"": "missing"}, NotFound, r"sub-cgroup .*/pykata/c1/missing does not exist: make it"),
+        ({"": "../c2"}, InvalidArgument, "relative path below the container's cgroup"),
+        ({"": "/abs"}, InvalidArgument, "relative path"),
+        ({"": "a/./b"}, InvalidArgument, "relative path"),
+        ({"nosuch": "work"}, InvalidArgument, "no nosuch controller here"),
+    ],
+)
+def test_v1_bad_sub_cgroups_are_refused_by_name(tmp_path: Path, sub: dict[str, str], error: type, message: str) -> None:
+    manager = manager_for(v1_tree(tmp_path), "/pykata/c1", "c1")
+    with pytest.raises(error, match=message):
+        manager.self_attach_files(sub)
+
+
+def test_v2_sub_cgroup_has_no_controller_form(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    (Path(paths.cgroup_root) / "pykata/c1/work").mkdir()
+    assert manager.self_attach_files({"": "work"}) == [(str(tmp_path / "sys/fs/cgroup"), "pykata/c1/work/cgroup.procs")]
+    with pytest.raises(InvalidArgument, match="cgroup v2 has one hierarchy"):
+        manager.self_attach_files({"memory": "work"})

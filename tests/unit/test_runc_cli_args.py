@@ -133,6 +133,16 @@ def test_update_flags_become_oci_resources(tmp_path: Path) -> None:
         cli.resources_from_flags(cli_args.parse_args(["update", "--pids-limit", "lots", "c1"]).flags)
 
 
+def test_exec_cgroup_flags_as_runc_takes_them() -> None:
+    inv = cli_args.parse_args(["exec", "--cgroup", "work", "--cgroup", "memory,pids:hog", "c1", "true"])
+    assert cli.parse_sub_cgroups(inv.flags["cgroup"]) == {"": "work", "memory": "hog", "pids": "hog"}
+    assert cli.parse_sub_cgroups([]) == {}
+    with pytest.raises(cli_args.CliError, match="memory is given twice"):
+        cli.parse_sub_cgroups(["memory:a", "memory:b"])
+    with pytest.raises(cli_args.CliError, match="the path for every controller is given twice"):
+        cli.parse_sub_cgroups(["a", "b"])
+
+
 def test_every_runc_update_flag_is_taken() -> None:
     argv = ["update", "--blkio-weight", "300", "--cpu-rt-period", "1000000", "--cpu-rt-runtime", "9500", "c1"]
     assert cli.resources_from_flags(cli_args.parse_args(argv).flags) == {

@@ -13,7 +13,7 @@ import time
 from agent.errors import IncorrectState, InvalidArgument, NotFound, ResourceError, Unsupported
 from agent.hotplug.cpuset import parse_cpuset
 from agent.system import sysfs
-from agent.system.paths import HostPaths
+from agent.system.paths import HostPaths, normal_path
 
 from . import devices_v2
 from . import plan as planner
@@ -191,10 +191,32 @@ class CgroupManager:
                 f"linux.resources.memory.limit {limit} is below the memory the container uses now ({usage} bytes)"
             )
 
-    def add_pid(self, pid: int) -> None:
-        """Move ``pid`` (a process, with all its threads) into the cgroup, in every hierarchy."""
+    def directories_below(self, sub: Mapping[str, str] | None) -> dict[str, str]:
+        """directories(), each taken down to the sub-cgroup ``sub`` names for its controller (key "":
+        every controller; ``pykata-runc exec --cgroup``, as runc's). Those must exist already: NotFound
+        names a missing one; InvalidArgument a path that is not relative and plain."""
+        directories = self.directories()
+        if not sub:
+            return directories
+        for controller, below in sub.items():
+            if not below or below.startswith("/") or normal_path(below) != below or below.split("/")[0] == "..":
+                raise InvalidArgument(f"sub-cgroup {below!r}: give a relative path below the container's cgroup")
+            if controller and controller not in directories:
+                raise InvalidArgument(f"sub-cgroup {controller}:{below}: no {controller} controller here")
+        out = {}
+        for controller, directory in directories.items():
+            wanted = sub.get(controller) or sub.get("")
+            out[controller] = f"{directory}/{wanted}" if wanted else directory
+        for directory in sorted(set(out.values()) - set(directories.values())):
+            if not os.path.isdir(directory):
+                raise NotFound(f"sub-cgroup {directory} does not exist: make it (mkdir) before moving a process there")
+        return out
+
+    def add_pid(self, pid: int, sub: Mapping[str, str] | None = None) -> None:
+        """Move ``pid`` (a process, with all its threads) into the cgroup (or its sub-cgroups ``sub``:
+        directories_below), in every hierarchy."""
         seen: set[str] = set()
-        for controller, directory in self.directories().items():
+        for controller, directory in self.directories_below(sub).items():
             if directory in seen:
                 continue
             seen.add(directory)
@@ -207,10 +229,11 @@ class CgroupManager:
                     f"cannot add process {pid} to {directory} ({controller}): {_errno_name(exc)} ({exc.strerror})"
                 ) from exc
 
-    def self_attach_files(self) -> list[tuple[str, str]]:
+    def self_attach_files(self, sub: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
         """(hierarchy root, file below it) pairs a new process writes "0" to, to move itself into the
-        cgroup before it does anything else. The root exists before the cgroup does: the process's
-        parent opens it early, the process opens the file relative to it once the cgroup is made."""
+        cgroup (or its sub-cgroups ``sub``: directories_below) before it does anything else. The root
+        exists before the cgroup does: the process's parent opens it early, the process opens the file
+        relative to it once the cgroup is made."""
         return []
 
     def pids(self) -> list[int]:
@@ -259,18 +282,19 @@ class V1Manager(CgroupManager):
     def directories(self) -> dict[str, str]:
         return {name: f"{root}/{self.relative}" for name, root in sorted(self.layout.controllers.items())}
 
-    def self_attach_files(self) -> list[tuple[str, str]]:
+    def self_attach_files(self, sub: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
         """Each hierarchy's ``tasks`` file. A single-threaded process that writes "0" there moves itself
         without the kernel's global cgroup_threadgroup_rwsem, whose write side waits for an RCU grace
         period (~10 ms on an idle host) each time a cgroup.procs write finds it cold; container
         processes are single-threaded until they exec, so this moves the whole process."""
+        below = self.directories_below(sub)
         files: list[tuple[str, str]] = []
         seen: set[str] = set()
-        for _name, root in sorted(self.layout.controllers.items()):
+        for name, root in sorted(self.layout.controllers.items()):
             real = _real_path(root)  # cpu and cpuacct are often one hierarchy under two names
             if real not in seen:
                 seen.add(real)
-                files.append((root, f"{self.relative}/tasks"))
+                files.append((root, f"{below[name][len(root) + 1 :]}/tasks"))
         return files
 
     def memory_dir(self) -> str | None:
@@ -355,10 +379,17 @@ class V2Manager(CgroupManager):
     def directories(self) -> dict[str, str]:
         return {name: self.path for name in ("cgroup", *V2_CONTROLLERS)}
 
-    def self_attach_files(self) -> list[tuple[str, str]]:
+    def self_attach_files(self, sub: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
         """cgroup.procs: "0" moves the writer. This takes cgroup_threadgroup_rwsem like any move (the
         guest mounts cgroup2 with favordynmods, so that is cheap), but needs no round trip of the pid."""
-        return [(self.layout.root, f"{self.relative}/cgroup.procs")]
+        directory = self.directories_below(sub)["cgroup"]
+        return [(self.layout.root, f"{directory[len(self.layout.root) + 1 :]}/cgroup.procs")]
+
+    def directories_below(self, sub: Mapping[str, str] | None) -> dict[str, str]:
+        if sub and set(sub) - {""}:
+            named = ", ".join(f"{c}:{p}" for c, p in sorted(sub.items()) if c)
+            raise InvalidArgument(f"sub-cgroup {named}: cgroup v2 has one hierarchy; give a path without controller")
+        return super().directories_below(sub)
 
     def memory_dir(self) -> str | None:
         return self.path
