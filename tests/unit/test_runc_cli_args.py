@@ -133,6 +133,34 @@ def test_update_flags_become_oci_resources(tmp_path: Path) -> None:
         cli.resources_from_flags(cli_args.parse_args(["update", "--pids-limit", "lots", "c1"]).flags)
 
 
+RUNC_ONLY = {"checkpoint", "restore"}  # CRIU's: not offered
+
+
+def _runc_help(*command: str) -> str:
+    return subprocess.run(["runc", *command, "--help"], check=True, capture_output=True, text=True).stdout
+
+
+def test_every_command_and_flag_of_debians_runc_is_known() -> None:
+    """What drives runc may pass any of runc's flags: each one Debian's runc lists is parsed here
+    (a flag that means nothing to this engine is accepted and says so in its help, or refused by name
+    when used). The commands are runc's, CRIU's checkpoint and restore aside."""
+    import re
+
+    listed = _runc_help().split("COMMANDS:")[1].split("GLOBAL OPTIONS:")
+    commands = set(re.findall(r"^\s{3,}([a-z]+)(?:,\s*\w+)?\s", listed[0], re.M)) - {"help", "h"}
+    assert {"create", "run", "exec", "events", "features"} <= commands
+    assert sorted(commands - RUNC_ONLY - set(cli_args.COMMANDS)) == []
+
+    def names(flags: tuple[cli_args.Flag, ...]) -> set[str]:
+        return {name for flag in flags for name in flag.names}
+
+    global_flags = set(re.findall(r"^\s+--([a-z0-9-]+)", listed[1], re.M)) - {"help", "version"}
+    assert sorted(global_flags - names(cli_args.GLOBAL_FLAGS)) == []
+    for command in sorted(commands - RUNC_ONLY):
+        flags = set(re.findall(r"^\s+--([a-z0-9-]+)", _runc_help(command).split("OPTIONS:")[-1], re.M))
+        assert sorted(flags - {"help"} - names(cli_args.COMMANDS[command].flags)) == [], command
+
+
 def test_exec_cgroup_flags_as_runc_takes_them() -> None:
     inv = cli_args.parse_args(["exec", "--cgroup", "work", "--cgroup", "memory,pids:hog", "c1", "true"])
     assert cli.parse_sub_cgroups(inv.flags["cgroup"]) == {"": "work", "memory": "hog", "pids": "hog"}
