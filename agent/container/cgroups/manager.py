@@ -1,7 +1,10 @@
 """One container's cgroup: create, apply limits, add processes, stats, freeze, remove (v1 and v2).
 
 The manager holds no state beyond where the cgroup is, so a new manager for the same path (after an
-agent restart, or from another command of the runtime CLI) can update, freeze and destroy it.
+agent restart, or from another command of the runtime CLI) can update, freeze and destroy it. The
+limits planner (plan.py) and the v2 device program (devices_v2.py) are imported by the methods that
+write limits: finding a cgroup again to list its processes or remove it (``pykata-runc delete``) needs
+neither.
 """
 
 from __future__ import annotations
@@ -11,20 +14,17 @@ import os
 import time
 
 from agent.errors import IncorrectState, InvalidArgument, NotFound, ResourceError, Unsupported
-from agent.hotplug.cpuset import parse_cpuset
 from agent.system import sysfs
 from agent.system.paths import HostPaths, normal_path
 
-from . import devices_v2
-from . import plan as planner
 from .layout import Layout, container_cgroup, detect
-from .plan import Write
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Any
 
+    from .plan import Write
     from .stats import CgroupStats
 
 # v2 controllers enabled for containers when the parent offers them.
@@ -181,6 +181,8 @@ class CgroupManager:
             raise NotFound(f"cgroup {self.relative} does not exist (was it created?)")
 
     def _check_memory_usage(self, resources: Mapping[str, Any]) -> None:
+        from . import plan as planner
+
         limit = planner.memory_limit(resources)
         usage_file = self._usage_file()
         if limit is None or usage_file is None or not os.path.exists(usage_file):
@@ -269,7 +271,11 @@ class CgroupManager:
     def set_cpuset(self, cpus: str, mems: str | None = None) -> None:
         """Write the container's cpus (and memory nodes). The parent must already allow them: use
         ``propagate_cpuset`` to widen ancestors after CPU hotplug."""
+        from . import plan as planner
+
         writes = planner.cpuset({"cpu": {"cpus": cpus, "mems": mems}})
+        from agent.hotplug.cpuset import parse_cpuset
+
         parse_cpuset(cpus, what="cpuset cpus")
         if mems is not None:
             parse_cpuset(mems, what="cpuset mems")
@@ -314,6 +320,8 @@ class V1Manager(CgroupManager):
     def create(self) -> None:
         """mkdir the path in every hierarchy. A new v1 cpuset cgroup has no cpus and no mems (no task
         could join it), so each empty level gets its parent's values, from the top down."""
+        from . import plan as planner
+
         for directory in dict.fromkeys(self.directories().values()):
             try:
                 os.makedirs(directory, exist_ok=True)
@@ -326,10 +334,12 @@ class V1Manager(CgroupManager):
                 child = f"{parent}/{part}"
                 for name in ("cpuset.cpus", "cpuset.mems"):
                     if not sysfs.read_text(f"{child}/{name}"):
-                        execute([Write("cpuset", name, sysfs.read_text(f"{parent}/{name}"))], {"cpuset": child})
+                        execute([planner.Write("cpuset", name, sysfs.read_text(f"{parent}/{name}"))], {"cpuset": child})
                 parent = child
 
     def plan(self, resources: Mapping[str, Any]) -> list[Write]:
+        from . import plan as planner
+
         current: int | None = None
         memory = self.memory_dir()
         if memory is not None and os.path.exists(f"{memory}/memory.limit_in_bytes"):
@@ -347,6 +357,8 @@ class V1Manager(CgroupManager):
         return reader.read_v1(self.directories())
 
     def _set_frozen(self, frozen: bool, timeout: float) -> None:
+        from . import plan as planner
+
         directory = self.directories().get("freezer")
         if directory is None:
             raise Unsupported("no freezer cgroup controller is mounted: pausing needs one")
@@ -355,7 +367,7 @@ class V1Manager(CgroupManager):
         attempt = 0
         while True:
             # FREEZING can stall on a task in an uninterruptible sleep; writing again retries it
-            execute([Write("freezer", "freezer.state", wanted)], {"freezer": directory})
+            execute([planner.Write("freezer", "freezer.state", wanted)], {"freezer": directory})
             state = sysfs.read_text(f"{directory}/freezer.state")
             if state == wanted:
                 return
@@ -441,13 +453,19 @@ class V2Manager(CgroupManager):
         return missing
 
     def plan(self, resources: Mapping[str, Any]) -> list[Write]:
+        from . import plan as planner
+
         return planner.plan_v2(resources)
 
     def apply(self, resources: Mapping[str, Any]) -> None:
         """The writes of ``plan``, then the device rules as an eBPF program attached to the cgroup."""
+        from . import plan as planner
+
         super().apply(resources)
         rules = planner.device_rules(resources)
         if rules:
+            from . import devices_v2
+
             devices_v2.attach(self.path, devices_v2.device_program(rules))
 
     def stats(self) -> CgroupStats:
@@ -457,9 +475,11 @@ class V2Manager(CgroupManager):
         return reader.read_v2(self.path)
 
     def _set_frozen(self, frozen: bool, timeout: float) -> None:
+        from . import plan as planner
+
         if not os.path.exists(f"{self.path}/cgroup.freeze"):
             raise Unsupported(f"{self.path} has no cgroup.freeze (the kernel is older than 5.2)")
-        execute([Write("cgroup", "cgroup.freeze", "1" if frozen else "0")], {"cgroup": self.path})
+        execute([planner.Write("cgroup", "cgroup.freeze", "1" if frozen else "0")], {"cgroup": self.path})
         wanted = 1 if frozen else 0
         deadline = time.monotonic() + timeout
         attempt = 0
