@@ -7,7 +7,6 @@ the cpuset of every container that asked for CPUs, ancestors first (agent/hotplu
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
@@ -136,10 +135,7 @@ class ResourceService:
 
 
 def _find_propagate() -> Propagate:
-    """The container engine's cpuset writer when it has one, else ours (same signature)."""
-    try:
-        module = importlib.import_module("agent.container.cgroups")
-    except ImportError:
-        return cpuset.propagate_cpuset
-    found = getattr(module, "propagate_cpuset", None)
-    return found if callable(found) else cpuset.propagate_cpuset
+    """The container engine's cpuset writer (agent.container.cgroups.propagate_cpuset), the agent's one."""
+    from agent.container.cgroups import propagate_cpuset
+
+    return propagate_cpuset

@@ -447,6 +447,16 @@ def test_propagate_cpuset_validates_first(tmp_path: Path) -> None:
     assert (leaf / "cpuset.cpus").read_text() == ""
 
 
+def test_propagate_cpuset_failure_names_the_file_and_the_value(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path, "pykata/c1")
+    leaf = Path(paths.cgroup_root) / "cpuset/pykata/c1"
+    (leaf / "cpuset.cpus").unlink()
+    (leaf / "cpuset.cpus").mkdir()  # what the kernel would refuse, refused here: EISDIR
+    with pytest.raises(ResourceError, match=rf"cannot write '0-7' to {leaf}/cpuset.cpus \(cpuset controller\): EISDIR"):
+        propagate_cpuset(paths, "0-7", None, [leaf])
+    assert (Path(paths.cgroup_root) / "cpuset/pykata/cpuset.cpus").read_text() == "0-7"  # the parent came first
+
+
 def test_set_cpuset_validates(tmp_path: Path) -> None:
     paths = v2_tree(tmp_path)
     manager = manager_for(paths, "", "c1")

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from agent.config import build_config
+from agent.container.cgroups import propagate_cpuset
 from agent.errors import InvalidArgument, ResourceError, Unsupported
-from agent.hotplug.cpuset import propagate_cpuset
 from agent.hotplug.testing import FakeSysfs, SimulatedClock
 from agent.hotplug.uevent import UeventListener
 from agent.services.resources import ResourceService
@@ -71,7 +71,7 @@ def make_guest(
         clock=clock,
         writer=fake.write,
         cpuset_targets=cpuset_targets,
-        propagate=propagate_cpuset,  # ours, on the fake tree (the engine's reads mountinfo)
+        propagate=propagate_cpuset,  # the engine's, on the fake tree (its cgroup mounts: its mountinfo)
         spawn=lambda loop: loop(),  # the loop runs in the calling thread: deterministic
     )
     guest = Guest(fake, clock, listener, service)
@@ -388,6 +388,9 @@ def test_new_cpus_reach_container_cpusets_ancestors_first(tmp_path: Path) -> Non
     for directory in (base, base / "kata", *leaves):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "cpuset.cpus").write_text("0-1\n")
+    mountinfo = tmp_path / "proc" / "self" / "mountinfo"  # where the engine finds the cpuset hierarchy
+    mountinfo.parent.mkdir(parents=True, exist_ok=True)
+    mountinfo.write_text("34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset\n")
     guest = make_guest(tmp_path, cpuset_targets=lambda: leaves)
     guest.hot_add_cpu(1.5, 2)
     guest.hot_add_cpu(2.5, 3)
