@@ -18,9 +18,9 @@ import pytest
 
 from tests.conftest import require_root
 from tests.helpers.bundle import make_rootfs, runc_default_spec
+from tests.helpers.cgroups import remove_cgroups
 
 RUN_TAG = f"pykata-test-{os.getpid()}"
-CGROUP_FS = Path("/sys/fs/cgroup")
 
 
 @pytest.fixture(scope="session")
@@ -43,24 +43,7 @@ def cgroup_parent() -> Iterator[str]:
     """The cgroupsPath prefix every container of this session goes under."""
     parent = f"/{RUN_TAG}"
     yield parent
-    left = []
-    for hierarchy in CGROUP_FS.iterdir():
-        if hierarchy.is_symlink():
-            continue
-        ours = hierarchy / RUN_TAG
-        if not ours.is_dir():
-            continue
-        for child in sorted(ours.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            if child.is_dir():
-                left.append(child)
-                try:
-                    child.rmdir()
-                except OSError:
-                    pass
-        try:
-            ours.rmdir()
-        except OSError:
-            pass
+    left = remove_cgroups(parent)
     assert not left, f"container cgroups left behind: {left}"
 
 

@@ -3,7 +3,7 @@ line's privileged tests share (test_runc_cli.py, test_runc_warm.py).
 
 Bundles hold a busybox rootfs and the config.json that Debian's ``runc spec`` writes, with the rootfs
 and args changed, and ``linux.cgroupsPath`` under a cgroup parent named for the test module and run
-(``tag``), so the tests create and remove only their own cgroups.
+(``tag``), so the tests create and remove only their own cgroups (tests/helpers/cgroups.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any
 from tests.conftest import REPO
 from tests.helpers.bundle import make_bundle
 
-CGROUP_FS = Path("/sys/fs/cgroup")
 CLI = [sys.executable, "-m", "agent.container.cli"]
 
 
@@ -120,16 +119,3 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10) ->
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def remove_cgroups_of(tag: str) -> list[Path]:
-    """Remove the tag's cgroup parent in every hierarchy, leaves first; the container cgroups that were
-    still there (a test left them behind)."""
-    parents = [p for p in CGROUP_FS.glob(f"*/{tag}") if not p.parent.is_symlink()]
-    containers = [child for parent in parents for child in parent.iterdir() if child.is_dir()]
-    for path in [*containers, *parents]:  # ours to remove either way
-        try:
-            path.rmdir()
-        except OSError:
-            pass
-    return containers

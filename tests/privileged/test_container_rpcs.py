@@ -21,7 +21,7 @@ from agent.system.paths import HostPaths
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import FIXTURES
 from tests.helpers.agent_server import RunningAgent, serving_agent
-from tests.privileged.conftest import CGROUP_FS
+from tests.helpers.cgroups import cgroups_below, remove_cgroups
 
 KATA_CREATE = FIXTURES / "kata-client-requests" / "005-grpc.AgentService.CreateContainer.bin"
 
@@ -93,11 +93,7 @@ def _link(fd: str) -> str:
 
 
 def _cycle_state(parent: str) -> dict[str, Any]:
-    cgroups = []
-    for hierarchy in CGROUP_FS.iterdir():
-        ours = hierarchy / parent.strip("/")
-        if not hierarchy.is_symlink() and ours.is_dir():
-            cgroups += [p for p in ours.rglob("*") if p.is_dir()]
+    cgroups = cgroups_below(parent)
     return {
         "fds": sorted(f"{fd}->{_link(fd)}" for fd in os.listdir("/proc/self/fd")),
         "mounts": Path("/proc/self/mountinfo").read_text().count("\n"),
@@ -138,10 +134,7 @@ def test_200_cycles_leave_nothing_behind(
             time.sleep(0.01)
         after = _cycle_state(parent)
     finally:
-        for hierarchy in CGROUP_FS.iterdir():
-            intermediate = hierarchy / parent.strip("/")
-            if not hierarchy.is_symlink() and intermediate.is_dir():
-                intermediate.rmdir()
+        remove_cgroups(parent)
     print(f"200 cycles in {elapsed:.1f} s ({elapsed / 200 * 1000:.0f} ms each)")
     assert after["fds"] == before["fds"], "descriptors leaked"
     assert after["mounts"] == before["mounts"], "mounts leaked"

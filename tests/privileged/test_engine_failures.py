@@ -14,7 +14,7 @@ from agent.container.engine import Engine
 from agent.container.forkserver import PARKED_NAME
 from agent.errors import AlreadyExists, InvalidArgument, ResourceError
 from agent.system.paths import HostPaths
-from tests.privileged.conftest import CGROUP_FS
+from tests.helpers.cgroups import cgroups_below
 from tests.privileged.engine_helpers import processes, read_to_end, run, spec_for, started
 
 
@@ -31,15 +31,6 @@ def spec(runc_spec: dict[str, Any], busybox_rootfs: Path, cgroup_parent: str) ->
         return spec_for(runc_spec, busybox_rootfs, args or ["/bin/true"], cgroup_parent, name, **process)
 
     return make
-
-
-def cgroup_dirs(cgroup_parent: str) -> list[Path]:
-    found = []
-    for hierarchy in CGROUP_FS.iterdir():
-        ours = hierarchy / cgroup_parent.strip("/")
-        if not hierarchy.is_symlink() and ours.is_dir():
-            found += [p for p in ours.rglob("*") if p.is_dir()]
-    return found
 
 
 def mount_table() -> list[str]:
@@ -83,7 +74,7 @@ def test_bad_spec_is_refused_before_any_side_effect(
     with pytest.raises(InvalidArgument):
         engine.create("bad", bad)
     assert engine.forkserver.server_pid is None, "the fork server was started for a spec that failed validation"
-    assert not [p for p in cgroup_dirs(cgroup_parent) if p.name == "bad"]
+    assert not [p for p in cgroups_below(cgroup_parent) if p.name == "bad"]
     assert mount_table() == mounts
     assert engine.list() == []
 
@@ -118,7 +109,7 @@ def test_create_failing_halfway_leaves_nothing(engine: Engine, spec: Any, cgroup
     )
     with pytest.raises(ResourceError, match="/nonexistent/pykata"):
         engine.create("halfway", broken)
-    assert not [p for p in cgroup_dirs(cgroup_parent) if p.name == "halfway"], "cgroup left behind"
+    assert not [p for p in cgroups_below(cgroup_parent) if p.name == "halfway"], "cgroup left behind"
     assert mount_table() == mounts, "mounts left behind"
     # the shim reports the exit before it ends itself: give it a moment to go
     deadline = time.monotonic() + 5
@@ -167,4 +158,4 @@ def test_a_missing_program_fails_the_create(engine: Engine, spec: Any, cgroup_pa
     with pytest.raises(ResourceError, match=f"executable '{program}' not found"):
         engine.create("noprog", spec("noprog", [program]))
     assert "noprog" not in [c.id for c in engine.list()]
-    assert not [p for p in cgroup_dirs(cgroup_parent) if p.name == "noprog"]
+    assert not [p for p in cgroups_below(cgroup_parent) if p.name == "noprog"]

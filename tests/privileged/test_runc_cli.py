@@ -25,7 +25,8 @@ import pytest
 
 from tests.conftest import REPO, require_root
 from tests.helpers.bundle import make_bundle, runc_default_spec
-from tests.privileged.runc_helpers import CGROUP_FS, CLI, Runtime, alive, remove_cgroups_of, wait_for
+from tests.helpers.cgroups import CGROUP_FS, remove_cgroups
+from tests.privileged.runc_helpers import CLI, Runtime, alive, wait_for
 
 RUN_TAG = f"pykata-test-runc-cli-{os.getpid()}"
 CGROUP_PARENT = f"/{RUN_TAG}"
@@ -58,7 +59,7 @@ def runtime(tmp_path: Path, default_spec: dict[str, Any]) -> Iterator[Runtime]:
 @pytest.fixture(scope="module", autouse=True)
 def no_cgroups_left() -> Iterator[None]:
     yield
-    containers = remove_cgroups_of(RUN_TAG)
+    containers = remove_cgroups(RUN_TAG)
     assert not containers, f"container cgroups left behind: {containers}"
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import REPO
+from tests.helpers.cgroups import remove_cgroups
 from tests.privileged.conftest import make_spec
-from tests.privileged.runc_helpers import Runtime, alive, remove_cgroups_of, wait_for
+from tests.privileged.runc_helpers import Runtime, alive, wait_for
 
 # Each of these costs milliseconds at import (or brings ones that do); none is needed to run a container.
 AVOIDED = (
@@ -142,7 +143,7 @@ def test_start_kill_and_delete_load_only_what_they_use(tmp_path: Path, runc_spec
         limits = ("agent.container.cgroups.plan", "agent.container.cgroups.devices_v2", "agent.hotplug.cpuset")
         assert sorted(set(deleted) & {*SPAWNING, *limits}) == []
         assert not (runtime.root / container_id).exists()
-        assert remove_cgroups_of(tag) == []
+        assert remove_cgroups(tag) == []
     finally:
         runtime("delete", "--force", container_id, check=False)
-        remove_cgroups_of(tag)
+        remove_cgroups(tag)

@@ -30,8 +30,9 @@ from agent.container.warm import WarmPair, threads_run
 from agent.system.paths import HostPaths
 from tests.conftest import require_root
 from tests.helpers.bundle import runc_default_spec
+from tests.helpers.cgroups import CGROUP_FS, remove_cgroups
 from tests.privileged.engine_helpers import ns_inode, run, spec_for
-from tests.privileged.runc_helpers import CGROUP_FS, Runtime, alive, remove_cgroups_of, wait_for
+from tests.privileged.runc_helpers import Runtime, alive, wait_for
 
 RUN_TAG = f"pykata-test-runc-warm-{os.getpid()}"
 WARM_LINE = re.compile(r"create: warm pair (\d+) forked")
@@ -68,7 +69,7 @@ def cli(tmp_path: Path, default_spec: dict[str, Any]) -> Iterator[Runtime]:
 @pytest.fixture(scope="module", autouse=True)
 def no_cgroups_left() -> Iterator[None]:
     yield
-    containers = remove_cgroups_of(RUN_TAG)
+    containers = remove_cgroups(RUN_TAG)
     assert not containers, f"container cgroups left behind: {containers}"
 
 
