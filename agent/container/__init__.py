@@ -5,7 +5,10 @@ How a container comes to be (create, then start):
 1. ``spec.parse_spec`` reshapes config.json; ``validate.validate_spec`` runs its ordered checks.
    Nothing has touched the host yet.
 2. ``rootfs.plan_rootfs`` turns the mounts, devices and /dev links into a list of operations (data:
-   ``RootfsPlan.describe()`` prints it).
+   ``RootfsPlan.describe()`` prints it). Mount options are agent/system/mountopts.py's: mount(8)'s
+   words, propagation, the recursive attributes (``rro``... a ``SetAttr`` step: mount_setattr(2)
+   with AT_RECURSIVE) and ``tmpcopyup`` (a tmpfs mounted with a copy of what it covers).
+   features.py derives runtime-spec's features document from these tables.
 3. The fork server (forkserver.py, a single-threaded ``python -m`` helper spawned on first use: the
    agent runs threads and never forks) forks a shim per process. The shim opens the cgroup
    hierarchies' roots, enters the user and pid namespaces, forks the container process, reports its
@@ -39,6 +42,7 @@ Seccomp: seccomp.py compiles the profile to classic BPF in the engine; the conta
 it with prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER) right before execve when no_new_privileges is set,
 else before dropping capabilities (the kernel wants CAP_SYS_ADMIN then), as runc does.
 Exec joins the container's namespaces with setns on /proc/<pid>/ns/* and its root through
-/proc/<pid>/root, and joins the container's cgroup before it runs anything (by pid, from the engine,
-when the container has a user or cgroup namespace).
+/proc/<pid>/root, and joins the container's cgroup (or sub-cgroups of it that exist: ``pykata-runc
+exec --cgroup``) before it runs anything (by pid, from the engine, when the container has a user or
+cgroup namespace).
 """
