@@ -5,8 +5,9 @@
 (b) ``pykata-runc run``: started cold (the launcher scripts/setup.sh installs, which runs
     ``python -S``; then as pip's console script would run, with site's start-up), and handed to a
     warm ``pykata-runc serve`` by its small client; (c) Debian's ``runc run``; (d) ``crun run`` on
-    the same bundle. Then pykata-runc and runc again, driven as containerd's shim drives a runtime: a
-    command per step (create, start, state, delete), each step's time under the way's line.
+    the same bundle. Then pykata-runc (cold, and handed to the server) and runc again, driven as
+    containerd's shim drives a runtime: a command per step (create, start, state, delete), each step's
+    time under the way's line.
 
 The python floor (bench/_python_floor.py) is the least any cold Python process pays to run that container:
 a ``python -S`` started as the pykata-runc launcher is (its code from a .pyc), the C modules it needs
@@ -109,7 +110,7 @@ def no_site_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])}
 
 
-def lifecycle_way(name: str, argv: list[str], bundle: Path) -> Way:
+def lifecycle_way(name: str, argv: list[str], bundle: Path, env: dict[str, str] | None = None) -> Way:
     """The same container driven the way containerd's shim drives a runtime, one command per step:
     ``create``, ``start``, ``state``, ``delete --force`` (the program has ended by then, or is killed);
     each command's time is a phase. A Python command pays the interpreter's start at every step."""
@@ -123,7 +124,7 @@ def lifecycle_way(name: str, argv: list[str], bundle: Path) -> Way:
             for step, args in steps:
                 started = time.perf_counter()
                 done = subprocess.run([*argv, *args, container_id], cwd=REPO, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=errors)  # fmt: skip
+                                      stdout=subprocess.DEVNULL, stderr=errors, env=env)  # fmt: skip
                 way.phases.setdefault(step, []).append(time.perf_counter() - started)
                 if done.returncode != 0:
                     errors.seek(0)
@@ -141,12 +142,17 @@ def pykata_runc_site_way(bundle: Path, state: Path) -> Way:
     return Way("pykata-runc site", _timed_command(argv, REPO, {**os.environ, "PYTHONPATH": str(REPO)}))
 
 
+def served_env(workdir: Path) -> dict[str, str]:
+    """The environment of a command handed to the benchmark's ``pykata-runc serve``."""
+    return {**no_site_env(), "PYKATA_RUNC_SERVER": str(workdir / "pykata-runc.sock")}
+
+
 def pykata_runc_server_way(bundle: Path, state: Path, workdir: Path, launcher: Path) -> Way:
     """(b) through ``pykata-runc serve`` (started by the launcher, as a user starts it): the same
     launcher, with ``PYKATA_RUNC_SERVER`` set, hands the command (python -S, a few C modules) to the
     warm server, which forks a worker for it, so nothing is imported per container."""
-    socket_path = workdir / "pykata-runc.sock"
-    env = {**no_site_env(), "PYKATA_RUNC_SERVER": str(socket_path)}
+    env = served_env(workdir)
+    socket_path = Path(env["PYKATA_RUNC_SERVER"])
     server = subprocess.Popen(
         [str(launcher), "serve", "--socket", str(socket_path)],
         cwd=REPO,
@@ -309,6 +315,8 @@ def main() -> None:
                 pykata_runc_site_way(bundle, state), pykata_runc_server_way(bundle, state, workdir, launcher),
                 runc_way(bundle, state), crun_way(bundle, state),
                 lifecycle_way("pykata-runc by step", [str(launcher), "--root", str(state / "steps")], bundle),
+                lifecycle_way("pykata-runc served by step", [str(launcher), "--root", str(state / "served-steps")],
+                              bundle, served_env(workdir)),
                 lifecycle_way("runc by step", ["runc", "--root", str(state / "runc-steps")], bundle),
                 python_floor_way(bundle, python),
                 python_startup_way(sys.executable), python_startup_way(python, "-S"),
@@ -325,6 +333,7 @@ def main() -> None:
             remove_cgroups()
         report(ways)
         report_steps(ways)
+        report_steps(ways, "pykata-runc served by step")
 
 
 def remove_cgroups() -> None:
