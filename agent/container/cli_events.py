@@ -69,11 +69,12 @@ def _blkio_entries(entries: list[Any]) -> list[dict[str, Any]]:
 def _cpuset(container: Container) -> dict[str, Any]:
     """The container's cpus and memory nodes (cgroup v1's cpuset, or v2's effective ones); {} without a
     cpuset controller."""
+    from agent.errors import Unsupported
     from agent.hotplug.cpuset import parse_cpuset
 
     try:
         directory = container.cgroup.cpuset_dir()
-    except Exception:  # no cpuset controller here: nothing to report
+    except Unsupported:  # no cpuset controller here: nothing to report
         return {}
     out: dict[str, Any] = {}
     # v2's effective sets, v1's (named the other way round), then what was asked for
