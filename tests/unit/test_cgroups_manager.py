@@ -505,6 +505,8 @@ def test_v1_add_pid_to_a_sub_cgroup(tmp_path: Path) -> None:
     [
         ({"": "missing"}, NotFound, r"sub-cgroup .*/pykata/c1/missing does not exist: make it"),
         ({"": "../c2"}, InvalidArgument, "relative path below the container's cgroup"),
+        ({"": "work/../../c2"}, InvalidArgument, "relative path below the container's cgroup"),
+        ({"memory": "a/.."}, InvalidArgument, "relative path below the container's cgroup"),
         ({"": "/abs"}, InvalidArgument, "relative path"),
         ({"": "a/./b"}, InvalidArgument, "relative path"),
         ({"nosuch": "work"}, InvalidArgument, "no nosuch controller here"),

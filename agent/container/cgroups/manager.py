@@ -201,7 +201,7 @@ class CgroupManager:
         if not sub:
             return directories
         for controller, below in sub.items():
-            if not below or below.startswith("/") or normal_path(below) != below or below.split("/")[0] == "..":
+            if not below or below.startswith("/") or normal_path(below) != below or ".." in below.split("/"):
                 raise InvalidArgument(f"sub-cgroup {below!r}: give a relative path below the container's cgroup")
             if controller and controller not in directories:
                 raise InvalidArgument(f"sub-cgroup {controller}:{below}: no {controller} controller here")
