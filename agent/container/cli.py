@@ -655,13 +655,14 @@ def cmd_delete(ctx: Context) -> int:
 
 
 class _Forwarder:
-    """Pass the signals a foreground ``run``/``exec`` receives on to the container process."""
-
-    SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGWINCH")
+    """Pass the signals a foreground ``run``/``exec`` receives on to the container process: those a
+    served command's client passes on to its worker (cli_client.FORWARDED)."""
 
     def __init__(self, process: Process) -> None:
+        from agent.container.cli_client import FORWARDED
+
         self.previous: dict[int, Any] = {}
-        for name in self.SIGNALS:
+        for name in FORWARDED:
             number = getattr(_signal, name)
             self.previous[number] = _signal.signal(number, lambda n, _f: process.signal(n))
 
