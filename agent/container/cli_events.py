@@ -71,6 +71,7 @@ def _cpuset(container: Container) -> dict[str, Any]:
     cpuset controller."""
     from agent.errors import Unsupported
     from agent.hotplug.cpuset import parse_cpuset
+    from agent.system import sysfs
 
     try:
         directory = container.cgroup.cpuset_dir()
@@ -83,8 +84,7 @@ def _cpuset(container: Container) -> dict[str, Any]:
     for key, names in wanted:
         for name in names:
             try:
-                with open(f"{directory}/{name}", encoding="ascii") as stream:
-                    text = stream.read().strip()
+                text = sysfs.read_text(f"{directory}/{name}")
             except OSError:
                 continue
             if text:
