@@ -182,6 +182,11 @@ def check_resources(resources: dict[str, Any], where: str = "linux.resources") -
 
 def check_spec_resources(spec: Spec, bundle: str | None) -> None:
     check_resources(spec.linux.resources)
+    # the planner's own checks too (every field, unified, network and rdma included), before any
+    # cgroup is made; it is loaded for the create anyway
+    from agent.container.cgroups.plan import validate_resources
+
+    validate_resources(spec.linux.resources)
 
 
 def check_mappings(spec: Spec, bundle: str | None) -> None:

@@ -1,9 +1,14 @@
 """The cgroups a test made under a parent of its own (a cgroupsPath prefix such as "/pykata-test-123"),
-in every hierarchy of the host: listed, and removed the deepest first."""
+in every hierarchy of the host: listed, and removed the deepest first; and scenarios run in a private
+mount namespace, for cgroup layouts the host does not have."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 
@@ -34,3 +39,17 @@ def remove_cgroups(parent: str) -> list[Path]:
         except OSError:
             pass
     return left
+
+
+def run_scenario(script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` (python) in a private mount namespace (``unshare -m``), where it may mount its own
+    cgroup file systems on /sys/fs/cgroup without the host seeing them; its JSON output."""
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out

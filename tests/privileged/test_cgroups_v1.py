@@ -20,7 +20,7 @@ import pytest
 from agent.container.cgroups import CgroupManager, OomWatcher, V1Manager, detect, manager_for
 from agent.errors import InvalidArgument, ResourceError
 from agent.system.paths import HostPaths
-from tests.conftest import require_root
+from tests.conftest import REPO, require_root
 
 PATHS = HostPaths()
 # A process that waits for a line on stdin (so it can be moved into the cgroup first), then runs CODE.
@@ -273,3 +273,108 @@ def test_set_cpuset_and_propagate(cgroups: Cgroups) -> None:
     assert written == [os.path.dirname(manager.cpuset_dir()), manager.cpuset_dir()]
     assert read(Path(manager.cpuset_dir()) / "cpuset.cpus") == online
     manager.destroy()
+
+
+NETWORK_SCENARIO = r"""
+import errno, json, os, signal, sys, time
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from agent.container.cgroups import detect
+from agent.container.engine import Engine, PipeIO
+from agent.errors import InvalidArgument
+from agent.system import libc
+from agent.system.paths import HostPaths
+
+parent, bundle = sys.argv[1], Path(sys.argv[2])
+HIERARCHY = "/sys/fs/cgroup/net_cls,net_prio"
+# this host binds net_cls and net_prio to no v1 hierarchy: in this mount namespace, a tmpfs over
+# /sys/fs/cgroup with a hierarchy of their own on it, which the engine finds in mountinfo
+libc.mount("tmpfs", "/sys/fs/cgroup", "tmpfs", 0, "mode=755")
+os.mkdir(HIERARCHY)
+for attempt in range(200):  # the hierarchy of an earlier run goes away asynchronously
+    try:
+        libc.mount("cgroup", HIERARCHY, "cgroup", 0, "net_cls,net_prio")
+        break
+    except OSError as exc:
+        if exc.errno != errno.EBUSY or attempt == 199:
+            raise
+        time.sleep(0.05)
+out = {}
+engine = None
+try:
+    paths = HostPaths()
+    layout = detect(paths)
+    out["layout"] = [layout.version, sorted(layout.controllers)]
+    engine = Engine(paths)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["linux"]["cgroupsPath"] = f"/{parent}/c1"
+    spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "cgroup"]
+    spec["linux"]["resources"] = {"network": {"classID": 0x100001, "priorities": [{"name": "lo", "priority": 5}]}}
+    container = engine.create("n1", spec, bundle=bundle, io=PipeIO())
+    try:
+        container.start()
+        out["classid"] = open(f"{HIERARCHY}/{parent}/c1/net_cls.classid").read().strip()
+        out["ifpriomap"] = open(f"{HIERARCHY}/{parent}/c1/net_prio.ifpriomap").read().split("\n")
+        out["init_cgroup"] = open(f"/proc/{container.init.pid}/cgroup").read()
+    finally:
+        engine.remove("n1", timeout=10)
+    spec["linux"]["cgroupsPath"] = f"/{parent}/c2"
+    spec["linux"]["resources"] = {"unified": {"memory.high": "64M"}}
+    try:
+        engine.create("n2", spec, bundle=bundle, io=PipeIO())
+        out["unified"] = "created"
+    except InvalidArgument as exc:
+        out["unified"] = str(exc)
+    out["left"] = sorted(entry.name for entry in os.scandir(f"{HIERARCHY}/{parent}") if entry.is_dir())
+finally:
+    if engine is not None:
+        engine.close()
+    # a v1 hierarchy outlives its last mount while it has cgroups: remove ours, whatever happened
+    for current, _dirs, _files in os.walk(f"{HIERARCHY}/{parent}", topdown=False):
+        for pid in open(f"{current}/cgroup.procs").read().split():
+            os.kill(int(pid), signal.SIGKILL)
+        for _ in range(200):
+            try:
+                os.rmdir(current)
+                break
+            except OSError:
+                time.sleep(0.01)
+    # a v1 hierarchy is destroyed at its last umount only if no cgroup is left below its root, dying
+    # ones (whose last tasks are still being freed) included: wait for the kernel's count to be 1
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        counts = {line.split()[0]: line.split()[2] for line in open("/proc/cgroups") if not line.startswith("#")}
+        if counts.get("net_cls") == "1":
+            break
+        time.sleep(0.02)
+    libc.umount2(HIERARCHY)
+print(json.dumps(out))
+"""
+
+
+def net_cls_hierarchy() -> str:
+    """The hierarchy id /proc/cgroups gives net_cls (0: the cgroup v2 one)."""
+    rows = [line.split() for line in Path("/proc/cgroups").read_text().splitlines() if not line.startswith("#")]
+    return next(row[1] for row in rows if row[0] == "net_cls")
+
+
+def test_network_limits_land_in_net_cls_and_net_prio(tmp_path: Path) -> None:
+    """linux.resources.network on a real v1 net_cls,net_prio hierarchy (mounted for the test in a private
+    mount namespace: this host has none): the container's cgroup gets the class id and the interface
+    priority, its init is in it; unified keys are refused on v1 and the create leaves no cgroup."""
+    from tests.helpers.bundle import make_bundle
+    from tests.helpers.cgroups import run_scenario
+
+    require_root()
+    bundle = make_bundle(tmp_path / "bundle", ["/bin/sleep", "300"])
+    parent = f"pykata-test-{os.getpid()}-{secrets.token_hex(3)}"
+    before = net_cls_hierarchy()
+    out = run_scenario(NETWORK_SCENARIO, parent, str(bundle), str(REPO))
+    # the hierarchy made for the test goes when its mount does (asynchronously): the host is as it was
+    wait_for(lambda: net_cls_hierarchy() == before, "net_cls to be back in its hierarchy", timeout=10)
+    assert out["layout"] == [1, ["net_cls", "net_prio"]]
+    assert out["classid"] == str(0x100001)
+    assert "lo 5" in out["ifpriomap"]
+    assert f"net_cls,net_prio:/{parent}/c1" in out["init_cgroup"]
+    assert out["unified"].startswith("linux.resources.unified sets cgroup v2 files")
+    assert out["left"] == []

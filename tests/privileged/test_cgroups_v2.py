@@ -13,19 +13,16 @@ kills on v2 are covered on fake trees in tests/unit only.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import REPO, require_root
+from tests.helpers.cgroups import run_scenario
 
 UNIFIED = Path("/sys/fs/cgroup/unified")  # the host's view of the same hierarchy
 
@@ -140,19 +137,6 @@ def parent() -> Iterator[str]:
     assert not own.exists()
 
 
-def run_scenario(script: str, *args: str) -> dict[str, Any]:
-    """Run ``script`` in a private mount namespace (where it mounts its own cgroup2); its JSON output."""
-    result = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    out: dict[str, Any] = json.loads(result.stdout)
-    return out
-
-
 def test_v2_core_on_a_fresh_cgroup2_mount(parent: str) -> None:
     out = run_scenario(SCENARIO, parent, str(REPO))
     assert out["version"] == 2
@@ -215,4 +199,95 @@ def test_engine_processes_join_their_v2_cgroup_themselves(parent: str, tmp_path:
     assert f"0::/{parent}/c2" in out["init_cgroup"]
     assert f"0::/{parent}/c2" in out["exec_cgroup"]
     assert out["pids"] == out["expected_pids"]
+    assert not (UNIFIED / parent).exists()
+
+
+UNIFIED_SCENARIO = r"""
+import errno, json, os, sys
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from agent.container.cgroups import manager_for
+from agent.container.engine import Engine, PipeIO
+from agent.errors import InvalidArgument, Unsupported
+from agent.system import libc
+from agent.system.paths import HostPaths
+
+parent, bundle = sys.argv[1], Path(sys.argv[2])
+libc.mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0)
+paths = HostPaths()
+out = {}
+
+def outcome(call):
+    try:
+        call()
+        return "ok"
+    except (InvalidArgument, Unsupported) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+def mkdir(path):
+    try:
+        os.mkdir(path)
+        return "made"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+
+# the manager: unified keys are written to the kernel's files, and the kernel enforces them
+manager = manager_for(paths, f"/{parent}/c1", "c1", manage_root=False)
+manager.create()
+manager.apply({"unified": {"cgroup.max.depth": "1", "cgroup.max.descendants": "1"}})
+out["depth"] = open(f"{manager.path}/cgroup.max.depth").read().strip()
+out["descendants"] = open(f"{manager.path}/cgroup.max.descendants").read().strip()
+out["child"] = mkdir(f"{manager.path}/a")
+out["grandchild"] = mkdir(f"{manager.path}/a/b")
+out["second_child"] = mkdir(f"{manager.path}/x")
+os.rmdir(f"{manager.path}/a")
+# a controller this hierarchy does not offer, and the v1-only network limits: refused by name
+out["cpu_weight"] = outcome(lambda: manager.apply({"unified": {"cpu.weight": "50"}}))
+out["network"] = outcome(lambda: manager.apply({"network": {"classID": 0x100001}}))
+manager.destroy()
+
+# the engine: a spec's unified keys reach the container's cgroup; a bad key is refused before any cgroup
+engine = Engine(paths, cgroups=lambda p, path, cid: manager_for(p, path, cid, manage_root=False))
+spec = json.loads((bundle / "config.json").read_text())
+spec["linux"]["cgroupsPath"] = f"/{parent}/c2"
+spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "cgroup"]
+spec["linux"]["resources"] = {"unified": {"cgroup.max.descendants": "7"}}
+container = engine.create("u1", spec, bundle=bundle, io=PipeIO())
+try:
+    out["engine_descendants"] = open(f"/sys/fs/cgroup/{parent}/c2/cgroup.max.descendants").read().strip()
+    out["init_cgroup"] = open(f"/proc/{container.init.pid}/cgroup").read()
+finally:
+    engine.remove("u1", timeout=10)
+spec["linux"]["cgroupsPath"] = f"/{parent}/c3"
+spec["linux"]["resources"] = {"unified": {"cgroup.procs": "1"}}
+out["bad_key"] = outcome(lambda: engine.create("u2", spec, bundle=bundle, io=PipeIO()))
+out["bad_key_cgroup_made"] = os.path.exists(f"/sys/fs/cgroup/{parent}/c3")
+engine.close()
+os.rmdir(f"/sys/fs/cgroup/{parent}")
+print(json.dumps(out))
+"""
+
+
+def test_unified_keys_reach_the_kernel_and_bad_ones_are_refused(parent: str, tmp_path: Path) -> None:
+    """linux.resources.unified on a real cgroup2: written after the typed fields and enforced by the
+    kernel (cgroup.max.depth and cgroup.max.descendants: the core files need no controller, which is
+    all this host's cgroup2 has); a controller the hierarchy does not offer, network limits (v1 only)
+    and a file the engine manages are refused by name, the last before any cgroup is made."""
+    from tests.helpers.bundle import make_bundle
+
+    bundle = make_bundle(tmp_path / "bundle", ["/bin/sleep", "300"])
+    out = run_scenario(UNIFIED_SCENARIO, parent, str(bundle), str(REPO))
+    assert (out["depth"], out["descendants"]) == ("1", "1")
+    assert out["child"] == "made"
+    assert out["grandchild"] == "EAGAIN"  # deeper than cgroup.max.depth
+    assert out["second_child"] == "EAGAIN"  # more than cgroup.max.descendants
+    assert out["cpu_weight"].startswith("Unsupported: cgroup controller cpu has no file cpu.weight")
+    assert out["network"].startswith("Unsupported: linux.resources.network: cgroup v2 has no net_cls")
+    assert out["engine_descendants"] == "7"
+    assert f"0::/{parent}/c2" in out["init_cgroup"]
+    assert out["bad_key"] == (
+        "InvalidArgument: linux.resources.unified['cgroup.procs']: "
+        "cgroup.procs is the runtime's to write, not the spec's"
+    )
+    assert out["bad_key_cgroup_made"] is False
     assert not (UNIFIED / parent).exists()

@@ -147,6 +147,27 @@ def test_detect_combined_v1_mount(tmp_path: Path) -> None:
     assert not layout.hybrid
 
 
+def test_detect_sees_only_the_mounts_not_hidden_by_later_ones(tmp_path: Path) -> None:
+    """A tmpfs mounted over /sys/fs/cgroup after the v1 hierarchies hides them (they stay in
+    mountinfo): the layout is what was mounted on that tmpfs since. A cgroup2 over the root hides all."""
+    paths = v1_tree(tmp_path)
+    Path(paths.mountinfo).write_text(
+        V1_MOUNTINFO
+        + "50 31 0:40 / /sys/fs/cgroup rw,relatime - tmpfs none rw\n"
+        + "51 50 0:41 / /sys/fs/cgroup/net_cls,net_prio rw,relatime - cgroup cgroup rw,net_cls,net_prio\n"
+    )
+    layout = detect(paths)
+    assert layout.version == 1
+    assert not layout.hybrid  # the cgroup2 at unified is hidden too
+    mounted = str(tmp_path / "sys/fs/cgroup/net_cls,net_prio")
+    assert layout.controllers == {"net_cls": mounted, "net_prio": mounted}
+    Path(paths.mountinfo).write_text(V1_MOUNTINFO + "50 31 0:40 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+    assert detect(paths).version == 2
+    Path(paths.mountinfo).write_text(V1_MOUNTINFO + "50 25 0:40 / /sys/fs rw - tmpfs none rw\n")
+    with pytest.raises(Unsupported, match="no cgroup filesystem"):
+        detect(paths)  # a tmpfs over /sys/fs hides every cgroup mount below it
+
+
 def test_detect_nothing_mounted(tmp_path: Path) -> None:
     paths = HostPaths(tmp_path)
     Path(paths.mountinfo).parent.mkdir(parents=True)
@@ -348,6 +369,35 @@ def test_v2_apply_conversions_land_in_files(tmp_path: Path) -> None:
     assert (leaf / "memory.low").read_text() == str(16 << 20)
     assert not (leaf / "memory.swap.max").exists()  # "max" without swap accounting: skipped
     assert (leaf / "pids.max").read_text() == "max"
+
+
+def test_v2_unified_enables_the_controller_it_names_then_writes_the_file(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    root = Path(paths.cgroup_root)
+    for level in (root, root / "pykata"):
+        (level / "cgroup.controllers").write_text("cpuset cpu io memory pids misc")
+        (level / "cgroup.subtree_control").write_text("cpuset cpu io memory pids")
+    (root / "pykata/c1/misc.max").write_text("")
+    (root / "pykata/c1/cgroup.max.depth").write_text("max")
+    manager = manager_for(paths, "/pykata/c1", "c1")
+    manager.apply({"unified": {"misc.max": "res_a 3", "cgroup.max.depth": "2"}})
+    # a regular file keeps the last write; the kernel would add misc to what is enabled
+    assert (root / "cgroup.subtree_control").read_text() == "+misc"
+    assert (root / "pykata/cgroup.subtree_control").read_text() == "+misc"
+    assert (root / "pykata/c1/misc.max").read_text() == "res_a 3"
+    assert (root / "pykata/c1/cgroup.max.depth").read_text() == "2"
+
+
+def test_v2_unified_file_the_kernel_lacks_is_unsupported_by_name(tmp_path: Path) -> None:
+    paths = v2_tree(tmp_path)
+    with pytest.raises(Unsupported, match=r"cgroup controller rdma has no file rdma\.max"):
+        manager_for(paths, "/pykata/c1", "c1").apply({"unified": {"rdma.max": "mlx5_0 hca_handle=1"}})
+
+
+def test_v1_without_a_net_cls_hierarchy_refuses_network_limits(tmp_path: Path) -> None:
+    paths = v1_tree(tmp_path)
+    with pytest.raises(Unsupported, match=r"no net_cls cgroup controller is available here, needed for net_cls\."):
+        manager_for(paths, "/pykata/c1", "c1").apply({"network": {"classID": 0x10001}})
 
 
 def test_v2_real_swap_limit_without_swap_file_fails(tmp_path: Path) -> None:

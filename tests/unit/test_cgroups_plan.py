@@ -8,7 +8,7 @@ import pytest
 
 from agent.container.cgroups import Write, plan_v1, plan_v2, validate_resources
 from agent.container.cgroups.plan import blkio_weight_to_io_weight, shares_to_weight, swap_v2
-from agent.errors import InvalidArgument
+from agent.errors import InvalidArgument, Unsupported
 
 
 def files(writes: list[Write]) -> list[tuple[str, str]]:
@@ -235,3 +235,84 @@ def test_v2_refuses_realtime() -> None:
 
 def test_write_prints_as_file_and_value() -> None:
     assert str(Write("pids", "pids.max", "10")) == "pids.max <- '10'"
+
+
+# --- network (v1), rdma (both), unified (v2)
+
+
+def test_v1_network_writes_classid_and_one_ifpriomap_line_per_interface() -> None:
+    writes = plan_v1({"network": {"classID": 0x100001, "priorities": [{"name": "eth0", "priority": 5},
+                                                                      {"name": "lo", "priority": 0}]}})  # fmt: skip
+    assert [(w.controller, w.file, w.value) for w in writes] == [
+        ("net_cls", "net_cls.classid", str(0x100001)),
+        ("net_prio", "net_prio.ifpriomap", "eth0 5"),
+        ("net_prio", "net_prio.ifpriomap", "lo 0"),
+    ]
+
+
+def test_an_empty_network_section_writes_nothing_on_either_version() -> None:
+    # what an unset LinuxNetwork decodes to from Kata's protobuf: classID 0, no priorities
+    assert plan_v1({"network": {"classID": 0, "priorities": []}}) == []
+    assert plan_v2({"network": {"classID": 0, "priorities": []}}) == []
+
+
+def test_v2_refuses_network_limits_instead_of_dropping_them() -> None:
+    with pytest.raises(Unsupported, match=r"linux\.resources\.network: cgroup v2 has no net_cls"):
+        plan_v2({"network": {"classID": 7}})
+    with pytest.raises(Unsupported, match="net_prio"):
+        plan_v2({"network": {"priorities": [{"name": "eth0", "priority": 1}]}})
+
+
+def test_rdma_lines_carry_only_the_limits_given() -> None:
+    resources = {"rdma": {"mlx5_0": {"hcaHandles": 3, "hcaObjects": 1000}, "mlx4_1": {"hcaObjects": 0}}}
+    expected = [
+        ("rdma", "rdma.max", "mlx5_0 hca_handle=3 hca_object=1000"),
+        ("rdma", "rdma.max", "mlx4_1 hca_object=0"),
+    ]
+    for plan in (plan_v1, plan_v2):
+        assert [(w.controller, w.file, w.value) for w in plan(resources)] == expected
+
+
+def test_v2_unified_keys_are_written_last_in_their_controllers() -> None:
+    writes = plan_v2({"memory": {"limit": 64 << 20}, "unified": {"memory.max": "32M", "cgroup.max.depth": "2"}})
+    assert [(w.controller, w.file, w.value) for w in writes] == [
+        ("memory", "memory.max", str(64 << 20)),
+        ("memory", "memory.max", "32M"),  # after the typed field: the unified key wins, as in runc
+        ("cgroup", "cgroup.max.depth", "2"),
+    ]
+
+
+def test_v1_refuses_unified() -> None:
+    with pytest.raises(InvalidArgument, match=r"linux\.resources\.unified sets cgroup v2 files.*cgroup v1"):
+        plan_v1({"unified": {"memory.high": "1G"}})
+    assert plan_v1({"unified": {}}) == []  # nothing asked: nothing refused
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"unified": ["memory.high"]}, r"unified must be an object"),
+        ({"unified": {"memory/../x.max": "1"}}, r"unified\['memory/\.\./x\.max'\]: the key must be a file name"),
+        ({"unified": {"memory": "1"}}, r"must be CONTROLLER\.PARAMETER"),
+        ({"unified": {".max": "1"}}, r"must be CONTROLLER\.PARAMETER"),
+        ({"unified": {"memory.": "1"}}, r"must be CONTROLLER\.PARAMETER"),
+        ({"unified": {"cgroup.procs": "1"}}, r"cgroup\.procs is the runtime's to write"),
+        ({"unified": {"cgroup.kill": "1"}}, r"cgroup\.kill is the runtime's to write"),
+        ({"unified": {"memory.high": 1 << 30}}, r"unified\['memory\.high'\] must be a string"),
+        ({"network": {"classID": -1}}, r"network\.classID must not be negative"),
+        ({"network": {"classID": 1 << 32}}, r"network\.classID must fit in 32 bits"),
+        ({"network": {"classID": "1"}}, r"network\.classID must be an integer"),
+        ({"network": {"priorities": {"eth0": 1}}}, r"linux\.resources\.network\.priorities must be a list"),
+        ({"network": {"priorities": [{"name": "eth 0", "priority": 1}]}}, r"priorities\[0\]\.name must be"),
+        ({"network": {"priorities": [{"name": "", "priority": 1}]}}, r"priorities\[0\]\.name must be"),
+        ({"network": {"priorities": [{"name": "eth0"}]}}, r"priorities\[0\]\.priority must be a number"),
+        ({"rdma": []}, r"linux\.resources\.rdma must be an object"),
+        ({"rdma": {"mlx5_0": 3}}, r"rdma\['mlx5_0'\] must be an object"),
+        ({"rdma": {"mlx5_0": {}}}, r"rdma\['mlx5_0'\] sets neither hcaHandles nor hcaObjects"),
+        ({"rdma": {"mlx5_0": {"hcaHandles": -2}}}, r"hcaHandles must not be negative"),
+        ({"rdma": {"mlx 5": {"hcaHandles": 1}}}, r"the key must be an RDMA device name"),
+    ],
+)
+def test_network_rdma_and_unified_are_validated_by_field(resources: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        validate_resources(resources)

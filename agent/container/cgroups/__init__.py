@@ -14,9 +14,10 @@ API (used by the container engine, the runtime CLI and CPU hotplug):
     cpuset, cpu, io, memory, pids, hugetlb (where offered) in each level's cgroup.subtree_control, the
     root's included unless ``manage_root=False``.
   - ``apply(resources)`` / ``update(resources)``: OCI ``linux.resources`` dict (cpu, memory, pids,
-    blockIO, hugepageLimits, devices). Validated first (``InvalidArgument`` naming the field; a memory
-    limit below current usage is refused), planned as data (``plan_v1`` / ``plan_v2`` -> ``Write``
-    list), then written; a missing file is ``Unsupported`` naming controller and file.
+    blockIO, hugepageLimits, devices, network, rdma, unified). Validated first (``InvalidArgument``
+    naming the field; a memory limit below current usage is refused), planned as data (``plan_v1`` /
+    ``plan_v2`` -> ``Write`` list), then written; a missing file is ``Unsupported`` naming controller
+    and file.
   - ``add_pid(pid)``, ``pids()`` (recursive), ``stats() -> CgroupStats`` (Kata's message shape),
     ``freeze()`` / ``thaw()`` (v2 cgroup.freeze + cgroup.events "frozen"; v1 freezer.state),
     ``destroy()`` (refuses with ``ResourceError`` naming remaining pids; rmdir bottom-up with EBUSY
@@ -34,6 +35,12 @@ memory+swap, so memory.swap.max = swap - limit (-1 -> "max"); pids.max "max" whe
 Device rules: v1 devices.allow/deny where a devices controller is mounted; v2 an eBPF
 BPF_PROG_TYPE_CGROUP_DEVICE program (``devices_v2``): the last matching rule decides, unmatched
 requests are allowed (OCI specs begin with deny-all).
+
+``network`` is v1 only (net_cls.classid, net_prio.ifpriomap): on v2 it is refused (Unsupported), not
+dropped. ``unified`` is v2 only (each key a file of the container's cgroup, written after the typed
+fields; a controller it names is enabled above the container first; the files the engine manages,
+cgroup.procs and the like, are refused): on v1 it is refused (InvalidArgument), as runc does.
+``rdma`` writes rdma.max on both.
 
 Not done: v2 disableOOMKiller (no such knob), kernel memory limits (deprecated; ignored).
 """

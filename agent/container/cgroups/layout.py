@@ -82,7 +82,8 @@ def parse_mountinfo(text: str) -> list[tuple[str, str, str]]:
 
 def detect(paths: HostPaths) -> Layout:
     """The cgroup layout under ``paths.cgroup_root``, from ``paths.mountinfo``. Mount points in that
-    file are read as paths inside ``paths.root`` (a later mount on the same point hides an earlier)."""
+    file are read as paths inside ``paths.root``; a later mount hides the earlier ones on its point and
+    below it (a tmpfs over /sys/fs/cgroup hides the hierarchies mounted there before)."""
     try:
         with open(paths.mountinfo) as stream:
             text = stream.read()
@@ -93,7 +94,11 @@ def detect(paths: HostPaths) -> Layout:
     by_point: dict[str, tuple[str, str]] = {}
     for point, fstype, options in parse_mountinfo(text):
         where = normal_path(paths.inside(point))
-        if where == root or where.startswith(below):
+        if where == "/" or root.startswith(where + "/"):
+            by_point.clear()  # mounted over an ancestor of the root: everything under it is hidden
+        elif where == root or where.startswith(below):
+            for earlier in [p for p in by_point if p == where or p.startswith(where + "/")]:
+                del by_point[earlier]  # hidden by this mount (mountinfo lists mounts in mount order)
             by_point[where] = (fstype, options)
     if by_point.get(root, ("", ""))[0] == "cgroup2":
         return Layout(version=2, root=root)

@@ -69,6 +69,8 @@ def execute(writes: Iterable[Write], directory_of: Mapping[str, str | os.PathLik
 
                 logging.getLogger(__name__).debug("skipping %s: the kernel has no %s", write, target)
                 continue
+            if write.controller == "cgroup":  # a core file: no controller to enable
+                raise Unsupported(f"the kernel has no cgroup file {write.file} in {directory}")
             raise Unsupported(
                 f"cgroup controller {write.controller} has no file {write.file} in {directory} "
                 "(is the controller enabled for this cgroup?)"
@@ -169,7 +171,11 @@ class CgroupManager:
         """Validate ``resources`` (OCI linux.resources), then write them."""
         writes = self.plan(resources)
         self._check_memory_usage(resources)
-        execute(writes, self.directories())
+        execute(writes, self._directory_of(writes))
+
+    def _directory_of(self, writes: list[Write]) -> Mapping[str, str]:
+        """controller -> directory for ``writes`` (directories(), unless a version knows better)."""
+        return self.directories()
 
     def update(self, resources: Mapping[str, Any]) -> None:
         """Change limits of a live cgroup; fields that are absent stay as they are."""
@@ -416,10 +422,7 @@ class V2Manager(CgroupManager):
         """mkdir the path, then enable the controllers containers use in each level's
         cgroup.subtree_control from the top: the root (only when ``manage_root``: the agent as the
         guest's init owns it) and every level below it down to the container's parent."""
-        directory = self.layout.root
-        levels = [directory]
-        for part in self.relative.split("/"):
-            directory = f"{directory}/{part}"
+        for directory in self._levels()[1:]:
             if not os.path.isdir(directory):
                 try:
                     os.mkdir(directory)
@@ -429,11 +432,22 @@ class V2Manager(CgroupManager):
                     raise ResourceError(
                         f"cannot create cgroup {directory}: {_errno_name(exc)} ({exc.strerror})"
                     ) from exc
-            levels.append(directory)
-        for level in levels[:-1]:
+        self._enable_above(V2_CONTROLLERS)
+
+    def _levels(self) -> list[str]:
+        """The root, then each directory down to the container's."""
+        levels = [self.layout.root]
+        for part in self.relative.split("/"):
+            levels.append(f"{levels[-1]}/{part}")
+        return levels
+
+    def _enable_above(self, controllers: Iterable[str]) -> None:
+        """Enable ``controllers`` (those offered) in the subtree_control of every level above the
+        container's: the root's only when ``manage_root``."""
+        for level in self._levels()[:-1]:
             if level == self.layout.root and not self.manage_root:
                 continue
-            self.enable_controllers(level, V2_CONTROLLERS)
+            self.enable_controllers(level, controllers)
 
     @staticmethod
     def enable_controllers(directory: str | os.PathLike[str], wanted: Iterable[str]) -> list[str]:
@@ -456,6 +470,14 @@ class V2Manager(CgroupManager):
         from . import plan as planner
 
         return planner.plan_v2(resources)
+
+    def _directory_of(self, writes: list[Write]) -> Mapping[str, str]:
+        """One directory holds every controller's files. A write for a controller create() does not
+        enable (a ``unified`` key may name any the parent offers, as misc.max; rdma) enables it first."""
+        others = [w.controller for w in writes if w.controller not in ("cgroup", *V2_CONTROLLERS)]
+        if others:
+            self._enable_above(dict.fromkeys(others))
+        return {**{w.controller: self.path for w in writes}, **self.directories()}
 
     def apply(self, resources: Mapping[str, Any]) -> None:
         """The writes of ``plan``, then the device rules as an eBPF program attached to the cgroup."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from _collections_abc import Mapping  # collections.abc's Mapping, without importing collections
 
-from agent.errors import InvalidArgument
+from agent.errors import InvalidArgument, Unsupported
 from agent.hotplug.cpuset import parse_cpuset
 from agent.system.records import Record
 
@@ -34,6 +34,11 @@ MIN_BLKIO_WEIGHT = 10
 MAX_BLKIO_WEIGHT = 1000
 PAGE_SIZE_UNITS = ("KB", "MB", "GB")
 DEVICE_TYPES = ("a", "b", "c")
+UINT32_MAX = 2**32 - 1
+# cgroup v2 files the engine manages itself (membership, the tree, freezing): a spec's
+# ``linux.resources.unified`` may not write them
+ENGINE_FILES = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control", "cgroup.type", "cgroup.freeze",
+                "cgroup.kill")  # fmt: skip
 
 
 class Write(Record):
@@ -94,12 +99,12 @@ def _memory_value(section: Mapping[str, Any], key: str, field: str) -> int | Non
     return value or None
 
 
-def _list(resources: Resources, name: str) -> list[Mapping[str, Any]]:
+def _list(resources: Resources, name: str, where: str = "linux.resources") -> list[Mapping[str, Any]]:
     value = resources.get(name)
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
-        raise InvalidArgument(f"linux.resources.{name} must be a list of objects")
+        raise InvalidArgument(f"{where}.{name} must be a list of objects")
     return value
 
 
@@ -166,7 +171,7 @@ def _check_block_io(resources: Resources) -> None:
         _non_negative(block, "leafWeight", "linux.resources.blockIO.leafWeight"), "linux.resources.blockIO.leafWeight"
     )
     for key in ("weightDevice", *THROTTLE_V1):
-        for index, entry in enumerate(_list(block, key)):
+        for index, entry in enumerate(_list(block, key, "linux.resources.blockIO")):
             field = f"linux.resources.blockIO.{key}[{index}]"
             _non_negative(entry, "major", f"{field}.major")
             _non_negative(entry, "minor", f"{field}.minor")
@@ -215,6 +220,54 @@ def _check_devices(resources: Resources) -> None:
             raise InvalidArgument(f"{field}.access must be letters of 'rwm', got {access!r}")
 
 
+def _check_network(resources: Resources) -> None:
+    network = _section(resources, "network")
+    class_id = _non_negative(network, "classID", "linux.resources.network.classID")
+    if class_id is not None and class_id > UINT32_MAX:
+        raise InvalidArgument(f"linux.resources.network.classID must fit in 32 bits, got {class_id}")
+    for index, entry in enumerate(_list(network, "priorities", "linux.resources.network")):
+        field = f"linux.resources.network.priorities[{index}]"
+        name = entry.get("name")
+        if not isinstance(name, str) or not name or "/" in name or any(c.isspace() for c in name):
+            raise InvalidArgument(f"{field}.name must be a network interface name, got {name!r}")
+        priority = _non_negative(entry, "priority", f"{field}.priority")
+        if priority is None or priority > UINT32_MAX:
+            raise InvalidArgument(f"{field}.priority must be a number from 0 to {UINT32_MAX}, got {priority!r}")
+
+
+def _check_rdma(resources: Resources) -> None:
+    rdma = _section(resources, "rdma")
+    for device, limits in rdma.items():
+        field = f"linux.resources.rdma[{device!r}]"
+        if not isinstance(device, str) or not device or "/" in device or any(c.isspace() for c in device):
+            raise InvalidArgument(f"{field}: the key must be an RDMA device name, as mlx5_0")
+        if not isinstance(limits, Mapping):
+            raise InvalidArgument(f"{field} must be an object with hcaHandles and/or hcaObjects")
+        handles = _non_negative(limits, "hcaHandles", f"{field}.hcaHandles")
+        objects = _non_negative(limits, "hcaObjects", f"{field}.hcaObjects")
+        if handles is None and objects is None:
+            raise InvalidArgument(f"{field} sets neither hcaHandles nor hcaObjects")
+
+
+def _check_unified(resources: Resources) -> None:
+    unified = resources.get("unified")
+    if unified is None:
+        return
+    if not isinstance(unified, Mapping):
+        raise InvalidArgument("linux.resources.unified must be an object of cgroup v2 file names and values")
+    for key, value in unified.items():
+        field = f"linux.resources.unified[{key!r}]"
+        if not isinstance(key, str) or "/" in key or "\0" in key:
+            raise InvalidArgument(f"{field}: the key must be a file name (no slashes)")
+        controller, dot, parameter = key.partition(".")
+        if not (controller and dot and parameter):
+            raise InvalidArgument(f"{field}: the key must be CONTROLLER.PARAMETER, as memory.high")
+        if key in ENGINE_FILES:
+            raise InvalidArgument(f"{field}: {key} is the runtime's to write, not the spec's")
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{field} must be a string, not {value!r}")
+
+
 CHECKS: tuple[Callable[[Resources], None], ...] = (
     _check_cpu,
     _check_memory,
@@ -222,6 +275,9 @@ CHECKS: tuple[Callable[[Resources], None], ...] = (
     _check_block_io,
     _check_hugepages,
     _check_devices,
+    _check_network,
+    _check_rdma,
+    _check_unified,
 )
 
 
@@ -380,10 +436,40 @@ def devices_v1(resources: Resources) -> list[Write]:
     return writes
 
 
+def network_v1(resources: Resources) -> list[Write]:
+    """net_cls and net_prio: v1 only. A classID of 0 is the kernel's "none" (and what an unset field
+    decodes to from Kata's protobuf): nothing to write."""
+    network = _section(resources, "network")
+    writes: list[Write] = []
+    if class_id := network.get("classID"):
+        writes.append(Write("net_cls", "net_cls.classid", str(class_id)))
+    for entry in _list(network, "priorities", "linux.resources.network"):
+        writes.append(Write("net_prio", "net_prio.ifpriomap", f"{entry['name']} {entry['priority']}"))
+    return writes
+
+
+def rdma(resources: Resources) -> list[Write]:
+    """Same file on v1 and v2: one line per device, with the limits it sets (the others stay)."""
+    writes: list[Write] = []
+    for device, limits in _section(resources, "rdma").items():
+        line = [device]
+        if limits.get("hcaHandles") is not None:
+            line.append(f"hca_handle={limits['hcaHandles']}")
+        if limits.get("hcaObjects") is not None:
+            line.append(f"hca_object={limits['hcaObjects']}")
+        writes.append(Write("rdma", "rdma.max", " ".join(line)))
+    return writes
+
+
 def plan_v1(resources: Resources, *, current_memory_limit: int | None = None) -> list[Write]:
     """Every write for cgroup v1, validated first. Devices come last: a deny-all written before the
     other controllers could not lock the container out of anything they need, but it reads best last."""
     validate_resources(resources)
+    if resources.get("unified"):
+        raise InvalidArgument(
+            "linux.resources.unified sets cgroup v2 files, and this host's container cgroups are cgroup v1: "
+            "use the v1 fields (memory, cpu, pids...) instead"
+        )
     return [
         *cpu_v1(resources),
         *cpuset(resources),
@@ -391,6 +477,8 @@ def plan_v1(resources: Resources, *, current_memory_limit: int | None = None) ->
         *pids(resources),
         *blkio_v1(resources),
         *hugetlb_v1(resources),
+        *network_v1(resources),
+        *rdma(resources),
         *devices_v1(resources),
     ]
 
@@ -455,10 +543,21 @@ def hugetlb_v2(resources: Resources) -> list[Write]:
     ]
 
 
+def unified_v2(resources: Resources) -> list[Write]:
+    """``linux.resources.unified``: each key is a file of the container's v2 cgroup, written as given,
+    after the typed fields (so a unified key wins over the field it overlaps, as in runc)."""
+    return [Write(key.partition(".")[0], key, value) for key, value in (resources.get("unified") or {}).items()]
+
+
 def plan_v2(resources: Resources) -> list[Write]:
     """Every write for cgroup v2, validated first. Device rules are not here: v2 controls device access
     with an eBPF program (devices_v2.py), which the manager attaches after these writes."""
     validate_resources(resources)
+    if network_v1(resources):
+        raise Unsupported(
+            "linux.resources.network: cgroup v2 has no net_cls or net_prio controller; match the "
+            "container's traffic by its cgroup path instead (nftables: socket cgroupv2)"
+        )
     return [
         *cpu_v2(resources),
         *cpuset(resources),
@@ -466,6 +565,8 @@ def plan_v2(resources: Resources) -> list[Write]:
         *pids(resources),
         *io_v2(resources),
         *hugetlb_v2(resources),
+        *rdma(resources),
+        *unified_v2(resources),
     ]
 
 
