@@ -445,9 +445,13 @@ class Engine:
         forkserver: ForkServerClient | None = None,
         cgroups: CgroupFactory | None = None,
         no_pivot: bool | None = None,
+        ignore_missing_apparmor: bool = False,
     ) -> None:
-        """``no_pivot`` None: detect (pivot_root cannot leave an initramfs root, so use MS_MOVE there)."""
+        """``no_pivot`` None: detect (pivot_root cannot leave an initramfs root, so use MS_MOVE there).
+        ``ignore_missing_apparmor``: a process's AppArmor profile is dropped, not refused, where the
+        host has no AppArmor (see launch.process_request)."""
         self.paths = paths
+        self.ignore_missing_apparmor = ignore_missing_apparmor
         if forkserver is None:
             from agent.container.forkserver import ForkServerClient
 

@@ -47,6 +47,16 @@ class SetupError(Exception):
     pass
 
 
+# what agent.container.procattrs sets on the process before execve (that module is loaded only for a
+# request that has one of them)
+PROCESS_ATTRIBUTES = ("ioPriority", "scheduler", "execCPUAffinity", "apparmorProfile", "selinuxLabel")
+
+
+def _wants_attributes(request: dict[str, Any]) -> bool:
+    process = request.get("process") or {}
+    return bool(request.get("personality")) or any(process.get(key) for key in PROCESS_ATTRIBUTES)
+
+
 def _report(fd: int, event: dict[str, Any]) -> None:
     try:
         os.write(fd, jsonlite.dumps(event).encode() + b"\n")
@@ -351,6 +361,12 @@ def container_main(
         libc.reset_all_signals()
     if request["op"] == "pause":
         return pause_main(status_fd, control_fd, io_fds)
+    if _wants_attributes(request):
+        # imported now: once the root (or the mount namespace, for an exec) changed, there is nothing to
+        # import from; _prepare finds the module loaded
+        from agent.container import procattrs
+
+        procattrs.apply_initial_affinity(request["process"])
     if request.get("attach"):
         _attach_self(attach_fds, request["attach"])  # first thing: the cgroup exists already
     elif _read_order(control_fd) != b"g":
@@ -392,6 +408,8 @@ def container_main(
             os.close(keeper)
     if request.get("hostname"):
         libc.sethostname(request["hostname"])
+    if request.get("domainname"):
+        libc.setdomainname(request["domainname"])
     for key, value in (request.get("sysctl") or {}).items():
         with open(os.path.join(request["proc"], "sys", *key.split(".")), "w") as f:
             f.write(value)
@@ -637,6 +655,10 @@ def _prepare(request: dict[str, Any], process: dict[str, Any], io_fds: list[int]
     args = list(process["args"])
     os.chdir(process.get("cwd") or "/")
     program = _find_program(args[0], env.get("PATH", DEFAULT_PATH))
+    if _wants_attributes(request):
+        from agent.container import procattrs  # loaded already, by container_main before the root changed
+
+        procattrs.apply(request["proc"], process, request.get("personality"))
     bpf: bytes | None = request.get("seccomp") or None
     no_new_privs = bool(process.get("noNewPrivileges"))
     if bpf and not no_new_privs:

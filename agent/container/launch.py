@@ -17,7 +17,7 @@ from agent.container.spec import Process as ProcessSpec
 from agent.container.spec import Spec
 from agent.container.state import Status
 from agent.container.validate import resolve_root
-from agent.errors import AgentError, ResourceError
+from agent.errors import AgentError, ResourceError, Unsupported
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -98,6 +98,33 @@ def make_io(io: PipeIO | FdIO, terminal: bool, console_size: tuple[int, int] | N
 
 
 _initramfs_roots: dict[Any, bool] = {}
+
+
+def process_request(engine: Engine, process: ProcessSpec, mount_label: str = "") -> dict[str, Any]:
+    """``process`` as the container process gets it, its LSM labels checked against this host first:
+    an SELinux label where SELinux is off is refused (as runc does); so is an AppArmor profile where
+    AppArmor is off, unless the engine ignores that (the agent: Kata's runtime passes the host's
+    profile on, and the guest kernel has no AppArmor)."""
+    data = process.as_dict()
+    if not (process.apparmor_profile or process.selinux_label or mount_label):
+        return data
+    from agent.container import procattrs
+
+    if process.apparmor_profile and not procattrs.apparmor_enabled(engine.paths):
+        if not engine.ignore_missing_apparmor:
+            raise Unsupported(
+                f"process.apparmorProfile {process.apparmor_profile!r}: AppArmor is not enabled on this host; "
+                "leave the profile out of the spec, or enable AppArmor and load the profile"
+            )
+        import logging  # not on the path of a container start without a profile
+
+        log = logging.getLogger(__name__)
+        log.info("AppArmor is not enabled here: profile %r not applied", process.apparmor_profile)
+        data["apparmorProfile"] = ""
+    if (process.selinux_label or mount_label) and not procattrs.selinux_enabled(engine.paths):
+        field = "process.selinuxLabel" if process.selinux_label else "linux.mountLabel"
+        raise Unsupported(f"{field} is set, but SELinux is not enabled on this host: leave the label out of the spec")
+    return data
 
 
 def _root_is_initramfs(paths: Any) -> bool:
@@ -211,9 +238,11 @@ def create_container(
         "uid_map": "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in spec.linux.uid_mappings),
         "gid_map": "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in spec.linux.gid_mappings),
         "hostname": spec.hostname,
+        "domainname": spec.domainname,
+        "personality": spec.linux.personality,
         "sysctl": dict(spec.linux.sysctl),
         "plan": plan_to_json(plan),
-        "process": spec.process.as_dict(),
+        "process": process_request(engine, spec.process, spec.linux.mount_label),
         "seccomp": program,
         "start_fifo": str(start_fifo) if start_fifo is not None else "",
         # prestart and createRuntime run here, in the runtime's namespaces, once the process has made
@@ -280,7 +309,8 @@ def spawn_exec(
         "id": container.id,
         "proc": str(engine.paths.proc),
         "target_pid": container.init.pid,
-        "process": process.as_dict(),
+        "personality": container.spec.linux.personality,
+        "process": process_request(engine, process),
         "seccomp": _seccomp_program(container.spec.linux.seccomp),
     }
     # The exec'd process starts in the container's namespaces: from inside a user namespace it cannot

@@ -236,6 +236,11 @@ def _cgroup_mount_ops(paths: HostPaths, target: str, flags: int) -> list[Operati
     return ops
 
 
+# File systems that take no SELinux context= option from linux.mountLabel (runc labels every other
+# mount it makes but binds)
+UNLABELLED_TYPES = ("proc", "sysfs", "mqueue", "cgroup", "cgroup2")
+
+
 def plan_rootfs(
     paths: HostPaths,
     spec: Spec,
@@ -266,7 +271,11 @@ def plan_rootfs(
             ops.append(Mkdir(target))
             # tmpcopyup is for a tmpfs (as runc has it); on another filesystem it is dropped
             copy_up = options.copy_up and mount.type == "tmpfs"
-            ops.append(Mount(mount.source or mount.type, target, mount.type, flags, options.data_text, copy_up=copy_up))
+            data = options.data_text
+            if spec.linux.mount_label and mount.type not in UNLABELLED_TYPES:
+                # SELinux: files of the new file system get the container's mount label (runc's rule)
+                data = ",".join(part for part in (data, f'context="{spec.linux.mount_label}"') if part)
+            ops.append(Mount(mount.source or mount.type, target, mount.type, flags, data, copy_up=copy_up))
         if options.attr_set or options.attr_clr:
             ops.append(SetAttr(target, options.attr_set, options.attr_clr))
         if propagation and mount.type not in ("cgroup", "cgroup2"):

@@ -113,6 +113,11 @@ class Process(Record):
         "rlimits",
         "oom_score_adj",
         "console_size",
+        "apparmor_profile",
+        "selinux_label",
+        "io_priority",
+        "scheduler",
+        "exec_cpu_affinity",
     )
     __slots__ = _fields
     args: tuple[str, ...]
@@ -125,6 +130,12 @@ class Process(Record):
     rlimits: tuple[Rlimit, ...]
     oom_score_adj: int | None
     console_size: tuple[int, int] | None  # (height, width)
+    apparmor_profile: str
+    selinux_label: str
+    # checked by agent.container.procattrs, in config.json's shape (None: not asked for)
+    io_priority: dict[str, Any] | None
+    scheduler: dict[str, Any] | None
+    exec_cpu_affinity: dict[str, str] | None
 
     def __init__(
         self,
@@ -138,9 +149,15 @@ class Process(Record):
         rlimits: tuple[Rlimit, ...] = (),
         oom_score_adj: int | None = None,
         console_size: tuple[int, int] | None = None,
+        apparmor_profile: str = "",
+        selinux_label: str = "",
+        io_priority: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        exec_cpu_affinity: dict[str, str] | None = None,
     ) -> None:
         self._assign(args, env, cwd, terminal, User() if user is None else user, capabilities, no_new_privileges,
-                     rlimits, oom_score_adj, console_size)  # fmt: skip
+                     rlimits, oom_score_adj, console_size, apparmor_profile, selinux_label, io_priority, scheduler,
+                     exec_cpu_affinity)  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         """The config.json shape, for the process that runs it (it gets plain JSON)."""
@@ -169,6 +186,11 @@ class Process(Record):
             "noNewPrivileges": self.no_new_privileges,
             "rlimits": [{"type": r.type, "hard": r.hard, "soft": r.soft} for r in self.rlimits],
             "oomScoreAdj": self.oom_score_adj,
+            "apparmorProfile": self.apparmor_profile,
+            "selinuxLabel": self.selinux_label,
+            "ioPriority": self.io_priority,
+            "scheduler": self.scheduler,
+            "execCPUAffinity": self.exec_cpu_affinity,
         }
 
 
@@ -221,6 +243,8 @@ class Linux(Record):
         "rootfs_propagation",
         "seccomp",
         "devices",
+        "mount_label",
+        "personality",
     )
     __slots__ = _fields
     namespaces: tuple[Namespace, ...]
@@ -234,6 +258,8 @@ class Linux(Record):
     rootfs_propagation: str
     seccomp: dict[str, Any] | None
     devices: tuple[dict[str, Any], ...]
+    mount_label: str
+    personality: dict[str, Any] | None  # checked by agent.container.procattrs
 
     def __init__(
         self,
@@ -248,10 +274,12 @@ class Linux(Record):
         rootfs_propagation: str = "",
         seccomp: dict[str, Any] | None = None,
         devices: tuple[dict[str, Any], ...] = (),
+        mount_label: str = "",
+        personality: dict[str, Any] | None = None,
     ) -> None:
         self._assign(namespaces, uid_mappings, gid_mappings, {} if resources is None else resources, cgroups_path,
                      {} if sysctl is None else sysctl, masked_paths, readonly_paths, rootfs_propagation, seccomp,
-                     devices)  # fmt: skip
+                     devices, mount_label, personality)  # fmt: skip
 
     def namespace(self, kind: str) -> Namespace | None:
         for ns in self.namespaces:
@@ -267,6 +295,7 @@ class Spec(Record):
         "root_readonly",
         "process",
         "hostname",
+        "domainname",
         "mounts",
         "hooks",
         "linux",
@@ -280,6 +309,7 @@ class Spec(Record):
     root_readonly: bool
     process: Process | None
     hostname: str
+    domainname: str
     mounts: tuple[Mount, ...]
     hooks: Hooks
     linux: Linux
@@ -293,13 +323,14 @@ class Spec(Record):
         root_readonly: bool,
         process: Process | None,
         hostname: str = "",
+        domainname: str = "",
         mounts: tuple[Mount, ...] = (),
         hooks: Hooks | None = None,
         linux: Linux | None = None,
         annotations: dict[str, str] | None = None,
         raw: dict[str, Any] | None = None,
     ) -> None:
-        self._assign(oci_version, root_path, root_readonly, process, hostname, mounts,
+        self._assign(oci_version, root_path, root_readonly, process, hostname, domainname, mounts,
                      Hooks() if hooks is None else hooks, Linux() if linux is None else linux,
                      {} if annotations is None else annotations, {} if raw is None else raw)  # fmt: skip
 
@@ -369,6 +400,15 @@ def parse_process(value: Any, where: str = "process") -> Process:
             )
         )
     oom = proc.get("oomScoreAdj")
+    attributes: dict[str, Any] = {}
+    if any(proc.get(key) for key in ("ioPriority", "scheduler", "execCPUAffinity")):
+        from agent.container import procattrs  # most specs have none of these: not loaded for them
+
+        for key, name, check in (("ioPriority", "io_priority", procattrs.check_io_priority),
+                                 ("scheduler", "scheduler", procattrs.check_scheduler),
+                                 ("execCPUAffinity", "exec_cpu_affinity", procattrs.check_cpu_affinity)):  # fmt: skip
+            if proc.get(key):
+                attributes[name] = check(proc[key], f"{where}.{key}")
     return Process(
         args=_strs(proc.get("args"), f"{where}.args"),
         env=_strs(proc.get("env"), f"{where}.env"),
@@ -387,7 +427,19 @@ def parse_process(value: Any, where: str = "process") -> Process:
         rlimits=tuple(rlimits),
         oom_score_adj=None if oom is None else _int(oom, f"{where}.oomScoreAdj"),
         console_size=console_size,
+        apparmor_profile=_label(proc.get("apparmorProfile"), f"{where}.apparmorProfile"),
+        selinux_label=_label(proc.get("selinuxLabel"), f"{where}.selinuxLabel"),
+        **attributes,
     )
+
+
+def _label(value: Any, where: str) -> str:
+    """An LSM profile or label: a string without control characters ("" when unset)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or any(ord(c) < 32 for c in value):
+        raise InvalidArgument(f"{where} must be a string without control characters, not {value!r}")
+    return value
 
 
 def _hooks(value: Any, where: str) -> tuple[Hook, ...]:
@@ -442,12 +494,18 @@ def parse_spec(raw: dict[str, Any]) -> Spec:
         n = _dict(item, f"linux.namespaces[{i}]")
         namespaces.append(Namespace(type=str(n.get("type", "")), path=str(n.get("path") or "")))
     sysctl = _dict(linux.get("sysctl"), "linux.sysctl")
+    personality = None
+    if linux.get("personality"):
+        from agent.container import procattrs
+
+        personality = procattrs.check_personality(linux["personality"])
     return Spec(
         oci_version=str(data.get("ociVersion", "")),
         root_path=str(root.get("path", "")),
         root_readonly=bool(root.get("readonly", False)),
         process=None if data.get("process") is None else parse_process(data.get("process")),
         hostname=str(data.get("hostname") or ""),
+        domainname=_label(data.get("domainname"), "domainname"),
         mounts=tuple(mounts),
         hooks=Hooks(
             prestart=_hooks(hooks.get("prestart"), "hooks.prestart"),
@@ -469,6 +527,8 @@ def parse_spec(raw: dict[str, Any]) -> Spec:
             rootfs_propagation=str(linux.get("rootfsPropagation") or ""),
             seccomp=None if linux.get("seccomp") is None else _dict(linux.get("seccomp"), "linux.seccomp"),
             devices=tuple(_dict(d, "linux.devices") for d in _list(linux.get("devices"), "linux.devices")),
+            mount_label=_label(linux.get("mountLabel"), "linux.mountLabel"),
+            personality=personality,
         ),
         annotations={str(k): str(v) for k, v in _dict(data.get("annotations"), "annotations").items()},
         raw=data,

@@ -1,13 +1,14 @@
 """Checks run on a parsed spec before the engine does anything, in order; the first failure raises
-InvalidArgument naming the field. Each check is a small function so a test can name the one it
-exercises and the order stays readable (the shape of runc's validator)."""
+InvalidArgument naming the field (Unsupported for a field this engine does not implement). Each check
+is a small function so a test can name the one it exercises and the order stays readable (the shape
+of runc's validator)."""
 
 from __future__ import annotations
 
 import os
 
 from agent.container.spec import NAMESPACE_TYPES, Spec
-from agent.errors import InvalidArgument
+from agent.errors import InvalidArgument, Unsupported
 from agent.system.paths import normal_path
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
@@ -19,6 +20,13 @@ MAX_ID_LENGTH = 1024
 # What an id may hold (no regular expressions: ``re`` costs milliseconds at import, on every container start)
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+-.")
 MOUNT_TYPES_NEEDING_NO_SOURCE = ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2")
+# linux fields of the runtime spec this engine does not implement: refused by name, never ignored
+UNSUPPORTED_LINUX_FIELDS = {
+    "timeOffsets": "time namespace offsets",
+    "intelRdt": "Intel RDT (resctrl) cache and memory bandwidth allocation",
+    "netDevices": "moving host network devices into the container",
+    "memoryPolicy": "NUMA memory policies",
+}
 
 
 def validate_container_id(container_id: str) -> None:
@@ -73,6 +81,8 @@ def check_namespaces(spec: Spec, bundle: str | None) -> None:
         raise InvalidArgument("linux.uidMappings/gidMappings are set but there is no user namespace")
     if spec.hostname and "uts" not in seen:
         raise InvalidArgument("hostname is set but the spec has no uts namespace")
+    if spec.domainname and "uts" not in seen:
+        raise InvalidArgument("domainname is set but the spec has no uts namespace")
     if spec.linux.sysctl and "ipc" not in seen and "network" not in seen:
         for key in spec.linux.sysctl:
             if key.startswith(("net.", "kernel.msg", "kernel.sem", "kernel.shm", "fs.mqueue.")):
@@ -189,6 +199,13 @@ def check_spec_resources(spec: Spec, bundle: str | None) -> None:
     validate_resources(spec.linux.resources)
 
 
+def check_unsupported(spec: Spec, bundle: str | None) -> None:
+    linux = spec.raw.get("linux") or {}
+    for field, what in UNSUPPORTED_LINUX_FIELDS.items():
+        if linux.get(field):
+            raise Unsupported(f"linux.{field} ({what}) is not supported by this runtime: leave it out of the spec")
+
+
 def check_mappings(spec: Spec, bundle: str | None) -> None:
     for where, maps in (("linux.uidMappings", spec.linux.uid_mappings), ("linux.gidMappings", spec.linux.gid_mappings)):
         for i, m in enumerate(maps):
@@ -199,6 +216,7 @@ def check_mappings(spec: Spec, bundle: str | None) -> None:
 CHECKS: list[Callable[[Spec, str | None], None]] = [
     check_root,
     check_process,
+    check_unsupported,
     check_namespaces,
     check_mappings,
     check_mounts,

@@ -95,7 +95,9 @@ class ContainerService:
     ) -> None:
         self.paths = paths
         self.config = config
-        self.engine = engine or Engine(paths)
+        # Kata's runtime passes the host's AppArmor profile on unchanged, and the guest has no AppArmor
+        # (the Kata agent ignores the profile too); an SELinux label it sends only for a guest that has it
+        self.engine = engine or Engine(paths, ignore_missing_apparmor=True)
         self._storage = storage  # returns the StorageService, built only when a request has storages
         self._guest_hook_path = guest_hook_path or (lambda: "")
         self._sandbox = sandbox or (lambda: None)

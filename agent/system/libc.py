@@ -149,6 +149,18 @@ PR_SET_NAME = 15
 SYS_pivot_root = 155
 SYS_finit_module = 313
 SYS_setns = 308
+SYS_ioprio_set = 251
+SYS_sched_setattr = 314
+
+# personality(2) execution domains
+PER_LINUX = 0x0000
+PER_LINUX32 = 0x0008
+
+# ioprio_set(2)
+IOPRIO_WHO_PROCESS = 1
+IOPRIO_CLASS_SHIFT = 13
+
+SCHED_ATTR_SIZE_VER0 = 48
 
 
 def raise_errno(err: int, path: str | None = None) -> NoReturn:
@@ -239,6 +251,33 @@ def reboot(cmd: int) -> None:
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, _SizeT(len(raw))))
+
+
+def setdomainname(name: str) -> None:
+    """The NIS domain name of this UTS namespace (runtime-spec ``domainname``)."""
+    raw = name.encode()
+    _check(_libc.setdomainname(raw, _SizeT(len(raw))))
+
+
+def personality(persona: int) -> None:
+    """personality(2): the execution domain (PER_LINUX, PER_LINUX32) this process and what it execs run in."""
+    _check(_libc.personality(_ULong(persona)))
+
+
+def ioprio_set(which: int, who: int, ioprio: int) -> None:
+    """ioprio_set(2): the I/O scheduling class and priority, ``(class << IOPRIO_CLASS_SHIFT) | level``."""
+    _check(_libc.syscall(_Long(SYS_ioprio_set), _Int(which), _Int(who), _Int(ioprio)))
+
+
+def sched_setattr(policy: int, *, flags: int = 0, nice: int = 0, priority: int = 0, runtime: int = 0,
+                  deadline: int = 0, period: int = 0) -> None:  # fmt: skip
+    """sched_setattr(2) on this thread: the policy with its nice value, static priority (FIFO, RR) or
+    deadline parameters (DEADLINE, in ns), and SCHED_FLAG_* ``flags``."""
+    # struct sched_attr, first version (48 bytes): size, policy, flags, nice, priority, runtime, deadline, period
+    attr = bytearray(_struct.pack("=IIQiIQQQ", SCHED_ATTR_SIZE_VER0, policy, flags, nice, priority, runtime,
+                                  deadline, period))  # fmt: skip
+    buffer = (_Char * len(attr)).from_buffer(attr)
+    _check(_libc.syscall(_Long(SYS_sched_setattr), _Int(0), buffer, _UInt(0)))
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

@@ -179,6 +179,36 @@ def test_exec_stdin_stdout_and_signals(client: AgentClient, busybox_rootfs: Path
         _remove(client, cid)
 
 
+def test_host_apparmor_profile_is_dropped_and_selinux_label_refused(
+    client: AgentClient, busybox_rootfs: Path, cgroup_parent: str
+) -> None:
+    """Kata's runtime passes the host's AppArmor profile (cri-containerd.apparmor.d on an AppArmor host)
+    to a guest that has no AppArmor: the agent runs the container without it, as Kata's agent does.
+    An SELinux label comes only for a guest with SELinux: without it, CreateContainer refuses by name
+    and the agent keeps serving."""
+    from agent.container import procattrs
+    from agent.system.paths import HostPaths
+
+    # a host with AppArmor applies the profile: there, one that always exists
+    apparmor = procattrs.apparmor_enabled(HostPaths())
+    profile = "unconfined" if apparmor else "cri-containerd.apparmor.d"
+    cid = "rpc-apparmor"
+    _create_started(client, busybox_rootfs, cgroup_parent, cid, ["/bin/echo", "ran"], ApparmorProfile=profile)
+    try:
+        assert read_all(client, cid) == b"ran\n"
+        assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id=cid)).status == 0
+    finally:
+        _remove(client, cid)
+    if not procattrs.selinux_enabled(HostPaths()):  # the guest's case (a host with SELinux applies the label)
+        request = kata_create_request(busybox_rootfs, cgroup_parent, "rpc-selinux")
+        request.OCI.Process.SelinuxLabel = "system_u:system_r:container_t:s0"
+        with pytest.raises(AgentCallError) as info:
+            _call(client, "CreateContainer", request)
+        assert "process.selinuxLabel is set, but SELinux is not enabled" in str(info.value)
+    _create_started(client, busybox_rootfs, cgroup_parent, "rpc-after", ["/bin/true"])
+    _remove(client, "rpc-after")
+
+
 def test_terminal_and_resize(client: AgentClient, busybox_rootfs: Path, cgroup_parent: str) -> None:
     cid = "rpc-tty"
     _create_started(client, busybox_rootfs, cgroup_parent, cid, ["/bin/sleep", "300"])

@@ -759,3 +759,80 @@ def test_exec_into_a_sub_cgroup(runtime: Runtime) -> None:
     assert done.returncode == 1 and "relative path below the container's cgroup" in done.stderr
     runtime("delete", "--force", cid)  # the sub-cgroups go with the container's
     assert not any((hierarchy / RUN_TAG / "subcg").exists() for hierarchy in hierarchies)
+
+
+ATTRIBUTES_PROBE = (
+    "cat /proc/self/personality; uname -m; cat /proc/sys/kernel/domainname; "
+    "sed -n 's/^policy *: *//p' /proc/self/sched; cut -d' ' -f19 /proc/self/stat; "
+    "sed -n 's/^Cpus_allowed_list:\\t//p' /proc/self/status; ionice"
+)
+
+
+def test_runtime_spec_process_attributes_apply_to_init_and_exec(runtime: Runtime) -> None:
+    """domainname, linux.personality, and the process's ioPriority, scheduler and execCPUAffinity, as
+    runc 1.2 applies them: read back by the container's own processes, the init's from its spec and
+    an exec'd one's from its process.json (which gets the container's personality too)."""
+    last_cpu = max(os.sched_getaffinity(0))
+
+    def attributes(config: dict[str, Any]) -> None:
+        config["domainname"] = "example.test"
+        config["linux"]["personality"] = {"domain": "LINUX32"}
+        config["process"]["ioPriority"] = {"class": "IOPRIO_CLASS_BE", "priority": 6}
+        config["process"]["scheduler"] = {"policy": "SCHED_BATCH", "nice": 5}
+        config["process"]["execCPUAffinity"] = {"initial": f"0-{last_cpu}", "final": str(last_cpu)}
+
+    bundle = runtime.bundle("attrs", ["/bin/sh", "-c", ATTRIBUTES_PROBE + "; exec sleep 300"], edit=attributes)
+    cid = runtime.new_id("attrs")
+    runtime("run", "--detach", "--bundle", str(bundle), cid)
+    wait_for(lambda: (bundle / "rootfs").exists() and runtime.state(cid)["status"] == "running", "the container")
+    init = runtime.state(cid)["pid"]
+    wait_for(lambda: Path(f"/proc/{init}/comm").read_text().strip() == "sleep", "the probe to finish")
+    # the init's output went to our stdout file; read its attributes from the host instead
+    assert Path(f"/proc/{init}/personality").read_text().strip() == "00000008"
+    assert os.sched_getscheduler(init) == os.SCHED_BATCH
+    assert os.getpriority(os.PRIO_PROCESS, init) == 5
+    assert os.sched_getaffinity(init) == {last_cpu}
+    assert subprocess.run(["ionice", "-p", str(init)], capture_output=True, text=True).stdout.strip() == (
+        "best-effort: prio 6"
+    )
+
+    process = {"args": ["/bin/sh", "-c", ATTRIBUTES_PROBE], "cwd": "/", "env": ["PATH=/bin"],
+               "user": {"uid": 0, "gid": 0}, "scheduler": {"policy": "SCHED_IDLE"},
+               "ioPriority": {"class": "IOPRIO_CLASS_IDLE", "priority": 0}}  # fmt: skip
+    process_json = runtime.workdir / "attrs-process.json"
+    process_json.write_text(json.dumps(process))
+    lines = runtime("exec", "--process", str(process_json), cid).stdout.splitlines()
+    assert lines[0] == "00000008"  # the container's personality
+    assert lines[1] in ("i686", "i386")  # what uname reports under PER_LINUX32
+    assert lines[2] == "example.test"
+    assert lines[3] == str(os.SCHED_IDLE)
+    assert lines[6] == "idle"
+    runtime("delete", "--force", cid)
+    wait_for(lambda: not alive(init), "the container to die")
+
+
+def test_lsm_labels_are_applied_or_refused_by_name(runtime: Runtime) -> None:
+    """An AppArmor profile or SELinux label the host cannot enforce is refused before anything is
+    made (runc fails too); where the host has the LSM, the process runs confined as asked."""
+    from agent.container import procattrs
+    from agent.system.paths import HostPaths
+
+    host = HostPaths()
+    cases = [("apparmorProfile", "unconfined", procattrs.apparmor_enabled(host), "AppArmor is not enabled")]
+    try:
+        current = Path("/proc/self/attr/current").read_text().strip("\0\n")  # our own label, where an LSM has one
+    except OSError:  # EINVAL: no LSM answers for this attribute
+        current = ""
+    cases.append(("selinuxLabel", current or "unconfined_u:unconfined_r:unconfined_t:s0",
+                  procattrs.selinux_enabled(host), "SELinux is not enabled"))  # fmt: skip
+    for field, label, enabled, refusal in cases:
+        bundle = runtime.bundle(f"lsm-{field}", ["/bin/cat", "/proc/self/attr/current"], **{field: label})
+        cid = runtime.new_id(f"lsm-{field}")
+        done = runtime("run", "--bundle", str(bundle), cid, check=False)
+        if enabled:
+            assert done.returncode == 0, done.stderr
+            assert label in done.stdout
+        else:
+            assert done.returncode == 1 and f"process.{field}" in done.stderr and refusal in done.stderr, done.stderr
+            assert not (runtime.root / cid).exists()
+            assert not [p for p in CGROUP_FS.glob(f"*/{RUN_TAG}/lsm-{field}") if not p.parent.parent.is_symlink()]
