@@ -554,7 +554,8 @@ def do_create(ctx: Context, container_id: str) -> tuple[Record, Container]:
     )
     container = None
     try:
-        container = backend.create(record, spec, state_dir, FdIO(0, 1, 2))
+        container = backend.create(record, spec, state_dir, FdIO(0, 1, 2),
+                                   new_keyring=not ctx.flags.get("no_new_keyring"))  # fmt: skip
         ctx.log.debug(f"create: init {record.pid} waits to start")
         if ctx.log.debug_enabled:
             timeline = container.init.handle.timeline if container.init is not None else {}

@@ -299,19 +299,23 @@ class Backend:
         cgroups = _cgroups_of(CGROUP_LAYOUT) if CGROUP_LAYOUT is not None else None
         self.engine = Engine(paths, forkserver=self.forker, cgroups=cgroups, no_pivot=True if no_pivot else None)
 
-    def create(self, record: Record, spec: dict[str, Any], state_dir: str, io: FdIO) -> Container:
+    def create(
+        self, record: Record, spec: dict[str, Any], state_dir: str, io: FdIO, *, new_keyring: bool = True
+    ) -> Container:
         """Make the container (created, waiting on its exec fifo) and note in ``record`` what a later
         call needs to find it again."""
         fifo = f"{state_dir}/{EXEC_FIFO}"
         os.mkfifo(fifo, 0o600)
         container = self.engine.create(record.id, _engine_spec(spec), bundle=record.bundle, io=io,
-                                       start_fifo=fifo)  # fmt: skip
+                                       start_fifo=fifo, new_keyring=new_keyring)  # fmt: skip
         assert container.init is not None
         record.pid = container.init.pid
         record.pid_start = process_start_time(self.paths.proc_pid(record.pid)) or 0
         shim = container.init.handle.shim_pid
         record.engine = {"spec": spec, "shim_pid": shim,
                          "shim_start": process_start_time(self.paths.proc_pid(shim)) or 0}  # fmt: skip
+        if not new_keyring:
+            record.engine["no_new_keyring"] = True  # its exec'd processes keep theirs too
         return container
 
     def open(self, record: Record, state_dir: str) -> Container:
@@ -325,7 +329,8 @@ class Backend:
                 record.engine["spec"] = jsonlite.loads(stream.read())
         return self.engine.restore(record.id, _engine_spec(record.engine["spec"]), bundle=record.bundle,
                                    init=init, status=_status_of(record),
-                                   start_fifo=fifo if not record.started else None)  # fmt: skip
+                                   start_fifo=fifo if not record.started else None,
+                                   new_keyring=not record.engine.get("no_new_keyring"))  # fmt: skip
 
     def start(self, container: Container, spec: dict[str, Any], state_dir: str) -> None:
         """startContainer hooks in the container, then the user's program."""

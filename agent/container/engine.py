@@ -183,6 +183,8 @@ class Container:
         self.execs: dict[str, Process] = {}
         self.created_at = time.time()
         self.start_fifo: str | None = None
+        # each of its processes joins a session keyring of the container's own (runc's default)
+        self.new_keyring = True
         # CPU hotplug widens the cpusets of containers that chose their CPUs (at create or update)
         self.asked_for_cpus = bool((spec.linux.resources.get("cpu") or {}).get("cpus"))
         self._status = Status.CREATING
@@ -471,9 +473,13 @@ class Engine:
         bundle: str | os.PathLike[str] | None = None,
         io: PipeIO | FdIO | None = None,
         start_fifo: str | os.PathLike[str] | None = None,
+        new_keyring: bool = True,
     ) -> Container:
         """Validate, then make the container up to the point where only exec of the user's program
         is left (status created). Any failure undoes every step taken and raises.
+
+        ``new_keyring`` False: its processes keep the session keyring they inherit (runc's
+        ``--no-new-keyring``), instead of joining one named for the container.
 
         ``start_fifo`` (a FIFO the caller made with mkfifo) is for callers that start the container
         from another process, as a runtime CLI does: the container waits for a byte on the FIFO
@@ -489,9 +495,8 @@ class Engine:
                 raise AlreadyExists(f"container {container_id} already exists")
             self._containers[container_id] = None  # type: ignore[assignment]  # reserve the id
         try:
-            container = self._create(
-                container_id, parsed, bundle_dir or os.path.dirname(normal_path(parsed.root_path)), io or PipeIO(), fifo
-            )
+            bundle_dir = bundle_dir or os.path.dirname(normal_path(parsed.root_path))
+            container = self._create(container_id, parsed, bundle_dir, io or PipeIO(), fifo, new_keyring)
         except BaseException:
             with self._lock:
                 self._containers.pop(container_id, None)
@@ -509,6 +514,7 @@ class Engine:
         init: ProcessHandle,
         status: Status,
         start_fifo: str | os.PathLike[str] | None = None,
+        new_keyring: bool = True,
     ) -> Container:
         """A container that another process made (an earlier call of a runtime CLI), found again from
         what that call saved: its spec, bundle, status and a handle on its init. The init is not this
@@ -520,6 +526,7 @@ class Engine:
         terminal = parsed.process.terminal if parsed.process is not None else False
         container.init = Process(container_id, "", init, ProcessIO(), terminal)
         container.start_fifo = None if start_fifo is None else os.fspath(start_fifo)
+        container.new_keyring = new_keyring
         container._status = status
         with self._lock:
             if container_id in self._containers:
@@ -556,11 +563,11 @@ class Engine:
 
     # --- internals (filled in by engine_impl helpers below)
     def _create(
-        self, container_id: str, spec: Spec, bundle: str, io: PipeIO | FdIO, start_fifo: str | None
+        self, container_id: str, spec: Spec, bundle: str, io: PipeIO | FdIO, start_fifo: str | None, new_keyring: bool
     ) -> Container:
         from agent.container.launch import create_container
 
-        return create_container(self, container_id, spec, bundle, io, start_fifo)
+        return create_container(self, container_id, spec, bundle, io, start_fifo, new_keyring)
 
     def _spawn_exec(
         self, container: Container, exec_id: str, process: Any, io: PipeIO | FdIO, sub_cgroups: dict[str, str] | None

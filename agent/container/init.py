@@ -655,6 +655,8 @@ def _prepare(request: dict[str, Any], process: dict[str, Any], io_fds: list[int]
     args = list(process["args"])
     os.chdir(process.get("cwd") or "/")
     program = _find_program(args[0], env.get("PATH", DEFAULT_PATH))
+    if request.get("session_keyring"):
+        _join_session_keyring(request["session_keyring"])
     if _wants_attributes(request):
         from agent.container import procattrs  # loaded already, by container_main before the root changed
 
@@ -668,6 +670,23 @@ def _prepare(request: dict[str, Any], process: dict[str, Any], io_fds: list[int]
     if no_new_privs:
         capabilities.set_no_new_privs()
     return _Ready(program, args, env, bpf)
+
+
+def _join_session_keyring(keyring: dict[str, Any]) -> None:
+    """Leave the session keyring inherited from the runtime for the container's own (as runc does),
+    searchable by the process's user. A kernel without keyrings (ENOSYS) is let be: the keyring only
+    adds to what file permissions already protect."""
+    try:
+        serial = libc.join_session_keyring(keyring["name"])
+    except OSError as exc:
+        if exc.errno == errno.ENOSYS:
+            return
+        raise SetupError(f"cannot join session keyring {keyring['name']}: {exc.strerror}") from exc
+    try:
+        permissions = int(libc.describe_key(serial).split(";")[3], 16)
+        libc.set_key_permissions(serial, permissions | keyring["search"])
+    except (OSError, ValueError, IndexError) as exc:  # a keyring with other permissions than asked: refuse
+        raise SetupError(f"cannot set the permissions of session keyring {keyring['name']}: {exc}") from exc
 
 
 def _run(ready: _Ready) -> None:

@@ -100,6 +100,14 @@ def make_io(io: PipeIO | FdIO, terminal: bool, console_size: tuple[int, int] | N
 _initramfs_roots: dict[Any, bool] = {}
 
 
+def session_keyring(container_id: str, spec: Spec) -> dict[str, Any]:
+    """The session keyring the container's processes join (runc's: ``_ses.<id>``, so they do not share
+    the runtime's; exec'd processes join the init's), and the search permission it gets: its owner's,
+    or everyone's in a user namespace, where the owner is not mapped (KEY_USR_SEARCH, KEY_OTH_SEARCH)."""
+    in_user_ns = spec.linux.namespace("user") is not None
+    return {"name": f"_ses.{container_id}", "search": 0x8 if in_user_ns else 0x80000}
+
+
 def process_request(engine: Engine, process: ProcessSpec, mount_label: str = "") -> dict[str, Any]:
     """``process`` as the container process gets it, its LSM labels checked against this host first:
     an SELinux label where SELinux is off is refused (as runc does); so is an AppArmor profile where
@@ -209,7 +217,13 @@ def _seccomp_program(spec_seccomp: dict[str, Any] | None) -> bytes | None:
 
 
 def create_container(
-    engine: Engine, container_id: str, spec: Spec, bundle: str, io: PipeIO | FdIO, start_fifo: str | None = None
+    engine: Engine,
+    container_id: str,
+    spec: Spec,
+    bundle: str,
+    io: PipeIO | FdIO,
+    start_fifo: str | None = None,
+    new_keyring: bool = True,
 ) -> Container:
     from agent.container.engine import Container, Process
 
@@ -243,6 +257,7 @@ def create_container(
         "sysctl": dict(spec.linux.sysctl),
         "plan": plan_to_json(plan),
         "process": process_request(engine, spec.process, spec.linux.mount_label),
+        "session_keyring": session_keyring(container_id, spec) if new_keyring else None,
         "seccomp": program,
         "start_fifo": str(start_fifo) if start_fifo is not None else "",
         # prestart and createRuntime run here, in the runtime's namespaces, once the process has made
@@ -277,6 +292,7 @@ def create_container(
         container = Container(engine, container_id, spec, bundle, cgroup)
         container.init = Process(container_id, "", handle, ours, spec.process.terminal)
         container.start_fifo = start_fifo
+        container.new_keyring = new_keyring
         container._status = Status.CREATED
         return container
     except BaseException as exc:
@@ -311,6 +327,7 @@ def spawn_exec(
         "target_pid": container.init.pid,
         "personality": container.spec.linux.personality,
         "process": process_request(engine, process),
+        "session_keyring": session_keyring(container.id, container.spec) if container.new_keyring else None,
         "seccomp": _seccomp_program(container.spec.linux.seccomp),
     }
     # The exec'd process starts in the container's namespaces: from inside a user namespace it cannot

@@ -204,6 +204,12 @@ def check_unsupported(spec: Spec, bundle: str | None) -> None:
     for field, what in UNSUPPORTED_LINUX_FIELDS.items():
         if linux.get(field):
             raise Unsupported(f"linux.{field} ({what}) is not supported by this runtime: leave it out of the spec")
+    for index, mount in enumerate(spec.raw.get("mounts") or []):
+        if isinstance(mount, dict) and (mount.get("uidMappings") or mount.get("gidMappings")):
+            raise Unsupported(
+                f"mounts[{index}] ({mount.get('destination')}): idmapped mounts (uidMappings/gidMappings) are not "
+                "supported by this runtime: leave the mappings out, or chown the source for the container's user"
+            )
 
 
 def check_mappings(spec: Spec, bundle: str | None) -> None:

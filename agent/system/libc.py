@@ -150,7 +150,15 @@ SYS_pivot_root = 155
 SYS_finit_module = 313
 SYS_setns = 308
 SYS_ioprio_set = 251
+SYS_keyctl = 250
 SYS_sched_setattr = 314
+
+# keyctl(2)
+KEYCTL_JOIN_SESSION_KEYRING = 1
+KEYCTL_SETPERM = 5
+KEYCTL_DESCRIBE = 6
+KEY_USR_SEARCH = 0x00080000
+KEY_OTH_SEARCH = 0x00000008
 
 # personality(2) execution domains
 PER_LINUX = 0x0000
@@ -251,6 +259,25 @@ def reboot(cmd: int) -> None:
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, _SizeT(len(raw))))
+
+
+def join_session_keyring(name: str) -> int:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING): join the keyring named ``name`` as this process's session
+    keyring, made anew if there is none the process may search; its serial number."""
+    return _check(_libc.syscall(_Long(SYS_keyctl), _Int(KEYCTL_JOIN_SESSION_KEYRING), _b(name)))
+
+
+def describe_key(serial: int) -> str:
+    """keyctl(KEYCTL_DESCRIBE): "type;uid;gid;perm;description" (perm in hex)."""
+    buffer = bytearray(512)
+    size = _check(_libc.syscall(_Long(SYS_keyctl), _Int(KEYCTL_DESCRIBE), _Int(serial),
+                                (_Char * len(buffer)).from_buffer(buffer), _Long(len(buffer))))  # fmt: skip
+    return bytes(buffer[: max(0, min(size, len(buffer)) - 1)]).decode()
+
+
+def set_key_permissions(serial: int, permissions: int) -> None:
+    """keyctl(KEYCTL_SETPERM)."""
+    _check(_libc.syscall(_Long(SYS_keyctl), _Int(KEYCTL_SETPERM), _Int(serial), _UInt(permissions)))
 
 
 def setdomainname(name: str) -> None:

@@ -836,3 +836,31 @@ def test_lsm_labels_are_applied_or_refused_by_name(runtime: Runtime) -> None:
             assert done.returncode == 1 and f"process.{field}" in done.stderr and refusal in done.stderr, done.stderr
             assert not (runtime.root / cid).exists()
             assert not [p for p in CGROUP_FS.glob(f"*/{RUN_TAG}/lsm-{field}") if not p.parent.parent.is_symlink()]
+
+
+def _session_keyrings(name: str) -> list[str]:
+    """The lines of /proc/keys for keyrings called ``name`` (root sees every root-owned key)."""
+    return [line for line in Path("/proc/keys").read_text().splitlines() if line.endswith(f" keyring   {name}: empty")]
+
+
+def test_each_container_joins_a_session_keyring_of_its_own(runtime: Runtime) -> None:
+    """As runc: the container's processes leave the runtime's session keyring for one named
+    ``_ses.<id>`` (exec'd ones join it too); ``--no-new-keyring`` keeps the inherited one, for the
+    container's exec'd processes as well (later commands read it back from the state)."""
+
+    def unmasked(config: dict[str, Any]) -> None:  # runc's spec masks /proc/keys
+        config["linux"]["maskedPaths"] = [p for p in config["linux"]["maskedPaths"] if p != "/proc/keys"]
+
+    bundle = runtime.bundle("keys", ["/bin/sleep", "300"], edit=unmasked)
+    cid = runtime.new_id("keys")
+    runtime("run", "--detach", "--bundle", str(bundle), cid)
+    assert len(_session_keyrings(f"_ses.{cid}")) == 1
+    seen = runtime("exec", cid, "/bin/grep", f"_ses.{cid}:", "/proc/keys").stdout.split()
+    assert seen[0] == _session_keyrings(f"_ses.{cid}")[0].split()[0]  # the same keyring, not a second one
+    runtime("delete", "--force", cid)
+
+    other = runtime.new_id("keys-kept")
+    runtime("run", "--detach", "--no-new-keyring", "--bundle", str(bundle), other)
+    runtime("exec", other, "/bin/true")
+    assert _session_keyrings(f"_ses.{other}") == []
+    runtime("delete", "--force", other)

@@ -113,6 +113,9 @@ def test_bad_process_attributes_are_refused_by_field(field: str, value: Any, mes
         ({"linux__intelRdt": {"closID": "x"}}, Unsupported, r"linux\.intelRdt"),
         ({"linux__netDevices": {"eth1": {}}}, Unsupported, r"linux\.netDevices"),
         ({"linux__memoryPolicy": {"mode": "MPOL_BIND"}}, Unsupported, r"linux\.memoryPolicy"),
+        ({"mounts": [{"destination": "/data", "type": "bind", "source": "/host", "options": ["rbind"],
+                      "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}]},
+         Unsupported, r"mounts\[0\] \(/data\): idmapped mounts \(uidMappings/gidMappings\) are not supported"),
     ],
 )  # fmt: skip
 def test_bad_or_unsupported_linux_fields_are_refused_by_name(
