@@ -528,6 +528,23 @@ def _hand_over_terminal(ctx: Context, master: int | None) -> None:
         os.close(master)
 
 
+MAX_PRESERVED_FDS = 240  # what one request's descriptors leave of the kernel's SCM_MAX_FD (253)
+
+
+def preserved_fds(ctx: Context) -> tuple[int, ...]:
+    """``--preserve-fds N``: our descriptors 3 .. 2+N, which the process gets as its own 3 .. 2+N
+    (runc's; the caller sets LISTEN_FDS or the like in the process's env). Each must be open."""
+    count = _integer(ctx.flags.get("preserve_fds") or "0", "--preserve-fds")
+    if not 0 <= count <= MAX_PRESERVED_FDS:
+        raise CliError(f"--preserve-fds {count}: give a number from 0 to {MAX_PRESERVED_FDS}")
+    for fd in range(3, 3 + count):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise CliError(f"--preserve-fds {count}: descriptor {fd} is not open in this process") from None
+    return tuple(range(3, 3 + count))
+
+
 def _refuse(record: Record, status: Status, action: str, needs: str) -> NoReturn:
     raise CliError(f"cannot {action} container {record.id}: it is {status.value} (needs {needs})")
 
@@ -535,8 +552,7 @@ def _refuse(record: Record, status: Status, action: str, needs: str) -> NoReturn
 def do_create(ctx: Context, container_id: str) -> tuple[Record, Container]:
     bundle, spec, rootfs = load_bundle(ctx.flags.get("bundle"))
     validate_id(container_id)
-    if _integer(ctx.flags.get("preserve_fds") or "0", "--preserve-fds"):
-        raise CliError("--preserve-fds is not supported: the engine passes stdio only")
+    preserved = preserved_fds(ctx)
     _check_terminal(spec["process"], ctx.flags.get("console_socket"))
     ctx.fork_warm_pair(spec)  # before the engine's imports, which the pair's preparation overlaps
     from agent.container.engine import FdIO
@@ -554,7 +570,7 @@ def do_create(ctx: Context, container_id: str) -> tuple[Record, Container]:
     )
     container = None
     try:
-        container = backend.create(record, spec, state_dir, FdIO(0, 1, 2),
+        container = backend.create(record, spec, state_dir, FdIO(0, 1, 2, extra=preserved),
                                    new_keyring=not ctx.flags.get("no_new_keyring"))  # fmt: skip
         ctx.log.debug(f"create: init {record.pid} waits to start")
         if ctx.log.debug_enabled:
@@ -780,7 +796,7 @@ def cmd_exec(ctx: Context) -> int:
     process = _exec_process(ctx, record)
     _check_terminal(process, ctx.flags["console_socket"])
     exec_id = f"exec-{os.getpid()}"
-    io = FdIO(0, 1, 2)
+    io = FdIO(0, 1, 2, extra=preserved_fds(ctx))
     pty = open_container_pty(ctx.paths, record.pid) if process.get("terminal") else None
     if pty is not None:
         io.console = pty[1]

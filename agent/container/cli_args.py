@@ -85,7 +85,7 @@ _CONSOLE_SOCKET = _value("console-socket", "console_socket", "unix socket that r
 _PID_FILE = _value("pid-file", "pid_file", "write the process's pid to this file")
 _NO_PIVOT = _bool("no-pivot", "no_pivot", "move the root with MS_MOVE instead of pivot_root")
 _NO_NEW_KEYRING = _bool("no-new-keyring", "no_new_keyring", "keep the session keyring (no new one for the container)")
-_PRESERVE_FDS = _value("preserve-fds", "preserve_fds", "pass this many extra fds (from 3) to the process")
+_PRESERVE_FDS = _value("preserve-fds", "preserve_fds", "pass this many more descriptors (from 3) to the process")
 _DETACH = _bool("detach,d", "detach", "do not wait for the process")
 
 COMMANDS = {

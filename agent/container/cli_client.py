@@ -152,8 +152,8 @@ def _read_line(connection: _socket.socket, pending: bytearray) -> bytes | None:
 def main(argv: list[str] | None = None) -> NoReturn:
     args = sys.argv[1:] if argv is None else argv
     path = posix.environ.get(SERVER_ENV.encode())  # bytes: the environment as the kernel gave it
-    if not path:
-        _run_here(args)
+    if not path or any(arg == "--preserve-fds" or arg.startswith("--preserve-fds=") for arg in args):
+        _run_here(args)  # (the descriptors to preserve are this process's: it runs the command itself)
     import _signal
     import _socket
 

@@ -65,14 +65,23 @@ class FdIO:
     """The caller's own descriptors become the process's stdin, stdout and stderr (the CLI's case).
 
     With a terminal, ``console`` is the pty slave the caller allocated (or None: the engine makes a
-    pty and the master is returned in ``ProcessIO.pty_master``).
+    pty and the master is returned in ``ProcessIO.pty_master``). ``extra`` descriptors become the
+    process's 3, 4, ... (runc's ``--preserve-fds``).
     """
 
-    def __init__(self, stdin: int | None, stdout: int | None, stderr: int | None, console: int | None = None) -> None:
+    def __init__(
+        self,
+        stdin: int | None,
+        stdout: int | None,
+        stderr: int | None,
+        console: int | None = None,
+        extra: tuple[int, ...] = (),
+    ) -> None:
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
         self.console = console
+        self.extra = extra
 
 
 class ProcessIO:

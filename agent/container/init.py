@@ -122,6 +122,18 @@ def _enter_user_namespace(request: dict[str, Any]) -> None:
     os.setresuid(0, 0, 0)
 
 
+def _become_namespace_root() -> None:
+    """After setns into a user namespace: be its root (what it maps uid and gid 0 to), as runc's
+    nsexec is; the ids we came with are unmapped there, and what we make (a session keyring, files)
+    should belong to the container. A namespace that maps no 0 leaves us as we are."""
+    try:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+
+
 def _shim_namespaces(request: dict[str, Any]) -> None:
     """The namespaces the shim itself must be in before it forks: user (owner of the rest) and pid
     (which only applies to children). For exec, every namespace of the container."""
@@ -143,6 +155,8 @@ def _shim_namespaces(request: dict[str, Any]) -> None:
         for kind, fd, path in opened:
             libc.setns(fd, CLONE_FLAGS[kind], path)
             os.close(fd)
+            if kind == "user":
+                _become_namespace_root()
         # the container's root, even when it was entered with MS_MOVE + chroot (no pivot)
         os.fchdir(root_fd)
         os.chroot(".")
@@ -152,6 +166,7 @@ def _shim_namespaces(request: dict[str, Any]) -> None:
     unshare: list[str] = request.get("unshare") or []
     if "user" in joins:
         _setns_path(joins["user"], "user")
+        _become_namespace_root()
     elif "user" in unshare:
         _enter_user_namespace(request)
     if "pid" in joins:
@@ -354,6 +369,12 @@ def container_main(
 ) -> int:
     """The container process: wait for its cgroup, join it, set up, report, wait for start, exec."""
     fcntl.fcntl(status_fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+    preserved = int(request.get("preserved_fds") or 0)
+    if preserved:
+        # the preserved descriptors become 3, 4, ... right before execve (_run): ours go above them now
+        floor = 3 + preserved
+        status_fd, control_fd = _lift(status_fd, floor), _lift(control_fd, floor)
+        io_fds = [_lift(fd, floor) for fd in io_fds]
     # Python ignores SIGPIPE and SIGXFSZ, the fork server SIGINT, and whoever started the agent may
     # have ignored others; an ignored signal stays ignored across execve, so give the user's program
     # every default back (a warm process did it while it waited)
@@ -592,6 +613,22 @@ def pause_main(status_fd: int, control_fd: int, io_fds: list[int]) -> int:
             continue
 
 
+def _lift(fd: int, floor: int) -> int:
+    """``fd`` moved to ``floor`` or above (close-on-exec), unless it is there already."""
+    if fd < 0 or fd >= floor:
+        return fd
+    lifted = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    os.close(fd)
+    return lifted
+
+
+def _place_preserved(fds: list[int]) -> None:
+    """The preserved descriptors to 3, 4, ... (inherited by the program). Everything of ours that is
+    still open sits above that range (container_main lifted it), so no dup2 here clobbers one."""
+    for offset, fd in enumerate(fds):
+        os.dup2(fd, 3 + offset)  # the copy is not close-on-exec; the original (close-on-exec) goes at execve
+
+
 def _take_stdio(io_fds: list[int], terminal: bool) -> None:
     if terminal:
         stdio.take_controlling_terminal(io_fds[0])
@@ -622,8 +659,10 @@ class _Ready:
     """What execve needs once the process is prepared: the program, its argv and env, and the
     seccomp filter still to load."""
 
-    def __init__(self, program: str, args: list[str], env: dict[str, str], bpf: bytes | None) -> None:
-        self.program, self.args, self.env, self.bpf = program, args, env, bpf
+    def __init__(
+        self, program: str, args: list[str], env: dict[str, str], bpf: bytes | None, preserved: list[int]
+    ) -> None:
+        self.program, self.args, self.env, self.bpf, self.preserved = program, args, env, bpf, preserved
 
 
 def can_prepare_early(request: dict[str, Any], process: dict[str, Any]) -> bool:
@@ -641,6 +680,9 @@ def can_prepare_early(request: dict[str, Any], process: dict[str, Any]) -> bool:
 def _prepare(request: dict[str, Any], process: dict[str, Any], io_fds: list[int]) -> _Ready:
     """Become the user's program but for the last steps: stdio, limits, identity, capabilities,
     cwd, the program's path. A seccomp filter that can wait (no_new_privileges) is left to _run."""
+    preserved = int(request.get("preserved_fds") or 0)
+    kept = io_fds[len(io_fds) - preserved :] if preserved else []
+    io_fds = io_fds[: len(io_fds) - preserved]
     if io_fds:
         _take_stdio(io_fds, bool(process.get("terminal")))
     for limit in process.get("rlimits") or []:
@@ -669,7 +711,7 @@ def _prepare(request: dict[str, Any], process: dict[str, Any], io_fds: list[int]
     capabilities.become_user(user, process.get("capabilities"))
     if no_new_privs:
         capabilities.set_no_new_privs()
-    return _Ready(program, args, env, bpf)
+    return _Ready(program, args, env, bpf, kept)
 
 
 def _join_session_keyring(keyring: dict[str, Any]) -> None:
@@ -690,6 +732,8 @@ def _join_session_keyring(keyring: dict[str, Any]) -> None:
 
 
 def _run(ready: _Ready) -> None:
+    if ready.preserved:
+        _place_preserved(ready.preserved)
     if ready.bpf:
         seccomp.load(ready.bpf)  # last, so the filter sees only the user's program
     os.execve(ready.program, ready.args, ready.env)

@@ -69,15 +69,16 @@ def make_io(io: PipeIO | FdIO, terminal: bool, console_size: tuple[int, int] | N
     if terminal:
         from agent.container.stdio import open_pty, set_winsize
     if isinstance(io, FdIO):
+        extra = [os.dup(fd) for fd in io.extra]  # after the stdio: the process's 3, 4, ... (preserved_fds)
         if terminal:
             if io.console is not None:
-                return [os.dup(io.console)], ours
+                return [os.dup(io.console), *extra], ours
             master, slave = open_pty()
             ours.pty_master = master
-            return [slave], ours
+            return [slave, *extra], ours
         given = [fd if fd is not None else os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
                  for fd in (io.stdin, io.stdout, io.stderr)]  # fmt: skip
-        return [os.dup(fd) for fd in given], ours
+        return [*(os.dup(fd) for fd in given), *extra], ours
     if terminal:
         master, slave = open_pty()
         if console_size:
@@ -258,6 +259,7 @@ def create_container(
         "plan": plan_to_json(plan),
         "process": process_request(engine, spec.process, spec.linux.mount_label),
         "session_keyring": session_keyring(container_id, spec) if new_keyring else None,
+        "preserved_fds": len(getattr(io, "extra", ())),
         "seccomp": program,
         "start_fifo": str(start_fifo) if start_fifo is not None else "",
         # prestart and createRuntime run here, in the runtime's namespaces, once the process has made
@@ -328,6 +330,7 @@ def spawn_exec(
         "personality": container.spec.linux.personality,
         "process": process_request(engine, process),
         "session_keyring": session_keyring(container.id, container.spec) if container.new_keyring else None,
+        "preserved_fds": len(getattr(io, "extra", ())),
         "seccomp": _seccomp_program(container.spec.linux.seccomp),
     }
     # The exec'd process starts in the container's namespaces: from inside a user namespace it cannot

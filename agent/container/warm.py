@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_MESSAGE = 1 << 20
-MAX_FDS = 16
+MAX_FDS = 253  # the kernel's SCM_MAX_FD: a request's status and control pipes, stdio and preserved fds
 PARKED_NAME = "pykata-parked"  # a parked process's name in ps and /proc/<pid>/comm until it has work
 _INT = 4  # bytes of a C int: SCM_RIGHTS carries descriptors as an array of them
 

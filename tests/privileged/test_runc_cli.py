@@ -864,3 +864,42 @@ def test_each_container_joins_a_session_keyring_of_its_own(runtime: Runtime) -> 
     runtime("exec", other, "/bin/true")
     assert _session_keyrings(f"_ses.{other}") == []
     runtime("delete", "--force", other)
+
+
+def _with_fds_3_and_4(runtime: Runtime, out: Path, given: Path) -> Runtime:
+    """``runtime``'s commands with ``out`` open for writing as their fd 3 and ``given`` for reading as 4."""
+    wrapped = Runtime(runtime.root, runtime.workdir, runtime.spec, RUN_TAG)
+    wrapped.ids, wrapped.pids = runtime.ids, runtime.pids
+    wrapped.command = ["/bin/sh", "-c", 'exec "$@" 3>"$PK_OUT" 4<"$PK_IN"', "sh", *runtime.command]
+    wrapped.env = {**(runtime.env or os.environ), "PK_OUT": str(out), "PK_IN": str(given)}
+    return wrapped
+
+
+FD_PROBE = "echo to-three >&3; read line <&4; echo read $line; ls /proc/self/fd"
+
+
+@pytest.mark.parametrize("mode", ["cold", "served"])
+def test_preserve_fds_passes_descriptors_3_and_up(runtime: Runtime, mode: str, request: pytest.FixtureRequest) -> None:
+    """runc's --preserve-fds: the caller's descriptors 3 .. 2+N are the process's 3 .. 2+N, for run and
+    exec, and nothing else of the runtime's is open in it. With a server set, the command runs in the
+    client, which holds the descriptors."""
+    rt = request.getfixturevalue("served") if mode == "served" else runtime
+    out, given = runtime.workdir / f"fd3-{mode}", runtime.workdir / f"fd4-{mode}"
+    given.write_text("from-four\n")
+    with_fds = _with_fds_3_and_4(rt, out, given)
+    bundle = runtime.bundle(f"fds-{mode}", ["/bin/sh", "-c", FD_PROBE])
+    done = with_fds("run", "--preserve-fds", "2", "--bundle", str(bundle), runtime.new_id(f"fds-{mode}"))
+    lines = done.stdout.split()
+    assert lines[:2] == ["read", "from-four"]
+    assert sorted(lines[2:]) == ["0", "1", "2", "3", "4", "5"]  # 5: the directory ls is listing
+    assert out.read_text() == "to-three\n"
+
+    sleeper = runtime.bundle(f"fds-exec-{mode}", ["/bin/sleep", "300"])
+    cid = runtime.new_id(f"fds-exec-{mode}")
+    rt("run", "--detach", "--bundle", str(sleeper), cid)
+    done = with_fds("exec", "--preserve-fds", "2", cid, "/bin/sh", "-c", FD_PROBE)
+    assert done.stdout.split()[:2] == ["read", "from-four"]
+    assert out.read_text() == "to-three\n"
+    refused = rt("exec", "--preserve-fds", "3", cid, "/bin/true", check=False)
+    assert refused.returncode == 1 and "--preserve-fds 3: descriptor" in refused.stderr, refused.stderr
+    rt("delete", "--force", cid)
