@@ -550,6 +550,11 @@ def _refuse(record: Record, status: Status, action: str, needs: str) -> NoReturn
 
 
 def do_create(ctx: Context, container_id: str) -> tuple[Record, Container]:
+    if os.geteuid() != 0:
+        raise CliError(
+            "containers are made as root only: there is no rootless mode (runc's, for an unprivileged user, "
+            "with a user namespace and no cgroup of its own); run this as root"
+        )
     bundle, spec, rootfs = load_bundle(ctx.flags.get("bundle"))
     validate_id(container_id)
     preserved = preserved_fds(ctx)

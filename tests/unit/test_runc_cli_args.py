@@ -61,6 +61,17 @@ def test_errors_exit_1_with_the_program_name(capsys: pytest.CaptureFixture[str],
     assert err == "pykata-runc: container 'missing' does not exist\n"
 
 
+def test_create_and_run_refuse_a_user_who_is_not_root(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """No rootless mode: an unprivileged create or run says so before it reads the bundle or makes state."""
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    for command in ("create", "run"):
+        assert cli.run_cli(["--root", str(tmp_path / "state"), command, "-b", str(tmp_path / "none"), "c1"]) == 1
+        assert "containers are made as root only: there is no rootless mode" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
+
+
 def test_log_file_gets_json_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "log.json"
     assert cli.run_cli(["--root", str(tmp_path), "--log", str(log), "--log-format", "json", "state", "x"]) == 1
