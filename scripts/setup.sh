@@ -35,4 +35,8 @@ scripts=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 launcher_python=$("$PYTHON" -c 'import sys; from agent.container.cli_client import install_launcher; print(install_launcher(sys.argv[1]))' \
   "$scripts/pykata-runc")
 echo "setup: $scripts/pykata-runc runs $launcher_python -S"
+# Bytecode ahead, as a distribution's packages have it: where PYTHONDONTWRITEBYTECODE is set (CI
+# images, containers) nothing would ever write it, and each cold command would compile every module it
+# loads (~115-200 ms against ~35 for a run here).
+"$launcher_python" -m compileall -q -j 0 agent
 echo "setup: done"
