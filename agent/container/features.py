@@ -12,7 +12,8 @@ itself works from, so the document cannot claim what the engine does not do:
 - linux.namespaces: spec.NAMESPACE_TYPES; linux.capabilities: those python-prctl knows by name;
 - linux.seccomp: the compiler's actions, operators and architecture (seccomp.py);
 - linux.cgroup: v1 and v2, managed directly (no systemd driver);
-- AppArmor and SELinux: not implemented (their config.json fields are not acted on).
+- AppArmor and SELinux: implemented (procattrs.py: a profile or label is applied where the host's LSM
+  is on, and refused where it is off).
 
 As features.md asks, the document says what the runtime implements, not what this host's kernel
 offers. ociVersionMax is the version ``state`` reports (OCI_VERSION, runc 1.1's), and the document
@@ -50,7 +51,7 @@ def features() -> dict[str, Any]:
                 "operators": sorted(seccomp.OPERATORS),
                 "archs": list(seccomp.ARCHITECTURES),
             },
-            "apparmor": {"enabled": False},
-            "selinux": {"enabled": False},
+            "apparmor": {"enabled": True},
+            "selinux": {"enabled": True},
         },
     }

@@ -5,8 +5,10 @@ mount namespace, for cgroup layouts the host does not have."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,18 @@ def remove_cgroups(parent: str) -> list[Path]:
         except OSError:
             pass
     return left
+
+
+def remove_tree(directory: str | Path) -> None:
+    """rmdir ``directory`` and the cgroups below it, the deepest first, each retried for a while: a
+    cgroup whose last process was just killed is busy until the kernel has reaped it."""
+    for current, _dirs, _files in os.walk(directory, topdown=False):
+        for _ in range(200):
+            try:
+                os.rmdir(current)
+                break
+            except OSError:
+                time.sleep(0.01)
 
 
 def run_scenario(script: str, *args: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from agent.container.cgroups import CgroupManager, OomWatcher, V1Manager, detect
 from agent.errors import InvalidArgument, ResourceError
 from agent.system.paths import HostPaths
 from tests.conftest import REPO, require_root
+from tests.helpers.cgroups import remove_tree
 
 PATHS = HostPaths()
 # A process that waits for a line on stdin (so it can be moved into the cgroup first), then runs CODE.
@@ -93,13 +94,7 @@ class Cgroups:
             self.stop(process)
         for directory in self.parent_dirs():
             if directory.exists():
-                for current, _dirs, _files in os.walk(directory, topdown=False):
-                    for _ in range(200):
-                        try:
-                            os.rmdir(current)
-                            break
-                        except OSError:
-                            time.sleep(0.01)
+                remove_tree(directory)
 
 
 @pytest.fixture
@@ -279,6 +274,7 @@ NETWORK_SCENARIO = r"""
 import errno, json, os, signal, sys, time
 sys.path.insert(0, sys.argv[3])
 from pathlib import Path
+from tests.helpers.cgroups import remove_tree
 from agent.container.cgroups import detect
 from agent.container.engine import Engine, PipeIO
 from agent.errors import InvalidArgument
@@ -330,15 +326,10 @@ finally:
     if engine is not None:
         engine.close()
     # a v1 hierarchy outlives its last mount while it has cgroups: remove ours, whatever happened
-    for current, _dirs, _files in os.walk(f"{HIERARCHY}/{parent}", topdown=False):
+    for current, _dirs, _files in os.walk(f"{HIERARCHY}/{parent}"):
         for pid in open(f"{current}/cgroup.procs").read().split():
             os.kill(int(pid), signal.SIGKILL)
-        for _ in range(200):
-            try:
-                os.rmdir(current)
-                break
-            except OSError:
-                time.sleep(0.01)
+    remove_tree(f"{HIERARCHY}/{parent}")
     # a v1 hierarchy is destroyed at its last umount only if no cgroup is left below its root, dying
     # ones (whose last tasks are still being freed) included: wait for the kernel's count to be 1
     deadline = time.monotonic() + 10
