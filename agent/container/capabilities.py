@@ -58,7 +58,14 @@ def become_user(user: dict[str, Any], capabilities: dict[str, Any] | None) -> No
         if number not in bounding:
             _prctl.prctl(_prctl.PR_CAPBSET_DROP, number)
     libc.prctl(PR_SET_KEEPCAPS, 1)
-    os.setgroups([int(g) for g in user.get("additionalGids") or []])
+    groups = [int(g) for g in user.get("additionalGids") or []]
+    try:
+        os.setgroups(groups)
+    except PermissionError:
+        # a rootless user namespace has setgroups(2) denied (its gid map needed that): with no groups
+        # asked for there is nothing to do, as in runc
+        if groups:
+            raise
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     libc.prctl(PR_SET_KEEPCAPS, 0)

@@ -181,6 +181,72 @@ def default_spec() -> dict[str, Any]:
     }
 
 
+def rootless_spec(spec: dict[str, Any], uid: int, gid: int) -> dict[str, Any]:
+    """``spec`` for a container an unprivileged user makes (runc's ``spec --rootless``): a user namespace
+    mapping root in it to ``uid``/``gid`` (all an unprivileged user may map), no network namespace (it
+    could not be given an interface), /sys bound from the host (sysfs cannot be mounted without
+    one), no uid=/gid= mount options (those ids are not mapped), and no cgroup limits (the user has
+    no cgroup to set them in)."""
+    rootless = json_copy(spec)
+    linux = rootless["linux"]
+    linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] not in ("network", "user")]
+    linux["namespaces"].append({"type": "user"})
+    linux["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": 1}]
+    linux["gidMappings"] = [{"containerID": 0, "hostID": gid, "size": 1}]
+    linux.pop("resources", None)
+    mounts = []
+    for mount in rootless["mounts"]:
+        if normal_path(mount["destination"]) == "/sys":
+            mount = {"destination": "/sys", "type": "none", "source": "/sys",
+                     "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}  # fmt: skip
+        elif mount.get("options"):
+            mount["options"] = [o for o in mount["options"] if not o.startswith(("uid=", "gid="))]
+        mounts.append(mount)
+    rootless["mounts"] = mounts
+    return rootless
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of a JSON value (copy.deepcopy, without importing copy)."""
+    if isinstance(value, dict):
+        return {key: json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_copy(item) for item in value]
+    return value
+
+
+def rootless() -> bool:
+    """Whether this command runs as a user other than root (runc's rootless mode)."""
+    return os.geteuid() != 0
+
+
+def default_root() -> str:
+    """Where state goes without ``--root``: runc's choice, /run/pykata-runc, or for a user other than root
+    $XDG_RUNTIME_DIR/pykata-runc (when the session has one)."""
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    return f"{runtime_dir}/pykata-runc" if rootless() and runtime_dir else DEFAULT_ROOT
+
+
+def check_rootless(spec: dict[str, Any], uid: int, gid: int) -> None:
+    """What a user other than root can make: a container in a user namespace of its own that maps one
+    id, the user's (the kernel lets an unprivileged process write no other map; ``spec --rootless``
+    writes such a spec)."""
+    linux: dict[str, Any] = spec["linux"] if isinstance(spec.get("linux"), dict) else {}
+    namespaces = [ns.get("type") for ns in linux.get("namespaces") or [] if isinstance(ns, dict) and not ns.get("path")]
+    if "user" not in namespaces:
+        raise CliError(
+            "a user other than root can only make a container in a new user namespace: add one to "
+            "linux.namespaces (pykata-runc spec --rootless writes such a spec)"
+        )
+    for key, own in (("uidMappings", uid), ("gidMappings", gid)):
+        mappings = linux.get(key) or []
+        if len(mappings) != 1 or mappings[0].get("hostID") != own or mappings[0].get("size") != 1:
+            raise CliError(
+                f"linux.{key}: a user other than root may map only its own id ({own}), once, with size 1 "
+                f"(got {mappings!r})"
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 # Small pieces runc's callers rely on: paths, pid files, signal names, the console socket.
 
@@ -248,7 +314,7 @@ class Context:
         self.args = invocation.args
         self.log = log
         self.paths = HostPaths("/")
-        self.store = Store(invocation.options.get("root") or DEFAULT_ROOT)
+        self.store = Store(invocation.options.get("root") or default_root())
         self._backend: Backend | None = None
         self._warm: WarmPair | None = None  # forked for this call's create, until the backend has it
 
@@ -256,7 +322,8 @@ class Context:
         if self._backend is None:
             from agent.container.cli_backend import Backend
 
-            self._backend = Backend(self.paths, no_pivot=bool(self.flags.get("no_pivot")), warm=self._warm)
+            self._backend = Backend(self.paths, no_pivot=bool(self.flags.get("no_pivot")), warm=self._warm,
+                                    rootless=rootless())  # fmt: skip
             self._warm = None
         return self._backend
 
@@ -341,13 +408,14 @@ def cmd_features(ctx: Context) -> int:
 
 def cmd_spec(ctx: Context) -> int:
     bundle = ctx.flags["bundle"] or "."
+    spec = default_spec()
     if ctx.flags["rootless"]:
-        raise CliError("spec --rootless is not supported: pykata-runc runs containers as root only")
+        spec = rootless_spec(spec, os.geteuid(), os.getegid())
     target = normal_path(f"{bundle}/config.json")
     if os.path.exists(target):
         raise CliError(f"file {target} exists. Remove it first")
     with open(target, "w", encoding="utf-8") as stream:
-        stream.write(jsonlite.dumps(default_spec(), indent="\t"))
+        stream.write(jsonlite.dumps(spec, indent="\t"))
     return 0
 
 
@@ -550,15 +618,12 @@ def _refuse(record: Record, status: Status, action: str, needs: str) -> NoReturn
 
 
 def do_create(ctx: Context, container_id: str) -> tuple[Record, Container]:
-    if os.geteuid() != 0:
-        raise CliError(
-            "containers are made as root only: there is no rootless mode (runc's, for an unprivileged user, "
-            "with a user namespace and no cgroup of its own); run this as root"
-        )
     bundle, spec, rootfs = load_bundle(ctx.flags.get("bundle"))
     validate_id(container_id)
     preserved = preserved_fds(ctx)
     _check_terminal(spec["process"], ctx.flags.get("console_socket"))
+    if rootless():
+        check_rootless(spec, os.geteuid(), os.getegid())
     ctx.fork_warm_pair(spec)  # before the engine's imports, which the pair's preparation overlaps
     from agent.container.engine import FdIO
 

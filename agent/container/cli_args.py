@@ -75,7 +75,7 @@ GLOBAL_FLAGS = (
     _bool("debug", "debug", "log debug lines"),
     _bool("systemd-cgroup", "systemd_cgroup", "accepted for compatibility; cgroups are managed directly"),
     _value("criu", "criu", "accepted for compatibility; checkpointing is not supported"),
-    _value("rootless", "rootless", "accepted for compatibility; only root is supported"),
+    _value("rootless", "rootless", "accepted for compatibility: rootless mode follows the user (not root: rootless)"),
     _bool("help,h", "help"),
     _bool("version,v", "version"),
 )
@@ -174,7 +174,7 @@ COMMANDS = {
         Command(
             "spec",
             "spec [--bundle DIR]",
-            (_BUNDLE, _bool("rootless", "rootless", "not supported")),
+            (_BUNDLE, _bool("rootless", "rootless", "a spec for a user other than root")),
             0,
             0,
         ),

@@ -289,15 +289,19 @@ CGROUP_LAYOUT: Any = None
 class Backend:
     """The engine, set up for one CLI call."""
 
-    def __init__(self, paths: HostPaths, *, no_pivot: bool = False, warm: WarmPair | None = None) -> None:
-        """``warm``: a pair forked ahead for this call's create (not with the shared fork server)."""
+    def __init__(
+        self, paths: HostPaths, *, no_pivot: bool = False, warm: WarmPair | None = None, rootless: bool = False
+    ) -> None:
+        """``warm``: a pair forked ahead for this call's create (not with the shared fork server);
+        ``rootless``: the command runs as a user other than root."""
         self.paths = paths
         # LocalForkServer and its handles are duck-typed stand-ins for the fork server's classes
         self.forker: ForkServerClient = SHARED_FORK_SERVER or LocalForkServer(warm)  # type: ignore[assignment]
         if SHARED_FORK_SERVER is not None and warm is not None:
             warm.discard()  # the shared server serves creates with warm pairs of its own
         cgroups = _cgroups_of(CGROUP_LAYOUT) if CGROUP_LAYOUT is not None else None
-        self.engine = Engine(paths, forkserver=self.forker, cgroups=cgroups, no_pivot=True if no_pivot else None)
+        self.engine = Engine(paths, forkserver=self.forker, cgroups=cgroups, no_pivot=True if no_pivot else None,
+                             rootless=rootless)  # fmt: skip
 
     def create(
         self, record: Record, spec: dict[str, Any], state_dir: str, io: FdIO, *, new_keyring: bool = True
@@ -316,6 +320,10 @@ class Backend:
                          "shim_start": process_start_time(self.paths.proc_pid(shim)) or 0}  # fmt: skip
         if not new_keyring:
             record.engine["no_new_keyring"] = True  # its exec'd processes keep theirs too
+        from agent.container.cgroups import NoCgroup
+
+        if isinstance(container.cgroup, NoCgroup):
+            record.engine["no_cgroup"] = True  # rootless, without a cgroup: later calls do without it too
         return container
 
     def open(self, record: Record, state_dir: str) -> Container:
@@ -330,7 +338,8 @@ class Backend:
         return self.engine.restore(record.id, _engine_spec(record.engine["spec"]), bundle=record.bundle,
                                    init=init, status=_status_of(record),
                                    start_fifo=fifo if not record.started else None,
-                                   new_keyring=not record.engine.get("no_new_keyring"))  # fmt: skip
+                                   new_keyring=not record.engine.get("no_new_keyring"),
+                                   cgroupless=bool(record.engine.get("no_cgroup")))  # fmt: skip
 
     def start(self, container: Container, spec: dict[str, Any], state_dir: str) -> None:
         """startContainer hooks in the container, then the user's program."""

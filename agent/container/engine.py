@@ -457,12 +457,15 @@ class Engine:
         cgroups: CgroupFactory | None = None,
         no_pivot: bool | None = None,
         ignore_missing_apparmor: bool = False,
+        rootless: bool = False,
     ) -> None:
         """``no_pivot`` None: detect (pivot_root cannot leave an initramfs root, so use MS_MOVE there).
         ``ignore_missing_apparmor``: a process's AppArmor profile is dropped, not refused, where the
-        host has no AppArmor (see launch.process_request)."""
+        host has no AppArmor (see launch.process_request). ``rootless``: run by a user other than root,
+        whose containers go without a cgroup where the user may make none (cgroups.NoCgroup)."""
         self.paths = paths
         self.ignore_missing_apparmor = ignore_missing_apparmor
+        self.rootless = rootless
         if forkserver is None:
             from agent.container.forkserver import ForkServerClient
 
@@ -524,6 +527,7 @@ class Engine:
         status: Status,
         start_fifo: str | os.PathLike[str] | None = None,
         new_keyring: bool = True,
+        cgroupless: bool = False,
     ) -> Container:
         """A container that another process made (an earlier call of a runtime CLI), found again from
         what that call saved: its spec, bundle, status and a handle on its init. The init is not this
@@ -531,7 +535,12 @@ class Engine:
         update, destroy) works as for a container this engine created."""
         validate_container_id(container_id)
         parsed = parse_spec(spec)
-        container = Container(self, container_id, parsed, os.fspath(bundle), None)  # its cgroup: on first use
+        cgroup = None  # made on first use
+        if cgroupless:  # a rootless container that was made without a cgroup (cgroups.NoCgroup)
+            from agent.container.cgroups import NoCgroup
+
+            cgroup = NoCgroup(self.paths, init.pid)
+        container = Container(self, container_id, parsed, os.fspath(bundle), cgroup)
         terminal = parsed.process.terminal if parsed.process is not None else False
         container.init = Process(container_id, "", init, ProcessIO(), terminal)
         container.start_fifo = None if start_fifo is None else os.fspath(start_fifo)

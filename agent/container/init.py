@@ -98,6 +98,10 @@ def _enter_user_namespace(request: dict[str, Any]) -> None:
         try:
             if _read_order(ready_r):
                 proc = request["proc"]
+                if request.get("gid_map") and os.geteuid() != 0:
+                    # an unprivileged writer may map its gid only once setgroups(2) is off in the namespace
+                    with open(f"{proc}/{me}/setgroups", "w") as f:
+                        f.write("deny")
                 if request.get("gid_map"):
                     with open(f"{proc}/{me}/gid_map", "w") as f:
                         f.write(request["gid_map"])

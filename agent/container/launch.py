@@ -8,6 +8,7 @@ The seccomp compiler and the pty helpers (termios) are imported when a spec asks
 from __future__ import annotations
 
 import _signal  # the C module: ``signal`` imports enum, on every cold container start
+import errno
 import fcntl
 import os
 
@@ -99,6 +100,23 @@ def make_io(io: PipeIO | FdIO, terminal: bool, console_size: tuple[int, int] | N
 
 
 _initramfs_roots: dict[Any, bool] = {}
+
+
+def _rootless_cgroup(engine: Engine, cgroup: Any, spec: Spec) -> Any:
+    """For a user other than root: ``cgroup`` where the user may make it (a delegated subtree), else
+    none (cgroups.NoCgroup), as runc's rootless containers; limits without a cgroup are refused."""
+    from agent.container.cgroups import NoCgroup
+
+    try:
+        cgroup.create()
+        return cgroup
+    except ResourceError as exc:
+        cause = exc.__cause__
+        if not (isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+            raise
+    cgroupless = NoCgroup(engine.paths)
+    cgroupless.apply(with_default_devices(spec.linux.resources))  # refuses limits by name
+    return cgroupless
 
 
 def session_keyring(container_id: str, spec: Spec) -> dict[str, Any]:
@@ -232,10 +250,20 @@ def create_container(
     assert spec.process is not None
     root = resolve_root(spec, bundle)
     no_pivot = engine.no_pivot if engine.no_pivot is not None else _root_is_initramfs(paths)
-    plan = plan_rootfs(paths, spec, root, bundle, no_pivot=no_pivot)
-    program = _seccomp_program(spec.linux.seccomp)
     joins = {ns.type: ns.path for ns in spec.linux.namespaces if ns.path}
     unshare = [ns.type for ns in spec.linux.namespaces if not ns.path]
+    in_user_ns = "user" in joins or "user" in unshare
+    cgroup = engine.make_cgroup(spec.linux.cgroups_path, container_id)
+    if engine.rootless:
+        cgroup = _rootless_cgroup(engine, cgroup, spec)
+    binds = None
+    if in_user_ns and any(mount.type in ("cgroup", "cgroup2") for mount in spec.mounts):
+        from agent.container.cgroups import NoCgroup
+        from agent.container.rootfs import cgroup_binds
+
+        binds = cgroup_binds(paths, None if isinstance(cgroup, NoCgroup) else cgroup.directories())
+    plan = plan_rootfs(paths, spec, root, bundle, no_pivot=no_pivot, cgroup_binds=binds)
+    program = _seccomp_program(spec.linux.seccomp)
     state: dict[str, Any] = {
         "ociVersion": spec.oci_version or "1.0.2",
         "id": container_id,
@@ -270,8 +298,6 @@ def create_container(
         "start_container_hooks": [hook_to_json(h) for h in spec.hooks.start_container],
         "state": state,
     }
-    cgroup = engine.make_cgroup(spec.linux.cgroups_path, container_id)
-    in_user_ns = "user" in joins or "user" in unshare
     request["attach"] = [] if in_user_ns else cgroup.self_attach_files()
     ours = None
     handle = None

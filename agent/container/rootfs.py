@@ -218,22 +218,63 @@ def _cgroup_layout(root: str) -> tuple[tuple[str, str, str], ...]:
     return layout
 
 
-def _cgroup_mount_ops(paths: HostPaths, target: str, flags: int) -> list[Operation]:
+def _cgroup_mount_ops(
+    paths: HostPaths, target: str, flags: int, binds: dict[str, str] | None = None
+) -> list[Operation]:
+    """The spec's cgroup mount. ``binds`` (hierarchy name, "" for cgroup2 -> the host directory to show
+    there) is for a container in a user namespace, which may not mount a cgroup file system: it sees
+    its own cgroup (or, rootless, its starter's) through read-only bind mounts instead, as with runc."""
     layout = _cgroup_layout(os.fspath(paths.cgroup_root))
-    if layout == (("v2", "", ""),):
-        return [Mkdir(target), Mount("cgroup", target, "cgroup2", flags)]
     hardened = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    bind_ro = libc.MS_RDONLY | hardened
+    if layout == (("v2", "", ""),):
+        if binds is None:
+            return [Mkdir(target), Mount("cgroup", target, "cgroup2", flags)]
+        return [Mkdir(target), Mount(binds[""], target, "", libc.MS_BIND | libc.MS_REC, "", host_source=True),
+                Remount(target, bind_ro)]  # fmt: skip
     ops: list[Operation] = [Mkdir(target), Mount("tmpfs", target, "tmpfs", hardened, "mode=755")]
     for kind, name, points_to in layout:
         if kind == "link":
             ops.append(Symlink(f"{target}/{name}", points_to))
-        else:
+        elif binds is None:
             sub = f"{target}/{name}"
             data = name if name != "systemd" else "none,name=systemd"
             ops += [Mkdir(sub), Mount("cgroup", sub, "cgroup", flags, data)]
+        elif name in binds:
+            sub = f"{target}/{name}"
+            ops += [Mkdir(sub), Mount(binds[name], sub, "", libc.MS_BIND | libc.MS_REC, "", host_source=True),
+                    Remount(sub, bind_ro)]  # fmt: skip
     if flags & libc.MS_RDONLY:
         ops.append(Remount(target, libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC))
     return ops
+
+
+def cgroup_binds(paths: HostPaths, directories: dict[str, str] | None) -> dict[str, str]:
+    """For a container in a user namespace, what its cgroup mount shows of each hierarchy (keyed as
+    _cgroup_mount_ops takes them): ``directories`` (controller -> the container's cgroup, its manager's
+    ``directories()``), or, when None, the cgroups this process is in (a rootless container has none of
+    its own). A hierarchy with neither (name=systemd, for a container's) is left out."""
+    root = os.fspath(paths.cgroup_root)
+    own: dict[frozenset[str], str] = {}
+    if directories is None:
+        with open(f"{paths.proc}/self/cgroup", encoding="utf-8") as stream:
+            for line in stream.read().splitlines():
+                _number, controllers, where = line.split(":", 2)
+                own[frozenset(controllers.split(",")) if controllers else frozenset()] = where
+    binds: dict[str, str] = {}
+    for kind, name, _points_to in _cgroup_layout(root):
+        if kind == "link":
+            continue
+        names = [] if kind == "v2" else (["name=systemd"] if name == "systemd" else name.split(","))
+        source: str | None = None
+        if directories is None:
+            found = own.get(frozenset(names))
+            source = None if found is None else normal_path(f"{root}/{name}{found}")
+        else:
+            source = next((directories[c] for c in (names or ["cgroup"]) if c in directories), None)
+        if source is not None:
+            binds["" if kind == "v2" else name] = source
+    return binds
 
 
 # File systems that take no SELinux context= option from linux.mountLabel (runc labels every other
@@ -248,9 +289,11 @@ def plan_rootfs(
     bundle: str | os.PathLike[str] | None,
     *,
     no_pivot: bool,
+    cgroup_binds: dict[str, str] | None = None,
 ) -> RootfsPlan:
     """Every mount step for ``spec``, in order: the spec's mounts, then default devices and /dev links.
-    A relative bind source is taken under ``bundle``."""
+    A relative bind source is taken under ``bundle``; ``cgroup_binds`` (see there) makes the spec's
+    cgroup mount read-only binds, for a container in a user namespace."""
     bundle_dir = None if bundle is None else os.fspath(bundle)
     ops: list[Operation] = []
     dev_mounted = False
@@ -259,7 +302,7 @@ def plan_rootfs(
         flags, propagation = options.flags, options.propagation
         target = mount.destination
         if mount.type == "cgroup" or mount.type == "cgroup2":
-            ops += _cgroup_mount_ops(paths, target, flags)
+            ops += _cgroup_mount_ops(paths, target, flags, cgroup_binds)
         elif flags & libc.MS_BIND or mount.type == "bind":
             source = mount.source
             if not source.startswith("/") and bundle_dir is not None:

@@ -321,6 +321,25 @@ def test_user_namespace_maps_ids(engine: Engine, spec: Any, open_rootfs: Path) -
         engine.remove("iso-userns", timeout=10)
 
 
+def test_user_namespace_sees_its_cgroup_through_read_only_binds(engine: Engine, spec: Any, open_rootfs: Path) -> None:
+    """A user namespace may not mount a cgroup v1 hierarchy: the spec's cgroup mount becomes a read-only
+    bind of the container's own cgroup in each hierarchy, as runc does."""
+    s = spec("iso-userns-cg", ["/bin/sh", "-c", "ls /sys/fs/cgroup/memory; touch /sys/fs/cgroup/memory/x || echo ro"])
+    s["root"]["path"] = str(open_rootfs)
+    s["linux"]["namespaces"] = [*ALL_NAMESPACES, {"type": "user"}]
+    s["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 400000, "size": 65536}]
+    s["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 400000, "size": 65536}]
+    container = engine.create("iso-userns-cg", s)
+    try:
+        container.start()
+        out = read_to_end(container.init.io.stdout if container.init else None).decode().split()
+        assert container.wait(timeout=20) == 0
+        assert "memory.limit_in_bytes" in out and "cgroup.procs" in out  # a memory cgroup's files
+        assert out[-1] == "ro"
+    finally:
+        engine.remove("iso-userns-cg", timeout=10)
+
+
 def test_exec_joins_a_user_namespace(engine: Engine, spec: Any, open_rootfs: Path) -> None:
     s = spec("iso-userns-exec", ["/bin/sleep", "300"])
     s["root"]["path"] = str(open_rootfs)

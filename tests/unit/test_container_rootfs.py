@@ -237,3 +237,37 @@ def test_spec_devices_become_mknod_steps(tmp_path: Path) -> None:
     plan = plan_rootfs(HostPaths(tmp_path), parse_spec(spec), Path("/r"), None, no_pivot=False)
     assert plan.operations[-1] == Mknod("/dev/fuse", "c", 10, 229, 0o640, 5, 6)
     assert plan.describe()[-1] == "mknod -m 640 /dev/fuse c 10 229 (5:6)"
+
+
+def test_cgroup_mount_in_a_user_namespace_is_read_only_binds(tmp_path: Path) -> None:
+    """A user namespace may not mount a cgroup v1 hierarchy: the spec's cgroup mount becomes a tmpfs
+    with a read-only bind per hierarchy, of the container's cgroup or (rootless) of the starter's."""
+    paths = fake_v1(tmp_path)
+    proc_self = Path(paths.proc) / "self"
+    proc_self.mkdir(parents=True)
+    (proc_self / "cgroup").write_text("5:pids:/user.slice\n3:cpu,cpuacct:/user.slice/s\n2:memory:/m\n0::/u\n")
+    root = f"{tmp_path}/sys/fs/cgroup"
+    from agent.container.rootfs import cgroup_binds
+
+    starters = cgroup_binds(paths, None)
+    assert starters == {"cpu,cpuacct": f"{root}/cpu,cpuacct/user.slice/s", "memory": f"{root}/memory/m",
+                        "pids": f"{root}/pids/user.slice"}  # fmt: skip
+    own = cgroup_binds(paths, {"cpu": f"{root}/cpu,cpuacct/c1", "cpuacct": f"{root}/cpu,cpuacct/c1",
+                               "memory": f"{root}/memory/c1"})  # fmt: skip
+    assert own == {"cpu,cpuacct": f"{root}/cpu,cpuacct/c1", "memory": f"{root}/memory/c1"}  # no pids cgroup: left out
+    spec = _spec_with_mounts({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro"]})
+    ops = plan_rootfs(paths, spec, Path("/r"), None, no_pivot=False, cgroup_binds=own).operations
+    ro = libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    bind = libc.MS_BIND | libc.MS_REC
+    assert ops[: ops.index(Remount("/sys/fs/cgroup", ro)) + 1] == [
+        Mkdir("/sys/fs/cgroup"),
+        Mount("tmpfs", "/sys/fs/cgroup", "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC, "mode=755"),
+        Symlink("/sys/fs/cgroup/cpu", "cpu,cpuacct"),
+        Mkdir("/sys/fs/cgroup/cpu,cpuacct"),
+        Mount(f"{root}/cpu,cpuacct/c1", "/sys/fs/cgroup/cpu,cpuacct", "", bind, "", host_source=True),
+        Remount("/sys/fs/cgroup/cpu,cpuacct", ro),
+        Mkdir("/sys/fs/cgroup/memory"),
+        Mount(f"{root}/memory/c1", "/sys/fs/cgroup/memory", "", bind, "", host_source=True),
+        Remount("/sys/fs/cgroup/memory", ro),
+        Remount("/sys/fs/cgroup", ro),
+    ]

@@ -61,15 +61,38 @@ def test_errors_exit_1_with_the_program_name(capsys: pytest.CaptureFixture[str],
     assert err == "pykata-runc: container 'missing' does not exist\n"
 
 
-def test_create_and_run_refuse_a_user_who_is_not_root(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    """No rootless mode: an unprivileged create or run says so before it reads the bundle or makes state."""
+def test_rootless_spec_is_what_runc_spec_rootless_writes(tmp_path: Path) -> None:
+    """``spec --rootless`` against Debian's runc's, both run by this user (its ids in the maps)."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir()
+    theirs.mkdir()
+    assert cli.run_cli(["spec", "--rootless", "--bundle", str(ours)]) == 0
+    subprocess.run(["runc", "spec", "--rootless", "--bundle", str(theirs)], check=True)
+    assert json.loads((ours / "config.json").read_text()) == json.loads((theirs / "config.json").read_text())
+
+
+def test_rootless_needs_a_user_namespace_mapping_only_the_users_ids(tmp_path: Path) -> None:
+    spec = cli.rootless_spec(cli.default_spec(), 1000, 1001)
+    cli.check_rootless(spec, 1000, 1001)
+    with pytest.raises(cli_args.CliError, match="only make a container in a new user namespace"):
+        cli.check_rootless(cli.default_spec(), 1000, 1001)
+    with pytest.raises(
+        cli_args.CliError, match=r"linux\.uidMappings: a user other than root may map only its own id \(1002\)"
+    ):
+        cli.check_rootless(spec, 1002, 1001)
+    wide = cli.rootless_spec(cli.default_spec(), 1000, 1001)
+    wide["linux"]["gidMappings"][0]["size"] = 65536
+    with pytest.raises(cli_args.CliError, match=r"linux\.gidMappings: .* once, with size 1"):
+        cli.check_rootless(wide, 1000, 1001)
+
+
+def test_a_user_other_than_root_keeps_state_in_its_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert cli.default_root() == "/run/pykata-runc"  # root
     monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
-    for command in ("create", "run"):
-        assert cli.run_cli(["--root", str(tmp_path / "state"), command, "-b", str(tmp_path / "none"), "c1"]) == 1
-        assert "containers are made as root only: there is no rootless mode" in capsys.readouterr().err
-    assert not (tmp_path / "state").exists()
+    assert cli.default_root() == "/run/user/1000/pykata-runc"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert cli.default_root() == "/run/pykata-runc"
 
 
 def test_log_file_gets_json_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

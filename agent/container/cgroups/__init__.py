@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
     from .cpuset import propagate_cpuset
     from .layout import Layout, container_cgroup, detect
-    from .manager import CgroupManager, V1Manager, V2Manager, execute, manager_for
+    from .manager import CgroupManager, NoCgroup, V1Manager, V2Manager, execute, manager_for
     from .oom import OomWatcher
     from .plan import Write, plan_v1, plan_v2, validate_resources
     from .stats import CgroupStats
@@ -66,6 +66,7 @@ _HOMES = {
     "CgroupManager": "manager",
     "CgroupStats": "stats",
     "Layout": "layout",
+    "NoCgroup": "manager",
     "OomWatcher": "oom",
     "V1Manager": "manager",
     "V2Manager": "manager",
@@ -83,6 +84,7 @@ __all__ = [
     "CgroupManager",
     "CgroupStats",
     "Layout",
+    "NoCgroup",
     "OomWatcher",
     "V1Manager",
     "V2Manager",

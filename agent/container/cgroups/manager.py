@@ -515,6 +515,90 @@ class V2Manager(CgroupManager):
             attempt += 1
 
 
+class NoCgroup(CgroupManager):
+    """A rootless container's stand-in for a cgroup. An unprivileged user may make none (runc's
+    rootless containers without a delegated cgroup), so the container's processes stay in the cgroup
+    of whoever started them: limits are refused by name, pause and stats say they need a cgroup, and
+    the container's processes are found by its pid namespace (its init's, given by the first
+    ``add_pid`` or ``init_pid``)."""
+
+    version = 0
+
+    def __init__(self, paths: HostPaths, init_pid: int = 0) -> None:
+        super().__init__(paths, Layout(version=0, root=""), "")
+        self.init_pid = init_pid
+
+    def directories(self) -> dict[str, str]:
+        return {}
+
+    def create(self) -> None:
+        pass
+
+    def plan(self, resources: Mapping[str, Any]) -> list[Write]:
+        # device rules need no cgroup here: a user namespace can make no device node, and the only ones
+        # bound in are the default ones (runc ignores them for rootless containers too)
+        asked = sorted(key for key, value in resources.items() if value and key != "devices")
+        if asked:
+            raise Unsupported(
+                f"linux.resources.{', '.join(asked)}: this container has no cgroup of its own to set limits in "
+                "(made by a user other than root, who may not make one): leave linux.resources out"
+            )
+        return []
+
+    def apply(self, resources: Mapping[str, Any]) -> None:
+        self.plan(resources)
+
+    def _usage_file(self) -> str | None:
+        return None
+
+    def stats(self) -> CgroupStats:
+        raise Unsupported("statistics come from a cgroup, and this rootless container has none")
+
+    def _set_frozen(self, frozen: bool, timeout: float) -> None:
+        raise Unsupported("pausing freezes a cgroup, and this rootless container has none")
+
+    def _require_exists(self) -> None:
+        pass
+
+    def directories_below(self, sub: Mapping[str, str] | None) -> dict[str, str]:
+        if sub:
+            raise Unsupported("this rootless container has no cgroup, and so no sub-cgroups to run a process in")
+        return {}
+
+    def self_attach_files(self, sub: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+        return []
+
+    def add_pid(self, pid: int, sub: Mapping[str, str] | None = None) -> None:
+        self.directories_below(sub)
+        if not self.init_pid:
+            self.init_pid = pid  # the first process of the container is its init
+
+    def pids(self) -> list[int]:
+        """The processes in the init's pid namespace (every container that may lack a cgroup has one of
+        its own: a user namespace owns it)."""
+        if not self.init_pid:
+            return []
+        try:
+            namespace = os.stat(f"{self.paths.proc_pid(self.init_pid)}/ns/pid").st_ino
+        except OSError:
+            return []
+        found = []
+        for entry in os.listdir(self.paths.proc):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"{self.paths.proc_pid(int(entry))}/ns/pid").st_ino == namespace:
+                        found.append(int(entry))
+                except OSError:
+                    continue
+        return sorted(found)
+
+    def exists(self) -> bool:
+        return True
+
+    def destroy(self) -> None:
+        pass
+
+
 def manager_for(
     paths: HostPaths,
     cgroups_path: str,

@@ -1,0 +1,195 @@
+"""pykata-runc run by a user other than root, as rootless runc is (root makes the user's world).
+
+The test runs the command line as an unprivileged uid with util-linux's ``setpriv`` (no passwd entry
+needed). That uid cannot read root's home, where the test's own interpreter and site-packages may
+be, so the command runs under the system's ``python3.X`` from a copy of the agent package and
+python-prctl's C module, in a directory of the test's own; the bundle's config.json is the one
+``pykata-runc spec --rootless`` writes as that uid. Everything is owned by the test and removed at
+the end: its directory, and the uid's processes that name it (killed by pid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, require_root
+from tests.helpers.bundle import make_rootfs
+
+UID = 46117  # no such user: setpriv needs none, and no file of the host belongs to it
+LAUNCH = "import sys; sys.path[0:0] = [{path!r}]; from agent.container.cli_client import main; main()"
+
+
+class Rootless:
+    """The unprivileged user's pykata-runc, bundle and state, in a directory only this test uses."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.python = self._python()
+        self.modules = base / "py"
+        shutil.copytree(REPO / "agent", self.modules / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+        import _prctl
+
+        shutil.copy2(_prctl.__file__, self.modules)  # type: ignore[arg-type]
+        self.runtime_dir = base / "run"
+        self.bundle = base / "bundle"
+        for directory in (self.runtime_dir, self.bundle):
+            directory.mkdir()
+            os.chown(directory, UID, UID)
+        make_rootfs(self.bundle / "rootfs")
+        subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+
+    @staticmethod
+    def _python() -> str:
+        """An interpreter of this version that other users may run (the system's, usually)."""
+        system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+        if not os.access(system, os.X_OK):
+            pytest.fail(f"{system} is missing: the unprivileged user needs an interpreter outside root's home")
+        return system
+
+    def __call__(self, *args: str, check: bool = True, cgroup2: bool = False) -> subprocess.CompletedProcess[str]:
+        """The command as the user; ``cgroup2``: in a mount namespace of its own where /sys/fs/cgroup is a
+        cgroup2 mount, as on a host with cgroup v2 alone (root makes it, then becomes the user)."""
+        env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(self.runtime_dir)}
+        wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                'mount -t cgroup2 none /sys/fs/cgroup && exec "$@"', "sh"]  # fmt: skip
+        user = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", "--inh-caps=-all",
+                "--bounding-set=-all"]  # fmt: skip
+        launch = [self.python, "-S", "-B", "-c", LAUNCH.format(path=str(self.modules))]
+        command = [*(wrap if cgroup2 else []), *user, *launch, *args]
+        # output to files, not pipes: a created container keeps the stdio it inherited open
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            code = subprocess.run(command, cwd=self.bundle, env=env, stdout=out, stderr=err, timeout=60,
+                                  stdin=subprocess.DEVNULL).returncode  # fmt: skip
+            out.seek(0)
+            err.seek(0)
+            done = subprocess.CompletedProcess(args, code, out.read().decode(), err.read().decode())
+        if check and done.returncode != 0:
+            raise AssertionError(f"pykata-runc {' '.join(args)}: exit {done.returncode}: {done.stderr}")
+        return done
+
+    def config(self, **process: Any) -> None:
+        """``spec --rootless`` as the user, then ``process`` fields over its process (terminal off)."""
+        (self.bundle / "config.json").unlink(missing_ok=True)
+        self("spec", "--rootless")
+        spec = json.loads((self.bundle / "config.json").read_text())
+        spec["process"].update(terminal=False, **process)
+        (self.bundle / "config.json").write_text(json.dumps(spec))
+
+    def processes(self) -> list[int]:
+        """The user's live processes (every one of them started by this test); zombies are not counted:
+        a shim whose command has exited is reaped by pid 1, in its own time."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if not entry.name.isdigit() or entry.stat().st_uid != UID:
+                    continue
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
+
+@pytest.fixture
+def rootless() -> Iterator[Rootless]:
+    require_root()
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv not found: apt-get install util-linux")
+    base = Path(tempfile.mkdtemp(prefix="pykata-rootless-"))
+    base.chmod(0o755)
+    own = None
+    try:
+        own = Rootless(base)
+        assert own.processes() == [], f"uid {UID} already runs processes: pick another for this test"
+        yield own
+    finally:
+        left = own.processes() if own is not None else []
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(base)
+    assert not left, f"processes of uid {UID} left behind: {left}"
+
+
+def wait_for(condition: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_rootless_run_maps_the_user_to_root_in_a_user_namespace(rootless: Rootless) -> None:
+    script = "id -u; cat /proc/self/uid_map; cat /proc/self/gid_map; hostname; ls /sys/fs/cgroup | head -1; exit 7"
+    rootless.config(args=["/bin/sh", "-c", script])
+    done = rootless("run", "r1", check=False)
+    assert done.returncode == 7, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()]
+    assert lines[0] == ["0"]
+    assert lines[1] == ["0", str(UID), "1"] and lines[2] == ["0", str(UID), "1"]
+    assert lines[3] == ["runc"]
+    assert lines[4], "the spec's cgroup mount shows the starter's cgroups (read-only binds)"
+    assert not (rootless.runtime_dir / "pykata-runc" / "r1").exists()  # state in $XDG_RUNTIME_DIR, removed
+
+
+def test_rootless_on_a_cgroup_v2_host_shows_the_starters_cgroup(rootless: Rootless) -> None:
+    """With cgroup2 alone, the spec's cgroup mount is a read-only bind of the cgroup the user runs in."""
+    rootless.config(args=["/bin/sh", "-c", "ls /sys/fs/cgroup; touch /sys/fs/cgroup/x || echo read-only"])
+    done = rootless("run", "r5", cgroup2=True)
+    listed = done.stdout.split()
+    assert "cgroup.procs" in listed and "cgroup.controllers" in listed
+    assert listed[-1] == "read-only"
+
+
+def test_rootless_lifecycle_without_a_cgroup(rootless: Rootless) -> None:
+    """create, start, exec, ps, kill and delete work without a cgroup; what needs one says so."""
+    rootless.config(args=["/bin/sleep", "300"])
+    rootless("create", "r2")
+    state = json.loads(rootless("state", "r2").stdout)
+    assert state["status"] == "created"
+    assert (rootless.runtime_dir / "pykata-runc" / "r2" / "state.json").exists()
+    rootless("start", "r2")
+    exec_out = rootless("exec", "r2", "/bin/sh", "-c", "id -u; readlink /proc/self/ns/pid").stdout.split()
+    assert exec_out[0] == "0"
+    assert exec_out[1] == os.readlink(f"/proc/{state['pid']}/ns/pid")
+    listed = rootless("ps", "r2").stdout
+    assert str(state["pid"]) in listed
+    for command, message in (
+        (("pause", "r2"), "pausing freezes a cgroup, and this rootless container has none"),
+        (("update", "--memory", "100M", "r2"), "this container has no cgroup of its own"),
+        (("events", "--stats", "r2"), "statistics come from a cgroup"),
+    ):
+        done = rootless(*command, check=False)
+        assert done.returncode == 1 and message in done.stderr, (command, done.stderr)
+    rootless("kill", "--all", "r2", "KILL")
+    wait_for(lambda: json.loads(rootless("state", "r2").stdout)["status"] == "stopped", "the container to stop")
+    rootless("delete", "r2")
+    assert rootless("list", "-q").stdout == ""
+
+
+def test_rootless_refusals_leave_nothing_behind(rootless: Rootless) -> None:
+    """Limits need a cgroup the user may not make; a spec without a user namespace cannot be made."""
+    rootless.config(args=["/bin/true"])
+    spec = json.loads((rootless.bundle / "config.json").read_text())
+    spec["linux"]["resources"] = {"memory": {"limit": 64 << 20}}
+    (rootless.bundle / "config.json").write_text(json.dumps(spec))
+    done = rootless("run", "r3", check=False)
+    assert done.returncode == 1 and "linux.resources.memory: this container has no cgroup" in done.stderr
+    spec["linux"].pop("resources")
+    spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"] if ns["type"] != "user"]
+    (rootless.bundle / "config.json").write_text(json.dumps(spec))
+    done = rootless("run", "r4", check=False)
+    assert done.returncode == 1 and "only make a container in a new user namespace" in done.stderr
+    assert not list((rootless.runtime_dir / "pykata-runc").glob("r*"))
+    assert rootless.processes() == []
