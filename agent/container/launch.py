@@ -253,17 +253,23 @@ def create_container(
     joins = {ns.type: ns.path for ns in spec.linux.namespaces if ns.path}
     unshare = [ns.type for ns in spec.linux.namespaces if not ns.path]
     in_user_ns = "user" in joins or "user" in unshare
+    process = process_request(engine, spec.process, spec.linux.mount_label)  # may refuse: before anything is made
     cgroup = engine.make_cgroup(spec.linux.cgroups_path, container_id)
     if engine.rootless:
-        cgroup = _rootless_cgroup(engine, cgroup, spec)
-    binds = None
-    if in_user_ns and any(mount.type in ("cgroup", "cgroup2") for mount in spec.mounts):
-        from agent.container.cgroups import NoCgroup
-        from agent.container.rootfs import cgroup_binds
+        cgroup = _rootless_cgroup(engine, cgroup, spec)  # made already, where the user may make it
+    try:
+        binds = None
+        if in_user_ns and any(mount.type in ("cgroup", "cgroup2") for mount in spec.mounts):
+            from agent.container.cgroups import NoCgroup
+            from agent.container.rootfs import cgroup_binds
 
-        binds = cgroup_binds(paths, None if isinstance(cgroup, NoCgroup) else cgroup.directories())
-    plan = plan_rootfs(paths, spec, root, bundle, no_pivot=no_pivot, cgroup_binds=binds)
-    program = _seccomp_program(spec.linux.seccomp)
+            binds = cgroup_binds(paths, None if isinstance(cgroup, NoCgroup) else cgroup.directories())
+        plan = plan_rootfs(paths, spec, root, bundle, no_pivot=no_pivot, cgroup_binds=binds)
+        program = _seccomp_program(spec.linux.seccomp)
+    except BaseException:
+        if engine.rootless:
+            cgroup.destroy()
+        raise
     state: dict[str, Any] = {
         "ociVersion": spec.oci_version or "1.0.2",
         "id": container_id,
@@ -285,7 +291,7 @@ def create_container(
         "personality": spec.linux.personality,
         "sysctl": dict(spec.linux.sysctl),
         "plan": plan_to_json(plan),
-        "process": process_request(engine, spec.process, spec.linux.mount_label),
+        "process": process,
         "session_keyring": session_keyring(container_id, spec) if new_keyring else None,
         "preserved_fds": len(getattr(io, "extra", ())),
         "seccomp": program,
