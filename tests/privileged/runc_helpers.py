@@ -23,6 +23,25 @@ from tests.helpers.bundle import make_bundle
 CLI = [sys.executable, "-m", "agent.container.cli"]
 
 
+def run_command(
+    command: list[str], args: tuple[str, ...], *, check: bool = True, timeout: float = 60, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run a pykata-runc ``command`` (whose own arguments are ``args``, for the result and errors).
+
+    Output goes to files, not pipes: a created container inherits our stdio and keeps it open, so
+    reading pipes to their end would wait for the container (as with runc)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        returncode = subprocess.run(
+            command, stdout=out, stderr=err, timeout=timeout, stdin=subprocess.DEVNULL, **kw
+        ).returncode
+        out.seek(0)
+        err.seek(0)
+        done = subprocess.CompletedProcess(args, returncode, out.read().decode(), err.read().decode())
+    if check and done.returncode != 0:
+        raise AssertionError(f"pykata-runc {' '.join(args)}: exit {done.returncode}: {done.stderr}")
+    return done
+
+
 class Runtime:
     """One --root for a test; remembers the ids it created (and the pids it started) so teardown can
     delete them. ``flags`` go before every command's own (``--debug``, say)."""
@@ -41,25 +60,8 @@ class Runtime:
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 60, **kw: Any
     ) -> subprocess.CompletedProcess[str]:
-        # Output goes to files, not pipes: a created container inherits our stdio and keeps it open,
-        # so reading pipes to their end would wait for the container (as with runc).
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            returncode = subprocess.run(
-                [*self.command, *self.flags, "--root", str(self.root), *args],
-                cwd=REPO,
-                env=self.env,
-                stdout=out,
-                stderr=err,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-                **kw,
-            ).returncode
-            out.seek(0)
-            err.seek(0)
-            done = subprocess.CompletedProcess(args, returncode, out.read().decode(), err.read().decode())
-        if check and done.returncode != 0:
-            raise AssertionError(f"pykata-runc {' '.join(args)}: exit {done.returncode}: {done.stderr}")
-        return done
+        command = [*self.command, *self.flags, "--root", str(self.root), *args]
+        return run_command(command, args, check=check, cwd=REPO, env=self.env, timeout=timeout, **kw)
 
     def bundle(
         self, name: str, args: list[str], edit: Callable[[dict[str, Any]], None] | None = None, **process: Any

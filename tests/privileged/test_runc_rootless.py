@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import REPO, require_root
 from tests.helpers.bundle import make_rootfs
+from tests.privileged.runc_helpers import run_command
 
 UID = 46117  # no such user: setpriv needs none, and no file of the host belongs to it
 LAUNCH = "import sys; sys.path[0:0] = [{path!r}]; from agent.container.cli_client import main; main()"
@@ -68,16 +69,7 @@ class Rootless:
                 "--bounding-set=-all"]  # fmt: skip
         launch = [self.python, "-S", "-B", "-c", LAUNCH.format(path=str(self.modules))]
         command = [*(wrap if cgroup2 else []), *user, *launch, *args]
-        # output to files, not pipes: a created container keeps the stdio it inherited open
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            code = subprocess.run(command, cwd=self.bundle, env=env, stdout=out, stderr=err, timeout=60,
-                                  stdin=subprocess.DEVNULL).returncode  # fmt: skip
-            out.seek(0)
-            err.seek(0)
-            done = subprocess.CompletedProcess(args, code, out.read().decode(), err.read().decode())
-        if check and done.returncode != 0:
-            raise AssertionError(f"pykata-runc {' '.join(args)}: exit {done.returncode}: {done.stderr}")
-        return done
+        return run_command(command, args, check=check, cwd=self.bundle, env=env)
 
     def config(self, **process: Any) -> None:
         """``spec --rootless`` as the user, then ``process`` fields over its process (terminal off)."""
