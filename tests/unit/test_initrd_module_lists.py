@@ -3,6 +3,7 @@ background, and what loads on demand (or before a switch to the disk image's roo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from osbuilder.initrd import module_lists
@@ -62,18 +63,7 @@ def test_every_module_is_in_a_list_once() -> None:
 
 def kernel_with_drivers() -> GuestKernel:
     """The agent loads vsock before serving; the block driver loads with the deferred files."""
-    guest = VSOCK[:3] + OTHERS[:1] + VSOCK[3:] + OTHERS[1:]
-    return GuestKernel(
-        package="linux-image-test",
-        package_version="1",
-        release="6.1.0-test",
-        vmlinuz=Path("/nonexistent"),
-        modules_root=Path("/nonexistent"),
-        guest_modules=guest,
-        root_modules=guest + ROOT_EXTRA,
-        boot_modules=VSOCK[:3] + OTHERS[:1] + VSOCK[3:],
-        serve_modules=VSOCK,
-    )
+    return replace(kernel(), boot_modules=VSOCK[:3] + OTHERS[:1] + VSOCK[3:], serve_modules=VSOCK)
 
 
 def test_drivers_load_with_the_deferred_files_not_before_serving() -> None:
