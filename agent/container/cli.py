@@ -187,32 +187,22 @@ def rootless_spec(spec: dict[str, Any], uid: int, gid: int) -> dict[str, Any]:
     could not be given an interface), /sys bound from the host (sysfs cannot be mounted without
     one), no uid=/gid= mount options (those ids are not mapped), and no cgroup limits (the user has
     no cgroup to set them in)."""
-    rootless = json_copy(spec)
-    linux = rootless["linux"]
-    linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] not in ("network", "user")]
-    linux["namespaces"].append({"type": "user"})
-    linux["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": 1}]
-    linux["gidMappings"] = [{"containerID": 0, "hostID": gid, "size": 1}]
-    linux.pop("resources", None)
+    namespaces = [ns for ns in spec["linux"]["namespaces"] if ns["type"] not in ("network", "user")]
+    linux = {key: value for key, value in spec["linux"].items() if key != "resources"}
+    linux.update(
+        namespaces=[*namespaces, {"type": "user"}],
+        uidMappings=[{"containerID": 0, "hostID": uid, "size": 1}],
+        gidMappings=[{"containerID": 0, "hostID": gid, "size": 1}],
+    )
     mounts = []
-    for mount in rootless["mounts"]:
+    for mount in spec["mounts"]:
         if normal_path(mount["destination"]) == "/sys":
             mount = {"destination": "/sys", "type": "none", "source": "/sys",
                      "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}  # fmt: skip
         elif mount.get("options"):
-            mount["options"] = [o for o in mount["options"] if not o.startswith(("uid=", "gid="))]
+            mount = {**mount, "options": [o for o in mount["options"] if not o.startswith(("uid=", "gid="))]}
         mounts.append(mount)
-    rootless["mounts"] = mounts
-    return rootless
-
-
-def json_copy(value: Any) -> Any:
-    """A deep copy of a JSON value (copy.deepcopy, without importing copy)."""
-    if isinstance(value, dict):
-        return {key: json_copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [json_copy(item) for item in value]
-    return value
+    return {**spec, "linux": linux, "mounts": mounts}
 
 
 def rootless() -> bool:
