@@ -12,6 +12,8 @@ DEBIAN_PACKAGES=(
   qemu-system-x86 qemu-utils socat
   # container baselines and host plumbing
   runc crun iproute2 iptables util-linux
+  # rootless pykata-runc with subordinate ids (newuidmap, newgidmap)
+  uidmap
 )
 
 missing=()

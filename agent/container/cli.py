@@ -183,8 +183,8 @@ def default_spec() -> dict[str, Any]:
 
 def rootless_spec(spec: dict[str, Any], uid: int, gid: int) -> dict[str, Any]:
     """``spec`` for a container an unprivileged user makes (runc's ``spec --rootless``): a user namespace
-    mapping root in it to ``uid``/``gid`` (all an unprivileged user may map), no network namespace (it
-    could not be given an interface), /sys bound from the host (sysfs cannot be mounted without
+    mapping root in it to ``uid``/``gid`` (what the user may map without newuidmap), no network
+    namespace (it could not be given an interface), /sys bound from the host (sysfs cannot be mounted without
     one), no uid=/gid= mount options (those ids are not mapped), and no cgroup limits (the user has
     no cgroup to set them in)."""
     namespaces = [ns for ns in spec["linux"]["namespaces"] if ns["type"] not in ("network", "user")]
@@ -217,10 +217,14 @@ def default_root() -> str:
     return f"{runtime_dir}/pykata-runc" if rootless() and runtime_dir else DEFAULT_ROOT
 
 
-def check_rootless(spec: dict[str, Any], uid: int, gid: int) -> None:
-    """What a user other than root can make: a container in a user namespace of its own that maps one
-    id, the user's (the kernel lets an unprivileged process write no other map; ``spec --rootless``
-    writes such a spec)."""
+def check_rootless(spec: dict[str, Any], uid: int, gid: int, search_path: str | None = None) -> None:
+    """What a user other than root can make: a container in a user namespace of its own. Its maps are
+    the user's own id (the kernel lets the user write that map itself; ``spec --rootless`` writes such
+    a spec) or, as with runc, anything newuidmap and newgidmap on ``search_path`` (default $PATH) write
+    for it from /etc/subuid and /etc/subgid (which those tools check when the container is made)."""
+    from agent.container.namespaces import mapping_tool
+    from agent.errors import InvalidArgument
+
     linux: dict[str, Any] = spec["linux"] if isinstance(spec.get("linux"), dict) else {}
     namespaces = [ns.get("type") for ns in linux.get("namespaces") or [] if isinstance(ns, dict) and not ns.get("path")]
     if "user" not in namespaces:
@@ -228,13 +232,13 @@ def check_rootless(spec: dict[str, Any], uid: int, gid: int) -> None:
             "a user other than root can only make a container in a new user namespace: add one to "
             "linux.namespaces (pykata-runc spec --rootless writes such a spec)"
         )
-    for key, own in (("uidMappings", uid), ("gidMappings", gid)):
-        mappings = linux.get(key) or []
-        if len(mappings) != 1 or mappings[0].get("hostID") != own or mappings[0].get("size") != 1:
-            raise CliError(
-                f"linux.{key}: a user other than root may map only its own id ({own}), once, with size 1 "
-                f"(got {mappings!r})"
-            )
+    for kind, own in (("uid", uid), ("gid", gid)):
+        mappings = [m for m in linux.get(f"{kind}Mappings") or [] if isinstance(m, dict)]
+        try:
+            mapping_tool(kind, [(m.get("containerID"), m.get("hostID"), m.get("size")) for m in mappings], own,
+                         search_path)  # fmt: skip
+        except InvalidArgument as exc:
+            raise CliError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------

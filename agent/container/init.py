@@ -90,40 +90,98 @@ def _enter_user_namespace(request: dict[str, Any]) -> None:
     """Unshare a user namespace and have a forked helper write its id maps (only a process outside
     the namespace may write them)."""
     ready_r, ready_w = os.pipe()
+    error_r, error_w = os.pipe()
     me = os.getpid()
     helper = os.fork()
     if helper == 0:
         os.close(ready_w)
+        os.close(error_r)
         code = 0
         try:
             if _read_order(ready_r):
-                proc = request["proc"]
-                if request.get("gid_map") and os.geteuid() != 0:
-                    # an unprivileged writer may map its gid only once setgroups(2) is off in the namespace
-                    with open(f"{proc}/{me}/setgroups", "w") as f:
-                        f.write("deny")
-                if request.get("gid_map"):
-                    with open(f"{proc}/{me}/gid_map", "w") as f:
-                        f.write(request["gid_map"])
-                if request.get("uid_map"):
-                    with open(f"{proc}/{me}/uid_map", "w") as f:
-                        f.write(request["uid_map"])
+                _map_ids(request, me)
             else:
                 code = 1
-        except OSError:
+        except (OSError, SetupError) as exc:
+            os.write(error_w, str(exc).encode(errors="replace")[:4096])  # a pipe holds it: no reader waits
             code = 2
         os._exit(code)
     os.close(ready_r)
+    os.close(error_w)
     try:
-        libc.unshare(libc.CLONE_NEWUSER)
+        try:
+            libc.unshare(libc.CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+        finally:
+            os.close(ready_w)  # without the order (unshare failed) the helper exits at once
+            _, status = os.waitpid(helper, 0)
+        message = _read_to_end(error_r).decode(errors="replace")
     finally:
-        os.write(ready_w, b"1")
-        os.close(ready_w)
-    _, status = os.waitpid(helper, 0)
+        os.close(error_r)
     if _exit_code(status) != 0:
-        raise SetupError("writing the user namespace's uid_map/gid_map failed (check linux.uidMappings)")
+        raise SetupError(
+            f"writing the user namespace's id maps failed: {message or f'its helper exited with {_exit_code(status)}'}"
+            " (check linux.uidMappings and linux.gidMappings)"
+        )
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+
+
+def _map_ids(request: dict[str, Any], pid: int) -> None:
+    """Write the id maps of ``pid``'s new user namespace, gid first: each directly, or through
+    newgidmap/newuidmap where the request names one (a rootless container that maps more than its
+    user's own id: namespaces.mapping_tool). An unprivileged writer mapping its own gid must deny
+    setgroups(2) in the namespace first (the kernel's rule); newgidmap decides that for its ranges
+    (allowed where /etc/subgid grants them), and a denial could not be undone."""
+    for kind in ("gid", "uid"):
+        text = request.get(f"{kind}_map")
+        if not text:
+            continue
+        tool = request.get(f"{kind}_map_tool")
+        if tool:
+            _run_mapping_tool(tool, pid, text)
+            continue
+        if kind == "gid" and os.geteuid() != 0:
+            with open(f"{request['proc']}/{pid}/setgroups", "w") as f:
+                f.write("deny")
+        with open(f"{request['proc']}/{pid}/{kind}_map", "w") as f:
+            f.write(text)
+
+
+def _run_mapping_tool(tool: str, pid: int, text: str) -> None:
+    """``tool PID inside outside count...`` (the map's lines, flattened), its output kept for the error."""
+    argv = [tool, str(pid), *text.split()]
+    output_r, output_w = os.pipe()
+    try:
+        child = os.posix_spawn(tool, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, output_w, 1),
+            (os.POSIX_SPAWN_DUP2, output_w, 2),
+        ])  # fmt: skip
+    except OSError as exc:
+        os.close(output_r)
+        raise SetupError(f"cannot run {tool}: {exc.strerror}") from None
+    finally:
+        os.close(output_w)
+    try:
+        output = _read_to_end(output_r).decode(errors="replace").strip()
+    finally:
+        os.close(output_r)
+    _, status = os.waitpid(child, 0)
+    if status != 0:
+        raise SetupError(f"{' '.join(argv)} failed with exit status {_exit_code(status)}: {output or 'no message'}")
+
+
+def _read_to_end(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _become_namespace_root() -> None:

@@ -102,6 +102,18 @@ def make_io(io: PipeIO | FdIO, terminal: bool, console_size: tuple[int, int] | N
 _initramfs_roots: dict[Any, bool] = {}
 
 
+def _mapping_tools(spec: Spec) -> dict[str, str | None]:
+    """A rootless container's newuidmap and newgidmap, where its id maps need them (see
+    namespaces.mapping_tool; raises InvalidArgument when one is needed and missing)."""
+    from agent.container.namespaces import mapping_tool
+
+    maps = {"uid": (spec.linux.uid_mappings, os.geteuid()), "gid": (spec.linux.gid_mappings, os.getegid())}
+    return {
+        kind: mapping_tool(kind, [(m.container_id, m.host_id, m.size) for m in mappings], own)
+        for kind, (mappings, own) in maps.items()
+    }
+
+
 def _rootless_cgroup(engine: Engine, cgroup: Any, spec: Spec) -> Any:
     """For a user other than root: ``cgroup`` where the user may make it (a delegated subtree), else
     none (cgroups.NoCgroup), as runc's rootless containers; limits without a cgroup are refused."""
@@ -254,6 +266,7 @@ def create_container(
     unshare = [ns.type for ns in spec.linux.namespaces if not ns.path]
     in_user_ns = "user" in joins or "user" in unshare
     process = process_request(engine, spec.process, spec.linux.mount_label)  # may refuse: before anything is made
+    map_tools = _mapping_tools(spec) if engine.rootless and "user" in unshare else {}  # as may this
     cgroup = engine.make_cgroup(spec.linux.cgroups_path, container_id)
     if engine.rootless:
         cgroup = _rootless_cgroup(engine, cgroup, spec)  # made already, where the user may make it
@@ -286,6 +299,8 @@ def create_container(
         "unshare": unshare,
         "uid_map": "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in spec.linux.uid_mappings),
         "gid_map": "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in spec.linux.gid_mappings),
+        "uid_map_tool": map_tools.get("uid"),
+        "gid_map_tool": map_tools.get("gid"),
         "hostname": spec.hostname,
         "domainname": spec.domainname,
         "personality": spec.linux.personality,

@@ -30,6 +30,17 @@ from tests.privileged.runc_helpers import run_command
 
 UID = 46117  # no such user: setpriv needs none, and no file of the host belongs to it
 LAUNCH = "import sys; sys.path[0:0] = [{path!r}]; from agent.container.cli_client import main; main()"
+SUBUIDS, SUBGIDS = (200000, 65536), (300000, 65536)  # what /etc/subuid and /etc/subgid grant it, for newuidmap
+SUBIDS_SETUP = f"""
+mount -t tmpfs pykata-etc "$1"
+mkdir "$1/upper" "$1/work"
+mount -t overlay pykata-etc -o lowerdir=/etc,upperdir="$1/upper",workdir="$1/work" /etc
+echo "pykata-rootless:x:{UID}:{UID}::/nonexistent:/usr/sbin/nologin" >> /etc/passwd
+echo "pykata-rootless:{SUBUIDS[0]}:{SUBUIDS[1]}" >> /etc/subuid
+echo "pykata-rootless:{SUBGIDS[0]}:{SUBGIDS[1]}" >> /etc/subgid
+shift
+exec "$@"
+"""
 
 
 class Rootless:
@@ -43,6 +54,8 @@ class Rootless:
         import _prctl
 
         shutil.copy2(_prctl.__file__, self.modules)  # type: ignore[arg-type]
+        self.etc = base / "etc"  # a tmpfs there (in the command's mount namespace) holds the /etc overlay's layers
+        self.etc.mkdir()
         self.runtime_dir = base / "run"
         self.bundle = base / "bundle"
         for directory in (self.runtime_dir, self.bundle):
@@ -59,16 +72,26 @@ class Rootless:
             pytest.fail(f"{system} is missing: the unprivileged user needs an interpreter outside root's home")
         return system
 
-    def __call__(self, *args: str, check: bool = True, cgroup2: bool = False) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, check: bool = True, cgroup2: bool = False, subids: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """The command as the user; ``cgroup2``: in a mount namespace of its own where /sys/fs/cgroup is a
-        cgroup2 mount, as on a host with cgroup v2 alone (root makes it, then becomes the user)."""
+        cgroup2 mount, as on a host with cgroup v2 alone (root makes it, then becomes the user);
+        ``subids``: in a mount namespace of its own where /etc (an overlay: the host's files stay as
+        they are) names the user and grants it SUBUIDS and SUBGIDS, for newuidmap and newgidmap."""
         env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(self.runtime_dir)}
-        wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                'mount -t cgroup2 none /sys/fs/cgroup && exec "$@"', "sh"]  # fmt: skip
+        wrap: list[str] = []
+        if cgroup2:
+            wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    'mount -t cgroup2 none /sys/fs/cgroup && exec "$@"', "sh"]  # fmt: skip
+        elif subids:
+            wrap = ["unshare", "-m", "--propagation", "private", "sh", "-ec", SUBIDS_SETUP, "sh", str(self.etc)]
+        # A login's bounding set is full; other tests empty it to be sure nothing privileged is left,
+        # but the setuid newuidmap needs CAP_SETUID from it (the set limits what a setuid file gets).
         user = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", "--inh-caps=-all",
-                "--bounding-set=-all"]  # fmt: skip
+                *([] if subids else ["--bounding-set=-all"])]  # fmt: skip
         launch = [self.python, "-S", "-B", "-c", LAUNCH.format(path=str(self.modules))]
-        command = [*(wrap if cgroup2 else []), *user, *launch, *args]
+        command = [*wrap, *user, *launch, *args]
         return run_command(command, args, check=check, cwd=self.bundle, env=env)
 
     def config(self, **process: Any) -> None:
@@ -183,5 +206,65 @@ def test_rootless_refusals_leave_nothing_behind(rootless: Rootless) -> None:
     (rootless.bundle / "config.json").write_text(json.dumps(spec))
     done = rootless("run", "r4", check=False)
     assert done.returncode == 1 and "only make a container in a new user namespace" in done.stderr
+    assert not list((rootless.runtime_dir / "pykata-runc").glob("r*"))
+    assert rootless.processes() == []
+
+
+def _map_ranges(spec_path: Path, uid_host: int, gid_host: int) -> dict[str, Any]:
+    """The bundle's spec with root mapped to the user and ids 1..65536 to ``uid_host``/``gid_host`` on."""
+    spec = json.loads(spec_path.read_text())
+    spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": UID, "size": 1},
+                                    {"containerID": 1, "hostID": uid_host, "size": 65536}]  # fmt: skip
+    spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": UID, "size": 1},
+                                    {"containerID": 1, "hostID": gid_host, "size": 65536}]  # fmt: skip
+    return spec
+
+
+def test_rootless_maps_subordinate_ids_through_newuidmap(rootless: Rootless) -> None:
+    """Ranges /etc/subuid and /etc/subgid grant the user are mapped by newuidmap and newgidmap, as
+    rootless runc does: ids the container gives its files land in them on the host, and setgroups(2)
+    stays allowed (newgidmap's choice for granted ranges), so additionalGids work."""
+    for tool in ("/usr/bin/newuidmap", "/usr/bin/newgidmap"):
+        if not os.access(tool, os.X_OK):
+            pytest.fail(f"{tool} is missing: apt-get install uidmap (scripts/setup.sh does)")
+    shared = rootless.base / "shared"
+    shared.mkdir()
+    os.chown(shared, UID, UID)
+    (rootless.bundle / "rootfs" / "shared").mkdir()  # root's rootfs: the container may not make the mount point
+    script = ("cat /proc/self/uid_map /proc/self/gid_map /proc/self/setgroups; id -G; "
+              "touch /shared/f && chown 1000:2000 /shared/f")  # fmt: skip
+    caps = ["CAP_CHOWN", "CAP_KILL"]  # chown needs it in the namespace (runc's default spec has none)
+    rootless.config(args=["/bin/sh", "-c", script], user={"uid": 0, "gid": 0, "additionalGids": [5]},
+                    capabilities={"bounding": caps, "effective": caps, "permitted": caps})  # fmt: skip
+    spec = _map_ranges(rootless.bundle / "config.json", SUBUIDS[0], SUBGIDS[0])
+    spec["mounts"].append({"destination": "/shared", "type": "bind", "source": str(shared), "options": ["rbind"]})
+    (rootless.bundle / "config.json").write_text(json.dumps(spec))
+    done = rootless("run", "r6", subids=True)
+    lines = [line.split() for line in done.stdout.splitlines()]
+    assert lines[0:2] == [["0", str(UID), "1"], ["1", str(SUBUIDS[0]), "65536"]], done.stdout
+    assert lines[2:4] == [["0", str(UID), "1"], ["1", str(SUBGIDS[0]), "65536"]], done.stdout
+    assert lines[4] == ["allow"]
+    assert lines[5] == ["0", "5"]
+    made = (shared / "f").stat()
+    assert (made.st_uid, made.st_gid) == (SUBUIDS[0] + 999, SUBGIDS[0] + 1999)
+    assert not (rootless.runtime_dir / "pykata-runc" / "r6").exists()
+
+
+def test_rootless_ranges_not_granted_are_refused_by_newuidmap(rootless: Rootless) -> None:
+    """A range /etc/subuid does not grant fails the create with newuidmap's own words, and leaves no
+    state or process behind; so does a user the tools cannot find in /etc/passwd (outside the test's
+    /etc overlay, this uid has no entry)."""
+    rootless.config(args=["/bin/true"])
+    spec = _map_ranges(rootless.bundle / "config.json", SUBUIDS[0] + SUBUIDS[1], SUBGIDS[0])
+    (rootless.bundle / "config.json").write_text(json.dumps(spec))
+    done = rootless("run", "r7", check=False, subids=True)
+    assert done.returncode == 1
+    assert "writing the user namespace's id maps failed: /usr/bin/newuidmap " in done.stderr
+    assert f"[{SUBUIDS[0] + SUBUIDS[1]}-" in done.stderr and "not allowed" in done.stderr, done.stderr
+    assert not list((rootless.runtime_dir / "pykata-runc").glob("r*"))
+    assert rootless.processes() == []
+    done = rootless("run", "r8", check=False)
+    assert done.returncode == 1
+    assert "id maps failed: /usr/bin/newgidmap " in done.stderr and "user name" in done.stderr, done.stderr
     assert not list((rootless.runtime_dir / "pykata-runc").glob("r*"))
     assert rootless.processes() == []

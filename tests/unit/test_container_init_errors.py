@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,27 @@ def test_a_failing_process_reports_its_error_without_importing() -> None:
     assert os.waitstatus_to_exitcode(status) == 127
     events = [jsonlite.loads(line) for line in b"".join(chunks).splitlines()]
     assert any("No module named 'resource'" in str(event.get("error")) for event in events), events
+
+
+def test_a_mapping_tool_gets_the_pid_and_the_flattened_map(tmp_path: Path) -> None:
+    """newuidmap/newgidmap's command line: PID, then inside, outside and count of each line."""
+    seen = tmp_path / "argv"
+    tool = tmp_path / "newuidmap"
+    tool.write_text(f'#!/bin/sh\necho "$@" > {seen}\n')
+    tool.chmod(0o755)
+    init._run_mapping_tool(str(tool), 4242, "0 1000 1\n1 200000 65536\n")
+    assert seen.read_text() == "4242 0 1000 1 1 200000 65536\n"
+
+
+def test_a_failing_mapping_tool_is_named_with_what_it_said(tmp_path: Path) -> None:
+    tool = tmp_path / "newgidmap"
+    tool.write_text("#!/bin/sh\necho 'newgidmap: gid range [1-65537) -> [200000-265536) not allowed' >&2\nexit 1\n")
+    tool.chmod(0o755)
+    with pytest.raises(init.SetupError) as caught:
+        init._run_mapping_tool(str(tool), 4242, "0 1000 1\n1 200000 65536\n")
+    assert str(caught.value) == (
+        f"{tool} 4242 0 1000 1 1 200000 65536 failed with exit status 1: "
+        "newgidmap: gid range [1-65537) -> [200000-265536) not allowed"
+    )
+    with pytest.raises(init.SetupError, match=r"cannot run /nonexistent/newuidmap: No such file or directory"):
+        init._run_mapping_tool("/nonexistent/newuidmap", 4242, "0 1000 1\n")

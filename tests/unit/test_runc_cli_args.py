@@ -71,19 +71,32 @@ def test_rootless_spec_is_what_runc_spec_rootless_writes(tmp_path: Path) -> None
     assert json.loads((ours / "config.json").read_text()) == json.loads((theirs / "config.json").read_text())
 
 
-def test_rootless_needs_a_user_namespace_mapping_only_the_users_ids(tmp_path: Path) -> None:
+def test_rootless_needs_a_user_namespace_and_the_mapping_tools_for_more_than_the_users_ids(tmp_path: Path) -> None:
     spec = cli.rootless_spec(cli.default_spec(), 1000, 1001)
-    cli.check_rootless(spec, 1000, 1001)
+    cli.check_rootless(spec, 1000, 1001, search_path="")  # its own ids: written without any tool
     with pytest.raises(cli_args.CliError, match="only make a container in a new user namespace"):
-        cli.check_rootless(cli.default_spec(), 1000, 1001)
+        cli.check_rootless(cli.default_spec(), 1000, 1001, search_path="")
     with pytest.raises(
-        cli_args.CliError, match=r"linux\.uidMappings: a user other than root may map only its own id \(1002\)"
+        cli_args.CliError,
+        match=r"linux\.uidMappings maps uids other than the user's own \(1002\): writing that map takes newuidmap "
+        r"\(Debian's uidmap package\), which is not on PATH, and ranges for the user in /etc/subuid",
     ):
-        cli.check_rootless(spec, 1002, 1001)
+        cli.check_rootless(spec, 1002, 1001, search_path=str(tmp_path))
     wide = cli.rootless_spec(cli.default_spec(), 1000, 1001)
-    wide["linux"]["gidMappings"][0]["size"] = 65536
-    with pytest.raises(cli_args.CliError, match=r"linux\.gidMappings: .* once, with size 1"):
-        cli.check_rootless(wide, 1000, 1001)
+    wide["linux"]["gidMappings"].append({"containerID": 1, "hostID": 200000, "size": 65536})
+    with pytest.raises(cli_args.CliError, match=r"linux\.gidMappings maps gids other than .* takes newgidmap"):
+        cli.check_rootless(wide, 1000, 1001, search_path=str(tmp_path))
+    # with the tools on the search path, ranges are the tools' (and /etc/subgid's) to allow
+    for tool in ("newuidmap", "newgidmap"):
+        (tmp_path / tool).write_text("#!/bin/sh\n")
+        (tmp_path / tool).chmod(0o755)
+    cli.check_rootless(wide, 1000, 1001, search_path=f"/nonexistent:{tmp_path}")
+    (tmp_path / "newgidmap").chmod(0o644)  # not executable: not a tool
+    with pytest.raises(cli_args.CliError, match="takes newgidmap"):
+        cli.check_rootless(wide, 1000, 1001, search_path=str(tmp_path))
+    wide["linux"]["uidMappings"] = []
+    with pytest.raises(cli_args.CliError, match=r"linux\.uidMappings: a rootless container's user namespace needs"):
+        cli.check_rootless(wide, 1000, 1001, search_path=str(tmp_path))
 
 
 def test_a_user_other_than_root_keeps_state_in_its_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> None:
