@@ -149,27 +149,15 @@ def _map_ids(request: dict[str, Any], pid: int) -> None:
 
 
 def _run_mapping_tool(tool: str, pid: int, text: str) -> None:
-    """``tool PID inside outside count...`` (the map's lines, flattened), its output kept for the error."""
-    argv = [tool, str(pid), *text.split()]
-    output_r, output_w = os.pipe()
+    """``tool PID inside outside count...`` (the map's lines, flattened); a failure keeps its words."""
+    from agent.system.run import CommandError, CommandNotFound, run  # loaded only on this rare path
+
     try:
-        child = os.posix_spawn(tool, argv, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, output_w, 1),
-            (os.POSIX_SPAWN_DUP2, output_w, 2),
-        ])  # fmt: skip
+        run([tool, str(pid), *text.split()], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    except (CommandError, CommandNotFound) as exc:
+        raise SetupError(str(exc)) from None
     except OSError as exc:
-        os.close(output_r)
         raise SetupError(f"cannot run {tool}: {exc.strerror}") from None
-    finally:
-        os.close(output_w)
-    try:
-        output = _read_to_end(output_r).decode(errors="replace").strip()
-    finally:
-        os.close(output_r)
-    _, status = os.waitpid(child, 0)
-    if status != 0:
-        raise SetupError(f"{' '.join(argv)} failed with exit status {_exit_code(status)}: {output or 'no message'}")
 
 
 def _read_to_end(fd: int) -> bytes:

@@ -96,5 +96,5 @@ def test_a_failing_mapping_tool_is_named_with_what_it_said(tmp_path: Path) -> No
         f"{tool} 4242 0 1000 1 1 200000 65536 failed with exit status 1: "
         "newgidmap: gid range [1-65537) -> [200000-265536) not allowed"
     )
-    with pytest.raises(init.SetupError, match=r"cannot run /nonexistent/newuidmap: No such file or directory"):
+    with pytest.raises(init.SetupError, match=r"^/nonexistent/newuidmap: command not found$"):
         init._run_mapping_tool("/nonexistent/newuidmap", 4242, "0 1000 1\n")
