@@ -172,6 +172,18 @@ def _read_to_end(fd: int) -> bytes:
         chunks.append(chunk)
 
 
+def _set_time_offsets(request: dict[str, Any]) -> None:
+    """linux.timeOffsets, into the time namespace just unshared: written before any process enters it
+    (our children and our own execve do; the kernel refuses offsets after that)."""
+    try:
+        with open(f"{request['proc']}/self/timens_offsets", "w") as f:
+            f.write(request["time_offsets"])
+    except OSError as exc:
+        raise SetupError(
+            f"setting linux.timeOffsets ({request['time_offsets'].strip()!r}) failed: {exc.strerror}"
+        ) from None
+
+
 def _become_namespace_root() -> None:
     """After setns into a user namespace: be its root (what it maps uid and gid 0 to), as runc's
     nsexec is; the ids we came with are unmapped there, and what we make (a session keyring, files)
@@ -472,6 +484,8 @@ def container_main(
             flags |= CLONE_FLAGS[kind]
     if flags:
         libc.unshare(flags)
+    if request.get("time_offsets"):
+        _set_time_offsets(request)
     if keeper >= 0:
         if flags & libc.CLONE_NEWNS:
             _park_mount_namespace(keeper, request["proc"])

@@ -301,6 +301,7 @@ def create_container(
         "gid_map": "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in spec.linux.gid_mappings),
         "uid_map_tool": map_tools.get("uid"),
         "gid_map_tool": map_tools.get("gid"),
+        "time_offsets": "".join(f"{clock} {secs} {nanosecs}\n" for clock, secs, nanosecs in spec.linux.time_offsets),
         "hostname": spec.hostname,
         "domainname": spec.domainname,
         "personality": spec.linux.personality,

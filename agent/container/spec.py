@@ -245,6 +245,7 @@ class Linux(Record):
         "devices",
         "mount_label",
         "personality",
+        "time_offsets",
     )
     __slots__ = _fields
     namespaces: tuple[Namespace, ...]
@@ -260,6 +261,7 @@ class Linux(Record):
     devices: tuple[dict[str, Any], ...]
     mount_label: str
     personality: dict[str, Any] | None  # checked by agent.container.procattrs
+    time_offsets: tuple[tuple[str, int, int], ...]  # (clock, secs, nanosecs) of a new time namespace
 
     def __init__(
         self,
@@ -276,10 +278,11 @@ class Linux(Record):
         devices: tuple[dict[str, Any], ...] = (),
         mount_label: str = "",
         personality: dict[str, Any] | None = None,
+        time_offsets: tuple[tuple[str, int, int], ...] = (),
     ) -> None:
         self._assign(namespaces, uid_mappings, gid_mappings, {} if resources is None else resources, cgroups_path,
                      {} if sysctl is None else sysctl, masked_paths, readonly_paths, rootfs_propagation, seccomp,
-                     devices, mount_label, personality)  # fmt: skip
+                     devices, mount_label, personality, time_offsets)  # fmt: skip
 
     def namespace(self, kind: str) -> Namespace | None:
         for ns in self.namespaces:
@@ -458,6 +461,33 @@ def _hooks(value: Any, where: str) -> tuple[Hook, ...]:
     return tuple(hooks)
 
 
+TIME_NAMESPACE_CLOCKS = ("monotonic", "boottime")  # the clocks a time namespace offsets (time_namespaces(7))
+
+
+def _time_offsets(value: Any) -> tuple[tuple[str, int, int], ...]:
+    """linux.timeOffsets: {clock: {"secs": int64, "nanosecs": 0..999999999}}, clocks in the kernel's order."""
+    offsets = _dict(value, "linux.timeOffsets")
+    for clock in offsets:
+        if clock not in TIME_NAMESPACE_CLOCKS:
+            raise InvalidArgument(
+                f"linux.timeOffsets: {clock!r} is not a clock a time namespace offsets "
+                f"({', '.join(TIME_NAMESPACE_CLOCKS)})"
+            )
+    out = []
+    for clock in TIME_NAMESPACE_CLOCKS:
+        if clock not in offsets:
+            continue
+        where = f"linux.timeOffsets.{clock}"
+        offset = _dict(offsets[clock], where)
+        secs, nanosecs = _int(offset.get("secs"), f"{where}.secs"), _int(offset.get("nanosecs"), f"{where}.nanosecs")
+        if not -(1 << 63) <= secs < 1 << 63:
+            raise InvalidArgument(f"{where}.secs {secs} does not fit in 64 bits")
+        if not 0 <= nanosecs < 1_000_000_000:
+            raise InvalidArgument(f"{where}.nanosecs {nanosecs} must be from 0 to 999999999")
+        out.append((clock, secs, nanosecs))
+    return tuple(out)
+
+
 def _mappings(value: Any, where: str) -> tuple[IdMapping, ...]:
     out = []
     for i, item in enumerate(_list(value, where)):
@@ -529,6 +559,7 @@ def parse_spec(raw: dict[str, Any]) -> Spec:
             devices=tuple(_dict(d, "linux.devices") for d in _list(linux.get("devices"), "linux.devices")),
             mount_label=_label(linux.get("mountLabel"), "linux.mountLabel"),
             personality=personality,
+            time_offsets=_time_offsets(linux.get("timeOffsets")),
         ),
         annotations={str(k): str(v) for k, v in _dict(data.get("annotations"), "annotations").items()},
         raw=data,

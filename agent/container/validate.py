@@ -22,7 +22,6 @@ _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 MOUNT_TYPES_NEEDING_NO_SOURCE = ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2")
 # linux fields of the runtime spec this engine does not implement: refused by name, never ignored
 UNSUPPORTED_LINUX_FIELDS = {
-    "timeOffsets": "time namespace offsets",
     "intelRdt": "Intel RDT (resctrl) cache and memory bandwidth allocation",
     "netDevices": "moving host network devices into the container",
     "memoryPolicy": "NUMA memory policies",
@@ -83,6 +82,11 @@ def check_namespaces(spec: Spec, bundle: str | None) -> None:
         raise InvalidArgument("hostname is set but the spec has no uts namespace")
     if spec.domainname and "uts" not in seen:
         raise InvalidArgument("domainname is set but the spec has no uts namespace")
+    if spec.linux.time_offsets and not any(ns.type == "time" and not ns.path for ns in spec.linux.namespaces):
+        raise InvalidArgument(
+            "linux.timeOffsets sets the clocks of a new time namespace: "
+            "add one (type time, no path) to linux.namespaces"
+        )
     if spec.linux.sysctl and "ipc" not in seen and "network" not in seen:
         for key in spec.linux.sysctl:
             if key.startswith(("net.", "kernel.msg", "kernel.sem", "kernel.shm", "fs.mqueue.")):

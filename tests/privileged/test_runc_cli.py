@@ -811,6 +811,37 @@ def test_runtime_spec_process_attributes_apply_to_init_and_exec(runtime: Runtime
     wait_for(lambda: not alive(init), "the container to die")
 
 
+def test_time_offsets_shift_the_containers_clocks(runtime: Runtime) -> None:
+    """linux.timeOffsets: the container's monotonic and boot-time clocks are the host's plus the
+    offsets: the init is in a time namespace of its own with them, and an exec'd process there reads
+    the host's uptime plus the boot-time offset."""
+    day, hour = 86400, 3600
+
+    def offsets(config: dict[str, Any]) -> None:
+        config["linux"]["namespaces"].append({"type": "time"})
+        config["linux"]["timeOffsets"] = {"boottime": {"secs": 10 * day}, "monotonic": {"secs": hour, "nanosecs": 5}}
+
+    bundle = runtime.bundle("timens", ["/bin/sleep", "300"], edit=offsets)
+    cid = runtime.new_id("timens")
+    runtime("run", "--detach", "--bundle", str(bundle), cid)
+    init = runtime.state(cid)["pid"]
+    assert Path(f"/proc/{init}/timens_offsets").read_text().split() == [
+        "monotonic",
+        str(hour),
+        "5",
+        "boottime",
+        str(10 * day),
+        "0",
+    ]
+    assert os.readlink(f"/proc/{init}/ns/time") != os.readlink("/proc/self/ns/time")
+    host_before = float(Path("/proc/uptime").read_text().split()[0])  # boot time, as /proc/uptime counts it
+    inside = float(runtime("exec", cid, "cat", "/proc/uptime").stdout.split()[0])
+    host_after = float(Path("/proc/uptime").read_text().split()[0])
+    assert host_before + 10 * day <= inside <= host_after + 10 * day
+    runtime("delete", "--force", cid)
+    wait_for(lambda: not alive(init), "the container to die")
+
+
 def test_lsm_labels_are_applied_or_refused_by_name(runtime: Runtime) -> None:
     """An AppArmor profile or SELinux label the host cannot enforce is refused before anything is
     made (runc fails too); where the host has the LSM, the process runs confined as asked."""

@@ -109,7 +109,15 @@ def test_bad_process_attributes_are_refused_by_field(field: str, value: Any, mes
         ({"linux__personality": {"domain": "LINUX64"}}, InvalidArgument, r"personality\.domain must be one of"),
         ({"linux__personality": {"domain": "LINUX", "flags": ["ADDR_NO_RANDOMIZE"]}}, InvalidArgument,
          r"personality\.flags are not supported"),
-        ({"linux__timeOffsets": {"monotonic": {"secs": 5}}}, Unsupported, r"linux\.timeOffsets \(time namespace"),
+        ({"linux__timeOffsets": {"monotonic": {"secs": 5}}}, InvalidArgument,
+         r"linux\.timeOffsets sets the clocks of a new time namespace: add one \(type time, no path\)"),
+        ({"linux__timeOffsets": {"realtime": {"secs": 5}}}, InvalidArgument,
+         r"linux\.timeOffsets: 'realtime' is not a clock a time namespace offsets \(monotonic, boottime\)"),
+        ({"linux__timeOffsets": {"boottime": {"secs": 1, "nanosecs": 10**9}}}, InvalidArgument,
+         r"linux\.timeOffsets\.boottime\.nanosecs 1000000000 must be from 0 to 999999999"),
+        ({"linux__timeOffsets": {"monotonic": {"secs": "5"}}}, InvalidArgument,
+         r"linux\.timeOffsets\.monotonic\.secs must be an integer"),
+        ({"linux__timeOffsets": {"monotonic": {"secs": 1 << 63}}}, InvalidArgument, r"does not fit in 64 bits"),
         ({"linux__intelRdt": {"closID": "x"}}, Unsupported, r"linux\.intelRdt"),
         ({"linux__netDevices": {"eth1": {}}}, Unsupported, r"linux\.netDevices"),
         ({"linux__memoryPolicy": {"mode": "MPOL_BIND"}}, Unsupported, r"linux\.memoryPolicy"),
@@ -123,6 +131,17 @@ def test_bad_or_unsupported_linux_fields_are_refused_by_name(
 ) -> None:
     with pytest.raises(error, match=message):
         validate_spec(parse_spec(spec_with(**changes)))
+
+
+def test_time_offsets_are_parsed_in_the_kernels_clock_order() -> None:
+    spec = spec_with(linux__timeOffsets={"boottime": {"secs": -5}, "monotonic": {"secs": 86400, "nanosecs": 7}})
+    spec["linux"]["namespaces"].append({"type": "time"})
+    parsed = parse_spec(spec)
+    validate_spec(parsed)
+    assert parsed.linux.time_offsets == (("monotonic", 86400, 7), ("boottime", -5, 0))
+    spec["linux"]["namespaces"][-1]["path"] = "/proc/1/ns/time"  # a joined namespace's clocks are set already
+    with pytest.raises(InvalidArgument, match="a new time namespace"):
+        validate_spec(parse_spec(spec))
 
 
 def test_domainname_needs_a_uts_namespace() -> None:
