@@ -232,6 +232,15 @@ def check_rootless(spec: dict[str, Any], uid: int, gid: int, search_path: str | 
             "a user other than root can only make a container in a new user namespace: add one to "
             "linux.namespaces (pykata-runc spec --rootless writes such a spec)"
         )
+    for index, mount in enumerate(spec.get("mounts") or []):
+        if not isinstance(mount, dict):
+            continue  # (validation names it)
+        words = {word for option in mount.get("options") or [] if isinstance(option, str) for word in option.split(",")}
+        if mount.get("uidMappings") or mount.get("gidMappings") or words & {"idmap", "ridmap"}:
+            raise CliError(
+                f"mounts[{index}] ({mount.get('destination')}): an idmapped mount takes privilege over its source's "
+                "file system, which a user other than root does not have: leave the mappings out"
+            )
     for kind, own in (("uid", uid), ("gid", gid)):
         mappings = [m for m in linux.get(f"{kind}Mappings") or [] if isinstance(m, dict)]
         try:

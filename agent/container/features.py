@@ -7,7 +7,7 @@ itself works from, so the document cannot claim what the engine does not do:
 
 - hooks: spec.HOOK_NAMES, the hooks parse_spec reads;
 - mountOptions: the words mountopts.parse_mount_options takes (mount flags, propagation, recursive
-  attributes, tmpcopyup); any other word is passed to the filesystem as data, which the document is
+  attributes, tmpcopyup, idmap and ridmap); any other word is passed to the filesystem as data, which the document is
   not to list;
 - linux.namespaces: spec.NAMESPACE_TYPES; linux.capabilities: those python-prctl knows by name;
 - linux.seccomp: the compiler's actions, operators and architecture (seccomp.py);

@@ -248,6 +248,9 @@ def run_shim(request: dict[str, Any], fds: list[int]) -> int:
         # opened here, before the namespaces and the root change: an exec's process starts inside
         # the container's root, where the host's cgroup files are out of reach
         attach_fds = open_attach_roots(request)
+        detached = idmapped_trees(request)  # as well: in the runtime's user namespace
+        # and the start FIFO: in a user namespace the runtime's state directory may be out of reach
+        start_fd = open_start_fifo(request) if request["op"] == "create" and request.get("start_fifo") else None
         _shim_namespaces(request)
         keeper, keeper_child = namespace_keeper() if request["op"] == "create" else (-1, -1)
         child = os.fork()
@@ -259,13 +262,14 @@ def run_shim(request: dict[str, Any], fds: list[int]) -> int:
         try:
             if keeper >= 0:
                 os.close(keeper)
-            code = container_main(request, status_fd, control_fd, io_fds, attach_fds, keeper=keeper_child)
+            code = container_main(request, status_fd, control_fd, io_fds, attach_fds, keeper=keeper_child,
+                                  detached=detached, start_fd=start_fd)  # fmt: skip
         except BaseException as exc:
             report_error(status_fd, exc)
         finally:
             os._exit(code)
     os.close(control_fd)
-    for fd in (*io_fds, *attach_fds):
+    for fd in (*io_fds, *attach_fds, *detached, *([] if start_fd is None else [start_fd])):
         os.close(fd)
     if keeper_child >= 0:
         os.close(keeper_child)
@@ -376,11 +380,27 @@ def warm_child_main(
     status_fd, control_fd, io_fds = fds[0], fds[1], fds[2:]
     try:
         attach_fds = open_attach_roots(request)
+        detached = idmapped_trees(request)  # (a warm pair serves no container with a user namespace)
     except OSError as exc:
         report_error(status_fd, exc)
         return 1
     return container_main(request, status_fd, control_fd, io_fds, attach_fds, signals_reset=True, keeper=keeper,
-                          preunshared=preunshared or {})  # fmt: skip
+                          preunshared=preunshared or {}, detached=detached)  # fmt: skip
+
+
+def open_start_fifo(request: dict[str, Any]) -> int:
+    """The FIFO ``start`` writes to, opened read-write before the root changes: it never blocks, and
+    while we hold a writer end the read for the order waits for ``start`` instead of seeing EOF."""
+    return os.open(request["start_fifo"], os.O_RDWR | os.O_CLOEXEC)
+
+
+def idmapped_trees(request: dict[str, Any]) -> list[int]:
+    """The idmapped bind mounts of a create's plan, made as detached trees while this process is still
+    in the runtime's user namespace (rootfs.detach_idmapped); [] for a plan without any."""
+    if request["op"] != "create":
+        return []
+    binds = [rootfs.IdmappedBind(*item[1:]) for item in request["plan"]["operations"] if item[0] == "IdmappedBind"]
+    return rootfs.detach_idmapped(binds, request["proc"]) if binds else []
 
 
 def open_attach_roots(request: dict[str, Any]) -> list[int]:
@@ -404,7 +424,7 @@ def _describe(exc: BaseException) -> str:
 
 def _plan_from(data: dict[str, Any]) -> rootfs.RootfsPlan:
     classes = (rootfs.Mkdir, rootfs.Mount, rootfs.Remount, rootfs.SetAttr, rootfs.Propagate, rootfs.Mknod,
-               rootfs.Symlink, rootfs.BindDevice)  # fmt: skip
+               rootfs.Symlink, rootfs.BindDevice, rootfs.IdmappedBind)  # fmt: skip
     kinds = {cls.__name__: cls for cls in classes}
     operations: list[rootfs.Operation] = [kinds[item[0]](*item[1:]) for item in data["operations"]]
     return rootfs.RootfsPlan(
@@ -428,8 +448,12 @@ def container_main(
     signals_reset: bool = False,
     keeper: int = -1,
     preunshared: dict[str, int] | None = None,
+    detached: list[int] | None = None,
+    start_fd: int | None = None,
 ) -> int:
-    """The container process: wait for its cgroup, join it, set up, report, wait for start, exec."""
+    """The container process: wait for its cgroup, join it, set up, report, wait for start, exec.
+    ``detached``: the plan's idmapped trees (idmapped_trees), placed with the other mounts;
+    ``start_fd``: the start FIFO, when the shim opened it (open_start_fifo)."""
     fcntl.fcntl(status_fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
     preserved = int(request.get("preserved_fds") or 0)
     if preserved:
@@ -501,14 +525,11 @@ def container_main(
     if process.get("oomScoreAdj") is not None:
         with open(f"{request['proc']}/self/oom_score_adj", "w") as f:
             f.write(str(process["oomScoreAdj"]))
-    start_fd = None
-    if request.get("start_fifo"):
-        # opened read-write before the root changes: it never blocks, and while we hold a writer
-        # end the read below waits for ``start`` instead of seeing EOF
-        start_fd = os.open(request["start_fifo"], os.O_RDWR | os.O_CLOEXEC)
+    if start_fd is None and request.get("start_fifo"):
+        start_fd = open_start_fifo(request)
     new_mount_ns = "mount" in (request.get("unshare") or [])
     if new_mount_ns:
-        rootfs.execute(plan)
+        rootfs.execute(plan, detached)
         if process.get("terminal") and io_fds:
             rootfs.bind_console(plan, os.ttyname(io_fds[0]))
     state = dict(request.get("state") or {})

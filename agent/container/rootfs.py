@@ -13,9 +13,10 @@ import errno
 import os
 import stat
 
+from agent.container.spec import Mount as SpecMount
 from agent.container.spec import Spec
 from agent.system import libc
-from agent.system.mountopts import PROPAGATION_WORDS, parse_mount_options
+from agent.system.mountopts import IDMAP_WORDS, PROPAGATION_WORDS, parse_mount_options
 from agent.system.paths import HostPaths, normal_path
 from agent.system.records import Record
 
@@ -156,7 +157,33 @@ class Mknod(Record):
         return f"mknod -m {self.mode:o} {self.target} {self.kind} {self.major} {self.minor} ({self.uid}:{self.gid})"
 
 
-Operation = Mkdir | Mount | Remount | SetAttr | Propagate | Symlink | BindDevice | Mknod
+class IdmappedBind(Record):
+    """A bind mount whose files' owners are seen through ``uid_map``/``gid_map`` (runtime-spec 1.2's
+    idmapped mount; the maps in /proc/<pid>/uid_map's form, "on-disk id, id seen, count" per line).
+    The tree is made by detach_idmapped before the process leaves the runtime's user namespace
+    (making one takes privilege over the source's file system), and put in place by execute."""
+
+    _fields = ("source", "target", "recursive", "idmap_recursive", "uid_map", "gid_map")
+    __slots__ = _fields
+    source: str
+    target: str  # container path
+    recursive: bool  # rbind: the mounts below the source come along
+    idmap_recursive: bool  # ridmap: they are idmapped too
+    uid_map: str
+    gid_map: str
+
+    def __init__(
+        self, source: str, target: str, recursive: bool, idmap_recursive: bool, uid_map: str, gid_map: str
+    ) -> None:
+        self._assign(source, target, recursive, idmap_recursive, uid_map, gid_map)
+
+    def describe(self) -> str:
+        maps = f"uids {self.uid_map.strip()!r} gids {self.gid_map.strip()!r}".replace("\\n", "; ")
+        kind = "rbind" if self.recursive else "bind"
+        return f"idmapped {kind} {self.source} {self.target} ({'r' if self.idmap_recursive else ''}idmap {maps})"
+
+
+Operation = Mkdir | Mount | Remount | SetAttr | Propagate | Symlink | BindDevice | Mknod | IdmappedBind
 
 
 class RootfsPlan:
@@ -307,7 +334,10 @@ def plan_rootfs(
             source = mount.source
             if not source.startswith("/") and bundle_dir is not None:
                 source = normal_path(os.path.join(bundle_dir, source))
-            ops.append(Mount(source, target, "", (flags & libc.MS_REC) | libc.MS_BIND, "", host_source=True))
+            if mount.uid_mappings or options.idmap:
+                ops.append(_idmapped_bind(spec, mount, source, bool(flags & libc.MS_REC), options.idmap))
+            else:
+                ops.append(Mount(source, target, "", (flags & libc.MS_REC) | libc.MS_BIND, "", host_source=True))
             if flags & _BIND_REMOUNT_FLAGS:
                 ops.append(Remount(target, flags & _BIND_REMOUNT_FLAGS))
         else:
@@ -356,6 +386,77 @@ def plan_rootfs(
 
 
 # --- execution (runs in the container process, in its own mount namespace)
+
+
+def _idmapped_bind(spec: Spec, mount: SpecMount, source: str, recursive: bool, idmap: int) -> IdmappedBind:
+    """The mount's own maps, or (idmap/ridmap alone) the container's user namespace's (validate checks
+    one of them is there)."""
+    uid_mappings = mount.uid_mappings or spec.linux.uid_mappings
+    gid_mappings = mount.gid_mappings or spec.linux.gid_mappings
+    return IdmappedBind(source, mount.destination, recursive, idmap == IDMAP_WORDS["ridmap"],
+                        "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in uid_mappings),
+                        "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in gid_mappings))  # fmt: skip
+
+
+def detach_idmapped(operations: list[IdmappedBind], proc: str) -> list[int]:
+    """The detached, idmapped trees for ``operations``, in their order (descriptors, close-on-exec):
+    made here, in the runtime's user and mount namespaces, before the container process leaves them."""
+    namespaces: dict[tuple[str, str], int] = {}
+    trees: list[int] = []
+    try:
+        for op in operations:
+            key = (op.uid_map, op.gid_map)
+            if key not in namespaces:
+                namespaces[key] = _mapping_namespace(op.uid_map, op.gid_map, proc)
+            tree = libc.open_tree(op.source, recursive=op.recursive)
+            trees.append(tree)
+            try:
+                libc.mount_setattr(op.source, libc.MOUNT_ATTR_IDMAP, 0, recursive=op.idmap_recursive, tree_fd=tree,
+                                   userns_fd=namespaces[key])  # fmt: skip
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.EPERM):
+                    why = f"{exc.strerror} (its file system may not support idmapped mounts, or it is idmapped already)"
+                    raise OSError(exc.errno, why, op.source) from None
+                raise
+    except BaseException:
+        for tree in trees:
+            os.close(tree)
+        raise
+    finally:
+        for fd in namespaces.values():
+            os.close(fd)
+    return trees
+
+
+def _mapping_namespace(uid_map: str, gid_map: str, proc: str) -> int:
+    """A user namespace with these maps, for MOUNT_ATTR_IDMAP: a forked child unshares it and stays
+    until we have opened it (a namespace needs a process to be made in)."""
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    hold_r, hold_w = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(report_r)
+            os.close(hold_w)
+            libc.unshare(libc.CLONE_NEWUSER)
+            os.write(report_w, os.readlink(f"{proc}/self").encode())  # our pid as that /proc names it
+            os.read(hold_r, 1)  # until the parent is done (EOF)
+        finally:
+            os._exit(0)
+    os.close(report_w)
+    os.close(hold_r)
+    try:
+        pid = os.read(report_r, 32).decode()
+        if not pid:
+            raise OSError(errno.EPERM, "could not make a user namespace for an idmapped mount", f"{proc}/self")
+        for kind, text in (("uid", uid_map), ("gid", gid_map)):
+            with open(f"{proc}/{pid}/{kind}_map", "w") as f:
+                f.write(text)
+        return os.open(f"{proc}/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(report_r)
+        os.close(hold_w)
+        os.waitpid(child, 0)
 
 
 def secure_join(root: str, path: str, *, depth: int = 0) -> str:
@@ -447,8 +548,10 @@ class _Resolver:
         self.made = {made for made in self.made if made != host and not made.startswith(host_below)}
 
 
-def execute(plan: RootfsPlan) -> None:
-    """Mount everything under the rootfs (still before the root changes)."""
+def execute(plan: RootfsPlan, detached: list[int] | None = None) -> None:
+    """Mount everything under the rootfs (still before the root changes); ``detached``: the trees
+    detach_idmapped made for the plan's IdmappedBind steps, in order (each is closed once placed)."""
+    trees = iter(detached or ())
     rootfs = plan.rootfs
     libc.mount(None, "/", None, plan.propagation)
     libc.mount(rootfs, rootfs, None, libc.MS_BIND | libc.MS_REC)
@@ -468,6 +571,13 @@ def execute(plan: RootfsPlan) -> None:
                 _mount_copied_up(op, target)
             else:
                 libc.mount(op.source, target, op.fstype or None, op.flags, op.data or None)
+            resolve.changed(op.target)
+        elif isinstance(op, IdmappedBind):
+            target = resolve(op.target)
+            _make_target(target, op.source)
+            tree = next(trees)
+            libc.move_mount(tree, target)
+            os.close(tree)
             resolve.changed(op.target)
         elif isinstance(op, Remount):
             libc.mount(None, resolve(op.target), None, libc.MS_BIND | libc.MS_REMOUNT | op.flags)

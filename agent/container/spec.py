@@ -24,15 +24,25 @@ HOOK_NAMES = ("prestart", "createRuntime", "createContainer", "startContainer", 
 
 
 class Mount(Record):
-    _fields = ("destination", "type", "source", "options")
+    _fields = ("destination", "type", "source", "options", "uid_mappings", "gid_mappings")
     __slots__ = _fields
     destination: str
     type: str
     source: str
     options: tuple[str, ...]
+    uid_mappings: tuple[IdMapping, ...]  # an idmapped bind mount's (runtime-spec 1.2)
+    gid_mappings: tuple[IdMapping, ...]
 
-    def __init__(self, destination: str, type: str = "", source: str = "", options: tuple[str, ...] = ()) -> None:
-        self._assign(destination, type, source, options)
+    def __init__(
+        self,
+        destination: str,
+        type: str = "",
+        source: str = "",
+        options: tuple[str, ...] = (),
+        uid_mappings: tuple[IdMapping, ...] = (),
+        gid_mappings: tuple[IdMapping, ...] = (),
+    ) -> None:
+        self._assign(destination, type, source, options, uid_mappings, gid_mappings)
 
 
 class Namespace(Record):
@@ -517,6 +527,8 @@ def parse_spec(raw: dict[str, Any]) -> Spec:
                 type=str(m.get("type") or ""),
                 source=str(m.get("source") or ""),
                 options=_strs(m.get("options"), f"mounts[{i}].options"),
+                uid_mappings=_mappings(m.get("uidMappings"), f"mounts[{i}].uidMappings"),
+                gid_mappings=_mappings(m.get("gidMappings"), f"mounts[{i}].gidMappings"),
             )
         )
     namespaces = []

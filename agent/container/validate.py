@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_ID_LENGTH = 1024
+MAX_ID_MAP_LINES = 340  # lines a uid_map or gid_map may hold (Linux 4.15 and later)
 # What an id may hold (no regular expressions: ``re`` costs milliseconds at import, on every container start)
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+-.")
 MOUNT_TYPES_NEEDING_NO_SOURCE = ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2")
@@ -208,19 +209,46 @@ def check_unsupported(spec: Spec, bundle: str | None) -> None:
     for field, what in UNSUPPORTED_LINUX_FIELDS.items():
         if linux.get(field):
             raise Unsupported(f"linux.{field} ({what}) is not supported by this runtime: leave it out of the spec")
-    for index, mount in enumerate(spec.raw.get("mounts") or []):
-        if isinstance(mount, dict) and (mount.get("uidMappings") or mount.get("gidMappings")):
-            raise Unsupported(
-                f"mounts[{index}] ({mount.get('destination')}): idmapped mounts (uidMappings/gidMappings) are not "
-                "supported by this runtime: leave the mappings out, or chown the source for the container's user"
-            )
 
 
 def check_mappings(spec: Spec, bundle: str | None) -> None:
-    for where, maps in (("linux.uidMappings", spec.linux.uid_mappings), ("linux.gidMappings", spec.linux.gid_mappings)):
+    every = [("linux.uidMappings", spec.linux.uid_mappings), ("linux.gidMappings", spec.linux.gid_mappings)]
+    for index, mount in enumerate(spec.mounts):
+        every += [
+            (f"mounts[{index}].uidMappings", mount.uid_mappings),
+            (f"mounts[{index}].gidMappings", mount.gid_mappings),
+        ]
+    for where, maps in every:
+        if len(maps) > MAX_ID_MAP_LINES:
+            raise InvalidArgument(f"{where} has {len(maps)} mappings; the kernel takes at most {MAX_ID_MAP_LINES}")
         for i, m in enumerate(maps):
             if m.size <= 0 or m.container_id < 0 or m.host_id < 0:
                 raise InvalidArgument(f"{where}[{i}] needs containerID, hostID >= 0 and size > 0")
+
+
+def check_idmapped_mounts(spec: Spec, bundle: str | None) -> None:
+    """runtime-spec 1.2's idmapped mounts, by runc's rules: a bind mount with uidMappings and
+    gidMappings (given together), or with the idmap or ridmap option and neither, which takes the
+    container's own mappings (so it needs a new user namespace with both)."""
+    container_ns = spec.linux.namespace("user")
+    container_maps = container_ns is not None and not container_ns.path
+    container_maps = container_maps and bool(spec.linux.uid_mappings) and bool(spec.linux.gid_mappings)
+    for index, mount in enumerate(spec.mounts):
+        words = {word.strip() for option in mount.options for word in option.split(",")}
+        if not (mount.uid_mappings or mount.gid_mappings or words & {"idmap", "ridmap"}):
+            continue
+        where = f"mounts[{index}] ({mount.destination})"
+        if mount.type != "bind" and not words & {"bind", "rbind"}:
+            raise InvalidArgument(
+                f"{where}: only a bind mount can be idmapped (uidMappings, gidMappings, idmap, ridmap)"
+            )
+        if bool(mount.uid_mappings) != bool(mount.gid_mappings):
+            raise InvalidArgument(f"{where}: an idmapped mount needs both uidMappings and gidMappings, or neither")
+        if not mount.uid_mappings and not container_maps:
+            raise InvalidArgument(
+                f"{where}: idmap without the mount's own uidMappings/gidMappings takes the container's, which needs "
+                "a new user namespace with linux.uidMappings and linux.gidMappings"
+            )
 
 
 CHECKS: list[Callable[[Spec, str | None], None]] = [
@@ -230,6 +258,7 @@ CHECKS: list[Callable[[Spec, str | None], None]] = [
     check_namespaces,
     check_mappings,
     check_mounts,
+    check_idmapped_mounts,
     check_paths,
     check_devices,
     check_hooks,

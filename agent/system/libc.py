@@ -112,9 +112,18 @@ MOUNT_ATTR_NOATIME = 0x10
 MOUNT_ATTR_STRICTATIME = 0x20
 MOUNT_ATTR_NODIRATIME = 0x80
 MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+MOUNT_ATTR_IDMAP = 0x100000
 AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
-SYS_mount_setattr = 442  # the same number on every architecture (a syscall added after the tables merged)
+# open_tree(2) and move_mount(2)
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+# the same numbers on every architecture (syscalls added after the tables merged)
+SYS_open_tree = 428
+SYS_move_mount = 429
+SYS_mount_setattr = 442
 
 # umount2(2) flags
 MNT_FORCE = 1
@@ -200,14 +209,34 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, d
     _check(_libc.mount(_b(source), _b(target), _b(fstype), _ULong(flags), _b(data)), target)
 
 
-def mount_setattr(target: str, attr_set: int, attr_clr: int, *, recursive: bool = True) -> None:
-    """mount_setattr(2) on the mount at ``target`` (and, ``recursive``, every mount below it): set the
-    MOUNT_ATTR_* bits in ``attr_set``, clear those in ``attr_clr``. Linux 5.12 or later (ENOSYS before)."""
-    attr = bytearray(_struct.pack("=QQQQ", attr_set, attr_clr, 0, 0))  # struct mount_attr, version 0
+def mount_setattr(
+    target: str, attr_set: int, attr_clr: int, *, recursive: bool = True, tree_fd: int | None = None, userns_fd: int = 0
+) -> None:
+    """mount_setattr(2) on the mount at ``target`` (or the detached tree ``tree_fd``, which ``target``
+    then only names in errors), and, ``recursive``, every mount below it: set the MOUNT_ATTR_* bits in
+    ``attr_set``, clear those in ``attr_clr``; ``userns_fd`` is the user namespace MOUNT_ATTR_IDMAP
+    maps ids through. Linux 5.12 or later (ENOSYS before)."""
+    attr = bytearray(_struct.pack("=QQQQ", attr_set, attr_clr, 0, userns_fd))  # struct mount_attr, version 0
     buffer = (_Char * len(attr)).from_buffer(attr)
     flags = AT_RECURSIVE if recursive else 0
-    _check(_libc.syscall(_Long(SYS_mount_setattr), _Int(AT_FDCWD), _b(target), _UInt(flags), buffer,
-                         _SizeT(len(attr))), target)  # fmt: skip
+    where, path = (AT_FDCWD, _b(target)) if tree_fd is None else (tree_fd, b"")
+    if tree_fd is not None:
+        flags |= AT_EMPTY_PATH
+    _check(_libc.syscall(_Long(SYS_mount_setattr), _Int(where), path, _UInt(flags), buffer, _SizeT(len(attr))),
+           target)  # fmt: skip
+
+
+def open_tree(path: str, *, recursive: bool) -> int:
+    """open_tree(2) with OPEN_TREE_CLONE: a detached copy of the mount at ``path`` (with ``recursive``,
+    of every mount below it too), as a close-on-exec descriptor for mount_setattr and move_mount."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    return _check(_libc.syscall(_Long(SYS_open_tree), _Int(AT_FDCWD), _b(path), _UInt(flags)), path)
+
+
+def move_mount(tree_fd: int, target: str) -> None:
+    """move_mount(2): attach the detached tree ``tree_fd`` at ``target``."""
+    _check(_libc.syscall(_Long(SYS_move_mount), _Int(tree_fd), b"", _Int(AT_FDCWD), _b(target),
+                         _UInt(MOVE_MOUNT_F_EMPTY_PATH)), target)  # fmt: skip
 
 
 def swapon(path: str, flags: int = 0) -> None:

@@ -95,17 +95,24 @@ PROPAGATION_WORDS: dict[str, int] = {
 }
 
 
+# runtime-spec 1.2's idmapped bind mounts: the mount's (or the container's) id mappings applied to
+# the mount itself, or with ridmap to every mount below it too
+IDMAP_WORDS = {"idmap": 1, "ridmap": 2}
+
+
 def recognized_words() -> list[str]:
-    """The words parse_mount_options takes as flags, propagation, recursive attributes or tmpcopyup
-    (the rest are filesystem data)."""
-    return sorted((*_FLAG_WORDS, *PROPAGATION_WORDS, *RECURSIVE_WORDS, *RECURSIVE_ATIME_WORDS, TMPCOPYUP))
+    """The words parse_mount_options takes as flags, propagation, recursive attributes, tmpcopyup or
+    idmapping (the rest are filesystem data)."""
+    return sorted((*_FLAG_WORDS, *PROPAGATION_WORDS, *RECURSIVE_WORDS, *RECURSIVE_ATIME_WORDS, TMPCOPYUP,
+                   *IDMAP_WORDS))  # fmt: skip
 
 
 class MountOptions(Record):
     """``flags`` and ``propagation`` for mount(2); ``attr_set``/``attr_clr`` for mount_setattr(2) with
-    AT_RECURSIVE (both 0: none asked for); ``copy_up``: tmpcopyup was given."""
+    AT_RECURSIVE (both 0: none asked for); ``copy_up``: tmpcopyup was given; ``idmap``: 0, or
+    IDMAP_WORDS' value of the last of idmap and ridmap given."""
 
-    _fields = ("flags", "propagation", "data", "attr_set", "attr_clr", "copy_up")
+    _fields = ("flags", "propagation", "data", "attr_set", "attr_clr", "copy_up", "idmap")
     __slots__ = _fields
     flags: int
     propagation: int
@@ -113,6 +120,7 @@ class MountOptions(Record):
     attr_set: int
     attr_clr: int
     copy_up: bool
+    idmap: int
 
     def __init__(
         self,
@@ -122,8 +130,9 @@ class MountOptions(Record):
         attr_set: int = 0,
         attr_clr: int = 0,
         copy_up: bool = False,
+        idmap: int = 0,
     ) -> None:
-        self._assign(flags, propagation, data, attr_set, attr_clr, copy_up)
+        self._assign(flags, propagation, data, attr_set, attr_clr, copy_up, idmap)
 
     @property
     def data_text(self) -> str:
@@ -133,8 +142,7 @@ class MountOptions(Record):
         return any(word == key or word.startswith(key + "=") for word in self.data)
 
     def with_data(self, *words: str) -> MountOptions:
-        return MountOptions(self.flags, self.propagation, (*self.data, *words), self.attr_set, self.attr_clr,
-                            self.copy_up)  # fmt: skip
+        return self.replace(data=(*self.data, *words))
 
 
 def parse_mount_options(options: Iterable[str]) -> MountOptions:
@@ -146,6 +154,7 @@ def parse_mount_options(options: Iterable[str]) -> MountOptions:
     propagation = 0
     attr_set = attr_clr = 0
     copy_up = False
+    idmap = 0
     data: list[str] = []
     for option in options:
         for word in option.split(","):
@@ -165,9 +174,11 @@ def parse_mount_options(options: Iterable[str]) -> MountOptions:
                 attr_clr |= libc.MOUNT_ATTR__ATIME
             elif word == TMPCOPYUP:
                 copy_up = True
+            elif word in IDMAP_WORDS:
+                idmap = IDMAP_WORDS[word]
             else:
                 data.append(word)
-    return MountOptions(flags, propagation, tuple(data), attr_set, attr_clr, copy_up)
+    return MountOptions(flags, propagation, tuple(data), attr_set, attr_clr, copy_up, idmap)
 
 
 def parse_plain_mount_options(options: Iterable[str], what: str) -> MountOptions:
@@ -175,8 +186,8 @@ def parse_plain_mount_options(options: Iterable[str], what: str) -> MountOptions
     options a runtime carries out itself (recursive attributes, tmpcopyup) are refused, naming ``what``,
     rather than dropped."""
     parsed = parse_mount_options(options)
-    if parsed.attr_set or parsed.attr_clr or parsed.copy_up:
-        runtime_words = sorted({*RECURSIVE_WORDS, *RECURSIVE_ATIME_WORDS, TMPCOPYUP})
+    if parsed.attr_set or parsed.attr_clr or parsed.copy_up or parsed.idmap:
+        runtime_words = sorted({*RECURSIVE_WORDS, *RECURSIVE_ATIME_WORDS, TMPCOPYUP, *IDMAP_WORDS})
         given = [w.strip() for o in options for w in o.split(",") if w.strip() in runtime_words]
         raise InvalidArgument(f"{what}: options {', '.join(given)} are a container mount's, not a storage's")
     return parsed

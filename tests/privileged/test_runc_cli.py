@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -934,3 +935,121 @@ def test_preserve_fds_passes_descriptors_3_and_up(runtime: Runtime, mode: str, r
     refused = rt("exec", "--preserve-fds", "3", cid, "/bin/true", check=False)
     assert refused.returncode == 1 and "--preserve-fds 3: descriptor" in refused.stderr, refused.stderr
     rt("delete", "--force", cid)
+
+
+def _idmap_sources(base: Path) -> Path:
+    """Files owned by different ids on the host, as runc's idmap tests have them."""
+    source = base / "idmap-source"
+    source.mkdir()
+    for name, uid, gid in (("foo", 100, 211), ("bar", 101, 222), ("baz", 102, 233), ("root", 0, 0)):
+        (source / name).write_text(name)
+        os.chown(source / name, uid, gid)
+    return source
+
+
+def _ids(stat_lines: str) -> dict[str, tuple[int, int]]:
+    """``stat -c %n=%u=%g`` lines as {file name: (uid, gid)}."""
+    found = {}
+    for line in stat_lines.split():
+        name, uid, gid = line.rsplit("=", 2)
+        found[os.path.basename(name)] = (int(uid), int(gid))
+    return found
+
+
+def test_idmapped_mounts_show_the_files_through_their_maps(runtime: Runtime) -> None:
+    """runtime-spec 1.2's idmapped bind mounts, as runc 1.2 makes them, in a container without a user
+    namespace: each file's owner is seen through the mount's maps (two mounts of one source with
+    different maps differ), a plain bind of it shows the host's ids, and root (unmapped there) may not
+    create a file in it (EOVERFLOW); the host's files keep their owners."""
+    source = _idmap_sources(runtime.workdir)
+
+    def idmapped(config: dict[str, Any]) -> None:
+        config["mounts"] += [
+            {"destination": "/m1", "type": "bind", "source": str(source), "options": ["bind"],
+             "uidMappings": [{"containerID": 100, "hostID": 1100, "size": 3}],
+             "gidMappings": [{"containerID": 200, "hostID": 1900, "size": 50}]},
+            {"destination": "/m2", "type": "bind", "source": str(source), "options": ["rbind", "idmap", "ro"],
+             "uidMappings": [{"containerID": 0, "hostID": 5000, "size": 200}],
+             "gidMappings": [{"containerID": 0, "hostID": 6000, "size": 300}]},
+            {"destination": "/plain", "type": "bind", "source": str(source), "options": ["bind"]},
+        ]  # fmt: skip
+
+    script = "for d in m1 m2 plain; do stat -c %n=%u=%g /$d/foo /$d/bar /$d/root; done; echo x > /m1/new"
+    bundle = runtime.bundle("idmap", ["/bin/sh", "-c", script], edit=idmapped)
+    done = runtime("run", "--bundle", str(bundle), runtime.new_id("idmap"), check=False)
+    lines = done.stdout.split()
+    m1, m2, plain = _ids(" ".join(lines[0:3])), _ids(" ".join(lines[3:6])), _ids(" ".join(lines[6:9]))
+    assert m1 == {"foo": (1100, 1911), "bar": (1101, 1922), "root": (65534, 65534)}, done.stdout
+    assert m2 == {"foo": (5100, 6211), "bar": (5101, 6222), "root": (5000, 6000)}, done.stdout
+    assert plain == {"foo": (100, 211), "bar": (101, 222), "root": (0, 0)}, done.stdout
+    assert done.returncode != 0 and "Value too large" in done.stderr, done.stderr
+    assert not (source / "new").exists()
+    assert (source / "foo").stat().st_uid == 100
+
+
+def test_idmapped_mount_with_the_containers_user_namespace(runtime: Runtime) -> None:
+    """ridmap alone takes the container's maps: in a user namespace mapping 0 to 100000, files the
+    host's root owns in the source are root's inside, what root makes there is root's on the host,
+    and a mount below the source (rbind) is idmapped too; a plain bind shows them unmapped. (The
+    bundle and sources sit in a directory the container's root, host uid 100000, may walk through,
+    as runc needs too: the test's own is root's alone.)"""
+    walkable = Path(tempfile.mkdtemp(prefix="pykata-idmap-"))
+    walkable.chmod(0o755)
+    source = _idmap_sources(walkable)
+    below = source / "below"
+    below.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=755", "pykata-idmap-test", str(below)], check=True)
+    try:
+        (below / "inner").write_text("x")
+
+        def userns(config: dict[str, Any]) -> None:
+            config["linux"]["namespaces"].append({"type": "user"})
+            config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+            config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+            # a user namespace cannot mount cgroup v1, as runc's rootless spec knows
+            config["mounts"] = [m for m in config["mounts"] if m["type"] != "cgroup"]
+            config["linux"]["cgroupsPath"] = f"/{RUN_TAG}/idmapns"
+            config["mounts"] += [
+                {"destination": "/m", "type": "bind", "source": str(source), "options": ["rbind", "ridmap"]},
+                # rbind: in a user namespace a bind may not leave out the locked mount below (EINVAL)
+                {"destination": "/plain", "type": "bind", "source": str(source), "options": ["rbind"]},
+            ]
+
+        script = "stat -c %n=%u=%g /m/root /m/below/inner /plain/root; touch /m/made"
+        bundle = make_bundle(walkable / "bundle", ["/bin/sh", "-c", script], spec=runtime.spec, edit=userns)
+        for mount_point in ("m", "plain"):  # the rootfs is the host root's: the container's may not make them
+            (bundle / "rootfs" / mount_point).mkdir()
+        subprocess.run(["chmod", "-R", "a+rX", str(bundle)], check=True)
+        done = runtime("run", "--bundle", str(bundle), runtime.new_id("idmapns"))
+        seen = done.stdout.split()
+        assert _ids(seen[0]) == {"root": (0, 0)} and _ids(seen[1]) == {"inner": (0, 0)}, done.stdout
+        assert _ids(seen[2]) == {"root": (65534, 65534)}, done.stdout
+        made = (source / "made").stat()
+        assert (made.st_uid, made.st_gid) == (0, 0)
+    finally:
+        subprocess.run(["umount", str(below)], check=True)
+        shutil.rmtree(walkable)
+
+
+def test_idmapped_mount_refusals(runtime: Runtime) -> None:
+    """A source whose file system refuses idmapping (proc) fails the create, naming the source, and
+    leaves nothing behind; an idmapped tmpfs is refused before anything is made."""
+
+    def proc_source(config: dict[str, Any]) -> None:
+        config["mounts"].append({"destination": "/m", "type": "bind", "source": "/proc/self", "options": ["bind"],
+                                 "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 10}],
+                                 "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 10}]})  # fmt: skip
+
+    bundle = runtime.bundle("idmapbad", ["/bin/true"], edit=proc_source)
+    cid = runtime.new_id("idmapbad")
+    done = runtime("run", "--bundle", str(bundle), cid, check=False)
+    assert done.returncode != 0
+    assert "idmapped" in done.stderr and "/proc/self" in done.stderr, done.stderr
+    assert not (runtime.root / cid).exists()
+
+    def idmapped_tmpfs(config: dict[str, Any]) -> None:
+        config["mounts"].append({"destination": "/m", "type": "tmpfs", "source": "tmpfs", "options": ["idmap"]})
+
+    bundle = runtime.bundle("idmaptmpfs", ["/bin/true"], edit=idmapped_tmpfs)
+    done = runtime("run", "--bundle", str(bundle), runtime.new_id("idmaptmpfs"), check=False)
+    assert done.returncode == 1 and "only a bind mount can be idmapped" in done.stderr, done.stderr

@@ -123,7 +123,15 @@ def test_bad_process_attributes_are_refused_by_field(field: str, value: Any, mes
         ({"linux__memoryPolicy": {"mode": "MPOL_BIND"}}, Unsupported, r"linux\.memoryPolicy"),
         ({"mounts": [{"destination": "/data", "type": "bind", "source": "/host", "options": ["rbind"],
                       "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}]},
-         Unsupported, r"mounts\[0\] \(/data\): idmapped mounts \(uidMappings/gidMappings\) are not supported"),
+         InvalidArgument, r"mounts\[0\] \(/data\): an idmapped mount needs both uidMappings and gidMappings"),
+        ({"mounts": [{"destination": "/data", "type": "tmpfs", "source": "tmpfs", "options": ["idmap"]}]},
+         InvalidArgument, r"mounts\[0\] \(/data\): only a bind mount can be idmapped"),
+        ({"mounts": [{"destination": "/data", "type": "bind", "source": "/host", "options": ["ridmap"]}]},
+         InvalidArgument, r"idmap without the mount's own uidMappings/gidMappings takes the container's, which needs"),
+        ({"mounts": [{"destination": "/data", "type": "bind", "source": "/host",
+                      "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 0}],
+                      "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}]},
+         InvalidArgument, r"mounts\[0\]\.uidMappings\[0\] needs containerID, hostID >= 0 and size > 0"),
     ],
 )  # fmt: skip
 def test_bad_or_unsupported_linux_fields_are_refused_by_name(

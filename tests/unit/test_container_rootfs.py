@@ -10,6 +10,7 @@ import pytest
 
 from agent.container.rootfs import (
     BindDevice,
+    IdmappedBind,
     Mkdir,
     Mknod,
     Mount,
@@ -176,6 +177,31 @@ def test_relative_bind_source_is_under_the_bundle(tmp_path: Path) -> None:
         spec["mounts"][0]["source"] = source
         plan = plan_rootfs(HostPaths(tmp_path), parse_spec(spec), "/r", bundle, no_pivot=False)
         assert plan.operations[0] == Mount("/bundle/data", "/d", "", libc.MS_BIND, "", host_source=True), source
+
+
+def test_idmapped_binds_carry_their_maps_or_the_containers(tmp_path: Path) -> None:
+    """Mappings of the mount's own, or (idmap/ridmap alone) the container's user namespace's; rbind
+    takes the mounts below along, ridmap idmaps them too; other options follow as for any bind."""
+    own = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    spec = dict(SPEC, mounts=[
+        {"destination": "/a", "type": "bind", "source": "/host/a", "options": ["bind", "ro"], "uidMappings": own,
+         "gidMappings": [{"containerID": 5, "hostID": 7, "size": 1}, {"containerID": 6, "hostID": 900, "size": 2}]},
+        {"destination": "/b", "type": "bind", "source": "/host/b", "options": ["rbind", "ridmap"]},
+        {"destination": "/c", "type": "bind", "source": "/host/c", "options": ["rbind", "idmap"]},
+    ])  # fmt: skip
+    spec["linux"] = dict(SPEC["linux"], namespaces=[{"type": "user"}, {"type": "mount"}],
+                         uidMappings=[{"containerID": 0, "hostID": 2000, "size": 10}],
+                         gidMappings=[{"containerID": 0, "hostID": 3000, "size": 10}])  # fmt: skip
+    parsed = parse_spec(spec)
+    plan = plan_rootfs(HostPaths(tmp_path), parsed, "/r", None, no_pivot=False)
+    assert plan.operations == [
+        IdmappedBind("/host/a", "/a", False, False, "0 100000 65536\n", "5 7 1\n6 900 2\n"),
+        Remount("/a", libc.MS_RDONLY),
+        IdmappedBind("/host/b", "/b", True, True, "0 2000 10\n", "0 3000 10\n"),
+        IdmappedBind("/host/c", "/c", True, False, "0 2000 10\n", "0 3000 10\n"),
+    ]
+    assert plan.describe()[0] == "idmapped bind /host/a /a (idmap uids '0 100000 65536' gids '5 7 1; 6 900 2')"
+    assert plan.describe()[2].startswith("idmapped rbind /host/b /b (ridmap ")
 
 
 def test_secure_join_keeps_symlinks_inside_the_root(tmp_path: Path) -> None:

@@ -36,7 +36,9 @@ def test_raw_is_neither_compared_nor_shown() -> None:
 
 
 def test_repr_names_the_fields_in_order() -> None:
-    assert repr(Mount("/proc", "proc")) == "Mount(destination='/proc', type='proc', source='', options=())"
+    assert repr(Mount("/proc", "proc")) == (
+        "Mount(destination='/proc', type='proc', source='', options=(), uid_mappings=(), gid_mappings=())"
+    )
 
 
 def test_immutable() -> None:

@@ -97,6 +97,9 @@ def test_rootless_needs_a_user_namespace_and_the_mapping_tools_for_more_than_the
     wide["linux"]["uidMappings"] = []
     with pytest.raises(cli_args.CliError, match=r"linux\.uidMappings: a rootless container's user namespace needs"):
         cli.check_rootless(wide, 1000, 1001, search_path=str(tmp_path))
+    spec["mounts"].append({"destination": "/data", "type": "bind", "source": "/d", "options": ["rbind", "ridmap"]})
+    with pytest.raises(cli_args.CliError, match=r"mounts\[\d+\] \(/data\): an idmapped mount takes privilege"):
+        cli.check_rootless(spec, 1000, 1001, search_path="")
 
 
 def test_a_user_other_than_root_keeps_state_in_its_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -54,7 +54,8 @@ def test_versions_and_the_runtime_spec_shape() -> None:
 
 def test_every_listed_mount_option_is_taken_by_the_parser() -> None:
     options = DOCUMENT["mountOptions"]
-    assert {"rbind", "ro", "rro", "rnosuid", "rnoatime", "tmpcopyup", "nosymfollow", "rslave"} <= set(options)
+    assert {"rbind", "ro", "rro", "rnosuid", "rnoatime", "tmpcopyup", "nosymfollow", "rslave", "idmap",
+            "ridmap"} <= set(options)  # fmt: skip
     for word in options:
         assert parse_mount_options([word]).data == (), f"{word} would reach the filesystem as data"
     # and a word it does not list does reach the filesystem
