@@ -54,7 +54,9 @@ PROCESS_ATTRIBUTES = ("ioPriority", "scheduler", "execCPUAffinity", "apparmorPro
 
 def _wants_attributes(request: dict[str, Any]) -> bool:
     process = request.get("process") or {}
-    return bool(request.get("personality")) or any(process.get(key) for key in PROCESS_ATTRIBUTES)
+    return bool(request.get("personality") or request.get("memory_policy")) or any(
+        process.get(key) for key in PROCESS_ATTRIBUTES
+    )
 
 
 def _report(fd: int, event: dict[str, Any]) -> None:
@@ -787,7 +789,7 @@ def _prepare(request: dict[str, Any], process: dict[str, Any], io_fds: list[int]
     if _wants_attributes(request):
         from agent.container import procattrs  # loaded already, by container_main before the root changed
 
-        procattrs.apply(request["proc"], process, request.get("personality"))
+        procattrs.apply(request["proc"], process, request.get("personality"), request.get("memory_policy"))
     bpf: bytes | None = request.get("seccomp") or None
     no_new_privs = bool(process.get("noNewPrivileges"))
     if bpf and not no_new_privs:

@@ -34,6 +34,12 @@ SCHED_FLAGS = {"SCHED_FLAG_RESET_ON_FORK": 0x01, "SCHED_FLAG_RECLAIM": 0x02, "SC
                "SCHED_FLAG_UTIL_CLAMP_MAX": 0x40}  # fmt: skip
 REALTIME_PRIORITIES = range(1, 100)  # SCHED_FIFO and SCHED_RR; every other policy takes 0
 PERSONALITY_DOMAINS = {"LINUX": 0x0000, "LINUX32": 0x0008}  # PER_LINUX, PER_LINUX32
+# set_mempolicy(2)'s modes and mode flags (linux/mempolicy.h)
+MEMORY_POLICY_MODES = {"MPOL_DEFAULT": 0, "MPOL_PREFERRED": 1, "MPOL_BIND": 2, "MPOL_INTERLEAVE": 3, "MPOL_LOCAL": 4,
+                       "MPOL_PREFERRED_MANY": 5, "MPOL_WEIGHTED_INTERLEAVE": 6}  # fmt: skip
+MEMORY_POLICY_FLAGS = {"MPOL_F_NUMA_BALANCING": 1 << 13, "MPOL_F_RELATIVE_NODES": 1 << 14,
+                       "MPOL_F_STATIC_NODES": 1 << 15}  # fmt: skip
+MAX_NUMA_NODES = 1024  # the kernel's largest MAX_NUMNODES (NODES_SHIFT 10)
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
@@ -113,6 +119,38 @@ def check_personality(value: Any, where: str = "linux.personality") -> dict[str,
     return {"domain": domain}
 
 
+def check_memory_policy(value: Any, where: str = "linux.memoryPolicy") -> dict[str, Any]:
+    """linux.memoryPolicy (runtime-spec 1.3): ``mode``, ``nodes`` (a list like "0-3,7") and ``flags``,
+    by set_mempolicy(2)'s rules: MPOL_DEFAULT and MPOL_LOCAL take neither nodes nor flags,
+    MPOL_PREFERRED may name no node (then: the local one), every other mode needs nodes;
+    MPOL_F_STATIC_NODES and MPOL_F_RELATIVE_NODES exclude each other and need nodes;
+    MPOL_F_NUMA_BALANCING goes with MPOL_BIND. Returns the checked form: mode, node numbers, flags."""
+    entry = _object(value, where)
+    mode = _name(entry.get("mode"), f"{where}.mode", MEMORY_POLICY_MODES)
+    flags = entry.get("flags") or []
+    if not isinstance(flags, list):
+        raise InvalidArgument(f"{where}.flags must be a list of MPOL_F_* names, not {flags!r}")
+    for index, flag in enumerate(flags):
+        _name(flag, f"{where}.flags[{index}]", MEMORY_POLICY_FLAGS)
+    text = entry.get("nodes") or ""
+    if not isinstance(text, str):
+        raise InvalidArgument(f"{where}.nodes must be a node list like '0-3,7', not {text!r}")
+    nodes = sorted(parse_cpuset(text, what=f"{where}.nodes")) if text.strip() else []
+    if nodes and nodes[-1] >= MAX_NUMA_NODES:
+        raise InvalidArgument(f"{where}.nodes: node {nodes[-1]} is beyond the kernel's {MAX_NUMA_NODES} nodes")
+    if mode in ("MPOL_DEFAULT", "MPOL_LOCAL") and (nodes or flags):
+        raise InvalidArgument(f"{where}: {mode} takes no nodes and no flags")
+    if mode not in ("MPOL_DEFAULT", "MPOL_LOCAL", "MPOL_PREFERRED") and not nodes:
+        raise InvalidArgument(f"{where}: {mode} needs nodes")
+    if "MPOL_F_STATIC_NODES" in flags and "MPOL_F_RELATIVE_NODES" in flags:
+        raise InvalidArgument(f"{where}.flags: MPOL_F_STATIC_NODES and MPOL_F_RELATIVE_NODES exclude each other")
+    if not nodes and {"MPOL_F_STATIC_NODES", "MPOL_F_RELATIVE_NODES"} & set(flags):
+        raise InvalidArgument(f"{where}.flags: MPOL_F_STATIC_NODES and MPOL_F_RELATIVE_NODES need nodes")
+    if "MPOL_F_NUMA_BALANCING" in flags and mode != "MPOL_BIND":
+        raise InvalidArgument(f"{where}.flags: MPOL_F_NUMA_BALANCING goes only with MPOL_BIND")
+    return {"mode": mode, "nodes": nodes, "flags": sorted(set(flags))}
+
+
 def _cpus(text: str) -> set[int]:
     return set(parse_cpuset(text, what="CPU affinity"))
 
@@ -124,8 +162,11 @@ def apply_initial_affinity(process: dict[str, Any]) -> None:
         os.sched_setaffinity(0, _cpus(initial))
 
 
-def apply(proc: str, process: dict[str, Any], personality: dict[str, Any] | None) -> None:
-    """Set every attribute ``process`` (and the container's ``personality``) asks for on this process;
+def apply(
+    proc: str, process: dict[str, Any], personality: dict[str, Any] | None, memory_policy: dict[str, Any] | None = None
+) -> None:
+    """Set every attribute ``process`` (and the container's ``personality`` and ``memory_policy``) asks
+    for on this process;
     ``proc`` is where /proc is mounted now. A refusal is init's SetupError naming the attribute. (In the
     container process, which imported this module and init before its root changed: nothing is read
     from disk here.)"""
@@ -135,6 +176,9 @@ def apply(proc: str, process: dict[str, Any], personality: dict[str, Any] | None
     steps = []
     if personality:
         steps.append(("linux.personality", lambda: libc.personality(PERSONALITY_DOMAINS[personality["domain"]])))
+    if memory_policy:
+        mode = MEMORY_POLICY_MODES[memory_policy["mode"]] | sum(MEMORY_POLICY_FLAGS[f] for f in memory_policy["flags"])
+        steps.append(("linux.memoryPolicy", lambda: libc.set_mempolicy(mode, memory_policy["nodes"])))
     if process.get("ioPriority"):
         io = process["ioPriority"]
         value = (IOPRIO_CLASSES[io["class"]] << libc.IOPRIO_CLASS_SHIFT) | io["priority"]
@@ -170,6 +214,8 @@ def _hint(field: str, exc: OSError, process: dict[str, Any]) -> str:
         )
     if field == "process.execCPUAffinity.final" and exc.errno == errno.EINVAL:
         return "; none of those CPUs is online and in the container's cpuset"
+    if field == "linux.memoryPolicy" and exc.errno == errno.EINVAL:
+        return "; a node without memory, offline or outside the container's cpuset.mems, or a mode this kernel lacks"
     return ""
 
 

@@ -256,6 +256,7 @@ class Linux(Record):
         "mount_label",
         "personality",
         "time_offsets",
+        "memory_policy",
     )
     __slots__ = _fields
     namespaces: tuple[Namespace, ...]
@@ -272,6 +273,7 @@ class Linux(Record):
     mount_label: str
     personality: dict[str, Any] | None  # checked by agent.container.procattrs
     time_offsets: tuple[tuple[str, int, int], ...]  # (clock, secs, nanosecs) of a new time namespace
+    memory_policy: dict[str, Any] | None  # checked by agent.container.procattrs
 
     def __init__(
         self,
@@ -289,10 +291,11 @@ class Linux(Record):
         mount_label: str = "",
         personality: dict[str, Any] | None = None,
         time_offsets: tuple[tuple[str, int, int], ...] = (),
+        memory_policy: dict[str, Any] | None = None,
     ) -> None:
         self._assign(namespaces, uid_mappings, gid_mappings, {} if resources is None else resources, cgroups_path,
                      {} if sysctl is None else sysctl, masked_paths, readonly_paths, rootfs_propagation, seccomp,
-                     devices, mount_label, personality, time_offsets)  # fmt: skip
+                     devices, mount_label, personality, time_offsets, memory_policy)  # fmt: skip
 
     def namespace(self, kind: str) -> Namespace | None:
         for ns in self.namespaces:
@@ -536,11 +539,14 @@ def parse_spec(raw: dict[str, Any]) -> Spec:
         n = _dict(item, f"linux.namespaces[{i}]")
         namespaces.append(Namespace(type=str(n.get("type", "")), path=str(n.get("path") or "")))
     sysctl = _dict(linux.get("sysctl"), "linux.sysctl")
-    personality = None
-    if linux.get("personality"):
+    personality = memory_policy = None
+    if linux.get("personality") or linux.get("memoryPolicy"):
         from agent.container import procattrs
 
-        personality = procattrs.check_personality(linux["personality"])
+        if linux.get("personality"):
+            personality = procattrs.check_personality(linux["personality"])
+        if linux.get("memoryPolicy"):
+            memory_policy = procattrs.check_memory_policy(linux["memoryPolicy"])
     return Spec(
         oci_version=str(data.get("ociVersion", "")),
         root_path=str(root.get("path", "")),
@@ -572,6 +578,7 @@ def parse_spec(raw: dict[str, Any]) -> Spec:
             mount_label=_label(linux.get("mountLabel"), "linux.mountLabel"),
             personality=personality,
             time_offsets=_time_offsets(linux.get("timeOffsets")),
+            memory_policy=memory_policy,
         ),
         annotations={str(k): str(v) for k, v in _dict(data.get("annotations"), "annotations").items()},
         raw=data,

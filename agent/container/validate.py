@@ -25,7 +25,6 @@ MOUNT_TYPES_NEEDING_NO_SOURCE = ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "
 UNSUPPORTED_LINUX_FIELDS = {
     "intelRdt": "Intel RDT (resctrl) cache and memory bandwidth allocation",
     "netDevices": "moving host network devices into the container",
-    "memoryPolicy": "NUMA memory policies",
 }
 
 

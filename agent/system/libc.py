@@ -161,6 +161,7 @@ SYS_setns = 308
 SYS_ioprio_set = 251
 SYS_keyctl = 250
 SYS_sched_setattr = 314
+SYS_set_mempolicy = 238
 
 # keyctl(2)
 KEYCTL_JOIN_SESSION_KEYRING = 1
@@ -318,6 +319,18 @@ def setdomainname(name: str) -> None:
 def personality(persona: int) -> None:
     """personality(2): the execution domain (PER_LINUX, PER_LINUX32) this process and what it execs run in."""
     _check(_libc.personality(_ULong(persona)))
+
+
+def set_mempolicy(mode: int, nodes: list[int]) -> None:
+    """set_mempolicy(2): this thread's NUMA memory policy (``mode`` with its MPOL_F_* flags) over
+    ``nodes``, kept across fork and execve."""
+    words = max(nodes) // 64 + 1 if nodes else 0
+    mask = [0] * words
+    for node in nodes:
+        mask[node // 64] |= 1 << (node % 64)
+    buffer = bytearray(_struct.pack(f"={words}Q", *mask)) if words else bytearray(8)
+    array = (_Char * len(buffer)).from_buffer(buffer)
+    _check(_libc.syscall(_Long(SYS_set_mempolicy), _Int(mode), array if words else None, _ULong(words * 64)))
 
 
 def ioprio_set(which: int, who: int, ioprio: int) -> None:

@@ -843,6 +843,38 @@ def test_time_offsets_shift_the_containers_clocks(runtime: Runtime) -> None:
     wait_for(lambda: not alive(init), "the container to die")
 
 
+def test_memory_policy_applies_to_init_and_exec(runtime: Runtime) -> None:
+    """linux.memoryPolicy: the init's and an exec'd process's NUMA policy (numa_maps shows it for every
+    mapping without one of its own); a node this host lacks fails the create by name, leaving nothing."""
+
+    def bind_to_node0(config: dict[str, Any]) -> None:
+        config["linux"]["memoryPolicy"] = {"mode": "MPOL_BIND", "nodes": "0", "flags": ["MPOL_F_STATIC_NODES"]}
+
+    bundle = runtime.bundle("mempolicy", ["/bin/sleep", "300"], edit=bind_to_node0)
+    cid = runtime.new_id("mempolicy")
+    runtime("run", "--detach", "--bundle", str(bundle), cid)
+    init = runtime.state(cid)["pid"]
+    policies = {line.split()[1] for line in Path(f"/proc/{init}/numa_maps").read_text().splitlines()}
+    assert policies == {"bind=static:0"}, policies
+    exec_policies = {
+        line.split()[1] for line in runtime("exec", cid, "cat", "/proc/self/numa_maps").stdout.splitlines()
+    }
+    assert exec_policies == {"bind=static:0"}, exec_policies
+    runtime("delete", "--force", cid)
+    wait_for(lambda: not alive(init), "the container to die")
+
+    missing = max(int(name[4:]) for name in os.listdir("/sys/devices/system/node") if name[4:].isdigit()) + 1
+
+    def bind_to_a_missing_node(config: dict[str, Any]) -> None:
+        config["linux"]["memoryPolicy"] = {"mode": "MPOL_BIND", "nodes": str(missing)}
+
+    bundle = runtime.bundle("mempolicybad", ["/bin/true"], edit=bind_to_a_missing_node)
+    cid = runtime.new_id("mempolicybad")
+    done = runtime("run", "--bundle", str(bundle), cid, check=False)
+    assert done.returncode != 0 and "linux.memoryPolicy: Invalid argument" in done.stderr, done.stderr
+    assert not (runtime.root / cid).exists()
+
+
 def test_lsm_labels_are_applied_or_refused_by_name(runtime: Runtime) -> None:
     """An AppArmor profile or SELinux label the host cannot enforce is refused before anything is
     made (runc fails too); where the host has the LSM, the process runs confined as asked."""

@@ -120,7 +120,25 @@ def test_bad_process_attributes_are_refused_by_field(field: str, value: Any, mes
         ({"linux__timeOffsets": {"monotonic": {"secs": 1 << 63}}}, InvalidArgument, r"does not fit in 64 bits"),
         ({"linux__intelRdt": {"closID": "x"}}, Unsupported, r"linux\.intelRdt"),
         ({"linux__netDevices": {"eth1": {}}}, Unsupported, r"linux\.netDevices"),
-        ({"linux__memoryPolicy": {"mode": "MPOL_BIND"}}, Unsupported, r"linux\.memoryPolicy"),
+        ({"linux__memoryPolicy": {"mode": "MPOL_BIND"}}, InvalidArgument,
+         r"linux\.memoryPolicy: MPOL_BIND needs nodes"),
+        ({"linux__memoryPolicy": {"mode": "MPOL_FIRST_TOUCH", "nodes": "0"}}, InvalidArgument,
+         r"linux\.memoryPolicy\.mode must be one of"),
+        ({"linux__memoryPolicy": {"mode": "MPOL_LOCAL", "nodes": "0"}}, InvalidArgument,
+         r"MPOL_LOCAL takes no nodes and no flags"),
+        ({"linux__memoryPolicy": {"mode": "MPOL_INTERLEAVE", "nodes": "0-x"}}, InvalidArgument,
+         r"linux\.memoryPolicy\.nodes"),
+        ({"linux__memoryPolicy": {"mode": "MPOL_INTERLEAVE", "nodes": "1024"}}, InvalidArgument,
+         r"node 1024 is beyond the kernel's 1024 nodes"),
+        ({"linux__memoryPolicy": {"mode": "MPOL_BIND", "nodes": "0",
+                                  "flags": ["MPOL_F_STATIC_NODES", "MPOL_F_RELATIVE_NODES"]}}, InvalidArgument,
+         r"MPOL_F_STATIC_NODES and MPOL_F_RELATIVE_NODES exclude each other"),
+        ({"linux__memoryPolicy": {"mode": "MPOL_PREFERRED", "flags": ["MPOL_F_STATIC_NODES"]}}, InvalidArgument,
+         r"need nodes"),
+        ({"linux__memoryPolicy": {"mode": "MPOL_INTERLEAVE", "nodes": "0", "flags": ["MPOL_F_NUMA_BALANCING"]}},
+         InvalidArgument, r"MPOL_F_NUMA_BALANCING goes only with MPOL_BIND"),
+        ({"linux__memoryPolicy": {"mode": "MPOL_BIND", "nodes": "0", "flags": ["MPOL_F_LAZY"]}}, InvalidArgument,
+         r"linux\.memoryPolicy\.flags\[0\] must be one of"),
         ({"mounts": [{"destination": "/data", "type": "bind", "source": "/host", "options": ["rbind"],
                       "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}]},
          InvalidArgument, r"mounts\[0\] \(/data\): an idmapped mount needs both uidMappings and gidMappings"),
@@ -139,6 +157,18 @@ def test_bad_or_unsupported_linux_fields_are_refused_by_name(
 ) -> None:
     with pytest.raises(error, match=message):
         validate_spec(parse_spec(spec_with(**changes)))
+
+
+def test_memory_policy_is_parsed_to_its_mode_nodes_and_flags() -> None:
+    policy = {"mode": "MPOL_BIND", "nodes": "3,0-1", "flags": ["MPOL_F_STATIC_NODES", "MPOL_F_NUMA_BALANCING"]}
+    parsed = parse_spec(spec_with(linux__memoryPolicy=policy))
+    assert parsed.linux.memory_policy == {
+        "mode": "MPOL_BIND",
+        "nodes": [0, 1, 3],
+        "flags": ["MPOL_F_NUMA_BALANCING", "MPOL_F_STATIC_NODES"],
+    }
+    preferred_local = parse_spec(spec_with(linux__memoryPolicy={"mode": "MPOL_PREFERRED"}))
+    assert preferred_local.linux.memory_policy == {"mode": "MPOL_PREFERRED", "nodes": [], "flags": []}
 
 
 def test_time_offsets_are_parsed_in_the_kernels_clock_order() -> None:
