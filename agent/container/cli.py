@@ -241,6 +241,9 @@ def check_rootless(spec: dict[str, Any], uid: int, gid: int, search_path: str | 
                 f"mounts[{index}] ({mount.get('destination')}): an idmapped mount takes privilege over its source's "
                 "file system, which a user other than root does not have: leave the mappings out"
             )
+    if linux.get("netDevices"):
+        raise CliError("linux.netDevices: moving a network device takes privilege over the host's network, which a "
+                       "user other than root does not have: leave it out")  # fmt: skip
     for kind, own in (("uid", uid), ("gid", gid)):
         mappings = [m for m in linux.get(f"{kind}Mappings") or [] if isinstance(m, dict)]
         try:
@@ -717,6 +720,7 @@ def do_delete(ctx: Context, record: Record, container: Container, *, force: bool
     # The engine waits for the processes it knows; a later call knows only the init, so wait for
     # the cgroup to empty (processes that earlier calls exec'd) before the engine removes it. An empty
     # cgroup (a `run` whose init ended with its pid namespace) needs neither.
+    container.return_net_devices()  # before the kill ends the network namespace they are in
     if container.pids():
         container.signal(_signal.SIGKILL, all_processes=True)
         _wait_empty(container, record)

@@ -194,6 +194,7 @@ class Container:
         self.start_fifo: str | None = None
         # each of its processes joins a session keyring of the container's own (runc's default)
         self.new_keyring = True
+        self._net_devices_returned = False  # (return_net_devices)
         # CPU hotplug widens the cpusets of containers that chose their CPUs (at create or update)
         self.asked_for_cpus = bool((spec.linux.resources.get("cpu") or {}).get("cpus"))
         self._status = Status.CREATING
@@ -375,6 +376,18 @@ class Container:
             return None
         return os.fspath(self.cgroup.cpuset_dir())
 
+    def return_net_devices(self) -> None:
+        """Give the spec's linux.netDevices back to the runtime's network namespace, while the
+        container's is there (its init alive): before the processes are killed. Once only."""
+        init = self.init
+        if not self.spec.linux.net_devices or self._net_devices_returned or init is None:
+            return
+        if init.handle.pid > 0 and init.handle.exit_code is None:
+            from agent.container.launch import return_net_devices
+
+            return_net_devices(self.engine, self.id, init.handle.pid, self.spec.linux.net_devices)
+        self._net_devices_returned = True
+
     def destroy(self, timeout: float | None = None) -> None:
         """Kill every process, wait for the init (``timeout`` seconds; None or 0 waits forever),
         run the poststop hooks and remove the cgroup. Safe to call twice."""
@@ -384,6 +397,7 @@ class Container:
             status = self.status
             self._thaw_quietly() if status is Status.PAUSED else None
             procs = self.processes()
+            self.return_net_devices()
             if not self._pid_namespace_ended(procs):
                 self.signal(_signal.SIGKILL, all_processes=True)
         deadline = None if not timeout else time.monotonic() + timeout

@@ -22,6 +22,7 @@ from agent.errors import AgentError, ResourceError, Unsupported
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
     from agent.container.engine import Container, Engine, FdIO, PipeIO, Process
@@ -211,18 +212,63 @@ def hook_to_json(hook: Any) -> dict[str, Any]:
     return {"path": hook.path, "args": list(hook.args), "env": list(hook.env), "timeout": hook.timeout}
 
 
-def _run_runtime_hooks(handle: Any, spec: Spec, state: dict[str, Any], container_id: str) -> None:
-    """prestart, then createRuntime, once the process has made its mounts (it reports ``mounted`` and
-    waits); then ``h`` lets it go on to the createContainer hooks and the root change."""
+def _run_runtime_hooks(
+    engine: Engine, handle: Any, spec: Spec, state: dict[str, Any], container_id: str, moved: list[tuple[str, str]]
+) -> None:
+    """Once the process has made its mounts (it reports ``mounted`` and waits): linux.netDevices into
+    its network namespace (each one moved is added to ``moved``), then the prestart and createRuntime
+    hooks; then ``h`` lets it go on to the createContainer hooks and the root change."""
     if not handle.wait_for("mounted", SETUP_TIMEOUT):
         raise ResourceError(f"container {container_id}: setup did not reach its hooks within {SETUP_TIMEOUT} s")
     if not handle.mounted:
         raise ResourceError(f"container {container_id}: setup failed: {handle.error or 'the process ended'}")
+    if spec.linux.net_devices:
+        from agent.system.netdev import move_link
+
+        proc = str(engine.paths.proc)
+        target = os.open(f"{proc}/{handle.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for host_name, name in spec.linux.net_devices:
+                try:
+                    move_link(host_name, name, target, proc=proc)
+                except OSError as exc:
+                    raise ResourceError(f"container {container_id}: linux.netDevices[{host_name!r}]: cannot move "
+                                        f"it into the container: {exc.strerror}") from None  # fmt: skip
+                moved.append((host_name, name))
+        finally:
+            os.close(target)
     hook_state = {**state, "pid": handle.pid}
     for kind, hooks in (("prestart", spec.hooks.prestart), ("createRuntime", spec.hooks.create_runtime)):
         for hook in hooks:
             hooks_mod.run_hook(hook, hook_state, kind)
     handle.control(b"h")
+
+
+def return_net_devices(engine: Engine, container_id: str, pid: int, devices: Sequence[tuple[str, str]]) -> None:
+    """Move the container's net devices back from the network namespace of its process ``pid`` to
+    this thread's, under their first names and down (as runc does when it destroys a container). A
+    device that cannot go back is logged: its namespace ends with the container (a physical device
+    then returns to the host's first namespace, a virtual one is gone)."""
+    from agent.container.engine import log
+    from agent.system.netdev import move_link
+
+    proc = str(engine.paths.proc)
+    try:
+        source = os.open(f"{proc}/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(f"{proc}/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        log.warning("container %s: its net devices cannot go back: %s", container_id, exc)
+        return
+    try:
+        for host_name, name in devices:
+            try:
+                move_link(name, host_name, target, proc=proc, source_ns=source, up=False)
+            except OSError as exc:
+                log.warning("container %s: net device %s cannot go back as %s: %s", container_id, name, host_name,
+                            exc.strerror)  # fmt: skip
+    finally:
+        os.close(source)
+        os.close(target)
 
 
 def _abort(handle: Any) -> None:
@@ -316,7 +362,7 @@ def create_container(
         # prestart and createRuntime run here, in the runtime's namespaces, once the process has made
         # its mounts; createContainer runs in the process, in the container's namespaces, before the
         # root changes; startContainer runs in the process after the root changed (runtime-spec)
-        "wait_for_runtime_hooks": bool(spec.hooks.prestart or spec.hooks.create_runtime),
+        "wait_for_runtime_hooks": bool(spec.hooks.prestart or spec.hooks.create_runtime or spec.linux.net_devices),
         "create_container_hooks": [hook_to_json(h) for h in spec.hooks.create_container],
         "start_container_hooks": [hook_to_json(h) for h in spec.hooks.start_container],
         "state": state,
@@ -324,6 +370,7 @@ def create_container(
     request["attach"] = [] if in_user_ns else cgroup.self_attach_files()
     ours = None
     handle = None
+    moved: list[tuple[str, str]] = []  # the net devices in the container's network namespace by now
     try:
         if request["attach"]:
             cgroup.create()  # the process joins it first thing; its limits follow while it sets up
@@ -335,7 +382,7 @@ def create_container(
         if not request["attach"]:
             _move_into_cgroup(handle, cgroup, f"container {container_id}")
         if request["wait_for_runtime_hooks"]:
-            _run_runtime_hooks(handle, spec, state, container_id)
+            _run_runtime_hooks(engine, handle, spec, state, container_id, moved)
         if not handle.wait_for("created", SETUP_TIMEOUT):
             raise ResourceError(f"container {container_id}: setup did not finish within {SETUP_TIMEOUT} s")
         if not handle.created:
@@ -347,6 +394,8 @@ def create_container(
         container._status = Status.CREATED
         return container
     except BaseException as exc:
+        if moved and handle is not None:
+            return_net_devices(engine, container_id, handle.pid, moved)  # before the namespace ends
         if handle is not None:
             _abort(handle)
         if ours is not None:

@@ -257,6 +257,7 @@ class Linux(Record):
         "personality",
         "time_offsets",
         "memory_policy",
+        "net_devices",
     )
     __slots__ = _fields
     namespaces: tuple[Namespace, ...]
@@ -274,6 +275,7 @@ class Linux(Record):
     personality: dict[str, Any] | None  # checked by agent.container.procattrs
     time_offsets: tuple[tuple[str, int, int], ...]  # (clock, secs, nanosecs) of a new time namespace
     memory_policy: dict[str, Any] | None  # checked by agent.container.procattrs
+    net_devices: tuple[tuple[str, str], ...]  # (name in the runtime's network namespace, name in the container's)
 
     def __init__(
         self,
@@ -292,10 +294,11 @@ class Linux(Record):
         personality: dict[str, Any] | None = None,
         time_offsets: tuple[tuple[str, int, int], ...] = (),
         memory_policy: dict[str, Any] | None = None,
+        net_devices: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._assign(namespaces, uid_mappings, gid_mappings, {} if resources is None else resources, cgroups_path,
                      {} if sysctl is None else sysctl, masked_paths, readonly_paths, rootfs_propagation, seccomp,
-                     devices, mount_label, personality, time_offsets, memory_policy)  # fmt: skip
+                     devices, mount_label, personality, time_offsets, memory_policy, net_devices)  # fmt: skip
 
     def namespace(self, kind: str) -> Namespace | None:
         for ns in self.namespaces:
@@ -474,6 +477,31 @@ def _hooks(value: Any, where: str) -> tuple[Hook, ...]:
     return tuple(hooks)
 
 
+def _net_devices(value: Any) -> tuple[tuple[str, str], ...]:
+    """linux.netDevices (runtime-spec 1.3): {name in the runtime's network namespace: {"name": name in
+    the container's, default the same}}; names by the kernel's rule, none given twice in the container."""
+    if not value:
+        return ()
+    from agent.system.netdev import valid_link_name
+
+    devices = []
+    for host_name, entry in _dict(value, "linux.netDevices").items():
+        where = f"linux.netDevices[{host_name!r}]"
+        name = _dict(entry, where).get("name") or host_name
+        for what, link in (("", host_name), (".name", name)):
+            if not isinstance(link, str) or not valid_link_name(link):
+                raise InvalidArgument(
+                    f"{where}{what}: {link!r} is not an interface name (1 to 15 bytes, not . or .., no /, : or spaces)"
+                )
+        devices.append((host_name, name))
+    seen: set[str] = set()
+    for _, name in devices:
+        if name in seen:
+            raise InvalidArgument(f"linux.netDevices: two devices would be named {name!r} in the container")
+        seen.add(name)
+    return tuple(devices)
+
+
 TIME_NAMESPACE_CLOCKS = ("monotonic", "boottime")  # the clocks a time namespace offsets (time_namespaces(7))
 
 
@@ -579,6 +607,7 @@ def parse_spec(raw: dict[str, Any]) -> Spec:
             personality=personality,
             time_offsets=_time_offsets(linux.get("timeOffsets")),
             memory_policy=memory_policy,
+            net_devices=_net_devices(linux.get("netDevices")),
         ),
         annotations={str(k): str(v) for k, v in _dict(data.get("annotations"), "annotations").items()},
         raw=data,

@@ -24,7 +24,6 @@ MOUNT_TYPES_NEEDING_NO_SOURCE = ("proc", "sysfs", "tmpfs", "devpts", "mqueue", "
 # linux fields of the runtime spec this engine does not implement: refused by name, never ignored
 UNSUPPORTED_LINUX_FIELDS = {
     "intelRdt": "Intel RDT (resctrl) cache and memory bandwidth allocation",
-    "netDevices": "moving host network devices into the container",
 }
 
 
@@ -86,6 +85,10 @@ def check_namespaces(spec: Spec, bundle: str | None) -> None:
         raise InvalidArgument(
             "linux.timeOffsets sets the clocks of a new time namespace: "
             "add one (type time, no path) to linux.namespaces"
+        )
+    if spec.linux.net_devices and "network" not in seen:
+        raise InvalidArgument(
+            "linux.netDevices moves devices into the container's network namespace: the spec has none of its own"
         )
     if spec.linux.sysctl and "ipc" not in seen and "network" not in seen:
         for key in spec.linux.sysctl:

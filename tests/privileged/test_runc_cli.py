@@ -1085,3 +1085,72 @@ def test_idmapped_mount_refusals(runtime: Runtime) -> None:
     bundle = runtime.bundle("idmaptmpfs", ["/bin/true"], edit=idmapped_tmpfs)
     done = runtime("run", "--bundle", str(bundle), runtime.new_id("idmaptmpfs"), check=False)
     assert done.returncode == 1 and "only a bind mount can be idmapped" in done.stderr, done.stderr
+
+
+@pytest.fixture
+def netns_runtime(runtime: Runtime) -> Iterator[tuple[Runtime, str]]:
+    """``runtime`` whose commands run in a network namespace made for the test (the runtime's
+    namespace, where the devices to move live), removed with everything in it at the end."""
+    name = f"pykata-netdev-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    plain = runtime.command
+    # nsenter, not `ip netns exec`: that one mounts a sysfs over /sys, which hides the cgroup mounts
+    runtime.command = ["nsenter", f"--net=/run/netns/{name}", *plain]
+    try:
+        yield runtime, name
+    finally:
+        for container_id in runtime.ids:  # while the namespace is there (the fixture's own delete follows)
+            runtime("delete", "--force", container_id, check=False)
+        runtime.command = plain
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+def _links(netns: str) -> dict[str, str]:
+    """The namespace's links by name, with their state (UP or DOWN, from their flags)."""
+    shown = subprocess.run(["ip", "-n", netns, "-o", "link", "show"], capture_output=True, text=True, check=True)
+    links = {}
+    for line in shown.stdout.splitlines():
+        name, flags = line.split(": ")[1].split("@")[0], line.split("<")[1].split(">")[0].split(",")
+        links[name] = "UP" if "UP" in flags else "DOWN"
+    return links
+
+
+def test_net_devices_move_into_the_container_and_back(netns_runtime: tuple[Runtime, str]) -> None:
+    """linux.netDevices, as runc 1.3 moves them: the runtime's device goes into the container's network
+    namespace under its new name, up, with nothing else changed (its MAC address); delete brings it
+    back under its first name, down. A create that fails after the move (a failing createRuntime hook)
+    gives it back too, and a device the runtime's namespace lacks is named in the error."""
+    runtime, netns = netns_runtime
+    # a veth pair (this kernel has no dummy driver): one end moves, its peer stays
+    subprocess.run(["ip", "-n", netns, "link", "add", "pkdummy0", "address", "02:00:00:00:00:42", "type", "veth",
+                    "peer", "name", "pkpeer0"], check=True)  # fmt: skip
+    subprocess.run(["ip", "-n", netns, "link", "set", "pkdummy0", "up"], check=True)
+
+    def move(config: dict[str, Any]) -> None:
+        config["linux"]["netDevices"] = {"pkdummy0": {"name": "ctr0"}}
+
+    bundle = runtime.bundle("netdev", ["/bin/sleep", "300"], edit=move)
+    cid = runtime.new_id("netdev")
+    runtime("run", "--detach", "--bundle", str(bundle), cid)
+    assert "pkdummy0" not in _links(netns)
+    inside = runtime("exec", cid, "ip", "-o", "link", "show", "ctr0").stdout
+    assert "UP" in inside.split("<")[1].split(">")[0].split(",") and "02:00:00:00:00:42" in inside, inside
+    runtime("delete", "--force", cid)
+    assert _links(netns)["pkdummy0"] == "DOWN"
+
+    def move_then_fail(config: dict[str, Any]) -> None:
+        move(config)
+        config["hooks"] = {"createRuntime": [{"path": "/bin/false"}]}
+
+    bundle = runtime.bundle("netdevfail", ["/bin/true"], edit=move_then_fail)
+    done = runtime("run", "--bundle", str(bundle), runtime.new_id("netdevfail"), check=False)
+    assert done.returncode != 0 and "createRuntime hook /bin/false failed" in done.stderr, done.stderr
+    assert "pkdummy0" in _links(netns)
+
+    def move_missing(config: dict[str, Any]) -> None:
+        config["linux"]["netDevices"] = {"pknone0": {}}
+
+    bundle = runtime.bundle("netdevnone", ["/bin/true"], edit=move_missing)
+    done = runtime("run", "--bundle", str(bundle), runtime.new_id("netdevnone"), check=False)
+    assert done.returncode != 0
+    assert "linux.netDevices['pknone0']: cannot move it into the container: No such device" in done.stderr, done.stderr

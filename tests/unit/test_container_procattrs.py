@@ -119,7 +119,14 @@ def test_bad_process_attributes_are_refused_by_field(field: str, value: Any, mes
          r"linux\.timeOffsets\.monotonic\.secs must be an integer"),
         ({"linux__timeOffsets": {"monotonic": {"secs": 1 << 63}}}, InvalidArgument, r"does not fit in 64 bits"),
         ({"linux__intelRdt": {"closID": "x"}}, Unsupported, r"linux\.intelRdt"),
-        ({"linux__netDevices": {"eth1": {}}}, Unsupported, r"linux\.netDevices"),
+        ({"linux__netDevices": {"eth1": {}}, "linux__namespaces": [{"type": "mount"}]}, InvalidArgument,
+         r"linux\.netDevices moves devices into the container's network namespace: the spec has none"),
+        ({"linux__netDevices": {"eth1": {"name": "a/b"}}}, InvalidArgument,
+         r"linux\.netDevices\['eth1'\]\.name: 'a/b' is not an interface name"),
+        ({"linux__netDevices": {"an-interface-name": {}}}, InvalidArgument,
+         r"linux\.netDevices\['an-interface-name'\]: 'an-interface-name' is not an interface name"),
+        ({"linux__netDevices": {"eth1": {"name": "net0"}, "eth2": {"name": "net0"}}}, InvalidArgument,
+         r"two devices would be named 'net0' in the container"),
         ({"linux__memoryPolicy": {"mode": "MPOL_BIND"}}, InvalidArgument,
          r"linux\.memoryPolicy: MPOL_BIND needs nodes"),
         ({"linux__memoryPolicy": {"mode": "MPOL_FIRST_TOUCH", "nodes": "0"}}, InvalidArgument,
@@ -157,6 +164,14 @@ def test_bad_or_unsupported_linux_fields_are_refused_by_name(
 ) -> None:
     with pytest.raises(error, match=message):
         validate_spec(parse_spec(spec_with(**changes)))
+
+
+def test_net_devices_keep_their_name_unless_given_one() -> None:
+    spec = spec_with(linux__netDevices={"eth1": {}, "dummy0": {"name": "net0"}})
+    spec["linux"]["namespaces"].append({"type": "network"})
+    parsed = parse_spec(spec)
+    validate_spec(parsed)
+    assert parsed.linux.net_devices == (("eth1", "eth1"), ("dummy0", "net0"))
 
 
 def test_memory_policy_is_parsed_to_its_mode_nodes_and_flags() -> None:
