@@ -37,6 +37,7 @@ from agent.container.cli_args import (
     CliError,
     Invocation,
     UsageError,
+    command_help,
     parse_args,
 )
 from agent.container.cli_state import (
@@ -988,7 +989,7 @@ HANDLERS: dict[str, Callable[[Context], int]] = {
 def usage() -> str:
     lines = [f"usage: {PROGRAM} [global flags] COMMAND [flags] [ID]", "", "commands:"]
     lines += [f"  {c.usage}" for c in COMMANDS.values()]
-    lines += ["", "global flags:"]
+    lines += ["  help [COMMAND]", "", "global flags:"]
     lines += [f"  --{f.names[0]:<16} {f.help}" for f in GLOBAL_FLAGS if f.help]
     return "\n".join(lines)
 
@@ -1016,6 +1017,9 @@ def run_cli(argv: Sequence[str]) -> int:
         log = Log(options.get("log"), options.get("log_format"), bool(options.get("debug")))
         if options.get("version"):
             print(f"{PROGRAM} version 0.1.0\nspec: {OCI_VERSION}")
+            return 0
+        if invocation.command is not None and invocation.flags.get("help"):
+            print(command_help(invocation.command))
             return 0
         if invocation.command is None or options.get("help"):
             print(usage())

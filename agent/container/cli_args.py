@@ -205,6 +205,21 @@ COMMANDS = {
 }
 
 
+HELP_FLAG = _bool("help,h", "help", "show this command's usage and flags")
+
+
+def command_help(command: Command) -> str:
+    """``PROGRAM COMMAND --help``: the usage line and every flag, with its other names and help."""
+    lines = [f"usage: {PROGRAM} {command.usage}"]
+    if command.flags:
+        lines += ["", "flags:"]
+        for flag in (*command.flags, HELP_FLAG):
+            spelled = ", ".join(("-" if len(n) == 1 else "--") + n + (" VALUE" if flag.takes_value else "")
+                                for n in flag.names)  # fmt: skip
+            lines.append(f"  {spelled:<32} {flag.help}{' (may be repeated)' if flag.repeated else ''}")
+    return "\n".join(lines)
+
+
 class Invocation:
     def __init__(
         self,
@@ -286,10 +301,18 @@ def parse_args(argv: Sequence[str]) -> Invocation:
     if not words:
         return Invocation(options, None)
     name, words = words[0], words[1:]
+    if name == "help":  # urfave/cli's: help [COMMAND]
+        if words and words[0] not in COMMANDS:
+            raise UsageError(f"no such command: {words[0]!r}; commands: {', '.join(COMMANDS)}")
+        return Invocation({**options, "help": True}, COMMANDS[words[0]] if words else None, {"help": True})
     command = COMMANDS.get(name)
     if command is None:
         raise UsageError(f"no such command: {name!r}; commands: {', '.join(COMMANDS)}")
-    flags, args = _parse_flags(words, command.flags, stop_at_arg=command.flags_end_at_first_arg, where=name)
+    flags, args = _parse_flags(
+        words, (*command.flags, HELP_FLAG), stop_at_arg=command.flags_end_at_first_arg, where=name
+    )
+    if flags.pop("help"):
+        return Invocation({**options, "help": True}, command, {"help": True})
     if len(args) < command.min_args:
         what = "a container id" if command.min_args == 1 else f"{command.min_args} arguments"
         raise UsageError(f"{name} needs {what}; usage: {PROGRAM} {command.usage}")

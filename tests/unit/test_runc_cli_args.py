@@ -55,6 +55,31 @@ def test_usage_errors_name_the_problem(argv: list[str], message: str) -> None:
         cli_args.parse_args(argv)
 
 
+@pytest.mark.parametrize(
+    "argv", [["create", "--help"], ["create", "-h"], ["help", "create"], ["create", "-b", "x", "-h"]]
+)
+def test_each_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """As runc's: the usage line and every flag (all their names, whether they take a value), exit 0,
+    without the arguments the command itself would need."""
+    assert cli.run_cli(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "usage: pykata-runc create [flags] ID"
+    flags = {line.split()[0].rstrip(",") for line in out[3:]}
+    assert flags == {"--bundle", "--console-socket", "--pid-file", "--no-pivot", "--no-new-keyring", "--preserve-fds",
+                     "--help"}  # fmt: skip
+    assert "  --bundle VALUE, -b VALUE" in "\n".join(out)
+
+
+def test_help_without_a_command_and_for_an_unknown_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run_cli(["help"]) == 0
+    assert "  help [COMMAND]" in capsys.readouterr().out
+    assert cli.run_cli(["help", "nope"]) == 1
+    assert "no such command: 'nope'" in capsys.readouterr().err
+    # after exec's ID the words are the process's: -h goes to it, as with runc
+    parsed = cli_args.parse_args(["exec", "c1", "ls", "-h"])
+    assert parsed.args == ["c1", "ls", "-h"] and not parsed.options.get("help")
+
+
 def test_errors_exit_1_with_the_program_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert cli.run_cli(["--root", str(tmp_path), "state", "missing"]) == 1
     err = capsys.readouterr().err
