@@ -276,15 +276,34 @@ class Netlink:
                         f"UpdateRoutes: route {route.dest or 'default'} names device {route.device!r}, "
                         "which does not exist"
                     )
-            for old, msg in self._routes(ipr):
-                if msg["proto"] == RTPROT_KERNEL:
-                    continue
+            # every route checked before the table is touched: bad input changes nothing
+            wanted = [(route, _route_args(route, names)) for route in sorted(routes, key=lambda r: bool(r.gateway))]
+            previous = [(old, msg) for old, msg in self._routes(ipr) if msg["proto"] != RTPROT_KERNEL]
+            for old, msg in previous:
                 with self._doing(f"delete route {old.dest or 'default'} via {old.gateway or old.device}"):
                     ipr.route("del", **_route_key(msg))
-            for route in sorted(routes, key=lambda r: bool(r.gateway)):
-                with self._doing(f"add route {route.dest or 'default'} via {route.gateway or route.device}"):
-                    ipr.route("replace", **_route_args(route, names))
+            try:
+                for route, args in wanted:
+                    with self._doing(f"add route {route.dest or 'default'} via {route.gateway or route.device}"):
+                        ipr.route("replace", **args)
+            except AgentError:
+                self._restore_routes(ipr, previous, names)  # the kernel refused one: the table as it was
+                raise
             return [route for route, _ in self._routes(ipr)]
+
+    def _restore_routes(self, ipr: Any, previous: list[tuple[Route, Any]], names: dict[str, int]) -> None:
+        import_pyroute2()
+        from pyroute2 import NetlinkError
+
+        for _, msg in self._routes(ipr):
+            if msg["proto"] != RTPROT_KERNEL:
+                with contextlib.suppress(NetlinkError):
+                    ipr.route("del", **_route_key(msg))
+        for old, _ in sorted(previous, key=lambda pair: bool(pair[0].gateway)):
+            try:
+                ipr.route("replace", **_route_args(old, names))
+            except (NetlinkError, AgentError) as exc:
+                log.warning("UpdateRoutes: could not put back route %s: %s", old.dest or "default", exc)
 
     # --- neighbours
 
@@ -321,19 +340,30 @@ def _route_key(msg: Any) -> dict[str, Any]:
 
 
 def _route_args(route: Route, names: dict[str, int]) -> dict[str, Any]:
-    family = route.family
-    if route.gateway:
-        family = ipaddress.ip_address(route.gateway).version
-    elif not route.is_default:
-        family = ipaddress.ip_network(route.dest, strict=False).version
+    """pyroute2's arguments for ``route``; InvalidArgument names a field that is not an address of the
+    route's family."""
+    where = f"UpdateRoutes: route {route.dest or 'default'}"
+    dest = gateway = source = None
+    try:
+        if not route.is_default:
+            dest = ipaddress.ip_network(route.dest, strict=False)
+    except ValueError:
+        raise InvalidArgument(f"{where}: destination {route.dest!r} is not a network") from None
+    for field, text in (("gateway", route.gateway), ("source", route.source)):
+        if text:
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                raise InvalidArgument(f"{where}: {field} {text!r} is not an IP address") from None
+            gateway, source = (address, source) if field == "gateway" else (gateway, address)
+    family = gateway.version if gateway else dest.version if dest else route.family
+    versions = {"destination": dest and dest.version, "gateway": gateway and gateway.version,
+                "source": source and source.version}  # fmt: skip
+    for field, version in versions.items():
+        if version and version != family:
+            raise InvalidArgument(f"{where}: the {field} is IPv{version}, the route IPv{family}")
     args: dict[str, Any] = {"family": _FAMILY.get(family, socket.AF_INET), "table": RT_TABLE_MAIN}
-    if route.is_default:
-        args["dst"] = "default"
-    else:
-        try:
-            args["dst"] = str(ipaddress.ip_network(route.dest, strict=False))
-        except ValueError:
-            raise InvalidArgument(f"UpdateRoutes: destination {route.dest!r} is not a network") from None
+    args["dst"] = "default" if dest is None else str(dest)
     if route.gateway:
         args["gateway"] = route.gateway
     if route.device:

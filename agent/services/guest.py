@@ -10,6 +10,7 @@ is ever visible at the destination.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -130,6 +131,10 @@ class GuestService:
         except PermissionError as exc:
             raise Unsupported(f"setting the guest clock needs CAP_SYS_TIME: {exc}") from exc
         except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EOVERFLOW, errno.ERANGE):
+                raise InvalidArgument(
+                    f"SetGuestDateTime: the kernel refuses the time sec={sec}: {exc.strerror}"
+                ) from exc
             raise ResourceError(f"settimeofday({sec}, {usec}) failed: {exc}") from exc
 
     def reseed_random(self, data: bytes) -> None:

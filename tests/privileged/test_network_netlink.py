@@ -139,10 +139,24 @@ def test_update_routes_orders_link_routes_first_and_replaces_the_table(netns: Na
     table = {(r["dst"], r.get("gateway", "")) for r in netns.ip("route", "show")}
     assert table == {("172.16.79.0/24", "10.79.0.1"), ("10.79.0.0/24", "")}
 
+    kept = {("172.16.79.0/24", "10.79.0.1"), ("10.79.0.0/24", "")}
     with pytest.raises(NotFound, match="nosuchdev"):
         service.update_routes([Route(dest="10.1.0.0/16", device="nosuchdev")])
+    # the kernel refuses the second route after the first went in: the table is put back as it was
     with pytest.raises(InvalidArgument, match="unreachable"):
-        service.update_routes([Route(dest="10.2.0.0/16", gateway="10.200.0.1", device="eth0")])
+        service.update_routes([Route(dest="10.3.0.0/16", gateway="10.79.0.7", device="eth0"),
+                               Route(dest="10.2.0.0/16", gateway="10.200.0.1", device="eth0")])  # fmt: skip
+    assert {(r["dst"], r.get("gateway", "")) for r in netns.ip("route", "show")} == kept
+    # fields that are not addresses are refused before the table is touched (they were INTERNAL errors)
+    for bad, message in (
+        (Route(dest="bind", device="eth0"), r"destination 'bind' is not a network"),
+        (Route(dest="10.4.0.0/16", gateway="a", device="eth0"), r"gateway 'a' is not an IP address"),
+        (Route(dest="10.4.0.0/16", source="SIGKILL", device="eth0"), r"source 'SIGKILL' is not an IP address"),
+        (Route(dest="fd00::/64", gateway="10.79.0.1", device="eth0"), r"the destination is IPv6, the route IPv4"),
+    ):
+        with pytest.raises(InvalidArgument, match=message):
+            service.update_routes([Route(dest="10.5.0.0/16", device="eth0"), bad])
+        assert {(r["dst"], r.get("gateway", "")) for r in netns.ip("route", "show")} == kept
 
 
 def test_list_interfaces_matches_ip_link(netns: Namespace) -> None:

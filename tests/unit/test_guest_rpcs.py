@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import stat
 from collections.abc import Iterator
@@ -75,6 +76,20 @@ def test_set_guest_date_time(client: AgentClient, monkeypatch: pytest.MonkeyPatc
         client.call("SetGuestDateTime", agent_pb2.SetGuestDateTimeRequest(Sec=1, Usec=1_000_000))
     assert failure.value.code == Code.INVALID_ARGUMENT
     assert calls == [(1_800_000_000, 250)]
+
+
+def test_a_time_the_kernel_refuses_is_an_invalid_argument(client: AgentClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """settimeofday's EINVAL (a time past what the kernel keeps) was RESOURCE_EXHAUSTED; it is the
+    request's fault."""
+
+    def refuse(sec: int, usec: int) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(libc, "settimeofday", refuse)
+    with pytest.raises(AgentCallError) as failure:
+        client.call("SetGuestDateTime", agent_pb2.SetGuestDateTimeRequest(Sec=2**62, Usec=0))
+    assert failure.value.code == Code.INVALID_ARGUMENT
+    assert "the kernel refuses the time sec=4611686018427387904" in failure.value.message
 
 
 def test_reseed_random_dev_writes_the_data(client: AgentClient, agent: RunningAgent) -> None:
