@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.errors import NotFound, ResourceError, Unsupported
+from agent.errors import InvalidArgument, NotFound, ResourceError, Unsupported
 from agent.storage.table import MountedStorage
 from agent.storage.types import DRIVER_BLK, DRIVER_SCSI
 from agent.system.run import CommandError, run
@@ -29,11 +30,15 @@ class VolumeStats:
 
 
 def volume_stats(path: str) -> VolumeStats:
+    if not path.startswith("/") or "\0" in path:
+        raise InvalidArgument(f"GetVolumeStats: volume path {path!r} must be absolute, without NUL bytes")
     try:
         st = os.statvfs(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise NotFound(f"volume {path} does not exist") from None
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise InvalidArgument(f"GetVolumeStats: volume path {path[:64]!r}...: {exc.strerror}") from None
         raise ResourceError(f"statvfs {path}: {exc.strerror}") from exc
     block = st.f_frsize or st.f_bsize
     return VolumeStats(
