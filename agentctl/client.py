@@ -92,8 +92,13 @@ class AgentClient(abc.ABC):
             raise TypeError(f"{info.full_name} takes {info.request_class.__name__}, not {type(request).__name__}")
         return self._call(info, request, timeout if timeout is not None else self.timeout)
 
+    def _call(self, info: MethodInfo, request: Message, timeout: float | None) -> Message:
+        return info.response_class.FromString(self.call_raw(info.full_name, request.SerializeToString(), timeout))
+
     @abc.abstractmethod
-    def _call(self, info: MethodInfo, request: Message, timeout: float | None) -> Message: ...
+    def call_raw(self, method: str, payload: bytes, timeout: float | None = None) -> bytes:
+        """``method`` (its full name, "grpc.AgentService/CreateContainer") given ``payload`` as its
+        request's bytes, whatever they are; the response's bytes. AgentCallError on a status."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -112,16 +117,17 @@ class TtrpcAgentClient(AgentClient):
         super().__init__(address, timeout)
         self._connection = TtrpcClientConnection(dial(address, timeout))
 
-    def _call(self, info: MethodInfo, request: Message, timeout: float | None) -> Message:
+    def call_raw(self, method: str, payload: bytes, timeout: float | None = None) -> bytes:
+        service, _, name = method.rpartition("/")
         try:
-            payload = self._connection.call(info.service, info.name, request.SerializeToString(), timeout)
+            answer: bytes = self._connection.call(service, name, payload, timeout)
         except TtrpcCallError as exc:
             raise AgentCallError(exc.code, exc.message) from None
         except TimeoutError:
-            raise AgentCallError(Code.DEADLINE_EXCEEDED, f"{info.full_name}: no answer within {timeout} s") from None
+            raise AgentCallError(Code.DEADLINE_EXCEEDED, f"{method}: no answer within {timeout} s") from None
         except OSError as exc:
-            raise AgentCallError(Code.UNAVAILABLE, f"{info.full_name}: {exc}") from None
-        return info.response_class.FromString(payload)
+            raise AgentCallError(Code.UNAVAILABLE, f"{method}: {exc}") from None
+        return answer
 
     def close(self) -> None:
         self._connection.close()
@@ -191,20 +197,16 @@ class GrpcAgentClient(AgentClient):
         self._channel = grpc.insecure_channel(target)
         self._stubs: dict[str, Any] = {}
 
-    def _call(self, info: MethodInfo, request: Message, timeout: float | None) -> Message:
-        stub = self._stubs.get(info.full_name)
+    def call_raw(self, method: str, payload: bytes, timeout: float | None = None) -> bytes:
+        stub = self._stubs.get(method)
         if stub is None:
-            stub = self._channel.unary_unary(
-                f"/{info.full_name}",
-                request_serializer=lambda message: message.SerializeToString(),
-                response_deserializer=info.response_class.FromString,
-            )
-            self._stubs[info.full_name] = stub
+            stub = self._channel.unary_unary(f"/{method}")  # bytes in, bytes out
+            self._stubs[method] = stub
         try:
-            response: Message = stub(request, timeout=timeout)
+            answer: bytes = stub(payload, timeout=timeout)
         except self._grpc.RpcError as exc:
             raise AgentCallError(exc.code().value[0], exc.details() or "") from None
-        return response
+        return answer
 
     def close(self) -> None:
         self._channel.close()

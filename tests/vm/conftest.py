@@ -3,6 +3,8 @@ build/cache), and one booted test guest shared by the tests of a module."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +15,21 @@ from agentctl import testguest, vm
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "build" / "cache"
+GUEST_DIR = REPO / "build" / "guest"
 
 
 def phase(message: str) -> None:
     print(f"[vm {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@pytest.fixture(scope="session")
+def guest_files() -> Path:
+    """The guest osbuilder builds (``all``: kernel, initrd, rootfs image; cached under build/cache, a
+    rebuild copies only the agent)."""
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "osbuilder.cli", "all", "--output", str(GUEST_DIR)], cwd=REPO, check=True)
+    phase(f"osbuilder all: {time.monotonic() - start:.1f} s")
+    return GUEST_DIR
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +19,9 @@ import pytest
 from agent.rpc.pb import agent_pb2, health_pb2, oci_pb2
 from agentctl import qmp, vm
 from agentctl.client import AgentCallError, AgentClient, connect
-from tests.conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES
 from tests.helpers.bundle import make_bundle
 
-GUEST_DIR = REPO / "build" / "guest"
 SHARED = "/run/kata-containers/shared/containers"
 PROTOCOLS = ("ttrpc", "grpc")
 FIXTURE_CREATE = FIXTURES / "kata-client-requests" / "005-grpc.AgentService.CreateContainer.bin"
@@ -44,15 +41,6 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         phase(f"{self.what}: {(time.monotonic() - self.start) * 1000:.0f} ms")
-
-
-@pytest.fixture(scope="session")
-def guest_files() -> Path:
-    """Build the guest with osbuilder (cached under build/cache; a rebuild copies only the agent)."""
-    start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "osbuilder.cli", "all", "--output", str(GUEST_DIR)], cwd=REPO, check=True)
-    phase(f"osbuilder all: {time.monotonic() - start:.1f} s")
-    return GUEST_DIR
 
 
 @pytest.fixture(scope="module")
