@@ -350,12 +350,12 @@ class Container:
 
     def update(self, resources: dict[str, Any]) -> None:
         """Apply new linux.resources to the container's cgroup."""
-        from agent.container.validate import check_resources
+        from agent.container.cgroups.plan import validate_resources
 
         with self._lock:
             status = self.status
             require(self.id, status, status.can_update(), "update", "created, running or paused")
-            check_resources(resources, "resources")
+            validate_resources(resources)
             self.cgroup.update(resources)
             if (resources.get("cpu") or {}).get("cpus"):
                 self.asked_for_cpus = True

@@ -57,7 +57,7 @@ def _integer(value: Any, where: str, allowed: range | None = None) -> int:
 
 
 def _name(value: Any, where: str, names: dict[str, int]) -> str:
-    if value not in names:
+    if not isinstance(value, str) or value not in names:
         raise InvalidArgument(f"{where} must be one of {', '.join(names)}, got {value!r}")
     return str(value)
 

@@ -77,6 +77,54 @@ OPERATORS = ("SCMP_CMP_EQ", "SCMP_CMP_NE", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_GT", 
 ARCHITECTURES = ("SCMP_ARCH_X86_64",)
 
 
+def check_profile(profile: Any, where: str = "linux.seccomp") -> None:
+    """The profile's shape, each problem named by its field (compile_profile then trusts it):
+    actions and operators are strings, names a list of strings, numbers non-negative integers."""
+    if not isinstance(profile, dict):
+        raise InvalidArgument(f"{where} must be an object")
+    _string(profile, "defaultAction", where)
+    _count(profile, "defaultErrnoRet", where)
+    for key in ("architectures", "flags"):
+        if not _strings(profile.get(key)):
+            raise InvalidArgument(f"{where}.{key} must be a list of strings")
+    syscalls = profile.get("syscalls") or []
+    if not isinstance(syscalls, list):
+        raise InvalidArgument(f"{where}.syscalls must be a list of rules")
+    for index, rule in enumerate(syscalls):
+        at = f"{where}.syscalls[{index}]"
+        if not isinstance(rule, dict):
+            raise InvalidArgument(f"{at} must be an object")
+        if not _strings(rule.get("names")):
+            raise InvalidArgument(f"{at}.names must be a list of syscall names")
+        _string(rule, "action", at)
+        _count(rule, "errnoRet", at)
+        args = rule.get("args") or []
+        if not isinstance(args, list):
+            raise InvalidArgument(f"{at}.args must be a list of argument checks")
+        for number, arg in enumerate(args):
+            arg_at = f"{at}.args[{number}]"
+            if not isinstance(arg, dict):
+                raise InvalidArgument(f"{arg_at} must be an object")
+            for key in ("index", "value", "valueTwo"):
+                _count(arg, key, arg_at)
+            _string(arg, "op", arg_at)
+
+
+def _strings(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(item, str) for item in value))
+
+
+def _string(entry: dict[str, Any], key: str, where: str) -> None:
+    if not isinstance(entry.get(key), str):
+        raise InvalidArgument(f"{where}.{key} must be a string, not {entry.get(key)!r}")
+
+
+def _count(entry: dict[str, Any], key: str, where: str) -> None:
+    value = entry.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64):
+        raise InvalidArgument(f"{where}.{key} must be a non-negative integer, not {value!r}")
+
+
 def action_value(action: str, errno_ret: int | None) -> int:
     value = ACTIONS.get(action)
     if value is None:
@@ -145,10 +193,10 @@ def _rule_block(number: int, action: int, args: list[dict[str, Any]]) -> list[tu
     resolved: list[tuple[int, int, int, int]] = []
     checks = []
     for arg in args:
-        index = int(arg.get("index", 0))
+        index = int(arg.get("index") or 0)  # (check_profile let only non-negative integers or null through)
         if not 0 <= index <= 5:
             raise InvalidArgument(f"linux.seccomp: argument index {index} is outside 0..5")
-        checks.append(_arg_check(index, str(arg.get("op", "")), int(arg.get("value", 0)), int(arg.get("valueTwo", 0))))
+        checks.append(_arg_check(index, str(arg["op"]), int(arg.get("value") or 0), int(arg.get("valueTwo") or 0)))
     total = len(pending) + sum(len(c) for c in checks) + 1
     base = 0
     labels = {"next": total}
@@ -164,6 +212,7 @@ def _rule_block(number: int, action: int, args: list[dict[str, Any]]) -> list[tu
 
 def compile_profile(profile: dict[str, Any]) -> bytes:
     """The BPF program for an OCI seccomp profile, as the bytes of a ``struct sock_filter`` array."""
+    check_profile(profile)
     machine = os.uname().machine
     if machine != "x86_64":
         raise Unsupported(f"seccomp profiles are compiled for x86_64 only, not {machine}")

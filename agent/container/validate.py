@@ -161,49 +161,19 @@ def _number(value: Any, where: str, *, minimum: int | None = None) -> None:
         raise InvalidArgument(f"{where} is {value}; it must be >= {minimum}")
 
 
-def is_cpu_list(text: str) -> bool:
-    """Whether ``text`` is a list like "0-3,7": numbers and ranges split by commas, with white space
-    allowed around the commas and at the ends (not inside a range). Digits and white space are
-    Unicode's, as str.isdecimal and str.strip see them."""
-    for item in text.split(","):
-        first, dash, last = item.strip().partition("-")
-        if not first.isdecimal() or (dash and not last.isdecimal()):
-            return False
-    return True
-
-
-def check_resources(resources: dict[str, Any], where: str = "linux.resources") -> None:
-    """Values the cgroup controllers would reject, caught before any cgroup is made."""
-    if not isinstance(resources, dict):
-        raise InvalidArgument(f"{where} must be an object")
-    memory = resources.get("memory") or {}
-    for key in ("limit", "reservation", "swap"):
-        # -1 means unlimited; other negatives are invalid
-        _number(memory.get(key), f"{where}.memory.{key}", minimum=-1)
-    limit, swap = memory.get("limit"), memory.get("swap")
-    if isinstance(limit, int) and isinstance(swap, int) and limit > 0 and 0 < swap < limit:
-        raise InvalidArgument(f"{where}.memory.swap ({swap}) must be >= memory.limit ({limit}): it counts memory too")
-    cpu = resources.get("cpu") or {}
-    _number(cpu.get("shares"), f"{where}.cpu.shares", minimum=0)
-    _number(cpu.get("quota"), f"{where}.cpu.quota", minimum=-1)
-    _number(cpu.get("period"), f"{where}.cpu.period", minimum=0)
-    if isinstance(cpu.get("period"), int) and cpu["period"] and not 1000 <= cpu["period"] <= 1_000_000:
-        raise InvalidArgument(f"{where}.cpu.period {cpu['period']} is outside 1000..1000000 microseconds")
-    for key in ("cpus", "mems"):
-        value = cpu.get(key)
-        if value not in (None, "") and (not isinstance(value, str) or not is_cpu_list(value)):
-            raise InvalidArgument(f"{where}.cpu.{key} {value!r} is not a list like 0-3,7")
-    pids = resources.get("pids") or {}
-    _number(pids.get("limit"), f"{where}.pids.limit", minimum=-1)
-
-
 def check_spec_resources(spec: Spec, bundle: str | None) -> None:
-    check_resources(spec.linux.resources)
-    # the planner's own checks too (every field, unified, network and rdma included), before any
-    # cgroup is made; it is loaded for the create anyway
+    """The cgroup planner's checks of every resource field, before any cgroup is made (it is loaded
+    for the create anyway)."""
     from agent.container.cgroups.plan import validate_resources
 
     validate_resources(spec.linux.resources)
+
+
+def check_seccomp(spec: Spec, bundle: str | None) -> None:
+    if spec.linux.seccomp is not None:
+        from agent.container.seccomp import check_profile  # loaded only for a spec that has a profile
+
+        check_profile(spec.linux.seccomp)
 
 
 def check_unsupported(spec: Spec, bundle: str | None) -> None:
@@ -265,6 +235,7 @@ CHECKS: list[Callable[[Spec, str | None], None]] = [
     check_devices,
     check_hooks,
     check_spec_resources,
+    check_seccomp,
 ]
 
 

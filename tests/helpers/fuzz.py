@@ -9,7 +9,9 @@ three, repeated fields and maps with up to two entries.
 
 from __future__ import annotations
 
+import copy
 import random
+from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -118,3 +120,39 @@ def mutated(rng: random.Random, data: bytes) -> bytes:
         start = rng.randrange(len(data))
         data[start:start] = data[start : start + rng.randint(1, 16)]
     return bytes(data)
+
+
+# What a JSON document's values may be replaced with: every JSON type, edge numbers, hostile strings.
+JSON_VALUES: tuple[Any, ...] = (
+    None, True, False, 0, -1, 1, 2**63, -(2**63), 1.5, "", "x", "/", "..", "\0", "a,b", "0-3", "ro", [], [1], ["x"],
+    {}, {"a": 1}, {"type": "bind"},
+)  # fmt: skip
+
+
+def _places(document: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield path
+    if isinstance(document, dict):
+        for key, value in document.items():
+            yield from _places(value, (*path, key))
+    elif isinstance(document, list):
+        for index, value in enumerate(document):
+            yield from _places(value, (*path, index))
+
+
+def mutated_document(rng: random.Random, document: Any, changes: int = 2) -> tuple[Any, list[tuple[Any, ...]]]:
+    """A copy of the JSON ``document`` with up to ``changes`` values (at any depth) replaced by one of
+    JSON_VALUES; and the paths it changed."""
+    copied = copy.deepcopy(document)
+    places = [path for path in _places(document) if path]
+    changed = []
+    for _ in range(rng.randint(1, changes)):
+        path = rng.choice(places)
+        parent = copied
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = copy.deepcopy(rng.choice(JSON_VALUES))
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier change replaced what held it
+        changed.append(path)
+    return copied, changed

@@ -117,6 +117,21 @@ def test_several_args_must_all_match_and_later_rules_still_apply() -> None:
           "args": [{"index": 7, "op": "SCMP_CMP_EQ", "value": 1}]}]}, "index 7"),
         ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO",
           "args": [{"index": 0, "op": "SCMP_CMP_LIKE", "value": 1}]}]}, "SCMP_CMP_LIKE"),
+        # shapes that raised TypeError or AttributeError from inside the compiler before
+        ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": {"names": ["read"]}},
+         r"^linux\.seccomp\.syscalls must be a list of rules$"),
+        ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [["read"]]},
+         r"^linux\.seccomp\.syscalls\[0\] must be an object$"),
+        ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": "read", "action": "SCMP_ACT_ERRNO"}]},
+         r"^linux\.seccomp\.syscalls\[0\]\.names must be a list of syscall names$"),
+        ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO",
+          "args": [{"index": "0", "op": "SCMP_CMP_EQ", "value": 1}]}]},
+         r"^linux\.seccomp\.syscalls\[0\]\.args\[0\]\.index must be a non-negative integer, not '0'$"),
+        ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO",
+          "args": [{"index": 0, "value": 1}]}]}, r"args\[0\]\.op must be a string, not None$"),
+        ({"defaultAction": 5}, r"^linux\.seccomp\.defaultAction must be a string, not 5$"),
+        ({"defaultAction": "SCMP_ACT_ALLOW", "architectures": "SCMP_ARCH_X86_64"},
+         r"^linux\.seccomp\.architectures must be a list of strings$"),
     ],
 )  # fmt: skip
 def test_bad_profiles(profile_dict: dict[str, Any], message: str) -> None:

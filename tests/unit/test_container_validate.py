@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
+from agent.container.cgroups.plan import is_cpu_list, validate_resources
 from agent.container.spec import parse_spec
 from agent.container.state import Status, require
 from agent.container.validate import (
     CHECKS,
-    check_resources,
-    is_cpu_list,
     resolve_root,
     validate_container_id,
     validate_spec,
@@ -101,7 +100,7 @@ def test_wrong_types_name_the_field(edit: Any, field: str) -> None:
         (lambda s: s["linux"].update(rootfsPropagation="sideways"), "linux.rootfsPropagation"),
         (lambda s: s["linux"].update(cgroupsPath="relative:x"), "linux.cgroupsPath"),
         (lambda s: s.update(hooks={"prestart": [{"path": "hook"}]}), r"hooks.prestart\[0\].path"),
-        (lambda s: s["linux"]["resources"]["memory"].update(limit=-2), "linux.resources.memory.limit is -2"),
+        (lambda s: s["linux"]["resources"]["memory"].update(limit=-2), "memory.limit must be a byte count"),
         (lambda s: s["linux"]["resources"]["memory"].update(swap=1), "memory.swap"),
         (lambda s: s["linux"]["resources"]["cpu"].update(cpus="0-"), "linux.resources.cpu.cpus"),
         (lambda s: s["linux"]["resources"]["cpu"].update(period=10), "linux.resources.cpu.period 10"),
@@ -160,7 +159,7 @@ def test_container_id_messages(bad: str, message: str) -> None:
 def test_good_cpu_lists(good: str) -> None:
     # digits and white space are Unicode's (str.isdecimal, str.isspace), as a regular expression's \d and \s
     assert is_cpu_list(good)
-    check_resources({"cpu": {"cpus": good, "mems": good}})
+    validate_resources({"cpu": {"cpus": good, "mems": good}})
 
 
 @pytest.mark.parametrize(
@@ -169,14 +168,35 @@ def test_good_cpu_lists(good: str) -> None:
 )  # fmt: skip
 def test_bad_cpu_lists(bad: str) -> None:
     assert not is_cpu_list(bad)
-    with pytest.raises(InvalidArgument, match=r"^linux.resources.cpu.mems .* is not a list like 0-3,7$"):
-        check_resources({"cpu": {"mems": bad}})
+    with pytest.raises(InvalidArgument, match=r"^linux.resources.cpu.mems .* is not a memory node list like 0-3,7$"):
+        validate_resources({"cpu": {"mems": bad}})
 
 
 def test_cpu_list_must_be_text() -> None:
-    with pytest.raises(InvalidArgument, match=r"^resources\.cpu\.cpus 3 is not a list like 0-3,7$"):
-        check_resources({"cpu": {"cpus": 3}}, "resources")
-    check_resources({"cpu": {"cpus": "", "mems": None}})  # empty or unset: no cpuset asked for
+    with pytest.raises(InvalidArgument, match=r"^linux\.resources\.cpu\.cpus must be a string like '0-3,7', not 3$"):
+        validate_resources({"cpu": {"cpus": 3}})
+    validate_resources({"cpu": {"cpus": "", "mems": None}})  # empty or unset: no cpuset asked for
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"memory": 1}, r"^linux\.resources\.memory must be an object, not int$"),
+        ({"cpu": ["shares"]}, r"^linux\.resources\.cpu must be an object, not list$"),
+        ({"pids": True}, r"^linux\.resources\.pids must be an object, not bool$"),
+        ({"cpu": {"period": 500}}, r"^linux\.resources\.cpu\.period 500 is outside 1000\.\.1000000 microseconds$"),
+        ({"memory": {"limit": 100, "swap": 50}}, r"swap \(50\) is memory\+swap and must be >= .*limit \(100\)"),
+    ],
+)
+def test_resources_of_the_wrong_shape_are_named(resources: dict[str, Any], message: str) -> None:
+    """A section that is not an object (this raised AttributeError from the first check once) and the
+    values the kernel would refuse."""
+    with pytest.raises(InvalidArgument, match=message):
+        validate_resources(resources)
+    spec = parse_spec({"ociVersion": "1.0.2", "root": {"path": "/"}, "process": {"args": ["/bin/true"], "cwd": "/"},
+                       "linux": {"resources": resources}})  # fmt: skip
+    with pytest.raises(InvalidArgument, match=message):
+        validate_spec(spec)
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ DEFAULT_CPU_PERIOD = 100000
 # cpu.shares bounds of the kernel (MIN_SHARES, MAX_SHARES); cpu.weight is 1..10000
 MIN_SHARES = 2
 MAX_SHARES = 262144
+MIN_CFS_PERIOD, MAX_CFS_PERIOD = 1000, 1_000_000  # cpu.cfs_period_us (v1) and cpu.max's period (v2), microseconds
 # blkio.weight bounds (v1); io.weight is 1..10000
 MIN_BLKIO_WEIGHT = 10
 MAX_BLKIO_WEIGHT = 1000
@@ -119,17 +120,34 @@ def _check_cpu(resources: Resources) -> None:
     quota = _int(cpu, "quota", "linux.resources.cpu.quota")
     if quota is not None and quota < -1:
         raise InvalidArgument(f"linux.resources.cpu.quota must be > 0, or -1 for unlimited, got {quota}")
-    _non_negative(cpu, "period", "linux.resources.cpu.period")
+    period = _non_negative(cpu, "period", "linux.resources.cpu.period")
+    if period and not MIN_CFS_PERIOD <= period <= MAX_CFS_PERIOD:
+        raise InvalidArgument(
+            f"linux.resources.cpu.period {period} is outside {MIN_CFS_PERIOD}..{MAX_CFS_PERIOD} microseconds"
+        )
     _non_negative(cpu, "realtimePeriod", "linux.resources.cpu.realtimePeriod")
     _int(cpu, "realtimeRuntime", "linux.resources.cpu.realtimeRuntime")
     _int(cpu, "idle", "linux.resources.cpu.idle")
     for key, what in (("cpus", "cpu list"), ("mems", "memory node list")):
         text = cpu.get(key)
-        if text is None:
+        if text is None or text == "":  # unset (Kata's protobuf sends "")
             continue
         if not isinstance(text, str):
             raise InvalidArgument(f"linux.resources.cpu.{key} must be a string like '0-3,7', not {text!r}")
+        if not is_cpu_list(text):
+            raise InvalidArgument(f"linux.resources.cpu.{key} {text!r} is not a {what} like 0-3,7")
         parse_cpuset(text, what=f"linux.resources.cpu.{key} ({what})")
+
+
+def is_cpu_list(text: str) -> bool:
+    """Whether ``text`` is a list like "0-3,7" as the kernel's cpuset files take it: numbers and
+    ranges split by commas, with white space allowed around the commas and at the ends (not inside
+    a range). Digits and white space are Unicode's, as str.isdecimal and str.strip see them."""
+    for item in text.split(","):
+        first, dash, last = item.strip().partition("-")
+        if not first.isdecimal() or (dash and not last.isdecimal()):
+            return False
+    return True
 
 
 def _check_memory(resources: Resources) -> None:
