@@ -87,27 +87,27 @@ def check_profile(profile: Any, where: str = "linux.seccomp") -> None:
     for key in ("architectures", "flags"):
         if not _strings(profile.get(key)):
             raise InvalidArgument(f"{where}.{key} must be a list of strings")
-    syscalls = profile.get("syscalls") or []
-    if not isinstance(syscalls, list):
-        raise InvalidArgument(f"{where}.syscalls must be a list of rules")
-    for index, rule in enumerate(syscalls):
-        at = f"{where}.syscalls[{index}]"
-        if not isinstance(rule, dict):
-            raise InvalidArgument(f"{at} must be an object")
+    for at, rule in _objects(profile.get("syscalls"), f"{where}.syscalls", "rules"):
         if not _strings(rule.get("names")):
             raise InvalidArgument(f"{at}.names must be a list of syscall names")
         _string(rule, "action", at)
         _count(rule, "errnoRet", at)
-        args = rule.get("args") or []
-        if not isinstance(args, list):
-            raise InvalidArgument(f"{at}.args must be a list of argument checks")
-        for number, arg in enumerate(args):
-            arg_at = f"{at}.args[{number}]"
-            if not isinstance(arg, dict):
-                raise InvalidArgument(f"{arg_at} must be an object")
+        for arg_at, arg in _objects(rule.get("args"), f"{at}.args", "argument checks"):
             for key in ("index", "value", "valueTwo"):
                 _count(arg, key, arg_at)
             _string(arg, "op", arg_at)
+
+
+def _objects(value: Any, where: str, what: str) -> list[tuple[str, dict[str, Any]]]:
+    """A list of objects (None: empty), each with the field name it is checked under."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidArgument(f"{where} must be a list of {what}")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise InvalidArgument(f"{where}[{index}] must be an object")
+    return [(f"{where}[{index}]", item) for index, item in enumerate(value)]
 
 
 def _strings(value: Any) -> bool:

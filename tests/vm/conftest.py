@@ -3,10 +3,11 @@ build/cache), and one booted test guest shared by the tests of a module."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,18 @@ GUEST_DIR = REPO / "build" / "guest"
 
 def phase(message: str) -> None:
     print(f"[vm {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@contextlib.contextmanager
+def booted(config: vm.GuestConfig, progress: Callable[[str], None] = phase) -> Iterator[vm.Guest]:
+    """The guest ``config`` describes, booted (its boot phases' times printed), killed at the end."""
+    guest = vm.Guest(config, progress)
+    try:
+        guest.start()
+        progress(f"booted ({guest.accel}): " + ", ".join(f"{k} {v:.2f} s" for k, v in guest.timings.items()))
+        yield guest
+    finally:
+        guest.kill()
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from agentctl import vm
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import FIXTURES
 from tests.helpers.fuzz import hostile_messages, mutated, random_message
+from tests.vm.conftest import booted
 
 SERVICE = "grpc.AgentService"
 LEFT_OUT = ("DestroySandbox", "GetOOMEvent")
@@ -55,12 +56,8 @@ def guest(guest_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         run_dir=tmp_path_factory.mktemp("vm"),
         ready_timeout=240.0,
     )
-    booted = vm.Guest(config, phase)
-    try:
-        booted.start()
-        yield booted
-    finally:
-        booted.kill()
+    with booted(config, phase) as guest:
+        yield guest
 
 
 def _raw_call(agent: AgentClient, method: str, payload: bytes) -> tuple[int, str]:

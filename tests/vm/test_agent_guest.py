@@ -21,6 +21,7 @@ from agentctl import qmp, vm
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import FIXTURES
 from tests.helpers.bundle import make_bundle
+from tests.vm.conftest import booted
 
 SHARED = "/run/kata-containers/shared/containers"
 PROTOCOLS = ("ttrpc", "grpc")
@@ -67,13 +68,8 @@ def guest(guest_files: Path, share: Path, tmp_path_factory: pytest.TempPathFacto
         run_dir=tmp_path_factory.mktemp("vm"),
         ready_timeout=240.0,
     )
-    booted = vm.Guest(config, phase)
-    try:
-        booted.start()
-        phase(f"booted ({booted.accel}): " + ", ".join(f"{k} {v:.2f} s" for k, v in booted.timings.items()))
-        yield booted
-    finally:
-        booted.kill()
+    with booted(config, phase) as guest:
+        yield guest
 
 
 def client(guest: vm.Guest, protocol: str) -> AgentClient:

@@ -37,6 +37,7 @@ from agentctl import vm
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import REPO
 from tests.helpers.bundle import make_bundle
+from tests.vm.conftest import booted
 
 GUEST_DIR = REPO / "build" / "guest-netstorage"
 SHARED = "/run/kata-containers/shared/containers"
@@ -137,18 +138,13 @@ def guest(
         netns=wiring.guest_ns,
         pcie_root_ports=3,  # one hot-added disk each: the ext4 volume, the swap area, the disk without one
     )
-    booted = vm.Guest(config, phase)
-    try:
-        booted.start()
-        phase(f"booted ({booted.accel}): " + ", ".join(f"{k} {v:.2f} s" for k, v in booted.timings.items()))
-        yield booted
-    finally:
-        booted.kill()
-        for proc in (booted.qemu, booted.backend):
-            assert proc is None or proc.poll() is not None, "a guest process outlived its teardown"
-        # the tap went with the guest; eth0 is left as the test made it
-        links = json.loads(ip("-n", wiring.guest_ns, "-j", "link", "show"))
-        assert "tap0_kata" not in {link["ifname"] for link in links}
+    with booted(config, phase) as guest:
+        yield guest
+    for proc in (guest.qemu, guest.backend):
+        assert proc is None or proc.poll() is not None, "a guest process outlived its teardown"
+    # the tap went with the guest; eth0 is left as the test made it
+    links = json.loads(ip("-n", wiring.guest_ns, "-j", "link", "show"))
+    assert "tap0_kata" not in {link["ifname"] for link in links}
 
 
 def agent(guest: vm.Guest) -> AgentClient:
