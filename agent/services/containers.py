@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_READ = 4 * 1024 * 1024  # one ReadStdout never returns more (the ttrpc frame limit)
+ANSWER_MARGIN = 0.05  # seconds before a call's deadline a waiting WriteStdin stops, to answer in time
 
 
 class StreamEnded(NotFound):
@@ -269,22 +270,41 @@ class ContainerService:
         streams.close()
         container.forget(key[1])
 
-    def write_stdin(self, container_id: str, exec_id: str, data: bytes) -> int:
+    def write_stdin(self, container_id: str, exec_id: str, data: bytes, deadline: float | None = None) -> int:
+        """Write ``data`` to the process's stdin; the number of bytes written. While the process reads
+        none, wait until ``deadline`` (monotonic): then what went in so far counts (the caller writes
+        the rest again, as Kata's runtime does), or DeadlineExceeded when nothing did. A process that
+        no longer reads its stdin (ended, or closed it) is IncorrectState."""
         streams = self._process_streams(container_id, exec_id)
+        name = f"stdin of {container_id}/{exec_id or 'init'}"
         with streams.stdin_lock:
             if streams.stdin is None:
-                raise InvalidArgument(f"stdin of {container_id}/{exec_id or 'init'} is closed")
+                raise InvalidArgument(f"{name} is closed")
+            # our end never blocks (a pty's master is non-blocking already): a full pipe is waited
+            # for below, within the call's deadline, not in write(2)
+            os.set_blocking(streams.stdin, False)
             written = 0
             view = memoryview(data)
             while written < len(data):
                 try:
                     written += os.write(streams.stdin, view[written:])
                 except BlockingIOError:
-                    # a pty's master is non-blocking (its reader is the agent's reactor, and stdin
-                    # is a second descriptor of it): wait until the process has read some
+                    # the answer must leave before the deadline (at it, the server answers for us and
+                    # the count of what went in is lost)
+                    left = None if deadline is None else deadline - ANSWER_MARGIN - time.monotonic()
+                    if left is not None and left <= 0:
+                        if written:
+                            break
+                        raise DeadlineExceeded(
+                            f"{name}: the process read none of it before the call's deadline"
+                        ) from None
                     poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
                     poller.register(streams.stdin, select.POLLOUT)
-                    poller.poll()
+                    poller.poll(None if left is None else max(1, int(left * 1000)))
+                except BrokenPipeError:
+                    if written:
+                        break
+                    raise IncorrectState(f"{name}: the process no longer reads it (it ended or closed it)") from None
             return written
 
     def close_stdin(self, container_id: str, exec_id: str) -> None:

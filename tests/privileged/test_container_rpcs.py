@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.rpc.pb import agent_pb2, oci_pb2
+from agent.rpc.pb import agent_pb2, health_pb2, oci_pb2
 from agent.system import children
 from agent.system.paths import HostPaths
 from agentctl.client import AgentCallError, AgentClient, connect
@@ -175,6 +175,37 @@ def test_exec_stdin_stdout_and_signals(client: AgentClient, busybox_rootfs: Path
         _call(client, "SignalProcess", agent_pb2.SignalProcessRequest(container_id=cid, exec_id="", signal=9))
         assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="e2")).status == 137
         assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="")).status == 137
+    finally:
+        _remove(client, cid)
+
+
+def test_stdin_nobody_reads_is_named_and_bounded(client: AgentClient, busybox_rootfs: Path, cgroup_parent: str) -> None:
+    """WriteStdin to a process that has ended is FAILED_PRECONDITION (it was INTERNAL, a broken pipe);
+    to one that never reads, it waits no longer than the call's deadline: what the pipe took counts,
+    and once the pipe is full the next call is DEADLINE_EXCEEDED (it used to wait forever). The agent
+    answers Check after each."""
+    cid = "rpc-stdin-gone"
+    _create_started(client, busybox_rootfs, cgroup_parent, cid, ["/bin/sleep", "300"])
+    try:
+        _call(client, "ExecProcess", agent_pb2.ExecProcessRequest(
+            container_id=cid, exec_id="quick", process=oci_pb2.Process(Args=["/bin/true"], Cwd="/")))  # fmt: skip
+        assert _call(client, "WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id="quick")).status == 0
+        with pytest.raises(AgentCallError) as info:
+            _call(client, "WriteStdin", agent_pb2.WriteStreamRequest(container_id=cid, exec_id="quick", data=b"x"))
+        assert info.value.code_name == "FAILED_PRECONDITION", info.value
+        assert "the process no longer reads it" in str(info.value)
+
+        deaf = oci_pb2.Process(Args=["/bin/sleep", "300"], Cwd="/")
+        _call(client, "ExecProcess", agent_pb2.ExecProcessRequest(container_id=cid, exec_id="deaf", process=deaf))
+        request = agent_pb2.WriteStreamRequest(container_id=cid, exec_id="deaf", data=b"y" * (1 << 20))
+        took = time.monotonic()
+        written = client.call("WriteStdin", request, timeout=1.0).len
+        assert 0 < written < 1 << 20  # the pipe's capacity, not the megabyte
+        with pytest.raises(AgentCallError) as info:
+            client.call("WriteStdin", request, timeout=1.0)
+        assert info.value.code_name == "DEADLINE_EXCEEDED", info.value
+        assert time.monotonic() - took < 10
+        client.call("grpc.Health/Check", health_pb2.CheckRequest())
     finally:
         _remove(client, cid)
 

@@ -133,7 +133,7 @@ def wait_process(
 def write_stdin(
     services: Services, request: agent_pb2.WriteStreamRequest, ctx: CallContext
 ) -> agent_pb2.WriteStreamResponse:
-    written = services.containers.write_stdin(request.container_id, request.exec_id, request.data)
+    written = services.containers.write_stdin(request.container_id, request.exec_id, request.data, ctx.deadline)
     return agent_pb2.WriteStreamResponse(len=written)
 
 
