@@ -39,7 +39,7 @@ PROGRAMS = (
 UNEXPECTED = (Code.INTERNAL, Code.UNKNOWN, Code.UNAVAILABLE)
 # what runs in the guest besides containers: the agent, its fork server and warm pair, the debug
 # console's shell, and the command that lists them
-AGENT_PROCESSES = ("/init", "agent.container.forkserver", "/bin/sh -i", "ps -o args", "grep -v")
+AGENT_PROCESSES = ("/init", "agent.container.forkserver", "/bin/sh -i", "ps -o args", "grep -v", "sed s/^/@P /")
 
 
 def phase(message: str) -> None:
@@ -164,13 +164,18 @@ def test_random_lifecycles_get_named_errors_and_leave_nothing(guest: vm.Guest, s
     finally:
         agent.close()
     assert not driver.failures, "\n".join(driver.failures)
+    # each answer on lines of its own, tagged "@P", "@M", "@C" by the shell (the echo of the command,
+    # which the console may wrap anywhere, holds none of those; the shell also writes prompts and
+    # ESC [6n between the answers)
     left = guest.run_in_console(
-        "ps -o args | grep -v '^\\['; grep -c ' /run/kata-containers/shared/containers/c' /proc/mounts;"
-        " find /sys/fs/cgroup -mindepth 2 -type d | grep -c -e c1 -e c2 -e c3"
+        "t=@; ps -o args | grep -v '^\\[' | sed \"s/^/${t}P /\";"
+        " echo ${t}M $(grep -c ' /run/kata-containers/shared/containers/c' /proc/mounts);"
+        " echo ${t}C $(find /sys/fs/cgroup -mindepth 2 -type d | grep -c -e c1 -e c2 -e c3)"
     )
-    lines = [line.strip() for line in left.splitlines() if line.strip()]
-    processes = [line for line in lines[lines.index("COMMAND") + 1 :] if not line.isdigit() and "__" not in line]
+    lines = [line.strip() for line in left.splitlines()]
+    tagged = [line.split(" ", 1) for line in lines if line.startswith(("@P ", "@M ", "@C "))]
+    processes = [value for tag, value in tagged if tag == "@P" and value != "COMMAND"]
     strays = [line for line in processes if not any(mark in line for mark in AGENT_PROCESSES)]
-    assert not strays, f"processes left in the guest: {strays}"
-    counts = [line for line in lines if line.isdigit()]
+    assert processes and not strays, f"processes left in the guest: {strays}\n{left}"
+    counts = [value for tag, value in tagged if tag != "@P"]
     assert counts[-2:] == ["0", "0"], f"container mounts and cgroups left (counts {counts[-2:]}):\n{left}"
