@@ -39,7 +39,7 @@ PROGRAMS = (
 UNEXPECTED = (Code.INTERNAL, Code.UNKNOWN, Code.UNAVAILABLE)
 # what runs in the guest besides containers: the agent, its fork server and warm pair, the debug
 # console's shell, and the command that lists them
-AGENT_PROCESSES = ("/init", "agent.container.forkserver", "/bin/sh -i", "ps -o args", "grep -v", "sed s/^/@P /")
+AGENT_PROCESSES = ("/init", "agent.container.forkserver", "/bin/sh -i", "ps -o args", "grep -v", "sed s/^/")
 
 
 def phase(message: str) -> None:
@@ -156,6 +156,8 @@ def test_random_lifecycles_get_named_errors_and_leave_nothing(guest: vm.Guest, s
             assert exc.code == Code.ALREADY_EXISTS, exc  # the other protocol's run made it
         spec = json.loads((share / "b" / "config.json").read_text())
         spec["root"]["path"] = f"{SHARED}/b/rootfs"
+        mounts_before = _guest_answers(guest)["@M"]
+        assert SHARED in mounts_before, mounts_before  # the answers were read (the share is mounted)
         driver = Driver(agent, spec, protocol)
         started = time.monotonic()
         driver.run(STEPS)
@@ -164,18 +166,26 @@ def test_random_lifecycles_get_named_errors_and_leave_nothing(guest: vm.Guest, s
     finally:
         agent.close()
     assert not driver.failures, "\n".join(driver.failures)
-    # each answer on lines of its own, tagged "@P", "@M", "@C" by the shell (the echo of the command,
-    # which the console may wrap anywhere, holds none of those; the shell also writes prompts and
-    # ESC [6n between the answers)
-    left = guest.run_in_console(
-        "t=@; ps -o args | grep -v '^\\[' | sed \"s/^/${t}P /\";"
-        " echo ${t}M $(grep -c ' /run/kata-containers/shared/containers/c' /proc/mounts);"
+    answers = _guest_answers(guest)
+    processes = [line for line in answers["@P"] if line != "COMMAND"]
+    strays = [line for line in processes if not any(mark in line for mark in AGENT_PROCESSES)]
+    assert processes and not strays, f"processes left in the guest: {strays}"
+    assert answers["@M"] == mounts_before, "mounts left in the agent's namespace"
+    assert answers["@C"] == ["0"], "container cgroups left"
+
+
+def _guest_answers(guest: vm.Guest) -> dict[str, list[str]]:
+    """The guest's processes (@P), the mount points of the agent's namespace (@M) and how many cgroups
+    are named for the containers (@C), through the debug console. Each answer line is tagged by the
+    shell ("@" from a variable: the echo of the command, which the console may wrap anywhere, holds no
+    tag; the shell also writes prompts and ESC [6n between the answers)."""
+    text = guest.run_in_console(
+        "t=@; ps -o args | grep -v '^\\[' | sed \"s/^/${t}P /\"; cut -d' ' -f2 /proc/mounts | sed \"s/^/${t}M /\";"
         " echo ${t}C $(find /sys/fs/cgroup -mindepth 2 -type d | grep -c -e c1 -e c2 -e c3)"
     )
-    lines = [line.strip() for line in left.splitlines()]
-    tagged = [line.split(" ", 1) for line in lines if line.startswith(("@P ", "@M ", "@C "))]
-    processes = [value for tag, value in tagged if tag == "@P" and value != "COMMAND"]
-    strays = [line for line in processes if not any(mark in line for mark in AGENT_PROCESSES)]
-    assert processes and not strays, f"processes left in the guest: {strays}\n{left}"
-    counts = [value for tag, value in tagged if tag != "@P"]
-    assert counts[-2:] == ["0", "0"], f"container mounts and cgroups left (counts {counts[-2:]}):\n{left}"
+    answers: dict[str, list[str]] = {"@P": [], "@M": [], "@C": []}
+    for line in (raw.strip() for raw in text.splitlines()):
+        tag, _, value = line.partition(" ")
+        if tag in answers:
+            answers[tag].append(value)
+    return answers
