@@ -558,8 +558,9 @@ def parse_spec(raw: dict[str, Any]) -> Spec:
                 type=str(m.get("type") or ""),
                 source=str(m.get("source") or ""),
                 options=_strs(m.get("options"), f"mounts[{i}].options"),
-                uid_mappings=_mappings(m.get("uidMappings"), f"mounts[{i}].uidMappings"),
-                gid_mappings=_mappings(m.get("gidMappings"), f"mounts[{i}].gidMappings"),
+                # (most mounts have none: no field names formatted for them, on every create)
+                uid_mappings=_mappings(m["uidMappings"], f"mounts[{i}].uidMappings") if m.get("uidMappings") else (),
+                gid_mappings=_mappings(m["gidMappings"], f"mounts[{i}].gidMappings") if m.get("gidMappings") else (),
             )
         )
     namespaces = []

@@ -186,6 +186,8 @@ def check_unsupported(spec: Spec, bundle: str | None) -> None:
 def check_mappings(spec: Spec, bundle: str | None) -> None:
     every = [("linux.uidMappings", spec.linux.uid_mappings), ("linux.gidMappings", spec.linux.gid_mappings)]
     for index, mount in enumerate(spec.mounts):
+        if not (mount.uid_mappings or mount.gid_mappings):
+            continue
         every += [
             (f"mounts[{index}].uidMappings", mount.uid_mappings),
             (f"mounts[{index}].gidMappings", mount.gid_mappings),
@@ -206,6 +208,8 @@ def check_idmapped_mounts(spec: Spec, bundle: str | None) -> None:
     container_maps = container_ns is not None and not container_ns.path
     container_maps = container_maps and bool(spec.linux.uid_mappings) and bool(spec.linux.gid_mappings)
     for index, mount in enumerate(spec.mounts):
+        if not (mount.uid_mappings or mount.gid_mappings or any("idmap" in option for option in mount.options)):
+            continue
         words = {word.strip() for option in mount.options for word in option.split(",")}
         if not (mount.uid_mappings or mount.gid_mappings or words & {"idmap", "ridmap"}):
             continue
