@@ -15,7 +15,7 @@ import os
 from agent.container import hooks as hooks_mod
 from agent.container.rootfs import RootfsPlan, plan_rootfs, root_is_initramfs
 from agent.container.spec import Process as ProcessSpec
-from agent.container.spec import Spec
+from agent.container.spec import Spec, id_map_text
 from agent.container.state import Status
 from agent.container.validate import resolve_root
 from agent.errors import AgentError, ResourceError, Unsupported
@@ -249,26 +249,27 @@ def return_net_devices(engine: Engine, container_id: str, pid: int, devices: Seq
     this thread's, under their first names and down (as runc does when it destroys a container). A
     device that cannot go back is logged: its namespace ends with the container (a physical device
     then returns to the host's first namespace, a virtual one is gone)."""
+    import contextlib  # (not at the top: a cold container start does without it)
+
     from agent.container.engine import log
     from agent.system.netdev import move_link
 
     proc = str(engine.paths.proc)
-    try:
-        source = os.open(f"{proc}/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        target = os.open(f"{proc}/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        log.warning("container %s: its net devices cannot go back: %s", container_id, exc)
-        return
-    try:
+    with contextlib.ExitStack() as opened:
+        try:
+            source = os.open(f"{proc}/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            opened.callback(os.close, source)
+            target = os.open(f"{proc}/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            opened.callback(os.close, target)
+        except OSError as exc:
+            log.warning("container %s: its net devices cannot go back: %s", container_id, exc)
+            return
         for host_name, name in devices:
             try:
                 move_link(name, host_name, target, proc=proc, source_ns=source, up=False)
             except OSError as exc:
                 log.warning("container %s: net device %s cannot go back as %s: %s", container_id, name, host_name,
                             exc.strerror)  # fmt: skip
-    finally:
-        os.close(source)
-        os.close(target)
 
 
 def _abort(handle: Any) -> None:
@@ -343,8 +344,8 @@ def create_container(
         "proc": str(paths.proc),
         "join": joins,
         "unshare": unshare,
-        "uid_map": "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in spec.linux.uid_mappings),
-        "gid_map": "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in spec.linux.gid_mappings),
+        "uid_map": id_map_text(spec.linux.uid_mappings),
+        "gid_map": id_map_text(spec.linux.gid_mappings),
         "uid_map_tool": map_tools.get("uid"),
         "gid_map_tool": map_tools.get("gid"),
         "time_offsets": "".join(f"{clock} {secs} {nanosecs}\n" for clock, secs, nanosecs in spec.linux.time_offsets),

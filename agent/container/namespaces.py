@@ -29,11 +29,6 @@ PROC_NAMES: dict[str, str] = {
 JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "network", "pid", "time", "mount")
 
 
-def format_id_map(mappings: list[tuple[int, int, int]]) -> str:
-    """/proc/<pid>/uid_map text: one "inside outside count" line per mapping."""
-    return "".join(f"{inside} {outside} {count}\n" for inside, outside, count in mappings)
-
-
 # The setuid helpers (Debian's uidmap package) that write an unprivileged user's id maps with the
 # ranges /etc/subuid and /etc/subgid grant it, as runc's rootless containers use them.
 MAPPING_TOOLS = {"uid": "newuidmap", "gid": "newgidmap"}

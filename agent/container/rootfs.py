@@ -14,7 +14,7 @@ import os
 import stat
 
 from agent.container.spec import Mount as SpecMount
-from agent.container.spec import Spec
+from agent.container.spec import Spec, id_map_text
 from agent.system import libc
 from agent.system.mountopts import IDMAP_WORDS, PROPAGATION_WORDS, parse_mount_options
 from agent.system.paths import HostPaths, normal_path
@@ -391,11 +391,9 @@ def plan_rootfs(
 def _idmapped_bind(spec: Spec, mount: SpecMount, source: str, recursive: bool, idmap: int) -> IdmappedBind:
     """The mount's own maps, or (idmap/ridmap alone) the container's user namespace's (validate checks
     one of them is there)."""
-    uid_mappings = mount.uid_mappings or spec.linux.uid_mappings
-    gid_mappings = mount.gid_mappings or spec.linux.gid_mappings
     return IdmappedBind(source, mount.destination, recursive, idmap == IDMAP_WORDS["ridmap"],
-                        "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in uid_mappings),
-                        "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in gid_mappings))  # fmt: skip
+                        id_map_text(mount.uid_mappings or spec.linux.uid_mappings),
+                        id_map_text(mount.gid_mappings or spec.linux.gid_mappings))  # fmt: skip
 
 
 def detach_idmapped(operations: list[IdmappedBind], proc: str) -> list[int]:

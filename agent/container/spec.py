@@ -66,6 +66,11 @@ class IdMapping(Record):
         self._assign(container_id, host_id, size)
 
 
+def id_map_text(mappings: tuple[IdMapping, ...]) -> str:
+    """/proc/<pid>/uid_map (gid_map) text: one "inside outside count" line per mapping."""
+    return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)
+
+
 class Rlimit(Record):
     _fields = ("type", "hard", "soft")
     __slots__ = _fields

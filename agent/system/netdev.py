@@ -20,21 +20,28 @@ _IFREQ = "16sH14s"
 
 def set_link_up(name: str = "lo") -> None:
     """``ip link set NAME up``; raises OSError naming the link when the kernel refuses."""
-    raw = name.encode()
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            request = struct.pack(_IFREQ, raw, 0, b"\0" * 14)
-            flags = struct.unpack(_IFREQ, fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1]
+            flags = _flags(sock, name)
             if not flags & IFF_UP:
-                fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack(_IFREQ, raw, flags | IFF_UP, b"\0" * 14))
+                _set_flags(sock, name, flags | IFF_UP)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, name) from None
 
 
 def link_is_up(name: str = "lo") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct.pack(_IFREQ, name.encode(), 0, b"\0" * 14)
-        return bool(struct.unpack(_IFREQ, fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1] & IFF_UP)
+        return bool(_flags(sock, name) & IFF_UP)
+
+
+def _flags(sock: socket.socket, name: str) -> int:
+    """The link's IFF_* flags (SIOCGIFFLAGS on a socket of its network namespace)."""
+    request = struct.pack(_IFREQ, name.encode(), 0, b"\0" * 14)
+    return int(struct.unpack(_IFREQ, fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1])
+
+
+def _set_flags(sock: socket.socket, name: str, flags: int) -> None:
+    fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack(_IFREQ, name.encode(), flags, b"\0" * 14))
 
 
 # --- moving a link between network namespaces (runtime-spec 1.3's linux.netDevices), with one
@@ -66,24 +73,15 @@ def _sockets_in(proc: str, ns_fd: int | None) -> Iterator[tuple[socket.socket, s
     if ns_fd is not None:
         own = os.open(f"{proc}/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         libc.setns(ns_fd, libc.CLONE_NEWNET, "the network namespace of the link")
-    try:
-        inet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        rtnl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)  # NETLINK_ROUTE
-    finally:
-        if own is not None:
-            libc.setns(own, libc.CLONE_NEWNET, "this thread's own network namespace")
-            os.close(own)
-    with inet, rtnl:
-        yield inet, rtnl
-
-
-def _flags(sock: socket.socket, name: str) -> int:
-    request = struct.pack(_IFREQ, name.encode(), 0, b"\0" * 14)
-    return int(struct.unpack(_IFREQ, fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1])
-
-
-def _set_flags(sock: socket.socket, name: str, flags: int) -> None:
-    fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack(_IFREQ, name.encode(), flags, b"\0" * 14))
+    with contextlib.ExitStack() as sockets:
+        try:
+            inet = sockets.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC))
+            rtnl = sockets.enter_context(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0))
+        finally:
+            if own is not None:
+                libc.setns(own, libc.CLONE_NEWNET, "this thread's own network namespace")
+                os.close(own)
+        yield inet, rtnl  # (rtnl: NETLINK_ROUTE)
 
 
 def _attribute(kind: int, payload: bytes) -> bytes:

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,15 @@ GUEST_DIR = REPO / "build" / "guest"
 
 def phase(message: str) -> None:
     print(f"[vm {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def agent_guest_config(
+    guest_files: Path, *, name: str, share: Path, cmdline: str, run_dir: Path, **settings: Any
+) -> vm.GuestConfig:
+    """A guest of osbuilder's kernel and initrd (the agent as PID 1) with the 9p ``share``; ``settings``
+    are the GuestConfig's others (CPUs, memory, network...)."""
+    return vm.GuestConfig(kernel=guest_files / "vmlinuz", initrd=guest_files / "initrd.img", share=share,
+                          cmdline=cmdline, name=name, run_dir=run_dir, ready_timeout=240.0, **settings)  # fmt: skip
 
 
 @contextlib.contextmanager

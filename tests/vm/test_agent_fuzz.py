@@ -25,7 +25,7 @@ from agentctl import vm
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import FIXTURES
 from tests.helpers.fuzz import hostile_messages, mutated, random_message
-from tests.vm.conftest import booted
+from tests.vm.conftest import agent_guest_config, booted
 
 SERVICE = "grpc.AgentService"
 LEFT_OUT = ("DestroySandbox", "GetOOMEvent")
@@ -43,18 +43,16 @@ def phase(message: str) -> None:
 
 @pytest.fixture(scope="module")
 def guest(guest_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.Guest]:
-    config = vm.GuestConfig(
-        kernel=guest_files / "vmlinuz",
-        initrd=guest_files / "initrd.img",
+    config = agent_guest_config(
+        guest_files,
+        name="fuzz",
         share=tmp_path_factory.mktemp("share"),
         cmdline="agent.log=debug agent.cpu_online_timeout=2 agent.mem_online_timeout=2",
+        run_dir=tmp_path_factory.mktemp("vm"),
         cpus=1,
         max_cpus=2,
         memory="512M",
         max_memory="1G",
-        name="fuzz",
-        run_dir=tmp_path_factory.mktemp("vm"),
-        ready_timeout=240.0,
     )
     with booted(config, phase) as guest:
         yield guest

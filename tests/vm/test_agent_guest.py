@@ -21,7 +21,7 @@ from agentctl import qmp, vm
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import FIXTURES
 from tests.helpers.bundle import make_bundle
-from tests.vm.conftest import booted
+from tests.vm.conftest import agent_guest_config, booted
 
 SHARED = "/run/kata-containers/shared/containers"
 PROTOCOLS = ("ttrpc", "grpc")
@@ -55,18 +55,16 @@ def share(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def guest(guest_files: Path, share: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.Guest]:
-    config = vm.GuestConfig(
-        kernel=guest_files / "vmlinuz",
-        initrd=guest_files / "initrd.img",
+    config = agent_guest_config(
+        guest_files,
+        name="e2e",
         share=share,
         cmdline="agent.debug_console agent.log=debug",
+        run_dir=tmp_path_factory.mktemp("vm"),
         cpus=1,
         max_cpus=4,
         memory="512M",
         max_memory="2G",
-        name="e2e",
-        run_dir=tmp_path_factory.mktemp("vm"),
-        ready_timeout=240.0,
     )
     with booted(config, phase) as guest:
         yield guest

@@ -26,7 +26,7 @@ from agent.rpc.status import Code
 from agentctl import vm
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.helpers.bundle import make_bundle
-from tests.vm.conftest import booted
+from tests.vm.conftest import agent_guest_config, booted
 
 SHARED = "/run/kata-containers/shared/containers"
 STEPS = 250
@@ -55,14 +55,12 @@ def share(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def guest(guest_files: Path, share: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.Guest]:
-    config = vm.GuestConfig(
-        kernel=guest_files / "vmlinuz",
-        initrd=guest_files / "initrd.img",
+    config = agent_guest_config(
+        guest_files,
+        name="state-fuzz",
         share=share,
         cmdline="agent.debug_console agent.log=debug",
-        name="state-fuzz",
         run_dir=tmp_path_factory.mktemp("vm"),
-        ready_timeout=240.0,
     )
     with booted(config, phase) as booted_guest:
         yield booted_guest

@@ -37,7 +37,7 @@ from agentctl import vm
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import REPO
 from tests.helpers.bundle import make_bundle
-from tests.vm.conftest import booted
+from tests.vm.conftest import agent_guest_config, booted
 
 GUEST_DIR = REPO / "build" / "guest-netstorage"
 SHARED = "/run/kata-containers/shared/containers"
@@ -127,14 +127,12 @@ def share(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def guest(
     guest_files: Path, share: Path, wiring: Wiring, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[vm.Guest]:
-    config = vm.GuestConfig(
-        kernel=guest_files / "vmlinuz",
-        initrd=guest_files / "initrd.img",
+    config = agent_guest_config(
+        guest_files,
+        name="netstore",
         share=share,
         cmdline="agent.debug_console agent.log=debug agent.hotplug_timeout=60",
-        name="netstore",
         run_dir=tmp_path_factory.mktemp("vm"),
-        ready_timeout=240.0,
         netns=wiring.guest_ns,
         pcie_root_ports=3,  # one hot-added disk each: the ext4 volume, the swap area, the disk without one
     )
