@@ -277,7 +277,7 @@ class Netlink:
                         "which does not exist"
                     )
             # every route checked before the table is touched: bad input changes nothing
-            wanted = [(route, _route_args(route, names)) for route in sorted(routes, key=lambda r: bool(r.gateway))]
+            wanted = [(route, _route_args(route, names)) for route in _link_routes_first(routes)]
             previous = [(old, msg) for old, msg in self._routes(ipr) if msg["proto"] != RTPROT_KERNEL]
             for old, msg in previous:
                 with self._doing(f"delete route {old.dest or 'default'} via {old.gateway or old.device}"):
@@ -299,7 +299,7 @@ class Netlink:
             if msg["proto"] != RTPROT_KERNEL:
                 with contextlib.suppress(NetlinkError):
                     ipr.route("del", **_route_key(msg))
-        for old, _ in sorted(previous, key=lambda pair: bool(pair[0].gateway)):
+        for old in _link_routes_first([route for route, _ in previous]):
             try:
                 ipr.route("replace", **_route_args(old, names))
             except (NetlinkError, AgentError) as exc:
@@ -339,23 +339,33 @@ def _route_key(msg: Any) -> dict[str, Any]:
     return key
 
 
+def _address(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``text`` as an IP address (None when empty); InvalidArgument names ``what`` when it is none."""
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidArgument(f"{what} {text!r} is not an IP address") from None
+
+
+def _link_routes_first(routes: list[Route]) -> list[Route]:
+    """Link-scope routes before gateway routes, so every gateway is reachable when its route goes in."""
+    return sorted(routes, key=lambda route: bool(route.gateway))
+
+
 def _route_args(route: Route, names: dict[str, int]) -> dict[str, Any]:
     """pyroute2's arguments for ``route``; InvalidArgument names a field that is not an address of the
     route's family."""
     where = f"UpdateRoutes: route {route.dest or 'default'}"
-    dest = gateway = source = None
+    dest = None
     try:
         if not route.is_default:
             dest = ipaddress.ip_network(route.dest, strict=False)
     except ValueError:
         raise InvalidArgument(f"{where}: destination {route.dest!r} is not a network") from None
-    for field, text in (("gateway", route.gateway), ("source", route.source)):
-        if text:
-            try:
-                address = ipaddress.ip_address(text)
-            except ValueError:
-                raise InvalidArgument(f"{where}: {field} {text!r} is not an IP address") from None
-            gateway, source = (address, source) if field == "gateway" else (gateway, address)
+    gateway = _address(route.gateway, f"{where}: gateway")
+    source = _address(route.source, f"{where}: source")
     family = gateway.version if gateway else dest.version if dest else route.family
     versions = {"destination": dest and dest.version, "gateway": gateway and gateway.version,
                 "source": source and source.version}  # fmt: skip
