@@ -12,6 +12,8 @@ DEBIAN_PACKAGES=(
   qemu-system-x86 qemu-utils socat
   # container baselines and host plumbing
   runc crun iproute2 iptables util-linux
+  # a reference D-Bus peer for the systemd cgroup driver's client tests
+  dbus-daemon
   # rootless pykata-runc with subordinate ids (newuidmap, newgidmap)
   uidmap
 )

@@ -330,7 +330,8 @@ class Context:
             from agent.container.cli_backend import Backend
 
             self._backend = Backend(self.paths, no_pivot=bool(self.flags.get("no_pivot")), warm=self._warm,
-                                    rootless=rootless())  # fmt: skip
+                                    rootless=rootless(),
+                                    systemd_cgroup=bool(self.invocation.options.get("systemd_cgroup")))  # fmt: skip
             self._warm = None
         return self._backend
 
@@ -1024,8 +1025,6 @@ def run_cli(argv: Sequence[str]) -> int:
         if invocation.command is None or options.get("help"):
             print(usage())
             return 0 if options.get("help") else 1
-        if options.get("systemd_cgroup"):
-            log.warning("--systemd-cgroup is ignored: cgroups are managed directly through cgroupfs")
         handler = HANDLERS.get(invocation.command.name)
         if handler is None:
             raise CliError(f"{invocation.command.name}: not implemented")

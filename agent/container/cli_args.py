@@ -73,7 +73,7 @@ GLOBAL_FLAGS = (
     _value("log", "log", "also write log lines to this file"),
     _value("log-format", "log_format", "text or json"),
     _bool("debug", "debug", "log debug lines"),
-    _bool("systemd-cgroup", "systemd_cgroup", "accepted for compatibility; cgroups are managed directly"),
+    _bool("systemd-cgroup", "systemd_cgroup", "cgroups as systemd scopes (cgroupsPath slice:prefix:name)"),
     _value("criu", "criu", "accepted for compatibility; checkpointing is not supported"),
     _value("rootless", "rootless", "accepted for compatibility: rootless mode follows the user (not root: rootless)"),
     _bool("help,h", "help"),

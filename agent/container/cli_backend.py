@@ -290,10 +290,17 @@ class Backend:
     """The engine, set up for one CLI call."""
 
     def __init__(
-        self, paths: HostPaths, *, no_pivot: bool = False, warm: WarmPair | None = None, rootless: bool = False
+        self,
+        paths: HostPaths,
+        *,
+        no_pivot: bool = False,
+        warm: WarmPair | None = None,
+        rootless: bool = False,
+        systemd_cgroup: bool = False,
     ) -> None:
         """``warm``: a pair forked ahead for this call's create (not with the shared fork server);
-        ``rootless``: the command runs as a user other than root."""
+        ``rootless``: the command runs as a user other than root; ``systemd_cgroup``: ``--systemd-cgroup``
+        (a container's cgroup is a scope systemd makes: cgroups/systemd.py)."""
         self.paths = paths
         # LocalForkServer and its handles are duck-typed stand-ins for the fork server's classes
         self.forker: ForkServerClient = SHARED_FORK_SERVER or LocalForkServer(warm)  # type: ignore[assignment]
@@ -301,7 +308,7 @@ class Backend:
             warm.discard()  # the shared server serves creates with warm pairs of its own
         cgroups = _cgroups_of(CGROUP_LAYOUT) if CGROUP_LAYOUT is not None else None
         self.engine = Engine(paths, forkserver=self.forker, cgroups=cgroups, no_pivot=True if no_pivot else None,
-                             rootless=rootless)  # fmt: skip
+                             rootless=rootless, systemd_cgroup=systemd_cgroup)  # fmt: skip
 
     def create(
         self, record: Record, spec: dict[str, Any], state_dir: str, io: FdIO, *, new_keyring: bool = True
@@ -324,6 +331,8 @@ class Backend:
 
         if isinstance(container.cgroup, NoCgroup):
             record.engine["no_cgroup"] = True  # rootless, without a cgroup: later calls do without it too
+        if self.engine.systemd_cgroup:
+            record.engine["systemd_cgroup"] = True  # a systemd scope: later calls stop it through systemd
         return container
 
     def open(self, record: Record, state_dir: str) -> Container:
@@ -339,7 +348,8 @@ class Backend:
                                    init=init, status=_status_of(record),
                                    start_fifo=fifo if not record.started else None,
                                    new_keyring=not record.engine.get("no_new_keyring"),
-                                   cgroupless=bool(record.engine.get("no_cgroup")))  # fmt: skip
+                                   cgroupless=bool(record.engine.get("no_cgroup")),
+                                   systemd_cgroup=bool(record.engine.get("systemd_cgroup")))  # fmt: skip
 
     def start(self, container: Container, spec: dict[str, Any], state_dir: str) -> None:
         """startContainer hooks in the container, then the user's program."""

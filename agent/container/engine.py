@@ -188,6 +188,7 @@ class Container:
         self.spec = spec
         self.bundle = bundle
         self._cgroup = cgroup
+        self.systemd_cgroup: bool | None = None  # the driver of a restored container's cgroup (make_cgroup)
         self.init: Process | None = None
         self.execs: dict[str, Process] = {}
         self.created_at = time.time()
@@ -206,7 +207,7 @@ class Container:
         of a runtime CLI that starts the container, or signals its init, needs none (and the managers'
         imports and the read of the host's cgroup mounts are milliseconds of such a call)."""
         if self._cgroup is None:
-            self._cgroup = self.engine.make_cgroup(self.spec.linux.cgroups_path, self.id)
+            self._cgroup = self.engine.make_cgroup(self.spec.linux.cgroups_path, self.id, self.systemd_cgroup)
         return self._cgroup
 
     # --- status
@@ -472,12 +473,17 @@ class Engine:
         no_pivot: bool | None = None,
         ignore_missing_apparmor: bool = False,
         rootless: bool = False,
+        systemd_cgroup: bool | None = None,
     ) -> None:
         """``no_pivot`` None: detect (pivot_root cannot leave an initramfs root, so use MS_MOVE there).
         ``ignore_missing_apparmor``: a process's AppArmor profile is dropped, not refused, where the
         host has no AppArmor (see launch.process_request). ``rootless``: run by a user other than root,
-        whose containers go without a cgroup where the user may make none (cgroups.NoCgroup)."""
+        whose containers go without a cgroup where the user may make none (cgroups.NoCgroup).
+        ``systemd_cgroup``: the cgroup driver (cgroups.manager_for's ``systemd``): None chooses by the
+        cgroupsPath's form and whether systemd is init (the agent), True and False are a runtime CLI's
+        ``--systemd-cgroup`` or its absence."""
         self.paths = paths
+        self.systemd_cgroup = systemd_cgroup
         self.ignore_missing_apparmor = ignore_missing_apparmor
         self.rootless = rootless
         if forkserver is None:
@@ -542,11 +548,13 @@ class Engine:
         start_fifo: str | os.PathLike[str] | None = None,
         new_keyring: bool = True,
         cgroupless: bool = False,
+        systemd_cgroup: bool | None = None,
     ) -> Container:
         """A container that another process made (an earlier call of a runtime CLI), found again from
         what that call saved: its spec, bundle, status and a handle on its init. The init is not this
         engine's child, so its exit code is whatever ``init`` reports; the rest (signal, exec, pause,
-        update, destroy) works as for a container this engine created."""
+        update, destroy) works as for a container this engine created. ``systemd_cgroup``: the cgroup
+        driver it was made with (None: the engine's)."""
         validate_container_id(container_id)
         parsed = parse_spec(spec)
         cgroup = None  # made on first use
@@ -555,6 +563,7 @@ class Engine:
 
             cgroup = NoCgroup(self.paths, init.pid)
         container = Container(self, container_id, parsed, os.fspath(bundle), cgroup)
+        container.systemd_cgroup = systemd_cgroup
         terminal = parsed.process.terminal if parsed.process is not None else False
         container.init = Process(container_id, "", init, ProcessIO(), terminal)
         container.start_fifo = None if start_fifo is None else os.fspath(start_fifo)
@@ -614,8 +623,11 @@ class Engine:
 
         return spawn_pause(self, description)
 
-    def make_cgroup(self, cgroups_path: str, container_id: str) -> Any:
-        if self._cgroups is not None:
+    def make_cgroup(self, cgroups_path: str, container_id: str, systemd: bool | None = None) -> Any:
+        """The cgroup manager for a container; ``systemd`` (when not None) overrides the engine's driver."""
+        if systemd is None:
+            systemd = self.systemd_cgroup
+        if self._cgroups is not None and systemd is not True:
             return self._cgroups(self.paths, cgroups_path, container_id)
         from agent.container.cgroups import manager_for
         from agent.container.cgroups.layout import detect
@@ -623,7 +635,7 @@ class Engine:
         # the cgroup mounts are made at boot, before any container: read them once
         if self._cgroup_layout is None:
             self._cgroup_layout = detect(self.paths)
-        return manager_for(self.paths, cgroups_path, container_id, layout=self._cgroup_layout)
+        return manager_for(self.paths, cgroups_path, container_id, layout=self._cgroup_layout, systemd=systemd)
 
 
 def _hook_timeouts(hooks: Any) -> list[float]:

@@ -1154,3 +1154,17 @@ def test_net_devices_move_into_the_container_and_back(netns_runtime: tuple[Runti
     done = runtime("run", "--bundle", str(bundle), runtime.new_id("netdevnone"), check=False)
     assert done.returncode != 0
     assert "linux.netDevices['pknone0']: cannot move it into the container: No such device" in done.stderr, done.stderr
+
+
+def test_systemd_cgroup_is_refused_where_systemd_is_not_init(runtime: Runtime) -> None:
+    """``--systemd-cgroup`` asks for a scope systemd makes; this host runs no systemd (the rootfs image's
+    guest does: tests/vm/test_systemd_cgroup.py). Refused by name, before anything is made."""
+    assert not Path("/run/systemd/system").exists(), "this test expects a host where systemd is not init"
+    bundle = make_bundle(runtime.workdir / "sd", ["/bin/true"], spec=runtime.spec,
+                         edit=lambda config: config["linux"].update(cgroupsPath="system.slice:pykata:sd"))  # fmt: skip
+    cid = runtime.new_id("sd")
+    done = runtime("--systemd-cgroup", "run", "-b", str(bundle), cid, check=False)
+    assert done.returncode == 1
+    assert "systemd is not this system's init" in done.stderr, done.stderr
+    assert not (runtime.root / cid).exists()
+    assert not list(CGROUP_FS.glob("*/system.slice/pykata-sd.scope"))

@@ -606,10 +606,26 @@ def manager_for(
     *,
     layout: Layout | None = None,
     manage_root: bool = True,
+    systemd: bool | None = False,
 ) -> CgroupManager:
     """The manager of the cgroup for OCI ``linux.cgroupsPath`` (see ``container_cgroup``). Nothing is
     created until ``create()``. ``manage_root`` (v2) lets create() enable controllers in the root's
-    cgroup.subtree_control; turn it off where the root belongs to someone else."""
+    cgroup.subtree_control; turn it off where the root belongs to someone else.
+
+    ``systemd``: True, the systemd driver (systemd.SystemdManager: a transient scope; Unsupported where
+    systemd is not init); None, that driver when the path is in systemd form (slice:prefix:name) and
+    systemd is init, as Kata's agent chooses, else cgroupfs; False, cgroupfs."""
+    systemd_form = "/" not in cgroups_path and cgroups_path.count(":") == 2  # (systemd.is_systemd_path)
+    if systemd or (systemd is None and systemd_form):
+        from . import systemd as driver
+
+        if systemd or driver.systemd_running(paths):
+            if not driver.systemd_running(paths):
+                raise Unsupported(
+                    f"the systemd cgroup driver was asked for, but systemd is not this system's init "
+                    f"({paths.run}/systemd/system is missing): leave the systemd cgroup option out"
+                )
+            return driver.manager(paths, layout or detect(paths), cgroups_path, container_id)
     relative = container_cgroup(cgroups_path, container_id)
     found = layout or detect(paths)
     if found.version == 2:

@@ -1,0 +1,391 @@
+"""The systemd cgroup driver: a container's cgroup as a transient scope unit that systemd makes and knows.
+
+Where systemd runs (the guest booted from the rootfs image, a host with ``pykata-runc --systemd-cgroup``),
+a cgroup made behind its back is one it may tidy away or change on its next reload. As runc's and
+Kata's agent's systemd drivers do, the engine asks systemd instead, over its private D-Bus socket
+(``/run/systemd/private``: root only, peer to peer, no bus daemon needed; agent/system/dbus.py):
+
+- ``linux.cgroupsPath`` is ``slice:prefix:name``: the unit is ``prefix-name.scope`` (``name.scope`` for an
+  empty prefix) in ``slice`` (``system.slice`` when empty; ``-`` is the root slice). A slice's name
+  says where it sits: ``a-b.slice`` is ``a.slice/a-b.slice``.
+- A scope needs a process when it is made: ``create()`` makes nothing, and the engine moves the
+  container's first process by pid (``add_pid``), which starts the unit with ``StartTransientUnit``:
+  ``PIDs`` that process, ``Delegate`` yes (the subtree below the scope is the container's), no default
+  dependencies, and the resource limits as unit properties; the call returns once systemd's job is
+  done (its ``JobRemoved`` signal) and the process is found in the scope's cgroup.
+- Limits: systemd writes the files it knows from unit properties (and writes them again on every
+  reload), so each limit goes both ways, as runc does: the properties that systemd has (``CPUWeight``,
+  ``CPUQuotaPerSecUSec``, ``CPUQuotaPeriodUSec``, ``AllowedCPUs``, ``AllowedMemoryNodes``, ``MemoryMin``,
+  ``MemoryLow``, ``MemoryHigh``, ``MemoryMax``, ``MemorySwapMax``, ``TasksMax``, ``IOWeight``), taken from
+  the same planned writes as the cgroupfs driver's, and then those writes themselves (which also cover
+  what systemd has no property for: hugetlb, io.max, cpu.idle, the eBPF device program). An update
+  sets the properties (``SetUnitProperties``, runtime) and writes the files.
+- Later processes (exec) join the scope's cgroup as they join any cgroup; stats, freeze and thaw read
+  and write its files. ``destroy()`` refuses while processes remain (as the cgroupfs driver), then stops
+  the unit (``StopUnit``; a scope whose processes have all ended is gone already) and clears a failed
+  state (``ResetFailedUnit``).
+
+cgroup v2 only: on a v1 or hybrid host systemd's scope would hold only the controllers systemd mounts,
+and the engine refuses the driver by name there. A ``name`` ending in ``.slice`` (runc makes a slice
+unit then) is refused too.
+"""
+
+from __future__ import annotations
+
+import os
+
+from agent.errors import AlreadyExists, InvalidArgument, ResourceError, Unsupported
+
+from .layout import Layout
+from .manager import V2Manager
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from agent.system.dbus import Connection, Message
+    from agent.system.paths import HostPaths
+
+    from .plan import Write
+
+SYSTEMD = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER = "org.freedesktop.systemd1.Manager"
+NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
+JOB_TIMEOUT = 30.0  # seconds for systemd to start or stop a scope
+CALL_TIMEOUT = 25.0
+INFINITY = 2**64 - 1  # systemd's "no limit" for every uint64 property
+UNIT_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.\\@-")
+DEFAULT_PREFIX = "pykata"
+
+
+def _unit_characters(name: str) -> bool:
+    return bool(name) and UNIT_CHARACTERS.issuperset(name)
+
+
+def systemd_running(paths: HostPaths) -> bool:
+    """Whether systemd is this system's init (sd_booted: /run/systemd/system exists)."""
+    return os.path.isdir(f"{paths.run}/systemd/system")
+
+
+def private_bus(paths: HostPaths) -> str:
+    return f"{paths.run}/systemd/private"
+
+
+def is_systemd_path(cgroups_path: str) -> bool:
+    """``slice:prefix:name``, the form that asks for the systemd driver."""
+    return "/" not in cgroups_path and cgroups_path.count(":") == 2
+
+
+def slice_path(slice_name: str) -> str:
+    """The cgroup path of a slice below the root: ``a-b.slice`` -> ``a.slice/a-b.slice``; the root
+    slice (``-.slice``) is ``""``. InvalidArgument for a name systemd would not accept as a slice."""
+    if slice_name in ("-", "-.slice"):
+        return ""
+    stem = slice_name.removesuffix(".slice")
+    if (
+        stem == slice_name
+        or not stem
+        or "/" in slice_name
+        or not _unit_characters(slice_name)
+        or stem.startswith("-")
+        or stem.endswith("-")
+        or "--" in stem
+    ):
+        raise InvalidArgument(
+            f"linux.cgroupsPath slice {slice_name!r}: a slice is NAME.slice, dashes marking sub-slices "
+            "(user-1000.slice is below user.slice), or - for the root slice"
+        )
+    parts = stem.split("-")
+    return "/".join("-".join(parts[: n + 1]) + ".slice" for n in range(len(parts)))
+
+
+def parse_systemd_path(cgroups_path: str, container_id: str) -> tuple[str, str]:
+    """(slice unit, scope unit) for ``slice:prefix:name`` (empty: ``system.slice:pykata:<id>``)."""
+    if not cgroups_path:
+        cgroups_path = f":{DEFAULT_PREFIX}:{container_id}"
+    if not is_systemd_path(cgroups_path):
+        raise InvalidArgument(
+            f"linux.cgroupsPath {cgroups_path!r}: the systemd cgroup driver takes slice:prefix:name "
+            "(for example system.slice:pykata:c1), not a path"
+        )
+    slice_name, prefix, name = cgroups_path.split(":")
+    if not name:
+        raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r}: systemd form slice:prefix:name needs a name")
+    if name.endswith(".slice"):
+        raise Unsupported(
+            f"linux.cgroupsPath {cgroups_path!r}: a .slice name makes the container a slice unit, which this driver "
+            "does not do; give a name for a scope"
+        )
+    unit = f"{prefix}-{name}.scope" if prefix else f"{name}.scope"
+    if not _unit_characters(unit) or len(unit) > 255:
+        raise InvalidArgument(
+            f"linux.cgroupsPath {cgroups_path!r}: {unit!r} is not a unit name systemd accepts "
+            "(letters, digits and :_.\\@- only, at most 255 characters)"
+        )
+    slice_path(slice_name or "system.slice")  # checked here, before anything is made
+    return slice_name or "system.slice", unit
+
+
+def prime(bus: Connection, timeout: float = CALL_TIMEOUT) -> None:
+    """Make sure systemd reads what is sent on the new connection ``bus``. systemd's D-Bus server can
+    leave a message that came in one read with the end of the authentication (BEGIN) unprocessed until
+    more data arrives (seen with systemd 252: the first call on a new private connection waited
+    forever, about one time in two). So the first call here is a Ping, sent again after a short wait
+    for as long as no answer comes: each new one wakes the server, which then answers what it holds,
+    and replies to the earlier ones are dropped as stale. Then the connection is in step."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    wait = 0.02
+    while True:
+        try:
+            bus.call(SYSTEMD, MANAGER_PATH, "org.freedesktop.DBus.Peer", "Ping", timeout=wait)
+            return
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise ResourceError(f"systemd at {bus.address} did not answer a Ping within {timeout:g} s") from None
+            wait = min(wait * 2, 1.0)
+        except (OSError, ValueError) as exc:
+            raise ResourceError(f"systemd at {bus.address} did not answer a Ping: {exc}") from exc
+
+
+# --- limits as unit properties
+
+
+def cpu_mask(text: str) -> bytes:
+    """A cpuset list ("0-3,8") as systemd's AllowedCPUs/AllowedMemoryNodes bytes: bit n%8 of byte n//8."""
+    from agent.hotplug.cpuset import parse_cpuset
+
+    numbers = parse_cpuset(text, what="cpuset")
+    if not numbers:
+        return b""
+    mask = bytearray(max(numbers) // 8 + 1)
+    for n in numbers:
+        mask[n // 8] |= 1 << (n % 8)
+    return bytes(mask)
+
+
+def _uint(value: str) -> int:
+    return INFINITY if value == "max" else int(value)
+
+
+def _cpu_max(value: str) -> list[tuple[str, Any]]:
+    """cpu.max "QUOTA PERIOD" -> CPUQuotaPerSecUSec (rounded up to systemd's 10 ms step, as runc does, so
+    the unit never allows less than the spec) and CPUQuotaPeriodUSec."""
+    quota, _, period_text = value.partition(" ")
+    period = int(period_text or 100000)
+    props: list[tuple[str, Any]] = [("CPUQuotaPeriodUSec", ("t", period))]
+    if quota == "max":
+        return [("CPUQuotaPerSecUSec", ("t", INFINITY)), *props]
+    per_sec = int(quota) * 1_000_000 // period
+    if per_sec % 10000:
+        per_sec = (per_sec // 10000 + 1) * 10000
+    return [("CPUQuotaPerSecUSec", ("t", per_sec)), *props]
+
+
+def _io_weight(value: str) -> list[tuple[str, Any]]:
+    """io.weight "default N" -> IOWeight (a per-device weight has no unit property: its file is written)."""
+    key, _, weight = value.partition(" ")
+    return [("IOWeight", ("t", int(weight)))] if key == "default" and weight else []
+
+
+# v2 file -> the unit properties systemd writes it from
+_SIMPLE = {
+    "cpu.weight": "CPUWeight",
+    "memory.min": "MemoryMin",
+    "memory.low": "MemoryLow",
+    "memory.high": "MemoryHigh",
+    "memory.max": "MemoryMax",
+    "memory.swap.max": "MemorySwapMax",
+    "pids.max": "TasksMax",
+}
+_MASKS = {"cpuset.cpus": "AllowedCPUs", "cpuset.mems": "AllowedMemoryNodes"}
+
+
+def unit_properties(writes: list[Write]) -> list[tuple[str, Any]]:
+    """The unit properties for the planned cgroup v2 ``writes``, as (name, (signature, value)) pairs in
+    the writes' order (a later write of the same file, a ``unified`` key, wins there as here)."""
+    found: dict[str, tuple[str, Any]] = {}
+    for write in writes:
+        if write.file in _SIMPLE:
+            found[_SIMPLE[write.file]] = ("t", _uint(write.value.strip()))
+        elif write.file in _MASKS:
+            found[_MASKS[write.file]] = ("ay", cpu_mask(write.value.strip()))
+        elif write.file == "cpu.max":
+            found.update(_cpu_max(write.value.strip()))
+        elif write.file == "io.weight":
+            found.update(_io_weight(write.value.strip()))
+    return list(found.items())
+
+
+def _variants(props: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    from agent.system.dbus import Variant
+
+    return [(name, Variant(signature, value)) for name, (signature, value) in props]
+
+
+class SystemdManager(V2Manager):
+    """A container's cgroup v2 as systemd's transient scope ``unit`` in ``slice_name``; see the module."""
+
+    def __init__(self, paths: HostPaths, layout: Layout, slice_name: str, unit: str, *, description: str = "") -> None:
+        relative = "/".join(part for part in (slice_path(slice_name), unit) if part)
+        super().__init__(paths, layout, relative, manage_root=False)
+        self.slice = slice_name
+        self.unit = unit
+        self.description = description or f"pykata container {unit}"
+        self._pending: Mapping[str, Any] | None = None  # limits given before the scope exists
+
+    # --- systemd
+    def _bus(self) -> Connection:
+        """A connection to systemd's manager, ready for calls (see ``prime``)."""
+        from agent.system.dbus import Connection
+
+        address = private_bus(self.paths)
+        try:
+            bus = Connection.open(address, hello=False)
+        except OSError as exc:
+            raise ResourceError(
+                f"cgroup {self.unit}: cannot reach systemd at {address} ({exc}); the systemd cgroup driver needs "
+                "systemd as init and root: use a cgroupfs path (/a/b) for linux.cgroupsPath instead"
+            ) from exc
+        try:
+            prime(bus)
+        except BaseException:
+            bus.close()
+            raise
+        return bus
+
+    def _manager_call(
+        self, bus: Connection, member: str, signature: str = "", args: list[Any] | None = None, *, harmless: str = ""
+    ) -> list[Any]:
+        """A call of systemd's manager; its refusal (a D-Bus error other than ``harmless``, whose
+        refusal gives []) or a broken conversation is a ResourceError naming the unit."""
+        from agent.system.dbus import DBusError
+
+        try:
+            return bus.call(SYSTEMD, MANAGER_PATH, MANAGER, member, signature, args or [], timeout=CALL_TIMEOUT)
+        except DBusError as exc:
+            if exc.name == harmless:
+                return []
+            if exc.name == "org.freedesktop.systemd1.UnitExists":
+                raise AlreadyExists(f"systemd unit {self.unit} exists already: {exc.message}") from exc
+            raise ResourceError(f"systemd refused {member} for {self.unit}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise ResourceError(f"systemd's {member} for {self.unit} failed: {exc}") from exc
+
+    def _run_job(self, bus: Connection, member: str, signature: str, args: list[Any]) -> None:
+        """Call a manager method that queues a job and wait for the job's end; ResourceError unless "done"."""
+        self._manager_call(bus, "Subscribe", harmless="org.freedesktop.systemd1.AlreadySubscribed")  # JobRemoved
+        (job,) = self._manager_call(bus, member, signature, args)
+
+        def finished(message: Message) -> bool:
+            return message.member == "JobRemoved" and len(message.body) == 4 and message.body[1] == job
+
+        try:
+            removed = bus.wait_signal(finished, JOB_TIMEOUT)
+        except (OSError, ValueError) as exc:
+            raise ResourceError(f"waiting for systemd's {member} job for {self.unit} failed: {exc}") from exc
+        if removed is None:
+            raise ResourceError(f"systemd's {member} job {job} for {self.unit} did not end within {JOB_TIMEOUT} s")
+        result = removed.body[3]
+        if result != "done":
+            raise ResourceError(
+                f"systemd's {member} job for {self.unit} ended {result!r}: see `systemctl status {self.unit}` "
+                f"and `journalctl -u {self.unit}`"
+            )
+
+    def _start(self, pid: int) -> None:
+        props = [
+            ("Description", ("s", self.description)),
+            ("Slice", ("s", "-.slice" if self.slice == "-" else self.slice)),
+            ("Delegate", ("b", True)),
+            ("DefaultDependencies", ("b", False)),
+            ("MemoryAccounting", ("b", True)),
+            ("CPUAccounting", ("b", True)),
+            ("IOAccounting", ("b", True)),
+            ("TasksAccounting", ("b", True)),
+            ("PIDs", ("au", [pid])),
+        ]
+        if self._pending:
+            props += unit_properties(self.plan(self._pending))
+        with self._bus() as bus:
+            self._run_job(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", [self.unit, "fail", _variants(props), []])
+        where = self._cgroup_of(pid)
+        if where is not None and where != f"/{self.relative}":
+            raise ResourceError(f"systemd put process {pid} in {where}, not in /{self.relative} ({self.unit})")
+        if self._pending:
+            pending, self._pending = self._pending, None
+            super().apply(pending)
+
+    def _cgroup_of(self, pid: int) -> str | None:
+        """The v2 cgroup of ``pid`` as /proc shows it, None when it has ended."""
+        try:
+            with open(f"{self.paths.proc_pid(pid)}/cgroup", encoding="utf-8") as file:
+                for line in file:
+                    if line.startswith("0::"):
+                        return line[3:].rstrip("\n")
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        return None
+
+    # --- the manager's interface
+    def create(self) -> None:
+        """Nothing: a scope is made with its first process (add_pid)."""
+
+    def self_attach_files(self, sub: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+        """Once the scope exists a process may join it as any cgroup; before, it is moved by pid."""
+        return super().self_attach_files(sub) if self.exists() else []
+
+    def add_pid(self, pid: int, sub: Mapping[str, str] | None = None) -> None:
+        if self.exists():
+            super().add_pid(pid, sub)
+            return
+        if sub:
+            raise InvalidArgument(f"sub-cgroups need the scope {self.unit} made first (by the container's process)")
+        self._start(pid)
+
+    def apply(self, resources: Mapping[str, Any]) -> None:
+        writes = self.plan(resources)  # validated, whether the scope exists yet or not
+        if not self.exists():
+            self._pending = resources  # the scope is started with them (add_pid)
+            return
+        props = unit_properties(writes)
+        if props:
+            with self._bus() as bus:
+                self._manager_call(bus, "SetUnitProperties", "sba(sv)", [self.unit, True, _variants(props)])
+        super().apply(resources)
+
+    def _directory_of(self, writes: list[Write]) -> Mapping[str, str]:
+        """systemd enables the controllers above a delegated scope; a key for one it has not enabled
+        fails with the file named (the cgroupfs driver enables it in the levels above instead)."""
+        return {**{w.controller: self.path for w in writes}, **self.directories()}
+
+    def destroy(self) -> None:
+        remaining = self.pids()
+        if remaining:
+            raise ResourceError(f"cgroup {self.relative} still has processes {remaining}; stop them before removing it")
+        from agent.system.dbus import DBusError
+
+        with self._bus() as bus:
+            try:
+                self._run_job(bus, "StopUnit", "ss", [self.unit, "replace"])
+            except ResourceError as exc:
+                cause = exc.__cause__
+                if not (isinstance(cause, DBusError) and cause.name == NO_SUCH_UNIT):
+                    raise
+            # a scope whose process failed stays loaded as failed: clear it (none is no error)
+            self._manager_call(bus, "ResetFailedUnit", "s", [self.unit], harmless=NO_SUCH_UNIT)
+        super().destroy()  # what systemd left (sub-cgroups the container made), bottom-up
+
+
+def manager(paths: HostPaths, layout: Layout, cgroups_path: str, container_id: str) -> SystemdManager:
+    """The systemd driver's manager for ``linux.cgroupsPath`` (see ``parse_systemd_path``)."""
+    slice_name, unit = parse_systemd_path(cgroups_path, container_id)
+    if layout.version != 2:
+        raise Unsupported(
+            "the systemd cgroup driver works on cgroup v2 only, and this system has cgroup v1: give "
+            "linux.cgroupsPath as a path (/a/b) to use cgroupfs"
+        )
+    return SystemdManager(paths, layout, slice_name, unit, description=f"pykata container {container_id}")

@@ -1,0 +1,238 @@
+"""The systemd cgroup driver in a booted guest: osbuilder's rootfs image, where systemd is PID 1 and
+starts the agent. A container whose linux.cgroupsPath is ``slice:prefix:name`` gets a transient scope
+that systemd makes and knows (as Kata's agent does there); its limits are unit properties, so systemd
+keeps them across a daemon-reload; update, stats and removal go through the same unit. The guest's
+state is read through the agent's debug console (systemctl and the cgroup files).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.rpc.convert_oci import dict_to_spec
+from agent.rpc.pb import agent_pb2, oci_pb2
+from agentctl import vm
+from agentctl.client import AgentCallError, AgentClient, connect
+from tests.helpers.bundle import runc_default_spec
+from tests.vm.conftest import booted
+
+ROOTFS = "/run/sd-test/rootfs"  # made in the guest, from the image's busybox
+SCOPE = "pykata-sd1.scope"
+SCOPE_DIR = f"/sys/fs/cgroup/system.slice/{SCOPE}"
+MiB = 1024 * 1024
+
+
+def phase(message: str) -> None:
+    print(f"[systemd {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@pytest.fixture(scope="module")
+def guest(guest_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.Guest]:
+    from osbuilder import config as osconfig
+
+    config = vm.GuestConfig(
+        kernel=guest_files / "vmlinuz",
+        initrd=guest_files / "initrd.img",
+        image=guest_files / "rootfs.img",
+        cmdline=f"{osconfig.IMAGE_CMDLINE} agent.debug_console",
+        name="systemd-cgroup",
+        run_dir=tmp_path_factory.mktemp("vm"),
+        ready_marker="",
+        ready_timeout=300.0,
+    )
+    with booted(config, phase) as started:
+        started.run_in_console(
+            f"mkdir -p {ROOTFS}/bin && cp /bin/busybox {ROOTFS}/bin/ && "
+            f"for a in sh sleep cat true; do ln -sf busybox {ROOTFS}/bin/$a; done"
+        )
+        agent = connect(started.address, "ttrpc", timeout=120)
+        agent.call("grpc.AgentService/CreateSandbox", agent_pb2.CreateSandboxRequest(hostname="sd", sandbox_id="sd"))
+        yield started
+
+
+def answers(guest: vm.Guest, command: str) -> dict[str, str]:
+    """Run ``command`` in the guest's shell, where each line it wants read is ``$t KEY VALUE`` (t=@):
+    the echo of the command line holds no tag, so only the answers are taken."""
+    text = guest.run_in_console(f"t=@; {command}")
+    found: dict[str, str] = {}
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line.startswith("@") and " " in line:
+            key, _, value = line[1:].partition(" ")
+            found[key] = value.strip()
+    return found
+
+
+def unit_state(guest: vm.Guest, unit: str = SCOPE) -> dict[str, str]:
+    """systemd's view of ``unit`` and the files of its cgroup."""
+    props = "LoadState,ActiveState,ControlGroup,MemoryMax,TasksMax,CPUWeight,CPUQuotaPerSecUSec,Delegate"
+    return answers(
+        guest,
+        f'systemctl show {unit} -p {props} | sed "s/^\\([^=]*\\)=/${{t}}\\1 /"; '
+        f"for f in memory.max pids.max cpu.weight cpu.max; do echo ${{t}}$f $(cat {SCOPE_DIR}/$f 2>/dev/null); done; "
+        f"echo ${{t}}procs $(cat {SCOPE_DIR}/cgroup.procs 2>/dev/null | wc -l); "
+        f"echo ${{t}}dir $(test -d {SCOPE_DIR} && echo yes || echo no)",
+    )
+
+
+def container_spec(cgroups_path: str, args: list[str], resources: dict[str, Any]) -> oci_pb2.Spec:
+    spec = runc_default_spec()
+    spec["root"] = {"path": ROOTFS, "readonly": True}
+    spec["process"]["args"] = args
+    spec["process"]["terminal"] = False
+    spec["linux"]["cgroupsPath"] = cgroups_path
+    spec["linux"]["resources"] = resources
+    return dict_to_spec(spec)
+
+
+def client(guest: vm.Guest) -> AgentClient:
+    return connect(guest.address, "ttrpc", timeout=120)
+
+
+def test_container_in_a_systemd_scope(guest: vm.Guest) -> None:
+    agent = client(guest)
+    resources = {
+        "memory": {"limit": 64 * MiB},
+        "pids": {"limit": 50},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+    }
+    agent.call(
+        "grpc.AgentService/CreateContainer",
+        agent_pb2.CreateContainerRequest(
+            container_id="sd1",
+            exec_id="sd1",
+            OCI=container_spec("system.slice:pykata:sd1", ["sleep", "600"], resources),
+        ),
+    )
+    agent.call("grpc.AgentService/StartContainer", agent_pb2.StartContainerRequest(container_id="sd1"))
+    state = unit_state(guest)
+    phase(f"after create: {state}")
+    # systemd made the scope and knows the container's limits as its own
+    assert state["LoadState"] == "loaded"
+    assert state["ActiveState"] == "active"
+    assert state["ControlGroup"] == f"/system.slice/{SCOPE}"
+    assert state["Delegate"] == "yes"
+    assert state["MemoryMax"] == str(64 * MiB)
+    assert state["TasksMax"] == "50"
+    assert state["CPUWeight"] == "20"  # shares 512, runc's map to a weight
+    assert state["CPUQuotaPerSecUSec"] == "500ms"
+    # and the scope's cgroup holds them and the container's process
+    assert state["memory.max"] == str(64 * MiB)
+    assert state["pids.max"] == "50"
+    assert state["cpu.weight"] == "20"
+    assert state["cpu.max"] == "50000 100000"
+    assert state["procs"] == "1"
+
+    # an update sets the unit's properties: a daemon-reload (systemd writes every unit's cgroup again)
+    # leaves the new limit in place
+    update = oci_pb2.LinuxResources(Memory=oci_pb2.LinuxMemory(Limit=128 * MiB), Pids=oci_pb2.LinuxPids(Limit=80))
+    agent.call("grpc.AgentService/UpdateContainer", agent_pb2.UpdateContainerRequest(container_id="sd1",
+                                                                                      resources=update))  # fmt: skip
+    guest.run_in_console("systemctl daemon-reload")
+    state = unit_state(guest)
+    assert state["MemoryMax"] == str(128 * MiB)
+    assert state["memory.max"] == str(128 * MiB)
+    assert state["TasksMax"] == "80"
+    assert state["pids.max"] == "80"
+
+    # an exec'd process joins the scope; stats come from its cgroup
+    agent.call(
+        "grpc.AgentService/ExecProcess",
+        agent_pb2.ExecProcessRequest(
+            container_id="sd1", exec_id="e1", process=oci_pb2.Process(Args=["sleep", "600"], Cwd="/", Env=["PATH=/bin"])
+        ),
+    )
+    assert unit_state(guest)["procs"] == "2"
+    stats = agent.call("grpc.AgentService/StatsContainer", agent_pb2.StatsContainerRequest(container_id="sd1"))
+    assert stats.cgroup_stats.memory_stats.usage.usage > 0
+    assert stats.cgroup_stats.pids_stats.current == 2
+
+    agent.call("grpc.AgentService/RemoveContainer", agent_pb2.RemoveContainerRequest(container_id="sd1", timeout=10))
+    state = unit_state(guest)
+    assert state["LoadState"] == "not-found", state
+    assert state["dir"] == "no"
+
+
+def test_bad_systemd_paths_are_refused_and_leave_nothing(guest: vm.Guest) -> None:
+    agent = client(guest)
+    for cgroups_path, words in (
+        ("nodot:pykata:sd2", "slice"),  # a slice is NAME.slice
+        ("a--b.slice:pykata:sd2", "slice"),
+        ("system.slice:pykata:", "needs a name"),
+    ):
+        with pytest.raises(AgentCallError) as refused:
+            agent.call(
+                "grpc.AgentService/CreateContainer",
+                agent_pb2.CreateContainerRequest(
+                    container_id="sd2", exec_id="sd2", OCI=container_spec(cgroups_path, ["true"], {})
+                ),
+            )
+        assert refused.value.code_name == "INVALID_ARGUMENT", refused.value
+        assert words in str(refused.value)
+    found = answers(guest, "echo ${t}units $(systemctl list-units --all --no-legend 'pykata-sd*' | wc -l)")
+    assert found["units"] == "0"
+
+
+def test_scope_ends_with_its_container(guest: vm.Guest) -> None:
+    """A container whose process ends: systemd stops its scope on its own; removing the container
+    then finds nothing left to stop, and says nothing is wrong."""
+    agent = client(guest)
+    agent.call(
+        "grpc.AgentService/CreateContainer",
+        agent_pb2.CreateContainerRequest(
+            container_id="sd3", exec_id="sd3", OCI=container_spec(":pykata:sd3", ["true"], {"pids": {"limit": 10}})
+        ),
+    )
+    agent.call("grpc.AgentService/StartContainer", agent_pb2.StartContainerRequest(container_id="sd3"))
+    waited = agent.call(
+        "grpc.AgentService/WaitProcess", agent_pb2.WaitProcessRequest(container_id="sd3", exec_id="sd3")
+    )
+    assert waited.status == 0
+    agent.call("grpc.AgentService/RemoveContainer", agent_pb2.RemoveContainerRequest(container_id="sd3", timeout=10))
+    state = unit_state(guest, "pykata-sd3.scope")
+    assert state["LoadState"] == "not-found", state
+    found = answers(
+        guest, "echo ${t}dir $(test -d /sys/fs/cgroup/system.slice/pykata-sd3.scope && echo yes || echo no)"
+    )
+    assert found["dir"] == "no"
+
+
+def test_runtime_cli_with_systemd_cgroup(guest: vm.Guest) -> None:
+    """pykata-runc --systemd-cgroup in the guest (the image holds the agent's code, the CLI's with it):
+    a foreground run in its scope, in a sub-slice systemd makes for it; and a detached one that a later
+    call (without the flag: the container's state remembers) deletes, stopping the unit."""
+    spec = runc_default_spec()
+    spec["root"] = {"path": "rootfs", "readonly": True}
+    spec["process"]["terminal"] = False
+    scope = "pykata.slice/pykata-cli.slice/cli-1.scope"
+    spec["process"]["args"] = ["sh", "-c", f"cat /proc/self/cgroup /sys/fs/cgroup/{scope}/pids.max"]
+    spec["linux"]["cgroupsPath"] = "pykata-cli.slice:cli:1"
+    spec["linux"]["resources"] = {"pids": {"limit": 33}}
+    cli = "PYTHONPATH=/usr/lib/pykata python3 -m agent.container.cli --root /run/sd-runc"
+
+    def bundle(config: dict[str, Any]) -> str:
+        """The shell words that write ``config`` as /run/sd-test/config.json."""
+        return f"echo {base64.b64encode(json.dumps(config).encode()).decode()} | base64 -d > /run/sd-test/config.json"
+
+    text = guest.run_in_console(
+        f't=@; {bundle(spec)} && cd /run/sd-test && {cli} --systemd-cgroup run cli1 2>&1 | sed "s/^/${{t}}out /"; cd /'
+    )
+    lines = [line.strip()[5:] for line in text.splitlines() if line.strip().startswith("@out ")]
+    assert lines == [f"0::/{scope}", "33"], text[-2000:]
+    assert unit_state(guest, "cli-1.scope")["LoadState"] == "not-found"  # gone with its process
+
+    spec["process"]["args"] = ["sleep", "600"]
+    found = answers(
+        guest,
+        f"{bundle(spec)} && cd /run/sd-test && {cli} --systemd-cgroup run -d cli2 >/dev/null 2>&1; "
+        "echo ${t}rc $?; cd /; echo ${t}active $(systemctl show cli-1.scope -p ActiveState --value)",
+    )
+    assert found == {"rc": "0", "active": "active"}, found
+    assert answers(guest, f"{cli} delete --force cli2; echo ${{t}}rc $?") == {"rc": "0"}
+    assert unit_state(guest, "cli-1.scope")["LoadState"] == "not-found"
