@@ -11,7 +11,7 @@ itself works from, so the document cannot claim what the engine does not do:
   not to list;
 - linux.namespaces: spec.NAMESPACE_TYPES; linux.capabilities: those python-prctl knows by name;
 - linux.seccomp: the compiler's actions, operators and architecture (seccomp.py);
-- linux.cgroup: v1 and v2 through cgroupfs; systemd (a transient scope per container, cgroup v2,
+- linux.cgroup: v1 and v2 through cgroupfs; systemd (a transient scope per container, on v1 and v2:
   cgroups/systemd.py), not systemdUser (rootless containers do without systemd);
 - AppArmor and SELinux: implemented (procattrs.py: a profile or label is applied where the host's LSM
   is on, and refused where it is off).

@@ -13,7 +13,7 @@ import fcntl
 import os
 
 from agent.container import hooks as hooks_mod
-from agent.container.rootfs import RootfsPlan, plan_rootfs, root_is_initramfs
+from agent.container.rootfs import RootfsPlan, needs_cgroup_binds, plan_rootfs, root_is_initramfs
 from agent.container.spec import Process as ProcessSpec
 from agent.container.spec import Spec, id_map_text
 from agent.container.state import Status
@@ -319,11 +319,14 @@ def create_container(
         cgroup = _rootless_cgroup(engine, cgroup, spec)  # made already, where the user may make it
     try:
         binds = None
-        if in_user_ns and any(mount.type in ("cgroup", "cgroup2") for mount in spec.mounts):
+        cgroup_ns = "cgroup" in joins or "cgroup" in unshare
+        if any(mount.type in ("cgroup", "cgroup2") for mount in spec.mounts) and needs_cgroup_binds(
+            paths, in_user_ns, cgroup_ns
+        ):
             from agent.container.cgroups import NoCgroup
             from agent.container.rootfs import cgroup_binds
 
-            binds = cgroup_binds(paths, None if isinstance(cgroup, NoCgroup) else cgroup.directories())
+            binds = cgroup_binds(paths, None if isinstance(cgroup, NoCgroup) else cgroup.hierarchy_directories())
         plan = plan_rootfs(paths, spec, root, bundle, no_pivot=no_pivot, cgroup_binds=binds)
         program = _seccomp_program(spec.linux.seccomp)
     except BaseException:

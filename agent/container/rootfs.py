@@ -245,15 +245,26 @@ def _cgroup_layout(root: str) -> tuple[tuple[str, str, str], ...]:
     return layout
 
 
+def needs_cgroup_binds(paths: HostPaths, in_user_ns: bool, cgroup_ns: bool) -> bool:
+    """Whether the spec's cgroup mount shows the container its own cgroups through bind mounts
+    (``cgroup_binds``) rather than cgroup file systems mounted afresh, as runc decides: in a user
+    namespace (which may not mount a cgroup file system), and on cgroup v1 without a cgroup namespace
+    (a fresh v1 mount there would show the whole hierarchy; runc binds the container's own cgroup in
+    each). cgroup v2 without a cgroup namespace is a fresh cgroup2 mount, as with runc."""
+    if in_user_ns:
+        return True
+    return not cgroup_ns and _cgroup_layout(os.fspath(paths.cgroup_root)) != (("v2", "", ""),)
+
+
 def _cgroup_mount_ops(
     paths: HostPaths, target: str, flags: int, binds: dict[str, str] | None = None
 ) -> list[Operation]:
     """The spec's cgroup mount. ``binds`` (hierarchy name, "" for cgroup2 -> the host directory to show
-    there) is for a container in a user namespace, which may not mount a cgroup file system: it sees
-    its own cgroup (or, rootless, its starter's) through read-only bind mounts instead, as with runc."""
+    there; see needs_cgroup_binds) makes it bind mounts of those directories, read-only when the spec's
+    mount is, as with runc; without, cgroup file systems are mounted."""
     layout = _cgroup_layout(os.fspath(paths.cgroup_root))
     hardened = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
-    bind_ro = libc.MS_RDONLY | hardened
+    bind_ro = (flags & libc.MS_RDONLY) | hardened
     if layout == (("v2", "", ""),):
         if binds is None:
             return [Mkdir(target), Mount("cgroup", target, "cgroup2", flags)]
@@ -277,28 +288,29 @@ def _cgroup_mount_ops(
 
 
 def cgroup_binds(paths: HostPaths, directories: dict[str, str] | None) -> dict[str, str]:
-    """For a container in a user namespace, what its cgroup mount shows of each hierarchy (keyed as
-    _cgroup_mount_ops takes them): ``directories`` (controller -> the container's cgroup, its manager's
-    ``directories()``), or, when None, the cgroups this process is in (a rootless container has none of
-    its own). A hierarchy with neither (name=systemd, for a container's) is left out."""
+    """What the container's cgroup mount shows of each hierarchy (keyed as _cgroup_mount_ops takes
+    them; see needs_cgroup_binds): ``directories`` (controller, or a named hierarchy such as
+    "name=systemd" -> the container's cgroup: its manager's ``hierarchy_directories()``), and for a
+    hierarchy it does not name (or all, when None: a rootless container without a cgroup of its own)
+    the cgroup this process is in, which the container's process inherits there."""
     root = os.fspath(paths.cgroup_root)
     own: dict[frozenset[str], str] = {}
-    if directories is None:
-        with open(f"{paths.proc}/self/cgroup", encoding="utf-8") as stream:
-            for line in stream.read().splitlines():
-                _number, controllers, where = line.split(":", 2)
-                own[frozenset(controllers.split(",")) if controllers else frozenset()] = where
     binds: dict[str, str] = {}
     for kind, name, _points_to in _cgroup_layout(root):
         if kind == "link":
             continue
         names = [] if kind == "v2" else (["name=systemd"] if name == "systemd" else name.split(","))
-        source: str | None = None
-        if directories is None:
+        source = None
+        if directories is not None:
+            source = next((directories[c] for c in (names or ["cgroup"]) if c in directories), None)
+        if source is None:
+            if not own:
+                with open(f"{paths.proc}/self/cgroup", encoding="utf-8") as stream:
+                    for line in stream.read().splitlines():
+                        _number, controllers, where = line.split(":", 2)
+                        own[frozenset(controllers.split(",")) if controllers else frozenset()] = where
             found = own.get(frozenset(names))
             source = None if found is None else normal_path(f"{root}/{name}{found}")
-        else:
-            source = next((directories[c] for c in (names or ["cgroup"]) if c in directories), None)
         if source is not None:
             binds["" if kind == "v2" else name] = source
     return binds

@@ -340,6 +340,37 @@ def test_user_namespace_sees_its_cgroup_through_read_only_binds(engine: Engine, 
         engine.remove("iso-userns-cg", timeout=10)
 
 
+@pytest.mark.parametrize("cgroup_ns", [False, True], ids=["host-cgroup-ns", "own-cgroup-ns"])
+def test_cgroup_mount_shows_the_containers_own_cgroup(
+    engine: Engine, spec: Any, cgroup_parent: str, cgroup_ns: bool
+) -> None:
+    """On this cgroup v1 host the spec's cgroup mount shows each hierarchy from the container's own
+    cgroup, as runc does: a read-only bind of it without a cgroup namespace (a cgroup file system
+    mounted afresh there would show the whole hierarchy), a fresh mount inside its own cgroup
+    namespace, whose root is that cgroup."""
+    name = f"iso-cgview-{int(cgroup_ns)}"
+    script = ("cat /sys/fs/cgroup/pids/pids.max; grep ' /sys/fs/cgroup/pids ' /proc/self/mountinfo | cut -d' ' -f4; "
+              "ls /sys/fs/cgroup/pids | grep -c -v -e '^pids' -e '^cgroup' -e '^notify' -e '^tasks' -e '^release'; "
+              "touch /sys/fs/cgroup/pids/x 2>/dev/null || echo ro")  # fmt: skip
+    s = spec(name, ["/bin/sh", "-c", script])
+    s["linux"]["namespaces"] = [n for n in s["linux"]["namespaces"] if n["type"] != "cgroup"]
+    if cgroup_ns:
+        s["linux"]["namespaces"].append({"type": "cgroup"})
+    assert any(m["type"] == "cgroup" for m in s["mounts"])
+    s["linux"]["resources"] = {"pids": {"limit": 42}}
+    container = engine.create(name, s)
+    try:
+        container.start()
+        out = read_to_end(container.init.io.stdout if container.init else None).decode().split()
+        assert container.wait(timeout=20) == 0
+        # its limit, seen from the mount's root; no other cgroup below it; read-only (runc's spec: "ro")
+        assert out[0] == "42", out
+        assert out[1] == ("/" if cgroup_ns else f"{cgroup_parent}/{name}"), out
+        assert out[2:] == ["0", "ro"], out
+    finally:
+        engine.remove(name, timeout=10)
+
+
 def test_exec_joins_a_user_namespace(engine: Engine, spec: Any, open_rootfs: Path) -> None:
     s = spec("iso-userns-exec", ["/bin/sleep", "300"])
     s["root"]["path"] = str(open_rootfs)

@@ -21,6 +21,7 @@ from agent.container.cgroups.manager import V2Manager
 from agent.container.cgroups.systemd import (
     INFINITY,
     SystemdManager,
+    SystemdV1Manager,
     cpu_mask,
     parse_systemd_path,
     slice_path,
@@ -128,8 +129,9 @@ def test_the_driver_is_chosen_by_the_path_and_by_systemd_as_init(tmp_path: Path)
     with pytest.raises(InvalidArgument, match="not a path"):
         manager_for(paths, "/a/b", "c1", layout=layout, systemd=True)
     v1 = Layout(version=1, root=f"{tmp_path}/sys/fs/cgroup", controllers={"memory": f"{tmp_path}/m"})
-    with pytest.raises(Unsupported, match="cgroup v2 only"):
-        manager_for(paths, "system.slice:p:c1", "c1", layout=v1, systemd=True)
+    chosen = manager_for(paths, "system.slice:p:c1", "c1", layout=v1, systemd=True)
+    assert isinstance(chosen, SystemdV1Manager)
+    assert chosen.directories() == {"memory": f"{tmp_path}/m/system.slice/p-c1.scope"}
 
 
 class FakeSystemd:
@@ -328,3 +330,26 @@ def test_a_first_message_systemd_holds_does_not_stall_the_driver(systemd: FakeSy
     manager.add_pid(4242)
     assert systemd.members() == ["Subscribe", "StartTransientUnit"]
     assert systemd.pings == 2  # the first Ping went unanswered; the second woke systemd
+
+
+def test_v1_limits_become_systemds_v1_properties() -> None:
+    from agent.container.cgroups import plan_v1
+    from agent.container.cgroups.systemd import unit_properties_v1
+
+    resources = {
+        "cpu": {"shares": 512, "quota": 25000, "period": 50000, "cpus": "0"},
+        "memory": {"limit": 128 << 20},
+        "pids": {"limit": 0},
+        "blockIO": {"weight": 300},
+    }
+    assert dict(unit_properties_v1(plan_v1(resources))) == {
+        "CPUShares": ("t", 512),
+        "MemoryLimit": ("t", 128 << 20),
+        "TasksMax": ("t", INFINITY),  # pids.limit 0: no limit
+        "BlockIOWeight": ("t", 300),
+        "CPUQuotaPerSecUSec": ("t", 500000),
+    }  # (no cpuset: systemd does not manage it on v1)
+    assert dict(unit_properties_v1(plan_v1({"cpu": {"quota": -1}, "memory": {"limit": -1}}))) == {
+        "MemoryLimit": ("t", INFINITY),
+        "CPUQuotaPerSecUSec": ("t", INFINITY),
+    }

@@ -24,25 +24,48 @@ from tests.helpers.bundle import runc_default_spec
 from tests.vm.conftest import booted
 
 ROOTFS = "/run/sd-test/rootfs"  # made in the guest, from the image's busybox
-SCOPE = "pykata-sd1.scope"
-SCOPE_DIR = f"/sys/fs/cgroup/system.slice/{SCOPE}"
 MiB = 1024 * 1024
+
+
+class Files:
+    """Where a layout keeps a scope's files, by what they hold: cgroup v2 (one directory) or v1
+    (systemd's legacy layout: a directory per hierarchy)."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+
+    def of(self, relative: str) -> dict[str, str]:
+        if self.version == 2:
+            where = f"/sys/fs/cgroup/{relative}"
+            return {"memory": f"{where}/memory.max", "pids": f"{where}/pids.max", "weight": f"{where}/cpu.weight",
+                    "quota": f"{where}/cpu.max", "procs": f"{where}/cgroup.procs",
+                    "frozen": f"{where}/cgroup.freeze"}  # fmt: skip
+        cpu = f"/sys/fs/cgroup/cpu,cpuacct/{relative}"
+        return {"memory": f"/sys/fs/cgroup/memory/{relative}/memory.limit_in_bytes",
+                "pids": f"/sys/fs/cgroup/pids/{relative}/pids.max", "weight": f"{cpu}/cpu.shares",
+                "quota": f"{cpu}/cpu.cfs_quota_us", "procs": f"/sys/fs/cgroup/pids/{relative}/cgroup.procs",
+                # a controller systemd does not manage on v1: the engine made and joined it
+                "frozen": f"/sys/fs/cgroup/freezer/{relative}/freezer.state"}  # fmt: skip
 
 
 def phase(message: str) -> None:
     print(f"[systemd {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-@pytest.fixture(scope="module")
-def guest(guest_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.Guest]:
+@pytest.fixture(scope="module", params=[2, 1], ids=["cgroup-v2", "cgroup-v1"])
+def guest(request: pytest.FixtureRequest, guest_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+    tuple[vm.Guest, Files]
+]:  # fmt: skip
+    """The image booted with systemd's default (cgroup v2) or its legacy layout (v1 controllers)."""
     from osbuilder import config as osconfig
 
+    legacy = " systemd.unified_cgroup_hierarchy=0" if request.param == 1 else ""
     config = vm.GuestConfig(
         kernel=guest_files / "vmlinuz",
         initrd=guest_files / "initrd.img",
         image=guest_files / "rootfs.img",
-        cmdline=f"{osconfig.IMAGE_CMDLINE} agent.debug_console",
-        name="systemd-cgroup",
+        cmdline=f"{osconfig.IMAGE_CMDLINE} agent.debug_console{legacy}",
+        name=f"systemd-cgroup-v{request.param}",
         run_dir=tmp_path_factory.mktemp("vm"),
         ready_marker="",
         ready_timeout=300.0,
@@ -50,11 +73,11 @@ def guest(guest_files: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with booted(config, phase) as started:
         started.run_in_console(
             f"mkdir -p {ROOTFS}/bin && cp /bin/busybox {ROOTFS}/bin/ && "
-            f"for a in sh sleep cat true; do ln -sf busybox {ROOTFS}/bin/$a; done"
+            f"for a in sh sleep cat true grep; do ln -sf busybox {ROOTFS}/bin/$a; done"
         )
         agent = connect(started.address, "ttrpc", timeout=120)
         agent.call("grpc.AgentService/CreateSandbox", agent_pb2.CreateSandboxRequest(hostname="sd", sandbox_id="sd"))
-        yield started
+        yield started, Files(request.param)
 
 
 def answers(guest: vm.Guest, command: str) -> dict[str, str]:
@@ -69,16 +92,19 @@ def answers(guest: vm.Guest, command: str) -> dict[str, str]:
     return found
 
 
-def unit_state(guest: vm.Guest, unit: str = SCOPE) -> dict[str, str]:
-    """systemd's view of ``unit`` and the files of its cgroup."""
-    props = "LoadState,ActiveState,ControlGroup,MemoryMax,TasksMax,CPUWeight,CPUQuotaPerSecUSec,Delegate"
-    return answers(
+def unit_state(guest: vm.Guest, files: Files, unit: str, relative: str = "") -> dict[str, str]:
+    """systemd's view of ``unit``, what the files of its cgroup (``relative``: system.slice/UNIT)
+    hold, how many processes are in it and how many directories of that name are left."""
+    relative = relative or f"system.slice/{unit}"
+    props = "LoadState,ActiveState,ControlGroup,MemoryMax,MemoryLimit,TasksMax,CPUWeight,CPUShares,CPUQuotaPerSecUSec"
+    reads = "; ".join(f"echo ${{t}}{key} $(cat {path} 2>/dev/null)" for key, path in files.of(relative).items())
+    state = answers(
         guest,
-        f'systemctl show {unit} -p {props} | sed "s/^\\([^=]*\\)=/${{t}}\\1 /"; '
-        f"for f in memory.max pids.max cpu.weight cpu.max; do echo ${{t}}$f $(cat {SCOPE_DIR}/$f 2>/dev/null); done; "
-        f"echo ${{t}}procs $(cat {SCOPE_DIR}/cgroup.procs 2>/dev/null | wc -l); "
-        f"echo ${{t}}dir $(test -d {SCOPE_DIR} && echo yes || echo no)",
+        f'systemctl show {unit} -p {props},Delegate | sed "s/^\\([^=]*\\)=/${{t}}\\1 /"; {reads}; '
+        f"echo ${{t}}dirs $(find /sys/fs/cgroup -type d -name {unit} | wc -l)",
     )
+    state["procs"] = str(len(state.get("procs", "").split()))
+    return state
 
 
 def container_spec(cgroups_path: str, args: list[str], resources: dict[str, Any]) -> oci_pb2.Spec:
@@ -95,8 +121,9 @@ def client(guest: vm.Guest) -> AgentClient:
     return connect(guest.address, "ttrpc", timeout=120)
 
 
-def test_container_in_a_systemd_scope(guest: vm.Guest) -> None:
-    agent = client(guest)
+def test_container_in_a_systemd_scope(guest: tuple[vm.Guest, Files]) -> None:
+    booted, files = guest
+    agent = client(booted)
     resources = {
         "memory": {"limit": 64 * MiB},
         "pids": {"limit": 50},
@@ -111,56 +138,89 @@ def test_container_in_a_systemd_scope(guest: vm.Guest) -> None:
         ),
     )
     agent.call("grpc.AgentService/StartContainer", agent_pb2.StartContainerRequest(container_id="sd1"))
-    state = unit_state(guest)
+    state = unit_state(booted, files, "pykata-sd1.scope")
     phase(f"after create: {state}")
     # systemd made the scope and knows the container's limits as its own
     assert state["LoadState"] == "loaded"
     assert state["ActiveState"] == "active"
-    assert state["ControlGroup"] == f"/system.slice/{SCOPE}"
+    assert state["ControlGroup"] == "/system.slice/pykata-sd1.scope"
     assert state["Delegate"] == "yes"
-    assert state["MemoryMax"] == str(64 * MiB)
+    assert state["MemoryMax" if files.version == 2 else "MemoryLimit"] == str(64 * MiB)
     assert state["TasksMax"] == "50"
-    assert state["CPUWeight"] == "20"  # shares 512, runc's map to a weight
+    if files.version == 2:
+        assert state["CPUWeight"] == "20"  # shares 512, runc's map to a weight
+    else:
+        assert state["CPUShares"] == "512"
     assert state["CPUQuotaPerSecUSec"] == "500ms"
     # and the scope's cgroup holds them and the container's process
-    assert state["memory.max"] == str(64 * MiB)
-    assert state["pids.max"] == "50"
-    assert state["cpu.weight"] == "20"
-    assert state["cpu.max"] == "50000 100000"
+    assert state["memory"] == str(64 * MiB)
+    assert state["pids"] == "50"
+    assert state["weight"] == ("20" if files.version == 2 else "512")
+    assert state["quota"] == ("50000 100000" if files.version == 2 else "50000")
     assert state["procs"] == "1"
+    assert state["frozen"] == ("0" if files.version == 2 else "THAWED")
 
     # an update sets the unit's properties: a daemon-reload (systemd writes every unit's cgroup again)
     # leaves the new limit in place
     update = oci_pb2.LinuxResources(Memory=oci_pb2.LinuxMemory(Limit=128 * MiB), Pids=oci_pb2.LinuxPids(Limit=80))
     agent.call("grpc.AgentService/UpdateContainer", agent_pb2.UpdateContainerRequest(container_id="sd1",
                                                                                       resources=update))  # fmt: skip
-    guest.run_in_console("systemctl daemon-reload")
-    state = unit_state(guest)
-    assert state["MemoryMax"] == str(128 * MiB)
-    assert state["memory.max"] == str(128 * MiB)
+    booted.run_in_console("systemctl daemon-reload")
+    state = unit_state(booted, files, "pykata-sd1.scope")
+    assert state["MemoryMax" if files.version == 2 else "MemoryLimit"] == str(128 * MiB)
+    assert state["memory"] == str(128 * MiB)
     assert state["TasksMax"] == "80"
-    assert state["pids.max"] == "80"
+    assert state["pids"] == "80"
 
-    # an exec'd process joins the scope; stats come from its cgroup
+    # an exec'd process joins the scope (and, on v1, the engine's own hierarchies); pause freezes
+    # them; stats come from the scope's cgroup
     agent.call(
         "grpc.AgentService/ExecProcess",
         agent_pb2.ExecProcessRequest(
             container_id="sd1", exec_id="e1", process=oci_pb2.Process(Args=["sleep", "600"], Cwd="/", Env=["PATH=/bin"])
         ),
     )
-    assert unit_state(guest)["procs"] == "2"
+    assert unit_state(booted, files, "pykata-sd1.scope")["procs"] == "2"
     stats = agent.call("grpc.AgentService/StatsContainer", agent_pb2.StatsContainerRequest(container_id="sd1"))
     assert stats.cgroup_stats.memory_stats.usage.usage > 0
     assert stats.cgroup_stats.pids_stats.current == 2
+    agent.call("grpc.AgentService/PauseContainer", agent_pb2.PauseContainerRequest(container_id="sd1"))
+    assert unit_state(booted, files, "pykata-sd1.scope")["frozen"] == ("1" if files.version == 2 else "FROZEN")
+    agent.call("grpc.AgentService/ResumeContainer", agent_pb2.ResumeContainerRequest(container_id="sd1"))
 
     agent.call("grpc.AgentService/RemoveContainer", agent_pb2.RemoveContainerRequest(container_id="sd1", timeout=10))
-    state = unit_state(guest)
+    state = unit_state(booted, files, "pykata-sd1.scope")
     assert state["LoadState"] == "not-found", state
-    assert state["dir"] == "no"
+    assert state["dirs"] == "0"
 
 
-def test_bad_systemd_paths_are_refused_and_leave_nothing(guest: vm.Guest) -> None:
-    agent = client(guest)
+def test_an_oom_kill_in_the_scope(guest: tuple[vm.Guest, Files]) -> None:
+    """A process of the container killed for memory: GetOOMEvent names the container, and the scope
+    and the container's init stay, as with the cgroupfs driver."""
+    booted, files = guest
+    agent = client(booted)
+    spec = container_spec("system.slice:pykata:sd4", ["sleep", "600"], {"memory": {"limit": 32 * MiB}})
+    agent.call("grpc.AgentService/CreateContainer",
+               agent_pb2.CreateContainerRequest(container_id="sd4", exec_id="sd4", OCI=spec))  # fmt: skip
+    agent.call("grpc.AgentService/StartContainer", agent_pb2.StartContainerRequest(container_id="sd4"))
+    hog = oci_pb2.Process(Args=["sh", "-c", "x=aaaaaaaa; while true; do x=$x$x; done"], Cwd="/", Env=["PATH=/bin"])
+    agent.call("grpc.AgentService/ExecProcess",
+               agent_pb2.ExecProcessRequest(container_id="sd4", exec_id="hog", process=hog))  # fmt: skip
+    waited = agent.call(
+        "grpc.AgentService/WaitProcess", agent_pb2.WaitProcessRequest(container_id="sd4", exec_id="hog")
+    )
+    assert waited.status == 128 + 9
+    event = agent.call("grpc.AgentService/GetOOMEvent", agent_pb2.GetOOMEventRequest(), timeout=30)
+    assert event.container_id == "sd4"
+    state = unit_state(booted, files, "pykata-sd4.scope")
+    assert (state["ActiveState"], state["procs"]) == ("active", "1"), state
+    agent.call("grpc.AgentService/RemoveContainer", agent_pb2.RemoveContainerRequest(container_id="sd4", timeout=10))
+    assert unit_state(booted, files, "pykata-sd4.scope")["dirs"] == "0"
+
+
+def test_bad_systemd_paths_are_refused_and_leave_nothing(guest: tuple[vm.Guest, Files]) -> None:
+    booted, _ = guest
+    agent = client(booted)
     for cgroups_path, words in (
         ("nodot:pykata:sd2", "slice"),  # a slice is NAME.slice
         ("a--b.slice:pykata:sd2", "slice"),
@@ -175,14 +235,15 @@ def test_bad_systemd_paths_are_refused_and_leave_nothing(guest: vm.Guest) -> Non
             )
         assert refused.value.code_name == "INVALID_ARGUMENT", refused.value
         assert words in str(refused.value)
-    found = answers(guest, "echo ${t}units $(systemctl list-units --all --no-legend 'pykata-sd*' | wc -l)")
+    found = answers(booted, "echo ${t}units $(systemctl list-units --all --no-legend 'pykata-sd*' | wc -l)")
     assert found["units"] == "0"
 
 
-def test_scope_ends_with_its_container(guest: vm.Guest) -> None:
+def test_scope_ends_with_its_container(guest: tuple[vm.Guest, Files]) -> None:
     """A container whose process ends: systemd stops its scope on its own; removing the container
     then finds nothing left to stop, and says nothing is wrong."""
-    agent = client(guest)
+    booted, files = guest
+    agent = client(booted)
     agent.call(
         "grpc.AgentService/CreateContainer",
         agent_pb2.CreateContainerRequest(
@@ -195,23 +256,21 @@ def test_scope_ends_with_its_container(guest: vm.Guest) -> None:
     )
     assert waited.status == 0
     agent.call("grpc.AgentService/RemoveContainer", agent_pb2.RemoveContainerRequest(container_id="sd3", timeout=10))
-    state = unit_state(guest, "pykata-sd3.scope")
+    state = unit_state(booted, files, "pykata-sd3.scope")
     assert state["LoadState"] == "not-found", state
-    found = answers(
-        guest, "echo ${t}dir $(test -d /sys/fs/cgroup/system.slice/pykata-sd3.scope && echo yes || echo no)"
-    )
-    assert found["dir"] == "no"
+    assert state["dirs"] == "0"
 
 
-def test_runtime_cli_with_systemd_cgroup(guest: vm.Guest) -> None:
+def test_runtime_cli_with_systemd_cgroup(guest: tuple[vm.Guest, Files]) -> None:
     """pykata-runc --systemd-cgroup in the guest (the image holds the agent's code, the CLI's with it):
     a foreground run in its scope, in a sub-slice systemd makes for it; and a detached one that a later
     call (without the flag: the container's state remembers) deletes, stopping the unit."""
+    booted, files = guest
     spec = runc_default_spec()
     spec["root"] = {"path": "rootfs", "readonly": True}
     spec["process"]["terminal"] = False
     scope = "pykata.slice/pykata-cli.slice/cli-1.scope"
-    spec["process"]["args"] = ["sh", "-c", f"cat /proc/self/cgroup /sys/fs/cgroup/{scope}/pids.max"]
+    spec["process"]["args"] = ["grep", "-e", "^0::", "-e", "name=systemd", "/proc/self/cgroup"]
     spec["linux"]["cgroupsPath"] = "pykata-cli.slice:cli:1"
     spec["linux"]["resources"] = {"pids": {"limit": 33}}
     cli = "PYTHONPATH=/usr/lib/pykata python3 -m agent.container.cli --root /run/sd-runc"
@@ -220,19 +279,23 @@ def test_runtime_cli_with_systemd_cgroup(guest: vm.Guest) -> None:
         """The shell words that write ``config`` as /run/sd-test/config.json."""
         return f"echo {base64.b64encode(json.dumps(config).encode()).decode()} | base64 -d > /run/sd-test/config.json"
 
-    text = guest.run_in_console(
+    text = booted.run_in_console(
         f't=@; {bundle(spec)} && cd /run/sd-test && {cli} --systemd-cgroup run cli1 2>&1 | sed "s/^/${{t}}out /"; cd /'
     )
     lines = [line.strip()[5:] for line in text.splitlines() if line.strip().startswith("@out ")]
-    assert lines == [f"0::/{scope}", "33"], text[-2000:]
-    assert unit_state(guest, "cli-1.scope")["LoadState"] == "not-found"  # gone with its process
+    assert lines == ([f"0::/{scope}"] if files.version == 2 else [f"1:name=systemd:/{scope}", f"0::/{scope}"]), text
+    state = unit_state(booted, files, "cli-1.scope", scope)
+    assert (state["LoadState"], state["dirs"]) == ("not-found", "0")  # gone with its process
 
     spec["process"]["args"] = ["sleep", "600"]
     found = answers(
-        guest,
+        booted,
         f"{bundle(spec)} && cd /run/sd-test && {cli} --systemd-cgroup run -d cli2 >/dev/null 2>&1; "
         "echo ${t}rc $?; cd /; echo ${t}active $(systemctl show cli-1.scope -p ActiveState --value)",
     )
     assert found == {"rc": "0", "active": "active"}, found
-    assert answers(guest, f"{cli} delete --force cli2; echo ${{t}}rc $?") == {"rc": "0"}
-    assert unit_state(guest, "cli-1.scope")["LoadState"] == "not-found"
+    state = unit_state(booted, files, "cli-1.scope", scope)
+    assert (state["TasksMax"], state["pids"], state["procs"]) == ("33", "33", "1")
+    assert answers(booted, f"{cli} delete --force cli2; echo ${{t}}rc $?") == {"rc": "0"}
+    state = unit_state(booted, files, "cli-1.scope", scope)
+    assert (state["LoadState"], state["dirs"]) == ("not-found", "0")

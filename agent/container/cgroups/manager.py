@@ -148,6 +148,11 @@ class CgroupManager:
     def create(self) -> None:
         raise NotImplementedError
 
+    def hierarchy_directories(self) -> dict[str, str]:
+        """directories(), with the named hierarchies (v1 "name=systemd") the container has a cgroup in
+        of its own: what a container's cgroup mount shows it (rootfs.cgroup_binds)."""
+        return self.directories()
+
     def plan(self, resources: Mapping[str, Any]) -> list[Write]:
         raise NotImplementedError
 

@@ -25,9 +25,14 @@ Kata's agent's systemd drivers do, the engine asks systemd instead, over its pri
   the unit (``StopUnit``; a scope whose processes have all ended is gone already) and clears a failed
   state (``ResetFailedUnit``).
 
-cgroup v2 only: on a v1 or hybrid host systemd's scope would hold only the controllers systemd mounts,
-and the engine refuses the driver by name there. A ``name`` ending in ``.slice`` (runc makes a slice
-unit then) is refused too.
+On cgroup v1 (systemd's legacy or hybrid layout) the properties are systemd's v1 ones (``CPUShares``,
+``MemoryLimit``, ``TasksMax``, ``BlockIOWeight``, ``CPUQuotaPerSecUSec``); systemd makes the scope only in
+the hierarchies of the controllers it manages, and the engine makes and joins the same path in the
+others (cpuset, freezer, hugetlb, net_cls...), as runc's v1 driver does. A ``name`` ending in ``.slice``
+(runc makes a slice unit then) is refused.
+
+An OOM kill of one of the container's processes leaves the scope and the container's other processes
+running, as with the cgroupfs driver (tests/vm/test_systemd_cgroup.py, with the image's systemd 252).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import os
 from agent.errors import AlreadyExists, InvalidArgument, ResourceError, Unsupported
 
 from .layout import Layout
-from .manager import V2Manager
+from .manager import CgroupManager, V1Manager, V2Manager
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -220,22 +225,62 @@ def unit_properties(writes: list[Write]) -> list[tuple[str, Any]]:
     return list(found.items())
 
 
+# cgroup v1 file -> the unit property systemd writes it from (systemd's v1 names)
+_SIMPLE_V1 = {
+    "cpu.shares": "CPUShares",
+    "memory.limit_in_bytes": "MemoryLimit",
+    "pids.max": "TasksMax",
+    "blkio.weight": "BlockIOWeight",
+}
+
+
+def unit_properties_v1(writes: list[Write]) -> list[tuple[str, Any]]:
+    """unit_properties for cgroup v1 ``writes``: CPUShares, MemoryLimit, TasksMax, BlockIOWeight and the
+    CFS quota (from cpu.cfs_quota_us and cpu.cfs_period_us together) as CPUQuotaPerSecUSec. systemd
+    manages no cpuset, hugetlb, freezer or net_cls on v1: those are the files' alone."""
+    found: dict[str, tuple[str, Any]] = {}
+    cfs: dict[str, str] = {}
+    for write in writes:
+        value = write.value.strip()
+        if write.file in _SIMPLE_V1:
+            found[_SIMPLE_V1[write.file]] = ("t", INFINITY if value in ("max", "-1") else int(value))
+        elif write.file in ("cpu.cfs_quota_us", "cpu.cfs_period_us"):
+            cfs[write.file] = value
+    if "cpu.cfs_quota_us" in cfs:
+        quota = cfs["cpu.cfs_quota_us"]
+        period = cfs.get("cpu.cfs_period_us", "100000")
+        quota_per_sec = _cpu_max(f"{'max' if quota == '-1' else quota} {period}")[0]
+        found[quota_per_sec[0]] = quota_per_sec[1]
+    return list(found.items())
+
+
 def _variants(props: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     from agent.system.dbus import Variant
 
     return [(name, Variant(signature, value)) for name, (signature, value) in props]
 
 
-class SystemdManager(V2Manager):
-    """A container's cgroup v2 as systemd's transient scope ``unit`` in ``slice_name``; see the module."""
+class _Scope(CgroupManager):
+    """What the v1 and v2 drivers share: the scope's unit, started with the first process, its limits as
+    properties and files, stopped on removal. A version provides ``_unit_properties`` (its writes ->
+    properties) and ``_joined(pid)`` (what is left once systemd has put the process in the scope)."""
 
-    def __init__(self, paths: HostPaths, layout: Layout, slice_name: str, unit: str, *, description: str = "") -> None:
-        relative = "/".join(part for part in (slice_path(slice_name), unit) if part)
-        super().__init__(paths, layout, relative, manage_root=False)
+    slice: str
+    unit: str
+    description: str
+    _pending: Mapping[str, Any] | None  # limits given before the scope exists
+
+    def _name(self, slice_name: str, unit: str, description: str) -> None:
         self.slice = slice_name
         self.unit = unit
         self.description = description or f"pykata container {unit}"
-        self._pending: Mapping[str, Any] | None = None  # limits given before the scope exists
+        self._pending = None
+
+    def _unit_properties(self, writes: list[Write]) -> list[tuple[str, Any]]:
+        raise NotImplementedError
+
+    def _joined(self, pid: int) -> None:
+        raise NotImplementedError
 
     # --- systemd
     def _bus(self) -> Connection:
@@ -309,23 +354,27 @@ class SystemdManager(V2Manager):
             ("PIDs", ("au", [pid])),
         ]
         if self._pending:
-            props += unit_properties(self.plan(self._pending))
+            props += self._unit_properties(self.plan(self._pending))
         with self._bus() as bus:
             self._run_job(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", [self.unit, "fail", _variants(props), []])
         where = self._cgroup_of(pid)
         if where is not None and where != f"/{self.relative}":
             raise ResourceError(f"systemd put process {pid} in {where}, not in /{self.relative} ({self.unit})")
+        self._joined(pid)
         if self._pending:
             pending, self._pending = self._pending, None
             super().apply(pending)
 
     def _cgroup_of(self, pid: int) -> str | None:
-        """The v2 cgroup of ``pid`` as /proc shows it, None when it has ended."""
+        """The cgroup systemd keeps ``pid`` in as /proc shows it (v2's line, or v1's name=systemd line),
+        None when the process has ended."""
+        mark = "0::" if self.version == 2 else "1:name=systemd:"
         try:
             with open(f"{self.paths.proc_pid(pid)}/cgroup", encoding="utf-8") as file:
                 for line in file:
-                    if line.startswith("0::"):
-                        return line[3:].rstrip("\n")
+                    _, _, rest = line.partition(":")
+                    if line.startswith(mark) or (self.version == 1 and rest.startswith("name=systemd:")):
+                        return line.rstrip("\n").split(":", 2)[2]
         except (FileNotFoundError, ProcessLookupError):
             return None
         return None
@@ -351,16 +400,11 @@ class SystemdManager(V2Manager):
         if not self.exists():
             self._pending = resources  # the scope is started with them (add_pid)
             return
-        props = unit_properties(writes)
+        props = self._unit_properties(writes)
         if props:
             with self._bus() as bus:
                 self._manager_call(bus, "SetUnitProperties", "sba(sv)", [self.unit, True, _variants(props)])
         super().apply(resources)
-
-    def _directory_of(self, writes: list[Write]) -> Mapping[str, str]:
-        """systemd enables the controllers above a delegated scope; a key for one it has not enabled
-        fails with the file named (the cgroupfs driver enables it in the levels above instead)."""
-        return {**{w.controller: self.path for w in writes}, **self.directories()}
 
     def destroy(self) -> None:
         remaining = self.pids()
@@ -380,12 +424,51 @@ class SystemdManager(V2Manager):
         super().destroy()  # what systemd left (sub-cgroups the container made), bottom-up
 
 
-def manager(paths: HostPaths, layout: Layout, cgroups_path: str, container_id: str) -> SystemdManager:
+class SystemdManager(_Scope, V2Manager):
+    """A container's cgroup v2 as systemd's transient scope ``unit`` in ``slice_name``; see the module."""
+
+    def __init__(self, paths: HostPaths, layout: Layout, slice_name: str, unit: str, *, description: str = "") -> None:
+        relative = "/".join(part for part in (slice_path(slice_name), unit) if part)
+        V2Manager.__init__(self, paths, layout, relative, manage_root=False)
+        self._name(slice_name, unit, description)
+
+    def _unit_properties(self, writes: list[Write]) -> list[tuple[str, Any]]:
+        return unit_properties(writes)
+
+    def _joined(self, pid: int) -> None:
+        """Nothing: the scope's one cgroup holds every controller."""
+
+    def _directory_of(self, writes: list[Write]) -> Mapping[str, str]:
+        """systemd enables the controllers above a delegated scope; a key for one it has not enabled
+        fails with the file named (the cgroupfs driver enables it in the levels above instead)."""
+        return {**{w.controller: self.path for w in writes}, **self.directories()}
+
+
+class SystemdV1Manager(_Scope, V1Manager):
+    """The same on cgroup v1 (systemd's legacy or hybrid layout): systemd makes the scope in the
+    hierarchies of the controllers it manages (cpu, memory, pids, blkio, devices...); the others
+    (cpuset, freezer, hugetlb, net_cls...) get the same path made and joined here, as the cgroupfs
+    driver does (cpuset's cpus and mems copied down), once the scope holds the process."""
+
+    def __init__(self, paths: HostPaths, layout: Layout, slice_name: str, unit: str, *, description: str = "") -> None:
+        relative = "/".join(part for part in (slice_path(slice_name), unit) if part)
+        V1Manager.__init__(self, paths, layout, relative)
+        self._name(slice_name, unit, description)
+
+    def _unit_properties(self, writes: list[Write]) -> list[tuple[str, Any]]:
+        return unit_properties_v1(writes)
+
+    def _joined(self, pid: int) -> None:
+        V1Manager.create(self)
+        V1Manager.add_pid(self, pid)
+
+    def hierarchy_directories(self) -> dict[str, str]:
+        """The scope's directory in systemd's own hierarchy too (name=systemd, where systemd put it)."""
+        return {**self.directories(), "name=systemd": f"{self.layout.root}/systemd/{self.relative}"}
+
+
+def manager(paths: HostPaths, layout: Layout, cgroups_path: str, container_id: str) -> _Scope:
     """The systemd driver's manager for ``linux.cgroupsPath`` (see ``parse_systemd_path``)."""
     slice_name, unit = parse_systemd_path(cgroups_path, container_id)
-    if layout.version != 2:
-        raise Unsupported(
-            "the systemd cgroup driver works on cgroup v2 only, and this system has cgroup v1: give "
-            "linux.cgroupsPath as a path (/a/b) to use cgroupfs"
-        )
-    return SystemdManager(paths, layout, slice_name, unit, description=f"pykata container {container_id}")
+    kind = SystemdManager if layout.version == 2 else SystemdV1Manager
+    return kind(paths, layout, slice_name, unit, description=f"pykata container {container_id}")
