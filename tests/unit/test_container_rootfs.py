@@ -267,7 +267,8 @@ def test_spec_devices_become_mknod_steps(tmp_path: Path) -> None:
 
 def test_cgroup_mount_in_a_user_namespace_is_read_only_binds(tmp_path: Path) -> None:
     """A user namespace may not mount a cgroup v1 hierarchy: the spec's cgroup mount becomes a tmpfs
-    with a read-only bind per hierarchy, of the container's cgroup or (rootless) of the starter's."""
+    with a read-only bind per hierarchy (the spec's mount is "ro"), of the container's cgroup or, where
+    it has none (rootless, or a hierarchy its manager does not name), of the one it inherits."""
     paths = fake_v1(tmp_path)
     proc_self = Path(paths.proc) / "self"
     proc_self.mkdir(parents=True)
@@ -280,7 +281,9 @@ def test_cgroup_mount_in_a_user_namespace_is_read_only_binds(tmp_path: Path) -> 
                         "pids": f"{root}/pids/user.slice"}  # fmt: skip
     own = cgroup_binds(paths, {"cpu": f"{root}/cpu,cpuacct/c1", "cpuacct": f"{root}/cpu,cpuacct/c1",
                                "memory": f"{root}/memory/c1"})  # fmt: skip
-    assert own == {"cpu,cpuacct": f"{root}/cpu,cpuacct/c1", "memory": f"{root}/memory/c1"}  # no pids cgroup: left out
+    # no pids cgroup of its own there: the one its process inherits (this process's), as runc shows it
+    assert own == {"cpu,cpuacct": f"{root}/cpu,cpuacct/c1", "memory": f"{root}/memory/c1",
+                   "pids": f"{root}/pids/user.slice"}  # fmt: skip
     spec = _spec_with_mounts({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro"]})
     ops = plan_rootfs(paths, spec, Path("/r"), None, no_pivot=False, cgroup_binds=own).operations
     ro = libc.MS_RDONLY | libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
@@ -295,5 +298,28 @@ def test_cgroup_mount_in_a_user_namespace_is_read_only_binds(tmp_path: Path) -> 
         Mkdir("/sys/fs/cgroup/memory"),
         Mount(f"{root}/memory/c1", "/sys/fs/cgroup/memory", "", bind, "", host_source=True),
         Remount("/sys/fs/cgroup/memory", ro),
+        Mkdir("/sys/fs/cgroup/pids"),
+        Mount(f"{root}/pids/user.slice", "/sys/fs/cgroup/pids", "", bind, "", host_source=True),
+        Remount("/sys/fs/cgroup/pids", ro),
         Remount("/sys/fs/cgroup", ro),
     ]
+
+
+def test_binds_or_fresh_cgroup_mounts_as_runc_chooses(tmp_path: Path) -> None:
+    from agent.container.rootfs import needs_cgroup_binds
+
+    v1 = fake_v1(tmp_path / "v1")
+    assert needs_cgroup_binds(v1, in_user_ns=False, cgroup_ns=False)  # a fresh mount would show the whole tree
+    assert not needs_cgroup_binds(v1, in_user_ns=False, cgroup_ns=True)  # mounted in its namespace: its own
+    assert needs_cgroup_binds(v1, in_user_ns=True, cgroup_ns=True)
+    v2 = HostPaths(tmp_path / "v2")
+    Path(v2.cgroup_root).mkdir(parents=True)
+    (Path(v2.cgroup_root) / "cgroup.controllers").write_text("pids\n")
+    assert not needs_cgroup_binds(v2, in_user_ns=False, cgroup_ns=False)
+    assert needs_cgroup_binds(v2, in_user_ns=True, cgroup_ns=False)
+    # a writable cgroup mount in the spec gives writable binds
+    spec = _spec_with_mounts({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": []})
+    ops = plan_rootfs(v1, spec, Path("/r"), None, no_pivot=False, cgroup_binds={"memory": "/m"}).operations
+    hardened = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+    assert Remount("/sys/fs/cgroup/memory", hardened) in ops
+    assert not [op for op in ops if isinstance(op, Remount) and op.flags & libc.MS_RDONLY]
