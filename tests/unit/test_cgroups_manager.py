@@ -194,6 +194,9 @@ def test_detect_unescapes_mount_points(tmp_path: Path) -> None:
         (":crio:abc", "system.slice/crio-abc.scope"),
         ("machine.slice::abc", "machine.slice/abc.scope"),
         (".:crio:abc", "crio-abc.scope"),
+        ("-:crio:abc", "crio-abc.scope"),
+        # where systemd puts a sub-slice, whether systemd makes the scope or the engine does
+        ("kubepods-burstable.slice:cri:abc", "kubepods.slice/kubepods-burstable.slice/cri-abc.scope"),
         ("/a/./b", "a/b"),
     ],
 )
@@ -201,10 +204,19 @@ def test_container_cgroup_paths(cgroups_path: str, expected: str) -> None:
     assert container_cgroup(cgroups_path, "c1") == expected
 
 
-@pytest.mark.parametrize(("cgroups_path", "cid"), [("/a/../b", "c1"), ("", "../x"), ("", "a/b"), ("/", "c1")])
+@pytest.mark.parametrize(
+    ("cgroups_path", "cid"),
+    [("/a/../b", "c1"), ("", "../x"), ("", "a/b"), ("/", "c1"), ("nodot:p:c1", "c1"), ("a--b.slice:p:c1", "c1"),
+     ("system.slice:p:", "c1"), ("system.slice:p:a b", "c1")],
+)  # fmt: skip
 def test_container_cgroup_rejects(cgroups_path: str, cid: str) -> None:
     with pytest.raises(InvalidArgument):
         container_cgroup(cgroups_path, cid)
+
+
+def test_a_slice_as_the_containers_unit_is_refused_by_name() -> None:
+    with pytest.raises(Unsupported, match="slice unit"):
+        container_cgroup("system.slice::k8s.slice", "c1")
 
 
 # --- v1 manager

@@ -7,7 +7,8 @@ API (used by the container engine, the runtime CLI and CPU hotplug):
   ``<root>/unified``) is treated as v1. Read from ``paths.mountinfo``.
 - ``manager_for(paths, cgroups_path, container_id) -> CgroupManager`` for OCI ``linux.cgroupsPath``:
   ``/a/b`` and ``a/b`` both mean ``a/b`` below each hierarchy root; the systemd form
-  ``slice:prefix:name`` means ``slice/prefix-name.scope``, made directly in cgroupfs where systemd is
+  ``slice:prefix:name`` means where systemd puts that scope (``a-b.slice:p:n`` is
+  ``a.slice/a-b.slice/p-n.scope``; layout.systemd_units), made directly in cgroupfs where systemd is
   not init, and by systemd as a transient scope where it is (``systemd=None``, the agent's choice, as
   Kata's agent), or always (``systemd=True``: ``pykata-runc --systemd-cgroup``; see systemd.py);
   empty means ``pykata/<container_id>``. Methods:

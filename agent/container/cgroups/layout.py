@@ -119,14 +119,66 @@ def detect(paths: HostPaths) -> Layout:
     raise Unsupported(f"no cgroup filesystem is mounted at or under {root} (see {paths.mountinfo})")
 
 
+# characters systemd allows in a unit name
+UNIT_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.\\@-")
+
+
+def is_systemd_path(cgroups_path: str) -> bool:
+    """``slice:prefix:name``: systemd's form of linux.cgroupsPath."""
+    return "/" not in cgroups_path and cgroups_path.count(":") == 2
+
+
+def _unit_name(name: str) -> bool:
+    return bool(name) and len(name) <= 255 and UNIT_CHARACTERS.issuperset(name)
+
+
+def slice_path(slice_name: str) -> str:
+    """The cgroup path of a systemd slice below the root, as systemd places it: ``a-b.slice`` is
+    ``a.slice/a-b.slice``; the root slice (``-``, ``-.slice``; ``.`` too) is ``""``. InvalidArgument for
+    a name systemd would not take as a slice."""
+    if slice_name in ("-", "-.slice", "."):
+        return ""
+    stem = slice_name.removesuffix(".slice")
+    if stem == slice_name or not stem or not _unit_name(slice_name) or "--" in stem or "-" in (stem[0], stem[-1]):
+        raise InvalidArgument(
+            f"linux.cgroupsPath slice {slice_name!r}: a slice is NAME.slice, dashes marking sub-slices "
+            "(user-1000.slice is below user.slice), or - for the root slice"
+        )
+    parts = stem.split("-")
+    return "/".join("-".join(parts[: n + 1]) + ".slice" for n in range(len(parts)))
+
+
+def systemd_units(cgroups_path: str) -> tuple[str, str]:
+    """(slice, scope unit) for ``slice:prefix:name``, as runc names them: ``prefix-name.scope``
+    (``name.scope`` for an empty prefix) in ``slice`` (``system.slice`` when empty). A name ending in
+    ``.slice`` (runc makes the container a slice then) is refused: Unsupported."""
+    slice_name, prefix, name = cgroups_path.split(":")
+    if not name:
+        raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r}: systemd form slice:prefix:name needs a name")
+    if name.endswith(".slice"):
+        raise Unsupported(
+            f"linux.cgroupsPath {cgroups_path!r}: a .slice name makes the container a slice unit, which is not "
+            "done here; give a name for a scope"
+        )
+    unit = f"{prefix}-{name}.scope" if prefix else f"{name}.scope"
+    if not _unit_name(unit):
+        raise InvalidArgument(
+            f"linux.cgroupsPath {cgroups_path!r}: {unit!r} is not a unit name systemd accepts "
+            "(letters, digits and :_.\\@- only, at most 255 characters)"
+        )
+    slice_name = slice_name or "system.slice"
+    slice_path(slice_name)  # checked here, before anything is made
+    return slice_name, unit
+
+
 def container_cgroup(cgroups_path: str, container_id: str) -> str:
     """The relative cgroup path for OCI ``linux.cgroupsPath``, without a leading slash.
 
     - empty: ``pykata/<container_id>``;
     - ``/a/b`` or ``a/b``: ``a/b`` (both are taken from the hierarchy root: the agent runs at the root);
-    - systemd style ``slice:prefix:name`` (no ``/``): ``slice/prefix-name.scope``, with ``system.slice``
-      for an empty slice and ``name.scope`` for an empty prefix. No systemd is involved: the path is made
-      directly in cgroupfs.
+    - systemd style ``slice:prefix:name`` (no ``/``): where systemd would put that scope
+      (``systemd_units``, ``slice_path``): ``a-b.slice:p:n`` is ``a.slice/a-b.slice/p-n.scope``. The
+      systemd driver (systemd.py) has systemd make it; otherwise it is made directly in cgroupfs.
     """
     if "\0" in cgroups_path:
         raise InvalidArgument("linux.cgroupsPath must not contain a NUL byte")
@@ -134,16 +186,12 @@ def container_cgroup(cgroups_path: str, container_id: str) -> str:
         if not container_id or "/" in container_id or container_id in (".", ".."):
             raise InvalidArgument(f"container id {container_id!r} cannot name a cgroup")
         return f"pykata/{container_id}"
-    if "/" not in cgroups_path and cgroups_path.count(":") == 2:
-        slice_name, prefix, name = cgroups_path.split(":")
-        if not name:
-            raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r}: systemd form slice:prefix:name needs a name")
-        scope = f"{prefix}-{name}.scope" if prefix else f"{name}.scope"
-        parts = [slice_name or "system.slice", scope]
-    else:
-        parts = [part for part in cgroups_path.split("/") if part and part != "."]
+    if is_systemd_path(cgroups_path):
+        slice_name, unit = systemd_units(cgroups_path)
+        return "/".join(part for part in (slice_path(slice_name), unit) if part)
+    parts = [part for part in cgroups_path.split("/") if part and part != "."]
     if any(part == ".." for part in parts):
         raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r} must not contain '..'")
     if not parts:
         raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r} names the cgroup root; give a cgroup below it")
-    return "/".join(part for part in parts if part != ".")  # a "." slice names no level
+    return "/".join(parts)

@@ -17,7 +17,7 @@ from agent.errors import IncorrectState, InvalidArgument, NotFound, ResourceErro
 from agent.system import sysfs
 from agent.system.paths import HostPaths, normal_path
 
-from .layout import Layout, container_cgroup, detect
+from .layout import Layout, container_cgroup, detect, is_systemd_path
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
 if TYPE_CHECKING:
@@ -620,8 +620,7 @@ def manager_for(
     ``systemd``: True, the systemd driver (systemd.SystemdManager: a transient scope; Unsupported where
     systemd is not init); None, that driver when the path is in systemd form (slice:prefix:name) and
     systemd is init, as Kata's agent chooses, else cgroupfs; False, cgroupfs."""
-    systemd_form = "/" not in cgroups_path and cgroups_path.count(":") == 2  # (systemd.is_systemd_path)
-    if systemd or (systemd is None and systemd_form):
+    if systemd or (systemd is None and is_systemd_path(cgroups_path)):
         from . import systemd as driver
 
         if systemd or driver.systemd_running(paths):

@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import os
 
-from agent.errors import AlreadyExists, InvalidArgument, ResourceError, Unsupported
+from agent.errors import AlreadyExists, InvalidArgument, ResourceError
 
-from .layout import Layout
+from .layout import Layout, is_systemd_path, slice_path, systemd_units
 from .manager import CgroupManager, V1Manager, V2Manager
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
@@ -61,12 +61,7 @@ NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 JOB_TIMEOUT = 30.0  # seconds for systemd to start or stop a scope
 CALL_TIMEOUT = 25.0
 INFINITY = 2**64 - 1  # systemd's "no limit" for every uint64 property
-UNIT_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:_.\\@-")
 DEFAULT_PREFIX = "pykata"
-
-
-def _unit_characters(name: str) -> bool:
-    return bool(name) and UNIT_CHARACTERS.issuperset(name)
 
 
 def systemd_running(paths: HostPaths) -> bool:
@@ -78,36 +73,9 @@ def private_bus(paths: HostPaths) -> str:
     return f"{paths.run}/systemd/private"
 
 
-def is_systemd_path(cgroups_path: str) -> bool:
-    """``slice:prefix:name``, the form that asks for the systemd driver."""
-    return "/" not in cgroups_path and cgroups_path.count(":") == 2
-
-
-def slice_path(slice_name: str) -> str:
-    """The cgroup path of a slice below the root: ``a-b.slice`` -> ``a.slice/a-b.slice``; the root
-    slice (``-.slice``) is ``""``. InvalidArgument for a name systemd would not accept as a slice."""
-    if slice_name in ("-", "-.slice"):
-        return ""
-    stem = slice_name.removesuffix(".slice")
-    if (
-        stem == slice_name
-        or not stem
-        or "/" in slice_name
-        or not _unit_characters(slice_name)
-        or stem.startswith("-")
-        or stem.endswith("-")
-        or "--" in stem
-    ):
-        raise InvalidArgument(
-            f"linux.cgroupsPath slice {slice_name!r}: a slice is NAME.slice, dashes marking sub-slices "
-            "(user-1000.slice is below user.slice), or - for the root slice"
-        )
-    parts = stem.split("-")
-    return "/".join("-".join(parts[: n + 1]) + ".slice" for n in range(len(parts)))
-
-
 def parse_systemd_path(cgroups_path: str, container_id: str) -> tuple[str, str]:
-    """(slice unit, scope unit) for ``slice:prefix:name`` (empty: ``system.slice:pykata:<id>``)."""
+    """(slice unit, scope unit) for ``slice:prefix:name`` (layout.systemd_units; empty:
+    ``system.slice:pykata:<id>``, as runc's default with our prefix)."""
     if not cgroups_path:
         cgroups_path = f":{DEFAULT_PREFIX}:{container_id}"
     if not is_systemd_path(cgroups_path):
@@ -115,22 +83,7 @@ def parse_systemd_path(cgroups_path: str, container_id: str) -> tuple[str, str]:
             f"linux.cgroupsPath {cgroups_path!r}: the systemd cgroup driver takes slice:prefix:name "
             "(for example system.slice:pykata:c1), not a path"
         )
-    slice_name, prefix, name = cgroups_path.split(":")
-    if not name:
-        raise InvalidArgument(f"linux.cgroupsPath {cgroups_path!r}: systemd form slice:prefix:name needs a name")
-    if name.endswith(".slice"):
-        raise Unsupported(
-            f"linux.cgroupsPath {cgroups_path!r}: a .slice name makes the container a slice unit, which this driver "
-            "does not do; give a name for a scope"
-        )
-    unit = f"{prefix}-{name}.scope" if prefix else f"{name}.scope"
-    if not _unit_characters(unit) or len(unit) > 255:
-        raise InvalidArgument(
-            f"linux.cgroupsPath {cgroups_path!r}: {unit!r} is not a unit name systemd accepts "
-            "(letters, digits and :_.\\@- only, at most 255 characters)"
-        )
-    slice_path(slice_name or "system.slice")  # checked here, before anything is made
-    return slice_name or "system.slice", unit
+    return systemd_units(cgroups_path)
 
 
 def prime(bus: Connection, timeout: float = CALL_TIMEOUT) -> None:
@@ -344,7 +297,7 @@ class _Scope(CgroupManager):
     def _start(self, pid: int) -> None:
         props = [
             ("Description", ("s", self.description)),
-            ("Slice", ("s", "-.slice" if self.slice == "-" else self.slice)),
+            ("Slice", ("s", "-.slice" if slice_path(self.slice) == "" else self.slice)),
             ("Delegate", ("b", True)),
             ("DefaultDependencies", ("b", False)),
             ("MemoryAccounting", ("b", True)),
@@ -368,13 +321,13 @@ class _Scope(CgroupManager):
     def _cgroup_of(self, pid: int) -> str | None:
         """The cgroup systemd keeps ``pid`` in as /proc shows it (v2's line, or v1's name=systemd line),
         None when the process has ended."""
-        mark = "0::" if self.version == 2 else "1:name=systemd:"
+        wanted = "" if self.version == 2 else "name=systemd"
         try:
             with open(f"{self.paths.proc_pid(pid)}/cgroup", encoding="utf-8") as file:
                 for line in file:
-                    _, _, rest = line.partition(":")
-                    if line.startswith(mark) or (self.version == 1 and rest.startswith("name=systemd:")):
-                        return line.rstrip("\n").split(":", 2)[2]
+                    _number, controllers, where = line.rstrip("\n").split(":", 2)
+                    if controllers == wanted:
+                        return where
         except (FileNotFoundError, ProcessLookupError):
             return None
         return None
