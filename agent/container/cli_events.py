@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 DEFAULT_INTERVAL = "5s"
 EXIT_CHECK = 0.25  # seconds: how soon the stream notices that the container ended
+OOM_GRACE = 0.05  # seconds to wait, once the init has ended, for an OOM kill the watcher has not passed on
+OOM_GRACE_KILLED = 1.0  # the same when the init was killed by SIGKILL, as by the OOM killer
 # Go's time.ParseDuration units, as runc's --interval takes them
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -180,6 +182,12 @@ def _stream(ctx: Context, container_id: str, container: Container, interval: flo
             if watcher is None:
                 time.sleep(wait)
             elif watcher.next_event(timeout=wait) is not None:
+                _emit({"type": "oom", "id": container_id})
+        if watcher is not None:
+            # the watcher's thread may not have passed on an OOM kill that ended the init yet: wait for
+            # it a little (longer when the init was killed, as the OOM killer does, by SIGKILL)
+            killed = container.init is not None and container.init.exit_code == 128 + 9
+            while watcher.next_event(timeout=OOM_GRACE_KILLED if killed else OOM_GRACE) is not None:
                 _emit({"type": "oom", "id": container_id})
     finally:
         if watcher is not None:
