@@ -151,6 +151,7 @@ class FakeSystemd:
         self.hold_first = False
         self.pings = 0
         self.refuse: dict[str, str] = {}
+        self.refuse_once: dict[str, str] = {}
         self._jobs = 0
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(root / "run/systemd/private"))
@@ -203,7 +204,7 @@ class FakeSystemd:
                 held = False
                 continue  # dropped: the driver must not depend on it (a Ping it sends again)
             serial += 1
-            error = self.refuse.get(message.member or "")
+            error = self.refuse.get(message.member or "") or self.refuse_once.pop(message.member or "", "")
             if error:
                 reply = dbus.Message(dbus.ERROR, serial=serial, reply_serial=message.serial, error_name=error,
                                      signature="s", body=[f"{message.member} refused"])  # fmt: skip
@@ -303,6 +304,8 @@ def test_systemds_refusals_and_failed_jobs_are_named(systemd: FakeSystemd) -> No
     systemd.refuse["StartTransientUnit"] = "org.freedesktop.systemd1.UnitExists"
     with pytest.raises(AlreadyExists, match=r"pykata-c1\.scope exists already"):
         manager.add_pid(4242)
+    # (a failed scope of that name would have been cleared by the ResetFailedUnit before the second try)
+    assert systemd.members()[-4:] == ["StartTransientUnit", "ResetFailedUnit", "Subscribe", "StartTransientUnit"]
     del systemd.refuse["StartTransientUnit"]
     systemd.job_result = "failed"
     with pytest.raises(ResourceError, match=r"ended 'failed'.*journalctl -u pykata-c1\.scope"):
@@ -353,3 +356,11 @@ def test_v1_limits_become_systemds_v1_properties() -> None:
         "MemoryLimit": ("t", INFINITY),
         "CPUQuotaPerSecUSec": ("t", INFINITY),
     }
+
+
+def test_a_failed_scope_of_the_same_name_is_cleared_and_the_start_tried_again(systemd: FakeSystemd) -> None:
+    systemd.refuse_once["StartTransientUnit"] = "org.freedesktop.systemd1.UnitExists"
+    _manager(systemd.root).add_pid(4242)
+    assert systemd.members() == ["Subscribe", "StartTransientUnit", "ResetFailedUnit", "Subscribe",
+                                 "StartTransientUnit"]  # fmt: skip
+    assert (systemd.root / "sys/fs/cgroup/system.slice/pykata-c1.scope").is_dir()

@@ -309,7 +309,15 @@ class _Scope(CgroupManager):
         if self._pending:
             props += self._unit_properties(self.plan(self._pending))
         with self._bus() as bus:
-            self._run_job(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", [self.unit, "fail", _variants(props), []])
+            args = [self.unit, "fail", _variants(props), []]
+            try:
+                self._run_job(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", args)
+            except AlreadyExists:
+                # a scope of this name that failed before stays loaded until its failure is cleared (a
+                # runtime that died before it could remove it): clear that and try once more; a scope
+                # that still runs is not cleared, and the second try says it exists
+                self._manager_call(bus, "ResetFailedUnit", "s", [self.unit], harmless=NO_SUCH_UNIT)
+                self._run_job(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", args)
         where = self._cgroup_of(pid)
         if where is not None and where != f"/{self.relative}":
             raise ResourceError(f"systemd put process {pid} in {where}, not in /{self.relative} ({self.unit})")
