@@ -149,7 +149,7 @@ class FakeSystemd:
         self.calls: list[tuple[str, list[Any]]] = []
         self.job_result = "done"
         self.hold_first = False
-        self.pings = 0
+        self.subscribes = 0
         self.refuse: dict[str, str] = {}
         self.refuse_once: dict[str, str] = {}
         self._jobs = 0
@@ -160,8 +160,7 @@ class FakeSystemd:
         self.thread.start()
 
     def members(self) -> list[str]:
-        """The calls made, but the Pings (the driver's check that systemd reads the connection)."""
-        return [member for member, _ in self.calls if member != "Ping"]
+        return [member for member, _ in self.calls]
 
     def body(self, member: str) -> list[Any]:
         return next(body for called, body in self.calls if called == member)
@@ -199,10 +198,10 @@ class FakeSystemd:
                 return
             message = dbus.Message.decode(head + stream.read(dbus.message_length(head) - 16))
             self.calls.append((message.member or "", message.body))
-            self.pings += message.member == "Ping"
+            self.subscribes += message.member == "Subscribe"
             if held:
                 held = False
-                continue  # dropped: the driver must not depend on it (a Ping it sends again)
+                continue  # dropped: the driver must not depend on it (it sends its first call again)
             serial += 1
             error = self.refuse.get(message.member or "") or self.refuse_once.pop(message.member or "", "")
             if error:
@@ -305,7 +304,7 @@ def test_systemds_refusals_and_failed_jobs_are_named(systemd: FakeSystemd) -> No
     with pytest.raises(AlreadyExists, match=r"pykata-c1\.scope exists already"):
         manager.add_pid(4242)
     # (a failed scope of that name would have been cleared by the ResetFailedUnit before the second try)
-    assert systemd.members()[-4:] == ["StartTransientUnit", "ResetFailedUnit", "Subscribe", "StartTransientUnit"]
+    assert systemd.members()[-3:] == ["StartTransientUnit", "ResetFailedUnit", "StartTransientUnit"]
     del systemd.refuse["StartTransientUnit"]
     systemd.job_result = "failed"
     with pytest.raises(ResourceError, match=r"ended 'failed'.*journalctl -u pykata-c1\.scope"):
@@ -331,8 +330,8 @@ def test_a_first_message_systemd_holds_does_not_stall_the_driver(systemd: FakeSy
     systemd.hold_first = True
     manager = _manager(systemd.root)
     manager.add_pid(4242)
-    assert systemd.members() == ["Subscribe", "StartTransientUnit"]
-    assert systemd.pings == 2  # the first Ping went unanswered; the second woke systemd
+    assert systemd.members() == ["Subscribe", "Subscribe", "StartTransientUnit"]
+    assert systemd.subscribes == 2  # the first went unanswered; the second woke systemd
 
 
 def test_v1_limits_become_systemds_v1_properties() -> None:
@@ -361,6 +360,5 @@ def test_v1_limits_become_systemds_v1_properties() -> None:
 def test_a_failed_scope_of_the_same_name_is_cleared_and_the_start_tried_again(systemd: FakeSystemd) -> None:
     systemd.refuse_once["StartTransientUnit"] = "org.freedesktop.systemd1.UnitExists"
     _manager(systemd.root).add_pid(4242)
-    assert systemd.members() == ["Subscribe", "StartTransientUnit", "ResetFailedUnit", "Subscribe",
-                                 "StartTransientUnit"]  # fmt: skip
+    assert systemd.members() == ["Subscribe", "StartTransientUnit", "ResetFailedUnit", "StartTransientUnit"]
     assert (systemd.root / "sys/fs/cgroup/system.slice/pykata-c1.scope").is_dir()

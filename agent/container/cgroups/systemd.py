@@ -87,26 +87,33 @@ def parse_systemd_path(cgroups_path: str, container_id: str) -> tuple[str, str]:
 
 
 def prime(bus: Connection, timeout: float = CALL_TIMEOUT) -> None:
-    """Make sure systemd reads what is sent on the new connection ``bus``. systemd's D-Bus server can
-    leave a message that came in one read with the end of the authentication (BEGIN) unprocessed until
-    more data arrives (seen with systemd 252: the first call on a new private connection waited
-    forever, about one time in two). So the first call here is a Ping, sent again after a short wait
-    for as long as no answer comes: each new one wakes the server, which then answers what it holds,
-    and replies to the earlier ones are dropped as stale. Then the connection is in step."""
+    """Ask systemd for its job signals on the new connection ``bus`` (Subscribe: a job's end comes as
+    JobRemoved), and make sure it reads what is sent there. systemd's D-Bus server can leave a message
+    that came in one read with the end of the authentication (BEGIN) unprocessed until more data
+    arrives (seen with systemd 252: the first call on a new private connection waited forever, about
+    one time in two). So this first call is sent again after a short wait for as long as no answer
+    comes (it may be repeated: subscribing twice is no error): each new one wakes the server, which
+    then answers what it holds, and replies to the earlier ones are dropped as stale."""
     import time
+
+    from agent.system.dbus import DBusError
 
     deadline = time.monotonic() + timeout
     wait = 0.02
     while True:
         try:
-            bus.call(SYSTEMD, MANAGER_PATH, "org.freedesktop.DBus.Peer", "Ping", timeout=wait)
+            bus.call(SYSTEMD, MANAGER_PATH, MANAGER, "Subscribe", timeout=wait)
             return
+        except DBusError as exc:
+            if exc.name == "org.freedesktop.systemd1.AlreadySubscribed":
+                return
+            raise ResourceError(f"systemd at {bus.address} refused Subscribe: {exc}") from exc
         except TimeoutError:
             if time.monotonic() >= deadline:
-                raise ResourceError(f"systemd at {bus.address} did not answer a Ping within {timeout:g} s") from None
+                raise ResourceError(f"systemd at {bus.address} did not answer within {timeout:g} s") from None
             wait = min(wait * 2, 1.0)
         except (OSError, ValueError) as exc:
-            raise ResourceError(f"systemd at {bus.address} did not answer a Ping: {exc}") from exc
+            raise ResourceError(f"systemd at {bus.address} did not answer: {exc}") from exc
 
 
 # --- limits as unit properties
@@ -237,7 +244,7 @@ class _Scope(CgroupManager):
 
     # --- systemd
     def _bus(self) -> Connection:
-        """A connection to systemd's manager, ready for calls (see ``prime``)."""
+        """A connection to systemd's manager, ready for calls and subscribed to job signals (``prime``)."""
         from agent.system.dbus import Connection
 
         address = private_bus(self.paths)
@@ -275,8 +282,7 @@ class _Scope(CgroupManager):
 
     def _run_job(self, bus: Connection, member: str, signature: str, args: list[Any]) -> None:
         """Call a manager method that queues a job and wait for the job's end; ResourceError unless "done"."""
-        self._manager_call(bus, "Subscribe", harmless="org.freedesktop.systemd1.AlreadySubscribed")  # JobRemoved
-        (job,) = self._manager_call(bus, member, signature, args)
+        (job,) = self._manager_call(bus, member, signature, args)  # its end: JobRemoved (see prime)
 
         def finished(message: Message) -> bool:
             return message.member == "JobRemoved" and len(message.body) == 4 and message.body[1] == job
