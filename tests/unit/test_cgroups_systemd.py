@@ -362,3 +362,47 @@ def test_a_failed_scope_of_the_same_name_is_cleared_and_the_start_tried_again(sy
     _manager(systemd.root).add_pid(4242)
     assert systemd.members() == ["Subscribe", "StartTransientUnit", "ResetFailedUnit", "StartTransientUnit"]
     assert (systemd.root / "sys/fs/cgroup/system.slice/pykata-c1.scope").is_dir()
+
+
+PROC_DEVICES = """Character devices:
+  1 mem
+  5 /dev/tty
+ 10 misc
+136 pts
+
+Block devices:
+  7 loop
+259 blkext
+"""
+
+
+def test_device_rules_become_systemds_allow_list(tmp_path: Path) -> None:
+    from agent.container.cgroups.systemd import device_properties
+    from agent.container.launch import DEFAULT_DEVICE_RULES
+
+    devices = tmp_path / "devices"
+    devices.write_text(PROC_DEVICES)
+    rules = [
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
+        {"allow": False, "type": "c", "major": 10, "minor": 229, "access": "w"},  # takes write away again
+        {"allow": True, "type": "b", "major": 7, "access": "rw"},  # a whole major: its driver's name
+        {"allow": True, "type": "b", "major": 42, "access": "r"},  # a major /proc/devices lacks: left out
+        {"allow": True, "type": "c", "access": "m"},  # mknod of every char device
+        *DEFAULT_DEVICE_RULES,
+    ]
+    props = dict(device_properties(rules, str(devices)))
+    assert props["DevicePolicy"] == ("s", "strict")
+    allow = dict(props["DeviceAllow"][1])
+    assert allow["/dev/char/10:229"] == "rm"  # (and "m" from the wildcard rule, kept apart below)
+    assert allow["block-loop"] == "rw"
+    assert allow["char-pts"] == "rwm"  # the default rule for the pty slaves, c 136:* rwm
+    assert allow["/dev/char/1:3"] == "rwm"  # /dev/null
+    assert allow["char-misc"] == "m" and allow["char-mem"] == "m"
+    assert "block-42" not in str(allow)
+    # a list that allows by default cannot be told to systemd: its policy stays auto, nothing listed
+    blacklist = [{"allow": True, "access": "rwm"}, {"allow": False, "type": "c", "major": 10, "minor": 229}]
+    assert dict(device_properties(blacklist, str(devices))) == {
+        "DevicePolicy": ("s", "auto"),
+        "DeviceAllow": ("a(ss)", []),
+    }

@@ -22,6 +22,7 @@ from agentctl import vm
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.helpers.bundle import runc_default_spec
 from tests.vm.conftest import booted
+from tests.vm.test_agent_guest import exec_in
 
 ROOTFS = "/run/sd-test/rootfs"  # made in the guest, from the image's busybox
 MiB = 1024 * 1024
@@ -73,7 +74,7 @@ def guest(request: pytest.FixtureRequest, guest_files: Path, tmp_path_factory: p
     with booted(config, phase) as started:
         started.run_in_console(
             f"mkdir -p {ROOTFS}/bin && cp /bin/busybox {ROOTFS}/bin/ && "
-            f"for a in sh sleep cat true grep; do ln -sf busybox {ROOTFS}/bin/$a; done"
+            f"for a in sh sleep cat true grep head; do ln -sf busybox {ROOTFS}/bin/$a; done"
         )
         agent = connect(started.address, "ttrpc", timeout=120)
         agent.call("grpc.AgentService/CreateSandbox", agent_pb2.CreateSandboxRequest(hostname="sd", sandbox_id="sd"))
@@ -216,6 +217,36 @@ def test_an_oom_kill_in_the_scope(guest: tuple[vm.Guest, Files]) -> None:
     assert (state["ActiveState"], state["procs"]) == ("active", "1"), state
     agent.call("grpc.AgentService/RemoveContainer", agent_pb2.RemoveContainerRequest(container_id="sd4", timeout=10))
     assert unit_state(booted, files, "pykata-sd4.scope")["dirs"] == "0"
+
+
+def test_device_rules_hold_across_a_reload(guest: tuple[vm.Guest, Files]) -> None:
+    """systemd rewrites its units' devices controller (v1) when it reloads: there the container's device
+    rules are the scope's properties too; on v2 the engine's eBPF program, which systemd leaves alone
+    (the scope has no device policy of its own). Either way a reload keeps them."""
+    booted, files = guest
+    agent = client(booted)
+    spec = runc_default_spec()
+    spec["root"] = {"path": ROOTFS, "readonly": True}
+    spec["process"].update(args=["sleep", "600"], terminal=False)
+    spec["linux"]["cgroupsPath"] = "system.slice:pykata:sd5"
+    spec["linux"]["devices"] = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o666}]
+    # everything denied, but making the node (m) of /dev/fuse; the engine's defaults (/dev/zero...) follow
+    fuse_node = {"allow": True, "type": "c", "major": 10, "minor": 229, "access": "m"}
+    spec["linux"]["resources"] = {"devices": [{"allow": False, "access": "rwm"}, fuse_node]}
+    agent.call("grpc.AgentService/CreateContainer",
+               agent_pb2.CreateContainerRequest(container_id="sd5", exec_id="sd5", OCI=dict_to_spec(spec)))  # fmt: skip
+    agent.call("grpc.AgentService/StartContainer", agent_pb2.StartContainerRequest(container_id="sd5"))
+    probe = ["sh", "-c", "head -c1 /dev/zero >/dev/null && echo zero-ok; cat /dev/fuse 2>&1 | head -1"]
+    policy = answers(booted, "echo ${t}policy $(systemctl show pykata-sd5.scope -p DevicePolicy --value)")
+    assert policy == {"policy": "strict" if files.version == 1 else "auto"}
+    for when in ("before", "after"):
+        if when == "after":
+            booted.run_in_console("systemctl daemon-reload")
+        status, out = exec_in(agent, "sd5", f"probe-{when}", probe)
+        assert (status, out.decode().splitlines()) == (
+            0, ["zero-ok", "cat: can't open '/dev/fuse': Operation not permitted"]
+        ), f"{when} the reload"  # fmt: skip
+    agent.call("grpc.AgentService/RemoveContainer", agent_pb2.RemoveContainerRequest(container_id="sd5", timeout=10))
 
 
 def test_bad_systemd_paths_are_refused_and_leave_nothing(guest: tuple[vm.Guest, Files]) -> None:

@@ -18,8 +18,12 @@ Kata's agent's systemd drivers do, the engine asks systemd instead, over its pri
   ``CPUQuotaPerSecUSec``, ``CPUQuotaPeriodUSec``, ``AllowedCPUs``, ``AllowedMemoryNodes``, ``MemoryMin``,
   ``MemoryLow``, ``MemoryHigh``, ``MemoryMax``, ``MemorySwapMax``, ``TasksMax``, ``IOWeight``), taken from
   the same planned writes as the cgroupfs driver's, and then those writes themselves (which also cover
-  what systemd has no property for: hugetlb, io.max, cpu.idle, the eBPF device program). An update
-  sets the properties (``SetUnitProperties``, runtime) and writes the files.
+  what systemd has no property for: hugetlb, io.max, cpu.idle). On v1 the device rules are
+  ``DevicePolicy`` and ``DeviceAllow`` too (``device_properties``), besides the engine's devices.allow
+  and deny writes: systemd rewrites the devices controller of its units on reload. On v2 the engine's
+  eBPF program is the one enforcement (systemd leaves it alone on reload: the unit has no device
+  policy of its own). An update sets the properties (``SetUnitProperties``, runtime) and writes the
+  files.
 - Later processes (exec) join the scope's cgroup as they join any cgroup; stats, freeze and thaw read
   and write its files. ``destroy()`` refuses while processes remain (as the cgroupfs driver), then stops
   the unit (``StopUnit``; a scope whose processes have all ended is gone already) and clears a failed
@@ -214,6 +218,78 @@ def unit_properties_v1(writes: list[Write]) -> list[tuple[str, Any]]:
     return list(found.items())
 
 
+def _number(value: Any) -> int | None:
+    return None if value is None or value == -1 else int(value)
+
+
+def device_properties(rules: list[Mapping[str, Any]], proc_devices: str = "/proc/devices") -> list[tuple[str, Any]]:
+    """The device rules (linux.resources.devices with the engine's default allows, in order) as
+    systemd's DevicePolicy and DeviceAllow, so that systemd, which writes a unit's device access itself
+    (v1's devices controller, or its own eBPF program on v2) whenever it reloads, allows what the rules
+    allow. The rules are followed as the kernel follows them: a rule for all devices sets what the
+    unmatched ones get, the others add or take away access to a device or a major. systemd lists only
+    what is allowed: a list that ends allowing by default (a blacklist) cannot be said to it, and is
+    left to the engine's own enforcement (DevicePolicy=auto, no DeviceAllow), as runc does. Wildcard
+    minors are systemd's ``char-NAME``/``block-NAME`` (the major's driver name in /proc/devices; a
+    major that is not there cannot be named and is left out of systemd's list); others
+    ``/dev/char/MAJ:MIN``."""
+    if not rules:
+        return []
+    default_allow = True
+    allowed: dict[tuple[str, int | None, int | None], set[str]] = {}
+    for rule in rules:
+        kind = rule.get("type") or "a"
+        major, minor = _number(rule.get("major")), _number(rule.get("minor"))
+        access = set(rule.get("access") or "rwm")
+        if kind == "a" and major is None and minor is None and access >= set("rwm"):
+            default_allow = bool(rule.get("allow"))
+            allowed.clear()
+            continue
+        kinds = ("c", "b") if kind == "a" else (kind,)
+        for one in kinds:
+            key = (one, major, minor)
+            if rule.get("allow"):
+                allowed.setdefault(key, set()).update(access)
+            elif key in allowed:
+                allowed[key] -= access
+    if default_allow:
+        return [("DevicePolicy", ("s", "auto")), ("DeviceAllow", ("a(ss)", []))]
+    names = _driver_names(proc_devices)
+    entries: list[tuple[str, str]] = []
+    for (kind, major, minor), access in allowed.items():
+        if not access:
+            continue
+        perms = "".join(c for c in "rwm" if c in access)
+        group = "char" if kind == "c" else "block"
+        if major is not None and minor is not None:
+            entries.append((f"/dev/{group}/{major}:{minor}", perms))
+        elif major is None:
+            entries += [(f"{group}-{name}", perms) for name in sorted(set(names[kind].values()))]
+        elif major in names[kind]:
+            entries.append((f"{group}-{names[kind][major]}", perms))
+    return [("DevicePolicy", ("s", "strict")), ("DeviceAllow", ("a(ss)", entries))]
+
+
+def _driver_names(proc_devices: str) -> dict[str, dict[int, str]]:
+    """/proc/devices: {"c": {major: driver name}, "b": {...}}."""
+    names: dict[str, dict[int, str]] = {"c": {}, "b": {}}
+    kind = ""
+    try:
+        with open(proc_devices, encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("Character"):
+                    kind = "c"
+                elif line.startswith("Block"):
+                    kind = "b"
+                elif kind and line.split():
+                    number, _, name = line.strip().partition(" ")
+                    if number.isdigit():
+                        names[kind][int(number)] = name.strip()
+    except OSError:
+        pass
+    return names
+
+
 def _variants(props: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     from agent.system.dbus import Variant
 
@@ -238,6 +314,17 @@ class _Scope(CgroupManager):
 
     def _unit_properties(self, writes: list[Write]) -> list[tuple[str, Any]]:
         raise NotImplementedError
+
+    def _properties(self, resources: Mapping[str, Any], writes: list[Write]) -> list[tuple[str, Any]]:
+        """The unit properties for ``resources``: the limits (of their planned ``writes``) and, on v1,
+        the device rules (device_properties). On v2 the engine's eBPF program alone enforces them:
+        systemd attaches a device program of its own only to a unit with a device policy, and would
+        then refuse ours (it attaches its programs as several may be; ours is attached alone)."""
+        from . import plan as planner
+
+        rules = planner.device_rules(resources) if self.version == 1 else []
+        devices = device_properties(rules, f"{self.paths.proc}/devices") if rules else []
+        return self._unit_properties(writes) + devices
 
     def _joined(self, pid: int) -> None:
         raise NotImplementedError
@@ -313,7 +400,7 @@ class _Scope(CgroupManager):
             ("PIDs", ("au", [pid])),
         ]
         if self._pending:
-            props += self._unit_properties(self.plan(self._pending))
+            props += self._properties(self._pending, self.plan(self._pending))
         with self._bus() as bus:
             args = [self.unit, "fail", _variants(props), []]
             try:
@@ -367,7 +454,7 @@ class _Scope(CgroupManager):
         if not self.exists():
             self._pending = resources  # the scope is started with them (add_pid)
             return
-        props = self._unit_properties(writes)
+        props = self._properties(resources, writes)
         if props:
             with self._bus() as bus:
                 self._manager_call(bus, "SetUnitProperties", "sba(sv)", [self.unit, True, _variants(props)])
