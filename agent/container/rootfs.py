@@ -294,7 +294,7 @@ def cgroup_binds(paths: HostPaths, directories: dict[str, str] | None) -> dict[s
     hierarchy it does not name (or all, when None: a rootless container without a cgroup of its own)
     the cgroup this process is in, which the container's process inherits there."""
     root = os.fspath(paths.cgroup_root)
-    own: dict[frozenset[str], str] = {}
+    own: dict[frozenset[str], str] | None = None  # read when a hierarchy needs it
     binds: dict[str, str] = {}
     for kind, name, _points_to in _cgroup_layout(root):
         if kind == "link":
@@ -304,16 +304,23 @@ def cgroup_binds(paths: HostPaths, directories: dict[str, str] | None) -> dict[s
         if directories is not None:
             source = next((directories[c] for c in (names or ["cgroup"]) if c in directories), None)
         if source is None:
-            if not own:
-                with open(f"{paths.proc}/self/cgroup", encoding="utf-8") as stream:
-                    for line in stream.read().splitlines():
-                        _number, controllers, where = line.split(":", 2)
-                        own[frozenset(controllers.split(",")) if controllers else frozenset()] = where
+            own = _own_cgroups(paths) if own is None else own
             found = own.get(frozenset(names))
             source = None if found is None else normal_path(f"{root}/{name}{found}")
         if source is not None:
             binds["" if kind == "v2" else name] = source
     return binds
+
+
+def _own_cgroups(paths: HostPaths) -> dict[frozenset[str], str]:
+    """This process's cgroup in each hierarchy (/proc/self/cgroup), by the hierarchy's controller names
+    (an empty set for cgroup2)."""
+    own: dict[frozenset[str], str] = {}
+    with open(f"{paths.proc}/self/cgroup", encoding="utf-8") as stream:
+        for line in stream.read().splitlines():
+            _number, controllers, where = line.split(":", 2)
+            own[frozenset(controllers.split(",")) if controllers else frozenset()] = where
+    return own
 
 
 # File systems that take no SELinux context= option from linux.mountLabel (runc labels every other

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from agent.rpc.pb import agent_pb2, oci_pb2
 from agentctl import testguest, vm
+from agentctl.client import AgentCallError, AgentClient
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "build" / "cache"
@@ -31,6 +33,56 @@ def agent_guest_config(
     are the GuestConfig's others (CPUs, memory, network...)."""
     return vm.GuestConfig(kernel=guest_files / "vmlinuz", initrd=guest_files / "initrd.img", share=share,
                           cmdline=cmdline, name=name, run_dir=run_dir, ready_timeout=240.0, **settings)  # fmt: skip
+
+
+def image_guest_config(guest_files: Path, *, name: str, run_dir: Path, cmdline: str = "") -> vm.GuestConfig:
+    """osbuilder's rootfs image, booted through its initrd, where systemd is PID 1 and starts the agent
+    (ready when the agent answers); ``cmdline``: words added to the image's kernel command line."""
+    from osbuilder import config as osconfig
+
+    return vm.GuestConfig(kernel=guest_files / "vmlinuz", initrd=guest_files / "initrd.img",
+                          image=guest_files / "rootfs.img", cmdline=f"{osconfig.IMAGE_CMDLINE} {cmdline}".strip(),
+                          name=name, run_dir=run_dir, ready_marker="", ready_timeout=300.0)  # fmt: skip
+
+
+def console_answers(guest: vm.Guest, command: str) -> list[tuple[str, str]]:
+    """Run ``command`` in the guest's debug console with ``t=@`` set, and return the lines it tags
+    ``$t KEY VALUE`` as (KEY, VALUE), in order. Only answers carry the tag: the "@" comes from a
+    variable, so the echo of the command line (which the console may wrap anywhere) holds none, and
+    the shell's prompts and terminal queries between the answers are passed over."""
+    text = guest.run_in_console(f"t=@; {command}")
+    found = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if line.startswith("@") and " " in line:
+            key, _, value = line[1:].partition(" ")
+            found.append((key, value.strip()))
+    return found
+
+
+def exec_in(agent: AgentClient, cid: str, exec_id: str, args: list[str]) -> tuple[int, bytes]:
+    """ExecProcess in a running container; its exit status and everything it wrote to stdout."""
+    agent.call(
+        "grpc.AgentService/ExecProcess",
+        agent_pb2.ExecProcessRequest(
+            container_id=cid, exec_id=exec_id, process=oci_pb2.Process(Args=args, Cwd="/", Env=["PATH=/bin"])
+        ),
+    )
+    status = agent.call(
+        "grpc.AgentService/WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id=exec_id)
+    ).status
+    data = b""
+    while True:
+        try:
+            chunk = agent.call(
+                "grpc.AgentService/ReadStdout",
+                agent_pb2.ReadStreamRequest(container_id=cid, exec_id=exec_id, len=4096),
+            ).data
+        except AgentCallError:
+            break  # the end of the stream is reported as an error once it is drained
+        if not chunk:
+            break
+        data += chunk
+    return status, data
 
 
 @contextlib.contextmanager

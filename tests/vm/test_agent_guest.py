@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from agent.rpc.pb import agent_pb2, health_pb2, oci_pb2
+from agent.rpc.pb import agent_pb2, health_pb2
 from agentctl import qmp, vm
-from agentctl.client import AgentCallError, AgentClient, connect
+from agentctl.client import AgentClient, connect
 from tests.conftest import FIXTURES
 from tests.helpers.bundle import make_bundle
-from tests.vm.conftest import agent_guest_config, booted
+from tests.vm.conftest import agent_guest_config, booted, exec_in, image_guest_config
 
 SHARED = "/run/kata-containers/shared/containers"
 PROTOCOLS = ("ttrpc", "grpc")
@@ -148,32 +148,6 @@ def _oci_from_bundle(bundle: Path, guest_root: str) -> dict[str, Any]:
     return spec
 
 
-def exec_in(agent: AgentClient, cid: str, exec_id: str, args: list[str]) -> tuple[int, bytes]:
-    """ExecProcess in a running container; its exit status and everything it wrote to stdout."""
-    agent.call(
-        "grpc.AgentService/ExecProcess",
-        agent_pb2.ExecProcessRequest(
-            container_id=cid, exec_id=exec_id, process=oci_pb2.Process(Args=args, Cwd="/", Env=["PATH=/bin"])
-        ),
-    )
-    status = agent.call(
-        "grpc.AgentService/WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id=exec_id)
-    ).status
-    data = b""
-    while True:
-        try:
-            chunk = agent.call(
-                "grpc.AgentService/ReadStdout",
-                agent_pb2.ReadStreamRequest(container_id=cid, exec_id=exec_id, len=4096),
-            ).data
-        except AgentCallError:
-            break  # the end of the stream is reported as an error once it is drained
-        if not chunk:
-            break
-        data += chunk
-    return status, data
-
-
 def test_exec_in_running_container_over_grpc(guest: vm.Guest, share: Path) -> None:
     from agent.rpc.convert_oci import dict_to_spec
 
@@ -228,18 +202,7 @@ def test_destroy_sandbox_powers_off(guest: vm.Guest) -> None:
 
 
 def test_rootfs_image_under_systemd(guest_files: Path, tmp_path: Path) -> None:
-    from osbuilder import config as osconfig
-
-    config = vm.GuestConfig(
-        kernel=guest_files / "vmlinuz",
-        initrd=guest_files / "initrd.img",
-        image=guest_files / "rootfs.img",
-        cmdline=osconfig.IMAGE_CMDLINE,
-        name="e2e-image",
-        run_dir=tmp_path / "vm",
-        ready_marker="",
-        ready_timeout=300.0,
-    )
+    config = image_guest_config(guest_files, name="e2e-image", run_dir=tmp_path / "vm")
     with vm.Guest(config, phase) as booted:
         booted.start()
         phase("image booted: " + ", ".join(f"{k} {v:.2f} s" for k, v in booted.timings.items()))

@@ -26,7 +26,7 @@ from agent.rpc.status import Code
 from agentctl import vm
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.helpers.bundle import make_bundle
-from tests.vm.conftest import agent_guest_config, booted
+from tests.vm.conftest import agent_guest_config, booted, console_answers
 
 SHARED = "/run/kata-containers/shared/containers"
 STEPS = 250
@@ -154,7 +154,7 @@ def test_random_lifecycles_get_named_errors_and_leave_nothing(guest: vm.Guest, s
             assert exc.code == Code.ALREADY_EXISTS, exc  # the other protocol's run made it
         spec = json.loads((share / "b" / "config.json").read_text())
         spec["root"]["path"] = f"{SHARED}/b/rootfs"
-        mounts_before = _guest_answers(guest)["@M"]
+        mounts_before = _guest_answers(guest)["M"]
         assert SHARED in mounts_before, mounts_before  # the answers were read (the share is mounted)
         driver = Driver(agent, spec, protocol)
         started = time.monotonic()
@@ -165,25 +165,22 @@ def test_random_lifecycles_get_named_errors_and_leave_nothing(guest: vm.Guest, s
         agent.close()
     assert not driver.failures, "\n".join(driver.failures)
     answers = _guest_answers(guest)
-    processes = [line for line in answers["@P"] if line != "COMMAND"]
+    processes = [line for line in answers["P"] if line != "COMMAND"]
     strays = [line for line in processes if not any(mark in line for mark in AGENT_PROCESSES)]
     assert processes and not strays, f"processes left in the guest: {strays}"
-    assert answers["@M"] == mounts_before, "mounts left in the agent's namespace"
-    assert answers["@C"] == ["0"], "container cgroups left"
+    assert answers["M"] == mounts_before, "mounts left in the agent's namespace"
+    assert answers["C"] == ["0"], "container cgroups left"
 
 
 def _guest_answers(guest: vm.Guest) -> dict[str, list[str]]:
-    """The guest's processes (@P), the mount points of the agent's namespace (@M) and how many cgroups
-    are named for the containers (@C), through the debug console. Each answer line is tagged by the
-    shell ("@" from a variable: the echo of the command, which the console may wrap anywhere, holds no
-    tag; the shell also writes prompts and ESC [6n between the answers)."""
-    text = guest.run_in_console(
-        "t=@; ps -o args | grep -v '^\\[' | sed \"s/^/${t}P /\"; cut -d' ' -f2 /proc/mounts | sed \"s/^/${t}M /\";"
-        " echo ${t}C $(find /sys/fs/cgroup -mindepth 2 -type d | grep -c -e c1 -e c2 -e c3)"
-    )
-    answers: dict[str, list[str]] = {"@P": [], "@M": [], "@C": []}
-    for line in (raw.strip() for raw in text.splitlines()):
-        tag, _, value = line.partition(" ")
-        if tag in answers:
-            answers[tag].append(value)
+    """The guest's processes (P), the mount points of the agent's namespace (M) and how many cgroups
+    are named for the containers (C), through the debug console (conftest.console_answers)."""
+    answers: dict[str, list[str]] = {"P": [], "M": [], "C": []}
+    for key, value in console_answers(
+        guest,
+        "ps -o args | grep -v '^\\[' | sed \"s/^/${t}P /\"; cut -d' ' -f2 /proc/mounts | sed \"s/^/${t}M /\";"
+        " echo ${t}C $(find /sys/fs/cgroup -mindepth 2 -type d | grep -c -e c1 -e c2 -e c3)",
+    ):
+        if key in answers:
+            answers[key].append(value)
     return answers

@@ -21,8 +21,7 @@ from agent.rpc.pb import agent_pb2, oci_pb2
 from agentctl import vm
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.helpers.bundle import runc_default_spec
-from tests.vm.conftest import booted
-from tests.vm.test_agent_guest import exec_in
+from tests.vm.conftest import booted, console_answers, exec_in, image_guest_config
 
 ROOTFS = "/run/sd-test/rootfs"  # made in the guest, from the image's busybox
 MiB = 1024 * 1024
@@ -58,19 +57,11 @@ def guest(request: pytest.FixtureRequest, guest_files: Path, tmp_path_factory: p
     tuple[vm.Guest, Files]
 ]:  # fmt: skip
     """The image booted with systemd's default (cgroup v2) or its legacy layout (v1 controllers)."""
-    from osbuilder import config as osconfig
-
     legacy = " systemd.unified_cgroup_hierarchy=0" if request.param == 1 else ""
-    config = vm.GuestConfig(
-        kernel=guest_files / "vmlinuz",
-        initrd=guest_files / "initrd.img",
-        image=guest_files / "rootfs.img",
-        cmdline=f"{osconfig.IMAGE_CMDLINE} agent.debug_console{legacy}",
-        name=f"systemd-cgroup-v{request.param}",
-        run_dir=tmp_path_factory.mktemp("vm"),
-        ready_marker="",
-        ready_timeout=300.0,
-    )
+    config = image_guest_config(
+        guest_files, name=f"systemd-cgroup-v{request.param}", run_dir=tmp_path_factory.mktemp("vm"),
+        cmdline=f"agent.debug_console{legacy}",
+    )  # fmt: skip
     with booted(config, phase) as started:
         started.run_in_console(
             f"mkdir -p {ROOTFS}/bin && cp /bin/busybox {ROOTFS}/bin/ && "
@@ -82,15 +73,8 @@ def guest(request: pytest.FixtureRequest, guest_files: Path, tmp_path_factory: p
 
 
 def answers(guest: vm.Guest, command: str) -> dict[str, str]:
-    """Run ``command`` in the guest's shell, where each line it wants read is ``$t KEY VALUE`` (t=@):
-    the echo of the command line holds no tag, so only the answers are taken."""
-    text = guest.run_in_console(f"t=@; {command}")
-    found: dict[str, str] = {}
-    for line in (raw.strip() for raw in text.splitlines()):
-        if line.startswith("@") and " " in line:
-            key, _, value = line[1:].partition(" ")
-            found[key] = value.strip()
-    return found
+    """``command``'s tagged answers (conftest.console_answers) by key, the last of each."""
+    return dict(console_answers(guest, command))
 
 
 def unit_state(guest: vm.Guest, files: Files, unit: str, relative: str = "") -> dict[str, str]:

@@ -623,12 +623,13 @@ def manager_for(
     if systemd or (systemd is None and is_systemd_path(cgroups_path)):
         from . import systemd as driver
 
-        if systemd or driver.systemd_running(paths):
-            if not driver.systemd_running(paths):
-                raise Unsupported(
-                    f"the systemd cgroup driver was asked for, but systemd is not this system's init "
-                    f"({paths.run}/systemd/system is missing): leave the systemd cgroup option out"
-                )
+        running = driver.systemd_running(paths)
+        if systemd and not running:
+            raise Unsupported(
+                f"the systemd cgroup driver was asked for, but systemd is not this system's init "
+                f"({paths.run}/systemd/system is missing): leave the systemd cgroup option out"
+            )
+        if running:
             return driver.manager(paths, layout or detect(paths), cgroups_path, container_id)
     relative = container_cgroup(cgroups_path, container_id)
     found = layout or detect(paths)
