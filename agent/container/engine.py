@@ -635,7 +635,9 @@ class Engine:
         # the cgroup mounts are made at boot, before any container: read them once
         if self._cgroup_layout is None:
             self._cgroup_layout = detect(self.paths)
-        return manager_for(self.paths, cgroups_path, container_id, layout=self._cgroup_layout, systemd=systemd)
+        made = manager_for(self.paths, cgroups_path, container_id, layout=self._cgroup_layout, systemd=systemd)
+        made.skip_devices = self.rootless  # see CgroupManager.skip_devices
+        return made
 
 
 def _hook_timeouts(hooks: Any) -> list[float]:

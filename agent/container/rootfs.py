@@ -597,7 +597,7 @@ def execute(plan: RootfsPlan, detached: list[int] | None = None) -> None:
             os.close(tree)
             resolve.changed(op.target)
         elif isinstance(op, Remount):
-            libc.mount(None, resolve(op.target), None, libc.MS_BIND | libc.MS_REMOUNT | op.flags)
+            bind_remount(resolve(op.target), op.flags)
         elif isinstance(op, SetAttr):
             target = resolve(op.target)
             try:
@@ -726,11 +726,30 @@ def finish(plan: RootfsPlan) -> None:
     for path in plan.readonly_paths:
         try:
             libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
-            libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC)
+            bind_remount(path, libc.MS_RDONLY | libc.MS_REC)
         except FileNotFoundError:
             continue
     if plan.readonly_root:
-        libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+        bind_remount("/", libc.MS_RDONLY)
+
+
+# The flags a mount made in a more privileged mount namespace keeps locked in a user namespace's copy.
+LOCKED_FLAGS = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC  # (statvfs's ST_ bits are the same)
+
+
+def bind_remount(path: str, flags: int) -> None:
+    """Remount the bind mount at ``path`` with ``flags`` (MS_RDONLY, MS_NOSUID...). In a user namespace
+    (a rootless container) the kernel refuses a remount that would drop a flag it locked on a mount
+    copied from a more privileged namespace (a rootfs under a nosuid,nodev /run, say): EPERM. As runc
+    does then, the remount is tried again keeping the flags the mount has of those (the least it may
+    have); any other refusal stands."""
+    try:
+        libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | flags)
+    except PermissionError:
+        kept = os.statvfs(path).f_flag & LOCKED_FLAGS
+        if not kept & ~flags:
+            raise
+        libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | flags | kept)
 
 
 def root_is_initramfs(paths: HostPaths) -> bool:

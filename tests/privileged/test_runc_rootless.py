@@ -73,15 +73,19 @@ class Rootless:
         return system
 
     def __call__(
-        self, *args: str, check: bool = True, cgroup2: bool = False, subids: bool = False
+        self, *args: str, check: bool = True, cgroup2: bool = False, subids: bool = False, nosuid: bool = False
     ) -> subprocess.CompletedProcess[str]:
         """The command as the user; ``cgroup2``: in a mount namespace of its own where /sys/fs/cgroup is a
         cgroup2 mount, as on a host with cgroup v2 alone (root makes it, then becomes the user);
         ``subids``: in a mount namespace of its own where /etc (an overlay: the host's files stay as
-        they are) names the user and grants it SUBUIDS and SUBGIDS, for newuidmap and newgidmap."""
+        they are) names the user and grants it SUBUIDS and SUBGIDS, for newuidmap and newgidmap;
+        ``nosuid``: in a mount namespace of its own where the bundle is a nosuid,nodev mount (as /run is)."""
         env = {"PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": str(self.runtime_dir)}
         wrap: list[str] = []
-        if cgroup2:
+        if nosuid:
+            script = 'mount --bind "$0" "$0"; mount -o remount,bind,nosuid,nodev "$0"; exec "$@"'
+            wrap = ["unshare", "-m", "--propagation", "private", "sh", "-ec", script, str(self.bundle)]
+        elif cgroup2:
             wrap = ["unshare", "-m", "--propagation", "private", "sh", "-c",
                     'mount -t cgroup2 none /sys/fs/cgroup && exec "$@"', "sh"]  # fmt: skip
         elif subids:
@@ -165,6 +169,18 @@ def test_rootless_on_a_cgroup_v2_host_shows_the_starters_cgroup(rootless: Rootle
     listed = done.stdout.split()
     assert "cgroup.procs" in listed and "cgroup.controllers" in listed
     assert listed[-1] == "read-only"
+
+
+def test_rootless_read_only_root_keeps_the_flags_locked_on_its_mount(rootless: Rootless) -> None:
+    """A bundle on a nosuid,nodev mount (a rootless container's rootfs under /run, say): in the container's
+    user namespace those flags are locked on its copy of the mount, and the read-only root is remounted
+    keeping them (runc does the same; a plain read-only remount is refused: EPERM)."""
+    script = "touch /x 2>/dev/null || echo read-only; grep -E '^[0-9]+ [0-9]+ [0-9:]+ [^ ]+ / ' /proc/self/mountinfo"
+    rootless.config(args=["/bin/sh", "-c", script])
+    done = rootless("run", "r9", nosuid=True)
+    first, root = done.stdout.splitlines()
+    assert first == "read-only"
+    assert {"ro", "nosuid", "nodev"} <= set(root.split()[5].split(",")), root
 
 
 def test_rootless_lifecycle_without_a_cgroup(rootless: Rootless) -> None:

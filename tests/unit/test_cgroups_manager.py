@@ -260,6 +260,17 @@ def test_v1_devices_skipped_without_devices_controller(tmp_path: Path) -> None:
     assert all(w.controller != "devices" for w in manager.plan({"devices": [{"allow": False, "access": "rwm"}]}))
 
 
+def test_a_rootless_containers_cgroup_sets_no_device_rules(tmp_path: Path) -> None:
+    from agent.container.cgroups.layout import Layout
+
+    layout = Layout(version=1, root=str(tmp_path), controllers={"devices": str(tmp_path / "devices")})
+    manager = V1Manager(HostPaths(tmp_path), layout, "pykata/c1")
+    rules = {"devices": [{"allow": False, "access": "rwm"}]}
+    assert [w.file for w in manager.plan(rules)] == ["devices.deny"]
+    manager.skip_devices = True  # (the engine's, for a rootless container: an unprivileged user may not)
+    assert manager.plan(rules) == []
+
+
 def test_missing_file_names_controller_and_file(tmp_path: Path) -> None:
     paths = v1_tree(tmp_path)
     manager = manager_for(paths, "/pykata/c1", "c1")

@@ -140,21 +140,25 @@ class FakeSystemd:
     and puts the pid there and in the fake /proc; StopUnit removes it; each job ends with a JobRemoved
     signal whose result is ``job_result``. ``refuse`` maps a member to the D-Bus error it answers.
     ``hold_first``: answer the first message of a connection only when the next one arrives, as
-    systemd's server does when that message came in one read with the end of the authentication."""
+    systemd's server does when that message came in one read with the end of the authentication.
+    A user's manager (``socket`` at its runtime directory) has its own cgroup, ``manager_cgroup``: its
+    ControlGroup property, and where its scopes are made."""
 
     FILES = ("cgroup.procs", "memory.max", "memory.low", "memory.swap.max", "pids.max", "cpu.weight", "cpu.max")
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, socket_path: Path | None = None, manager_cgroup: str = "") -> None:
         self.root = root
+        self.manager_cgroup = manager_cgroup
         self.calls: list[tuple[str, list[Any]]] = []
         self.job_result = "done"
         self.hold_first = False
         self.subscribes = 0
         self.refuse: dict[str, str] = {}
         self.refuse_once: dict[str, str] = {}
+        self.slices: dict[str, str] = {}  # unit -> its slice's path, from StartTransientUnit
         self._jobs = 0
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(root / "run/systemd/private"))
+        self.listener.bind(str(socket_path or root / "run/systemd/private"))
         self.listener.listen(4)
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -211,6 +215,8 @@ class FakeSystemd:
                 continue
             job = self._act(message)
             signature, body = ("o", [job]) if job else ("", [])
+            if message.member == "Get" and message.body == ["org.freedesktop.systemd1.Manager", "ControlGroup"]:
+                signature, body = "v", [dbus.Variant("s", self.manager_cgroup or "/")]
             reply = dbus.Message(dbus.METHOD_RETURN, serial=serial, reply_serial=message.serial, signature=signature,
                                  body=body)  # fmt: skip
             conn.sendall(reply.encode())
@@ -226,15 +232,22 @@ class FakeSystemd:
         """Do what ``message`` asks; the job's path for the members that make a job."""
         if message.member not in ("StartTransientUnit", "StopUnit"):
             return None
-        scope = self.root / "sys/fs/cgroup/system.slice" / str(message.body[0])
         if message.member == "StartTransientUnit":
-            pid = dict(message.body[2])["PIDs"].value[0]
+            props = dict(message.body[2])
+            self.slices[str(message.body[0])] = slice_path(props["Slice"].value)
+        relative = "/".join(
+            part for part in (self.manager_cgroup.strip("/"), self.slices.get(str(message.body[0]), ""),
+                              str(message.body[0])) if part
+        )  # fmt: skip
+        scope = self.root / "sys/fs/cgroup" / relative
+        if message.member == "StartTransientUnit":
+            pid = props["PIDs"].value[0]
             scope.mkdir(parents=True)
             for name in self.FILES:
                 (scope / name).write_text("")
             (scope / "cgroup.procs").write_text(f"{pid}\n")
             (self.root / f"proc/{pid}").mkdir(parents=True, exist_ok=True)
-            (self.root / f"proc/{pid}/cgroup").write_text(f"0::/system.slice/{scope.name}\n")
+            (self.root / f"proc/{pid}/cgroup").write_text(f"0::/{relative}\n")
         elif scope.is_dir():
             for child in scope.iterdir():
                 child.unlink()
@@ -406,3 +419,60 @@ def test_device_rules_become_systemds_allow_list(tmp_path: Path) -> None:
         "DevicePolicy": ("s", "auto"),
         "DeviceAllow": ("a(ss)", []),
     }
+
+
+USER_MANAGER = "/user.slice/user-1000.slice/user@1000.service"
+
+
+def test_a_user_gets_its_scope_from_its_own_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.container.cgroups import systemd as driver
+    from agent.system.dbus import Variant
+
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    paths = _fake_root(tmp_path, systemd=True)
+    (tmp_path / "run/user/1000/systemd").mkdir(parents=True)
+    fake = FakeSystemd(tmp_path, tmp_path / "run/user/1000/systemd/private", manager_cgroup=USER_MANAGER)
+    try:
+        made = driver.manager(paths, Layout(version=2, root=f"{tmp_path}/sys/fs/cgroup"), "", "c1", uid=1000)
+        # asked where the user's manager is before anything is made; an empty path is user.slice:pykata:<id>
+        assert fake.members() == ["Subscribe", "Get"]
+        assert isinstance(made, SystemdManager)
+        assert made.relative == f"{USER_MANAGER[1:]}/user.slice/pykata-c1.scope"
+        made.skip_devices = True  # as the engine sets it for a rootless container
+        made.apply({"memory": {"limit": 64 << 20}, "devices": [{"allow": False, "access": "rwm"}]})
+        made.add_pid(4242)
+        unit, _mode, props, _aux = fake.body("StartTransientUnit")
+        props = dict(props)
+        assert (unit, props["Slice"], props["MemoryMax"]) == ("pykata-c1.scope", Variant("s", "user.slice"),
+                                                              Variant("t", 64 << 20))  # fmt: skip
+        assert "DevicePolicy" not in props
+        scope = tmp_path / "sys/fs/cgroup" / made.relative
+        assert (scope / "memory.max").read_text() == str(64 << 20)  # no device program was attached either
+        (scope / "cgroup.procs").write_text("")
+        made.destroy()
+        assert fake.members()[-2:] == ["StopUnit", "ResetFailedUnit"] and not scope.exists()
+    finally:
+        fake.close()
+    # $XDG_RUNTIME_DIR, where set, is where the user's manager listens (as systemctl --user finds it)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "elsewhere"))
+    assert driver.private_bus(paths, 1000) == f"{tmp_path}/elsewhere/systemd/private"
+    assert driver.private_bus(paths, 0) == f"{tmp_path}/run/systemd/private"
+
+
+def test_a_user_without_a_reachable_systemd_or_on_cgroup_v1_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.container.cgroups import systemd as driver
+
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    paths = _fake_root(tmp_path, systemd=True)
+    v2 = Layout(version=2, root=f"{tmp_path}/sys/fs/cgroup")
+    with pytest.raises(ResourceError, match=r"cannot reach the systemd of user 1000 at .*/run/user/1000/systemd/pri"):
+        driver.manager(paths, v2, "user.slice:p:c1", "c1", uid=1000)
+    v1 = Layout(version=1, root=f"{tmp_path}/sys/fs/cgroup", controllers={"memory": f"{tmp_path}/m"})
+    with pytest.raises(Unsupported, match=r"user other than root \(uid 1000\) needs cgroup v2"):
+        driver.manager(paths, v1, "user.slice:p:c1", "c1", uid=1000)
+    # a slice named explicitly is kept; an empty one is the default slice of whoever asks
+    assert parse_systemd_path(":p:c1", "c1", default_slice="user.slice") == ("user.slice", "p-c1.scope")
+    assert parse_systemd_path(":p:c1", "c1") == ("system.slice", "p-c1.scope")
+    assert parse_systemd_path("a.slice:p:c1", "c1", default_slice="user.slice") == ("a.slice", "p-c1.scope")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from agent.container.cli import rootless_spec
 from agent.rpc.convert_oci import dict_to_spec
 from agent.rpc.pb import agent_pb2, oci_pb2
 from agentctl import vm
@@ -25,6 +26,8 @@ from tests.vm.conftest import booted, console_answers, exec_in, image_guest_conf
 
 ROOTFS = "/run/sd-test/rootfs"  # made in the guest, from the image's busybox
 MiB = 1024 * 1024
+# `systemctl show` lines (KEY=VALUE) as tagged answers (conftest.console_answers)
+TAGGED = '| sed "s/^\\([^=]*\\)=/${t}\\1 /"'
 
 
 class Files:
@@ -85,7 +88,7 @@ def unit_state(guest: vm.Guest, files: Files, unit: str, relative: str = "") -> 
     reads = "; ".join(f"echo ${{t}}{key} $(cat {path} 2>/dev/null)" for key, path in files.of(relative).items())
     state = answers(
         guest,
-        f'systemctl show {unit} -p {props},Delegate | sed "s/^\\([^=]*\\)=/${{t}}\\1 /"; {reads}; '
+        f"systemctl show {unit} -p {props},Delegate {TAGGED}; {reads}; "
         f"echo ${{t}}dirs $(find /sys/fs/cgroup -type d -name {unit} | wc -l)",
     )
     state["procs"] = str(len(state.get("procs", "").split()))
@@ -314,3 +317,73 @@ def test_runtime_cli_with_systemd_cgroup(guest: tuple[vm.Guest, Files]) -> None:
     assert answers(booted, f"{cli} delete --force cli2; echo ${{t}}rc $?") == {"rc": "0"}
     state = unit_state(booted, files, "cli-1.scope", scope)
     assert (state["LoadState"], state["dirs"]) == ("not-found", "0")
+
+
+USER_MANAGER = "user.slice/user-1000.slice/user@1000.service"
+
+
+def test_a_user_gets_a_scope_from_its_own_systemd(guest: tuple[vm.Guest, Files]) -> None:
+    """Rootless pykata-runc --systemd-cgroup: user 1000's own systemd (user@1000.service) makes the
+    scope, in the subtree systemd delegates to it, so the rootless container has limits, pause and
+    stats; on cgroup v1 (where a user's manager is delegated nothing) it is refused by name. The
+    image runs no logind or system bus: the test starts D-Bus (a user's systemd has the system's move
+    a process from outside its own cgroup, such as this console's, into the scope, as on any host with
+    logins), and user-runtime-dir@1000 is told to make /run/user/1000 itself."""
+    booted, files = guest
+    spec = rootless_spec(runc_default_spec(), 1000, 1000)
+    spec["root"] = {"path": "rootfs", "readonly": True}
+    spec["process"].update(terminal=False, args=["sleep", "600"])
+    spec["linux"]["resources"] = {"memory": {"limit": 48 * MiB}, "pids": {"limit": 21}}  # cgroupsPath empty
+    config = base64.b64encode(json.dumps(spec).encode()).decode()
+    dropin = "/run/systemd/system/user-runtime-dir@1000.service.d"
+    booted.run_in_console(
+        "systemctl unmask dbus.socket dbus.service >/dev/null 2>&1; systemctl start dbus.socket; "
+        f"id pk >/dev/null 2>&1 || useradd -m -u 1000 pk; mkdir -p {dropin} && printf '[Service]\\nExecStart=\\n"
+        "ExecStart=/bin/sh -c \"mkdir -p /run/user/1000 && chown pk: /run/user/1000 && chmod 700 /run/user/1000\"\\n"
+        f"ExecStop=\\nExecStop=/bin/rm -rf /run/user/1000\\n' > {dropin}/pykata.conf && systemctl daemon-reload && "
+        "systemctl start user@1000.service; "
+        f"mkdir -p /run/sd-user/rootfs && cp -a {ROOTFS}/bin /run/sd-user/rootfs/ && "
+        f"echo {config} | base64 -d > /run/sd-user/config.json && chown -R pk: /run/sd-user"
+    )  # fmt: skip
+    as_user = "runuser -u pk -- env XDG_RUNTIME_DIR=/run/user/1000"
+    cli = f"{as_user} PYTHONPATH=/usr/lib/pykata python3 -m agent.container.cli --root /run/user/1000/pykata-runc"
+    # (the detached container keeps the stdio it is given: a file, not a pipe whose reader would wait for it)
+    run = answers(booted, f"{cli} --systemd-cgroup run -d --bundle /run/sd-user u1 >/tmp/u1.out 2>&1 </dev/null; "
+                          "echo ${t}rc $?; sed \"s/^/${t}out /\" /tmp/u1.out")  # fmt: skip
+    if files.version == 1:
+        assert run["rc"] == "1" and "needs cgroup v2" in run["out"], run
+        assert answers(booted, "echo ${t}left $(ls /run/user/1000/pykata-runc 2>/dev/null | wc -l)") == {"left": "0"}
+        return
+    assert run["rc"] == "0", run
+    scope = f"{USER_MANAGER}/user.slice/pykata-u1.scope"
+    where = f"/sys/fs/cgroup/{scope}"
+    state = answers(
+        booted,
+        f"{as_user} systemctl --user show pykata-u1.scope -p ActiveState,Delegate,MemoryMax,TasksMax,ControlGroup "
+        f"{TAGGED}; echo ${{t}}memory $(cat {where}/memory.max); "
+        f"echo ${{t}}pids $(cat {where}/pids.max); echo ${{t}}procs $(cat {where}/cgroup.procs | wc -l); "
+        f"echo ${{t}}owner $(stat -c %U {where}/cgroup.procs)",
+    )  # fmt: skip
+    assert state == {"ActiveState": "active", "Delegate": "yes", "MemoryMax": str(48 * MiB), "TasksMax": "21",
+                     "ControlGroup": f"/{scope}", "memory": str(48 * MiB), "pids": "21", "procs": "1",
+                     "owner": "pk"}, state  # fmt: skip
+    paused = answers(
+        booted,
+        f"{cli} pause u1; echo ${{t}}frozen $(grep frozen {where}/cgroup.events); "
+        f"echo ${{t}}state $({cli} state u1 | grep -o '\"status\": \"[a-z]*\"'); {cli} resume u1; "
+        f"{cli} events --stats u1 | python3 -c 'import json, sys; data = json.load(sys.stdin)[\"data\"][\"memory\"]; "
+        f"print(sys.argv[1] + \"usage\", data[\"usage\"][\"usage\"], data[\"usage\"][\"limit\"])' \"$t\"; "
+        f"{cli} update --pids-limit 30 u1; echo ${{t}}updated $(cat {where}/pids.max) "
+        f"$({as_user} systemctl --user show pykata-u1.scope -p TasksMax --value)",
+    )  # fmt: skip
+    assert paused["frozen"] == "frozen 1" and paused["state"] == '"status": "paused"', paused
+    assert paused["updated"] == "30 30", paused  # the file and the unit's property (kept across a reload)
+    usage, limit = (int(number) for number in paused["usage"].split())
+    assert usage > 0 and limit == 48 * MiB, paused  # the memory the scope's processes use, and its limit
+    gone = answers(
+        booted,
+        f"{cli} delete --force u1; echo ${{t}}rc $?; "
+        f"echo ${{t}}dirs $(find /sys/fs/cgroup -name pykata-u1.scope | wc -l); "
+        f"{as_user} systemctl --user show pykata-u1.scope -p LoadState {TAGGED}",
+    )  # fmt: skip
+    assert gone == {"rc": "0", "dirs": "0", "LoadState": "not-found"}, gone

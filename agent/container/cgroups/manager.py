@@ -134,6 +134,10 @@ class CgroupManager:
     ("pykata/c1": no leading slash)."""
 
     version = 0
+    # A rootless container's cgroup (a delegated subtree; a user's systemd scope): its device rules are
+    # not set, as runc's rootless containers. An unprivileged user may neither write devices.allow nor
+    # attach a device program, and in its user namespace the container can make no device node.
+    skip_devices = False
 
     def __init__(self, paths: HostPaths, layout: Layout, relative: str) -> None:
         self.paths = paths
@@ -357,7 +361,7 @@ class V1Manager(CgroupManager):
             value = sysfs.read_int(f"{memory}/memory.limit_in_bytes")
             current = value if value < 2**62 else None  # the kernel's "unlimited" is near 2**63
         writes = planner.plan_v1(resources, current_memory_limit=current)
-        if "devices" not in self.layout.controllers:
+        if self.skip_devices or "devices" not in self.layout.controllers:
             writes = [w for w in writes if w.controller != "devices"]
         return writes
 
@@ -489,7 +493,7 @@ class V2Manager(CgroupManager):
         from . import plan as planner
 
         super().apply(resources)
-        rules = planner.device_rules(resources)
+        rules = [] if self.skip_devices else planner.device_rules(resources)
         if rules:
             from . import devices_v2
 

@@ -37,13 +37,22 @@ others (cpuset, freezer, hugetlb, net_cls...), as runc's v1 driver does. A ``nam
 
 An OOM kill of one of the container's processes leaves the scope and the container's other processes
 running, as with the cgroupfs driver (tests/vm/test_systemd_cgroup.py, with the image's systemd 252).
+
+For a user other than root (a rootless ``pykata-runc --systemd-cgroup``, runc's "rootless systemd") the
+scope is asked of that user's own systemd (``systemd --user``, user@UID.service), over its private socket
+(``$XDG_RUNTIME_DIR/systemd/private``, else ``/run/user/UID/systemd/private``): the one way an
+unprivileged user gets a cgroup of its own where systemd runs, in the subtree systemd delegates to the
+user's manager (cgroup v2 only: a user manager is delegated nothing on v1, so it is refused there).
+The slice is below the manager's own cgroup (its ``ControlGroup`` property, typically
+``/user.slice/user-UID.slice/user@UID.service``), ``user.slice`` when the path names none, as runc's.
+Such a container's device rules are not set (cgroups.CgroupManager.skip_devices).
 """
 
 from __future__ import annotations
 
 import os
 
-from agent.errors import AlreadyExists, InvalidArgument, ResourceError
+from agent.errors import AlreadyExists, InvalidArgument, ResourceError, Unsupported
 
 from .layout import Layout, is_systemd_path, slice_path, systemd_units
 from .manager import CgroupManager, V1Manager, V2Manager
@@ -61,6 +70,7 @@ if TYPE_CHECKING:
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
+PROPERTIES = "org.freedesktop.DBus.Properties"
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 JOB_TIMEOUT = 30.0  # seconds for systemd to start or stop a scope
 CALL_TIMEOUT = 25.0
@@ -73,20 +83,27 @@ def systemd_running(paths: HostPaths) -> bool:
     return os.path.isdir(f"{paths.run}/systemd/system")
 
 
-def private_bus(paths: HostPaths) -> str:
-    return f"{paths.run}/systemd/private"
+def private_bus(paths: HostPaths, uid: int = 0) -> str:
+    """The private socket of the system's systemd (``uid`` 0), or of user ``uid``'s own manager: in
+    ``$XDG_RUNTIME_DIR`` (where ``systemctl --user`` finds it), else in ``/run/user/<uid>``."""
+    if uid == 0:
+        return f"{paths.run}/systemd/private"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"{paths.run}/user/{uid}"
+    return f"{runtime_dir}/systemd/private"
 
 
-def parse_systemd_path(cgroups_path: str, container_id: str) -> tuple[str, str]:
-    """(slice unit, scope unit) for ``slice:prefix:name`` (layout.systemd_units; empty:
-    ``system.slice:pykata:<id>``, as runc's default with our prefix)."""
+def parse_systemd_path(cgroups_path: str, container_id: str, default_slice: str = "system.slice") -> tuple[str, str]:
+    """(slice unit, scope unit) for ``slice:prefix:name`` (layout.systemd_units); an empty slice is
+    ``default_slice``, an empty path ``<default_slice>:pykata:<id>`` (runc's default, with our prefix)."""
     if not cgroups_path:
         cgroups_path = f":{DEFAULT_PREFIX}:{container_id}"
     if not is_systemd_path(cgroups_path):
         raise InvalidArgument(
             f"linux.cgroupsPath {cgroups_path!r}: the systemd cgroup driver takes slice:prefix:name "
-            "(for example system.slice:pykata:c1), not a path"
+            f"(for example {default_slice}:pykata:c1), not a path"
         )
+    if cgroups_path.startswith(":"):
+        cgroups_path = default_slice + cgroups_path
     return systemd_units(cgroups_path)
 
 
@@ -296,6 +313,50 @@ def _variants(props: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return [(name, Variant(signature, value)) for name, (signature, value) in props]
 
 
+def connect(paths: HostPaths, uid: int, what: str) -> Connection:
+    """A connection to the systemd that makes scopes for ``uid`` (``private_bus``), ready for calls
+    and subscribed to job signals (``prime``); ResourceError naming ``what`` and the socket when no
+    systemd answers there."""
+    from agent.system.dbus import Connection
+
+    address = private_bus(paths, uid)
+    try:
+        bus = Connection.open(address, hello=False)
+    except OSError as exc:
+        if uid:
+            raise ResourceError(
+                f"{what}: cannot reach the systemd of user {uid} at {address} ({exc}); a user other than root "
+                "gets a cgroup from its own systemd (user@{uid}.service: log in, or `loginctl enable-linger`), "
+                "or goes without one: leave the systemd cgroup option out"
+            ) from exc
+        raise ResourceError(
+            f"{what}: cannot reach systemd at {address} ({exc}); the systemd cgroup driver needs "
+            "systemd as init and root: use a cgroupfs path (/a/b) for linux.cgroupsPath instead"
+        ) from exc
+    try:
+        prime(bus)
+    except BaseException:
+        bus.close()
+        raise
+    return bus
+
+
+def manager_cgroup(paths: HostPaths, uid: int, what: str) -> str:
+    """The cgroup of user ``uid``'s systemd (its manager's ``ControlGroup`` property, without the
+    leading slash): the root of what that manager makes."""
+    from agent.system.dbus import DBusError, Variant
+
+    with connect(paths, uid, what) as bus:
+        try:
+            (value,) = bus.call(SYSTEMD, MANAGER_PATH, PROPERTIES, "Get", "ss", [MANAGER, "ControlGroup"],
+                                timeout=CALL_TIMEOUT)  # fmt: skip
+        except (DBusError, OSError, ValueError) as exc:
+            raise ResourceError(f"{what}: cannot read the ControlGroup of the systemd at {bus.address}: {exc}") from exc
+    if not (isinstance(value, Variant) and value.signature == "s" and value.value.startswith("/")):
+        raise ResourceError(f"{what}: the systemd at {private_bus(paths, uid)} gave {value!r} as its ControlGroup")
+    return str(value.value).strip("/")
+
+
 class _Scope(CgroupManager):
     """What the v1 and v2 drivers share: the scope's unit, started with the first process, its limits as
     properties and files, stopped on removal. A version provides ``_unit_properties`` (its writes ->
@@ -304,12 +365,14 @@ class _Scope(CgroupManager):
     slice: str
     unit: str
     description: str
+    uid: int  # whose systemd makes the scope: 0 the system's, else that user's own manager
     _pending: Mapping[str, Any] | None  # limits given before the scope exists
 
-    def _name(self, slice_name: str, unit: str, description: str) -> None:
+    def _name(self, slice_name: str, unit: str, description: str, uid: int) -> None:
         self.slice = slice_name
         self.unit = unit
         self.description = description or f"pykata container {unit}"
+        self.uid = uid
         self._pending = None
 
     def _unit_properties(self, writes: list[Write]) -> list[tuple[str, Any]]:
@@ -322,7 +385,7 @@ class _Scope(CgroupManager):
         then refuse ours (it attaches its programs as several may be; ours is attached alone)."""
         from . import plan as planner
 
-        rules = planner.device_rules(resources) if self.version == 1 else []
+        rules = planner.device_rules(resources) if self.version == 1 and not self.skip_devices else []
         devices = device_properties(rules, f"{self.paths.proc}/devices") if rules else []
         return self._unit_properties(writes) + devices
 
@@ -332,22 +395,7 @@ class _Scope(CgroupManager):
     # --- systemd
     def _bus(self) -> Connection:
         """A connection to systemd's manager, ready for calls and subscribed to job signals (``prime``)."""
-        from agent.system.dbus import Connection
-
-        address = private_bus(self.paths)
-        try:
-            bus = Connection.open(address, hello=False)
-        except OSError as exc:
-            raise ResourceError(
-                f"cgroup {self.unit}: cannot reach systemd at {address} ({exc}); the systemd cgroup driver needs "
-                "systemd as init and root: use a cgroupfs path (/a/b) for linux.cgroupsPath instead"
-            ) from exc
-        try:
-            prime(bus)
-        except BaseException:
-            bus.close()
-            raise
-        return bus
+        return connect(self.paths, self.uid, self.unit)
 
     def _manager_call(
         self, bus: Connection, member: str, signature: str = "", args: list[Any] | None = None, *, harmless: str = ""
@@ -382,9 +430,17 @@ class _Scope(CgroupManager):
             raise ResourceError(f"systemd's {member} job {job} for {self.unit} did not end within {JOB_TIMEOUT} s")
         result = removed.body[3]
         if result != "done":
+            user = " --user" if self.uid else ""
+            why = (
+                # the user's manager may move a process only inside its own subtree; one from outside
+                # (a login session's) it has the system's manager move, over the system bus
+                "; a user's systemd needs the system's D-Bus to move a process from outside its own cgroup"
+                if self.uid and member == "StartTransientUnit"
+                else ""
+            )
             raise ResourceError(
-                f"systemd's {member} job for {self.unit} ended {result!r}: see `systemctl status {self.unit}` "
-                f"and `journalctl -u {self.unit}`"
+                f"systemd's {member} job for {self.unit} ended {result!r}: see `systemctl{user} status {self.unit}` "
+                f"and `journalctl{user} -u {self.unit}`{why}"
             )
 
     def _start(self, pid: int) -> None:
@@ -479,12 +535,23 @@ class _Scope(CgroupManager):
 
 
 class SystemdManager(_Scope, V2Manager):
-    """A container's cgroup v2 as systemd's transient scope ``unit`` in ``slice_name``; see the module."""
+    """A container's cgroup v2 as systemd's transient scope ``unit`` in ``slice_name``; see the module.
+    ``uid``: whose systemd makes it (0, the system's), whose own cgroup is ``manager_root``."""
 
-    def __init__(self, paths: HostPaths, layout: Layout, slice_name: str, unit: str, *, description: str = "") -> None:
-        relative = "/".join(part for part in (slice_path(slice_name), unit) if part)
+    def __init__(
+        self,
+        paths: HostPaths,
+        layout: Layout,
+        slice_name: str,
+        unit: str,
+        *,
+        description: str = "",
+        uid: int = 0,
+        manager_root: str = "",
+    ) -> None:
+        relative = "/".join(part for part in (manager_root, slice_path(slice_name), unit) if part)
         V2Manager.__init__(self, paths, layout, relative, manage_root=False)
-        self._name(slice_name, unit, description)
+        self._name(slice_name, unit, description, uid)
 
     def _unit_properties(self, writes: list[Write]) -> list[tuple[str, Any]]:
         return unit_properties(writes)
@@ -507,7 +574,7 @@ class SystemdV1Manager(_Scope, V1Manager):
     def __init__(self, paths: HostPaths, layout: Layout, slice_name: str, unit: str, *, description: str = "") -> None:
         relative = "/".join(part for part in (slice_path(slice_name), unit) if part)
         V1Manager.__init__(self, paths, layout, relative)
-        self._name(slice_name, unit, description)
+        self._name(slice_name, unit, description, 0)
 
     def _unit_properties(self, writes: list[Write]) -> list[tuple[str, Any]]:
         return unit_properties_v1(writes)
@@ -521,8 +588,22 @@ class SystemdV1Manager(_Scope, V1Manager):
         return {**self.directories(), "name=systemd": f"{self.layout.root}/systemd/{self.relative}"}
 
 
-def manager(paths: HostPaths, layout: Layout, cgroups_path: str, container_id: str) -> _Scope:
-    """The systemd driver's manager for ``linux.cgroupsPath`` (see ``parse_systemd_path``)."""
-    slice_name, unit = parse_systemd_path(cgroups_path, container_id)
-    kind = SystemdManager if layout.version == 2 else SystemdV1Manager
-    return kind(paths, layout, slice_name, unit, description=f"pykata container {container_id}")
+def manager(paths: HostPaths, layout: Layout, cgroups_path: str, container_id: str, uid: int | None = None) -> _Scope:
+    """The systemd driver's manager for ``linux.cgroupsPath`` (see ``parse_systemd_path``), made by the
+    systemd of ``uid`` (this process's effective user when None): the system's for root, else the
+    user's own manager, which is asked where its cgroup is (so an unreachable one is named here,
+    before anything is made)."""
+    uid = os.geteuid() if uid is None else uid
+    description = f"pykata container {container_id}"
+    if uid == 0:
+        slice_name, unit = parse_systemd_path(cgroups_path, container_id)
+        kind = SystemdManager if layout.version == 2 else SystemdV1Manager
+        return kind(paths, layout, slice_name, unit, description=description)
+    slice_name, unit = parse_systemd_path(cgroups_path, container_id, default_slice="user.slice")
+    if layout.version != 2:
+        raise Unsupported(
+            f"the systemd cgroup driver for a user other than root (uid {uid}) needs cgroup v2: on cgroup v1 "
+            "systemd delegates no controller to a user's manager; leave the systemd cgroup option out"
+        )
+    root = manager_cgroup(paths, uid, f"cgroup {unit}")
+    return SystemdManager(paths, layout, slice_name, unit, description=description, uid=uid, manager_root=root)
