@@ -226,6 +226,65 @@ def test_rootless_refusals_leave_nothing_behind(rootless: Rootless) -> None:
     assert rootless.processes() == []
 
 
+@pytest.fixture
+def delegated() -> Iterator[str]:
+    """A cgroup root makes in every cgroup v1 hierarchy and hands to the user (runc's delegated
+    subtree): the directory and its tasks and cgroup.procs files are the user's. Removed after."""
+    from agent.container.cgroups.layout import detect
+    from agent.system.paths import HostPaths
+
+    layout = detect(HostPaths("/"))
+    if layout.version != 1:
+        pytest.fail("written for a cgroup v1 host, as CI's (a user's systemd delegates on v2: tests/vm)")
+    relative = f"pykata-delegated-{os.getpid()}"
+    made = []
+    try:
+        for hierarchy in sorted(set(layout.controllers.values())):
+            directory = Path(hierarchy) / relative
+            directory.mkdir()
+            made.append(directory)
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if (directory / name).exists():
+                    (directory / name).write_text((Path(hierarchy) / name).read_text())
+            for path in (directory, directory / "tasks", directory / "cgroup.procs"):
+                os.chown(path, UID, UID)
+        yield relative
+    finally:
+        for directory in made:
+            for child in sorted(directory.glob("**/"), key=lambda p: -len(p.parts)):
+                if child != directory:
+                    child.rmdir()
+            directory.rmdir()
+
+
+def test_rootless_in_a_delegated_cgroup_has_limits_pause_and_stats(rootless: Rootless, delegated: str) -> None:
+    """In a cgroup the user was given, a rootless container gets its own cgroup below it, with its
+    limits, pause and stats; its device rules are left unset, as runc does (devices.allow is root's)."""
+    from agent.container.cgroups.layout import detect
+    from agent.system.paths import HostPaths
+
+    rootless.config(args=["/bin/sleep", "300"])
+    spec = json.loads((rootless.bundle / "config.json").read_text())
+    # (the deny-all rule containerd's specs carry, and runc's default: not the user's to write)
+    resources = {"pids": {"limit": 17}, "devices": [{"allow": False, "access": "rwm"}]}
+    spec["linux"].update(cgroupsPath=f"/{delegated}/c1", resources=resources)
+    (rootless.bundle / "config.json").write_text(json.dumps(spec))
+    rootless("run", "-d", "r6")
+    pid = json.loads(rootless("state", "r6").stdout)["pid"]
+    pids = Path(detect(HostPaths("/")).controllers["pids"]) / delegated / "c1"
+    assert (pids / "pids.max").read_text().strip() == "17"
+    assert str(pid) in (pids / "cgroup.procs").read_text().split()
+    rootless("pause", "r6")
+    assert json.loads(rootless("state", "r6").stdout)["status"] == "paused"
+    rootless("resume", "r6")
+    stats = json.loads(rootless("events", "--stats", "r6").stdout)
+    assert stats["data"]["pids"]["current"] >= 1
+    rootless("update", "--pids-limit", "23", "r6")
+    assert (pids / "pids.max").read_text().strip() == "23"
+    rootless("delete", "--force", "r6")
+    assert not pids.exists()
+
+
 def _map_ranges(spec_path: Path, uid_host: int, gid_host: int) -> dict[str, Any]:
     """The bundle's spec with root mapped to the user and ids 1..65536 to ``uid_host``/``gid_host`` on."""
     spec = json.loads(spec_path.read_text())
