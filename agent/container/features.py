@@ -12,7 +12,7 @@ itself works from, so the document cannot claim what the engine does not do:
 - linux.namespaces: spec.NAMESPACE_TYPES; linux.capabilities: those python-prctl knows by name;
 - linux.seccomp: the compiler's actions, operators and architecture (seccomp.py);
 - linux.cgroup: v1 and v2 through cgroupfs; systemd (a transient scope per container, on v1 and v2:
-  cgroups/systemd.py), not systemdUser (rootless containers do without systemd);
+  cgroups/systemd.py), and systemdUser (a rootless container's scope from the user's own systemd, v2);
 - AppArmor and SELinux: implemented (procattrs.py: a profile or label is applied where the host's LSM
   is on, and refused where it is off).
 
@@ -45,7 +45,7 @@ def features() -> dict[str, Any]:
         "linux": {
             "namespaces": sorted(NAMESPACE_TYPES),
             "capabilities": capabilities.capability_names(),
-            "cgroup": {"v1": True, "v2": True, "systemd": True, "systemdUser": False},
+            "cgroup": {"v1": True, "v2": True, "systemd": True, "systemdUser": True},
             "seccomp": {
                 "enabled": True,
                 "actions": sorted(seccomp.ACTIONS),

@@ -45,7 +45,7 @@ def test_versions_and_the_runtime_spec_shape() -> None:
     ]
     linux = DOCUMENT["linux"]
     assert set(linux) == {"namespaces", "capabilities", "cgroup", "seccomp", "apparmor", "selinux"}
-    assert linux["cgroup"] == {"v1": True, "v2": True, "systemd": True, "systemdUser": False}
+    assert linux["cgroup"] == {"v1": True, "v2": True, "systemd": True, "systemdUser": True}
     # implemented (agent/container/procattrs.py), whatever this host's kernel enforces: features.md
     # describes the runtime, not the host
     assert linux["apparmor"] == {"enabled": True}
