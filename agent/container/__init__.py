@@ -39,8 +39,12 @@ How a container comes to be (create, then start):
    the process's status pipe, read by the agent's one reactor thread (agent/system/reactor.py).
 
 Seccomp: seccomp.py compiles the profile to classic BPF in the engine; the container process loads
-it with prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER) right before execve when no_new_privileges is set,
-else before dropping capabilities (the kernel wants CAP_SYS_ADMIN then), as runc does.
+it with prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER) (seccomp(2) when the profile has filter flags)
+right before execve when no_new_privileges is set, else before dropping capabilities (the kernel
+wants CAP_SYS_ADMIN then), as runc does. A profile with SCMP_ACT_NOTIFY rules is loaded before the
+process reports "created", with a listener the process passes back over a socket pair; the engine
+sends it to the seccomp agent at ``listenerPath`` with the container process state, and a create
+(or exec) whose agent cannot be reached fails and leaves nothing.
 Exec joins the container's namespaces with setns on /proc/<pid>/ns/* and its root through
 /proc/<pid>/root, and joins the container's cgroup (or sub-cgroups of it that exist: ``pykata-runc
 exec --cgroup``) before it runs anything (by pid, from the engine, when the container has a user or

@@ -476,6 +476,8 @@ def container_main(
         from agent.container import procattrs
 
         procattrs.apply_initial_affinity(request["process"])
+    if request.get("seccomp_listener"):
+        import _socket  # noqa: F401  (seccomp.hand_over's, once the root changed: loaded while it can be)
     if request.get("attach"):
         _attach_self(attach_fds, request["attach"])  # first thing: the cgroup exists already
     elif _read_order(control_fd) != b"g":
@@ -747,9 +749,10 @@ class _Ready:
     seccomp filter still to load."""
 
     def __init__(
-        self, program: str, args: list[str], env: dict[str, str], bpf: bytes | None, preserved: list[int]
+        self, program: str, args: list[str], env: dict[str, str], bpf: bytes | None, preserved: list[int], flags: int
     ) -> None:
         self.program, self.args, self.env, self.bpf, self.preserved = program, args, env, bpf, preserved
+        self.flags = flags  # the seccomp filter's
 
 
 def can_prepare_early(request: dict[str, Any], process: dict[str, Any]) -> bool:
@@ -761,12 +764,18 @@ def can_prepare_early(request: dict[str, Any], process: dict[str, Any]) -> bool:
     would apply to the wait for start itself)."""
     if request.get("start_container_hooks"):
         return False
+    if request.get("seccomp_listener"):
+        return True  # a notifying filter is installed before the create returns (seccomp.py), as runc's
     return not (request.get("seccomp") and not process.get("noNewPrivileges"))
 
 
 def _prepare(request: dict[str, Any], process: dict[str, Any], io_fds: list[int]) -> _Ready:
     """Become the user's program but for the last steps: stdio, limits, identity, capabilities,
-    cwd, the program's path. A seccomp filter that can wait (no_new_privileges) is left to _run."""
+    cwd, the program's path. A seccomp filter that can wait (no_new_privileges) is left to _run, but
+    for one that notifies, whose listener goes to the runtime now (its channel: the last of ``io_fds``)."""
+    channel = io_fds[-1] if request.get("seccomp_listener") else None
+    if channel is not None:
+        io_fds = io_fds[:-1]
     preserved = int(request.get("preserved_fds") or 0)
     kept = io_fds[len(io_fds) - preserved :] if preserved else []
     io_fds = io_fds[: len(io_fds) - preserved]
@@ -791,14 +800,25 @@ def _prepare(request: dict[str, Any], process: dict[str, Any], io_fds: list[int]
 
         procattrs.apply(request["proc"], process, request.get("personality"), request.get("memory_policy"))
     bpf: bytes | None = request.get("seccomp") or None
+    flags = int(request.get("seccomp_flags") or 0)
     no_new_privs = bool(process.get("noNewPrivileges"))
     if bpf and not no_new_privs:
-        seccomp.load(bpf)  # needs CAP_SYS_ADMIN without no_new_privs: before the drop
+        _load_filter(bpf, flags, channel)  # needs CAP_SYS_ADMIN without no_new_privs: before the drop
         bpf = None
     capabilities.become_user(user, process.get("capabilities"))
     if no_new_privs:
         capabilities.set_no_new_privs()
-    return _Ready(program, args, env, bpf, kept)
+    if bpf and channel is not None:
+        _load_filter(bpf, flags, channel)
+        bpf = None
+    return _Ready(program, args, env, bpf, kept, flags)
+
+
+def _load_filter(bpf: bytes, flags: int, channel: int | None) -> None:
+    """Install the seccomp filter; a notifying one's listener goes to the runtime over ``channel``."""
+    listener = seccomp.load(bpf, flags)
+    if channel is not None and listener is not None:
+        seccomp.hand_over(channel, listener)
 
 
 def _join_session_keyring(keyring: dict[str, Any]) -> None:
@@ -822,7 +842,7 @@ def _run(ready: _Ready) -> None:
     if ready.preserved:
         _place_preserved(ready.preserved)
     if ready.bpf:
-        seccomp.load(ready.bpf)  # last, so the filter sees only the user's program
+        _load_filter(ready.bpf, ready.flags, None)  # last, so the filter sees only the user's program
     os.execve(ready.program, ready.args, ready.env)
 
 

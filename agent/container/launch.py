@@ -286,12 +286,46 @@ def _abort(handle: Any) -> None:
     handle.wait_closed(SETUP_TIMEOUT)
 
 
-def _seccomp_program(spec_seccomp: dict[str, Any] | None) -> bytes | None:
+def _seccomp_filter(spec_seccomp: dict[str, Any] | None) -> dict[str, Any]:
+    """The request's fields for the spec's seccomp profile: the compiled program (the request travels
+    in marshal form: bytes as they are), its filter flags, and whether the process passes a notify
+    listener back (its last descriptor is then the channel: ``_listener_channel``)."""
     if not spec_seccomp:
-        return None
+        return {"seccomp": None, "seccomp_flags": 0, "seccomp_listener": False}
     from agent.container import seccomp
 
-    return seccomp.compile_profile(spec_seccomp)  # the request travels in marshal form: bytes as they are
+    return {
+        "seccomp": seccomp.compile_profile(spec_seccomp),
+        "seccomp_flags": seccomp.filter_flags(spec_seccomp),
+        "seccomp_listener": seccomp.uses_notify(spec_seccomp),
+    }
+
+
+def _listener_channel(request: dict[str, Any]) -> tuple[Any, int] | None:
+    """For a process whose seccomp profile notifies: a socket pair, our end (a socket object) and the
+    descriptor of the process's end, over which it passes its notify listener (seccomp.hand_over)."""
+    if not request.get("seccomp_listener"):
+        return None
+    import _socket
+
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    return ours, theirs.detach()
+
+
+def _pass_listener(profile: dict[str, Any], channel: Any, pid: int, state: dict[str, Any], description: str) -> None:
+    """Take the notify listener the process passes over ``channel`` and send it to the seccomp agent at
+    the profile's listenerPath with the container process state (``pid``, ``state``), as runc does.
+    ResourceError when the process passes none or the agent cannot be reached."""
+    from agent.container import seccomp
+
+    try:
+        listener = seccomp.receive(channel, SETUP_TIMEOUT)
+    except (TimeoutError, EOFError, OSError) as exc:
+        raise ResourceError(f"{description}: {exc}") from exc
+    try:
+        seccomp.send_to_agent(profile, listener, seccomp.process_state(profile, pid, state))
+    finally:
+        os.close(listener)
 
 
 def create_container(
@@ -328,7 +362,7 @@ def create_container(
 
             binds = cgroup_binds(paths, None if isinstance(cgroup, NoCgroup) else cgroup.hierarchy_directories())
         plan = plan_rootfs(paths, spec, root, bundle, no_pivot=no_pivot, cgroup_binds=binds)
-        program = _seccomp_program(spec.linux.seccomp)
+        program = _seccomp_filter(spec.linux.seccomp)
     except BaseException:
         if engine.rootless:
             cgroup.destroy()
@@ -361,7 +395,7 @@ def create_container(
         "process": process,
         "session_keyring": session_keyring(container_id, spec) if new_keyring else None,
         "preserved_fds": len(getattr(io, "extra", ())),
-        "seccomp": program,
+        **program,
         "start_fifo": str(start_fifo) if start_fifo is not None else "",
         # prestart and createRuntime run here, in the runtime's namespaces, once the process has made
         # its mounts; createContainer runs in the process, in the container's namespaces, before the
@@ -374,11 +408,15 @@ def create_container(
     request["attach"] = [] if in_user_ns else cgroup.self_attach_files()
     ours = None
     handle = None
+    channel = None
     moved: list[tuple[str, str]] = []  # the net devices in the container's network namespace by now
     try:
         if request["attach"]:
             cgroup.create()  # the process joins it first thing; its limits follow while it sets up
         child_fds, ours = make_io(io, spec.process.terminal, spec.process.console_size)
+        channel = _listener_channel(request)
+        if channel is not None:
+            child_fds.append(channel[1])  # the last: the process's end of its listener's channel
         handle = _spawn(engine, request, child_fds, f"container {container_id}")
         if not request["attach"]:
             cgroup.create()  # while the fork server forks; then the process is moved by pid
@@ -391,6 +429,10 @@ def create_container(
             raise ResourceError(f"container {container_id}: setup did not finish within {SETUP_TIMEOUT} s")
         if not handle.created:
             raise ResourceError(f"container {container_id}: setup failed: {handle.error or 'the process ended'}")
+        if channel is not None:  # (the process installed its filter before it reported "created")
+            _pass_listener(spec.linux.seccomp or {}, channel[0], handle.pid, {**state, "pid": handle.pid},
+                           f"container {container_id}")  # fmt: skip
+            channel[0].close()
         container = Container(engine, container_id, spec, bundle, cgroup)
         container.init = Process(container_id, "", handle, ours, spec.process.terminal)
         container.start_fifo = start_fifo
@@ -404,6 +446,8 @@ def create_container(
             _abort(handle)
         if ours is not None:
             ours.close()
+        if channel is not None:
+            channel[0].close()
         try:
             cgroup.destroy()
         except (OSError, AgentError) as cleanup:
@@ -434,7 +478,7 @@ def spawn_exec(
         "process": process_request(engine, process),
         "session_keyring": session_keyring(container.id, container.spec) if container.new_keyring else None,
         "preserved_fds": len(getattr(io, "extra", ())),
-        "seccomp": _seccomp_program(container.spec.linux.seccomp),
+        **_seccomp_filter(container.spec.linux.seccomp),
     }
     # The exec'd process starts in the container's namespaces: from inside a user namespace it cannot
     # write the host's cgroup files, and from inside a cgroup namespace (v2) it may not move itself
@@ -445,6 +489,9 @@ def spawn_exec(
         container.cgroup.directories_below(sub_cgroups)  # checked before anything is forked
     child_fds, ours = make_io(io, process.terminal, process.console_size)
     handle = None
+    channel = _listener_channel(request)
+    if channel is not None:
+        child_fds.append(channel[1])  # the last: the process's end of its listener's channel
     try:
         handle = _spawn(engine, request, child_fds, f"exec {exec_id} in {container.id}")
         if not request["attach"]:
@@ -454,12 +501,21 @@ def spawn_exec(
         handle.wait_for("created", SETUP_TIMEOUT)
         if handle.pid <= 0 or not handle.created:
             raise ResourceError(f"exec {exec_id} in container {container.id}: {handle.error or 'the process ended'}")
+        if channel is not None:  # the filter goes in next, then its listener comes over the channel
+            state = {"ociVersion": container.spec.oci_version or "1.0.2", "id": container.id, "status": "running",
+                     "pid": container.init.pid, "bundle": str(container.bundle),
+                     "annotations": dict(container.spec.annotations)}  # fmt: skip
+            _pass_listener(container.spec.linux.seccomp or {}, channel[0], handle.pid, state,
+                           f"exec {exec_id} in container {container.id}")  # fmt: skip
         return Process(container.id, exec_id, handle, ours, process.terminal)
     except BaseException:
         if handle is not None:
             _abort(handle)
         ours.close()
         raise
+    finally:
+        if channel is not None:
+            channel[0].close()
 
 
 def spawn_pause(engine: Engine, description: str) -> Any:

@@ -17,6 +17,21 @@ right before execve when the process has no_new_privileges; without it, the kern
 CAP_SYS_ADMIN, so the filter goes in before the capabilities are dropped (what runc does too).
 Names this kernel's table lacks are skipped, as libseccomp does for unknown names. Only x86_64
 (and the x32 range, refused) is supported; other architectures raise Unsupported at create.
+
+The profile's ``flags`` (runtime-spec 1.0.2; runc's) are the filter's: SECCOMP_FILTER_FLAG_LOG (the
+actions other than allow go to the audit log), SECCOMP_FILTER_FLAG_SPEC_ALLOW (no speculative store
+bypass mitigation forced by the filter), SECCOMP_FILTER_FLAG_TSYNC (every thread; the process has
+one) and, with SCMP_ACT_NOTIFY, SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV; a filter with flags is
+installed with ``seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog)``. Any other flag is refused by name.
+
+SCMP_ACT_NOTIFY (seccomp user notification) hands the calls a rule names to a seccomp agent, which
+answers them for the process: the filter is installed with SECCOMP_FILTER_FLAG_NEW_LISTENER, the
+process passes the listener descriptor back to the runtime (``hand_over``), and the runtime sends it
+to the agent at the spec's ``listenerPath`` (a unix stream socket) with the container process state
+(``process_state``), one connection per process, as runc does. So the filter of such a profile is
+installed before the create returns (the process waits for start under it, as runc's does). As in
+runc, SCMP_ACT_NOTIFY may not be the default action, nor the action for ``sendmsg`` (the call that
+passes the descriptor back), and the profile must give ``listenerPath``.
 """
 
 from __future__ import annotations
@@ -24,8 +39,9 @@ from __future__ import annotations
 import _struct
 import errno
 import os
+import sys
 
-from agent.errors import InvalidArgument, Unsupported
+from agent.errors import InvalidArgument, ResourceError, Unsupported
 from agent.system import libc
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing at run time
@@ -34,6 +50,17 @@ if TYPE_CHECKING:
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
+SECCOMP_SET_MODE_FILTER = 1
+# The profile's filter flags this runtime applies (<linux/seccomp.h>).
+FILTER_FLAGS = {
+    "SECCOMP_FILTER_FLAG_TSYNC": 1,
+    "SECCOMP_FILTER_FLAG_LOG": 2,
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
+    "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32,  # (a notify listener's: only with SCMP_ACT_NOTIFY)
+}
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+NOTIFY = "SCMP_ACT_NOTIFY"
+SECCOMP_FD_NAME = "seccompFd"  # runtime-spec's name for the listener in a container process state
 
 # classic BPF opcodes
 BPF_LD_W_ABS = 0x20
@@ -49,6 +76,7 @@ SECCOMP_RET_TRAP = 0x00030000
 SECCOMP_RET_ERRNO = 0x00050000
 SECCOMP_RET_TRACE = 0x7FF00000
 SECCOMP_RET_LOG = 0x7FFC0000
+SECCOMP_RET_USER_NOTIF = 0x7FC00000
 SECCOMP_RET_ALLOW = 0x7FFF0000
 X32_SYSCALL_BIT = 0x40000000
 
@@ -58,9 +86,10 @@ MAX_JUMP = 255
 INSTRUCTION = _struct.Struct("<HBBI")
 
 
-# The profile's actions this compiler knows (SCMP_ACT_NOTIFY is not one: it needs a listener), as the
-# SECCOMP_RET_* value they return; ERRNO and TRACE carry errnoRet (EPERM when absent) in the low 16 bits.
+# The profile's actions this compiler knows, as the SECCOMP_RET_* value they return; ERRNO and TRACE
+# carry errnoRet (EPERM when absent) in the low 16 bits.
 ACTIONS: dict[str, int] = {
+    NOTIFY: SECCOMP_RET_USER_NOTIF,
     "SCMP_ACT_KILL": SECCOMP_RET_KILL_THREAD,
     "SCMP_ACT_KILL_THREAD": SECCOMP_RET_KILL_THREAD,
     "SCMP_ACT_KILL_PROCESS": SECCOMP_RET_KILL_PROCESS,
@@ -87,6 +116,10 @@ def check_profile(profile: Any, where: str = "linux.seccomp") -> None:
     for key in ("architectures", "flags"):
         if not _strings(profile.get(key)):
             raise InvalidArgument(f"{where}.{key} must be a list of strings")
+    for flag in profile.get("flags") or []:
+        if flag not in FILTER_FLAGS:
+            known = ", ".join(FILTER_FLAGS)
+            raise InvalidArgument(f"{where}.flags: {flag!r} is not a filter flag this runtime applies ({known})")
     for at, rule in _objects(profile.get("syscalls"), f"{where}.syscalls", "rules"):
         if not _strings(rule.get("names")):
             raise InvalidArgument(f"{at}.names must be a list of syscall names")
@@ -96,6 +129,35 @@ def check_profile(profile: Any, where: str = "linux.seccomp") -> None:
             for key in ("index", "value", "valueTwo"):
                 _count(arg, key, arg_at)
             _string(arg, "op", arg_at)
+    _check_notify(profile, where)
+
+
+def uses_notify(profile: dict[str, Any]) -> bool:
+    """Whether a rule of the (checked) profile hands calls to a seccomp agent (SCMP_ACT_NOTIFY)."""
+    return any(rule.get("action") == NOTIFY for rule in profile.get("syscalls") or [])
+
+
+def _check_notify(profile: dict[str, Any], where: str) -> None:
+    if profile.get("defaultAction") == NOTIFY:
+        raise InvalidArgument(f"{where}.defaultAction: {NOTIFY} cannot be the default action (as with runc)")
+    if not uses_notify(profile):
+        if "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV" in (profile.get("flags") or []):
+            raise InvalidArgument(f"{where}.flags: SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV needs a {NOTIFY} rule")
+        return  # (listenerPath is ignored then, as runtime-spec says)
+    path = profile.get("listenerPath")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidArgument(
+            f"{where}.listenerPath: a profile with {NOTIFY} rules needs the absolute path of the seccomp "
+            f"agent's unix socket, not {path!r}"
+        )
+    if not isinstance(profile.get("listenerMetadata", ""), str):
+        raise InvalidArgument(f"{where}.listenerMetadata must be a string")
+    for index, rule in enumerate(profile.get("syscalls") or []):
+        if rule.get("action") == NOTIFY and "sendmsg" in (rule.get("names") or []):
+            raise InvalidArgument(
+                f"{where}.syscalls[{index}]: {NOTIFY} for sendmsg would stop the process handing its "
+                "listener to the runtime (the call that hands it over); leave sendmsg out of the rule"
+            )
 
 
 def _objects(value: Any, where: str, what: str) -> list[tuple[str, dict[str, Any]]]:
@@ -246,15 +308,100 @@ def compile_profile(profile: dict[str, Any]) -> bytes:
     return b"".join(INSTRUCTION.pack(*insn) for insn in program)
 
 
+def filter_flags(profile: dict[str, Any]) -> int:
+    """The SECCOMP_FILTER_FLAG_* bits of a checked profile's ``flags``, with NEW_LISTENER for a
+    profile that notifies."""
+    bits = SECCOMP_FILTER_FLAG_NEW_LISTENER if uses_notify(profile) else 0
+    for flag in profile.get("flags") or []:
+        bits |= FILTER_FLAGS[flag]
+    return bits
+
+
 # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
 SOCK_FPROG = _struct.Struct("@HP")
 
 
-def load(program: bytes) -> None:
-    """Install a compiled filter for this process (inherited by its children and kept across exec)."""
+def load(program: bytes, flags: int = 0) -> int | None:
+    """Install a compiled filter for this process (inherited by its children and kept across exec),
+    with the filter ``flags`` (filter_flags) when there are any; the notify listener's descriptor
+    when ``flags`` asks for one (SECCOMP_FILTER_FLAG_NEW_LISTENER), else None."""
     instructions = bytearray(program)  # alive, and unresized, until the kernel has copied it
     fprog = bytearray(SOCK_FPROG.pack(len(program) // INSTRUCTION.size, libc.buffer_address(instructions)))
     try:
+        if flags:
+            result = libc.seccomp(SECCOMP_SET_MODE_FILTER, flags, libc.buffer_address(fprog))
+            return result if flags & SECCOMP_FILTER_FLAG_NEW_LISTENER else None
         libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, libc.buffer_address(fprog))
+        return None
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, "seccomp filter") from None
+        what = "seccomp filter" + (f" (flags {flags:#x})" if flags else "")
+        raise OSError(exc.errno, exc.strerror, what) from None
+
+
+def hand_over(channel: int, listener: int) -> None:
+    """Pass the notify ``listener`` to the runtime over the unix socket ``channel`` (SCM_RIGHTS, one
+    byte), then close both here."""
+    import _socket
+
+    try:
+        sock = _socket.socket(fileno=channel)
+        try:
+            sock.sendmsg([b"L"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, listener.to_bytes(4, sys.byteorder))])
+        finally:
+            sock.close()
+    finally:
+        os.close(listener)
+
+
+def receive(channel: Any, timeout: float) -> int:
+    """The notify listener a container process passed over ``channel`` (a socket object): its
+    descriptor here. TimeoutError when none comes within ``timeout`` seconds, EOFError when the process
+    closed the channel without one (it failed before: its own report says why)."""
+    import _socket
+
+    channel.settimeout(timeout)
+    try:
+        _data, ancillary, _flags, _address = channel.recvmsg(1, _socket.CMSG_SPACE(4))
+    except TimeoutError:
+        raise TimeoutError(f"no seccomp listener came from the container process within {timeout:g} s") from None
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(payload) >= 4:
+            return int.from_bytes(payload[:4], sys.byteorder)
+    raise EOFError("the container process ended before it passed its seccomp listener")
+
+
+def process_state(profile: dict[str, Any], pid: int, state: dict[str, Any]) -> bytes:
+    """runtime-spec's container process state for a seccomp agent: the process ``pid`` (as the
+    runtime sees it), the profile's listenerMetadata and the container's ``state``; its one
+    descriptor (``fds``) is the listener, sent with it."""
+    from agent.system import jsonlite
+
+    message = {
+        "ociVersion": state.get("ociVersion", ""),
+        "fds": [SECCOMP_FD_NAME],
+        "pid": pid,
+        "metadata": profile.get("listenerMetadata", ""),
+        "state": state,
+    }
+    return jsonlite.dumps(message).encode()
+
+
+def send_to_agent(profile: dict[str, Any], listener: int, message: bytes) -> None:
+    """Send ``message`` and the notify ``listener`` to the seccomp agent at the profile's
+    listenerPath: one connection, closed after it (runtime-spec). ResourceError naming the path when
+    the agent cannot be reached or refuses it."""
+    import _socket
+
+    path = profile["listenerPath"]
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(10.0)
+        sock.connect(path)
+        sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, listener.to_bytes(4, sys.byteorder))])
+    except OSError as exc:
+        raise ResourceError(
+            f"cannot hand the seccomp listener to the agent at linux.seccomp.listenerPath {path}: "
+            f"{exc.strerror or exc}; is the seccomp agent listening there?"
+        ) from exc
+    finally:
+        sock.close()

@@ -171,9 +171,14 @@ def check_spec_resources(spec: Spec, bundle: str | None) -> None:
 
 def check_seccomp(spec: Spec, bundle: str | None) -> None:
     if spec.linux.seccomp is not None:
-        from agent.container.seccomp import check_profile  # loaded only for a spec that has a profile
+        from agent.container.seccomp import check_profile, uses_notify  # loaded only for a spec that has a profile
 
         check_profile(spec.linux.seccomp)
+        if uses_notify(spec.linux.seccomp) and spec.hooks.start_container:
+            raise Unsupported(
+                "linux.seccomp: SCMP_ACT_NOTIFY with startContainer hooks: a notifying filter is installed before "
+                "the create returns, and the hooks, which run after start, would be under it; leave one out"
+            )
 
 
 def check_unsupported(spec: Spec, bundle: str | None) -> None:

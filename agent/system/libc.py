@@ -162,6 +162,7 @@ SYS_ioprio_set = 251
 SYS_keyctl = 250
 SYS_sched_setattr = 314
 SYS_set_mempolicy = 238
+SYS_seccomp = 317
 
 # keyctl(2)
 KEYCTL_JOIN_SESSION_KEYRING = 1
@@ -352,6 +353,12 @@ def sched_setattr(policy: int, *, flags: int = 0, nice: int = 0, priority: int =
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     """prctl(2); a pointer argument goes as its address (``buffer_address``)."""
     return _check(_libc.prctl(_Int(option), _ULong(arg2), _ULong(arg3), _ULong(arg4), _ULong(arg5)))
+
+
+def seccomp(operation: int, flags: int, address: int) -> int:
+    """seccomp(2): ``operation`` (SECCOMP_SET_MODE_FILTER...) with ``flags``; ``address`` the argument's
+    (a ``struct sock_fprog`` for a filter, by ``buffer_address``)."""
+    return _check(_libc.syscall(_Long(SYS_seccomp), _UInt(operation), _UInt(flags), _ULong(address)))
 
 
 def set_process_name(name: str) -> None:

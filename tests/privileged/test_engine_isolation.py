@@ -23,6 +23,8 @@ from agent.errors import IncorrectState, NotFound, ResourceError
 from agent.system.paths import HostPaths
 from tests.conftest import REPO
 from tests.helpers.bundle import make_rootfs
+from tests.helpers.cgroups import cgroups_below
+from tests.helpers.seccomp_agent import SeccompAgent
 from tests.privileged.engine_helpers import ALL_NAMESPACES, ns_inode, read_to_end, run, spec_for, started
 
 
@@ -471,6 +473,114 @@ def test_seccomp_profile_is_enforced(engine: Engine, spec: Any, no_new_privilege
     assert code == 0
     assert out.decode().split("\n")[:3] == ["rc=1", "Seccomp:\t2", "ok"]
     assert b"Permission denied" in err  # EACCES (13), the rule's errnoRet
+
+
+def _audited_mkdir_errnos() -> int:
+    """How many seccomp audit records (type 1326) of a mkdir program's mkdir call (syscall 83) answered
+    with an errno (the action, 0x50000, without its data) the kernel log holds."""
+    log = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
+    wanted = ("type=1326", 'comm="mkdir"', " syscall=83 ", " code=0x50000")
+    return sum(1 for line in log.splitlines() if all(part in line for part in wanted))
+
+
+@pytest.mark.parametrize("flags", [["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"], []])
+def test_seccomp_filter_flags_are_the_filters(engine: Engine, spec: Any, flags: list[str]) -> None:
+    """The profile's flags reach the kernel with the filter: with SECCOMP_FILTER_FLAG_LOG the errno
+    action is written to the audit log (the kernel log here); without it, it is not."""
+    errno_value = 77  # EBADFD: an answer nothing else here gives mkdir
+    s = spec("iso-secflags", ["/bin/mkdir", "/tmp/x"])
+    s["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"})
+    s["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "flags": flags,
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno_value}],
+    }
+    before = _audited_mkdir_errnos()
+    code, _out, err = run(engine, "iso-secflags", s)
+    assert code == 1 and b"File descriptor in bad state" in err, err  # the rule's errno
+    deadline = time.monotonic() + 2  # (the record is written as the call returns; printk may lag)
+    while _audited_mkdir_errnos() == before and flags and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _audited_mkdir_errnos() - before == (1 if flags else 0)
+
+
+@pytest.fixture
+def seccomp_agent(tmp_path: Path) -> Iterator[tuple[SeccompAgent, str]]:
+    path = tmp_path / "agent.sock"
+    agent = SeccompAgent(path)
+    yield agent, str(path)
+    agent.close()
+
+
+MKDIR_CALLS = {83, 258}  # mkdir, mkdirat (x86_64)
+
+
+@pytest.mark.parametrize("no_new_privileges", [True, False])
+def test_seccomp_notify_hands_the_calls_to_an_agent(
+    engine: Engine, spec: Any, seccomp_agent: tuple[SeccompAgent, str], no_new_privileges: bool
+) -> None:
+    """SCMP_ACT_NOTIFY: the container process's listener reaches the seccomp agent at listenerPath
+    with the container process state before the create returns (runc's order); the agent answers
+    mkdir (success, nothing made) for the init and for an exec'd process, whose state follows."""
+    agent, path = seccomp_agent
+    s = spec("iso-notify", ["/bin/sh", "-c", "mkdir /tmp/x; echo rc=$?; ls -A /tmp | wc -l"])
+    s["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"})
+    s["process"]["noNewPrivileges"] = no_new_privileges
+    s["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": path,
+        "listenerMetadata": "pykata-test",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
+    }
+    container = engine.create("iso-notify", s)
+    try:
+        assert container.init is not None
+        pid = container.init.pid
+        ((state, fds),) = agent.wait_states(1)
+        assert fds == 1
+        assert state == {
+            "ociVersion": s["ociVersion"], "fds": ["seccompFd"], "pid": pid, "metadata": "pykata-test",
+            "state": {"ociVersion": s["ociVersion"], "id": "iso-notify", "status": "creating", "pid": pid,
+                      "bundle": state["state"]["bundle"], "annotations": {}},
+        }  # fmt: skip
+        container.start()
+        out = read_to_end(container.init.io.stdout)
+        assert container.wait(timeout=30) == 0
+        assert out.split() == [b"rc=0", b"0"]  # the agent said yes and made nothing
+        assert set(agent.calls) & MKDIR_CALLS
+    finally:
+        engine.remove("iso-notify", timeout=10)
+    exec_spec = spec("iso-notify-exec", ["/bin/sleep", "300"])
+    exec_spec["process"]["noNewPrivileges"] = no_new_privileges
+    exec_spec["mounts"] = s["mounts"]
+    exec_spec["linux"]["seccomp"] = s["linux"]["seccomp"]
+    container = started(engine, "iso-notify-exec", exec_spec)
+    try:
+        assert container.init is not None
+        proc = container.exec("e1", {"args": ["/bin/sh", "-c", "mkdir /tmp/y; echo rc=$?; ls -A /tmp | wc -l"],
+                                     "cwd": "/", "noNewPrivileges": no_new_privileges})  # fmt: skip
+        assert read_to_end(proc.io.stdout).split() == [b"rc=0", b"0"]
+        assert proc.wait(20) == 0
+        state, fds = agent.wait_states(2)[-1]
+        assert (fds, state["pid"], state["state"]["status"], state["state"]["pid"]) == (
+            1, proc.pid, "running", container.init.pid)  # fmt: skip
+    finally:
+        engine.remove("iso-notify-exec", timeout=10)
+
+
+def test_seccomp_notify_without_its_agent_fails_the_create_and_leaves_nothing(
+    engine: Engine, spec: Any, cgroup_parent: str, tmp_path: Path
+) -> None:
+    s = spec("iso-noagent", ["/bin/true"])
+    s["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": str(tmp_path / "nobody.sock"),
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}],
+    }
+    with pytest.raises(ResourceError, match=r"linux\.seccomp\.listenerPath .*nobody\.sock"):
+        engine.create("iso-noagent", s)
+    assert engine.list() == []
+    assert not [path for path in cgroups_below(cgroup_parent) if path.name == "iso-noagent"]
 
 
 def test_hooks_run_at_their_points_in_their_namespaces(engine: Engine, spec: Any, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import REPO, require_root
 from tests.helpers.bundle import make_bundle, runc_default_spec
 from tests.helpers.cgroups import CGROUP_FS, remove_cgroups
+from tests.helpers.seccomp_agent import SeccompAgent
 from tests.privileged.runc_helpers import CLI, Runtime, alive, wait_for
 
 RUN_TAG = f"pykata-test-runc-cli-{os.getpid()}"
@@ -623,6 +624,39 @@ def test_seccomp_profile_applies_to_init_and_exec(runtime: Runtime) -> None:
     done = runtime("exec", cid, "/bin/mkdir", "/dev/shm/e", check=False)
     assert done.returncode != 0 and "Operation not permitted" in done.stderr
     assert runtime("exec", cid, "/bin/ls", "/dev/shm").stdout.split() == ["f"]
+
+
+def test_seccomp_notify_through_the_cli(runtime: Runtime) -> None:
+    """pykata-runc run with SCMP_ACT_NOTIFY rules: the seccomp agent at listenerPath gets the process's
+    listener and answers its mkdir (success, nothing made); without the agent the run fails naming the
+    path, and nothing of the container is left."""
+    socket_path = runtime.workdir / "seccomp-agent.sock"
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": str(socket_path),
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
+    }
+
+    def with_profile(config: dict[str, Any]) -> None:
+        config["linux"]["cgroupsPath"] = f"{CGROUP_PARENT}/notify"
+        config["linux"]["seccomp"] = profile
+
+    script = "mkdir /dev/shm/d; echo rc=$?; ls -A /dev/shm | wc -l"
+    bundle = make_bundle(runtime.workdir / "notify", ["/bin/sh", "-c", script], spec=runtime.spec, edit=with_profile)
+    agent = SeccompAgent(socket_path)
+    try:
+        cid = runtime.new_id("notify")
+        assert runtime("run", "-b", str(bundle), cid).stdout.split() == ["rc=0", "0"]
+        ((state, fds),) = agent.wait_states(1)
+        assert (fds, state["state"]["id"], state["state"]["status"], state["fds"]) == (
+            1, cid, "creating", ["seccompFd"])  # fmt: skip
+    finally:
+        agent.close()
+    socket_path.unlink()
+    cid = runtime.new_id("notify")
+    done = runtime("run", "-b", str(bundle), cid, check=False)
+    assert done.returncode == 1 and f"listenerPath {socket_path}" in done.stderr, done.stderr
+    assert cid not in runtime("list", "-q").stdout.split() and not (runtime.root / cid).exists()
 
 
 def test_repeated_runs_leave_nothing_behind(runtime: Runtime) -> None:

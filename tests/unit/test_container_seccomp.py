@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import struct
 from typing import Any
@@ -170,3 +171,72 @@ def test_a_refused_filter_names_it() -> None:
         return 3
 
     assert exit_code_in_child(work) == 0
+
+
+def test_filter_flags_are_known_by_name() -> None:
+    from agent.container.seccomp import FILTER_FLAGS, check_profile, filter_flags
+
+    flags = ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"]
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "flags": flags}
+    check_profile(profile)
+    assert filter_flags(profile) == 2 | 4
+    assert filter_flags({"defaultAction": "SCMP_ACT_ALLOW"}) == 0
+    assert set(FILTER_FLAGS) == {"SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV", *flags}
+    with pytest.raises(InvalidArgument, match=r"linux\.seccomp\.flags: 'LOG' is not a filter flag"):
+        check_profile({"defaultAction": "SCMP_ACT_ALLOW", "flags": ["LOG"]})
+    with pytest.raises(InvalidArgument, match="WAIT_KILLABLE_RECV needs a SCMP_ACT_NOTIFY rule"):
+        check_profile({"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]})
+
+
+NOTIFY_RULE = {"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}
+
+
+@pytest.mark.parametrize(
+    ("profile", "problem"),
+    [
+        ({"syscalls": [NOTIFY_RULE]}, r"listenerPath: a profile with SCMP_ACT_NOTIFY rules needs the absolute path"),
+        ({"syscalls": [NOTIFY_RULE], "listenerPath": "agent.sock"}, r"absolute path .* not 'agent\.sock'"),
+        ({"syscalls": [NOTIFY_RULE], "listenerPath": "/a", "listenerMetadata": 7}, "listenerMetadata must be a string"),
+        ({"defaultAction": "SCMP_ACT_NOTIFY", "listenerPath": "/a"}, "cannot be the default action"),
+        (
+            {"syscalls": [{"names": ["sendmsg"], "action": "SCMP_ACT_NOTIFY"}], "listenerPath": "/a"},
+            r"syscalls\[0\]: SCMP_ACT_NOTIFY for sendmsg would stop",
+        ),
+    ],
+)
+def test_notify_profiles_are_checked(profile: dict[str, Any], problem: str) -> None:
+    with pytest.raises(InvalidArgument, match=problem):
+        seccomp.check_profile({"defaultAction": "SCMP_ACT_ALLOW", **profile})
+
+
+def test_a_notify_rule_returns_user_notif_and_asks_for_a_listener() -> None:
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock", "syscalls": [NOTIFY_RULE]}
+    seccomp.check_profile(profile)
+    assert seccomp.uses_notify(profile)
+    assert seccomp.filter_flags(profile) == seccomp.SECCOMP_FILTER_FLAG_NEW_LISTENER
+    program = seccomp.compile_profile(profile)
+    returns = [k for code, _jt, _jf, k in struct.iter_unpack("<HBBI", program) if code == seccomp.BPF_RET_K]
+    assert seccomp.SECCOMP_RET_USER_NOTIF in returns
+    # listenerPath means nothing without a notify rule (runtime-spec): no listener then
+    assert not seccomp.uses_notify({**profile, "syscalls": []})
+    message = json.loads(seccomp.process_state({**profile, "listenerMetadata": "m"}, 42, {"ociVersion": "1.0.2"}))
+    assert message == {"ociVersion": "1.0.2", "fds": ["seccompFd"], "pid": 42, "metadata": "m",
+                       "state": {"ociVersion": "1.0.2"}}  # fmt: skip
+
+
+def test_notify_with_start_container_hooks_is_refused(tmp_path: Any) -> None:
+    from agent.container.spec import parse_spec
+    from agent.container.validate import validate_spec
+    from agent.errors import Unsupported
+
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock", "syscalls": [NOTIFY_RULE]}
+    spec = {
+        "ociVersion": "1.0.2",
+        "root": {"path": str(tmp_path)},
+        "process": {"args": ["/bin/true"], "cwd": "/"},
+        "linux": {"seccomp": profile},
+    }
+    validate_spec(parse_spec(spec))
+    spec["hooks"] = {"startContainer": [{"path": "/bin/true"}]}
+    with pytest.raises(Unsupported, match="SCMP_ACT_NOTIFY with startContainer hooks"):
+        validate_spec(parse_spec(spec))
