@@ -16,6 +16,8 @@ DEBIAN_PACKAGES=(
   dbus-daemon
   # rootless pykata-runc with subordinate ids (newuidmap, newgidmap)
   uidmap
+  # a static test program that makes 32-bit system calls (the seccomp compiler's SCMP_ARCH_X86 rules)
+  gcc libc6-dev
 )
 
 missing=()

@@ -121,6 +121,7 @@ def serve(path: str, log: Log) -> None:
     import agent.container.seccomp
     import agent.container.spec
     import agent.container.stdio
+    import agent.container.syscalls_i386
     import agent.container.syscalls_x86_64
     import agent.container.validate
     import agent.system.run

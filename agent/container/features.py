@@ -10,7 +10,7 @@ itself works from, so the document cannot claim what the engine does not do:
   attributes, tmpcopyup, idmap and ridmap); any other word is passed to the filesystem as data, which the document is
   not to list;
 - linux.namespaces: spec.NAMESPACE_TYPES; linux.capabilities: those python-prctl knows by name;
-- linux.seccomp: the compiler's actions, operators and architecture (seccomp.py);
+- linux.seccomp: the compiler's actions, operators and architectures (seccomp.py);
 - linux.cgroup: v1 and v2 through cgroupfs; systemd (a transient scope per container, on v1 and v2:
   cgroups/systemd.py), and systemdUser (a rootless container's scope from the user's own systemd, v2);
 - AppArmor and SELinux: implemented (procattrs.py: a profile or label is applied where the host's LSM

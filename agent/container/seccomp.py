@@ -15,8 +15,14 @@ the tracer's message). The program travels to the container process as bytes (8 
 ``struct sock_filter``) and is installed with ``prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)``
 right before execve when the process has no_new_privileges; without it, the kernel wants
 CAP_SYS_ADMIN, so the filter goes in before the capabilities are dropped (what runc does too).
-Names this kernel's table lacks are skipped, as libseccomp does for unknown names. Only x86_64
-(and the x32 range, refused) is supported; other architectures raise Unsupported at create.
+Names this kernel's table lacks are skipped, as libseccomp does for unknown names. The host must be
+x86_64 (other machines raise Unsupported at create); a profile that lists SCMP_ARCH_X86 (Docker's
+and containerd's default profiles do) gets the same rules for 32-bit processes, by the i386 numbers
+(``syscalls_i386``), in a section of their own the arch check jumps to:
+
+    load arch; if x86_64, jump to the x86_64 rules; [if i386, jump to the i386 rules;] return default
+
+Calls of any other architecture (x32's range among them: it is not compiled) get the default action.
 
 The profile's ``flags`` (runtime-spec 1.0.2; runc's) are the filter's: SECCOMP_FILTER_FLAG_LOG (the
 actions other than allow go to the audit log), SECCOMP_FILTER_FLAG_SPEC_ALLOW (no speculative store
@@ -69,6 +75,7 @@ BPF_JMP_JGT_K = 0x25
 BPF_JMP_JGE_K = 0x35
 BPF_ALU_AND_K = 0x54
 BPF_RET_K = 0x06
+BPF_JMP_JA = 0x05  # unconditional, by k (the conditional jumps reach 255 instructions at most)
 
 SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_KILL_THREAD = 0x00000000
@@ -103,7 +110,7 @@ _WITH_ERRNO = ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE")
 # The argument comparisons _arg_check compiles, and the one architecture the filters are for.
 OPERATORS = ("SCMP_CMP_EQ", "SCMP_CMP_NE", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_GT", "SCMP_CMP_GE", "SCMP_CMP_LT",
              "SCMP_CMP_LE")  # fmt: skip
-ARCHITECTURES = ("SCMP_ARCH_X86_64",)
+ARCHITECTURES = ("SCMP_ARCH_X86_64", "SCMP_ARCH_X86")
 
 
 def check_profile(profile: Any, where: str = "linux.seccomp") -> None:
@@ -278,34 +285,56 @@ def compile_profile(profile: dict[str, Any]) -> bytes:
     machine = os.uname().machine
     if machine != "x86_64":
         raise Unsupported(f"seccomp profiles are compiled for x86_64 only, not {machine}")
-    # the table loads only for a spec that has a profile (most container starts have none)
+    # the tables load only for a spec that has a profile (most container starts have none)
     from agent.container.syscalls_x86_64 import AUDIT_ARCH_X86_64, SYSCALLS_X86_64
 
     default = action_value(str(profile.get("defaultAction", "")), profile.get("defaultErrnoRet"))
-    program: list[tuple[int, int, int, int]] = [
-        (BPF_LD_W_ABS, 0, 0, OFFSET_ARCH),
-        (BPF_JMP_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
-        (BPF_RET_K, 0, 0, default),
-        (BPF_LD_W_ABS, 0, 0, OFFSET_NR),
-        (BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
-        (BPF_RET_K, 0, 0, default),
-    ]
+    sections = [(AUDIT_ARCH_X86_64, _section(profile, SYSCALLS_X86_64, default, x32_guard=True))]
+    if "SCMP_ARCH_X86" in (profile.get("architectures") or []):
+        from agent.container.syscalls_i386 import AUDIT_ARCH_I386, SYSCALLS_I386
+
+        sections.append((AUDIT_ARCH_I386, _section(profile, SYSCALLS_I386, default, x32_guard=False)))
+    # the arch checks, each followed by its jump to its section, then the default for any other arch
+    program: list[tuple[int, int, int, int]] = [(BPF_LD_W_ABS, 0, 0, OFFSET_ARCH)]
+    header = 1 + 2 * len(sections) + 1
+    start = header
+    for arch, section in sections:
+        program += [(BPF_JMP_JEQ_K, 0, 1, arch), (BPF_JMP_JA, 0, 0, start - (len(program) + 2))]
+        start += len(section)
+    program.append((BPF_RET_K, 0, 0, default))
+    for _arch, section in sections:
+        program += section
+    if len(program) > 4096:
+        raise InvalidArgument(f"linux.seccomp compiles to {len(program)} instructions; the kernel takes 4096")
+    return b"".join(INSTRUCTION.pack(*insn) for insn in program)
+
+
+def _section(
+    profile: dict[str, Any], table: dict[str, int], default: int, *, x32_guard: bool
+) -> list[tuple[int, int, int, int]]:
+    """One architecture's rules, by the numbers of its ``table``, ending in the default action; with
+    ``x32_guard``, calls in the x32 range (x86_64's numbers with bit 30 set) get the default first."""
+    section: list[tuple[int, int, int, int]] = []
+    if x32_guard:
+        section += [
+            (BPF_LD_W_ABS, 0, 0, OFFSET_NR),
+            (BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
+            (BPF_RET_K, 0, 0, default),
+        ]
     for i, rule in enumerate(profile.get("syscalls") or []):
         action = action_value(str(rule.get("action", "")), rule.get("errnoRet"))
         if action == default and not rule.get("args"):
             continue
         for name in rule.get("names") or []:
-            number = SYSCALLS_X86_64.get(name)
+            number = table.get(name)
             if number is None:
                 import logging  # not at the top: logging is not on the path of a container start
 
                 logging.getLogger(__name__).debug("seccomp: syscall %s (rule %d) is unknown here; skipped", name, i)
                 continue
-            program += _rule_block(number, action, list(rule.get("args") or []))
-    program.append((BPF_RET_K, 0, 0, default))
-    if len(program) > 4096:
-        raise InvalidArgument(f"linux.seccomp compiles to {len(program)} instructions; the kernel takes 4096")
-    return b"".join(INSTRUCTION.pack(*insn) for insn in program)
+            section += _rule_block(number, action, list(rule.get("args") or []))
+    section.append((BPF_RET_K, 0, 0, default))
+    return section
 
 
 def filter_flags(profile: dict[str, Any]) -> int:

@@ -32,6 +32,8 @@ def run_bpf(program: bytes, nr: int, args: tuple[int, ...] = (0,) * 6, arch: int
             a &= k
         elif code == seccomp.BPF_RET_K:
             return k
+        elif code == seccomp.BPF_JMP_JA:
+            pc += k
         elif code in (seccomp.BPF_JMP_JEQ_K, seccomp.BPF_JMP_JGT_K, seccomp.BPF_JMP_JGE_K):
             taken = {seccomp.BPF_JMP_JEQ_K: a == k, seccomp.BPF_JMP_JGT_K: a > k, seccomp.BPF_JMP_JGE_K: a >= k}[code]
             pc += jt if taken else jf
@@ -240,3 +242,72 @@ def test_notify_with_start_container_hooks_is_refused(tmp_path: Any) -> None:
     spec["hooks"] = {"startContainer": [{"path": "/bin/true"}]}
     with pytest.raises(Unsupported, match="SCMP_ACT_NOTIFY with startContainer hooks"):
         validate_spec(parse_spec(spec))
+
+
+# mkdir(argv[1], 0755) as a 32-bit process calls it: int $0x80, i386's number 39. The path is copied to
+# a static buffer of a program linked statically, at no PIE address: 32-bit calls see 32-bit pointers.
+I386_MKDIR = """#include <stdio.h>
+#include <string.h>
+static char path[4096];
+int main(int argc, char **argv) {
+    long result;
+    strncpy(path, argv[1], sizeof path - 1);
+    __asm__ volatile ("int $0x80" : "=a"(result) : "a"(39), "b"(path), "c"(0755) : "memory");
+    printf("%ld\\n", result);
+    return 0;
+}
+"""
+
+
+def test_a_profile_listing_x86_gets_its_rules_for_32_bit_calls() -> None:
+    from agent.container.syscalls_i386 import AUDIT_ARCH_I386, SYSCALLS_I386
+
+    rules = [{"names": ["mkdir", "socket"], "action": "SCMP_ACT_ERRNO"}]
+    both = seccomp.compile_profile({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64",
+                                    "SCMP_ARCH_X86"], "syscalls": rules})  # fmt: skip
+    assert run_bpf(both, SYSCALLS_I386["mkdir"], arch=AUDIT_ARCH_I386) == EPERM
+    assert run_bpf(both, SYSCALLS_I386["socket"], arch=AUDIT_ARCH_I386) == EPERM
+    assert run_bpf(both, SYSCALLS_I386["getpid"], arch=AUDIT_ARCH_I386) == seccomp.SECCOMP_RET_ALLOW
+    assert run_bpf(both, NR["mkdir"]) == EPERM  # and the x86_64 numbers, as before
+    assert run_bpf(both, SYSCALLS_I386["mkdir"]) == seccomp.SECCOMP_RET_ALLOW  # (39 is getpid on x86_64)
+    # not listed: 32-bit calls get the default action, whatever they are
+    native = seccomp.compile_profile({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["mkdir"], "action": "SCMP_ACT_ALLOW"}]})  # fmt: skip
+    assert run_bpf(native, SYSCALLS_I386["mkdir"], arch=AUDIT_ARCH_I386) == EPERM
+    assert run_bpf(native, NR["mkdir"]) == seccomp.SECCOMP_RET_ALLOW
+
+
+def test_the_32_bit_section_is_reached_past_a_long_native_one() -> None:
+    from agent.container.syscalls_i386 import AUDIT_ARCH_I386, SYSCALLS_I386
+
+    # an allow list of every x86_64 call: some 700 instructions before the i386 section begins
+    allowed = [{"names": sorted(NR), "action": "SCMP_ACT_ALLOW"}]
+    program = seccomp.compile_profile({"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86"],
+                                       "syscalls": allowed})  # fmt: skip
+    assert len(program) // 8 > 2 * 255
+    assert run_bpf(program, SYSCALLS_I386["read"], arch=AUDIT_ARCH_I386) == seccomp.SECCOMP_RET_ALLOW
+    assert run_bpf(program, 1000, arch=AUDIT_ARCH_I386) == EPERM
+    assert run_bpf(program, NR["set_mempolicy_home_node"]) == seccomp.SECCOMP_RET_ALLOW
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_the_kernel_applies_the_32_bit_rules(tmp_path: Any, listed: bool) -> None:
+    """A 64-bit program that calls mkdir the 32-bit way (int $0x80), under the compiled filter."""
+    import subprocess
+
+    source = tmp_path / "mkdir32.c"
+    source.write_text(I386_MKDIR)
+    subprocess.run(["gcc", "-O2", "-static", "-no-pie", "-o", str(tmp_path / "mkdir32"), str(source)], check=True)
+    arches = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"] if listed else ["SCMP_ARCH_X86_64"]
+    program = seccomp.compile_profile({"defaultAction": "SCMP_ACT_ALLOW", "architectures": arches, "syscalls": [
+        {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EROFS}]})  # fmt: skip
+
+    def under_the_filter() -> None:
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
+        seccomp.load(program)
+
+    target = tmp_path / "made"
+    done = subprocess.run([str(tmp_path / "mkdir32"), str(target)], preexec_fn=under_the_filter,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert done.stdout.strip() == (str(-errno.EROFS) if listed else "0")
+    assert target.is_dir() is not listed
