@@ -467,7 +467,7 @@ def test_a_user_without_a_reachable_systemd_or_on_cgroup_v1_is_refused_by_name(
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     paths = _fake_root(tmp_path, systemd=True)
     v2 = Layout(version=2, root=f"{tmp_path}/sys/fs/cgroup")
-    with pytest.raises(ResourceError, match=r"cannot reach the systemd of user 1000 at .*/run/user/1000/systemd/pri"):
+    with pytest.raises(ResourceError, match=r"of user 1000 at .*/run/user/1000/systemd/private .*user@1000\.service"):
         driver.manager(paths, v2, "user.slice:p:c1", "c1", uid=1000)
     v1 = Layout(version=1, root=f"{tmp_path}/sys/fs/cgroup", controllers={"memory": f"{tmp_path}/m"})
     with pytest.raises(Unsupported, match=r"user other than root \(uid 1000\) needs cgroup v2"):

@@ -326,7 +326,7 @@ def connect(paths: HostPaths, uid: int, what: str) -> Connection:
         if uid:
             raise ResourceError(
                 f"{what}: cannot reach the systemd of user {uid} at {address} ({exc}); a user other than root "
-                "gets a cgroup from its own systemd (user@{uid}.service: log in, or `loginctl enable-linger`), "
+                f"gets a cgroup from its own systemd (user@{uid}.service: log in, or `loginctl enable-linger`), "
                 "or goes without one: leave the systemd cgroup option out"
             ) from exc
         raise ResourceError(
