@@ -76,6 +76,7 @@ BPF_JMP_JGE_K = 0x35
 BPF_ALU_AND_K = 0x54
 BPF_RET_K = 0x06
 BPF_JMP_JA = 0x05  # unconditional, by k (the conditional jumps reach 255 instructions at most)
+BPF_LD_IMM = 0x00  # A = k
 
 SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_KILL_THREAD = 0x00000000
@@ -208,12 +209,14 @@ def action_value(action: str, errno_ret: int | None) -> int:
 _Pending = tuple[int, int | str, int | str, int]
 
 
-def _arg_check(index: int, op: str, value: int, value_two: int) -> list[_Pending]:
-    """Instructions that fall through when arg ``index`` passes and jump to "next" when not."""
+def _arg_check(index: int, op: str, value: int, value_two: int, wide: bool = True) -> list[_Pending]:
+    """Instructions that fall through when arg ``index`` passes and jump to "next" when not. A 32-bit
+    process's arguments are 32 bits (``wide`` False): their upper half is taken as 0, whatever the
+    register held above it (libseccomp compares only the lower half on a 32-bit architecture)."""
     hi_offset = 16 + 8 * index + 4
     lo_offset = 16 + 8 * index
     hi, lo = (value >> 32) & 0xFFFFFFFF, value & 0xFFFFFFFF
-    load_hi: _Pending = (BPF_LD_W_ABS, 0, 0, hi_offset)
+    load_hi: _Pending = (BPF_LD_W_ABS, 0, 0, hi_offset) if wide else (BPF_LD_IMM, 0, 0, 0)
     load_lo: _Pending = (BPF_LD_W_ABS, 0, 0, lo_offset)
     if op == "SCMP_CMP_EQ":
         return [load_hi, (BPF_JMP_JEQ_K, 0, "next", hi), load_lo, (BPF_JMP_JEQ_K, 0, "next", lo)]
@@ -257,7 +260,9 @@ def _jump(jump: int | str, labels: dict[str, int], here: int) -> int:
     return offset
 
 
-def _rule_block(number: int, action: int, args: list[dict[str, Any]]) -> list[tuple[int, int, int, int]]:
+def _rule_block(
+    number: int, action: int, args: list[dict[str, Any]], wide: bool = True
+) -> list[tuple[int, int, int, int]]:
     pending: list[_Pending] = [(BPF_LD_W_ABS, 0, 0, OFFSET_NR), (BPF_JMP_JEQ_K, 0, "next", number)]
     resolved: list[tuple[int, int, int, int]] = []
     checks = []
@@ -265,7 +270,8 @@ def _rule_block(number: int, action: int, args: list[dict[str, Any]]) -> list[tu
         index = int(arg.get("index") or 0)  # (check_profile let only non-negative integers or null through)
         if not 0 <= index <= 5:
             raise InvalidArgument(f"linux.seccomp: argument index {index} is outside 0..5")
-        checks.append(_arg_check(index, str(arg["op"]), int(arg.get("value") or 0), int(arg.get("valueTwo") or 0)))
+        value, value_two = int(arg.get("value") or 0), int(arg.get("valueTwo") or 0)
+        checks.append(_arg_check(index, str(arg["op"]), value, value_two, wide))
     total = len(pending) + sum(len(c) for c in checks) + 1
     base = 0
     labels = {"next": total}
@@ -289,11 +295,11 @@ def compile_profile(profile: dict[str, Any]) -> bytes:
     from agent.container.syscalls_x86_64 import AUDIT_ARCH_X86_64, SYSCALLS_X86_64
 
     default = action_value(str(profile.get("defaultAction", "")), profile.get("defaultErrnoRet"))
-    sections = [(AUDIT_ARCH_X86_64, _section(profile, SYSCALLS_X86_64, default, x32_guard=True))]
+    sections = [(AUDIT_ARCH_X86_64, _section(profile, SYSCALLS_X86_64, default, native=True))]
     if "SCMP_ARCH_X86" in (profile.get("architectures") or []):
         from agent.container.syscalls_i386 import AUDIT_ARCH_I386, SYSCALLS_I386
 
-        sections.append((AUDIT_ARCH_I386, _section(profile, SYSCALLS_I386, default, x32_guard=False)))
+        sections.append((AUDIT_ARCH_I386, _section(profile, SYSCALLS_I386, default, native=False)))
     # the arch checks, each followed by its jump to its section, then the default for any other arch
     program: list[tuple[int, int, int, int]] = [(BPF_LD_W_ABS, 0, 0, OFFSET_ARCH)]
     header = 1 + 2 * len(sections) + 1
@@ -310,12 +316,13 @@ def compile_profile(profile: dict[str, Any]) -> bytes:
 
 
 def _section(
-    profile: dict[str, Any], table: dict[str, int], default: int, *, x32_guard: bool
+    profile: dict[str, Any], table: dict[str, int], default: int, *, native: bool
 ) -> list[tuple[int, int, int, int]]:
-    """One architecture's rules, by the numbers of its ``table``, ending in the default action; with
-    ``x32_guard``, calls in the x32 range (x86_64's numbers with bit 30 set) get the default first."""
+    """One architecture's rules, by the numbers of its ``table``, ending in the default action. The
+    ``native`` (x86_64) section first gives calls in the x32 range (x86_64's numbers with bit 30 set)
+    the default, and compares arguments as 64 bits; the i386 one as 32 (``_arg_check``)."""
     section: list[tuple[int, int, int, int]] = []
-    if x32_guard:
+    if native:
         section += [
             (BPF_LD_W_ABS, 0, 0, OFFSET_NR),
             (BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
@@ -332,7 +339,7 @@ def _section(
 
                 logging.getLogger(__name__).debug("seccomp: syscall %s (rule %d) is unknown here; skipped", name, i)
                 continue
-            section += _rule_block(number, action, list(rule.get("args") or []))
+            section += _rule_block(number, action, list(rule.get("args") or []), wide=native)
     section.append((BPF_RET_K, 0, 0, default))
     return section
 

@@ -28,6 +28,8 @@ def run_bpf(program: bytes, nr: int, args: tuple[int, ...] = (0,) * 6, arch: int
         pc += 1
         if code == seccomp.BPF_LD_W_ABS:
             a = struct.unpack_from("<I", data, k)[0]
+        elif code == seccomp.BPF_LD_IMM:
+            a = k
         elif code == seccomp.BPF_ALU_AND_K:
             a &= k
         elif code == seccomp.BPF_RET_K:
@@ -277,6 +279,23 @@ def test_a_profile_listing_x86_gets_its_rules_for_32_bit_calls() -> None:
     assert run_bpf(native, NR["mkdir"]) == seccomp.SECCOMP_RET_ALLOW
 
 
+def test_a_32_bit_calls_arguments_are_compared_as_32_bits() -> None:
+    from agent.container.syscalls_i386 import AUDIT_ARCH_I386, SYSCALLS_I386
+
+    rule = {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 0, "op": "SCMP_CMP_EQ",
+            "value": 8}]}  # fmt: skip
+    program = seccomp.compile_profile({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86"],
+                                       "syscalls": [rule]})  # fmt: skip
+    i386 = SYSCALLS_I386["personality"]
+    assert run_bpf(program, i386, (8, 0, 0, 0, 0, 0), arch=AUDIT_ARCH_I386) == EPERM
+    # whatever a register held above its lower half, a 32-bit call's argument is the lower half
+    assert run_bpf(program, i386, (1 << 32 | 8, 0, 0, 0, 0, 0), arch=AUDIT_ARCH_I386) == EPERM
+    assert run_bpf(program, i386, (9, 0, 0, 0, 0, 0), arch=AUDIT_ARCH_I386) == seccomp.SECCOMP_RET_ALLOW
+    # a 64-bit call's argument is all 64 bits
+    assert run_bpf(program, NR["personality"], (1 << 32 | 8, 0, 0, 0, 0, 0)) == seccomp.SECCOMP_RET_ALLOW
+    assert run_bpf(program, NR["personality"], (8, 0, 0, 0, 0, 0)) == EPERM
+
+
 def test_the_32_bit_section_is_reached_past_a_long_native_one() -> None:
     from agent.container.syscalls_i386 import AUDIT_ARCH_I386, SYSCALLS_I386
 
@@ -299,8 +318,10 @@ def test_the_kernel_applies_the_32_bit_rules(tmp_path: Any, listed: bool) -> Non
     source.write_text(I386_MKDIR)
     subprocess.run(["gcc", "-O2", "-static", "-no-pie", "-o", str(tmp_path / "mkdir32"), str(source)], check=True)
     arches = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"] if listed else ["SCMP_ARCH_X86_64"]
+    # (the mode argument is checked too: the kernel takes the 32-bit comparison, A loaded with 0 for its upper half)
+    mode = {"index": 1, "op": "SCMP_CMP_EQ", "value": 0o755}
     program = seccomp.compile_profile({"defaultAction": "SCMP_ACT_ALLOW", "architectures": arches, "syscalls": [
-        {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EROFS}]})  # fmt: skip
+        {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EROFS, "args": [mode]}]})  # fmt: skip
 
     def under_the_filter() -> None:
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
