@@ -3,6 +3,7 @@ exit codes and signals, exec, terminals. Containers run busybox from the session
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from agent.system.paths import HostPaths
 from tests.conftest import REPO
 from tests.helpers.bundle import make_rootfs
 from tests.helpers.cgroups import cgroups_below
+from tests.helpers.i386 import build_mkdir32
 from tests.helpers.seccomp_agent import SeccompAgent
 from tests.privileged.engine_helpers import ALL_NAMESPACES, ns_inode, read_to_end, run, spec_for, started
 
@@ -473,6 +475,36 @@ def test_seccomp_profile_is_enforced(engine: Engine, spec: Any, no_new_privilege
     assert code == 0
     assert out.decode().split("\n")[:3] == ["rc=1", "Seccomp:\t2", "ok"]
     assert b"Permission denied" in err  # EACCES (13), the rule's errnoRet
+
+
+def test_a_default_profile_of_docker_s_shape_covers_32_bit_calls(engine: Engine, spec: Any, tmp_path: Path) -> None:
+    """A profile shaped as Docker's and containerd's defaults (errno by default, an allow list of some
+    four hundred names, architectures x86_64, x86 and x32) on a container: its shell runs, and the rule
+    for mkdir (EROFS, not the default's EPERM) answers a 64-bit call and a 32-bit one (int $0x80) alike:
+    the 32-bit call went through the i386 section, not to the default."""
+    from agent.container.syscalls_i386 import SYSCALLS_I386
+    from agent.container.syscalls_x86_64 import SYSCALLS_X86_64
+
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    build_mkdir32(tools)
+    allowed = sorted((set(SYSCALLS_X86_64) | set(SYSCALLS_I386)) - {"mkdir", "mkdirat"})
+    s = spec("iso-docker", ["/bin/sh", "-c", "mkdir /tmp/a; echo rc=$?; /tools/mkdir32 /tmp/b; ls -A /tmp | wc -l"])
+    tools_mount = {"destination": "/tools", "type": "bind", "source": str(tools), "options": ["rbind", "ro"]}
+    s["mounts"] += [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}, tools_mount]
+    s["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": errno.EPERM,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": allowed, "action": "SCMP_ACT_ALLOW"},
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EROFS},
+        ],
+    }
+    code, out, err = run(engine, "iso-docker", s)
+    assert code == 0, err
+    assert out.split() == [b"rc=1", str(-errno.EROFS).encode(), b"0"]  # the rule's errno to both; nothing made
+    assert b"Read-only file system" in err
 
 
 def _audited_mkdir_errnos() -> int:

@@ -14,6 +14,7 @@ from agent.container import seccomp
 from agent.container.syscalls_x86_64 import AUDIT_ARCH_X86_64, SYSCALLS_X86_64
 from agent.errors import InvalidArgument
 from agent.system import libc
+from tests.helpers.i386 import build_mkdir32
 from tests.helpers.processes import exit_code_in_child
 
 
@@ -246,21 +247,6 @@ def test_notify_with_start_container_hooks_is_refused(tmp_path: Any) -> None:
         validate_spec(parse_spec(spec))
 
 
-# mkdir(argv[1], 0755) as a 32-bit process calls it: int $0x80, i386's number 39. The path is copied to
-# a static buffer of a program linked statically, at no PIE address: 32-bit calls see 32-bit pointers.
-I386_MKDIR = """#include <stdio.h>
-#include <string.h>
-static char path[4096];
-int main(int argc, char **argv) {
-    long result;
-    strncpy(path, argv[1], sizeof path - 1);
-    __asm__ volatile ("int $0x80" : "=a"(result) : "a"(39), "b"(path), "c"(0755) : "memory");
-    printf("%ld\\n", result);
-    return 0;
-}
-"""
-
-
 def test_a_profile_listing_x86_gets_its_rules_for_32_bit_calls() -> None:
     from agent.container.syscalls_i386 import AUDIT_ARCH_I386, SYSCALLS_I386
 
@@ -314,9 +300,7 @@ def test_the_kernel_applies_the_32_bit_rules(tmp_path: Any, listed: bool) -> Non
     """A 64-bit program that calls mkdir the 32-bit way (int $0x80), under the compiled filter."""
     import subprocess
 
-    source = tmp_path / "mkdir32.c"
-    source.write_text(I386_MKDIR)
-    subprocess.run(["gcc", "-O2", "-static", "-no-pie", "-o", str(tmp_path / "mkdir32"), str(source)], check=True)
+    mkdir32 = build_mkdir32(tmp_path)
     arches = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"] if listed else ["SCMP_ARCH_X86_64"]
     # (the mode argument is checked too: the kernel takes the 32-bit comparison, A loaded with 0 for its upper half)
     mode = {"index": 1, "op": "SCMP_CMP_EQ", "value": 0o755}
@@ -328,7 +312,7 @@ def test_the_kernel_applies_the_32_bit_rules(tmp_path: Any, listed: bool) -> Non
         seccomp.load(program)
 
     target = tmp_path / "made"
-    done = subprocess.run([str(tmp_path / "mkdir32"), str(target)], preexec_fn=under_the_filter,
+    done = subprocess.run([str(mkdir32), str(target)], preexec_fn=under_the_filter,
                           capture_output=True, text=True, check=True)  # fmt: skip
     assert done.stdout.strip() == (str(-errno.EROFS) if listed else "0")
     assert target.is_dir() is not listed
