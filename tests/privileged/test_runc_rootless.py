@@ -249,17 +249,24 @@ def delegated() -> Iterator[str]:
             for path in (directory, directory / "tasks", directory / "cgroup.procs"):
                 os.chown(path, UID, UID)
         yield relative
-    finally:
+    finally:  # (after the rootless fixture's end, which kills what the user left running: see the test)
         for directory in made:
-            for child in sorted(directory.glob("**/"), key=lambda p: -len(p.parts)):
-                if child != directory:
-                    child.rmdir()
-            directory.rmdir()
+            for child in [*sorted(directory.glob("*/**/"), key=lambda p: -len(p.parts)), directory]:
+                deadline = time.monotonic() + 5
+                while True:
+                    try:
+                        child.rmdir()
+                        break
+                    except OSError:  # EBUSY while a killed process leaves it
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
 
 
-def test_rootless_in_a_delegated_cgroup_has_limits_pause_and_stats(rootless: Rootless, delegated: str) -> None:
+def test_rootless_in_a_delegated_cgroup_has_limits_pause_and_stats(delegated: str, rootless: Rootless) -> None:
     """In a cgroup the user was given, a rootless container gets its own cgroup below it, with its
-    limits, pause and stats; its device rules are left unset, as runc does (devices.allow is root's)."""
+    limits, pause and stats; its device rules are left unset, as runc does (devices.allow is root's).
+    (``delegated`` comes first: it is removed after ``rootless`` has ended whatever the user runs.)"""
     from agent.container.cgroups.layout import detect
     from agent.system.paths import HostPaths
 
