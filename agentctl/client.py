@@ -95,6 +95,24 @@ class AgentClient(abc.ABC):
     def _call(self, info: MethodInfo, request: Message, timeout: float | None) -> Message:
         return info.response_class.FromString(self.call_raw(info.full_name, request.SerializeToString(), timeout))
 
+    def read_to_end(self, container_id: str, exec_id: str, stream: str = "stdout", chunk: int = 65536) -> bytes:
+        """Everything a process writes to ``stream`` (stdout or stderr), read ``chunk`` bytes a call until
+        the stream ends (the agent answers the call after the last with an error, or with nothing)."""
+        from agent.rpc.pb import agent_pb2
+
+        method = f"grpc.AgentService/Read{stream.capitalize()}"
+        data = b""
+        while True:
+            try:
+                reply = self.call(method, agent_pb2.ReadStreamRequest(container_id=container_id, exec_id=exec_id,
+                                                                      len=chunk))  # fmt: skip
+            except AgentCallError:
+                return data
+            assert isinstance(reply, agent_pb2.ReadStreamResponse)
+            if not reply.data:
+                return data
+            data += reply.data
+
     @abc.abstractmethod
     def call_raw(self, method: str, payload: bytes, timeout: float | None = None) -> bytes:
         """``method`` (its full name, "grpc.AgentService/CreateContainer") given ``payload`` as its

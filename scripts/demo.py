@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from agent.rpc.convert_oci import dict_to_spec  # noqa: E402
 from agent.rpc.pb import agent_pb2, health_pb2  # noqa: E402
 from agentctl import vm  # noqa: E402
-from agentctl.client import AgentCallError, connect  # noqa: E402
+from agentctl.client import connect  # noqa: E402
 from tests.helpers.bundle import make_bundle  # noqa: E402
 
 SHARED = "/run/kata-containers/shared/containers"
@@ -82,18 +82,7 @@ def main() -> int:
             )
             agent.call("grpc.AgentService/StartContainer", agent_pb2.StartContainerRequest(container_id=cid))
             step(f"container started: {args.args}")
-            output = b""
-            while True:
-                try:
-                    chunk = agent.call(
-                        "grpc.AgentService/ReadStdout",
-                        agent_pb2.ReadStreamRequest(container_id=cid, exec_id=cid, len=65536),
-                    ).data
-                except AgentCallError:
-                    break  # end of the stream
-                if not chunk:
-                    break
-                output += chunk
+            output = agent.read_to_end(cid, cid)
             waited = agent.call(
                 "grpc.AgentService/WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id=cid)
             )

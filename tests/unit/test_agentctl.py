@@ -152,3 +152,33 @@ def test_address_from_the_environment(agent: RunningAgent, monkeypatch: pytest.M
     monkeypatch.setenv("AGENTCTL_ADDR", agent.address)
     code, out, _ = run("check")
     assert code == 0 and json.loads(out) == {"status": "SERVING"}
+
+
+def test_read_to_end_reads_until_the_stream_ends() -> None:
+    from agent.address import parse_address
+    from agent.rpc.pb import agent_pb2
+    from agentctl.client import AgentCallError, AgentClient
+
+    class Replies(AgentClient):
+        """Answers ReadStdout/ReadStderr from ``chunks``, then with an error (the agent's end of a stream)."""
+
+        def __init__(self, chunks: list[bytes]) -> None:
+            super().__init__(parse_address("unix:///nowhere"), None)
+            self.chunks = chunks
+            self.asked: list[tuple[str, int]] = []
+
+        def call_raw(self, method: str, payload: bytes, timeout: float | None = None) -> bytes:
+            self.asked.append((method, agent_pb2.ReadStreamRequest.FromString(payload).len))
+            if not self.chunks:
+                raise AgentCallError(11, "stdout is at EOF")
+            return agent_pb2.ReadStreamResponse(data=self.chunks.pop(0)).SerializeToString()
+
+        def close(self) -> None:
+            pass
+
+    client = Replies([b"ab", b"cd"])
+    assert client.read_to_end("c1", "e1", chunk=4096) == b"abcd"
+    assert client.asked == [("grpc.AgentService/ReadStdout", 4096)] * 3
+    client = Replies([b"x", b"", b"never read"])  # an empty answer ends it too
+    assert client.read_to_end("c1", "e1", stream="stderr") == b"x"
+    assert client.asked == [("grpc.AgentService/ReadStderr", 65536)] * 2

@@ -15,7 +15,7 @@ import pytest
 
 from agent.rpc.pb import agent_pb2, oci_pb2
 from agentctl import testguest, vm
-from agentctl.client import AgentCallError, AgentClient
+from agentctl.client import AgentClient
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "build" / "cache"
@@ -70,19 +70,7 @@ def exec_in(agent: AgentClient, cid: str, exec_id: str, args: list[str]) -> tupl
     status = agent.call(
         "grpc.AgentService/WaitProcess", agent_pb2.WaitProcessRequest(container_id=cid, exec_id=exec_id)
     ).status
-    data = b""
-    while True:
-        try:
-            chunk = agent.call(
-                "grpc.AgentService/ReadStdout",
-                agent_pb2.ReadStreamRequest(container_id=cid, exec_id=exec_id, len=4096),
-            ).data
-        except AgentCallError:
-            break  # the end of the stream is reported as an error once it is drained
-        if not chunk:
-            break
-        data += chunk
-    return status, data
+    return status, agent.read_to_end(cid, exec_id, chunk=4096)
 
 
 @contextlib.contextmanager
