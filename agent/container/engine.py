@@ -628,15 +628,16 @@ class Engine:
         if systemd is None:
             systemd = self.systemd_cgroup
         if self._cgroups is not None and systemd is not True:
-            return self._cgroups(self.paths, cgroups_path, container_id)
-        from agent.container.cgroups import manager_for
-        from agent.container.cgroups.layout import detect
+            made = self._cgroups(self.paths, cgroups_path, container_id)
+        else:
+            from agent.container.cgroups import manager_for
+            from agent.container.cgroups.layout import detect
 
-        # the cgroup mounts are made at boot, before any container: read them once
-        if self._cgroup_layout is None:
-            self._cgroup_layout = detect(self.paths)
-        made = manager_for(self.paths, cgroups_path, container_id, layout=self._cgroup_layout, systemd=systemd)
-        made.skip_devices = self.rootless  # see CgroupManager.skip_devices
+            # the cgroup mounts are made at boot, before any container: read them once
+            if self._cgroup_layout is None:
+                self._cgroup_layout = detect(self.paths)
+            made = manager_for(self.paths, cgroups_path, container_id, layout=self._cgroup_layout, systemd=systemd)
+        made.skip_devices = self.rootless  # whichever made it (see CgroupManager.skip_devices)
         return made
 
 

@@ -121,3 +121,15 @@ def test_engine_spec_leaves_start_container_hooks_to_the_cli() -> None:
     assert engine_spec["hooks"] == {"prestart": [hook], "poststop": [hook]}
     assert spec["hooks"]["startContainer"] == [hook]  # the saved spec keeps them
     assert _engine_spec(SPEC) is SPEC
+
+
+@pytest.mark.parametrize("rootless", [True, False])
+def test_a_rootless_engines_cgroups_set_no_device_rules_whoever_makes_them(paths: HostPaths, rootless: bool) -> None:
+    """The CLI's engine makes cgroups through a factory when it was handed the layout (pykata-runc serve)
+    and through manager_for otherwise; either way a rootless container's cgroup skips device rules."""
+    from agent.container.cgroups.layout import Layout
+    from agent.container.cgroups.manager import V2Manager
+
+    layout = Layout(version=2, root=f"{paths.cgroup_root}")
+    factory = Engine(paths, cgroups=lambda p, path, cid: V2Manager(p, layout, "c1"), rootless=rootless)
+    assert factory.make_cgroup("/c1", "c1").skip_devices is rootless
