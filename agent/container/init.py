@@ -476,8 +476,6 @@ def container_main(
         from agent.container import procattrs
 
         procattrs.apply_initial_affinity(request["process"])
-    if request.get("seccomp_listener"):
-        import _socket  # noqa: F401  (seccomp.hand_over's, once the root changed: loaded while it can be)
     if request.get("attach"):
         _attach_self(attach_fds, request["attach"])  # first thing: the cgroup exists already
     elif _read_order(control_fd) != b"g":

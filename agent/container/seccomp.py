@@ -45,7 +45,6 @@ from __future__ import annotations
 import _struct
 import errno
 import os
-import sys
 
 from agent.errors import InvalidArgument, ResourceError, Unsupported
 from agent.system import libc
@@ -375,14 +374,16 @@ def load(program: bytes, flags: int = 0) -> int | None:
 
 
 def hand_over(channel: int, listener: int) -> None:
-    """Pass the notify ``listener`` to the runtime over the unix socket ``channel`` (SCM_RIGHTS, one
-    byte), then close both here."""
+    """Pass the notify ``listener`` to the runtime over the unix socket ``channel`` (one byte, with the
+    descriptor: warm.send_raw), then close both here."""
     import _socket
+
+    from agent.container.warm import send_raw  # (loaded with the process's code, before its root changed)
 
     try:
         sock = _socket.socket(fileno=channel)
         try:
-            sock.sendmsg([b"L"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, listener.to_bytes(4, sys.byteorder))])
+            send_raw(sock, b"L", [listener])
         finally:
             sock.close()
     finally:
@@ -393,17 +394,18 @@ def receive(channel: Any, timeout: float) -> int:
     """The notify listener a container process passed over ``channel`` (a socket object): its
     descriptor here. TimeoutError when none comes within ``timeout`` seconds, EOFError when the process
     closed the channel without one (it failed before: its own report says why)."""
-    import _socket
+    from agent.container.warm import receive_raw
 
     channel.settimeout(timeout)
     try:
-        _data, ancillary, _flags, _address = channel.recvmsg(1, _socket.CMSG_SPACE(4))
+        _data, fds = receive_raw(channel)
     except TimeoutError:
         raise TimeoutError(f"no seccomp listener came from the container process within {timeout:g} s") from None
-    for level, kind, payload in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(payload) >= 4:
-            return int.from_bytes(payload[:4], sys.byteorder)
-    raise EOFError("the container process ended before it passed its seccomp listener")
+    for extra in fds[1:]:
+        os.close(extra)
+    if not fds:
+        raise EOFError("the container process ended before it passed its seccomp listener")
+    return fds[0]
 
 
 def process_state(profile: dict[str, Any], pid: int, state: dict[str, Any]) -> bytes:
@@ -428,12 +430,14 @@ def send_to_agent(profile: dict[str, Any], listener: int, message: bytes) -> Non
     the agent cannot be reached or refuses it."""
     import _socket
 
+    from agent.container.warm import send_raw
+
     path = profile["listenerPath"]
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(10.0)
         sock.connect(path)
-        sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, listener.to_bytes(4, sys.byteorder))])
+        send_raw(sock, message, [listener])
     except OSError as exc:
         raise ResourceError(
             f"cannot hand the seccomp listener to the agent at linux.seccomp.listenerPath {path}: "
