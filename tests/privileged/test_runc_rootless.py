@@ -227,9 +227,10 @@ def test_rootless_refusals_leave_nothing_behind(rootless: Rootless) -> None:
 
 
 @pytest.fixture
-def delegated() -> Iterator[str]:
+def delegated() -> Iterator[tuple[str, Path]]:
     """A cgroup root makes in every cgroup v1 hierarchy and hands to the user (runc's delegated
-    subtree): the directory and its tasks and cgroup.procs files are the user's. Removed after."""
+    subtree): the directory and its tasks and cgroup.procs files are the user's. Removed after.
+    Yields its path below the hierarchies and its directory in the pids hierarchy."""
     from agent.container.cgroups.layout import detect
     from agent.system.paths import HostPaths
 
@@ -248,7 +249,7 @@ def delegated() -> Iterator[str]:
                     (directory / name).write_text((Path(hierarchy) / name).read_text())
             for path in (directory, directory / "tasks", directory / "cgroup.procs"):
                 os.chown(path, UID, UID)
-        yield relative
+        yield relative, Path(layout.controllers["pids"]) / relative
     finally:  # (after the rootless fixture's end, which kills what the user left running: see the test)
         for directory in made:
             for child in [*sorted(directory.glob("*/**/"), key=lambda p: -len(p.parts)), directory]:
@@ -263,22 +264,22 @@ def delegated() -> Iterator[str]:
                         time.sleep(0.05)
 
 
-def test_rootless_in_a_delegated_cgroup_has_limits_pause_and_stats(delegated: str, rootless: Rootless) -> None:
+def test_rootless_in_a_delegated_cgroup_has_limits_pause_and_stats(
+    delegated: tuple[str, Path], rootless: Rootless
+) -> None:
     """In a cgroup the user was given, a rootless container gets its own cgroup below it, with its
     limits, pause and stats; its device rules are left unset, as runc does (devices.allow is root's).
     (``delegated`` comes first: it is removed after ``rootless`` has ended whatever the user runs.)"""
-    from agent.container.cgroups.layout import detect
-    from agent.system.paths import HostPaths
-
+    relative, pids_parent = delegated
     rootless.config(args=["/bin/sleep", "300"])
     spec = json.loads((rootless.bundle / "config.json").read_text())
     # (the deny-all rule containerd's specs carry, and runc's default: not the user's to write)
     resources = {"pids": {"limit": 17}, "devices": [{"allow": False, "access": "rwm"}]}
-    spec["linux"].update(cgroupsPath=f"/{delegated}/c1", resources=resources)
+    spec["linux"].update(cgroupsPath=f"/{relative}/c1", resources=resources)
     (rootless.bundle / "config.json").write_text(json.dumps(spec))
     rootless("run", "-d", "r6")
     pid = json.loads(rootless("state", "r6").stdout)["pid"]
-    pids = Path(detect(HostPaths("/")).controllers["pids"]) / delegated / "c1"
+    pids = pids_parent / "c1"
     assert (pids / "pids.max").read_text().strip() == "17"
     assert str(pid) in (pids / "cgroup.procs").read_text().split()
     rootless("pause", "r6")
