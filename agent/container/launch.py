@@ -502,10 +502,7 @@ def spawn_exec(
         if handle.pid <= 0 or not handle.created:
             raise ResourceError(f"exec {exec_id} in container {container.id}: {handle.error or 'the process ended'}")
         if channel is not None:  # the filter goes in next, then its listener comes over the channel
-            state = {"ociVersion": container.spec.oci_version or "1.0.2", "id": container.id, "status": "running",
-                     "pid": container.init.pid, "bundle": str(container.bundle),
-                     "annotations": dict(container.spec.annotations)}  # fmt: skip
-            _pass_listener(container.spec.linux.seccomp or {}, channel[0], handle.pid, state,
+            _pass_listener(container.spec.linux.seccomp or {}, channel[0], handle.pid, container.state(),
                            f"exec {exec_id} in container {container.id}")  # fmt: skip
         return Process(container.id, exec_id, handle, ours, process.terminal)
     except BaseException:
