@@ -7,7 +7,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +73,62 @@ def exec_in(agent: AgentClient, cid: str, exec_id: str, args: list[str]) -> tupl
     return status, agent.read_to_end(cid, exec_id, chunk=4096)
 
 
+# the guests `booted` holds: a failing test is shown the console of each one that stopped under it
+_GUESTS: list[vm.Guest] = []
+_SHOWN: set[int] = set()  # id() of the guests whose console a report carries already
+CONSOLE_TAIL = 6000  # characters
+
+
 @contextlib.contextmanager
 def booted(config: vm.GuestConfig, progress: Callable[[str], None] = phase) -> Iterator[vm.Guest]:
     """The guest ``config`` describes, booted (its boot phases' times printed), killed at the end."""
     guest = vm.Guest(config, progress)
+    _GUESTS.append(guest)
     try:
         guest.start()
         progress(f"booted ({guest.accel}): " + ", ".join(f"{k} {v:.2f} s" for k, v in guest.timings.items()))
         yield guest
     finally:
         guest.kill()
+        _GUESTS.remove(guest)
+        _SHOWN.discard(id(guest))
+
+
+def _stopped(guest: vm.Guest) -> list[str]:
+    """What of ``guest`` has stopped on its own: QEMU, the hvsock back-end (with their exit status)."""
+    return [
+        f"{what} exited with {process.returncode}"
+        for what, process in (("QEMU", guest.qemu), ("the hvsock back-end", guest.backend))
+        if process is not None and process.poll() is not None
+    ]
+
+
+def _tail(path: Path, size: int = CONSOLE_TAIL) -> str:
+    try:
+        return path.read_text(errors="replace")[-size:] or "(empty)"
+    except OSError as exc:
+        return f"(cannot read {path}: {exc.strerror})"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test that failed while a guest it used had stopped (QEMU exited: the agent as PID 1 died, the
+    kernel panicked, the guest powered off; or the hvsock back-end died) gets the end of that guest's
+    console and logs in its report, so a CI log says why."""
+    report: pytest.TestReport = yield
+    if not report.failed:
+        return report
+    for guest in _GUESTS:
+        stopped = _stopped(guest)
+        if stopped and id(guest) not in _SHOWN:
+            _SHOWN.add(id(guest))
+            for name, path in (("console", guest.console_log), ("hvsock back-end log", guest.paths["backend_log"]),
+                               ("QEMU log", guest.paths["qemu_log"])):  # fmt: skip
+                title = f"guest {guest.config.name}: {', '.join(stopped)}; its {name}'s end"
+                report.sections.append((title, _tail(path)))
+    return report
 
 
 @pytest.fixture(scope="session")
