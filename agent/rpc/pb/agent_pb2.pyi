@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateContainerRequest(_message.Message):
-    __slots__ = ("container_id", "exec_id", "string_user", "devices", "storages", "OCI", "sandbox_pidns", "shared_mounts")
+    __slots__ = ("container_id", "exec_id", "string_user", "devices", "storages", "OCI", "sandbox_pidns", "shared_mounts", "stdin_port", "stdout_port", "stderr_port")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     STRING_USER_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,9 @@ class CreateContainerRequest(_message.Message):
     OCI_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_PIDNS_FIELD_NUMBER: _ClassVar[int]
     SHARED_MOUNTS_FIELD_NUMBER: _ClassVar[int]
+    STDIN_PORT_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_PORT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_PORT_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     exec_id: str
     string_user: StringUser
@@ -29,7 +32,10 @@ class CreateContainerRequest(_message.Message):
     OCI: _oci_pb2.Spec
     sandbox_pidns: bool
     shared_mounts: _containers.RepeatedCompositeFieldContainer[SharedMount]
-    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., string_user: _Optional[_Union[StringUser, _Mapping]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., storages: _Optional[_Iterable[_Union[Storage, _Mapping]]] = ..., OCI: _Optional[_Union[_oci_pb2.Spec, _Mapping]] = ..., sandbox_pidns: _Optional[bool] = ..., shared_mounts: _Optional[_Iterable[_Union[SharedMount, _Mapping]]] = ...) -> None: ...
+    stdin_port: int
+    stdout_port: int
+    stderr_port: int
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., string_user: _Optional[_Union[StringUser, _Mapping]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., storages: _Optional[_Iterable[_Union[Storage, _Mapping]]] = ..., OCI: _Optional[_Union[_oci_pb2.Spec, _Mapping]] = ..., sandbox_pidns: _Optional[bool] = ..., shared_mounts: _Optional[_Iterable[_Union[SharedMount, _Mapping]]] = ..., stdin_port: _Optional[int] = ..., stdout_port: _Optional[int] = ..., stderr_port: _Optional[int] = ...) -> None: ...
 
 class StartContainerRequest(_message.Message):
     __slots__ = ("container_id",)
@@ -46,16 +52,22 @@ class RemoveContainerRequest(_message.Message):
     def __init__(self, container_id: _Optional[str] = ..., timeout: _Optional[int] = ...) -> None: ...
 
 class ExecProcessRequest(_message.Message):
-    __slots__ = ("container_id", "exec_id", "string_user", "process")
+    __slots__ = ("container_id", "exec_id", "string_user", "process", "stdin_port", "stdout_port", "stderr_port")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     STRING_USER_FIELD_NUMBER: _ClassVar[int]
     PROCESS_FIELD_NUMBER: _ClassVar[int]
+    STDIN_PORT_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_PORT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_PORT_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     exec_id: str
     string_user: StringUser
     process: _oci_pb2.Process
-    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., string_user: _Optional[_Union[StringUser, _Mapping]] = ..., process: _Optional[_Union[_oci_pb2.Process, _Mapping]] = ...) -> None: ...
+    stdin_port: int
+    stdout_port: int
+    stderr_port: int
+    def __init__(self, container_id: _Optional[str] = ..., exec_id: _Optional[str] = ..., string_user: _Optional[_Union[StringUser, _Mapping]] = ..., process: _Optional[_Union[_oci_pb2.Process, _Mapping]] = ..., stdin_port: _Optional[int] = ..., stdout_port: _Optional[int] = ..., stderr_port: _Optional[int] = ...) -> None: ...
 
 class SignalProcessRequest(_message.Message):
     __slots__ = ("container_id", "exec_id", "signal")
@@ -454,18 +466,20 @@ class ReseedRandomDevRequest(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class AgentDetails(_message.Message):
-    __slots__ = ("version", "init_daemon", "device_handlers", "storage_handlers", "supports_seccomp")
+    __slots__ = ("version", "init_daemon", "device_handlers", "storage_handlers", "supports_seccomp", "extra_features")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INIT_DAEMON_FIELD_NUMBER: _ClassVar[int]
     DEVICE_HANDLERS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_HANDLERS_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_SECCOMP_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FEATURES_FIELD_NUMBER: _ClassVar[int]
     version: str
     init_daemon: bool
     device_handlers: _containers.RepeatedScalarFieldContainer[str]
     storage_handlers: _containers.RepeatedScalarFieldContainer[str]
     supports_seccomp: bool
-    def __init__(self, version: _Optional[str] = ..., init_daemon: _Optional[bool] = ..., device_handlers: _Optional[_Iterable[str]] = ..., storage_handlers: _Optional[_Iterable[str]] = ..., supports_seccomp: _Optional[bool] = ...) -> None: ...
+    extra_features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., init_daemon: _Optional[bool] = ..., device_handlers: _Optional[_Iterable[str]] = ..., storage_handlers: _Optional[_Iterable[str]] = ..., supports_seccomp: _Optional[bool] = ..., extra_features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GuestDetailsRequest(_message.Message):
     __slots__ = ("mem_block_size", "mem_hotplug_probe")
@@ -628,3 +642,41 @@ class SetPolicyRequest(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     policy: str
     def __init__(self, policy: _Optional[str] = ...) -> None: ...
+
+class MemAgentMemcgConfig(_message.Message):
+    __slots__ = ("disabled", "swap", "swappiness_max", "period_secs", "period_psi_percent_limit", "eviction_psi_percent_limit", "eviction_run_aging_count_min")
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    SWAP_FIELD_NUMBER: _ClassVar[int]
+    SWAPPINESS_MAX_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_SECS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_PSI_PERCENT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    EVICTION_PSI_PERCENT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    EVICTION_RUN_AGING_COUNT_MIN_FIELD_NUMBER: _ClassVar[int]
+    disabled: bool
+    swap: bool
+    swappiness_max: int
+    period_secs: int
+    period_psi_percent_limit: int
+    eviction_psi_percent_limit: int
+    eviction_run_aging_count_min: int
+    def __init__(self, disabled: _Optional[bool] = ..., swap: _Optional[bool] = ..., swappiness_max: _Optional[int] = ..., period_secs: _Optional[int] = ..., period_psi_percent_limit: _Optional[int] = ..., eviction_psi_percent_limit: _Optional[int] = ..., eviction_run_aging_count_min: _Optional[int] = ...) -> None: ...
+
+class MemAgentCompactConfig(_message.Message):
+    __slots__ = ("disabled", "period_secs", "period_psi_percent_limit", "compact_psi_percent_limit", "compact_sec_max", "compact_order", "compact_threshold", "compact_force_times")
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_SECS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_PSI_PERCENT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_PSI_PERCENT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_SEC_MAX_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_ORDER_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_FORCE_TIMES_FIELD_NUMBER: _ClassVar[int]
+    disabled: bool
+    period_secs: int
+    period_psi_percent_limit: int
+    compact_psi_percent_limit: int
+    compact_sec_max: int
+    compact_order: int
+    compact_threshold: int
+    compact_force_times: int
+    def __init__(self, disabled: _Optional[bool] = ..., period_secs: _Optional[int] = ..., period_psi_percent_limit: _Optional[int] = ..., compact_psi_percent_limit: _Optional[int] = ..., compact_sec_max: _Optional[int] = ..., compact_order: _Optional[int] = ..., compact_threshold: _Optional[int] = ..., compact_force_times: _Optional[int] = ...) -> None: ...
