@@ -104,6 +104,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_vport", _parse_port, 0, "also stream JSON log lines to this vsock port (0: off)"),
     Setting(
+        "passfd_listener_port",
+        _parse_port,
+        0,
+        "vsock port where the runtime opens process stdio streams, named by their host-side port in "
+        "CreateContainer and ExecProcess (stdin_port, stdout_port, stderr_port); 0: off",
+    ),
+    Setting(
         "hotplug_timeout",
         _parse_non_negative_float,
         3.0,
@@ -199,6 +206,7 @@ _CONFIG_DEFAULTS: dict[str, Any] = {
     "debug_console": False,
     "debug_console_vport": 0,
     "log_vport": 0,
+    "passfd_listener_port": 0,
     "hotplug_timeout": 3.0,
     "config_file": "",
     "devmode": False,
@@ -229,6 +237,7 @@ class AgentConfig(Record):
     debug_console: bool
     debug_console_vport: int
     log_vport: int
+    passfd_listener_port: int
     hotplug_timeout: float
     config_file: str
     devmode: bool
