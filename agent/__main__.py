@@ -139,6 +139,14 @@ def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
         reaper.start()
 
     services = Services(config, paths, init_daemon=pid1)
+    if config.passfd_listener_port:
+        from agent.services.passfd import PassfdStreams
+
+        try:
+            services.passfd = PassfdStreams.listen_vsock(config.passfd_listener_port).start()
+            log.info("passfd streams listening", extra={"vport": config.passfd_listener_port})
+        except OSError as exc:
+            log.error("passfd streams: cannot listen on vsock port %d: %s", config.passfd_listener_port, exc)
     server = AgentServer(
         parse_address(config.server_addr), Servicer(services, background_load=True), run_dir=paths.agent_run
     )
@@ -158,6 +166,8 @@ def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
         log.info("stopping: %s", reason[0])
         server.shutdown()
         close_services(services)
+        if services.passfd is not None:
+            services.passfd.close()
         if console is not None:
             console.close()
         if log_stream is not None:

@@ -55,10 +55,15 @@ log = _Log()
 
 
 class PipeIO:
-    """The engine makes pipes (or a pty when the process asks for a terminal) and returns our ends."""
+    """The engine makes pipes (or a pty when the process asks for a terminal) and returns our ends.
 
-    def __init__(self, pipe_size: int = 0) -> None:
+    ``given`` ("stdin", "stdout", "stderr" -> a descriptor of the caller's) replaces those pipes: the
+    process gets a copy of the descriptor itself, and our end of that stream is None (the agent's
+    passfd streams). A terminal process gets its pty whatever ``given`` holds."""
+
+    def __init__(self, pipe_size: int = 0, given: dict[str, int] | None = None) -> None:
         self.pipe_size = pipe_size  # F_SETPIPE_SZ for stdout/stderr; 0 keeps the kernel default
+        self.given = given or {}
 
 
 class FdIO:

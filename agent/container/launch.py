@@ -87,17 +87,24 @@ def make_io(io: PipeIO | FdIO, terminal: bool, console_size: tuple[int, int] | N
             set_winsize(master, console_size[0], console_size[1])
         ours.pty_master = master
         return [slave], ours
-    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
-    stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
-    stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
-    if io.pipe_size:
-        for fd in (stdout_w, stderr_w):
+    theirs = []
+    for name in ("stdin", "stdout", "stderr"):
+        if name in io.given:
+            theirs.append(os.dup(io.given[name]))
+            continue
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        if name == "stdin":
+            theirs.append(read_end)
+            ours.stdin = write_end
+            continue
+        if io.pipe_size:
             try:
-                fcntl.fcntl(fd, F_SETPIPE_SZ, io.pipe_size)
+                fcntl.fcntl(write_end, F_SETPIPE_SZ, io.pipe_size)
             except OSError:
                 pass  # above /proc/sys/fs/pipe-max-size: keep the default
-    ours.stdin, ours.stdout, ours.stderr = stdin_w, stdout_r, stderr_r
-    return [stdin_r, stdout_w, stderr_w], ours
+        theirs.append(write_end)
+        setattr(ours, name, read_end)
+    return theirs, ours
 
 
 _initramfs_roots: dict[Any, bool] = {}

@@ -28,6 +28,7 @@ class Services:
         self.config = config
         self.paths = paths
         self.init_daemon = init_daemon  # the agent is PID 1
+        self.passfd: Any = None  # the passfd streams' listener (agent.passfd_listener_port), set by the agent
         self._lock = threading.RLock()
         self._built: dict[str, Any] = {}
 

@@ -9,6 +9,7 @@ import logging
 import os
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from agent.config import AgentConfig
 from agent.container.engine import Container, Engine, PipeIO, Process
 from agent.container.hooks import add_guest_hooks
 from agent.errors import AgentError, DeadlineExceeded, IncorrectState, InvalidArgument, NotFound
+from agent.services.passfd import PassfdStreams, PtyRelay, put_back
 from agent.services.sandbox import SandboxInfo, sandbox_spec
 from agent.services.streams import StreamBuffer
 from agent.system.paths import HostPaths
@@ -43,6 +45,8 @@ class ProcessStreams:
     stdin: int | None = None
     stdin_lock: threading.Lock = field(default_factory=threading.Lock)
     waited: bool = False  # WaitProcess reported the exit
+    passfd: dict[str, int] = field(default_factory=dict)  # streams the runtime's passfd streams are, by host port
+    relay: PtyRelay | None = None  # a terminal's copy to and from its passfd streams
     eof_reported: set[str] = field(default_factory=set)  # "stdout"/"stderr" whose EOF a reader saw
 
     def drained(self) -> bool:
@@ -52,6 +56,8 @@ class ProcessStreams:
         )
 
     def close(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
         with self.stdin_lock:
             if self.stdin is not None:
                 os.close(self.stdin)
@@ -61,10 +67,26 @@ class ProcessStreams:
                 buffer.close()
 
 
-def _streams_for(process: Process, limit: int, name: str) -> ProcessStreams:
-    """Take the process's stdio descriptors over (the buffers close them)."""
+def _streams_for(
+    process: Process, limit: int, name: str, passfd: dict[str, socket.socket] | None = None
+) -> ProcessStreams:
+    """Take the process's stdio descriptors over (the buffers close them). ``passfd``: the runtime's
+    streams the process got as its own (closed here) or, with a terminal, that its pty is copied to."""
     io = process.io
-    streams = ProcessStreams()
+    passfd = passfd or {}
+    streams = ProcessStreams(passfd={stream: int(sock.getpeername()[1]) for stream, sock in passfd.items()})
+    if io.pty_master is not None and passfd:
+        tty_streams = {stream: sock for stream, sock in passfd.items() if stream != "stderr"}
+        for sock in (sock for stream, sock in passfd.items() if stream == "stderr"):
+            sock.close()  # a terminal has no stderr: the host's stream ends at once
+        streams.relay = PtyRelay(io.pty_master, tty_streams, name)
+        if "stdout" not in passfd:
+            streams.stdout = StreamBuffer(os.dup(io.pty_master), limit, f"{name} tty")
+        if "stdin" not in passfd:
+            streams.stdin = os.dup(io.pty_master)
+        return streams
+    for sock in passfd.values():
+        sock.close()  # the process has its own copy
     if io.pty_master is not None:
         # one pty: the buffer reads (and owns) the master, stdin writes go to a second descriptor
         # of it, and a third stays in the process's io for TtyWinResize (the engine closes it)
@@ -83,6 +105,12 @@ def _streams_for(process: Process, limit: int, name: str) -> ProcessStreams:
     return streams
 
 
+def _refuse_passfd(streams: ProcessStreams, stream: str, name: str) -> None:
+    port = streams.passfd.get(stream)
+    if port is not None:
+        raise IncorrectState(f"{name} is the runtime's passfd stream from host port {port}: use that stream")
+
+
 class ContainerService:
     def __init__(
         self,
@@ -93,8 +121,10 @@ class ContainerService:
         engine: Engine | None = None,
         guest_hook_path: Callable[[], str] | None = None,
         sandbox: Callable[[], SandboxInfo | None] | None = None,
+        passfd: PassfdStreams | None = None,
     ) -> None:
         self.paths = paths
+        self.passfd = passfd  # the runtime's stdio streams (agent.passfd_listener_port), when on
         self.config = config
         # Kata's runtime passes the host's AppArmor profile on unchanged, and the guest has no AppArmor
         # (the Kata agent ignores the profile too); an SELinux label it sends only for a guest that has it
@@ -124,17 +154,31 @@ class ContainerService:
             storage=lambda: services.storage,
             guest_hook_path=guest_hook_path,
             sandbox=sandbox,
+            passfd=services.passfd,
         )
 
     # --- helpers
     def _container(self, container_id: str) -> Container:
         return self.engine.get(container_id)
 
-    def _io(self) -> PipeIO:
-        return PipeIO(pipe_size=self.config.container_pipe_size)
+    def _io(self, passfd: dict[str, socket.socket] | None = None) -> PipeIO:
+        given = {stream: sock.fileno() for stream, sock in (passfd or {}).items()}
+        return PipeIO(pipe_size=self.config.container_pipe_size, given=given)
 
-    def _adopt(self, container_id: str, exec_id: str, process: Process) -> None:
-        streams = _streams_for(process, self.config.output_buffer_limit, f"{container_id}/{exec_id or 'init'}")
+    def _take_streams(self, ports: dict[str, int] | None, deadline: float | None) -> dict[str, socket.socket]:
+        """The passfd streams ``ports`` names ({} when it names none)."""
+        if not ports or not any(ports.values()):
+            return {}
+        if self.passfd is None:
+            named = ", ".join(f"{stream}_port={port}" for stream, port in ports.items() if port)
+            raise IncorrectState(f"the request names passfd streams ({named}) but agent.passfd_listener_port is off")
+        return self.passfd.take(ports, deadline)
+
+    def _adopt(
+        self, container_id: str, exec_id: str, process: Process, passfd: dict[str, socket.socket] | None = None
+    ) -> None:
+        name = f"{container_id}/{exec_id or 'init'}"
+        streams = _streams_for(process, self.config.output_buffer_limit, name, passfd)
         with self._lock:
             self._streams[(container_id, exec_id)] = streams
 
@@ -199,9 +243,12 @@ class ContainerService:
         *,
         storages: list[Any] | None = None,
         sandbox_pidns: bool = False,
+        stdio_ports: dict[str, int] | None = None,
+        deadline: float | None = None,
     ) -> Container:
         """Mount the request's storages (owned by the container), then create it. With
-        ``sandbox_pidns`` the container joins the sandbox's shared pid namespace."""
+        ``sandbox_pidns`` the container joins the sandbox's shared pid namespace; ``stdio_ports``
+        names the passfd streams that are the init's stdin, stdout, stderr (by host port)."""
         if sandbox_pidns:
             spec = self._join_sandbox_pidns(spec)
         sandbox = self._sandbox()
@@ -210,16 +257,21 @@ class ContainerService:
         hook_dir = self._guest_hook_path()
         if hook_dir:
             spec = add_guest_hooks(spec, self.paths.inside(hook_dir))
-        if storages:
-            self._storage_service().mount_all(storages, container_id)
+        passfd = self._take_streams(stdio_ports, deadline)
         try:
-            container = self.engine.create(container_id, spec, io=self._io())
-        except BaseException:
             if storages:
-                self._storage_service().release(container_id)
+                self._storage_service().mount_all(storages, container_id)
+            try:
+                container = self.engine.create(container_id, spec, io=self._io(passfd))
+            except BaseException:
+                if storages:
+                    self._storage_service().release(container_id)
+                raise
+        except BaseException:
+            put_back(self.passfd, passfd)
             raise
         assert container.init is not None
-        self._adopt(container_id, "", container.init)
+        self._adopt(container_id, "", container.init, passfd)
         try:
             self._oom_watcher().add(container_id, container.cgroup)
         except AgentError as exc:
@@ -229,10 +281,23 @@ class ContainerService:
     def start_container(self, container_id: str) -> None:
         self._container(container_id).start()
 
-    def exec_process(self, container_id: str, exec_id: str, process: dict[str, Any]) -> Process:
+    def exec_process(
+        self,
+        container_id: str,
+        exec_id: str,
+        process: dict[str, Any],
+        *,
+        stdio_ports: dict[str, int] | None = None,
+        deadline: float | None = None,
+    ) -> Process:
         container = self._container(container_id)
-        proc = container.exec(exec_id, process, io=self._io())
-        self._adopt(container_id, exec_id, proc)
+        passfd = self._take_streams(stdio_ports, deadline)
+        try:
+            proc = container.exec(exec_id, process, io=self._io(passfd))
+        except BaseException:
+            put_back(self.passfd, passfd)
+            raise
+        self._adopt(container_id, exec_id, proc, passfd)
         return proc
 
     def signal_process(self, container_id: str, exec_id: str, signum: int) -> None:
@@ -277,6 +342,7 @@ class ContainerService:
         no longer reads its stdin (ended, or closed it) is IncorrectState."""
         streams = self._process_streams(container_id, exec_id)
         name = f"stdin of {container_id}/{exec_id or 'init'}"
+        _refuse_passfd(streams, "stdin", name)
         with streams.stdin_lock:
             if streams.stdin is None:
                 raise InvalidArgument(f"{name} is closed")
@@ -309,6 +375,7 @@ class ContainerService:
 
     def close_stdin(self, container_id: str, exec_id: str) -> None:
         streams = self._process_streams(container_id, exec_id)
+        _refuse_passfd(streams, "stdin", f"stdin of {container_id}/{exec_id or 'init'}")
         with streams.stdin_lock:
             if streams.stdin is not None:
                 os.close(streams.stdin)
@@ -321,6 +388,7 @@ class ContainerService:
         streams = self._process_streams(container_id, exec_id)
         buffer = streams.stderr if stderr else streams.stdout
         name = "stderr" if stderr else "stdout"
+        _refuse_passfd(streams, name, f"{name} of {container_id}/{exec_id or 'init'}")
         if buffer is None:
             raise StreamEnded(f"{container_id}/{exec_id or 'init'} has no {name} (a terminal has only stdout)")
         length = min(length or MAX_READ, MAX_READ)

@@ -89,6 +89,8 @@ def create_container(
         spec_to_dict(request.OCI),
         storages=_storages(request.storages),
         sandbox_pidns=request.sandbox_pidns,
+        stdio_ports=_stdio_ports(request),
+        deadline=ctx.deadline,
     )
     return empty_pb2.Empty()
 
@@ -111,8 +113,19 @@ def remove_container(
 @rpc(SERVICE, "ExecProcess")
 def exec_process(services: Services, request: agent_pb2.ExecProcessRequest, ctx: CallContext) -> empty_pb2.Empty:
     log.info("ExecProcess %s/%s", request.container_id, request.exec_id)
-    services.containers.exec_process(request.container_id, request.exec_id, process_to_dict(request.process))
+    services.containers.exec_process(
+        request.container_id,
+        request.exec_id,
+        process_to_dict(request.process),
+        stdio_ports=_stdio_ports(request),
+        deadline=ctx.deadline,
+    )
     return empty_pb2.Empty()
+
+
+def _stdio_ports(request: agent_pb2.CreateContainerRequest | agent_pb2.ExecProcessRequest) -> dict[str, int]:
+    """The passfd streams' host ports the request names (0: that stream is a pipe)."""
+    return {"stdin": request.stdin_port, "stdout": request.stdout_port, "stderr": request.stderr_port}
 
 
 @rpc(SERVICE, "SignalProcess")
