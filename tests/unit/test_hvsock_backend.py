@@ -1,6 +1,7 @@
 """The hybrid vsock back-end end to end without QEMU: the test plays QEMU (the vhost-user front-end,
 with guest memory in a memfd passed over SCM_RIGHTS) and the guest driver (posting rx buffers,
-sending tx packets, kicking eventfds), and a host client speaks the CONNECT convention."""
+sending tx packets, kicking eventfds), and a host client speaks the convention: CONNECT, or
+Dragonball's passfd (a descriptor handed over with SCM_RIGHTS)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,23 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from agentctl import vhost_user as vu
-from agentctl.hvsock import HybridVsock, connect
+from agentctl.hvsock import HybridVsock, connect, connect_port, pass_fd
 from agentctl.virtio_vsock import (
     HEADER_SIZE,
+    VIRTIO_VSOCK_OP_CREDIT_REQUEST,
     VIRTIO_VSOCK_OP_CREDIT_UPDATE,
     VIRTIO_VSOCK_OP_REQUEST,
     VIRTIO_VSOCK_OP_RESPONSE,
     VIRTIO_VSOCK_OP_RST,
     VIRTIO_VSOCK_OP_RW,
     VIRTIO_VSOCK_OP_SHUTDOWN,
+    VIRTIO_VSOCK_SHUTDOWN_SEND,
     VIRTIO_VSOCK_TYPE_STREAM,
     Header,
     parse_packet,
@@ -377,3 +380,427 @@ def test_device_stop_closes_host_connections(rig: tuple[HybridVsock, FakeFronten
             break
         select.select([], [], [], 0.1)
     assert not backend.mux.connections
+
+
+# --- passfd (Dragonball's command, runtime-rs's passfd I/O)
+Rig = tuple[HybridVsock, FakeFrontend, FakeGuest, Path]
+
+
+def _fd_count(frontend: FakeFrontend) -> int:
+    """Descriptors open in this process, the back-end's thread included. A request with a reply
+    first: the back-end has then taken every vring eventfd the rig sent it."""
+    frontend.call(vu.VHOST_USER_GET_FEATURES, reply=True)
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    """Until the back-end's thread has got there (it runs on after what the test can observe)."""
+    for _ in range(100):
+        if condition():
+            return
+        select.select([], [], [], 0.1)
+    raise AssertionError("the back-end never got there")
+
+
+def _until(guest: FakeGuest, op: int) -> list[tuple[Header, bytes]]:
+    """Packets from the device up to and including the first ``op``."""
+    packets: list[tuple[Header, bytes]] = []
+    while not any(h.op == op for h, _ in packets):
+        packets += guest.receive()
+    return packets
+
+
+def _guest_reads(guest: FakeGuest, size: int) -> bytes:
+    got = b""
+    while len(got) < size:
+        got += b"".join(p for h, p in guest.receive() if h.op == VIRTIO_VSOCK_OP_RW)
+    return got
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    line = b""
+    while not line.endswith(b"\n") and (byte := sock.recv(1)):
+        line += byte
+    return line
+
+
+def _read_fd(fd: int, size: int = 100) -> bytes:
+    ready, _, _ = select.select([fd], [], [], 10)
+    assert ready, "nothing to read"
+    return os.read(fd, size)
+
+
+def _control(uds: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(uds))
+    return sock
+
+
+def _pass(guest: FakeGuest, uds: Path, port: int, fd: int, keep: bool = False) -> Header:
+    """pass_fd() with the fake guest accepting; the guest's REQUEST, whose source is the host port."""
+    result: dict[str, int | BaseException] = {}
+
+    def run() -> None:
+        try:
+            result["port"] = pass_fd(uds, port, fd, keep=keep, timeout=10)
+        except BaseException as exc:
+            result["error"] = exc
+
+    client = threading.Thread(target=run)
+    client.start()
+    request = _accept_request(guest, port)
+    client.join(10)
+    assert result == {"port": request.src_port}
+    return request
+
+
+def _guest_closes(backend: HybridVsock, guest: FakeGuest, request: Header) -> None:
+    guest.send(guest_header(VIRTIO_VSOCK_OP_SHUTDOWN, request.dst_port, request.src_port, flags=3))
+    _until(guest, VIRTIO_VSOCK_OP_RST)
+    _wait_for(lambda: not backend.endpoints and not backend.mux.connections)
+
+
+def test_passfd_socket_carries_both_directions(rig: Rig) -> None:
+    backend, frontend, guest, uds = rig
+    before = _fd_count(frontend)
+    host, passed = socket.socketpair()
+    with host, _control(uds) as control:
+        host.settimeout(10)
+        control.sendall(b"passfd\n")
+        socket.send_fds(control, [b"1027"], [passed.fileno()])
+        passed.close()  # the back-end holds the only copy now
+        request = _accept_request(guest, 1027)
+        assert _read_line(control) == f"OK {request.src_port}\n".encode()
+        assert control.recv(10) == b""  # the control socket is done after OK
+
+        host.sendall(b"to the guest")
+        assert _guest_reads(guest, 12) == b"to the guest"
+        guest.send(guest_header(VIRTIO_VSOCK_OP_RW, 1027, request.src_port, 11), b"to the host")
+        assert host.recv(11, socket.MSG_WAITALL) == b"to the host"
+
+        host.shutdown(socket.SHUT_WR)
+        (shutdown, _) = _until(guest, VIRTIO_VSOCK_OP_SHUTDOWN)[-1]
+        assert shutdown.flags == VIRTIO_VSOCK_SHUTDOWN_SEND and shutdown.src_port == request.src_port
+        guest.send(guest_header(VIRTIO_VSOCK_OP_SHUTDOWN, 1027, request.src_port, flags=3))
+        assert host.recv(10) == b""  # the back-end closed the passed socket
+        _until(guest, VIRTIO_VSOCK_OP_RST)
+    _wait_for(lambda: not backend.endpoints and not backend.mux.connections)
+    assert _fd_count(frontend) == before
+
+
+def test_passfd_pipe_read_end_feeds_the_guest_until_eof(rig: Rig) -> None:
+    backend, frontend, guest, uds = rig
+    before = _fd_count(frontend)
+    r, w = os.pipe()
+    request = _pass(guest, uds, 1028, r)
+    os.close(r)
+    os.write(w, b"stdin bytes")
+    assert _guest_reads(guest, 11) == b"stdin bytes"
+    # The guest's bytes have nowhere to go: dropped, but taken (its credit comes back).
+    guest.send(guest_header(VIRTIO_VSOCK_OP_RW, 1028, request.src_port, 7), b"ignored")
+    guest.send(guest_header(VIRTIO_VSOCK_OP_CREDIT_REQUEST, 1028, request.src_port))
+    (update, _) = _until(guest, VIRTIO_VSOCK_OP_CREDIT_UPDATE)[-1]
+    assert update.fwd_cnt == 7
+    os.close(w)
+    (shutdown, _) = _until(guest, VIRTIO_VSOCK_OP_SHUTDOWN)[-1]
+    assert shutdown.flags == VIRTIO_VSOCK_SHUTDOWN_SEND
+    assert (request.src_port, 1028) in backend.mux.connections  # half-closed: the guest decides the end
+    _guest_closes(backend, guest, request)
+    assert _fd_count(frontend) == before
+
+
+def test_passfd_keep_leaves_the_stream_open_at_eof(rig: Rig) -> None:
+    backend, frontend, guest, uds = rig
+    before = _fd_count(frontend)
+    r, w = os.pipe()
+    request = _pass(guest, uds, 1029, r, keep=True)
+    os.close(r)
+    endpoint = backend.mux.connections[(request.src_port, 1029)].handle
+    os.write(w, b"x")
+    assert _guest_reads(guest, 1) == b"x"
+    os.close(w)
+    _wait_for(lambda: getattr(endpoint, "eof_read", False))  # the back-end has read the EOF
+    guest.send(guest_header(VIRTIO_VSOCK_OP_CREDIT_REQUEST, 1029, request.src_port))
+    ops = [h.op for h, _ in _until(guest, VIRTIO_VSOCK_OP_CREDIT_UPDATE)]
+    assert VIRTIO_VSOCK_OP_SHUTDOWN not in ops and VIRTIO_VSOCK_OP_RST not in ops
+    assert (request.src_port, 1029) in backend.mux.connections
+    _guest_closes(backend, guest, request)
+    assert _fd_count(frontend) == before
+
+
+@pytest.mark.parametrize("how", ["rst", "shutdown-send", "close"])
+def test_passfd_pipe_write_end_takes_guest_data_until_the_guest_ends(rig: Rig, how: str) -> None:
+    backend, frontend, guest, uds = rig
+    before = _fd_count(frontend)
+    r, w = os.pipe()
+    try:
+        request = _pass(guest, uds, 1030, w)
+        os.close(w)
+        guest.send(guest_header(VIRTIO_VSOCK_OP_RW, 1030, request.src_port, 12), b"stdout bytes")
+        assert _read_fd(r) == b"stdout bytes"
+        if how == "rst":
+            guest.send(guest_header(VIRTIO_VSOCK_OP_RST, 1030, request.src_port))
+        else:
+            flags = VIRTIO_VSOCK_SHUTDOWN_SEND if how == "shutdown-send" else 3
+            guest.send(guest_header(VIRTIO_VSOCK_OP_SHUTDOWN, 1030, request.src_port, flags=flags))
+        assert _read_fd(r) == b""  # the back-end closed the write end: EOF
+        if how != "rst":
+            _until(guest, VIRTIO_VSOCK_OP_RST)
+        _wait_for(lambda: not backend.endpoints and not backend.mux.connections)
+    finally:
+        os.close(r)
+    assert _fd_count(frontend) == before
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_passfd_write_end_whose_reader_goes(rig: Rig, keep: bool) -> None:
+    backend, frontend, guest, uds = rig
+    before = _fd_count(frontend)
+    r, w = os.pipe()
+    request = _pass(guest, uds, 1031, w, keep=keep)
+    os.close(w)
+    os.close(r)
+    if not keep:
+        _until(guest, VIRTIO_VSOCK_OP_RST)  # the stream is gone with its reader
+        _wait_for(lambda: not backend.endpoints and not backend.mux.connections)
+    else:
+        conn = backend.mux.connections[(request.src_port, 1031)]
+        guest.send(guest_header(VIRTIO_VSOCK_OP_RW, 1031, request.src_port, 4), b"lost")
+        _wait_for(lambda: conn.fwd_cnt == 4)  # dropped (EPIPE), and its credit given back
+        guest.send(guest_header(VIRTIO_VSOCK_OP_CREDIT_REQUEST, 1031, request.src_port))
+        packets = _until(guest, VIRTIO_VSOCK_OP_CREDIT_UPDATE)
+        assert VIRTIO_VSOCK_OP_RST not in [h.op for h, _ in packets] and packets[-1][0].fwd_cnt == 4
+        _guest_closes(backend, guest, request)
+    assert _fd_count(frontend) == before
+
+
+def test_passfd_refused_by_the_guest(rig: Rig) -> None:
+    backend, frontend, guest, uds = rig
+    before = _fd_count(frontend)
+    host, passed = socket.socketpair()
+    with host, _control(uds) as control:
+        host.settimeout(10)
+        control.sendall(b"passfd\n")
+        socket.send_fds(control, [b"1032"], [passed.fileno()])
+        passed.close()
+        ((request, _),) = guest.receive()
+        assert request.op == VIRTIO_VSOCK_OP_REQUEST and request.dst_port == 1032
+        guest.send(guest_header(VIRTIO_VSOCK_OP_RST, 1032, request.src_port))
+        assert control.recv(100) == b""  # no OK
+        assert host.recv(10) == b""  # the passed socket is closed too
+    _wait_for(lambda: not backend.endpoints and not backend.mux.connections)
+    assert _fd_count(frontend) == before
+
+
+def _send_no_fd(control: socket.socket, fds: list[int]) -> None:
+    control.sendall(b"passfd\n1033")
+
+
+def _send_two_fds(control: socket.socket, fds: list[int]) -> None:
+    control.sendall(b"passfd\n")
+    socket.send_fds(control, [b"1033"], fds[:2])
+
+
+def _send_too_many_fds(control: socket.socket, fds: list[int]) -> None:
+    socket.send_fds(control, [b"passfd\n", b"1033"], fds)  # more than the back-end makes room for
+
+
+def _send_bad_port(control: socket.socket, fds: list[int]) -> None:
+    socket.send_fds(control, [b"passfd\n", b"port"], fds[:1])
+
+
+def _send_huge_port(control: socket.socket, fds: list[int]) -> None:
+    socket.send_fds(control, [b"passfd\n", b"4294967296"], fds[:1])
+
+
+def _send_unknown_option(control: socket.socket, fds: list[int]) -> None:
+    socket.send_fds(control, [b"passfd\n", b"1033 stay"], fds[:1])
+
+
+def _send_long_message(control: socket.socket, fds: list[int]) -> None:
+    socket.send_fds(control, [b"passfd\n", b"1" * 100], fds[:1])
+
+
+def _send_garbage_after_passfd(control: socket.socket, fds: list[int]) -> None:
+    socket.send_fds(control, [b"passfd please\n", b"1033"], fds[:1])
+
+
+def _send_fd_with_the_command(control: socket.socket, fds: list[int]) -> None:
+    socket.send_fds(control, [b"passfd\n"], fds[:1])
+
+
+def _send_fd_before_the_newline(control: socket.socket, fds: list[int]) -> None:
+    socket.send_fds(control, [b"pass"], fds[:1])
+    control.sendall(b"fd\n1033")
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        _send_no_fd,
+        _send_two_fds,
+        _send_too_many_fds,
+        _send_bad_port,
+        _send_huge_port,
+        _send_unknown_option,
+        _send_long_message,
+        _send_garbage_after_passfd,
+        _send_fd_with_the_command,
+        _send_fd_before_the_newline,
+    ],
+)
+def test_malformed_passfd_is_dropped_and_its_fds_closed(
+    rig: Rig, send: Callable[[socket.socket, list[int]], None]
+) -> None:
+    backend, frontend, _, uds = rig
+    before = _fd_count(frontend)
+    pairs = [socket.socketpair() for _ in range(6)]
+    with _control(uds) as control:
+        send(control, [passed.fileno() for _, passed in pairs])
+        for _, passed in pairs:
+            passed.close()
+        assert control.recv(100) == b""  # dropped without OK
+    for host, _ in pairs:
+        with host:
+            host.settimeout(10)
+            assert host.recv(10) == b""  # whatever the back-end received, it closed
+    assert not backend.mux.connections  # the guest was never asked
+    _wait_for(lambda: not backend.endpoints)
+    assert _fd_count(frontend) == before
+
+
+def test_passfd_refuses_a_descriptor_epoll_cannot_watch(
+    rig: Rig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, frontend, _, uds = rig
+    before = _fd_count(frontend)
+    with open(tmp_path / "file", "w") as regular, _control(uds) as control:
+        control.sendall(b"passfd\n")
+        socket.send_fds(control, [b"1034"], [regular.fileno()])
+        assert control.recv(100) == b""
+    assert "passfd for vsock port 1034: refusing the descriptor: epoll cannot watch a regular file" in caplog.text
+    assert not backend.mux.connections
+    assert _fd_count(frontend) == before
+
+
+def test_passfd_handshake_and_guest_answer_have_a_deadline(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentctl import hvsock
+
+    monkeypatch.setattr(hvsock, "CONNECT_TIMEOUT", 0.3)
+    backend, frontend, guest, uds = rig
+    before = _fd_count(frontend)
+    with _control(uds) as control:
+        control.sendall(b"passfd\n")  # and never the message
+        assert control.recv(100) == b""
+    host, passed = socket.socketpair()
+    with host, _control(uds) as control:
+        host.settimeout(10)
+        control.sendall(b"passfd\n")
+        socket.send_fds(control, [b"1035"], [passed.fileno()])
+        passed.close()
+        ((request, _),) = guest.receive()  # the guest sees the REQUEST and never answers
+        assert control.recv(100) == b""
+        assert host.recv(10) == b""
+        ((rst, _),) = guest.receive()
+        assert rst.op == VIRTIO_VSOCK_OP_RST and rst.src_port == request.src_port
+    _wait_for(lambda: not backend.endpoints and not backend.mux.connections)
+    assert _fd_count(frontend) == before
+
+
+def test_descriptors_sent_with_connect_are_closed(rig: Rig) -> None:
+    backend, frontend, guest, uds = rig
+    before = _fd_count(frontend)
+    host, passed = socket.socketpair()
+    with host, _control(uds) as client:
+        host.settimeout(10)
+        socket.send_fds(client, [b"CONNECT 1036\n"], [passed.fileno()])
+        passed.close()
+        request = _accept_request(guest, 1036)
+        assert _read_line(client) == f"OK {request.src_port}\n".encode()
+        assert host.recv(10) == b""  # the stray descriptor was closed, not kept
+        client.sendall(b"still a CONNECT stream")
+        assert _guest_reads(guest, 22) == b"still a CONNECT stream"
+    _until(guest, VIRTIO_VSOCK_OP_SHUTDOWN)
+    _guest_closes(backend, guest, request)
+    assert _fd_count(frontend) == before
+
+
+def test_connect_port_returns_the_host_port(rig: Rig) -> None:
+    backend, _, guest, uds = rig
+    result: dict[str, tuple[socket.socket, int] | BaseException] = {}
+
+    def dial() -> None:
+        try:
+            result["pair"] = connect_port(uds, 1037, timeout=10)
+        except BaseException as exc:
+            result["error"] = exc
+
+    dialer = threading.Thread(target=dial)
+    dialer.start()
+    request = _accept_request(guest, 1037)
+    dialer.join(10)
+    pair = result["pair"]
+    assert isinstance(pair, tuple), result
+    client, host_port = pair
+    with client:
+        assert host_port == request.src_port
+        client.sendall(b"hi")
+        assert _guest_reads(guest, 2) == b"hi"
+    _until(guest, VIRTIO_VSOCK_OP_SHUTDOWN)
+    _guest_closes(backend, guest, request)
+
+
+def test_pass_fd_client(rig: Rig, tmp_path: Path) -> None:
+    backend, frontend, guest, uds = rig
+    before = _fd_count(frontend)
+    r, w = os.pipe()
+    request = _pass(guest, uds, 1038, r, keep=True)  # the host port comes back
+    endpoint = backend.mux.connections[(request.src_port, 1038)].handle
+    assert getattr(endpoint, "keep", None) is True  # "<port> keep" reached the back-end
+    os.write(w, b"ok")
+    assert _guest_reads(guest, 2) == b"ok"
+    _guest_closes(backend, guest, request)
+
+    error: list[BaseException] = []
+
+    def refused() -> None:
+        try:
+            pass_fd(uds, 1039, w, timeout=10)
+        except BaseException as exc:
+            error.append(exc)
+
+    client = threading.Thread(target=refused)
+    client.start()
+    ((request, _),) = guest.receive()
+    guest.send(guest_header(VIRTIO_VSOCK_OP_RST, 1039, request.src_port))
+    client.join(10)
+    assert len(error) == 1 and isinstance(error[0], ConnectionRefusedError) and "1039" in str(error[0])
+
+    with open(tmp_path / "file", "w") as regular, pytest.raises(ConnectionRefusedError, match="1040"):
+        pass_fd(uds, 1040, regular.fileno(), timeout=10)  # refused by the back-end: no guest involved
+    os.close(r)
+    os.close(w)
+    _wait_for(lambda: not backend.endpoints and not backend.mux.connections)
+    assert _fd_count(frontend) == before
+
+
+def test_passfd_fifo_opened_both_ways_like_runtime_rs_stdin(rig: Rig, tmp_path: Path) -> None:
+    # runtime-rs opens the stdin FIFO O_RDWR (so that it never sees EOF) and passes it with "keep".
+    backend, frontend, guest, uds = rig
+    before = _fd_count(frontend)
+    fifo = tmp_path / "stdin"
+    os.mkfifo(fifo)
+    stdin = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    request = _pass(guest, uds, 1041, stdin, keep=True)
+    os.close(stdin)
+    writer = os.open(fifo, os.O_WRONLY)
+    os.write(writer, b"typed")
+    os.close(writer)  # the back-end's O_RDWR copy is a writer too: no EOF
+    assert _guest_reads(guest, 5) == b"typed"
+    writer = os.open(fifo, os.O_WRONLY)  # a second writer attaches to the same stream
+    os.write(writer, b" more")
+    os.close(writer)
+    assert _guest_reads(guest, 5) == b" more"
+    _guest_closes(backend, guest, request)
+    assert _fd_count(frontend) == before
