@@ -8,7 +8,10 @@ Then the same smoke run on the rootfs image, where systemd starts the agent.
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from agent.rpc.pb import agent_pb2, health_pb2
-from agentctl import qmp, vm
+from agent.rpc.pb import agent_pb2, health_pb2, oci_pb2
+from agentctl import hvsock, qmp, vm
 from agentctl.client import AgentClient, connect
 from tests.conftest import FIXTURES
 from tests.helpers.bundle import make_bundle
@@ -26,6 +29,7 @@ from tests.vm.conftest import agent_guest_config, booted, exec_in, image_guest_c
 SHARED = "/run/kata-containers/shared/containers"
 PROTOCOLS = ("ttrpc", "grpc")
 FIXTURE_CREATE = FIXTURES / "kata-client-requests" / "005-grpc.AgentService.CreateContainer.bin"
+PASSFD_PORT = 1027  # Kata's runtime-rs default
 
 
 def phase(message: str) -> None:
@@ -59,7 +63,7 @@ def guest(guest_files: Path, share: Path, tmp_path_factory: pytest.TempPathFacto
         guest_files,
         name="e2e",
         share=share,
-        cmdline="agent.debug_console agent.log=debug",
+        cmdline=f"agent.debug_console agent.log=debug agent.passfd_listener_port={PASSFD_PORT}",
         run_dir=tmp_path_factory.mktemp("vm"),
         cpus=1,
         max_cpus=4,
@@ -166,6 +170,92 @@ def test_exec_in_running_container_over_grpc(guest: vm.Guest, share: Path) -> No
     # the exec joined the container: its pid 1 is the container's sleep
     assert data.startswith(b"exec-in-")
     assert b"sleep" in data
+
+
+def test_exec_stdio_on_passfd_streams(guest: vm.Guest) -> None:
+    """Kata's passfd I/O through our hybrid vsock: the host opens a stream per stdio to the agent's
+    passfd port (a CONNECT, whose OK names the host port; and runtime-rs's way, handing the back-end
+    pipe ends with "passfd"), and the exec'd process reads and writes them directly."""
+    agent = client(guest, "ttrpc")
+    opened = {name: hvsock.connect_port(guest.uds, PASSFD_PORT) for name in ("stdin", "stdout", "stderr")}
+    socks = {name: sock for name, (sock, _) in opened.items()}
+    try:
+        request = agent_pb2.ExecProcessRequest(
+            container_id="sleeper",
+            exec_id="passfd",
+            process=oci_pb2.Process(
+                Args=["/bin/sh", "-c", 'read line; echo "out $line"; echo "err $line" >&2; exit 7'],
+                Cwd="/",
+                Env=["PATH=/bin"],
+            ),
+            stdin_port=opened["stdin"][1],
+            stdout_port=opened["stdout"][1],
+            stderr_port=opened["stderr"][1],
+        )
+        with Timer("ExecProcess on passfd streams"):
+            agent.call("grpc.AgentService/ExecProcess", request)
+        socks["stdin"].sendall(b"over vsock\n")
+        socks["stdin"].shutdown(socket.SHUT_WR)
+        assert _read_to_eof(socks["stdout"]) == b"out over vsock\n"
+        assert _read_to_eof(socks["stderr"]) == b"err over vsock\n"
+        waited = agent.call(
+            "grpc.AgentService/WaitProcess", agent_pb2.WaitProcessRequest(container_id="sleeper", exec_id="passfd")
+        )
+        assert waited.status == 7
+    finally:
+        for sock in socks.values():
+            sock.close()
+    # runtime-rs's way: pipe ends handed to the back-end, which joins them to the streams it opens
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    try:
+        ports = {"stdin_port": hvsock.pass_fd(guest.uds, PASSFD_PORT, stdin_r),
+                 "stdout_port": hvsock.pass_fd(guest.uds, PASSFD_PORT, stdout_w)}  # fmt: skip
+        os.close(stdin_r)
+        os.close(stdout_w)
+        stdin_r = stdout_w = -1
+        agent.call(
+            "grpc.AgentService/ExecProcess",
+            agent_pb2.ExecProcessRequest(
+                container_id="sleeper",
+                exec_id="passfd-pipes",
+                process=oci_pb2.Process(Args=["/bin/sh", "-c", "tr a-z A-Z"], Cwd="/", Env=["PATH=/bin:/usr/bin"]),
+                **ports,
+            ),
+        )
+        os.write(stdin_w, b"through pipes\n")
+        os.close(stdin_w)
+        stdin_w = -1
+        output = _read_fd_to_eof(stdout_r)
+        waited = agent.call(
+            "grpc.AgentService/WaitProcess",
+            agent_pb2.WaitProcessRequest(container_id="sleeper", exec_id="passfd-pipes"),
+        )
+        errors = agent.read_to_end("sleeper", "passfd-pipes", stream="stderr")
+        assert (output, waited.status, errors) == (b"THROUGH PIPES\n", 0, b"")
+    finally:
+        for fd in (stdin_r, stdin_w, stdout_r, stdout_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _read_fd_to_eof(fd: int, timeout: float = 60.0) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return data
+        data += chunk
+    raise TimeoutError(f"no EOF within {timeout:.0f} s; read so far: {data!r}")
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    sock.settimeout(60)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
 
 
 def test_hotplug_cpus_and_memory(guest: vm.Guest) -> None:
