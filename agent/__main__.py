@@ -152,6 +152,9 @@ def serve(config: AgentConfig, paths: HostPaths, pid1: bool) -> str:
     )
     server.bind()
     server.start()
+    if config.mem_agent_enable:
+        # after the server: the first Check does not wait for the mem-agent's imports
+        threading.Thread(target=_start_mem_agent, args=(services,), name="mem-agent-start", daemon=True).start()
     log.info(
         "agent ready",
         extra={"address": server.bound, "version": __version__, "pid": os.getpid(), "uptime": _uptime(paths)},
@@ -183,6 +186,13 @@ def _uptime(paths: HostPaths) -> float | None:
         return float((Path(paths.proc) / "uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _start_mem_agent(services: Services) -> None:
+    try:
+        services.memagent.start()
+    except Exception:  # the agent serves on without it
+        log.exception("starting the mem-agent failed")
 
 
 def close_services(services: Services) -> None:

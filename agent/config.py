@@ -72,6 +72,35 @@ def _parse_str(text: str) -> str:
     return text
 
 
+# The memory agent's options (Kata's mem-agent): ranges as its RPCs check them (agent/memagent/config.py).
+U64_MAX = (1 << 64) - 1
+I64_MAX = (1 << 63) - 1
+# The highest page order a kernel has (MAX_ORDER - 1) is checked when the mem-agent starts; this bound
+# only refuses what no kernel has.
+COMPACT_ORDER_LIMIT = 63
+
+
+def _ranged_int(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise ValueError(f"expected {what} between {low} and {high}, as a decimal integer") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected {what} between {low} and {high}")
+        return value
+
+    return parse
+
+
+_parse_percent = _ranged_int(0, 100, "a percentage")
+_parse_swappiness = _ranged_int(0, 200, "a swappiness")
+_parse_period_secs = _ranged_int(1, U64_MAX, "a number of seconds")
+_parse_u64 = _ranged_int(0, U64_MAX, "an integer")
+_parse_sec_max = _ranged_int(0, I64_MAX, "a number of seconds")
+_parse_compact_order = _ranged_int(0, COMPACT_ORDER_LIMIT, "a page order")
+
+
 class Setting(Record):
     _fields = ("name", "parse", "default", "help", "aliases", "flag")
     __slots__ = _fields
@@ -185,6 +214,66 @@ SETTINGS: tuple[Setting, ...] = (
         8 * 1024 * 1024,
         "bytes of unread stdout/stderr kept per process before the process is paused on its pipe",
     ),
+    # The memory agent (Kata's mem-agent): MGLRU reclaim of cold memory per memory cgroup, and
+    # compaction, each periodic and gated by PSI; changed at run time by MemAgentMemcgSet and
+    # MemAgentCompactSet. The other mem_agent_* options count only with mem_agent_enable.
+    Setting("mem_agent_enable", _parse_bool, False, "start the memory agent (mem-agent)", flag=True),
+    Setting("mem_agent_memcg_disable", _parse_bool, False, "mem-agent: no memcg reclaim", flag=True),
+    Setting("mem_agent_memcg_swap", _parse_bool, False, "mem-agent: memcg reclaim may swap anon pages out", flag=True),
+    Setting("mem_agent_memcg_swappiness_max", _parse_swappiness, 50, "mem-agent: highest swappiness (0-200)"),
+    Setting("mem_agent_memcg_period_secs", _parse_period_secs, 600, "mem-agent: seconds between memcg reclaims"),
+    Setting(
+        "mem_agent_memcg_period_psi_percent_limit",
+        _parse_percent,
+        1,
+        "mem-agent: a memcg whose memory+io stall over the last period is above this % is not reclaimed",
+    ),
+    Setting(
+        "mem_agent_memcg_eviction_psi_percent_limit",
+        _parse_percent,
+        1,
+        "mem-agent: eviction of a memcg stops when its stall between two eviction steps is above this %",
+    ),
+    Setting(
+        "mem_agent_memcg_eviction_run_aging_count_min",
+        _parse_u64,
+        3,
+        "mem-agent: agings of a memcg before it is first evicted",
+    ),
+    Setting("mem_agent_compact_disable", _parse_bool, False, "mem-agent: no compaction", flag=True),
+    Setting("mem_agent_compact_period_secs", _parse_period_secs, 600, "mem-agent: seconds between compactions"),
+    Setting(
+        "mem_agent_compact_period_psi_percent_limit",
+        _parse_percent,
+        1,
+        "mem-agent: no compaction when the guest's memory+io stall over the last period is above this %",
+    ),
+    Setting(
+        "mem_agent_compact_psi_percent_limit",
+        _parse_percent,
+        5,
+        "mem-agent: a running compaction is stopped when the stall rises above this %",
+    ),
+    Setting("mem_agent_compact_sec_max", _parse_sec_max, 30 * 60, "mem-agent: seconds a compaction may run"),
+    Setting(
+        "mem_agent_compact_order",
+        _parse_compact_order,
+        9,
+        "mem-agent: free pages of orders below this count towards compact_threshold (at most MAX_ORDER - 1)",
+    ),
+    Setting(
+        "mem_agent_compact_threshold",
+        _parse_u64,
+        2 << 9,
+        "mem-agent: compact when free movable pages below compact_order grew by more than this many pages "
+        "since the last compaction (or free memory fell by as much)",
+    ),
+    Setting(
+        "mem_agent_compact_force_times",
+        _parse_u64,
+        U64_MAX,
+        "mem-agent: compact anyway after this many periods without one (0: every period; the default: never)",
+    ),
 )
 
 _BY_NAME: dict[str, Setting] = {}
@@ -220,6 +309,22 @@ _CONFIG_DEFAULTS: dict[str, Any] = {
     "unified_cgroup_hierarchy": True,
     "container_pipe_size": 0,
     "output_buffer_limit": 8 * 1024 * 1024,
+    "mem_agent_enable": False,
+    "mem_agent_memcg_disable": False,
+    "mem_agent_memcg_swap": False,
+    "mem_agent_memcg_swappiness_max": 50,
+    "mem_agent_memcg_period_secs": 600,
+    "mem_agent_memcg_period_psi_percent_limit": 1,
+    "mem_agent_memcg_eviction_psi_percent_limit": 1,
+    "mem_agent_memcg_eviction_run_aging_count_min": 3,
+    "mem_agent_compact_disable": False,
+    "mem_agent_compact_period_secs": 600,
+    "mem_agent_compact_period_psi_percent_limit": 1,
+    "mem_agent_compact_psi_percent_limit": 5,
+    "mem_agent_compact_sec_max": 30 * 60,
+    "mem_agent_compact_order": 9,
+    "mem_agent_compact_threshold": 2 << 9,
+    "mem_agent_compact_force_times": U64_MAX,
     # Options we did not recognise, kept so they can be logged once the logger is up (not compared).
     "ignored": (),
 }
@@ -251,6 +356,22 @@ class AgentConfig(Record):
     unified_cgroup_hierarchy: bool
     container_pipe_size: int
     output_buffer_limit: int
+    mem_agent_enable: bool
+    mem_agent_memcg_disable: bool
+    mem_agent_memcg_swap: bool
+    mem_agent_memcg_swappiness_max: int
+    mem_agent_memcg_period_secs: int
+    mem_agent_memcg_period_psi_percent_limit: int
+    mem_agent_memcg_eviction_psi_percent_limit: int
+    mem_agent_memcg_eviction_run_aging_count_min: int
+    mem_agent_compact_disable: bool
+    mem_agent_compact_period_secs: int
+    mem_agent_compact_period_psi_percent_limit: int
+    mem_agent_compact_psi_percent_limit: int
+    mem_agent_compact_sec_max: int
+    mem_agent_compact_order: int
+    mem_agent_compact_threshold: int
+    mem_agent_compact_force_times: int
     ignored: tuple[str, ...]
 
     def __init__(self, **values: Any) -> None:

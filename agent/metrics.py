@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.system.paths import HostPaths
+
+if TYPE_CHECKING:
+    from agent.memagent import MemAgentStatus
 
 
 @dataclass(frozen=True)
@@ -127,5 +131,35 @@ def guest_metrics(paths: HostPaths) -> list[Metric]:
     ]
 
 
-def collect(paths: HostPaths) -> str:
-    return render([*agent_metrics(paths), *guest_metrics(paths)])
+def mem_agent_metrics(status: MemAgentStatus) -> list[Metric]:
+    """The mem-agent's parts: whether each is available and on, its periods, errors and own counts."""
+    parts = (status.memcg, status.compact)
+    metrics = [
+        Metric(
+            "kata_agent_mem_agent_available",
+            "gauge",
+            "1 when the guest kernel has what the mem-agent part needs (MGLRU, PSI, compaction).",
+            tuple(Sample((("part", part.name),), 1 if part.available else 0) for part in parts),
+        ),
+        Metric(
+            "kata_agent_mem_agent_enabled",
+            "gauge",
+            "1 when the mem-agent part is switched on.",
+            tuple(Sample((("part", part.name),), 1 if part.enabled else 0) for part in parts),
+        ),
+    ]
+    for part in parts:
+        counts = {"periods": part.periods, "errors": part.errors, **part.counters}
+        metrics.append(
+            Metric(
+                f"kata_agent_mem_agent_{part.name}_total",
+                "counter",
+                f"mem-agent {part.name} counts since the agent started, by item.",
+                tuple(Sample((("item", name),), value) for name, value in counts.items()),
+            )
+        )
+    return metrics
+
+
+def collect(paths: HostPaths, extra: Iterable[Metric] = ()) -> str:
+    return render([*agent_metrics(paths), *guest_metrics(paths), *extra])

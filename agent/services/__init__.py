@@ -17,6 +17,7 @@ from agent.system.paths import HostPaths
 if TYPE_CHECKING:
     from agent.services.containers import ContainerService
     from agent.services.guest import GuestService
+    from agent.services.memagent import MemAgentService
     from agent.services.network import NetworkService
     from agent.services.resources import ResourceService
     from agent.services.sandbox import SandboxService
@@ -69,3 +70,7 @@ class Services:
     @property
     def storage(self) -> StorageService:
         return self._get("storage", "agent.services.storage", "StorageService")
+
+    @property
+    def memagent(self) -> MemAgentService:
+        return self._get("memagent", "agent.services.memagent", "MemAgentService")

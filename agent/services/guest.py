@@ -69,6 +69,12 @@ class CopyFileRequest:
     data: bytes = field(repr=False)
 
 
+def _mem_agent_metrics(services: Services) -> list[metrics.Metric]:
+    """The mem-agent's counts, when it runs (its service is built at boot with agent.mem_agent_enable)."""
+    memagent = services.built().get("memagent")
+    return memagent.metrics() if memagent is not None else []
+
+
 def _published(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     try:
         storage = importlib.import_module("agent.storage")
@@ -84,14 +90,16 @@ class GuestService:
         paths: HostPaths,
         init_daemon: bool = False,
         set_clock: Callable[[int, int], None] | None = None,
+        extra_metrics: Callable[[], list[metrics.Metric]] | None = None,
     ) -> None:
         self.paths = paths
         self.init_daemon = init_daemon
         self._set_clock = set_clock
+        self._extra_metrics = extra_metrics
 
     @classmethod
     def from_services(cls, services: Services) -> GuestService:
-        return cls(services.paths, services.init_daemon)
+        return cls(services.paths, services.init_daemon, extra_metrics=lambda: _mem_agent_metrics(services))
 
     # --- details
     def details(self, want_block_size: bool, want_probe: bool) -> GuestDetails:
@@ -157,7 +165,7 @@ class GuestService:
     # --- metrics
     def metrics(self) -> str:
         try:
-            return metrics.collect(self.paths)
+            return metrics.collect(self.paths, self._extra_metrics() if self._extra_metrics else ())
         except (OSError, ValueError, IndexError) as exc:
             raise ResourceError(f"collecting metrics: {exc}") from exc
 

@@ -132,6 +132,38 @@ class HostPaths:
     def scsi_host_class(self) -> str:
         return self._at("sys/class/scsi_host")
 
+    # --- memory management (the mem-agent)
+    @property
+    def lru_gen_enabled(self) -> str:
+        """MGLRU's switch (CONFIG_LRU_GEN)."""
+        return self._at("sys/kernel/mm/lru_gen/enabled")
+
+    @property
+    def debugfs(self) -> str:
+        return self._at("sys/kernel/debug")
+
+    @property
+    def lru_gen(self) -> str:
+        """MGLRU's debugfs file: generations per memcg and node; aging and eviction commands."""
+        return self._at("sys/kernel/debug/lru_gen")
+
+    @property
+    def pressure_dir(self) -> str:
+        """System-wide PSI (CONFIG_PSI): memory, io, cpu."""
+        return self._at("proc/pressure")
+
+    @property
+    def compact_memory(self) -> str:
+        return self._at("proc/sys/vm/compact_memory")
+
+    @property
+    def pagetypeinfo(self) -> str:
+        return self._at("proc/pagetypeinfo")
+
+    @property
+    def buddyinfo(self) -> str:
+        return self._at("proc/buddyinfo")
+
     # --- devices
     @property
     def dev(self) -> str:

@@ -92,3 +92,28 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, (stderr or b"").decode(errors="replace"), hint)
     return proc
+
+
+def spawn(argv: Sequence[str | os.PathLike[str]]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in the background, for a caller that watches it and may kill it (``run`` waits).
+
+    stdin and stdout are /dev/null, stderr a pipe (for the caller's error message). The child is the
+    caller's, not the PID 1 reaper's: once it has ended (``wait``), the caller calls ``release(child)``.
+    """
+    args = [str(a) for a in argv]
+    log.debug("spawn %s", shlex.join(args))
+    with children.spawning() as own:
+        child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        own(child.pid)
+    return child
+
+
+def release(child: subprocess.Popen[bytes]) -> str:
+    """Forget a ``spawn``ed child that has ended; returns the end of its stderr."""
+    try:
+        stderr = child.stderr.read() if child.stderr is not None else b""
+    finally:
+        if child.stderr is not None:
+            child.stderr.close()
+        children.release(child.pid)
+    return stderr.decode(errors="replace").strip()[-STDERR_TAIL:]

@@ -16,7 +16,7 @@ import pytest
 AGENT = Path(__file__).resolve().parents[2] / "agent"
 PROTOCOL_PREFIXES = ("grpc", "google.protobuf", "agent.rpc.pb")
 # higher may import lower, never the reverse
-RANKS = {"rpc": 3, "services": 2, "container": 1, "hotplug": 1, "network": 1, "storage": 1, "system": 0}
+RANKS = {"rpc": 3, "services": 2, "container": 1, "hotplug": 1, "memagent": 1, "network": 1, "storage": 1, "system": 0}
 SHARED_RANK = 1  # modules directly in agent/, and packages the architecture does not name yet
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-AREAS = ("guest", "containers", "hotplug", "network", "storage")
+AREAS = ("guest", "containers", "hotplug", "network", "storage", "memagent")
 
 
 def load_all() -> None:
