@@ -67,11 +67,14 @@ def _raw_call(agent: AgentClient, method: str, payload: bytes) -> tuple[int, str
     return Code.OK, ""
 
 
-def _check(agent: AgentClient, after: str) -> None:
+def _check(agent: AgentClient, after: str, failures: list[str] | None = None) -> None:
+    """Check answers; if not, the failure names the calls that failed before it (the first one that
+    got UNAVAILABLE is where the agent or the guest went away)."""
     try:
         agent.call("grpc.Health/Check", health_pb2.CheckRequest(), timeout=CALL_TIMEOUT)
     except AgentCallError as exc:
-        pytest.fail(f"the agent stopped answering Check after {after}: {exc}")
+        before = "\n".join((failures or [])[:8]) or "(none)"
+        pytest.fail(f"the agent stopped answering Check after {after}: {exc}\nfailed calls before it:\n{before}")
 
 
 def _failures(agent: AgentClient, method: str, payloads: list[tuple[str, bytes]]) -> list[str]:
@@ -81,7 +84,10 @@ def _failures(agent: AgentClient, method: str, payloads: list[tuple[str, bytes]]
         code, message = _raw_call(agent, method, payload)
         took = time.monotonic() - started
         if code in UNEXPECTED or code == Code.UNAVAILABLE or (code == Code.DEADLINE_EXCEEDED and took >= CALL_TIMEOUT):
-            failures.append(f"{method} ({what}, {payload.hex()[:120]}): code {code}: {message[:300]}")
+            failures.append(
+                f"{method} ({what}, {payload.hex()[:120]}): code {code} in {took:.2f} s at "
+                f"{time.strftime('%H:%M:%S')}: {message[:300]}"
+            )
     return failures
 
 
@@ -106,7 +112,7 @@ def test_arbitrary_requests_get_named_errors(guest: vm.Guest, protocol: str) -> 
                 payloads.append((f"seed {seed} bytes {index}", rng.randbytes(rng.choice((1, 5, 40, 200)))))
             failures += _failures(agent, method.name, payloads)
             calls += len(payloads)
-            _check(agent, method.name)
+            _check(agent, method.name, failures)
     finally:
         agent.close()
     phase(f"{protocol}: {calls} requests in {time.monotonic() - started:.1f} s")
@@ -127,7 +133,7 @@ def test_each_field_gets_hostile_values(guest: vm.Guest) -> None:
                 for what, message in hostile_messages(method.input_type._concrete_class)
             ]
             failures += _failures(agent, method.name, payloads)
-            _check(agent, method.name)
+            _check(agent, method.name, failures)
     finally:
         agent.close()
     assert not failures, "\n".join(failures)
@@ -147,7 +153,7 @@ def test_kata_requests_with_bytes_changed(guest: vm.Guest) -> None:
                 (f"seed {fixture.name} {index}", mutated(rng, original)) for index in range(MUTATIONS_PER_FIXTURE)
             ]
             failures += _failures(agent, method, payloads)
-            _check(agent, fixture.name)
+            _check(agent, fixture.name, failures)
     finally:
         agent.close()
     assert not failures, "\n".join(failures)
