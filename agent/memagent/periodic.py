@@ -151,7 +151,7 @@ class PeriodicPart(Generic[C]):
         """Sleep within a period; a stop or a new config ends the sleep early."""
         with self._cond:
             if not self.should_abort():
-                self._cond.wait(seconds)
+                self._cond.wait(min(seconds, threading.TIMEOUT_MAX))
 
     def count(self, name: str, amount: int = 1) -> None:
         with self._cond:
@@ -194,7 +194,7 @@ class PeriodicPart(Generic[C]):
                     due_in = self._due_in()
                     if due_in <= 0:
                         break
-                    self._cond.wait(due_in)
+                    self._cond.wait(min(due_in, threading.TIMEOUT_MAX))  # a period may be up to 2**64-1 s
                 config = self._config
                 self._periods += 1
                 self._busy = True
