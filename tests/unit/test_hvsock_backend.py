@@ -13,6 +13,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -33,6 +34,8 @@ from agentctl.virtio_vsock import (
     parse_packet,
 )
 from agentctl.vring import DriverQueue
+
+T = TypeVar("T")
 
 CID = 5
 MEM_SIZE = 4 << 20
@@ -181,22 +184,29 @@ def _accept_request(guest: FakeGuest, port: int) -> Header:
     return request
 
 
+def _dial_accepted(guest: FakeGuest, port: int, dial: Callable[[], T]) -> tuple[T, Header]:
+    """Run the client call ``dial`` on a thread while the fake guest accepts ``port``; what it
+    returned, and the guest's REQUEST (whose source port is the host port)."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(dial())
+        except BaseException as exc:
+            failure.append(exc)
+
+    client = threading.Thread(target=run)
+    client.start()
+    request = _accept_request(guest, port)
+    client.join(10)
+    assert result, failure or "the client did not return"
+    return result[0], request
+
+
 def test_host_client_round_trip(rig: tuple[HybridVsock, FakeFrontend, FakeGuest, Path]) -> None:
     _, _, guest, uds = rig
-    result: dict[str, socket.socket | BaseException] = {}
-
-    def dial() -> None:
-        try:
-            result["sock"] = connect(uds, 1024, timeout=10)
-        except BaseException as exc:
-            result["error"] = exc
-
-    dialer = threading.Thread(target=dial)
-    dialer.start()
-    request = _accept_request(guest, 1024)
-    dialer.join(10)
-    client = result["sock"]
-    assert isinstance(client, socket.socket), result
+    client, request = _dial_accepted(guest, 1024, lambda: connect(uds, 1024, timeout=10))
     with client:
         client.settimeout(10)
         client.sendall(b"ping" * 3000)  # 12000 bytes: three rx buffers
@@ -439,19 +449,8 @@ def _control(uds: Path) -> socket.socket:
 
 def _pass(guest: FakeGuest, uds: Path, port: int, fd: int, keep: bool = False) -> Header:
     """pass_fd() with the fake guest accepting; the guest's REQUEST, whose source is the host port."""
-    result: dict[str, int | BaseException] = {}
-
-    def run() -> None:
-        try:
-            result["port"] = pass_fd(uds, port, fd, keep=keep, timeout=10)
-        except BaseException as exc:
-            result["error"] = exc
-
-    client = threading.Thread(target=run)
-    client.start()
-    request = _accept_request(guest, port)
-    client.join(10)
-    assert result == {"port": request.src_port}
+    host_port, request = _dial_accepted(guest, port, lambda: pass_fd(uds, port, fd, keep=keep, timeout=10))
+    assert host_port == request.src_port
     return request
 
 
@@ -728,21 +727,7 @@ def test_descriptors_sent_with_connect_are_closed(rig: Rig) -> None:
 
 def test_connect_port_returns_the_host_port(rig: Rig) -> None:
     backend, _, guest, uds = rig
-    result: dict[str, tuple[socket.socket, int] | BaseException] = {}
-
-    def dial() -> None:
-        try:
-            result["pair"] = connect_port(uds, 1037, timeout=10)
-        except BaseException as exc:
-            result["error"] = exc
-
-    dialer = threading.Thread(target=dial)
-    dialer.start()
-    request = _accept_request(guest, 1037)
-    dialer.join(10)
-    pair = result["pair"]
-    assert isinstance(pair, tuple), result
-    client, host_port = pair
+    (client, host_port), request = _dial_accepted(guest, 1037, lambda: connect_port(uds, 1037, timeout=10))
     with client:
         assert host_port == request.src_port
         client.sendall(b"hi")
