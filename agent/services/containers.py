@@ -20,8 +20,10 @@ from agent.config import AgentConfig
 from agent.container.engine import Container, Engine, PipeIO, Process
 from agent.container.hooks import add_guest_hooks
 from agent.errors import AgentError, DeadlineExceeded, IncorrectState, InvalidArgument, NotFound
+from agent.services import shared_mounts
 from agent.services.passfd import PassfdStreams, PtyRelay, put_back
 from agent.services.sandbox import SandboxInfo, sandbox_spec
+from agent.services.shared_mounts import SharedMount, container_name
 from agent.services.streams import StreamBuffer
 from agent.system.paths import HostPaths
 
@@ -245,10 +247,14 @@ class ContainerService:
         sandbox_pidns: bool = False,
         stdio_ports: dict[str, int] | None = None,
         deadline: float | None = None,
+        shared_mounts: list[SharedMount] | None = None,
     ) -> Container:
         """Mount the request's storages (owned by the container), then create it. With
         ``sandbox_pidns`` the container joins the sandbox's shared pid namespace; ``stdio_ports``
-        names the passfd streams that are the init's stdin, stdout, stderr (by host port)."""
+        names the passfd streams that are the init's stdin, stdout, stderr (by host port);
+        ``shared_mounts``: mounts of other containers of the sandbox this one gets (shared_mounts.py)."""
+        for mount in shared_mounts or ():
+            mount.validate()
         if sandbox_pidns:
             spec = self._join_sandbox_pidns(spec)
         sandbox = self._sandbox()
@@ -271,12 +277,36 @@ class ContainerService:
             put_back(self.passfd, passfd)
             raise
         assert container.init is not None
+        if shared_mounts:
+            self._attach_shared_mounts(container, shared_mounts, passfd, bool(storages))
         self._adopt(container_id, "", container.init, passfd)
         try:
             self._oom_watcher().add(container_id, container.cgroup)
         except AgentError as exc:
             log.warning("container %s: no OOM events: %s", container_id, exc)
         return container
+
+    def _attach_shared_mounts(
+        self, container: Container, mounts: list[SharedMount], passfd: dict[str, socket.socket], storages: bool
+    ) -> None:
+        """The shared mounts, in the created container; on failure it is removed with what it had."""
+        assert container.init is not None
+        sources = {}
+        for other in self.engine.list():
+            name = container_name(other.spec.annotations)
+            if name and other.id != container.id and other.init is not None and other.init.pid > 0:
+                sources[name] = other.init.pid
+        try:
+            attached = shared_mounts.setup(self.paths, container.init.pid, sources, mounts)
+        except BaseException:
+            self.engine.remove(container.id, 10)
+            for sock in passfd.values():
+                sock.close()
+            if storages:
+                self._storage_service().release(container.id)
+            raise
+        if attached:
+            log.info("container %s: shared mounts at %s", container.id, ", ".join(attached))
 
     def start_container(self, container_id: str) -> None:
         self._container(container_id).start()

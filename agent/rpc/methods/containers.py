@@ -14,6 +14,7 @@ from agent.rpc.convert_oci import _map_value as map_value_field
 from agent.rpc.convert_oci import process_to_dict, resources_to_dict, spec_to_dict
 from agent.rpc.pb import agent_pb2
 from agent.rpc.registry import CallContext, rpc
+from agent.services.shared_mounts import SharedMount
 
 if TYPE_CHECKING:
     from agent.services import Services
@@ -91,6 +92,9 @@ def create_container(
         sandbox_pidns=request.sandbox_pidns,
         stdio_ports=_stdio_ports(request),
         deadline=ctx.deadline,
+        shared_mounts=[
+            SharedMount(m.name, m.src_ctr, m.src_path, m.dst_ctr, m.dst_path) for m in request.shared_mounts
+        ],
     )
     return empty_pb2.Empty()
 
