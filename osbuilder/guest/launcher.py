@@ -7,9 +7,12 @@ disk image boot), it loads the kernel modules, mounts that root and hands PID 1 
 
 The initrd's deferred archive (osbuilder/initrd.py: what the agent does not need to answer its first
 Check) is unpacked by a child at the lowest priority, which then loads the other kernel modules; until
-it is done, an import of a module the archive holds waits for it (``DeferredFiles``, the last finder
-on ``sys.meta_path``), and so does code that needs another of its files (``wait_for_files``). The image
-boot (``root=``) unpacks it before it loads the root's modules.
+it is done, an import of a module the archive holds waits for it (``DeferredFiles``, the first finder
+on ``sys.meta_path``, so no other finder loads a module of the archive before the drivers are there),
+and so does code that needs another of its files (``wait_for_files``). Each file appears whole (it is
+written under a hidden name, then renamed): a shared object the loader maps while it is still being
+written is a SIGBUS at the first page past its end. The image boot (``root=``) unpacks it before it
+loads the root's modules.
 """
 
 from __future__ import annotations
@@ -111,7 +114,12 @@ def _load_modules(release: str, lists: tuple[str, ...] = MODULE_LISTS, keep_goin
 
 def unpack_cpio(data: bytes, root: str = "/") -> int:
     """Write the members of a newc archive under ``root`` (directories, files, symlinks); returns how
-    many. Parents come before their children in the archive (osbuilder's writer sorts them)."""
+    many. Parents come before their children in the archive (osbuilder's writer sorts them).
+
+    Each file and symlink is made under a hidden name and renamed into place, so nobody ever sees one
+    half written: the agent runs while this unpacks, and the dynamic loader maps a shared object it
+    finds (an import the finders resolve, or a library a boot-archive symlink points to); a page of it
+    past the end of a file still being written is a SIGBUS, and for PID 1 a kernel panic."""
     view = memoryview(data)
     offset = count = 0
     while True:
@@ -129,20 +137,24 @@ def unpack_cpio(data: bytes, root: str = "/") -> int:
         if name.startswith("/") or ".." in name.split("/"):
             raise ValueError(f"cpio: member {name!r} is outside the tree")
         path = os.path.join(root, name)
+        head, tail = os.path.split(path)
+        hidden = os.path.join(head, f".{tail}.unpacking")
         kind = mode & S_IFMT
         if kind == S_IFDIR:
             os.makedirs(path, exist_ok=True)
             os.chmod(path, mode & 0o7777)
         elif kind == S_IFREG:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode & 0o7777)
+            fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode & 0o7777)
             try:
                 written = 0
                 while written < size:
                     written += os.write(fd, body[written:])
             finally:
                 os.close(fd)
+            os.rename(hidden, path)
         elif kind == S_IFLNK:
-            os.symlink(bytes(body).decode(), path)
+            os.symlink(bytes(body).decode(), hidden)
+            os.rename(hidden, path)
         else:
             raise ValueError(f"cpio: member {name!r} has mode {mode:o}; only directories, files and symlinks")
         count += 1
@@ -160,8 +172,9 @@ def unpack_deferred(archive: str = DEFERRED_ARCHIVE, root: str = "/") -> int:
 
 
 class DeferredFiles:
-    """A finder for the modules of the deferred archive: it waits until the child has unpacked them,
-    then finds them with the other finders. Names it does not hold fail at once, as without it.
+    """A finder for the modules of the deferred archive, first on ``sys.meta_path``: it waits until the
+    child has unpacked them, then finds them with the other finders. Names it does not hold go on to
+    the other finders at once, as without it.
 
     ``done_fd`` is the read end of a pipe whose write end the child holds: it writes ``ok`` (or what
     failed) and exits, so the end of the pipe means the files are there, or never will be."""
@@ -254,7 +267,7 @@ def start_background_work(release: str | None, archive: str | None) -> DeferredF
             return None
         os.close(write_fd)
         deferred = DeferredFiles(read_fd)
-        sys.meta_path.append(deferred)
+        sys.meta_path.insert(0, deferred)  # first: asked before a finder could see the file itself
         return deferred
     status = 0
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import mmap
 import os
 import stat
 import sys
@@ -167,7 +168,7 @@ def deferred_import(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
     read_fd, write_fd = os.pipe()
     finder = launcher.DeferredFiles(read_fd, str(index))
     sys.path.insert(0, str(lib))
-    sys.meta_path.append(finder)
+    sys.meta_path.insert(0, finder)  # where start_background_work puts it
     try:
         yield lib, write_fd, read_fd
     finally:
@@ -206,6 +207,48 @@ def test_import_of_a_deferred_module_waits_for_the_files(deferred_import: tuple[
         worker.join()
     assert (later.VALUE, pkg_later.VALUE) == (1, 2)
     assert wait_for_deferred_files("the test")  # done: returns at once
+
+
+def test_a_deferred_module_already_on_disk_still_waits_for_the_unpack(deferred_import: tuple[Path, int, int]) -> None:
+    """The finder comes first: a file of the archive that is there already (the unpack is under way)
+    is not imported before the child says every file, and the drivers, are there."""
+    lib, write_fd, _ = deferred_import
+    (lib / "pkg_later").mkdir()
+    (lib / "pkg_later/__init__.py").write_text("VALUE = 3\n")
+    imported: list[int] = []
+
+    def import_it() -> None:
+        import pkg_later
+
+        imported.append(pkg_later.VALUE)
+
+    importer = threading.Thread(target=import_it)
+    importer.start()
+    importer.join(0.5)
+    assert importer.is_alive() and imported == []  # waiting for the child's word
+    os.write(write_fd, b"ok")
+    os.close(write_fd)
+    importer.join(10)
+    assert imported == [3]
+
+
+def test_unpack_replaces_a_file_by_rename_never_in_place(tmp_path: Path) -> None:
+    """A file is written under a hidden name and renamed: whoever has the old one mapped keeps it
+    whole (a file truncated or grown under a mapping is a SIGBUS), and nobody sees a half-written one."""
+    (tmp_path / "lib").mkdir()
+    old = tmp_path / "lib/libx.so"
+    old.write_bytes(b"A" * 8192)
+    with old.open("rb") as handle, mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        out = io.BytesIO()
+        entries = [
+            cpio.Entry("lib/libx.so", stat.S_IFREG | 0o755, b"B" * 100),
+            cpio.Entry("lib/libx.so.1", stat.S_IFLNK | 0o777, b"libx.so"),
+        ]
+        cpio.write_archive(out, entries, 0)
+        launcher.unpack_cpio(out.getvalue(), str(tmp_path))
+        assert mapped[8191:8192] == b"A"  # the old inode, untouched
+    assert old.read_bytes() == b"B" * 100 and os.readlink(tmp_path / "lib/libx.so.1") == "libx.so"
+    assert sorted(p.name for p in (tmp_path / "lib").iterdir()) == ["libx.so", "libx.so.1"]  # nothing hidden left
 
 
 def test_failed_unpack_fails_the_import_and_the_wait(deferred_import: tuple[Path, int, int]) -> None:
