@@ -12,12 +12,14 @@ has gone out.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import AlreadyExists, IncorrectState
+from agent.errors import AlreadyExists, IncorrectState, Unsupported
 from agent.system import netdev
 from agent.system.sharedns import SharedNamespaces, create_shared_namespaces, release_shared_namespaces
 
@@ -92,10 +94,18 @@ class SandboxService:
         storages: list[Any] | None = None,
         guest_hook_path: str = "",
         sandbox_pidns: bool = False,
+        kernel_modules: list[tuple[str, list[str]]] | None = None,
+        guest_userns: bool = False,
     ) -> SandboxInfo:
+        """``kernel_modules``: (name, ``key=value`` parameters) to load first, as Kata's agent does; the
+        ones loaded before a failing one stay loaded (a module cannot safely be taken out again)."""
         with self._lock:
             if self.sandbox is not None:
                 raise AlreadyExists(f"sandbox {self.sandbox.sandbox_id} exists already; destroy it first")
+            if guest_userns:
+                raise Unsupported("guest_userns: a user namespace shared by the sandbox's containers is not supported")
+            for name, parameters in kernel_modules or ():
+                log.info("kernel module %s", self._load_module(name, parameters))
             info = SandboxInfo(sandbox_id, hostname, list(dns or []), guest_hook_path, sandbox_pidns)
             network = self._services.network
             if hostname:
@@ -117,6 +127,13 @@ class SandboxService:
             self.sandbox = info
             log.info("sandbox %s created", sandbox_id)
             return info
+
+    def _load_module(self, name: str, parameters: list[str]) -> str:
+        from agent.storage.fsmodules import load_named
+
+        paths = self._services.paths
+        depmod_ran = os.path.exists(f"{paths.modules_dir}/{os.uname().release}/modules.dep")
+        return load_named(paths, name, parameters, shutil.which("modprobe") if depmod_ran else None)
 
     def destroy_sandbox(self) -> None:
         with self._lock:

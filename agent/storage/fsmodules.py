@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 
 from agent.system import libc
@@ -88,3 +89,73 @@ def _load(module: str, params: str) -> None:
         libc.load_module(module, params)
     except OSError as exc:
         log.warning("loading kernel module %s failed: %s", module, exc)
+
+
+MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _module_lists(paths: HostPaths) -> list[str]:
+    """The image's module lists (``relpath [params]`` lines, dependency order): modules.load first."""
+    directory = os.path.dirname(paths.modules_load_list)
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".load"))
+    except OSError:
+        return []
+    first = os.path.basename(paths.modules_load_list)
+    return [f"{directory}/{n}" for n in sorted(names, key=lambda n: n != first)]
+
+
+def load_named(paths: HostPaths, name: str, parameters: list[str], modprobe: str | None = None) -> str:
+    """Load the kernel module ``name`` with ``parameters`` (``key=value`` words), as CreateSandbox's
+    kernel_modules ask (Kata's agent runs modprobe). Already loaded or built in: nothing to do. With a
+    ``modprobe`` (the rootfs image has kmod) it does the work; else the initrd's module lists give the
+    module and what it needs, in order. Returns what was done; InvalidArgument for a bad name or
+    parameter, NotFound for a module the guest does not have, ResourceError when the kernel refuses it."""
+    from agent.errors import InvalidArgument, NotFound, ResourceError
+
+    if not MODULE_NAME.fullmatch(name):
+        raise InvalidArgument(f"kernel module name {name!r} is not a module name ([A-Za-z0-9_-], up to 64)")
+    for word in parameters:
+        if not word or any(c.isspace() or c == "\0" for c in word):
+            raise InvalidArgument(f"kernel module {name}: parameter {word!r} must be one key=value word")
+    wanted = name.replace("-", "_")
+    if os.path.isdir(f"{paths.sys}/module/{wanted}") and os.listdir(f"{paths.sys}/module/{wanted}"):
+        return f"{name}: loaded already (or built in)"
+    base = f"{paths.modules_dir}/{os.uname().release}"
+    try:
+        builtin = {module_name(line.strip()) for line in _read(f"{base}/modules.builtin").splitlines() if line.strip()}
+    except OSError:
+        builtin = set()
+    if wanted in builtin:
+        return f"{name}: built into the kernel"
+    if modprobe:
+        from agent.system.run import CommandError, run
+
+        try:
+            run([modprobe, name, *parameters], timeout=60)
+        except CommandError as exc:
+            raise ResourceError(f"kernel module {name}: {exc}") from exc
+        return f"{name}: loaded by {modprobe}"
+    from agent.init import wait_for_deferred_files
+
+    wait_for_deferred_files(f"the {name} kernel module")
+    with _lock:
+        for listing_path in _module_lists(paths):
+            try:
+                plan = modules_for(wanted, _read(listing_path))
+            except OSError:
+                continue
+            if not plan:
+                continue
+            for rel, params in plan[:-1]:
+                _load(f"{base}/{rel}", params)  # what it needs: a failure shows in its own load below
+            rel, listed = plan[-1]
+            try:
+                libc.load_module(f"{base}/{rel}", " ".join(filter(None, [listed, *parameters])))
+            except OSError as exc:
+                raise ResourceError(f"kernel module {name}: loading {rel} failed: {exc.strerror or exc}") from exc
+            return f"{name}: loaded from {rel}"
+    raise NotFound(
+        f"kernel module {name} is not in this guest (neither loaded nor in the module lists under "
+        f"{os.path.dirname(paths.modules_load_list)}); add it to the guest's modules when building it"
+    )

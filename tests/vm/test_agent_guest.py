@@ -21,7 +21,7 @@ import pytest
 
 from agent.rpc.pb import agent_pb2, health_pb2, oci_pb2
 from agentctl import hvsock, qmp, vm
-from agentctl.client import AgentClient, connect
+from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import FIXTURES
 from tests.helpers.bundle import make_bundle
 from tests.vm.conftest import agent_guest_config, booted, exec_in, image_guest_config
@@ -112,11 +112,24 @@ def test_check_and_guest_details(guest: vm.Guest) -> None:
 
 
 def test_sandbox(guest: vm.Guest) -> None:
-    with Timer("CreateSandbox"):
-        client(guest, "ttrpc").call(
+    agent = client(guest, "ttrpc")
+    # a module the guest does not have fails the call, which then has made nothing
+    with pytest.raises(AgentCallError) as info:
+        agent.call(
             "grpc.AgentService/CreateSandbox",
-            agent_pb2.CreateSandboxRequest(hostname="e2e", sandbox_id="e2e", storages=[shared_storage()]),
+            agent_pb2.CreateSandboxRequest(sandbox_id="e2e", kernel_modules=[agent_pb2.KernelModule(name="e1000e")]),
         )
+    assert info.value.code_name == "NOT_FOUND" and "e1000e" in info.value.message
+    assert "ext4" not in guest.run_in_console("cat /proc/filesystems")  # the initrd loads it only on demand
+    with Timer("CreateSandbox (with kernel_modules: ext4)"):
+        agent.call(
+            "grpc.AgentService/CreateSandbox",
+            agent_pb2.CreateSandboxRequest(
+                hostname="e2e", sandbox_id="e2e", storages=[shared_storage()],
+                kernel_modules=[agent_pb2.KernelModule(name="ext4")],
+            ),
+        )  # fmt: skip
+    assert "ext4" in guest.run_in_console("cat /proc/filesystems")
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

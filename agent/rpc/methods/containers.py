@@ -69,6 +69,8 @@ def create_sandbox(services: Services, request: agent_pb2.CreateSandboxRequest, 
         storages=_storages(request.storages),
         guest_hook_path=request.guest_hook_path,
         sandbox_pidns=request.sandbox_pidns,
+        kernel_modules=[(m.name, list(m.parameters)) for m in request.kernel_modules],
+        guest_userns=request.guest_userns,
     )
     return empty_pb2.Empty()
 
