@@ -20,7 +20,8 @@ from agent.config import AgentConfig
 from agent.container.engine import Container, Engine, PipeIO, Process
 from agent.container.hooks import add_guest_hooks
 from agent.errors import AgentError, DeadlineExceeded, IncorrectState, InvalidArgument, NotFound
-from agent.services import shared_mounts
+from agent.services import container_devices, shared_mounts
+from agent.services.container_devices import Device
 from agent.services.passfd import PassfdStreams, PtyRelay, put_back
 from agent.services.sandbox import SandboxInfo, sandbox_spec
 from agent.services.shared_mounts import SharedMount, container_name
@@ -248,11 +249,13 @@ class ContainerService:
         stdio_ports: dict[str, int] | None = None,
         deadline: float | None = None,
         shared_mounts: list[SharedMount] | None = None,
+        devices: list[Device] | None = None,
     ) -> Container:
         """Mount the request's storages (owned by the container), then create it. With
         ``sandbox_pidns`` the container joins the sandbox's shared pid namespace; ``stdio_ports``
         names the passfd streams that are the init's stdin, stdout, stderr (by host port);
-        ``shared_mounts``: mounts of other containers of the sandbox this one gets (shared_mounts.py)."""
+        ``shared_mounts``: mounts of other containers of the sandbox this one gets (shared_mounts.py);
+        ``devices``: hot-plugged devices it gets, waited for and renumbered (container_devices.py)."""
         for mount in shared_mounts or ():
             mount.validate()
         if sandbox_pidns:
@@ -263,6 +266,11 @@ class ContainerService:
         hook_dir = self._guest_hook_path()
         if hook_dir:
             spec = add_guest_hooks(spec, self.paths.inside(hook_dir))
+        if devices:
+            spec, placed = container_devices.apply(
+                self.paths, spec, devices, self._storage_service().table.block_device, self.config.hotplug_timeout
+            )
+            log.info("container %s devices: %s", container_id, "; ".join(placed))
         passfd = self._take_streams(stdio_ports, deadline)
         try:
             if storages:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # Used when agent.storage does not publish its own lists (STORAGE_HANDLERS / DEVICE_HANDLERS).
 DEFAULT_STORAGE_HANDLERS = ("9p", "virtio-fs", "blk", "scsi", "ephemeral", "local", "overlayfs", "bind")
-DEFAULT_DEVICE_HANDLERS = ("blk", "scsi")
+DEFAULT_DEVICE_HANDLERS = ("blk", "scsi", "mmioblk", "nvdimm")  # agent/services/container_devices.py
 
 # Largest file CopyFile accepts. Kata copies config and small bundle files this way; 1 GiB bounds the
 # guest memory or disk a single request sequence can claim.

@@ -14,6 +14,7 @@ from agent.rpc.convert_oci import _map_value as map_value_field
 from agent.rpc.convert_oci import process_to_dict, resources_to_dict, spec_to_dict
 from agent.rpc.pb import agent_pb2
 from agent.rpc.registry import CallContext, rpc
+from agent.services.container_devices import Device
 from agent.services.shared_mounts import SharedMount
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ def create_container(
         shared_mounts=[
             SharedMount(m.name, m.src_ctr, m.src_path, m.dst_ctr, m.dst_path) for m in request.shared_mounts
         ],
+        devices=[Device(d.id, d.type, d.vm_path, d.container_path, list(d.options)) for d in request.devices],
     )
     return empty_pb2.Empty()
 
