@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from agent.rpc.convert_oci import dict_to_spec
-from agent.rpc.pb import agent_pb2, types_pb2
+from agent.rpc.pb import agent_pb2, oci_pb2, types_pb2
 from agent.rpc.status import Code
 from agentctl import vm
 from agentctl.client import AgentCallError, AgentClient, connect
@@ -134,7 +134,7 @@ def guest(
         cmdline="agent.debug_console agent.log=debug agent.hotplug_timeout=60",
         run_dir=tmp_path_factory.mktemp("vm"),
         netns=wiring.guest_ns,
-        pcie_root_ports=3,  # one hot-added disk each: the ext4 volume, the swap area, the disk without one
+        pcie_root_ports=4,  # a hot-added disk each: ext4 volume, raw device, swap area, disk without one
     )
     with booted(config, phase) as guest:
         yield guest
@@ -166,15 +166,18 @@ def container_spec(share: Path, args: list[str], mounts: list[dict[str, Any]] | 
 
 
 def run_container(
-    client: AgentClient, cid: str, spec: Any, storages: list[agent_pb2.Storage] | None = None
+    client: AgentClient,
+    cid: str,
+    spec: Any,
+    storages: list[agent_pb2.Storage] | None = None,
+    devices: list[agent_pb2.Device] | None = None,
 ) -> tuple[int, bytes]:
     """Create, start, read stdout to the end, wait, remove: (exit status, stdout)."""
+    request = agent_pb2.CreateContainerRequest(
+        container_id=cid, exec_id=cid, OCI=spec, storages=storages or [], devices=devices or []
+    )
     with timed(f"CreateContainer {cid}"):
-        rpc(
-            client,
-            "grpc.AgentService/CreateContainer",
-            agent_pb2.CreateContainerRequest(container_id=cid, exec_id=cid, OCI=spec, storages=storages or []),
-        )
+        rpc(client, "grpc.AgentService/CreateContainer", request)
     try:
         rpc(client, "grpc.AgentService/StartContainer", agent_pb2.StartContainerRequest(container_id=cid))
         out = b""
@@ -335,6 +338,24 @@ def test_hot_added_virtio_blk_mounted_by_container_storage(guest: vm.Guest, shar
     # the container was the storage's only user: removing it unmounted the disk
     seen = guest.run_in_console(f"grep -q ' {mount_point} ' /proc/mounts && echo STILL''MOUNTED || echo NOT''MOUNTED")
     assert "NOTMOUNTED" in seen and "STILLMOUNTED" not in seen
+
+
+def test_hot_added_disk_given_to_a_container_as_a_device(guest: vm.Guest, share: Path, tmp_path: Path) -> None:
+    """A raw disk for the container itself (Kubernetes' volumeDevices): the spec names it by the host's
+    numbers at /dev/xvdb, the request's device by its PCI path; the container reads it there."""
+    token = f"raw {secrets.token_hex(4)}".encode()
+    image = tmp_path / "raw.img"
+    image.write_bytes(token + bytes(1024 * 1024 - len(token)))
+    pci_path, device_id = _hotplug_disk(guest, image, tmp_path / "run", read_only=True)
+    phase(f"raw disk {device_id}: PCI path {pci_path}")
+    spec = container_spec(share, ["/bin/sh", "-c", f"head -c {len(token)} /dev/xvdb"])
+    spec.Linux.Devices.append(oci_pb2.LinuxDevice(Path="/dev/xvdb", Type="b", Major=8, Minor=16, FileMode=0o660))
+    spec.Linux.Resources.Devices.append(
+        oci_pb2.LinuxDeviceCgroup(Allow=True, Type="b", Major=8, Minor=16, Access="rwm")
+    )
+    device = agent_pb2.Device(id=pci_path, type="blk", container_path="/dev/xvdb")
+    status, out = run_container(agent(guest), "blk-device", spec, devices=[device])
+    assert (status, out) == (0, token)
 
 
 def test_add_swap_swaps_to_a_hot_added_disk(guest: vm.Guest, tmp_path: Path) -> None:
