@@ -1,4 +1,5 @@
-"""Shared fixtures for root tests: a busybox rootfs, runc's default spec, a cgroup parent of our own.
+"""Shared fixtures for root tests: a busybox rootfs, runc's default spec, a cgroup parent of our own,
+and an agent serving a unix socket on the host with a ttrpc client of it (``served``, ``ttrpc_client``).
 
 ``busybox_rootfs`` is built once per session from Debian's busybox-static (/bin/busybox plus one
 symlink per applet, /proc, /sys, /dev, /tmp); containers must not write into it (tests that need a
@@ -16,7 +17,10 @@ from typing import Any
 
 import pytest
 
+from agent.system.paths import HostPaths
+from agentctl.client import AgentClient, connect
 from tests.conftest import require_root
+from tests.helpers.agent_server import RunningAgent, serving_agent
 from tests.helpers.bundle import make_rootfs, runc_default_spec
 from tests.helpers.cgroups import remove_cgroups
 
@@ -45,6 +49,22 @@ def cgroup_parent() -> Iterator[str]:
     yield parent
     left = remove_cgroups(parent)
     assert not left, f"container cgroups left behind: {left}"
+
+
+@pytest.fixture
+def served() -> Iterator[RunningAgent]:
+    """The agent's listener and servicer on the host's own tree; its containers removed at the end."""
+    with serving_agent(HostPaths()) as running:
+        yield running
+        containers = running.services.built().get("containers")
+        if containers is not None:
+            containers.close()
+
+
+@pytest.fixture
+def ttrpc_client(served: RunningAgent) -> Iterator[AgentClient]:
+    with connect(served.address, "ttrpc") as client:
+        yield client
 
 
 def make_spec(base: dict[str, Any], rootfs: Path, args: list[str], cgroups_path: str, **process: Any) -> dict[str, Any]:

@@ -10,25 +10,9 @@ from pathlib import Path
 import pytest
 
 from agent.rpc.pb import agent_pb2, oci_pb2
-from agent.system.paths import HostPaths
-from agentctl.client import AgentCallError, AgentClient, connect
-from tests.helpers.agent_server import RunningAgent, serving_agent
+from agentctl.client import AgentCallError, AgentClient
+from tests.helpers.agent_server import RunningAgent
 from tests.privileged.test_container_rpcs import kata_create_request
-
-
-@pytest.fixture
-def agent() -> Iterator[RunningAgent]:
-    with serving_agent(HostPaths()) as running:
-        yield running
-        containers = running.services.built().get("containers")
-        if containers is not None:
-            containers.close()
-
-
-@pytest.fixture
-def client(agent: RunningAgent) -> Iterator[AgentClient]:
-    with connect(agent.address, "ttrpc") as c:
-        yield c
 
 
 @pytest.fixture
@@ -56,30 +40,30 @@ def _request(rootfs: Path, parent: str, cid: str, script: str) -> agent_pb2.Crea
 
 
 def test_a_block_device_reaches_the_container_under_the_guests_numbers(
-    client: AgentClient, busybox_rootfs: Path, cgroup_parent: str, loop_device: str
+    ttrpc_client: AgentClient, busybox_rootfs: Path, cgroup_parent: str, loop_device: str
 ) -> None:
     request = _request(busybox_rootfs, cgroup_parent, "dev-blk", "head -c 11 /dev/xvda; ls -l /dev/xvda")
     request.devices.append(agent_pb2.Device(id="loop", type="blk", vm_path=loop_device, container_path="/dev/xvda"))
-    client.call("CreateContainer", request)
-    client.call("StartContainer", agent_pb2.StartContainerRequest(container_id="dev-blk"))
-    out = client.read_to_end("dev-blk", "")
+    ttrpc_client.call("CreateContainer", request)
+    ttrpc_client.call("StartContainer", agent_pb2.StartContainerRequest(container_id="dev-blk"))
+    out = ttrpc_client.read_to_end("dev-blk", "")
     assert out.startswith(b"pykata-disk"), out
     major, minor = divmod(Path(loop_device).stat().st_rdev, 256)  # loop devices: minors below 256 here
     assert f"{major},".encode() in out and f" {minor} ".encode() in out, out
 
 
 def test_a_device_the_guest_never_gets_fails_the_create(
-    client: AgentClient, agent: RunningAgent, busybox_rootfs: Path, cgroup_parent: str
+    ttrpc_client: AgentClient, served: RunningAgent, busybox_rootfs: Path, cgroup_parent: str
 ) -> None:
     request = _request(busybox_rootfs, cgroup_parent, "dev-missing", "true")
     request.devices.append(
         agent_pb2.Device(id="m", type="mmioblk", vm_path="/dev/pykata-none", container_path="/dev/xvda")
     )
     with pytest.raises(AgentCallError) as info:
-        client.call("CreateContainer", request)
+        ttrpc_client.call("CreateContainer", request)
     assert (
         info.value.code_name == "NOT_FOUND" and "mmioblk device /dev/pykata-none did not appear" in info.value.message
     )
     with pytest.raises(AgentCallError) as info:
-        client.call("StartContainer", agent_pb2.StartContainerRequest(container_id="dev-missing"))
+        ttrpc_client.call("StartContainer", agent_pb2.StartContainerRequest(container_id="dev-missing"))
     assert info.value.code_name == "NOT_FOUND"

@@ -14,9 +14,8 @@ import pytest
 from agent.rpc.pb import agent_pb2, oci_pb2
 from agent.services import passfd
 from agent.services.passfd import PassfdStreams
-from agent.system.paths import HostPaths
-from agentctl.client import AgentCallError, AgentClient, connect
-from tests.helpers.agent_server import RunningAgent, serving_agent
+from agentctl.client import AgentCallError, AgentClient
+from tests.helpers.agent_server import RunningAgent
 from tests.privileged.test_container_rpcs import kata_create_request
 
 
@@ -29,19 +28,14 @@ def table() -> Iterator[PassfdStreams]:
 
 
 @pytest.fixture
-def agent(table: PassfdStreams) -> Iterator[RunningAgent]:
-    with serving_agent(HostPaths()) as running:
-        running.services.passfd = table
-        yield running
-        containers = running.services.built().get("containers")
-        if containers is not None:
-            containers.close()
+def agent(served: RunningAgent, table: PassfdStreams) -> RunningAgent:
+    served.services.passfd = table  # before the containers service is built: it takes it then
+    return served
 
 
 @pytest.fixture
-def client(agent: RunningAgent) -> Iterator[AgentClient]:
-    with connect(agent.address, "ttrpc") as c:
-        yield c
+def client(agent: RunningAgent, ttrpc_client: AgentClient) -> AgentClient:
+    return ttrpc_client
 
 
 def open_streams(table: PassfdStreams, *names: str) -> dict[str, socket.socket]:
