@@ -20,19 +20,15 @@ from agent.system import children
 from agent.system.paths import HostPaths
 from agentctl.client import AgentCallError, AgentClient, connect
 from tests.conftest import FIXTURES
-from tests.helpers.agent_server import RunningAgent, serving_agent
+from tests.helpers.agent_server import RunningAgent
 from tests.helpers.cgroups import cgroups_below, remove_cgroups
 
 KATA_CREATE = FIXTURES / "kata-client-requests" / "005-grpc.AgentService.CreateContainer.bin"
 
 
 @pytest.fixture
-def agent() -> Iterator[RunningAgent]:
-    with serving_agent(HostPaths()) as running:
-        yield running
-        containers = running.services.built().get("containers")
-        if containers is not None:
-            containers.close()
+def agent(served: RunningAgent) -> RunningAgent:
+    return served
 
 
 @pytest.fixture
@@ -218,7 +214,6 @@ def test_host_apparmor_profile_is_dropped_and_selinux_label_refused(
     An SELinux label comes only for a guest with SELinux: without it, CreateContainer refuses by name
     and the agent keeps serving."""
     from agent.container import procattrs
-    from agent.system.paths import HostPaths
 
     # a host with AppArmor applies the profile: there, one that always exists
     apparmor = procattrs.apparmor_enabled(HostPaths())
