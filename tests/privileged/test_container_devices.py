@@ -13,6 +13,7 @@ from agent.rpc.pb import agent_pb2, oci_pb2
 from agentctl.client import AgentCallError, AgentClient
 from tests.helpers.agent_server import RunningAgent
 from tests.privileged.test_container_rpcs import kata_create_request
+from tests.privileged.test_storage_mounts import detach_loop
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def loop_device(tmp_path: Path) -> Iterator[str]:
     try:
         yield node
     finally:
-        subprocess.run(["losetup", "--detach", node], check=True)
+        detach_loop(node, image)
 
 
 def _request(rootfs: Path, parent: str, cid: str, script: str) -> agent_pb2.CreateContainerRequest:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,6 +63,18 @@ def service(tmp_path: Path) -> Iterator[StorageService]:
         libc.umount2(leftover, libc.MNT_DETACH)
 
 
+def detach_loop(device: str, image: Path, attempts: int = 50) -> None:
+    """Detach the loop device, trying again while it is busy (a lazy unmount, or a udev probe, may
+    still hold it for a moment); a device that stays attached fails the test rather than leak."""
+    for _ in range(attempts):
+        done = subprocess.run(["losetup", "-d", device], capture_output=True, text=True)
+        attached = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout.strip()
+        if not attached:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"loop device {device} stays attached to {image}: {done.stderr.strip() or attached}")
+
+
 @pytest.fixture
 def loop_ext4(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     image = tmp_path / "disk.img"
@@ -76,7 +89,7 @@ def loop_ext4(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         for leftover in reversed(mounts_under(tmp_path)):
             libc.umount2(leftover, libc.MNT_DETACH)
-        subprocess.run(["losetup", "-d", device], check=False)
+        detach_loop(device, image)
 
 
 def test_ephemeral_tmpfs_with_size_and_refcount(service: StorageService, tmp_path: Path) -> None:
