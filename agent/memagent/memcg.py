@@ -243,6 +243,12 @@ class MemcgReclaimer(PeriodicPart[MemcgConfig]):
             return None
         return memcg.nodes.get(node_id)
 
+    def _released(self, pages: int) -> int:
+        """Count ``pages`` reclaimed at once (a run can take a while: the counts follow it step by step)."""
+        self.count("pages_reclaimed", pages)
+        self.count("bytes_reclaimed", pages * self._page_size)
+        return pages
+
     def _evict(self, path: str, node_id: int, state: _NodeState, config: MemcgConfig) -> None:
         swap = config.swap and self._swap_available()
         try:
@@ -269,7 +275,7 @@ class MemcgReclaimer(PeriodicPart[MemcgConfig]):
                 reason = "the memcg is gone"
                 break
             if last is not None and node.min_seq > last.seq:
-                released += last.file + last.anon  # the generation was emptied and is gone
+                released += self._released(last.file + last.anon)  # the generation was emptied and is gone
                 reason = "the oldest generation is empty"
                 break
             if node.max_seq - node.min_seq + 1 != MAX_NR_GENS:
@@ -286,7 +292,7 @@ class MemcgReclaimer(PeriodicPart[MemcgConfig]):
                 if oldest.file >= last.file and oldest.anon >= last.anon:
                     reason = "the oldest generation stopped shrinking"
                     break
-                released += max(0, last.file - oldest.file) + max(0, last.anon - oldest.anon)
+                released += self._released(max(0, last.file - oldest.file) + max(0, last.anon - oldest.anon))
                 if not only_swap and oldest.file == 0:
                     reason = "no file pages left"
                     break
@@ -321,6 +327,4 @@ class MemcgReclaimer(PeriodicPart[MemcgConfig]):
                 break
             self.count("evictions")
             os.sched_yield()
-        self.count("pages_reclaimed", released)
-        self.count("bytes_reclaimed", released * self._page_size)
         log.info("mem-agent memcg: %s node %d: %d pages evicted, stopped: %s", path, node_id, released, reason)
