@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from agent.errors import InvalidArgument, ResourceError
+from agent.storage.mountinfo import read_mountinfo
 from agent.system import mountns
 from agent.system.paths import HostPaths
 
@@ -54,18 +55,10 @@ def container_name(annotations: dict[str, str]) -> str:
     return ""
 
 
-def _unescape(field: str) -> str:
-    """A /proc/PID/mounts field: space, tab, newline and backslash come octal-escaped."""
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, char)
-    return field
-
-
 def is_mount_point(paths: HostPaths, pid: int, path: str) -> bool:
     """``path`` is a mount point as the mount namespace of ``pid`` sees it."""
     try:
-        with open(f"{paths.proc_pid(pid)}/mounts") as handle:
-            return any(len(fields) > 1 and _unescape(fields[1]) == path for fields in (line.split() for line in handle))
+        return any(mount.mount_point == path for mount in read_mountinfo(f"{paths.proc_pid(pid)}/mountinfo"))
     except OSError:
         return False
 

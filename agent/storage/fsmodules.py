@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Sequence
 
 from agent.system import libc
 from agent.system.paths import HostPaths
@@ -68,20 +69,24 @@ def load_filesystem(paths: HostPaths, fstype: str) -> bool:
     wait_for_deferred_files(f"the {fstype} kernel module")  # the initrd unpacks most modules after boot
     base = f"{paths.modules_dir}/{os.uname().release}"
     with _lock:
-        for listing_path in (paths.modules_load_list, paths.modules_root_load_list):
-            try:
-                listing = _read(listing_path)
-            except OSError:
-                continue
-            plan = modules_for(fstype, listing)
-            if plan:
-                for rel, params in plan:
-                    _load(f"{base}/{rel}", params)
-                break
+        for rel, params in _listed_plan(fstype, (paths.modules_load_list, paths.modules_root_load_list)):
+            _load(f"{base}/{rel}", params)
     known = fstype in registered_filesystems(paths)
     if known:
         log.info("loaded the kernel module for filesystem %s", fstype)
     return known
+
+
+def _listed_plan(module: str, listings: Sequence[str]) -> list[tuple[str, str]]:
+    """``modules_for`` in the first of ``listings`` (module list files) that names ``module``."""
+    for listing_path in listings:
+        try:
+            plan = modules_for(module, _read(listing_path))
+        except OSError:
+            continue
+        if plan:
+            return plan
+    return []
 
 
 def _load(module: str, params: str) -> None:
@@ -98,11 +103,11 @@ def _module_lists(paths: HostPaths) -> list[str]:
     """The image's module lists (``relpath [params]`` lines, dependency order): modules.load first."""
     directory = os.path.dirname(paths.modules_load_list)
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".load"))
+        names = [n for n in os.listdir(directory) if n.endswith(".load")]
     except OSError:
         return []
     first = os.path.basename(paths.modules_load_list)
-    return [f"{directory}/{n}" for n in sorted(names, key=lambda n: n != first)]
+    return [f"{directory}/{n}" for n in sorted(names, key=lambda n: (n != first, n))]
 
 
 def load_named(paths: HostPaths, name: str, parameters: list[str], modprobe: str | None = None) -> str:
@@ -140,13 +145,8 @@ def load_named(paths: HostPaths, name: str, parameters: list[str], modprobe: str
 
     wait_for_deferred_files(f"the {name} kernel module")
     with _lock:
-        for listing_path in _module_lists(paths):
-            try:
-                plan = modules_for(wanted, _read(listing_path))
-            except OSError:
-                continue
-            if not plan:
-                continue
+        plan = _listed_plan(wanted, _module_lists(paths))
+        if plan:
             for rel, params in plan[:-1]:
                 _load(f"{base}/{rel}", params)  # what it needs: a failure shows in its own load below
             rel, listed = plan[-1]
